@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Classify: is the packet for a VIP, possibly a reply from a backend, or
+ * none of lbctl's business? Two hash lookups at most. */
+#ifndef LB_CLASSIFY_H
+#define LB_CLASSIFY_H
+
+#include "maps.h"
+#include "parse.h"
+
+static __always_inline void endpoint_v4(struct lb_endpoint *ep, __be32 addr,
+					__be16 port, __u8 proto)
+{
+	__builtin_memset(ep, 0, sizeof(*ep));
+	__builtin_memcpy(ep->addr, &addr, 4);
+	ep->port = port;
+	ep->proto = proto;
+	ep->family = LB_AF_INET;
+}
+
+/* The VIP the packet is addressed to, or NULL. */
+static __always_inline struct lb_vip *find_vip(const struct packet *pkt)
+{
+	struct lb_endpoint key;
+
+	endpoint_v4(&key, pkt->ip->daddr, pkt->ports[1], pkt->proto);
+	return bpf_map_lookup_elem(&vips, &key);
+}
+
+/* Does the packet come from a backend (so it may be a reply)? */
+static __always_inline bool from_backend(const struct packet *pkt)
+{
+	struct lb_endpoint key;
+
+	endpoint_v4(&key, pkt->ip->saddr, pkt->ports[0], pkt->proto);
+	return bpf_map_lookup_elem(&reply_sources, &key) != NULL;
+}
+
+#endif /* LB_CLASSIFY_H */

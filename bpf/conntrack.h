@@ -1,0 +1,245 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Conntrack: find the packet's entry in the kernel's table, or create it with
+ * its NAT. The entry, not the current backend table, decides where a flow
+ * goes, so backend changes never move a live flow. */
+#ifndef LB_CONNTRACK_H
+#define LB_CONNTRACK_H
+
+#include "maps.h"
+#include "parse.h"
+#include "hash.h"
+
+/* 6.0-6.10 accept only this 12-byte layout (6.11+ also accept it); the
+ * 16-byte struct in a vmlinux.h from a new kernel fails on 6.1 with EINVAL.
+ * A fixed layout, not CO-RE: the kernel reads it by opts__sz, and 6.11+
+ * reshaped the tail (zones), which CO-RE would refuse to match. */
+struct bpf_ct_opts___local {
+	__s32 netns_id;
+	__s32 error;
+	__u8 l4proto;
+	__u8 dir;
+	__u8 reserved[2];
+};
+_Static_assert(sizeof(struct bpf_ct_opts___local) == 12, "bpf_ct_opts is 12 bytes on 6.1");
+
+extern struct nf_conn___init *
+bpf_xdp_ct_alloc(struct xdp_md *, struct bpf_sock_tuple *, __u32,
+		 struct bpf_ct_opts___local *, __u32) __ksym;
+extern struct nf_conn *
+bpf_xdp_ct_lookup(struct xdp_md *, struct bpf_sock_tuple *, __u32,
+		  struct bpf_ct_opts___local *, __u32) __ksym;
+extern struct nf_conn *bpf_ct_insert_entry(struct nf_conn___init *) __ksym;
+extern void bpf_ct_release(struct nf_conn *) __ksym;
+extern void bpf_ct_set_timeout(struct nf_conn___init *, __u32) __ksym;
+extern int bpf_ct_change_timeout(struct nf_conn *, __u32) __ksym;
+extern int bpf_ct_change_status(struct nf_conn *, __u32) __ksym;
+extern int bpf_ct_set_nat_info(struct nf_conn___init *, union nf_inet_addr *,
+			       int port, enum nf_nat_manip_type) __ksym;
+
+/* Weak: where the kernel config is unreadable it is 0 and every packet
+ * refreshes its entry's timeout instead of at most once a second. */
+extern unsigned long CONFIG_HZ __kconfig __weak;
+
+/* Where a packet goes, read from its entry: the other direction's tuple,
+ * reversed. Original direction: to the backend (from the SNAT address in
+ * fullnat). Reply direction: from the VIP to the client. */
+struct flow {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 mark;
+	bool created;
+};
+
+static __always_inline void ct_tuple(const struct packet *pkt,
+				     struct bpf_sock_tuple *t)
+{
+	__builtin_memset(t, 0, sizeof(*t));
+	t->ipv4.saddr = pkt->ip->saddr;
+	t->ipv4.daddr = pkt->ip->daddr;
+	t->ipv4.sport = pkt->ports[0];
+	t->ipv4.dport = pkt->ports[1];
+}
+
+static __always_inline struct nf_conn *
+ct_lookup(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u8 proto, __u8 *dir)
+{
+	struct bpf_ct_opts___local opts = { .netns_id = -1, .l4proto = proto };
+	struct nf_conn *ct;
+
+	ct = bpf_xdp_ct_lookup(ctx, t, sizeof(t->ipv4), &opts, sizeof(opts));
+	if (ct)
+		*dir = opts.dir;
+	return ct;
+}
+
+static __always_inline __u32 flow_timeout_s(const struct lb_config *cfg,
+					    __u8 proto, __u32 mark)
+{
+	if (proto == IPPROTO_UDP)
+		return cfg->udp_timeout_s;
+	return (mark & LB_MARK_CLOSING) ? cfg->tcp_fin_timeout_s : cfg->tcp_timeout_s;
+}
+
+/* A backend for a new flow: hash the flow onto the VIP's table. */
+static __always_inline const struct lb_backend *
+pick_backend(const struct packet *pkt, const struct lb_vip *vip, __u32 seed,
+	     __u32 *backend_id)
+{
+	struct lb_flow_key key = {};
+	__u32 zero = 0, slot, *size, *id;
+	void *table;
+
+	table = bpf_map_lookup_elem(&vip_tables, &vip->index);
+	if (!table)
+		return NULL;
+	size = bpf_map_lookup_elem(table, &zero);
+	if (!size || !*size)
+		return NULL;
+	__builtin_memcpy(key.src, &pkt->ip->saddr, 4);
+	__builtin_memcpy(key.dst, &pkt->ip->daddr, 4);
+	key.sport = pkt->ports[0];
+	key.dport = pkt->ports[1];
+	key.proto = pkt->proto;
+	slot = LB_TABLE_HDR + lb_maglev_slot(lb_flow_hash(&key, seed), *size);
+	id = bpf_map_lookup_elem(table, &slot);
+	if (!id)
+		return NULL;
+	*backend_id = *id;
+	return bpf_map_lookup_elem(&backends, id);
+}
+
+/* Create the entry with its NAT and insert it. Returns the inserted entry,
+ * or the one another CPU inserted first for the same tuple. */
+static __always_inline struct nf_conn *
+ct_create(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u8 proto,
+	  const struct lb_vip *vip, const struct lb_backend *be, __u32 mark,
+	  __u32 timeout_s, __u8 *dir)
+{
+	struct bpf_ct_opts___local opts = { .netns_id = -1, .l4proto = proto };
+	union nf_inet_addr addr = {};
+	struct nf_conn___init *init;
+	struct nf_conn *ct;
+	int err;
+
+	init = bpf_xdp_ct_alloc(ctx, t, sizeof(t->ipv4), &opts, sizeof(opts));
+	if (!init)
+		return NULL;
+	__builtin_memcpy(&addr.ip, be->ep.addr, 4);
+	err = bpf_ct_set_nat_info(init, &addr, bpf_ntohs(be->ep.port), NF_NAT_MANIP_DST);
+	if (!err && (vip->flags & LB_VIP_FULLNAT)) {
+		__builtin_memcpy(&addr.ip, vip->snat_addr, 4);
+		/* port -1: keep the client's port if free, else the kernel picks one */
+		err = bpf_ct_set_nat_info(init, &addr, -1, NF_NAT_MANIP_SRC);
+	}
+	if (err) {
+		/* An allocation can only be given back by inserting it: insert it
+		 * unmarked (not ours) and nearly expired. */
+		mark = 0;
+		timeout_s = 0;
+	}
+	bpf_ct_set_timeout(init, timeout_s ? timeout_s * 1000 : 1);
+	((struct nf_conn *)init)->mark = mark;
+	ct = bpf_ct_insert_entry(init);
+	*dir = IP_CT_DIR_ORIGINAL;
+	if (!ct)
+		ct = ct_lookup(ctx, t, proto, dir);
+	return ct;
+}
+
+static __always_inline void ct_nat_target(const struct nf_conn *ct, __u8 dir,
+					  struct flow *f)
+{
+	const struct nf_conntrack_tuple *other;
+
+	/* Two constant indexes: the verifier rejects a variable one here. */
+	if (dir == IP_CT_DIR_ORIGINAL)
+		other = &ct->tuplehash[IP_CT_DIR_REPLY].tuple;
+	else
+		other = &ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple;
+	f->saddr = other->dst.u3.ip;
+	f->sport = other->dst.u.all;
+	f->daddr = other->src.u3.ip;
+	f->dport = other->src.u.all;
+}
+
+/* Keep the entry alive and honest: packets forwarded in XDP never reach
+ * netfilter, so nothing else refreshes its timeout or marks it replied. */
+static __always_inline void ct_refresh(struct nf_conn *ct, __u8 dir,
+				       const struct packet *pkt, struct flow *f,
+				       const struct lb_config *cfg)
+{
+	__u32 mark = f->mark, timeout_s;
+	bool force = false;
+	__s32 left;
+
+	if (pkt->proto == IPPROTO_TCP) {
+		if (pkt->tcp_flags & (TCP_FIN | TCP_RST))
+			mark |= LB_MARK_CLOSING;
+		else if ((pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
+			 dir == IP_CT_DIR_ORIGINAL)
+			mark &= ~LB_MARK_CLOSING; /* the client reuses the tuple */
+	}
+	if (mark != f->mark) {
+		ct->mark = mark;
+		f->mark = mark;
+		force = true;
+	}
+	timeout_s = flow_timeout_s(cfg, pkt->proto, mark);
+	/* At most once a second per flow: the write dirties a shared line. */
+	left = (__s32)(ct->timeout - (__u32)bpf_jiffies64());
+	if (force || !CONFIG_HZ || left < (__s32)((timeout_s - 1) * CONFIG_HZ))
+		bpf_ct_change_timeout(ct, timeout_s * 1000);
+	if (dir == IP_CT_DIR_REPLY && !(ct->status & IPS_SEEN_REPLY))
+		bpf_ct_change_status(ct, (__u32)ct->status | IPS_SEEN_REPLY | IPS_ASSURED);
+}
+
+static __always_inline __u32 flow_mark(__u32 vip_index, __u32 backend_id)
+{
+	return ((backend_id + 1) & LB_MARK_BACKEND_MASK) |
+	       ((vip_index & LB_MARK_VIP_MASK) << LB_MARK_VIP_SHIFT);
+}
+
+/* Find or create the packet's entry and fill in where the packet goes.
+ * Returns LB_CONTINUE or the reason to stop. */
+static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pkt,
+				     const struct lb_vip *vip, struct flow *f)
+{
+	const struct lb_backend *be;
+	const struct lb_config *cfg;
+	struct bpf_sock_tuple tuple;
+	__u32 zero = 0, backend_id = 0;
+	struct nf_conn *ct;
+	__u8 dir = IP_CT_DIR_ORIGINAL;
+
+	cfg = bpf_map_lookup_elem(&settings, &zero);
+	if (!cfg)
+		return LB_DROP_CT_FAILED;
+	ct_tuple(pkt, &tuple);
+	ct = ct_lookup(ctx, &tuple, pkt->proto, &dir);
+	if (!ct) {
+		if (!vip)
+			return LB_PASS_REPLY_UNTRACKED;
+		be = pick_backend(pkt, vip, cfg->hash_seed, &backend_id);
+		if (!be || !(be->flags & LB_BACKEND_IN_USE))
+			return LB_DROP_NO_BACKEND;
+		f->mark = flow_mark(vip->index, backend_id);
+		ct = ct_create(ctx, &tuple, pkt->proto, vip, be, f->mark,
+			       flow_timeout_s(cfg, pkt->proto, 0), &dir);
+		if (!ct)
+			return LB_DROP_CT_FAILED;
+		f->created = true;
+	}
+	f->mark = ct->mark;
+	if (!(f->mark & LB_MARK_BACKEND_MASK)) {
+		bpf_ct_release(ct);
+		return LB_PASS_FOREIGN_CT;
+	}
+	ct_nat_target(ct, dir, f);
+	ct_refresh(ct, dir, pkt, f, cfg);
+	bpf_ct_release(ct);
+	return LB_CONTINUE;
+}
+
+#endif /* LB_CONNTRACK_H */

@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/* lbctl's data path: parse -> classify -> conntrack -> rewrite -> forward.
+ * Packets that are not for a VIP and not replies of balanced flows leave
+ * untouched with XDP_PASS. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "lb_abi.h"
+#include "maps.h"
+#include "parse.h"
+#include "classify.h"
+#include "conntrack.h"
+#include "rewrite.h"
+#include "stats.h"
+#include "forward.h"
+
+SEC("xdp")
+int lbctl_xdp(struct xdp_md *ctx)
+{
+	struct flow flow = {};
+	struct packet pkt;
+	struct lb_vip *vip;
+	int reason;
+
+	reason = parse_packet(ctx, &pkt);
+	if (reason != LB_CONTINUE)
+		return verdict(reason, XDP_PASS);
+
+	vip = find_vip(&pkt);
+	if (!vip && !from_backend(&pkt))
+		return verdict(LB_PASS_NOT_VIP, XDP_PASS);
+	if (pkt.first_fragment) /* lbctl does not reassemble */
+		return vip ? verdict(LB_DROP_FRAGMENT, XDP_DROP)
+			   : verdict(LB_PASS_FRAGMENT, XDP_PASS);
+
+	reason = conntrack(ctx, &pkt, vip, &flow);
+	if (reason != LB_CONTINUE)
+		return verdict(reason, reason >= LB_DROP_FRAGMENT && reason <= LB_DROP_CT_FAILED
+					       ? XDP_DROP : XDP_PASS);
+
+	rewrite_packet(&pkt, &flow);
+	count_flow(&flow, pkt.len);
+	return forward(ctx, &pkt);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,126 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The contract between the XDP program and lbctl: every map key and value.
+ * This is the only definition; lbctl uses the skeleton's generated
+ * `types::*` for these structs. Byte order is stated per field. Structs are
+ * padded explicitly so both sides agree and hash keys hash no garbage.
+ * Never renumber an enum value that has shipped: lbctl prints them by name.
+ */
+#ifndef LB_ABI_H
+#define LB_ABI_H
+
+#define LB_MAX_VIPS      1024
+#define LB_MAX_BACKENDS  65536
+#define LB_MAX_IFACES    64
+/* Largest Maglev table a VIP may have (a prime). Element 0 of a VIP's table
+ * holds its slot count, so a packet always sees a size and the slots that go
+ * with it: the table is swapped as one inner map. */
+#define LB_MAX_TABLE_SIZE 131071
+#define LB_TABLE_HDR      1
+
+enum lb_family {
+	LB_AF_INET  = 4,
+	LB_AF_INET6 = 6,
+};
+
+/* An address:port/protocol: a VIP, a backend, or where replies come from. */
+struct lb_endpoint {
+	__u8  addr[16];   /* network order; IPv4 in the first 4 bytes, rest 0 */
+	__u16 port;       /* network order */
+	__u8  proto;      /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8  family;     /* enum lb_family */
+};
+
+#define LB_VIP_FULLNAT (1u << 0)  /* also rewrite the source to snat_addr */
+
+/* Value of `vips`, keyed by struct lb_endpoint. */
+struct lb_vip {
+	__u32 index;          /* row in vip_stats and vip_tables */
+	__u32 flags;          /* LB_VIP_* */
+	__u8  snat_addr[16];  /* network order; used with LB_VIP_FULLNAT */
+	__u32 table_size;     /* lbctl only: slots in the VIP's table (prime) */
+	__u32 moved_ppm;      /* lbctl only: slots the last change moved, per million */
+};
+
+#define LB_BACKEND_IN_USE (1u << 0)
+
+/* Row of `backends`, indexed by backend id. A backend belongs to one VIP; the
+ * same address:port under two VIPs is two rows. */
+struct lb_backend {
+	struct lb_endpoint ep;
+	__u32 vip_index;
+	__u32 weight;     /* lbctl's record; the data path follows the table */
+	__u32 flags;      /* LB_BACKEND_* */
+	__u32 reserved;
+};
+
+/* Value of `reply_sources`, keyed by a backend's endpoint: packets from here
+ * may be replies of balanced flows, so they are worth a conntrack lookup. */
+struct lb_reply_source {
+	__u32 backend_id; /* the row most recently added for this endpoint */
+	__u32 users;      /* backend rows with this endpoint (0: kept for live flows) */
+};
+
+/* IPVS's defaults (ipvsadm --set 900 120 300). */
+#define LB_DEFAULT_TCP_TIMEOUT_S     900
+#define LB_DEFAULT_TCP_FIN_TIMEOUT_S 120
+#define LB_DEFAULT_UDP_TIMEOUT_S     300
+
+/* Global settings, row 0 of `settings`. */
+struct lb_config {
+	__u32 hash_seed;
+	__u32 tcp_timeout_s;      /* established TCP flow idle timeout */
+	__u32 tcp_fin_timeout_s;  /* after FIN or RST */
+	__u32 udp_timeout_s;
+	__u32 next_backend_id;    /* lbctl only: ids are not reused at once */
+	__u32 reserved;
+};
+
+/* Per-CPU counters of a VIP or a backend. */
+struct lb_counters {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+};
+
+/* The input of the flow hash (bpf/hash.h, src/hash.rs): 10 words. */
+struct lb_flow_key {
+	__u8  src[16];    /* network order */
+	__u8  dst[16];    /* network order */
+	__u16 sport;      /* network order */
+	__u16 dport;      /* network order */
+	__u8  proto;
+	__u8  pad[3];     /* zero */
+};
+
+/* The conntrack mark lbctl puts on its flows, so a later packet (either
+ * direction) finds its counters without another lookup, and entries not made
+ * by lbctl (mark 0) are never touched:
+ *   bits  0..16  backend id + 1
+ *   bits 17..27  VIP index
+ *   bit  31      FIN or RST seen: keep the short timeout */
+#define LB_MARK_BACKEND_MASK 0x0001ffffu
+#define LB_MARK_VIP_SHIFT    17
+#define LB_MARK_VIP_MASK     0x7ffu
+#define LB_MARK_CLOSING      0x80000000u
+
+/* Why the program returned what it returned: one counter each. */
+enum lb_reason {
+	LB_PASS_NOT_IP = 0,      /* not IPv4 (ARP, IPv6, VLAN, ...) */
+	LB_PASS_NOT_VIP,         /* IPv4 TCP/UDP not for a VIP and not a reply */
+	LB_PASS_OTHER_PROTO,     /* IPv4 but neither TCP nor UDP */
+	LB_PASS_MALFORMED,       /* truncated or invalid headers: the stack drops them */
+	LB_DROP_FRAGMENT,        /* first IPv4 fragment of a datagram to a VIP */
+	LB_PASS_FRAGMENT,        /* later fragment: no ports, cannot be classified */
+	LB_DROP_NO_BACKEND,      /* new flow for a VIP with no backend of weight > 0 */
+	LB_DROP_CT_FAILED,       /* conntrack entry could not be created */
+	LB_PASS_REPLY_UNTRACKED, /* from a backend, but no conntrack entry */
+	LB_TX,                   /* forwarded out of the interface it came in on */
+	LB_REDIRECT,             /* forwarded out of another attached interface */
+	LB_PASS_NO_NEIGH,        /* rewritten; the stack resolves the neighbour */
+	LB_PASS_FIB,             /* rewritten; no XDP route, the stack forwards it */
+	LB_PASS_FOREIGN_CT,      /* conntrack entry not made by lbctl: not touched */
+	LB_REASON_MAX,
+};
+
+#endif /* LB_ABI_H */

@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Parse: Ethernet -> IPv4 -> TCP/UDP, every header checked against data_end. */
+#ifndef LB_PARSE_H
+#define LB_PARSE_H
+
+#include "lb_abi.h"
+
+#define ETH_P_IP   0x0800
+#define IP_MF      0x2000
+#define IP_OFFSET  0x1fff
+#define LB_CONTINUE (-1)
+
+struct packet {
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	__be16 *ports;     /* sport, dport: the first 4 bytes of TCP and UDP */
+	__sum16 *l4_check; /* TCP or UDP checksum field */
+	__u32 len;         /* frame length, for the byte counters */
+	__u8 proto;
+	__u8 tcp_flags;    /* byte 13 of the TCP header; 0 for UDP */
+	bool first_fragment;
+};
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+/* Returns LB_CONTINUE with pkt filled in, or the reason to pass the packet
+ * on untouched. IP options are skipped with the header length (ihl). */
+static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	__u32 ihl_bytes;
+	void *l4;
+
+	if ((void *)(eth + 1) > data_end)
+		return LB_PASS_MALFORMED;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return LB_PASS_NOT_IP;
+
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return LB_PASS_MALFORMED;
+	if (ip->version != 4 || ip->ihl < 5)
+		return LB_PASS_MALFORMED;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return LB_PASS_OTHER_PROTO;
+	if (ip->frag_off & bpf_htons(IP_OFFSET))
+		return LB_PASS_FRAGMENT; /* no ports here: cannot tell its flow */
+
+	ihl_bytes = ip->ihl * 4;
+	if (bpf_ntohs(ip->tot_len) < ihl_bytes ||
+	    (void *)ip + bpf_ntohs(ip->tot_len) > data_end)
+		return LB_PASS_MALFORMED;
+	l4 = (void *)ip + ihl_bytes;
+
+	pkt->eth = eth;
+	pkt->ip = ip;
+	pkt->proto = ip->protocol;
+	pkt->len = data_end - data;
+	pkt->first_fragment = ip->frag_off & bpf_htons(IP_MF);
+	pkt->ports = l4;
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+
+		if ((void *)(tcp + 1) > data_end)
+			return pkt->first_fragment ? LB_PASS_FRAGMENT : LB_PASS_MALFORMED;
+		pkt->l4_check = &tcp->check;
+		pkt->tcp_flags = ((__u8 *)tcp)[13];
+	} else {
+		struct udphdr *udp = l4;
+
+		if ((void *)(udp + 1) > data_end)
+			return pkt->first_fragment ? LB_PASS_FRAGMENT : LB_PASS_MALFORMED;
+		pkt->l4_check = &udp->check;
+		pkt->tcp_flags = 0;
+	}
+	return LB_CONTINUE;
+}
+
+#endif /* LB_PARSE_H */

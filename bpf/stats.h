@@ -1,0 +1,41 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Counters: one per verdict reason, and per VIP and backend. Per-CPU, so no
+ * atomics on the hot path; lbctl sums the CPUs. */
+#ifndef LB_STATS_H
+#define LB_STATS_H
+
+#include "maps.h"
+#include "conntrack.h"
+
+/* Every verdict goes through here, so every packet is counted once. */
+static __always_inline int verdict(enum lb_reason reason, int action)
+{
+	__u32 key = reason;
+	__u64 *count = bpf_map_lookup_elem(&reasons, &key);
+
+	if (count)
+		*count += 1;
+	return action;
+}
+
+static __always_inline void add_counters(void *map, __u32 index, __u32 len, bool created)
+{
+	struct lb_counters *c = bpf_map_lookup_elem(map, &index);
+
+	if (!c)
+		return;
+	c->packets += 1;
+	c->bytes += len;
+	c->new_flows += created;
+}
+
+static __always_inline void count_flow(const struct flow *f, __u32 len)
+{
+	__u32 backend_id = (f->mark & LB_MARK_BACKEND_MASK) - 1;
+	__u32 vip_index = (f->mark >> LB_MARK_VIP_SHIFT) & LB_MARK_VIP_MASK;
+
+	add_counters(&vip_stats, vip_index, len, f->created);
+	add_counters(&backend_stats, backend_id, len, f->created);
+}
+
+#endif /* LB_STATS_H */

@@ -1,0 +1,252 @@
+//! The command line, as clap sees it. Parsing of values lives in `model`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::model::{parse_endpoint, parse_ip, parse_weight, Proto};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lbctl",
+    version,
+    about = "Layer-4 load balancer in XDP; connections stay on their backend through the kernel's conntrack",
+    after_help = "Example:\n  lbctl attach eth0\n  lbctl vip add 198.18.100.1:80 --mode fullnat\n  lbctl backend add 198.18.100.1:80 198.18.1.11:8080\n  lbctl list --stats"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load the balancer and attach it to an interface (returns at once; it keeps running).
+    Attach(AttachArgs),
+    /// Detach from an interface; the last detach removes all state.
+    Detach {
+        /// Interface name, e.g. eth0.
+        iface: String,
+    },
+    /// Add, delete or show virtual services (VIPs).
+    #[command(subcommand)]
+    Vip(VipCommand),
+    /// Add, delete or reweight real servers (backends) of a VIP.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// List VIPs and backends (like ipvsadm -L -n).
+    List {
+        /// Packets, bytes and new flows per VIP and backend.
+        #[arg(long)]
+        stats: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attached interfaces, program, kernel, and verdict counters.
+    Status,
+    /// Show or set flow idle timeouts in seconds (like ipvsadm --set).
+    Timeouts {
+        /// Established TCP flows.
+        #[arg(long)]
+        tcp: Option<u32>,
+        /// TCP flows after FIN or RST.
+        #[arg(long)]
+        tcpfin: Option<u32>,
+        /// UDP flows.
+        #[arg(long)]
+        udp: Option<u32>,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Interface name, e.g. eth0.
+    pub iface: String,
+    /// Where XDP runs: auto (native if the driver can), native, or generic.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub mode: AttachMode,
+    /// Stay in front; Ctrl-C detaches.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Load a fresh program and swap it in atomically, keeping all state.
+    #[arg(long)]
+    pub replace: bool,
+    /// Flow hash seed: balancers with the same seed and configuration pick the same backends.
+    #[arg(long)]
+    pub hash_seed: Option<u32>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Dnat,
+    Fullnat,
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceArg {
+    /// VIP address and port, e.g. 198.18.100.1:80 or [2001:db8::1]:80.
+    #[arg(value_parser = parse_endpoint)]
+    pub vip: SocketAddr,
+    /// Protocol.
+    #[arg(long, default_value = "tcp", value_parser = clap::value_parser!(Proto))]
+    pub proto: Proto,
+}
+
+impl clap::builder::ValueParserFactory for Proto {
+    type Parser = fn(&str) -> Result<Proto, String>;
+    fn value_parser() -> Self::Parser {
+        |s| s.parse()
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VipCommand {
+    /// Add a VIP.
+    Add {
+        #[command(flatten)]
+        service: ServiceArg,
+        /// dnat keeps the client address (backends route replies through lbctl);
+        /// fullnat also rewrites the source (backends need no route back).
+        #[arg(long, value_enum, default_value_t = ModeArg::Dnat)]
+        mode: ModeArg,
+        /// Source address for fullnat (default: the attached interface's address).
+        #[arg(long, value_parser = parse_ip)]
+        snat: Option<IpAddr>,
+        /// Maglev table size, a prime (default 65537).
+        #[arg(long)]
+        table_size: Option<u32>,
+    },
+    /// Delete a VIP and its backends.
+    Del {
+        #[command(flatten)]
+        service: ServiceArg,
+    },
+    /// Show a VIP's table: size, each backend's share, the last change's disruption.
+    Show {
+        #[command(flatten)]
+        service: ServiceArg,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BackendArg {
+    #[command(flatten)]
+    pub service: ServiceArg,
+    /// Backend address and port, e.g. 198.18.1.11:8080.
+    #[arg(value_parser = parse_endpoint)]
+    pub backend: SocketAddr,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackendCommand {
+    /// Add a backend to a VIP.
+    Add {
+        #[command(flatten)]
+        target: BackendArg,
+        /// Share of new flows relative to the VIP's other backends (0 drains).
+        #[arg(long, default_value = "1", value_parser = parse_weight)]
+        weight: u32,
+    },
+    /// Change a backend's weight; 0 drains it (no new flows, live flows stay).
+    Set {
+        #[command(flatten)]
+        target: BackendArg,
+        #[arg(long, value_parser = parse_weight)]
+        weight: u32,
+    },
+    /// Remove a backend from a VIP (live flows to it keep going).
+    Del {
+        #[command(flatten)]
+        target: BackendArg,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_the_contract() {
+        let cli = Cli::try_parse_from([
+            "lbctl",
+            "vip",
+            "add",
+            "198.18.100.1:80",
+            "--proto",
+            "udp",
+            "--mode",
+            "fullnat",
+            "--snat",
+            "198.18.2.1",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Vip(VipCommand::Add {
+                service,
+                mode,
+                snat,
+                ..
+            }) => {
+                assert_eq!(service.proto, Proto::Udp);
+                assert_eq!(mode, ModeArg::Fullnat);
+                assert_eq!(snat.unwrap().to_string(), "198.18.2.1");
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "lbctl",
+            "backend",
+            "set",
+            "198.18.100.1:80",
+            "198.18.1.11:8080",
+            "--weight",
+            "0",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Backend(BackendCommand::Set { weight: 0, .. })
+        ));
+        assert!(Cli::try_parse_from([
+            "lbctl",
+            "backend",
+            "add",
+            "198.18.100.1:80",
+            "198.18.1.11:8080",
+            "--weight",
+            "70000"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["lbctl", "vip", "add", "198.18.100.1"]).is_err());
+        let cli = Cli::try_parse_from([
+            "lbctl",
+            "attach",
+            "eth0",
+            "--mode",
+            "generic",
+            "--foreground",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Attach(AttachArgs {
+                mode: AttachMode::Generic,
+                foreground: true,
+                ..
+            })
+        ));
+    }
+}

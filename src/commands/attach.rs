@@ -1,0 +1,167 @@
+//! `lbctl attach` and `lbctl detach`.
+
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
+use std::sync::mpsc;
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::MapCore;
+use libbpf_rs::MapFlags;
+
+use crate::cli::{AttachArgs, AttachMode};
+use crate::datapath::abi::*;
+use crate::datapath::attach::{self, XdpMode};
+use crate::datapath::balancer::{Balancer, Maps};
+use crate::datapath::load;
+use crate::datapath::types::lb_config;
+use crate::lock::lock_netns;
+
+/// Balancers that were not given a seed agree with each other.
+pub const DEFAULT_HASH_SEED: u32 = 0x6c62_6374;
+
+pub fn run(args: &AttachArgs) -> Result<()> {
+    load::require_privileges()?;
+    load::require_btf()?;
+    load::require_kernel()?;
+    let ifindex = attach::ifindex(&args.iface)?;
+    let lock = lock_netns()?;
+    let running = Balancer::find()?;
+    if args.replace {
+        return replace(&args.iface, ifindex, running);
+    }
+    refuse_if_taken(&args.iface, ifindex, running.as_ref())?;
+    let mode = match args.mode {
+        AttachMode::Auto => XdpMode::Auto,
+        AttachMode::Native => XdpMode::Native,
+        AttachMode::Generic => XdpMode::Generic,
+    };
+    let prog_id = match running {
+        Some(b) => join(&b, &args.iface, ifindex, mode, args.hash_seed)?,
+        None => start(&args.iface, ifindex, mode, args.hash_seed)?,
+    };
+    println!("lbctl attached to {} (program id {prog_id})", args.iface);
+    drop(lock);
+    if args.foreground {
+        wait_for_ctrl_c()?;
+        detach(&args.iface)?;
+    }
+    Ok(())
+}
+
+fn refuse_if_taken(iface: &str, ifindex: u32, running: Option<&Balancer>) -> Result<()> {
+    let Some((id, _)) = attach::xdp_program(ifindex)? else {
+        return Ok(());
+    };
+    if running.is_some_and(|b| b.attachments.iter().any(|a| a.ifindex == ifindex)) {
+        bail!("lbctl is already attached to {iface} (program id {id}); use --replace to upgrade it in place");
+    }
+    let name = attach::prog_name(id).unwrap_or_default();
+    bail!(
+        "{iface} already runs another XDP program (id {id}, {name:?}); remove it first: ip link set dev {iface} xdp off"
+    )
+}
+
+/// First interface in this namespace: load a fresh program with fresh maps.
+fn start(iface: &str, ifindex: u32, mode: XdpMode, seed: Option<u32>) -> Result<u32> {
+    load::load_conntrack_modules();
+    let mut storage = MaybeUninit::uninit();
+    let skel = load::load(&mut storage, None)?;
+    let maps = Maps::from_skel(&skel)?;
+    maps.set_settings(&lb_config {
+        hash_seed: seed.unwrap_or(DEFAULT_HASH_SEED),
+        tcp_timeout_s: LB_DEFAULT_TCP_TIMEOUT_S,
+        tcp_fin_timeout_s: LB_DEFAULT_TCP_FIN_TIMEOUT_S,
+        udp_timeout_s: LB_DEFAULT_UDP_TIMEOUT_S,
+        ..Default::default()
+    })?;
+    add_tx_port(&maps, ifindex)?;
+    // Until this succeeds nothing is attached; if it fails, dropping the
+    // skeleton frees the program and maps: nothing is left half-done.
+    attach::attach(skel.progs.lbctl_xdp.as_fd(), ifindex, iface, mode)?;
+    let info = attach::xdp_program(ifindex)?.context("program vanished right after attaching")?;
+    Ok(info.0)
+}
+
+/// Another interface of a running balancer: same program, same maps.
+fn join(b: &Balancer, iface: &str, ifindex: u32, mode: XdpMode, seed: Option<u32>) -> Result<u32> {
+    let running_seed = b.maps.settings()?.hash_seed;
+    if let Some(seed) = seed.filter(|s| *s != running_seed) {
+        bail!("--hash-seed {seed} differs from the running balancer's seed {running_seed}; detach everywhere first to change it");
+    }
+    add_tx_port(&b.maps, ifindex)?;
+    if let Err(e) = attach::attach(b.prog.as_fd(), ifindex, iface, mode) {
+        let _ = b.maps.tx_ports.delete(&ifindex.to_ne_bytes());
+        return Err(e);
+    }
+    Ok(b.prog_id)
+}
+
+fn add_tx_port(maps: &Maps, ifindex: u32) -> Result<()> {
+    maps.tx_ports
+        .update(
+            &ifindex.to_ne_bytes(),
+            &ifindex.to_ne_bytes(),
+            MapFlags::ANY,
+        )
+        .context("adding the interface to the redirect map")
+}
+
+/// Upgrade in place: a freshly loaded program on the running maps, swapped
+/// in on every interface with XDP_FLAGS_REPLACE (never a moment without).
+fn replace(iface: &str, ifindex: u32, running: Option<Balancer>) -> Result<()> {
+    let b = running.with_context(|| format!("lbctl is not attached in this network namespace: nothing to replace (attach {iface} without --replace)"))?;
+    if !b.attachments.iter().any(|a| a.ifindex == ifindex) {
+        bail!("lbctl is not attached to {iface}: nothing to replace (attach it without --replace)");
+    }
+    load::load_conntrack_modules();
+    let mut storage = MaybeUninit::uninit();
+    let skel = load::load(&mut storage, Some(&b.maps))?;
+    let new = skel.progs.lbctl_xdp.as_fd();
+    for a in &b.attachments {
+        let old = libbpf_rs::Program::fd_from_id(a.prog_id)?;
+        attach::replace(new, old.as_fd(), a.ifindex, &a.ifname, a.mode)?;
+    }
+    let id = attach::xdp_program(ifindex)?.map(|p| p.0).unwrap_or(0);
+    let names: Vec<&str> = b.attachments.iter().map(|a| a.ifname.as_str()).collect();
+    println!(
+        "lbctl replaced program {} with {id} on {}",
+        b.prog_id,
+        names.join(", ")
+    );
+    Ok(())
+}
+
+fn wait_for_ctrl_c() -> Result<()> {
+    let (tx, rx) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .context("installing the Ctrl-C handler")?;
+    eprintln!("running in the foreground; Ctrl-C detaches");
+    let _ = rx.recv();
+    Ok(())
+}
+
+pub fn detach(iface: &str) -> Result<()> {
+    load::require_privileges()?;
+    let ifindex = attach::ifindex(iface)?;
+    let _lock = lock_netns()?;
+    let b = Balancer::find()?;
+    let a = b
+        .as_ref()
+        .and_then(|b| b.attachments.iter().find(|a| a.ifindex == ifindex))
+        .with_context(|| format!("lbctl is not attached to {iface}"))?;
+    attach::detach(ifindex, iface, a.mode)?;
+    if let Some(b) = &b {
+        let _ = b.maps.tx_ports.delete(&ifindex.to_ne_bytes());
+        let left = b.attachments.len() - 1;
+        if left == 0 {
+            println!(
+                "lbctl detached from {iface}; that was the last interface: all lbctl state is gone"
+            );
+        } else {
+            println!("lbctl detached from {iface}; still attached to {left} interface(s)");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! Interfaces: names and indexes, addresses, and XDP attachment through
+//! netlink (an attachment that stays after lbctl exits, in the interface's
+//! own network namespace).
+
+use std::ffi::{CStr, CString};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::{Xdp, XdpFlags};
+
+use super::balancer::PROG_NAME;
+
+/// How the program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native if the driver supports it, else generic (the kernel chooses).
+    Auto,
+    /// In the driver (fast path); fails if the driver lacks XDP support.
+    Native,
+    /// In the generic network stack (slow, works everywhere).
+    Generic,
+}
+
+impl XdpMode {
+    fn flags(self) -> XdpFlags {
+        match self {
+            XdpMode::Auto => XdpFlags::NONE,
+            XdpMode::Native => XdpFlags::DRV_MODE,
+            XdpMode::Generic => XdpFlags::SKB_MODE,
+        }
+    }
+}
+
+/// lbctl's program on one interface.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub prog_id: u32,
+    /// "native", "generic" or "offload", as the kernel reports it.
+    pub mode: &'static str,
+}
+
+pub fn ifindex(name: &str) -> Result<u32> {
+    let c = CString::new(name).with_context(|| format!("bad interface name {name:?}"))?;
+    // SAFETY: c is a valid C string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        bail!("interface {name} not found in this network namespace (see `ip link`)");
+    }
+    Ok(index)
+}
+
+/// Every interface of this network namespace (netlink, so correct under
+/// `nsenter --net` too, where /sys still shows another namespace).
+pub fn interfaces() -> Result<Vec<(u32, String)>> {
+    // SAFETY: if_nameindex returns an array ended by a zero entry, freed below.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        bail!("listing interfaces: {}", std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut p = list;
+    unsafe {
+        while (*p).if_index != 0 {
+            let name = CStr::from_ptr((*p).if_name).to_string_lossy().into_owned();
+            out.push(((*p).if_index, name));
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    Ok(out)
+}
+
+/// The first IPv4 address of an interface: fullnat's default source.
+pub fn ipv4_address(ifname: &str) -> Result<Option<Ipv4Addr>> {
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list freed with freeifaddrs below.
+    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
+        bail!("listing addresses: {}", std::io::Error::last_os_error());
+    }
+    let mut found = None;
+    let mut p = addrs;
+    unsafe {
+        while !p.is_null() {
+            let a = &*p;
+            if !a.ifa_addr.is_null()
+                && (*a.ifa_addr).sa_family as i32 == libc::AF_INET
+                && CStr::from_ptr(a.ifa_name).to_bytes() == ifname.as_bytes()
+            {
+                let sin = &*(a.ifa_addr as *const libc::sockaddr_in);
+                found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                break;
+            }
+            p = a.ifa_next;
+        }
+        libc::freeifaddrs(addrs);
+    }
+    Ok(found)
+}
+
+/// The XDP program on an interface: (id, mode) or None.
+pub fn xdp_program(ifindex: u32) -> Result<Option<(u32, &'static str)>> {
+    // Xdp needs some fd to be built; queries do not use it.
+    let stdin = std::io::stdin();
+    let opts = Xdp::new(stdin.as_fd())
+        .query(ifindex as i32, XdpFlags::NONE)
+        .with_context(|| format!("querying XDP on interface index {ifindex}"))?;
+    let mode = match u32::from(opts.attach_mode) {
+        libbpf_rs::libbpf_sys::XDP_ATTACHED_DRV => "native",
+        libbpf_rs::libbpf_sys::XDP_ATTACHED_SKB => "generic",
+        libbpf_rs::libbpf_sys::XDP_ATTACHED_HW => "offload",
+        libbpf_rs::libbpf_sys::XDP_ATTACHED_NONE => return Ok(None),
+        _ => "multi",
+    };
+    Ok(Some((opts.prog_id, mode)))
+}
+
+/// The name of a loaded program.
+pub fn prog_name(id: u32) -> Result<String> {
+    let fd =
+        libbpf_rs::Program::fd_from_id(id).with_context(|| format!("opening program id {id}"))?;
+    let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&info) as u32;
+    // SAFETY: info is a valid bpf_prog_info of len bytes.
+    let ret = unsafe {
+        libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &mut info,
+            &mut len,
+        )
+    };
+    if ret != 0 {
+        bail!(
+            "reading program {id}: {}",
+            std::io::Error::from_raw_os_error(-ret)
+        );
+    }
+    // SAFETY: the kernel NUL-terminates the name.
+    Ok(unsafe { CStr::from_ptr(info.name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// Every interface of this namespace that runs lbctl's program.
+pub fn lbctl_attachments() -> Result<Vec<Attachment>> {
+    let mut out = Vec::new();
+    for (ifindex, ifname) in interfaces()? {
+        if let Some((prog_id, mode)) = xdp_program(ifindex)? {
+            if prog_name(prog_id).map(|n| n == PROG_NAME).unwrap_or(false) {
+                out.push(Attachment {
+                    ifname,
+                    ifindex,
+                    prog_id,
+                    mode,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Attaches a program, failing if the interface already has one.
+pub fn attach(prog: BorrowedFd, ifindex: u32, ifname: &str, mode: XdpMode) -> Result<()> {
+    Xdp::new(prog)
+        .attach(ifindex as i32, mode.flags() | XdpFlags::UPDATE_IF_NOEXIST)
+        .with_context(|| match mode {
+            XdpMode::Native => format!("attaching to {ifname} in native mode (does its driver support XDP? try --mode generic)"),
+            _ => format!("attaching to {ifname}"),
+        })
+}
+
+/// Swaps `new` in for `old` on an interface in one step: no moment without a
+/// program, and it fails if `old` is no longer the one attached.
+pub fn replace(
+    new: BorrowedFd,
+    old: BorrowedFd,
+    ifindex: u32,
+    ifname: &str,
+    mode: &str,
+) -> Result<()> {
+    let flags = match mode {
+        "native" => XdpFlags::DRV_MODE,
+        "generic" => XdpFlags::SKB_MODE,
+        _ => XdpFlags::NONE,
+    };
+    // libbpf-rs's Xdp::replace does not take the mode flags; call libbpf.
+    let ret = unsafe {
+        let opts = libbpf_rs::libbpf_sys::bpf_xdp_attach_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_xdp_attach_opts>() as _,
+            old_prog_fd: std::os::fd::AsRawFd::as_raw_fd(&old),
+            ..Default::default()
+        };
+        libbpf_rs::libbpf_sys::bpf_xdp_attach(
+            ifindex as i32,
+            std::os::fd::AsRawFd::as_raw_fd(&new),
+            (flags | XdpFlags::REPLACE).bits(),
+            &opts,
+        )
+    };
+    if ret != 0 {
+        bail!(
+            "replacing the program on {ifname}: {}",
+            std::io::Error::from_raw_os_error(-ret)
+        );
+    }
+    Ok(())
+}
+
+pub fn detach(ifindex: u32, ifname: &str, mode: &str) -> Result<()> {
+    let flags = match mode {
+        "native" => XdpFlags::DRV_MODE,
+        "generic" => XdpFlags::SKB_MODE,
+        _ => XdpFlags::NONE,
+    };
+    let stdin = std::io::stdin();
+    Xdp::new(stdin.as_fd())
+        .detach(ifindex as i32, flags)
+        .with_context(|| format!("detaching from {ifname}"))
+}

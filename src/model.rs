@@ -1,0 +1,220 @@
+//! What an operator writes, parsed and checked: addresses, protocols, modes,
+//! weights. Pure: nothing here touches the kernel.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+/// Largest weight (IPVS accepts larger, but 65535 already gives a share
+/// resolution far finer than any Maglev table).
+pub const MAX_WEIGHT: u32 = 65535;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Proto> {
+        match n {
+            6 => Some(Proto::Tcp),
+            17 => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Proto, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            _ => Err(format!("unknown protocol {s:?}: use tcp or udp")),
+        }
+    }
+}
+
+/// How a VIP's packets are rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatMode {
+    /// Destination only: backends see the client and must route replies
+    /// through the balancer.
+    Dnat,
+    /// Destination and source: backends see the balancer and need no route.
+    Fullnat,
+}
+
+impl NatMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            NatMode::Dnat => "dnat",
+            NatMode::Fullnat => "fullnat",
+        }
+    }
+}
+
+/// A VIP: address, port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Service {
+    pub addr: SocketAddr,
+    pub proto: Proto,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.proto)
+    }
+}
+
+/// `198.18.0.1:80` or `[2001:db8::1]:80`.
+pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(format!("{s}: port 0 is not a service port (use 1-65535)"));
+        }
+        return Ok(addr);
+    }
+    match s.parse::<IpAddr>() {
+        Ok(IpAddr::V4(_)) => return Err(format!("{s}: a port is needed, e.g. {s}:80")),
+        Ok(IpAddr::V6(_)) => {
+            return Err(format!(
+                "{s}: a port is needed; IPv6 addresses are written in brackets, e.g. [{s}]:80"
+            ))
+        }
+        Err(_) => {}
+    }
+    if s.matches(':').count() > 1 && !s.starts_with('[') {
+        return Err(format!(
+            "{s}: write IPv6 addresses in brackets with the port after, e.g. [2001:db8::1]:80"
+        ));
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() => {
+            Err(format!("{s}: bad port {port:?} (use 1-65535)"))
+        }
+        Some((host, _)) => Err(format!("{s}: {host:?} is not an IP address")),
+        None => Err(format!("{s}: expected ADDRESS:PORT, e.g. 198.18.100.1:80")),
+    }
+}
+
+pub fn parse_weight(s: &str) -> Result<u32, String> {
+    match s.parse::<u64>() {
+        Ok(w) if w <= MAX_WEIGHT as u64 => Ok(w as u32),
+        Ok(_) => Err(format!(
+            "weight {s} is out of range (0-{MAX_WEIGHT}; 0 drains)"
+        )),
+        Err(_) => Err(format!(
+            "weight {s:?} is not a number (0-{MAX_WEIGHT}; 0 drains)"
+        )),
+    }
+}
+
+pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse::<IpAddr>()
+        .map_err(|_| format!("{s:?} is not an IP address"))
+}
+
+/// A backend must be of the VIP's address family: lbctl translates
+/// addresses, not protocols.
+pub fn check_same_family(vip: SocketAddr, backend: SocketAddr) -> Result<(), String> {
+    let fam = |a: SocketAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+    if vip.is_ipv4() != backend.is_ipv4() {
+        return Err(format!(
+            "backend {backend} is {} but VIP {vip} is {}: a backend must have the VIP's address family",
+            fam(backend),
+            fam(vip)
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            parse_endpoint("198.18.100.1:80").unwrap().to_string(),
+            "198.18.100.1:80"
+        );
+        assert_eq!(
+            parse_endpoint("[2001:db8::1]:443").unwrap().to_string(),
+            "[2001:db8::1]:443"
+        );
+        assert!(parse_endpoint("198.18.100.1")
+            .unwrap_err()
+            .contains("port is needed"));
+        assert!(parse_endpoint("2001:db8::1")
+            .unwrap_err()
+            .contains("[2001:db8::1]:80"));
+        assert!(parse_endpoint("2001:db8::1:80")
+            .unwrap_err()
+            .contains("brackets"));
+        assert!(parse_endpoint("2001:db8::x:80")
+            .unwrap_err()
+            .contains("brackets"));
+        assert!(parse_endpoint("198.18.100.1:0")
+            .unwrap_err()
+            .contains("port 0"));
+        assert!(parse_endpoint("198.18.100.1:99999")
+            .unwrap_err()
+            .contains("bad port"));
+        assert!(parse_endpoint("198.18.100.300:80")
+            .unwrap_err()
+            .contains("not an IP"));
+        assert!(parse_endpoint("lb.example:80")
+            .unwrap_err()
+            .contains("not an IP"));
+        assert!(parse_endpoint("").is_err());
+    }
+
+    #[test]
+    fn weights() {
+        assert_eq!(parse_weight("0"), Ok(0));
+        assert_eq!(parse_weight("65535"), Ok(65535));
+        assert!(parse_weight("65536").unwrap_err().contains("out of range"));
+        assert!(parse_weight("-1").unwrap_err().contains("not a number"));
+        assert!(parse_weight("x").is_err());
+    }
+
+    #[test]
+    fn protocols() {
+        assert_eq!("TCP".parse::<Proto>(), Ok(Proto::Tcp));
+        assert_eq!("udp".parse::<Proto>(), Ok(Proto::Udp));
+        assert!("sctp".parse::<Proto>().is_err());
+        assert_eq!(Proto::from_number(17), Some(Proto::Udp));
+    }
+
+    #[test]
+    fn families() {
+        let v4 = parse_endpoint("198.18.100.1:80").unwrap();
+        let v6 = parse_endpoint("[2001:db8::1]:80").unwrap();
+        assert!(check_same_family(v4, v4).is_ok());
+        assert!(check_same_family(v6, v4)
+            .unwrap_err()
+            .contains("IPv4 but VIP"));
+    }
+}
