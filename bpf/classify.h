@@ -26,13 +26,13 @@ static __always_inline struct lb_vip *find_vip(const struct packet *pkt)
 	return bpf_map_lookup_elem(&vips, &key);
 }
 
-/* Does the packet come from a backend (so it may be a reply)? */
-static __always_inline bool from_backend(const struct packet *pkt)
+/* The backend the packet comes from (so it may be a reply), or NULL. */
+static __always_inline struct lb_reply_source *from_backend(const struct packet *pkt)
 {
 	struct lb_endpoint key;
 
 	endpoint_v4(&key, pkt->ip->saddr, pkt->ports[0], pkt->proto);
-	return bpf_map_lookup_elem(&reply_sources, &key) != NULL;
+	return bpf_map_lookup_elem(&reply_sources, &key);
 }
 
 #endif /* LB_CLASSIFY_H */

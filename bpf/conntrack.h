@@ -201,10 +201,46 @@ static __always_inline __u32 flow_mark(__u32 vip_index, __u32 backend_id)
 	       ((vip_index & LB_MARK_VIP_MASK) << LB_MARK_VIP_SHIFT);
 }
 
+/* A reply from a backend whose entry is gone (conntrack was flushed, the
+ * balancer restarted, or ECMP moved the flow here). In dnat the reply names
+ * both ends, so the entry is rebuilt for the backend that answered and the
+ * flow goes on. In fullnat the client is not in the packet: drop it rather
+ * than leak it un-NATed; the client's next packet rebuilds the entry. */
+static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struct packet *pkt,
+						 const struct lb_reply_source *src,
+						 const struct lb_config *cfg, struct nf_conn **ct,
+						 __u8 *dir)
+{
+	struct bpf_sock_tuple orig = {};
+	const struct lb_backend *be;
+	const struct lb_vip *vip;
+	__u32 backend_id = src->backend_id;
+
+	be = bpf_map_lookup_elem(&backends, &backend_id);
+	if (!be || !(be->flags & LB_BACKEND_IN_USE))
+		return LB_PASS_REPLY_UNTRACKED;
+	vip = bpf_map_lookup_elem(&vips, &be->vip);
+	if (!vip)
+		return LB_PASS_REPLY_UNTRACKED;
+	if (vip->flags & LB_VIP_FULLNAT)
+		return LB_DROP_REPLY_UNTRACKED;
+	orig.ipv4.saddr = pkt->ip->daddr;
+	orig.ipv4.sport = pkt->ports[1];
+	__builtin_memcpy(&orig.ipv4.daddr, be->vip.addr, 4);
+	orig.ipv4.dport = be->vip.port;
+	*ct = ct_create(ctx, &orig, pkt->proto, vip, be, flow_mark(vip->index, backend_id),
+			flow_timeout_s(cfg, pkt->proto, 0), dir);
+	if (!*ct)
+		return LB_DROP_CT_FAILED;
+	*dir = IP_CT_DIR_REPLY; /* this packet travels the entry's reply way */
+	return LB_CONTINUE;
+}
+
 /* Find or create the packet's entry and fill in where the packet goes.
  * Returns LB_CONTINUE or the reason to stop. */
 static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pkt,
-				     const struct lb_vip *vip, struct flow *f)
+				     const struct lb_vip *vip,
+				     const struct lb_reply_source *src, struct flow *f)
 {
 	const struct lb_backend *be;
 	const struct lb_config *cfg;
@@ -218,9 +254,17 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 		return LB_DROP_CT_FAILED;
 	ct_tuple(pkt, &tuple);
 	ct = ct_lookup(ctx, &tuple, pkt->proto, &dir);
-	if (!ct) {
-		if (!vip)
+	if (!ct && !vip) {
+		int reason;
+
+		if (!src)
 			return LB_PASS_REPLY_UNTRACKED;
+		reason = ct_rebuild_from_reply(ctx, pkt, src, cfg, &ct, &dir);
+		if (reason != LB_CONTINUE)
+			return reason;
+		f->created = true;
+	}
+	if (!ct) {
 		be = pick_backend(pkt, vip, cfg->hash_seed, &backend_id);
 		if (!be || !(be->flags & LB_BACKEND_IN_USE))
 			return LB_DROP_NO_BACKEND;

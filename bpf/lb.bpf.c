@@ -18,6 +18,7 @@
 SEC("xdp")
 int lbctl_xdp(struct xdp_md *ctx)
 {
+	struct lb_reply_source *src = NULL;
 	struct flow flow = {};
 	struct packet pkt;
 	struct lb_vip *vip;
@@ -25,19 +26,17 @@ int lbctl_xdp(struct xdp_md *ctx)
 
 	reason = parse_packet(ctx, &pkt);
 	if (reason != LB_CONTINUE)
-		return verdict(reason, XDP_PASS);
+		return stop(reason);
 
 	vip = find_vip(&pkt);
-	if (!vip && !from_backend(&pkt))
-		return verdict(LB_PASS_NOT_VIP, XDP_PASS);
+	if (!vip && !(src = from_backend(&pkt)))
+		return stop(LB_PASS_NOT_VIP);
 	if (pkt.first_fragment) /* lbctl does not reassemble */
-		return vip ? verdict(LB_DROP_FRAGMENT, XDP_DROP)
-			   : verdict(LB_PASS_FRAGMENT, XDP_PASS);
+		return stop(vip ? LB_DROP_FRAGMENT : LB_PASS_FRAGMENT);
 
-	reason = conntrack(ctx, &pkt, vip, &flow);
+	reason = conntrack(ctx, &pkt, vip, src, &flow);
 	if (reason != LB_CONTINUE)
-		return verdict(reason, reason >= LB_DROP_FRAGMENT && reason <= LB_DROP_CT_FAILED
-					       ? XDP_DROP : XDP_PASS);
+		return stop(reason);
 
 	rewrite_packet(&pkt, &flow);
 	count_flow(&flow, pkt.len);

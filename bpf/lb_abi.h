@@ -48,6 +48,7 @@ struct lb_vip {
  * same address:port under two VIPs is two rows. */
 struct lb_backend {
 	struct lb_endpoint ep;
+	struct lb_endpoint vip;  /* the VIP it serves: rebuilds lost entries */
 	__u32 vip_index;
 	__u32 weight;     /* lbctl's record; the data path follows the table */
 	__u32 flags;      /* LB_BACKEND_* */
@@ -114,12 +115,13 @@ enum lb_reason {
 	LB_PASS_FRAGMENT,        /* later fragment: no ports, cannot be classified */
 	LB_DROP_NO_BACKEND,      /* new flow for a VIP with no backend of weight > 0 */
 	LB_DROP_CT_FAILED,       /* conntrack entry could not be created */
-	LB_PASS_REPLY_UNTRACKED, /* from a backend, but no conntrack entry */
+	LB_PASS_REPLY_UNTRACKED, /* from a backend endpoint, no entry, no VIP to rebuild it for */
 	LB_TX,                   /* forwarded out of the interface it came in on */
 	LB_REDIRECT,             /* forwarded out of another attached interface */
 	LB_PASS_NO_NEIGH,        /* rewritten; the stack resolves the neighbour */
 	LB_PASS_FIB,             /* rewritten; no XDP route, the stack forwards it */
 	LB_PASS_FOREIGN_CT,      /* conntrack entry not made by lbctl: not touched */
+	LB_DROP_REPLY_UNTRACKED, /* fullnat reply with no entry: the client is unknown */
 	LB_REASON_MAX,
 };
 

@@ -18,6 +18,20 @@ static __always_inline int verdict(enum lb_reason reason, int action)
 	return action;
 }
 
+/* A verdict that ends processing early: drop or pass, by its reason. */
+static __always_inline int stop(enum lb_reason reason)
+{
+	switch (reason) {
+	case LB_DROP_FRAGMENT:
+	case LB_DROP_NO_BACKEND:
+	case LB_DROP_CT_FAILED:
+	case LB_DROP_REPLY_UNTRACKED:
+		return verdict(reason, XDP_DROP);
+	default:
+		return verdict(reason, XDP_PASS);
+	}
+}
+
 static __always_inline void add_counters(void *map, __u32 index, __u32 len, bool created)
 {
 	struct lb_counters *c = bpf_map_lookup_elem(map, &index);

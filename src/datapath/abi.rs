@@ -31,7 +31,7 @@ pub const LB_DEFAULT_UDP_TIMEOUT_S: u32 = 300;
 
 const _: () = assert!(std::mem::size_of::<types::lb_endpoint>() == 20);
 const _: () = assert!(std::mem::size_of::<types::lb_vip>() == 32);
-const _: () = assert!(std::mem::size_of::<types::lb_backend>() == 36);
+const _: () = assert!(std::mem::size_of::<types::lb_backend>() == 56);
 const _: () = assert!(std::mem::size_of::<types::lb_config>() == 24);
 const _: () = assert!(std::mem::size_of::<types::lb_counters>() == 24);
 
@@ -56,6 +56,10 @@ pub const REASONS: [(types::lb_reason, &str); types::lb_reason::LB_REASON_MAX.0 
     (
         types::lb_reason::LB_PASS_FOREIGN_CT,
         "pass_foreign_conntrack",
+    ),
+    (
+        types::lb_reason::LB_DROP_REPLY_UNTRACKED,
+        "drop_reply_untracked",
     ),
 ];
 

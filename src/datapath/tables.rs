@@ -230,6 +230,7 @@ impl Maps {
         let id = self.allocate_backend_id(&all)?;
         let row = lb_backend {
             ep: to_endpoint(addr, service.proto),
+            vip: to_endpoint(service.addr, service.proto),
             vip_index: vip.index,
             weight,
             flags: LB_BACKEND_IN_USE,
