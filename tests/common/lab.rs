@@ -1,0 +1,564 @@
+//! The two lab topologies: namespaces, veths, a bridge, addresses and routes.
+//!
+//! ```text
+//! two-arm:  c:eth0 ─── lba:lb:lbb ─── sw:br0 ─┬─ b1:eth0
+//!           198.18.0.2  .0.1  .1.1            ├─ b2:eth0   198.18.1.(10+i)
+//!                                             └─ ...
+//! one-arm:  c:eth0 ─┐
+//!           lb:lb0 ─┼─ sw:br0        all in 198.18.2.0/24: c .2, lb .1, bi .(10+i)
+//!           bi:eth0 ┘
+//! ```
+//! The bridge lives in its own namespace `sw` because XDP cannot redirect into a
+//! bridge device: the balancer only ever sees plain veths.
+//! VIPs live in 198.18.100.0/24; the client routes that net via the balancer.
+//! Every veth end has GRO on, the client's and backends' have TX checksum
+//! offload off, and the ends facing the balancer carry a native XDP_PASS
+//! program (see `tune_veths` and `attach_pass_to_balancer_peers` for why).
+
+use std::ffi::OsStr;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::process::Child;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::netns;
+use super::servers::BackendServers;
+use super::xdp_pass;
+
+/// The net that VIPs are taken from; the client routes it via the balancer.
+pub const VIP_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 100, 0), 24);
+
+/// Most backends a lab builds (addresses .11 to .210, switch ports pb1..pb200).
+pub const MAX_BACKENDS: usize = 200;
+
+/// Interface name of the client and of every backend (each in its own namespace).
+pub const HOST_IFACE: &str = "eth0";
+
+const BRIDGE: &str = "br0";
+
+/// How long a new lab may take for all its links to come up.
+const LINK_UP_WAIT: Duration = Duration::from_secs(3);
+
+/// Numbers the labs of this process so parallel tests get distinct names.
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// Client net and backend net on separate balancer interfaces.
+    TwoArm,
+    /// Client, balancer and backends on one bridge; the balancer has one interface.
+    OneArm,
+}
+
+/// Addresses and interface names of one topology.
+#[derive(Clone, Debug)]
+struct Plan {
+    client_addr: Ipv4Addr,
+    lb_client_addr: Ipv4Addr,
+    lb_backend_addr: Ipv4Addr,
+    /// Third octet of the backend net: backend i is 198.18.<net>.(10+i).
+    backend_net: u8,
+    lb_client_iface: &'static str,
+    lb_backend_iface: &'static str,
+}
+
+impl Plan {
+    fn for_topology(topology: Topology) -> Plan {
+        match topology {
+            Topology::TwoArm => Plan {
+                client_addr: Ipv4Addr::new(198, 18, 0, 2),
+                lb_client_addr: Ipv4Addr::new(198, 18, 0, 1),
+                lb_backend_addr: Ipv4Addr::new(198, 18, 1, 1),
+                backend_net: 1,
+                lb_client_iface: "lba",
+                lb_backend_iface: "lbb",
+            },
+            Topology::OneArm => Plan {
+                client_addr: Ipv4Addr::new(198, 18, 2, 2),
+                lb_client_addr: Ipv4Addr::new(198, 18, 2, 1),
+                lb_backend_addr: Ipv4Addr::new(198, 18, 2, 1),
+                backend_net: 2,
+                lb_client_iface: "lb0",
+                lb_backend_iface: "lb0",
+            },
+        }
+    }
+}
+
+/// A set of namespaces wired into one topology. Dropping it stops the servers,
+/// kills every process left in its namespaces and deletes them, also when the
+/// test that owns it panics.
+pub struct Lab {
+    topology: Topology,
+    plan: Plan,
+    /// `lbt-<pid>-<n>-`; every namespace name of this lab starts with it.
+    prefix: String,
+    client_ns: String,
+    balancer_ns: String,
+    switch_ns: String,
+    /// Index 0 is b1.
+    backend_ns: Vec<String>,
+    backends: usize,
+    /// Namespaces created so far, in creation order (deleted in reverse).
+    created: Vec<String>,
+    /// Servers per backend (index 0 is b1), started on demand.
+    servers: Vec<Option<BackendServers>>,
+    /// veth pairs created so far; numbers their interface indexes.
+    veth_pairs: AtomicU32,
+    /// bpf_links of the XDP pass programs on the balancer's peers.
+    xdp_links: Vec<OwnedFd>,
+}
+
+impl Lab {
+    /// Client ↔ balancer ↔ switch ↔ backends, the balancer forwarding between
+    /// 198.18.0.0/24 and 198.18.1.0/24.
+    pub fn two_arm(n_backends: usize) -> io::Result<Lab> {
+        Lab::build(Topology::TwoArm, n_backends)
+    }
+
+    /// Client, balancer and backends on one bridge in 198.18.2.0/24.
+    pub fn one_arm(n_backends: usize) -> io::Result<Lab> {
+        Lab::build(Topology::OneArm, n_backends)
+    }
+
+    fn build(topology: Topology, n_backends: usize) -> io::Result<Lab> {
+        if n_backends > MAX_BACKENDS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("at most {MAX_BACKENDS} backends, asked for {n_backends}"),
+            ));
+        }
+        netns::sweep_stale();
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("{}{}-{}-", netns::PREFIX, std::process::id(), n);
+        // From here on every failure returns early and `lab`'s Drop cleans up.
+        let mut lab = Lab {
+            topology,
+            plan: Plan::for_topology(topology),
+            client_ns: format!("{prefix}c"),
+            balancer_ns: format!("{prefix}lb"),
+            switch_ns: format!("{prefix}sw"),
+            backend_ns: (1..=n_backends).map(|i| format!("{prefix}b{i}")).collect(),
+            prefix,
+            backends: n_backends,
+            created: Vec::new(),
+            servers: (0..n_backends).map(|_| None).collect(),
+            veth_pairs: AtomicU32::new(0),
+            xdp_links: Vec::new(),
+        };
+        lab.create_namespaces()?;
+        lab.build_switch()?;
+        match topology {
+            Topology::TwoArm => lab.wire_two_arm()?,
+            Topology::OneArm => lab.wire_one_arm()?,
+        }
+        lab.tune_veths()?;
+        lab.attach_pass_to_balancer_peers()?;
+        lab.wait_links_up()?;
+        Ok(lab)
+    }
+
+    // ----- names and addresses -------------------------------------------------
+
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    /// `lbt-<pid>-<n>-`: the start of every namespace name of this lab.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// All namespaces of this lab.
+    pub fn namespaces(&self) -> &[String] {
+        &self.created
+    }
+
+    pub fn client_ns(&self) -> &str {
+        &self.client_ns
+    }
+
+    pub fn balancer_ns(&self) -> &str {
+        &self.balancer_ns
+    }
+
+    /// The namespace holding the bridge.
+    pub fn switch_ns(&self) -> &str {
+        &self.switch_ns
+    }
+
+    /// Namespace of backend `i` (1-based: b1..bN).
+    pub fn backend_ns(&self, i: usize) -> &str {
+        self.check_backend(i);
+        &self.backend_ns[i - 1]
+    }
+
+    /// `b<i>`: the name backend `i`'s servers answer with.
+    pub fn backend_name(&self, i: usize) -> String {
+        self.check_backend(i);
+        format!("b{i}")
+    }
+
+    /// Number of backends.
+    pub fn backends(&self) -> usize {
+        self.backends
+    }
+
+    /// Backend indices, 1..=N.
+    pub fn backend_ids(&self) -> std::ops::RangeInclusive<usize> {
+        1..=self.backends
+    }
+
+    pub fn backend_addr(&self, i: usize) -> Ipv4Addr {
+        self.check_backend(i);
+        Ipv4Addr::new(198, 18, self.plan.backend_net, 10 + i as u8)
+    }
+
+    pub fn client_addr(&self) -> Ipv4Addr {
+        self.plan.client_addr
+    }
+
+    pub fn client_iface(&self) -> &'static str {
+        HOST_IFACE
+    }
+
+    /// The balancer's address the client routes VIP traffic to.
+    pub fn lb_client_addr(&self) -> Ipv4Addr {
+        self.plan.lb_client_addr
+    }
+
+    /// The balancer's address on the backend net (fullnat source address).
+    /// Same as `lb_client_addr` in one-arm.
+    pub fn lb_backend_addr(&self) -> Ipv4Addr {
+        self.plan.lb_backend_addr
+    }
+
+    pub fn lb_client_iface(&self) -> &'static str {
+        self.plan.lb_client_iface
+    }
+
+    pub fn lb_backend_iface(&self) -> &'static str {
+        self.plan.lb_backend_iface
+    }
+
+    /// The balancer's interfaces, to attach XDP to: `["lba", "lbb"]` or `["lb0"]`.
+    pub fn lb_ifaces(&self) -> Vec<&'static str> {
+        match self.topology {
+            Topology::TwoArm => vec![self.plan.lb_client_iface, self.plan.lb_backend_iface],
+            Topology::OneArm => vec![self.plan.lb_client_iface],
+        }
+    }
+
+    /// The VIP net (198.18.100.0/24).
+    pub fn vip_net(&self) -> (Ipv4Addr, u8) {
+        VIP_NET
+    }
+
+    /// VIP number `k` (1..=254): 198.18.100.k.
+    pub fn vip(&self, k: u8) -> Ipv4Addr {
+        assert!((1..=254).contains(&k), "VIP number {k} outside 1..=254");
+        let [a, b, c, _] = VIP_NET.0.octets();
+        Ipv4Addr::new(a, b, c, k)
+    }
+
+    fn check_backend(&self, i: usize) {
+        assert!(
+            (1..=self.backends).contains(&i),
+            "backend {i} outside 1..={}",
+            self.backends
+        );
+    }
+
+    // ----- commands ------------------------------------------------------------
+
+    /// Runs `argv` inside namespace `ns`; stdout or an error with stderr.
+    pub fn exec<S: AsRef<OsStr>>(&self, ns: &str, argv: &[S]) -> io::Result<String> {
+        netns::exec(ns, argv)
+    }
+
+    /// Starts `argv` inside namespace `ns` without waiting; the lab kills it
+    /// at teardown if it is still running (the caller should still `wait`).
+    pub fn spawn<S: AsRef<OsStr>>(&self, ns: &str, argv: &[S]) -> io::Result<Child> {
+        netns::spawn(ns, argv)
+    }
+
+    /// Runs `f` on a thread inside the client namespace (see `netns::try_in_ns`).
+    pub fn in_client<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send,
+        E: From<io::Error> + Send,
+        F: FnOnce() -> Result<T, E> + Send,
+    {
+        netns::try_in_ns(&self.client_ns, f)
+    }
+
+    /// `ip ARGS...` inside `ns`.
+    fn ip(&self, ns: &str, args: &[&str]) -> io::Result<()> {
+        let argv: Vec<&str> = std::iter::once("ip").chain(args.iter().copied()).collect();
+        netns::exec(ns, &argv).map(|_| ())
+    }
+
+    // ----- servers -------------------------------------------------------------
+
+    /// Starts the echo and HTTP servers on every backend that has none running.
+    pub fn start_servers(&mut self) -> io::Result<()> {
+        for i in self.backend_ids() {
+            self.start_server(i)?;
+        }
+        Ok(())
+    }
+
+    /// Starts backend `i`'s servers (TCP+UDP echo on 8080, HTTP on 80) unless running.
+    pub fn start_server(&mut self, i: usize) -> io::Result<()> {
+        self.check_backend(i);
+        if self.servers[i - 1].is_none() {
+            let started = BackendServers::start(self.backend_ns(i), &self.backend_name(i))?;
+            self.servers[i - 1] = Some(started);
+        }
+        Ok(())
+    }
+
+    /// Stops backend `i`'s servers (its sockets close; new connections are refused).
+    pub fn stop_server(&mut self, i: usize) {
+        self.check_backend(i);
+        self.servers[i - 1] = None;
+    }
+
+    // ----- construction --------------------------------------------------------
+
+    fn create_namespaces(&mut self) -> io::Result<()> {
+        let fixed = [&self.client_ns, &self.balancer_ns, &self.switch_ns];
+        let all: Vec<String> = fixed.into_iter().chain(&self.backend_ns).cloned().collect();
+        for name in all {
+            netns::add(&name)?;
+            self.created.push(name.clone());
+            // IPv6 router/neighbour solicitations would be the only other traffic
+            // on these links; without them the balancer's counters stay exact.
+            netns::write_sysctl(&name, "net/ipv6/conf/all/disable_ipv6", "1")?;
+            netns::write_sysctl(&name, "net/ipv6/conf/default/disable_ipv6", "1")?;
+        }
+        Ok(())
+    }
+
+    /// The bridge in `sw`, a plain L2 switch.
+    fn build_switch(&self) -> io::Result<()> {
+        let sw = self.switch_ns();
+        self.ip(sw, &["link", "add", BRIDGE, "type", "bridge"])?;
+        self.ip(sw, &["link", "set", BRIDGE, "up"])?;
+        // br_netfilter is built into this kernel and, per namespace, hands bridged
+        // IPv4 frames to netfilter by default; the switch should not track flows.
+        for key in [
+            "bridge-nf-call-iptables",
+            "bridge-nf-call-ip6tables",
+            "bridge-nf-call-arptables",
+        ] {
+            let key = format!("net/bridge/{key}");
+            if std::path::Path::new("/proc/sys").join(&key).exists() {
+                netns::write_sysctl(sw, &key, "0")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn wire_two_arm(&self) -> io::Result<()> {
+        let (c, lb, sw) = (self.client_ns(), self.balancer_ns(), self.switch_ns());
+        let p = self.plan.clone();
+        self.veth(lb, p.lb_client_iface, c, HOST_IFACE)?;
+        self.veth(sw, "plb", lb, p.lb_backend_iface)?;
+        self.join_bridge("plb")?;
+        self.set_addr(lb, p.lb_client_iface, p.lb_client_addr)?;
+        self.set_addr(lb, p.lb_backend_iface, p.lb_backend_addr)?;
+        netns::write_sysctl(lb, "net/ipv4/ip_forward", "1")?;
+        self.setup_client()?;
+        for i in self.backend_ids() {
+            self.attach_backend(i)?;
+            let gw = p.lb_backend_addr.to_string();
+            self.ip(self.backend_ns(i), &["route", "add", "default", "via", &gw])?;
+        }
+        Ok(())
+    }
+
+    fn wire_one_arm(&self) -> io::Result<()> {
+        let (c, lb, sw) = (self.client_ns(), self.balancer_ns(), self.switch_ns());
+        let p = self.plan.clone();
+        self.veth(sw, "pc", c, HOST_IFACE)?;
+        self.join_bridge("pc")?;
+        self.veth(sw, "plb", lb, p.lb_client_iface)?;
+        self.join_bridge("plb")?;
+        self.set_addr(lb, p.lb_client_iface, p.lb_client_addr)?;
+        self.setup_client()?;
+        // No default routes on backends: with fullnat they answer the balancer's
+        // own on-link address.
+        for i in self.backend_ids() {
+            self.attach_backend(i)?;
+        }
+        Ok(())
+    }
+
+    /// Client address, default route (two-arm) and the VIP route via the balancer.
+    fn setup_client(&self) -> io::Result<()> {
+        let c = self.client_ns();
+        let gw = self.plan.lb_client_addr.to_string();
+        self.set_addr(c, HOST_IFACE, self.plan.client_addr)?;
+        if self.topology == Topology::TwoArm {
+            self.ip(c, &["route", "add", "default", "via", &gw])?;
+        }
+        let vip_net = format!("{}/{}", VIP_NET.0, VIP_NET.1);
+        self.ip(c, &["route", "add", &vip_net, "via", &gw])
+    }
+
+    /// Backend `i`'s veth into the switch, with its address.
+    fn attach_backend(&self, i: usize) -> io::Result<()> {
+        let port = format!("pb{i}");
+        self.veth(self.switch_ns(), &port, self.backend_ns(i), HOST_IFACE)?;
+        self.join_bridge(&port)?;
+        self.set_addr(self.backend_ns(i), HOST_IFACE, self.backend_addr(i))
+    }
+
+    /// A veth pair created directly with its ends in `ns_a` and `ns_b`, so it
+    /// never exists in the host namespace. Both ends are left down.
+    ///
+    /// Each end gets an interface index of its own across the lab (100, 101,
+    /// 102, ...). With the default numbering every small namespace counts from
+    /// 1, and an end whose index equals its peer's (e.g. `eth0@if2` being index
+    /// 2 itself) looks to the kernel's linkwatch like a physical device: its
+    /// carrier change is then applied up to a second late, and until then the
+    /// link reports operstate DOWN (a bridge port stays disabled).
+    fn veth(&self, ns_a: &str, if_a: &str, ns_b: &str, if_b: &str) -> io::Result<()> {
+        let pair = self.veth_pairs.fetch_add(1, Ordering::Relaxed);
+        let (index_a, index_b) = ((100 + 2 * pair).to_string(), (101 + 2 * pair).to_string());
+        let args = [
+            "link", "add", if_a, "index", &index_a, "type", "veth", "peer", "name", if_b, "netns",
+            ns_b, "index", &index_b,
+        ];
+        self.ip(ns_a, &args)
+    }
+
+    fn join_bridge(&self, port: &str) -> io::Result<()> {
+        let sw = self.switch_ns();
+        self.ip(sw, &["link", "set", port, "master", BRIDGE])?;
+        self.ip(sw, &["link", "set", port, "up"])
+    }
+
+    /// `addr`/24 on `iface`, which is brought up.
+    fn set_addr(&self, ns: &str, iface: &str, addr: Ipv4Addr) -> io::Result<()> {
+        self.ip(ns, &["addr", "add", &format!("{addr}/24"), "dev", iface])?;
+        self.ip(ns, &["link", "set", iface, "up"])
+    }
+
+    /// Offload settings the XDP data path depends on, on every veth end.
+    fn tune_veths(&self) -> io::Result<()> {
+        for (ns, iface) in self.veth_ends() {
+            // A frame that XDP redirects into a veth is dropped unless the
+            // receiving peer has a NAPI context: GRO enabled, or a native XDP
+            // program. Every end may be such a receiver, so all get GRO.
+            // (XDP_TX needs the native program: `attach_pass_to_balancer_peers`.)
+            netns::exec(ns, &["ethtool", "-K", &iface, "gro", "on"])?;
+        }
+        let hosts =
+            std::iter::once(self.client_ns()).chain(self.backend_ids().map(|i| self.backend_ns(i)));
+        for ns in hosts {
+            // With TX checksum offload a veth hands packets on with only a partial
+            // checksum (CHECKSUM_PARTIAL: the field holds the pseudo-header sum);
+            // XDP sees those bytes, cannot update them incrementally, and a frame
+            // it sends on arrives with a bad checksum (the receiver counts
+            // InCsumErrors and drops it). Off, the sender writes full checksums.
+            netns::exec(ns, &["ethtool", "-K", HOST_IFACE, "tx", "off"])?;
+        }
+        Ok(())
+    }
+
+    /// A native XDP_PASS program on each veth end facing a balancer interface,
+    /// so that frames the balancer sends with XDP_TX are delivered at once (see
+    /// `xdp_pass.rs`; GRO alone covers bpf_redirect but not XDP_TX).
+    fn attach_pass_to_balancer_peers(&mut self) -> io::Result<()> {
+        let mut peers = vec![(self.switch_ns.clone(), "plb")];
+        if self.topology == Topology::TwoArm {
+            peers.push((self.client_ns.clone(), HOST_IFACE));
+        }
+        for (ns, iface) in peers {
+            let link = xdp_pass::attach(&ns, iface)?;
+            self.xdp_links.push(link);
+        }
+        Ok(())
+    }
+
+    /// Waits (at most `LINK_UP_WAIT`) until every veth end reports operstate UP,
+    /// so a test starts on links that the kernel considers usable.
+    fn wait_links_up(&self) -> io::Result<()> {
+        let deadline = Instant::now() + LINK_UP_WAIT;
+        for (ns, iface) in self.veth_ends() {
+            while operstate(ns, &iface)? != "UP" {
+                if Instant::now() > deadline {
+                    let state = operstate(ns, &iface)?;
+                    return Err(io::Error::other(format!(
+                        "{iface} in {ns} still {state} after {LINK_UP_WAIT:?}"
+                    )));
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every (namespace, interface) that is one end of a veth pair.
+    fn veth_ends(&self) -> Vec<(&str, String)> {
+        let (c, lb, sw) = (self.client_ns(), self.balancer_ns(), self.switch_ns());
+        let mut ends = vec![(c, HOST_IFACE.to_string())];
+        for iface in self.lb_ifaces() {
+            ends.push((lb, iface.to_string()));
+        }
+        if self.topology == Topology::OneArm {
+            ends.push((sw, "pc".to_string()));
+        }
+        ends.push((sw, "plb".to_string()));
+        for i in self.backend_ids() {
+            ends.push((sw, format!("pb{i}")));
+            ends.push((self.backend_ns(i), HOST_IFACE.to_string()));
+        }
+        ends
+    }
+
+    // ----- teardown ------------------------------------------------------------
+
+    /// Stops servers, kills processes and deletes the namespaces. Idempotent;
+    /// reports the first failure but always tries every step.
+    pub fn teardown(&mut self) -> io::Result<()> {
+        // Servers first: their threads would otherwise keep sockets (and so the
+        // namespaces) alive after the names are gone.
+        self.servers.iter_mut().for_each(|s| *s = None);
+        self.xdp_links.clear();
+        let mut first_error = None;
+        while let Some(name) = self.created.pop() {
+            if let Err(e) = netns::delete(&name) {
+                eprintln!("lab: {e}");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Operstate of `iface` in `ns` as `ip -br link` prints it (UP, DOWN, ...).
+/// /sys/class/net would show the host's devices: only the network namespace
+/// of our commands changes, not the mount namespace.
+fn operstate(ns: &str, iface: &str) -> io::Result<String> {
+    let line = netns::exec(ns, &["ip", "-br", "link", "show", "dev", iface])?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("?").to_string())
+}
+
+// Closures given to `in_client`/`in_ns` may borrow the lab from their thread.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Lab>();
+};
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Errors were already printed; a Drop cannot do more.
+        let _ = self.teardown();
+    }
+}
