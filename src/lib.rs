@@ -9,3 +9,4 @@ pub mod hash;
 pub mod lock;
 pub mod maglev;
 pub mod model;
+pub mod neighbour;

@@ -40,12 +40,25 @@ pub fn run(args: &AttachArgs) -> Result<()> {
         None => start(&args.iface, ifindex, mode, args.hash_seed)?,
     };
     println!("lbctl attached to {} (program id {prog_id})", args.iface);
+    if !forwarding_on(&args.iface) {
+        eprintln!(
+            "lbctl: note: IPv4 forwarding is off on {0}: balanced packets go to the stack, which drops them; enable it with sysctl -w net.ipv4.conf.{0}.forwarding=1 (or net.ipv4.ip_forward=1)",
+            args.iface
+        );
+    }
     drop(lock);
     if args.foreground {
         wait_for_ctrl_c()?;
         detach(&args.iface)?;
     }
     Ok(())
+}
+
+/// The XDP program forwards through the kernel's FIB, which refuses to route
+/// for an interface that does not forward.
+pub fn forwarding_on(iface: &str) -> bool {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+    std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1")
 }
 
 fn refuse_if_taken(iface: &str, ifindex: u32, running: Option<&Balancer>) -> Result<()> {

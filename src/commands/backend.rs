@@ -6,6 +6,7 @@ use super::open_for_change;
 use super::vip::service;
 use crate::cli::BackendCommand;
 use crate::model::check_same_family;
+use crate::neighbour;
 
 pub fn run(cmd: &BackendCommand) -> Result<()> {
     let target = match cmd {
@@ -23,6 +24,9 @@ pub fn run(cmd: &BackendCommand) -> Result<()> {
                 "added backend {} to {svc} (weight {weight})",
                 target.backend
             );
+            if let Some(note) = neighbour::keep_resolved(target.backend.ip()) {
+                eprintln!("lbctl: note: {note}; first packets may wait for ARP");
+            }
         }
         BackendCommand::Set { weight, .. } => {
             b.maps.set_weight(&svc, target.backend, *weight)?;
@@ -39,6 +43,14 @@ pub fn run(cmd: &BackendCommand) -> Result<()> {
         BackendCommand::Del { .. } => {
             b.maps.del_backend(&svc, target.backend)?;
             println!("removed backend {} from {svc}", target.backend);
+            if !b
+                .maps
+                .backends()?
+                .iter()
+                .any(|r| r.addr.ip() == target.backend.ip())
+            {
+                neighbour::release(target.backend.ip());
+            }
         }
     }
     Ok(())

@@ -16,8 +16,13 @@ pub fn run() -> Result<()> {
     let cfg = b.maps.settings()?;
     println!("program id    {}", b.prog_id);
     for a in &b.attachments {
+        let off = if super::attach::forwarding_on(&a.ifname) {
+            ""
+        } else {
+            "; IPv4 forwarding OFF: nothing can be forwarded"
+        };
         println!(
-            "attached      {} (ifindex {}, {} XDP, program {})",
+            "attached      {} (ifindex {}, {} XDP, program {}{off})",
             a.ifname, a.ifindex, a.mode, a.prog_id
         );
     }

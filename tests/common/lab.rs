@@ -389,6 +389,9 @@ impl Lab {
         self.veth(sw, "plb", lb, p.lb_client_iface)?;
         self.join_bridge("plb")?;
         self.set_addr(lb, p.lb_client_iface, p.lb_client_addr)?;
+        // The balancer forwards like a router even on one arm: the FIB lookup
+        // of its XDP program needs forwarding on the interface.
+        netns::write_sysctl(lb, "net/ipv4/ip_forward", "1")?;
         self.setup_client()?;
         // No default routes on backends: with fullnat they answer the balancer's
         // own on-link address.
