@@ -40,6 +40,8 @@ struct lb_vip {
 	__u8  snat_addr[16];  /* network order; used with LB_VIP_FULLNAT */
 	__u32 table_size;     /* lbctl only: slots in the VIP's table (prime) */
 	__u32 moved_ppm;      /* lbctl only: slots the last change moved, per million */
+	__u32 table_digest;   /* lbctl only: digest of the backends the table was built from */
+	__u32 reserved;
 };
 
 #define LB_BACKEND_IN_USE (1u << 0)

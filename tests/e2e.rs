@@ -142,3 +142,262 @@ fn one_arm_fullnat_balances_short_tcp_and_udp() {
     let spread = short_udp(&lab, vip, 500);
     assert_spread(&spread, &lab, &weights, "one-arm UDP");
 }
+
+/// A UDP "flow": one socket (one 5-tuple) asking every `interval` and
+/// noting which backend answered each time.
+struct UdpFlow {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<Vec<String>, String>>,
+}
+
+impl UdpFlow {
+    /// Call from a thread inside the client namespace.
+    fn start(id: usize, vip: Ipv4Addr, interval: Duration) -> UdpFlow {
+        use std::sync::atomic::Ordering;
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        socket.connect((vip, 80)).expect("connect");
+        socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 256];
+            for k in 0..100_000u32 {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let msg = format!("flow{id}-{k}");
+                socket
+                    .send(msg.as_bytes())
+                    .map_err(|e| format!("udp flow {id}: send {k}: {e}"))?;
+                let n = socket
+                    .recv(&mut buf)
+                    .map_err(|e| format!("udp flow {id}: no answer to {k}: {e}"))?;
+                let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let (name, echo) = reply.split_once(':').unwrap_or(("", ""));
+                if echo != msg {
+                    return Err(format!("udp flow {id}: {k} answered {reply:?}"));
+                }
+                seen.push(name.to_string());
+                std::thread::sleep(interval);
+            }
+            Ok(seen)
+        });
+        UdpFlow { stop, thread }
+    }
+
+    /// The backends that answered, in order.
+    fn finish(self) -> Result<Vec<String>, String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| "udp flow thread panicked".to_string())?
+    }
+}
+
+/// Kills an lbctl change after `delay`: SIGKILL, mid-change if it is slow
+/// enough to be caught.
+fn kill_lbctl_during(lab: &Lab, args: &[&str], delay: Duration) {
+    let mut argv = vec![env!("CARGO_BIN_EXE_lbctl")];
+    argv.extend_from_slice(args);
+    let mut child = lab.spawn(lab.balancer_ns(), &argv).expect("spawning lbctl");
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn long_lived_connections_survive_every_change(topology: Topology) {
+    // Four backends exist; b4 joins the VIP during the test.
+    let (lab, vip) = balanced_lab(topology, 4, &[1, 1, 1, 0]);
+    let v = format!("{vip}:80");
+    let be = |i: usize| format!("{}:{ECHO_PORT}", lab.backend_addr(i));
+    for proto in ["tcp", "udp"] {
+        lbctl(&lab, &["backend", "del", &v, &be(4), "--proto", proto]);
+    }
+    let cfg = clients::EchoConfig {
+        interval: Duration::from_millis(5),
+        max_duration: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let (conns, flows) = lab
+        .in_client(|| -> Result<_, ClientError> {
+            let conns = clients::start_many(50, vip, 80, &cfg)?;
+            let flows: Vec<UdpFlow> = (0..10)
+                .map(|i| UdpFlow::start(i, vip, Duration::from_millis(20)))
+                .collect();
+            Ok((conns, flows))
+        })
+        .unwrap_or_else(|e| panic!("starting long connections: {e}\n{}", diagnose(&lab)));
+    let pause = || std::thread::sleep(Duration::from_millis(300));
+    let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
+    pause();
+
+    // The operator, in turn:
+    for proto in ["tcp", "udp"] {
+        lbctl(&lab, &["backend", "add", &v, &be(4), "--proto", proto]);
+    }
+    pause();
+    for proto in ["tcp", "udp"] {
+        lbctl(
+            &lab,
+            &[
+                "backend",
+                "set",
+                &v,
+                &be(1),
+                "--weight",
+                "0",
+                "--proto",
+                proto,
+            ],
+        );
+    }
+    pause();
+    let after_drain = short_tcp(&lab, vip, 100);
+    assert!(
+        !after_drain.contains_key(&lab.backend_name(1)),
+        "a drained backend got new flows: {after_drain:?}"
+    );
+    assert!(
+        !started.contains(&lab.backend_name(4)),
+        "b4 joined after the long connections started"
+    );
+    for proto in ["tcp", "udp"] {
+        lbctl(&lab, &["backend", "del", &v, &be(4), "--proto", proto]);
+    }
+    pause();
+    lbctl(&lab, &["backend", "set", &v, &be(2), "--weight", "3"]);
+    pause();
+    let list = lbctl(&lab, &["list", "--stats"]);
+    assert!(list.contains("draining"), "{list}");
+    for k in 0..10u64 {
+        let weight = (k % 4 + 1).to_string();
+        kill_lbctl_during(
+            &lab,
+            &["backend", "set", &v, &be(3), "--weight", &weight],
+            Duration::from_millis(k * 3),
+        );
+        // Whatever the kill interrupted, the balancer serves and lbctl reads.
+        short_tcp(&lab, vip, 5);
+        lbctl(&lab, &["list"]);
+    }
+    lbctl(&lab, &["backend", "set", &v, &be(3), "--weight", "1"]);
+    lbctl(&lab, &["attach", lab.lb_ifaces()[0], "--replace"]);
+    pause();
+    let after_replace = short_tcp(&lab, vip, 20);
+    assert!(
+        !after_replace.contains_key(&lab.backend_name(1)),
+        "still drained after the upgrade"
+    );
+
+    let entries = lab
+        .exec(lab.balancer_ns(), &["conntrack", "-L", "-p", "tcp"])
+        .unwrap();
+    let reports = clients::finish_all(conns);
+    if let Some(broken) = clients::broken_summary(&reports) {
+        panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
+    }
+    for (r, first) in reports.iter().zip(&started) {
+        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
+        assert!(
+            r.chunks_ok > 50,
+            "connection {} exchanged only {} chunks",
+            r.id,
+            r.chunks_ok
+        );
+    }
+    for (i, f) in flows.into_iter().enumerate() {
+        let seen = f
+            .finish()
+            .unwrap_or_else(|e| panic!("{e}\n{}", diagnose(&lab)));
+        assert!(seen.len() > 20, "udp flow {i}: only {} answers", seen.len());
+        assert!(
+            seen.iter().all(|b| *b == seen[0]),
+            "udp flow {i} moved: {seen:?}"
+        );
+    }
+    // conntrack shows the flows with the NAT lbctl chose.
+    for i in 1..=3 {
+        let n = entries
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("src={} ", lab.backend_addr(i))) && l.contains("dport=80 ")
+            })
+            .count();
+        let want = started
+            .iter()
+            .filter(|b| **b == lab.backend_name(i))
+            .count();
+        assert!(
+            n >= want,
+            "conntrack shows {n} flows to b{i}, {want} long connections use it:\n{entries}"
+        );
+    }
+}
+
+#[test]
+fn two_arm_long_connections_survive_every_change() {
+    long_lived_connections_survive_every_change(Topology::TwoArm);
+}
+
+#[test]
+fn one_arm_long_connections_survive_every_change() {
+    long_lived_connections_survive_every_change(Topology::OneArm);
+}
+
+#[test]
+fn udp_flows_expire_after_their_timeout() {
+    let (lab, vip) = balanced_lab(Topology::OneArm, 2, &[]);
+    lbctl(&lab, &["timeouts", "--udp", "2"]);
+    short_udp(&lab, vip, 1);
+    let udp_entries = || {
+        lab.exec(lab.balancer_ns(), &["conntrack", "-L", "-p", "udp"])
+            .unwrap()
+    };
+    assert!(
+        udp_entries().contains("dport=80"),
+        "a live UDP flow has an entry"
+    );
+    std::thread::sleep(Duration::from_millis(3500));
+    let left = udp_entries();
+    assert!(
+        !left.contains("dport=80"),
+        "expired after 2 s idle, still there:\n{left}"
+    );
+}
+
+#[test]
+fn detach_leaves_nothing_behind() {
+    let (lab, vip) = balanced_lab(Topology::TwoArm, 2, &[]);
+    short_tcp(&lab, vip, 10);
+    let status = lbctl(&lab, &["status"]);
+    let prog_id = status
+        .lines()
+        .find_map(|l| l.strip_prefix("program id"))
+        .map(|id| id.trim().to_string())
+        .expect("status names the program");
+    for iface in lab.lb_ifaces() {
+        lbctl(&lab, &["detach", iface]);
+        let link = lab
+            .exec(lab.balancer_ns(), &["ip", "-d", "link", "show", iface])
+            .unwrap();
+        assert!(!link.contains("xdp"), "XDP still on {iface}: {link}");
+    }
+    assert!(lbctl(&lab, &["status"]).contains("not attached"));
+    // The program and its maps are freed with the last attachment.
+    let loaded = || {
+        let out = std::process::Command::new("bpftool")
+            .args(["prog", "show", "id", &prog_id])
+            .output();
+        out.unwrap().status.success()
+    };
+    // Freed when the last reference goes, which the kernel may defer a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while loaded() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !loaded(),
+        "program {prog_id} still loaded after the last detach"
+    );
+}

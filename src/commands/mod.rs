@@ -17,5 +17,7 @@ use crate::lock::{lock_netns, NetnsLock};
 pub fn open_for_change() -> Result<(NetnsLock, Balancer)> {
     load::require_privileges()?;
     let lock = lock_netns()?;
-    Ok((lock, Balancer::require()?))
+    let balancer = Balancer::require()?;
+    balancer.maps.repair_tables()?;
+    Ok((lock, balancer))
 }

@@ -30,7 +30,7 @@ pub const LB_DEFAULT_TCP_FIN_TIMEOUT_S: u32 = 120;
 pub const LB_DEFAULT_UDP_TIMEOUT_S: u32 = 300;
 
 const _: () = assert!(std::mem::size_of::<types::lb_endpoint>() == 20);
-const _: () = assert!(std::mem::size_of::<types::lb_vip>() == 32);
+const _: () = assert!(std::mem::size_of::<types::lb_vip>() == 40);
 const _: () = assert!(std::mem::size_of::<types::lb_backend>() == 56);
 const _: () = assert!(std::mem::size_of::<types::lb_config>() == 24);
 const _: () = assert!(std::mem::size_of::<types::lb_counters>() == 24);

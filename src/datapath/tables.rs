@@ -27,6 +27,8 @@ pub struct VipEntry {
     pub table_size: u32,
     /// Share of table slots the last change moved to another backend.
     pub moved: f64,
+    /// Digest of the members the current table was built from.
+    pub table_digest: u32,
 }
 
 /// A backend row.
@@ -191,7 +193,8 @@ impl Maps {
             },
             snat_addr: snat.map(ip_bytes).unwrap_or_default(),
             table_size,
-            moved_ppm: 0,
+            table_digest: table_digest(&[]),
+            ..Default::default()
         };
         let ep = to_endpoint(service.addr, service.proto);
         self.vips
@@ -355,10 +358,28 @@ impl Maps {
         };
         let old = self.table(vip.index).unwrap_or_default();
         self.swap_table(vip.index, &ids, ids.len() as u32)?;
-        self.record_moved(vip, &old, &ids)
+        self.record_table(vip, &old, &ids, table_digest(members))
     }
 
-    fn record_moved(&self, vip: &VipEntry, old: &[u32], new: &[u32]) -> Result<()> {
+    /// Rebuilds the tables of VIPs whose rows changed without their table
+    /// (an lbctl killed between the two writes): the data path kept serving
+    /// the old table all along; this brings it to the rows.
+    pub fn repair_tables(&self) -> Result<()> {
+        let all = self.backends()?;
+        for vip in self.vips()? {
+            let members: Vec<BackendEntry> = all
+                .iter()
+                .filter(|b| b.vip_index == vip.index)
+                .cloned()
+                .collect();
+            if table_digest(&members) != vip.table_digest {
+                self.rebuild_table(&vip, &members)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn record_table(&self, vip: &VipEntry, old: &[u32], new: &[u32], digest: u32) -> Result<()> {
         let moved = if old.len() != new.len() || old.is_empty() {
             if old.is_empty() && new.is_empty() {
                 0
@@ -373,6 +394,7 @@ impl Maps {
         if let Some(v) = self.vips.lookup(bytes_of(&ep), MapFlags::ANY)? {
             let mut row: lb_vip = read(&v);
             row.moved_ppm = moved;
+            row.table_digest = digest;
             self.vips
                 .update(bytes_of(&ep), bytes_of(&row), MapFlags::EXIST)?;
         }
@@ -440,6 +462,19 @@ impl Maps {
     }
 }
 
+/// What a table is built from: each member's id, endpoint and weight.
+fn table_digest(members: &[BackendEntry]) -> u32 {
+    let mut sorted: Vec<&BackendEntry> = members.iter().collect();
+    sorted.sort_by_key(|b| b.id);
+    let mut bytes = Vec::with_capacity(sorted.len() * 28);
+    for b in sorted {
+        bytes.extend_from_slice(&b.id.to_ne_bytes());
+        bytes.extend_from_slice(&endpoint_key(&to_endpoint(b.addr, b.proto)));
+        bytes.extend_from_slice(&b.weight.to_ne_bytes());
+    }
+    crate::hash::hash_bytes(&bytes, 0x7461_626c)
+}
+
 fn vip_entry(ep: &lb_endpoint, v: &lb_vip) -> VipEntry {
     let (addr, proto) = from_endpoint(ep);
     let fullnat = v.flags & LB_VIP_FULLNAT != 0;
@@ -454,6 +489,7 @@ fn vip_entry(ep: &lb_endpoint, v: &lb_vip) -> VipEntry {
         snat: fullnat.then(|| ip_of(&v.snat_addr, ep.family)),
         table_size: v.table_size,
         moved: v.moved_ppm as f64 / 1e6,
+        table_digest: v.table_digest,
     }
 }
 
