@@ -401,3 +401,46 @@ fn detach_leaves_nothing_behind() {
         "program {prog_id} still loaded after the last detach"
     );
 }
+
+#[test]
+fn two_arm_connections_survive_a_conntrack_flush() {
+    let (lab, vip) = balanced_lab(Topology::TwoArm, 3, &[]);
+    let cfg = clients::EchoConfig {
+        interval: Duration::from_millis(5),
+        max_duration: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let conns = lab
+        .in_client(|| clients::start_many(50, vip, 80, &cfg))
+        .unwrap_or_else(|e| panic!("starting long connections: {e}\n{}", diagnose(&lab)));
+    let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        // The balancer loses every entry, as after a restart or an ECMP move.
+        lab.exec(lab.balancer_ns(), &["conntrack", "-F"]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let reports = clients::finish_all(conns);
+    if let Some(broken) = clients::broken_summary(&reports) {
+        panic!(
+            "connections broke after conntrack -F:\n{broken}\n{}",
+            diagnose(&lab)
+        );
+    }
+    for (r, first) in reports.iter().zip(&started) {
+        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
+        assert!(
+            r.chunks_ok > 100,
+            "connection {} exchanged only {} chunks",
+            r.id,
+            r.chunks_ok
+        );
+    }
+    let entries = lab
+        .exec(lab.balancer_ns(), &["conntrack", "-L", "-p", "tcp"])
+        .unwrap();
+    assert!(
+        entries.lines().filter(|l| l.contains("dport=80 ")).count() >= 50,
+        "entries rebuilt:\n{entries}"
+    );
+}
