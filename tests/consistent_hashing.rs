@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use fixtures::packet::*;
 use fixtures::*;
+use lbctl::datapath::tables::ip_bytes;
 use lbctl::hash::{flow_hash, flow_key};
 use lbctl::model::{NatMode, Proto, Service};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -20,17 +21,6 @@ mod hash_check {
 }
 
 const VIP: &str = "198.18.100.1:80";
-
-fn ip16(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(a) => {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&a.octets());
-            b
-        }
-        IpAddr::V6(a) => a.octets(),
-    }
-}
 
 #[test]
 fn c_and_rust_flow_hashes_agree_on_the_vectors() {
@@ -49,8 +39,8 @@ fn c_and_rust_flow_hashes_agree_on_the_vectors() {
         let f: Vec<&str> = line.split_whitespace().collect();
         let hex = |s: &str| u32::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
         let key = flow_key(
-            ip16(f[0].parse().unwrap()),
-            ip16(f[1].parse().unwrap()),
+            ip_bytes(f[0].parse().unwrap()),
+            ip_bytes(f[1].parse().unwrap()),
             f[2].parse().unwrap(),
             f[3].parse().unwrap(),
             f[4].parse().unwrap(),
@@ -104,8 +94,8 @@ impl Predictor {
     fn backend(&self, client: SocketAddr) -> SocketAddr {
         let s = &self.service;
         let key = flow_key(
-            ip16(client.ip()),
-            ip16(s.addr.ip()),
+            ip_bytes(client.ip()),
+            ip_bytes(s.addr.ip()),
             client.port(),
             s.addr.port(),
             s.proto.number(),

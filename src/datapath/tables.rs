@@ -81,7 +81,8 @@ pub fn from_endpoint(ep: &lb_endpoint) -> (SocketAddr, Proto) {
     (addr, Proto::from_number(ep.proto).unwrap_or(Proto::Tcp))
 }
 
-fn ip_bytes(ip: IpAddr) -> [u8; 16] {
+/// An address as the 16 bytes maps hold (IPv4 in the first 4).
+pub fn ip_bytes(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(a) => {
             let mut b = [0u8; 16];
