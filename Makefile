@@ -1,7 +1,10 @@
 # lbctl — build, test, demo, benchmarks. Run as root (sudo make ...): the
 # tests load XDP programs and make network namespaces.
 
-CARGO ?= cargo
+# sudo resets PATH: fall back to the rustup install of the user we run as.
+CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
+# Extra arguments for the demo, e.g. make demo DEMO_ARGS=--one-arm
+DEMO_ARGS ?=
 # Debian packages the build and the tests need.
 APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
 	ethtool conntrack nftables util-linux kmod
@@ -11,6 +14,9 @@ APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
 all: build
 
 deps:
+	@command -v $(CARGO) >/dev/null || { \
+		echo "cargo not found: lbctl needs Rust 1.82 or newer (rustup); under sudo, try sudo env PATH=\"\$$PATH\" make ..."; \
+		exit 1; }
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing:" $$missing; \
@@ -29,6 +35,11 @@ lint: deps
 
 test: deps lint
 	$(CARGO) test --release -- --test-threads=2
+
+# Builds, then balances real traffic through lbctl in a throwaway lab of
+# network namespaces, checks everything it shows, and removes the lab.
+demo: build
+	$(CARGO) run --release --example demo -- $(DEMO_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -210,7 +210,21 @@ pub fn udp_ask(
     payload: &[u8],
     timeout: Duration,
 ) -> Result<String, ClientError> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    udp_ask_from(0, addr, port, payload, timeout)
+}
+
+/// `udp_ask` from local port `local_port` (0: any free one). A caller that
+/// needs every flow to be new picks the ports: a random one may repeat an
+/// earlier flow's 5-tuple whose conntrack entry is still alive, and the
+/// datagram then follows that entry to the earlier flow's backend.
+pub fn udp_ask_from(
+    local_port: u16,
+    addr: Ipv4Addr,
+    port: u16,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<String, ClientError> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, local_port))?;
     // Connected: only replies from addr:port are received, and an ICMP port
     // unreachable surfaces as ConnectionRefused.
     socket.connect((addr, port))?;
