@@ -204,9 +204,9 @@ pub fn read_sysctl(ns: &str, key: &str) -> io::Result<String> {
 
 /// A command whose network namespace is switched to `ns` between fork and exec.
 ///
-/// Unlike `ip netns exec`, only the network namespace changes: `ip netns exec`
-/// also remounts /sys, which hides the host's bpffs (/sys/fs/bpf) where lbctl
-/// pins its maps, so a balancer started or queried that way would lose its pins.
+/// Unlike `ip netns exec`, only the network namespace changes (like `nsenter
+/// --net`): no new mount namespace per command, which is cheaper. lbctl works
+/// either way; `tests/cli.rs` exercises `ip netns exec`.
 pub fn command<S: AsRef<OsStr>>(ns: &str, argv: &[S]) -> io::Result<Command> {
     let (prog, args) = argv
         .split_first()
