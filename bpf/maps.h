@@ -73,7 +73,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, LB_REASON_MAX);
-	__type(key, enum lb_reason); /* puts the names in BTF for lbctl */
+	__type(key, __u32); /* an enum lb_reason; array keys must be plain u32 on 6.1 */
 	__type(value, __u64);
 } reasons SEC(".maps");
 

@@ -34,7 +34,7 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
-	__u32 ihl_bytes;
+	__u32 ihl_bytes, tot_len;
 	void *l4;
 
 	if ((void *)(eth + 1) > data_end)
@@ -53,8 +53,11 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 		return LB_PASS_FRAGMENT; /* no ports here: cannot tell its flow */
 
 	ihl_bytes = ip->ihl * 4;
-	if (bpf_ntohs(ip->tot_len) < ihl_bytes ||
-	    (void *)ip + bpf_ntohs(ip->tot_len) > data_end)
+	tot_len = bpf_ntohs(ip->tot_len);
+	/* 6.1's verifier forgets the range of a byte swap: bound it again, in a
+	 * way the compiler cannot drop as redundant. */
+	barrier_var(tot_len);
+	if (tot_len > 0xffff || tot_len < ihl_bytes || (void *)ip + tot_len > data_end)
 		return LB_PASS_MALFORMED;
 	l4 = (void *)ip + ihl_bytes;
 

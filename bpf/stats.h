@@ -7,6 +7,10 @@
 #include "maps.h"
 #include "conntrack.h"
 
+/* Puts enum lb_reason in the program's BTF, so the skeleton gives lbctl its
+ * names and values. */
+const volatile enum lb_reason lb_reason_btf_anchor = LB_REASON_MAX;
+
 /* Every verdict goes through here, so every packet is counted once. */
 static __always_inline int verdict(enum lb_reason reason, int action)
 {
