@@ -4,6 +4,9 @@ use std::{env, fs, path::PathBuf};
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // The directory too: a file added later (bpf/harness.bpf.c) must rerun
+    // this script, and cargo watches only the paths named here.
+    println!("cargo:rerun-if-changed=bpf");
     for entry in fs::read_dir("bpf").expect("bpf/ exists") {
         let path = entry.expect("readable bpf/ entry").path();
         println!("cargo:rerun-if-changed={}", path.display());
