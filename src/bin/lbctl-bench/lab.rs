@@ -79,6 +79,30 @@ fn pin_to_cpu(cpu: usize) -> Result<()> {
     Ok(())
 }
 
+/// Makes the calling thread SCHED_FIFO (priority 1): ordinary tasks then
+/// cannot take its CPU in the middle of a test run, whose timer counts any
+/// time it was not running but did not yield. The kernel still throttles
+/// real-time tasks to 95% of each second (kernel.sched_rt_runtime_us), and
+/// the test-run loop yields, untimed, when that happens. Commands it starts
+/// (conntrack -F) run at normal priority.
+pub fn realtime() -> Result<()> {
+    let param = libc::sched_param { sched_priority: 1 };
+    let policy = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
+    // SAFETY: pid 0 is the calling thread; param is a valid sched_param.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        bail!("SCHED_FIFO: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The 1-minute load average: how busy the machine was while measuring.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// Runs a shell command in the calling thread's network namespace.
 pub fn sh(cmd: &str) -> Result<String> {
     let out = Command::new("sh")

@@ -70,6 +70,9 @@ struct Args {
     /// Only the first configuration (1 VIP).
     #[arg(long)]
     small_only: bool,
+    /// Measure at normal priority instead of SCHED_FIFO.
+    #[arg(long)]
+    no_realtime: bool,
     /// Where the JSON report goes [default:
     /// target/bench/datapath.json, quick: target/bench/datapath-quick.json].
     #[arg(long)]
@@ -178,6 +181,7 @@ struct Opts {
     chunk: u32,
     path: FwdPath,
     classes: Vec<Class>,
+    realtime: bool,
 }
 
 /// The flow number the measured new flows start from (the background flows
@@ -250,6 +254,7 @@ fn run(args: &Args) -> Result<()> {
         chunk,
         path: args.path,
         classes,
+        realtime: !args.no_realtime,
     };
 
     println!(
@@ -283,6 +288,7 @@ fn run(args: &Args) -> Result<()> {
         setups.push(setup_s);
         workers.push((cmd_tx, msg_rx, handle));
     }
+    let load_before = lab::loadavg();
     let mut samples: Vec<Vec<(Class, Sample)>> = vec![Vec::new(); configs.len()];
     for round in 0..runs {
         for (i, (cmd_tx, msg_rx, _)) in workers.iter().enumerate() {
@@ -308,6 +314,8 @@ fn run(args: &Args) -> Result<()> {
 
     let report = report::Report {
         quick: args.quick,
+        realtime: opts.realtime,
+        load: (load_before, lab::loadavg()),
         repeat,
         runs,
         chunk,
@@ -378,6 +386,9 @@ fn worker(
     let entries = lab::conntrack_count()?;
     if out.send(Msg::Ready { setup_s, entries }).is_err() {
         return Ok(());
+    }
+    if bench.opts.realtime {
+        lab::realtime()?;
     }
     while rounds.recv().is_ok() {
         let samples = bench.round()?;

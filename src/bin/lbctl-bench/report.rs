@@ -19,6 +19,10 @@ pub const MAX_DEGRADATION: f64 = 0.15;
 
 pub struct Report {
     pub quick: bool,
+    /// Measured under SCHED_FIFO.
+    pub realtime: bool,
+    /// The 1-minute load average before and after the measurements.
+    pub load: (f64, f64),
     pub repeat: u32,
     pub runs: u32,
     pub chunk: u32,
@@ -108,6 +112,17 @@ impl Report {
         );
         let _ = writeln!(
             s,
+            "{}; load average {:.2} before, {:.2} after",
+            if self.realtime {
+                "measuring threads SCHED_FIFO"
+            } else {
+                "measuring threads at normal priority"
+            },
+            self.load.0,
+            self.load.1
+        );
+        let _ = writeln!(
+            s,
             "{:<36} {:<31} {:>8} {:>15} {:>10}  action",
             "config", "class", "ns/pkt", "min-max", "x base"
         );
@@ -191,6 +206,12 @@ impl Report {
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         let _ = writeln!(s, "  \"pinned_cpu\": {},", self.cpu);
+        let _ = writeln!(s, "  \"sched_fifo\": {},", self.realtime);
+        let _ = writeln!(
+            s,
+            "  \"loadavg_before_after\": [{:.2}, {:.2}],",
+            self.load.0, self.load.1
+        );
         let _ = writeln!(s, "  \"repetitions\": {},", self.repeat);
         let _ = writeln!(s, "  \"runs\": {},", self.runs);
         let _ = writeln!(
