@@ -52,7 +52,7 @@ struct Args {
     #[arg(long)]
     repeat: Option<u32>,
     /// Runs (rounds) per configuration; the table shows their median
-    /// [default: 5; quick: 2].
+    /// [default: 7; quick: 2].
     #[arg(long)]
     runs: Option<u32>,
     /// Which forwarding path the frames take: tx (arrive on v0 and leave
@@ -215,7 +215,7 @@ fn run(args: &Args) -> Result<()> {
     let repeat = args
         .repeat
         .unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
-    let runs = args.runs.unwrap_or(if args.quick { 2 } else { 5 });
+    let runs = args.runs.unwrap_or(if args.quick { 2 } else { 7 });
     ensure!(
         repeat >= 1 && runs >= 1,
         "--repeat and --runs must be at least 1"
