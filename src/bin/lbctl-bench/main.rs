@@ -161,9 +161,12 @@ impl Class {
         }
     }
 
+    /// Measures lbctl's program (the others measure the references).
     pub fn is_lbctl(self) -> bool {
-        self.baseline().is_some()
-            && !matches!(self, Class::HarnessAloneNewFlow | Class::BaselineNewFlow)
+        matches!(
+            self,
+            Class::NonVip | Class::Established | Class::Reply | Class::Udp | Class::NewFlow
+        )
     }
 }
 
