@@ -33,8 +33,15 @@ lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# Ends with a quick run of the benchmark, so it keeps working (its figures
+# are not for quoting; about 15 s).
 test: deps lint
 	$(CARGO) test --release -- --test-threads=2
+	$(CARGO) run --release --bin lbctl-bench -- --quick
+
+# Per-packet cost of the data path (docs/BENCHMARKS.md); several minutes.
+bench: deps
+	$(CARGO) run --release --bin lbctl-bench
 
 # Builds, then balances real traffic through lbctl in a throwaway lab of
 # network namespaces, checks everything it shows, and removes the lab.

@@ -1,0 +1,701 @@
+//! lbctl-bench: the per-packet cost of lbctl's real, loaded XDP program,
+//! measured with BPF_PROG_TEST_RUN through a harness (bpf/harness.bpf.c)
+//! that restores the pristine frame before every repetition, next to a
+//! MAC-swap XDP_TX baseline in the same harness and the harness alone.
+//!
+//! Every configuration lives in a network namespace of its own (a thread
+//! that unshares it), with routes and neighbours so the FIB lookup succeeds
+//! and lbctl really forwards (XDP_TX, or XDP_REDIRECT with --path redirect).
+//! The configurations are measured in alternating rounds, every class of a
+//! configuration in every round, so all figures of a run are side by side.
+//! Each measurement is checked: the action, lbctl's own verdict counters
+//! (every repetition counted under the expected reason), the rewritten frame
+//! (addresses and checksums) and, for new flows, one new conntrack entry per
+//! repetition.
+//!
+//! `make bench` runs the full benchmark; `make test` runs `--quick` once so
+//! this code keeps working (its figures are not for quoting).
+
+mod frames;
+mod harness;
+mod lab;
+mod report;
+
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Parser, ValueEnum};
+use lbctl::datapath::balancer::Maps;
+use lbctl::datapath::load;
+
+use frames::{Flow, ACK, SYN};
+use harness::{Harness, Target, Vary, XDP_ABORTED, XDP_PASS, XDP_REDIRECT, XDP_TX};
+use lab::Config;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lbctl-bench",
+    about = "Per-packet cost of lbctl's XDP program (BPF_PROG_TEST_RUN through a restoring harness)"
+)]
+struct Args {
+    /// Few repetitions and a small second configuration: checks that the
+    /// benchmark works (make test); the figures are not for quoting.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions per measurement [default: 1000000; quick: 20000].
+    #[arg(long)]
+    repeat: Option<u32>,
+    /// Runs (rounds) per configuration; the table shows their median
+    /// [default: 7; quick: 2].
+    #[arg(long)]
+    runs: Option<u32>,
+    /// Which forwarding path the frames take: tx (arrive on v0 and leave
+    /// through it: XDP_TX, one-armed) or redirect (arrive on lo, leave on v0
+    /// through the devmap).
+    #[arg(long, value_enum, default_value = "tx")]
+    path: FwdPath,
+    /// CPU the measuring threads are pinned to [default: 1 if there are two
+    /// or more, else 0].
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Measure only these classes (their baselines are always measured).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Class>,
+    /// Which configurations: small (1 VIP), large (1,000 VIPs, 100k
+    /// conntrack entries; 50 VIPs with --quick) [default: both].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    config: Vec<ConfigName>,
+    /// Measure at normal priority instead of SCHED_FIFO.
+    #[arg(long)]
+    no_realtime: bool,
+    /// Where the JSON report goes [default:
+    /// target/bench/datapath.json, quick: target/bench/datapath-quick.json].
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ConfigName {
+    Small,
+    Large,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FwdPath {
+    Tx,
+    Redirect,
+}
+
+/// What is measured. The first four are the references: the harness's own
+/// cost and the baseline, once with the fixed frame and once varying the
+/// flow per repetition as the new-flow measurement does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Class {
+    HarnessAlone,
+    Baseline,
+    NonVip,
+    Established,
+    Reply,
+    Udp,
+    HarnessAloneNewFlow,
+    BaselineNewFlow,
+    NewFlow,
+}
+
+impl Class {
+    pub const ALL: [Class; 9] = [
+        Class::HarnessAlone,
+        Class::Baseline,
+        Class::NonVip,
+        Class::Established,
+        Class::Reply,
+        Class::Udp,
+        Class::HarnessAloneNewFlow,
+        Class::BaselineNewFlow,
+        Class::NewFlow,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::HarnessAlone => "harness alone",
+            Class::Baseline => "baseline (MAC swap, XDP_TX)",
+            Class::NonVip => "non-VIP pass-through",
+            Class::Established => "TCP established, original dir.",
+            Class::Reply => "TCP established, reply dir.",
+            Class::Udp => "UDP established",
+            Class::HarnessAloneNewFlow => "harness alone, varying flow",
+            Class::BaselineNewFlow => "baseline, varying flow",
+            Class::NewFlow => "TCP new flow (SYN, distinct)",
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Class::HarnessAlone => "harness_alone",
+            Class::Baseline => "baseline",
+            Class::NonVip => "non_vip",
+            Class::Established => "tcp_established",
+            Class::Reply => "tcp_reply",
+            Class::Udp => "udp_established",
+            Class::HarnessAloneNewFlow => "harness_alone_varying",
+            Class::BaselineNewFlow => "baseline_varying",
+            Class::NewFlow => "tcp_new_flow",
+        }
+    }
+
+    /// The baseline its ratio is taken against: the one measured with the
+    /// same harness work (fixed frame, or a new flow per repetition).
+    pub fn baseline(self) -> Option<Class> {
+        match self {
+            Class::HarnessAlone | Class::Baseline => None,
+            Class::HarnessAloneNewFlow | Class::BaselineNewFlow | Class::NewFlow => {
+                Some(Class::BaselineNewFlow)
+            }
+            _ => Some(Class::Baseline),
+        }
+    }
+
+    /// Measures lbctl's program (the others measure the references).
+    pub fn is_lbctl(self) -> bool {
+        matches!(
+            self,
+            Class::NonVip | Class::Established | Class::Reply | Class::Udp | Class::NewFlow
+        )
+    }
+}
+
+/// One measurement of one class.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub ns: f64,
+    pub action: u32,
+}
+
+/// What a configuration's thread sends back.
+enum Msg {
+    Ready {
+        setup_s: f64,
+        entries: u64,
+        realtime: bool,
+    },
+    Round(Vec<(Class, Sample)>),
+}
+
+#[derive(Clone, Debug)]
+struct Opts {
+    repeat: u32,
+    /// New-flow repetitions per test run: the table must stay below
+    /// nf_conntrack_max, or every insert would also evict an entry.
+    chunk: u32,
+    path: FwdPath,
+    classes: Vec<Class>,
+    realtime: bool,
+}
+
+/// The flow number the measured new flows start from (the background flows
+/// use 0..background_flows).
+const FIRST_MEASURED_FLOW: u32 = 1 << 20;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbctl-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    load::require_privileges()?;
+    let repeat = args
+        .repeat
+        .unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
+    let runs = args.runs.unwrap_or(if args.quick { 2 } else { 7 });
+    ensure!(
+        repeat >= 1 && runs >= 1,
+        "--repeat and --runs must be at least 1"
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = args.cpu.unwrap_or(if cpus >= 2 { 1 } else { 0 });
+
+    // Both configurations' new flows are measured in test runs of the same
+    // size, whichever are selected: the size the large one allows.
+    const LARGE_BACKGROUND: u32 = 100_000;
+    let mut configs = Vec::new();
+    let wanted = |c| args.config.is_empty() || args.config.contains(&c);
+    if wanted(ConfigName::Small) {
+        configs.push(Config {
+            name: "1 VIP x 16 backends".into(),
+            tcp_vips: 1,
+            backends_per_vip: 16,
+            background_flows: 0,
+        });
+    }
+    if wanted(ConfigName::Large) {
+        // Quick: fewer VIPs, as configuring 16,000 backends takes about
+        // 100 s here, more than the quick budget.
+        let vips = if args.quick { 50 } else { 1000 };
+        configs.push(Config {
+            name: format!("{vips} VIPs x 16 backends, 100k entries"),
+            tcp_vips: vips,
+            backends_per_vip: 16,
+            background_flows: LARGE_BACKGROUND,
+        });
+    }
+    let ct_max = lab::conntrack_max()?;
+    let headroom = ct_max.saturating_sub(LARGE_BACKGROUND as u64 + 1000);
+    ensure!(
+        headroom >= 10_000,
+        "nf_conntrack_max is {ct_max}: too small for {LARGE_BACKGROUND} background entries plus new flows"
+    );
+    let chunk = (headroom.min(repeat as u64)) as u32;
+    let mut classes = Class::ALL.to_vec();
+    if !args.only.is_empty() {
+        classes.retain(|c| {
+            args.only.contains(c)
+                || matches!(c, Class::HarnessAlone | Class::Baseline)
+                || (*c == Class::BaselineNewFlow && args.only.contains(&Class::NewFlow))
+        });
+    }
+    let opts = Opts {
+        repeat,
+        chunk,
+        path: args.path,
+        classes,
+        realtime: !args.no_realtime,
+    };
+
+    println!(
+        "lbctl-bench{}: {repeat} repetitions per measurement, {runs} runs, path {:?}, pinned to CPU {cpu} of {cpus}",
+        if args.quick { " --quick (figures not for quoting)" } else { "" },
+        args.path
+    );
+    println!(
+        "new flows: {} test runs of at most {chunk} distinct flows each (nf_conntrack_max {ct_max}); the table is emptied and refilled before each",
+        repeat.div_ceil(chunk)
+    );
+
+    // One thread (and namespace) per configuration, set up one after the
+    // other, then measured in alternating rounds.
+    let mut workers = Vec::new();
+    let mut setups = Vec::new();
+    let mut realtime = opts.realtime;
+    for cfg in &configs {
+        let (cmd_tx, cmd_rx) = mpsc::channel::<()>();
+        let (msg_tx, msg_rx) = mpsc::channel::<Msg>();
+        let (c, o) = (cfg.clone(), opts.clone());
+        let handle = lab::in_fresh_netns(cpu, move || worker(c, o, cmd_rx, msg_tx));
+        let ready = msg_rx.recv();
+        let Ok(Msg::Ready {
+            setup_s,
+            entries,
+            realtime: rt,
+        }) = ready
+        else {
+            drop(cmd_tx);
+            return Err(join_error(handle, &cfg.name));
+        };
+        println!(
+            "{}: configured in {setup_s:.1} s, {entries} conntrack entries",
+            cfg.name
+        );
+        setups.push(setup_s);
+        realtime &= rt;
+        workers.push((cmd_tx, msg_rx, handle));
+    }
+    let load_before = lab::loadavg();
+    let mut samples: Vec<Vec<(Class, Sample)>> = vec![Vec::new(); configs.len()];
+    for round in 0..runs {
+        for (i, (cmd_tx, msg_rx, _)) in workers.iter().enumerate() {
+            let got = cmd_tx.send(()).ok().and_then(|()| msg_rx.recv().ok());
+            match got {
+                Some(Msg::Round(s)) => samples[i].extend(s),
+                _ => {
+                    let (_, _, handle) = workers.swap_remove(i);
+                    return Err(join_error(handle, &configs[i].name));
+                }
+            }
+        }
+        eprintln!("run {}/{runs} done", round + 1);
+    }
+    for (cmd_tx, msg_rx, handle) in workers {
+        drop(cmd_tx);
+        drop(msg_rx);
+        match handle.join() {
+            Ok(r) => r?,
+            Err(_) => bail!("a measuring thread panicked"),
+        }
+    }
+
+    let report = report::Report {
+        quick: args.quick,
+        realtime,
+        load: (load_before, lab::loadavg()),
+        repeat,
+        runs,
+        chunk,
+        path: args.path,
+        cpu,
+        configs: configs
+            .iter()
+            .zip(&setups)
+            .map(|(c, s)| (c.clone(), *s))
+            .collect(),
+        samples,
+    };
+    print!("{}", report.table());
+    let json = args.json.clone().unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(if args.quick {
+            "target/bench/datapath-quick.json"
+        } else {
+            "target/bench/datapath.json"
+        })
+    });
+    if let Some(dir) = json.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&json, report.json()).with_context(|| format!("writing {}", json.display()))?;
+    println!("JSON: {}", json.display());
+    Ok(())
+}
+
+fn join_error(handle: std::thread::JoinHandle<Result<()>>, name: &str) -> anyhow::Error {
+    match handle.join() {
+        Ok(Err(e)) => e.context(format!("configuration {name:?}")),
+        Ok(Ok(())) => anyhow::anyhow!("configuration {name:?} stopped early"),
+        Err(_) => anyhow::anyhow!("configuration {name:?}: its thread panicked"),
+    }
+}
+
+/// A configuration's thread, in its own namespace: set up, then one round
+/// per message until the channel closes.
+fn worker(
+    cfg: Config,
+    opts: Opts,
+    rounds: mpsc::Receiver<()>,
+    out: mpsc::Sender<Msg>,
+) -> Result<()> {
+    load::load_conntrack_modules();
+    let mut lb_storage = MaybeUninit::uninit();
+    let lb = load::load(&mut lb_storage, None)?;
+    let maps = Maps::from_skel(&lb)?;
+    lab::settings(&maps)?;
+    let v0 = lab::routes(&maps, cfg.backends_per_vip)?;
+    let started = Instant::now();
+    lab::configure(&maps, &cfg).with_context(|| format!("configuring {}", cfg.name))?;
+    let setup_s = started.elapsed().as_secs_f64();
+    let ingress = match opts.path {
+        FwdPath::Tx => v0,
+        FwdPath::Redirect => lbctl::datapath::attach::ifindex("lo")?,
+    };
+    let mut h_storage = MaybeUninit::uninit();
+    let harness = Harness::load(&mut h_storage, lb.progs.lbctl_xdp.as_fd(), ingress)?;
+    let mut bench = Bench {
+        cfg,
+        opts,
+        maps,
+        harness,
+        next_flow: FIRST_MEASURED_FLOW,
+    };
+    bench.reset()?;
+    let entries = lab::conntrack_count()?;
+    // Where real-time scheduling is not allowed (a container without RT
+    // bandwidth), measure at normal priority and say so.
+    let realtime = bench.opts.realtime
+        && lab::realtime()
+            .map_err(|e| eprintln!("lbctl-bench: measuring at normal priority: {e:#}"))
+            .is_ok();
+    let ready = Msg::Ready {
+        setup_s,
+        entries,
+        realtime,
+    };
+    if out.send(ready).is_err() {
+        return Ok(());
+    }
+    while rounds.recv().is_ok() {
+        let samples = bench.round()?;
+        if out.send(Msg::Round(samples)).is_err() {
+            break;
+        }
+    }
+    // Leave an empty table: the namespace then goes away quickly instead
+    // of tearing down 100k entries while another configuration measures.
+    lab::flush_conntrack()
+}
+
+/// Flow number `n` as bpf/harness.bpf.c makes it from the new-flow frame:
+/// (source, destination).
+fn varied_flow(n: u32, vips: u32) -> (SocketAddrV4, SocketAddrV4) {
+    let base = lab::NEW_FLOW_SOURCE;
+    let src = Ipv4Addr::from(u32::from(*base.ip()) + ((n >> 15) & 0xffff));
+    let dst = lab::vip_addr(n % vips.max(1));
+    (
+        SocketAddrV4::new(src, 1024 + (n & 0x7fff) as u16),
+        SocketAddrV4::new(dst, lab::VIP_PORT),
+    )
+}
+
+struct Bench<'o> {
+    cfg: Config,
+    opts: Opts,
+    maps: Maps,
+    harness: Harness<'o>,
+    /// The next flow number never used for a measured new flow.
+    next_flow: u32,
+}
+
+impl Bench<'_> {
+    fn forward_action(&self) -> (u32, &'static str) {
+        match self.opts.path {
+            FwdPath::Tx => (XDP_TX, "xdp_tx"),
+            FwdPath::Redirect => (XDP_REDIRECT, "xdp_redirect"),
+        }
+    }
+
+    fn reason(&self, name: &str) -> Result<u64> {
+        self.maps
+            .reason_counts()?
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+            .with_context(|| format!("no verdict reason {name}"))
+    }
+
+    fn vip() -> SocketAddrV4 {
+        SocketAddrV4::new(lab::FIRST_VIP, lab::VIP_PORT)
+    }
+
+    /// The template of every new flow: a SYN from 198.19.0.0:1024 to the
+    /// first VIP; the harness turns it into flow n.
+    fn new_flow_frame() -> Vec<u8> {
+        frames::frame(&Flow::tcp(lab::NEW_FLOW_SOURCE, Self::vip()), SYN)
+    }
+
+    /// The conntrack table as every measurement starts: emptied, then
+    /// refilled with the configuration's background flows, made by lbctl
+    /// itself from distinct new-flow packets spread over all TCP VIPs.
+    fn reset(&mut self) -> Result<()> {
+        lab::flush_conntrack()?;
+        let n = self.cfg.background_flows;
+        if n == 0 {
+            return Ok(());
+        }
+        ensure!(
+            n < FIRST_MEASURED_FLOW,
+            "background flows overlap measured ones"
+        );
+        self.harness.set_target(Target::Lbctl)?;
+        let vary = Vary::NewFlows {
+            first: 0,
+            vips: self.cfg.tcp_vips,
+        };
+        let run = self.harness.run(&Self::new_flow_frame(), vary, n)?;
+        let count = lab::conntrack_count()?;
+        ensure!(
+            run.action == self.forward_action().0 && count == n as u64,
+            "background: {count} conntrack entries after {n} new flows (last action {})",
+            harness::action_name(run.action)
+        );
+        Ok(())
+    }
+
+    /// Runs `frame` once through lbctl and returns where it went.
+    fn once(&mut self, frame: &[u8]) -> Result<Flow> {
+        self.harness.set_target(Target::Lbctl)?;
+        let run = self.harness.run(frame, Vary::None, 1)?;
+        ensure!(
+            run.action == self.forward_action().0,
+            "priming a flow: {}",
+            harness::action_name(run.action)
+        );
+        frames::parse_checked(&run.out)
+    }
+
+    /// One measurement of every class.
+    fn round(&mut self) -> Result<Vec<(Class, Sample)>> {
+        // The flows the established classes repeat, created first (a SYN,
+        // and the backend's SYN-ACK, which marks the entry assured): entries
+        // persist in the namespace, so the repetitions then find them. Only
+        // those measured, so --only non-vip needs no forwarding at all.
+        let vip = Self::vip();
+        let syn_flow = Flow::tcp(lab::CLIENT, vip);
+        let udp = Flow::udp(lab::CLIENT, vip);
+        let wants = |c: Class| self.opts.classes.contains(&c);
+        let (tcp_flow, udp_flow) = (
+            wants(Class::Established) || wants(Class::Reply),
+            wants(Class::Udp),
+        );
+        let (mut backend, mut udp_backend) = (vip, vip);
+        if tcp_flow {
+            backend = self.once(&frames::frame(&syn_flow, SYN))?.dst;
+            self.once(&frames::frame(&Flow::tcp(backend, lab::CLIENT), SYN | ACK))?;
+        }
+        if udp_flow {
+            udp_backend = self.once(&frames::frame(&udp, 0))?.dst;
+        }
+
+        let mut out = Vec::new();
+        for class in self.opts.classes.clone() {
+            if class == Class::NewFlow {
+                out.push((class, self.new_flows()?));
+                continue;
+            }
+            let fixed = |f: Flow, flags: u8| (frames::frame(&f, flags), Vary::None);
+            let varying = (
+                Self::new_flow_frame(),
+                Vary::NewFlows {
+                    first: 0,
+                    vips: self.cfg.tcp_vips,
+                },
+            );
+            let (fwd, fwd_reason) = self.forward_action();
+            // What runs, on what, what it must return, which verdict
+            // counter must count every repetition, where the frame must go.
+            let (target, (frame, vary), expect, reason, to) = match class {
+                Class::HarnessAlone => {
+                    (Target::Empty, fixed(syn_flow, SYN), XDP_ABORTED, None, None)
+                }
+                Class::Baseline => (Target::Baseline, fixed(syn_flow, SYN), XDP_TX, None, None),
+                Class::NonVip => (
+                    Target::Lbctl,
+                    fixed(Flow::tcp(lab::CLIENT, lab::NOT_A_VIP), ACK),
+                    XDP_PASS,
+                    Some("pass_not_vip"),
+                    None,
+                ),
+                Class::Established => (
+                    Target::Lbctl,
+                    fixed(Flow::tcp(lab::CLIENT, vip), ACK),
+                    fwd,
+                    Some(fwd_reason),
+                    Some((lab::CLIENT, backend)),
+                ),
+                Class::Reply => (
+                    Target::Lbctl,
+                    fixed(Flow::tcp(backend, lab::CLIENT), ACK),
+                    fwd,
+                    Some(fwd_reason),
+                    Some((vip, lab::CLIENT)),
+                ),
+                Class::Udp => (
+                    Target::Lbctl,
+                    fixed(udp, 0),
+                    fwd,
+                    Some(fwd_reason),
+                    Some((lab::CLIENT, udp_backend)),
+                ),
+                Class::HarnessAloneNewFlow => (Target::Empty, varying, XDP_ABORTED, None, None),
+                Class::BaselineNewFlow => (Target::Baseline, varying, XDP_TX, None, None),
+                Class::NewFlow => unreachable!("measured above"),
+            };
+            let repeat = self.opts.repeat;
+            let (sample, frame_out) = self.measure(target, &frame, vary, repeat, expect, reason)?;
+            // Every frame leaves with valid checksums; the varying ones as
+            // the last flow the harness made (the MAC swap keeps addresses).
+            let seen = frames::parse_checked(&frame_out)
+                .with_context(|| format!("{}: the frame that left", class.name()))?;
+            let to = match (class, vary) {
+                (Class::BaselineNewFlow, Vary::NewFlows { first, vips }) => {
+                    Some(varied_flow(first + repeat - 1, vips))
+                }
+                _ => to,
+            };
+            if let Some((src, dst)) = to {
+                ensure!(
+                    seen.src == src && seen.dst == dst,
+                    "{}: the frame left from {} to {}, expected {src} to {dst}",
+                    class.name(),
+                    seen.src,
+                    seen.dst
+                );
+            }
+            out.push((class, sample));
+        }
+        Ok(out)
+    }
+
+    /// One test run of `repeat` repetitions, checked: the action of the last
+    /// repetition, and lbctl's verdict counter grown by one per repetition.
+    fn measure(
+        &mut self,
+        target: Target,
+        frame: &[u8],
+        vary: Vary,
+        repeat: u32,
+        expect: u32,
+        reason: Option<&str>,
+    ) -> Result<(Sample, Vec<u8>)> {
+        self.harness.set_target(target)?;
+        let before = reason.map(|r| self.reason(r)).transpose()?;
+        let run = self.harness.run(frame, vary, repeat)?;
+        ensure!(
+            run.action == expect,
+            "{target:?}: returned {}, expected {}",
+            harness::action_name(run.action),
+            harness::action_name(expect)
+        );
+        if let (Some(r), Some(before)) = (reason, before) {
+            let grew = self.reason(r)? - before;
+            ensure!(
+                grew == repeat as u64,
+                "{r} grew by {grew} in {repeat} repetitions: not every packet took the measured path"
+            );
+        }
+        Ok((
+            Sample {
+                ns: run.ns as f64,
+                action: run.action,
+            },
+            run.out,
+        ))
+    }
+
+    /// `repeat` distinct new flows, in test runs of at most `chunk`, each
+    /// starting from the configuration's table (emptied and refilled), each
+    /// checked to have made one conntrack entry per repetition.
+    fn new_flows(&mut self) -> Result<Sample> {
+        let (fwd, reason) = self.forward_action();
+        let frame = Self::new_flow_frame();
+        let mut left = self.opts.repeat;
+        let mut total_ns = 0f64;
+        while left > 0 {
+            let n = left.min(self.opts.chunk);
+            ensure!(
+                self.next_flow.checked_add(n).is_some_and(|e| e < 1 << 31),
+                "out of distinct flow numbers"
+            );
+            self.reset()?;
+            let entries = lab::conntrack_count()?;
+            let first = self.next_flow;
+            let vary = Vary::NewFlows {
+                first,
+                vips: self.cfg.tcp_vips,
+            };
+            let (sample, out) = self.measure(Target::Lbctl, &frame, vary, n, fwd, Some(reason))?;
+            let made = lab::conntrack_count()? - entries;
+            ensure!(
+                made == n as u64 && self.harness.next_flow() == first + n,
+                "{n} new flows made {made} conntrack entries"
+            );
+            frames::parse_checked(&out)?;
+            self.next_flow += n;
+            total_ns += sample.ns * n as f64;
+            left -= n;
+        }
+        // Back to the configuration's table for whatever comes next.
+        self.reset()?;
+        Ok(Sample {
+            ns: total_ns / self.opts.repeat as f64,
+            action: fwd,
+        })
+    }
+}
