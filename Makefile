@@ -9,7 +9,11 @@ DEMO_ARGS ?=
 APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
 	ethtool conntrack nftables util-linux kmod
 
-.PHONY: all deps build vmlinux lint test demo bench clean
+.PHONY: all deps kernel-deps build vmlinux lint test test-kernel test-kernels demo bench clean
+
+# Kernel series for test-kernel (one) and test-kernels (the matrix).
+KERNEL ?= 6.1
+KERNELS ?= 6.1 6.12
 
 all: build
 
@@ -25,6 +29,26 @@ deps:
 
 build: deps
 	$(CARGO) build --release
+
+# qemu, busybox and friends for booting Debian kernels (scripts/kernels/).
+kernel-deps: deps
+	@missing=$$(for p in $$(cat scripts/kernels/DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The packet, hashing, CLI and lab tests inside Debian's kernel $(KERNEL),
+# booted under qemu (KVM, or software emulation where KVM cannot run it),
+# against the binaries built here.
+test-kernel: kernel-deps
+	scripts/kernels/run-in-kernel.sh $(KERNEL) scripts/kernels/guest-tests.sh $$(scripts/kernels/test-binaries.sh)
+
+# The same in every supported kernel, with a result table. Skips, saying so,
+# where KVM cannot run a Debian kernel (MATRIX_ALLOW_TCG=1 runs it anyway
+# under software emulation).
+test-kernels: kernel-deps
+	MATRIX_SERIES="$(KERNELS)" scripts/kernels/matrix.sh scripts/kernels/guest-tests.sh $$(scripts/kernels/test-binaries.sh)
 
 vmlinux: deps
 	scripts/gen-vmlinux.sh

@@ -12,7 +12,10 @@ use common::clients::{self, ClientError};
 use common::lab::{Lab, Topology};
 
 const ECHO_PORT: u16 = 8080;
-const TIMEOUT: Duration = Duration::from_secs(3);
+/// Per request; see `clients::scaled` for emulated kernels.
+fn timeout() -> Duration {
+    clients::scaled(Duration::from_secs(3))
+}
 
 /// lbctl, run in the lab's balancer namespace.
 fn lbctl(lab: &Lab, args: &[&str]) -> String {
@@ -78,7 +81,7 @@ fn short_tcp(lab: &Lab, vip: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
     lab.in_client(|| -> Result<_, ClientError> {
         let mut spread = BTreeMap::new();
         for k in 0..n {
-            let name = clients::tcp_echo(vip, 80, format!("req {k}").as_bytes(), TIMEOUT)
+            let name = clients::tcp_echo(vip, 80, format!("req {k}").as_bytes(), timeout())
                 .map_err(|e| ClientError::Protocol(format!("connection {k} of {n}: {e}")))?;
             *spread.entry(name).or_insert(0) += 1;
         }
@@ -92,7 +95,7 @@ fn short_udp(lab: &Lab, vip: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
         let mut spread = BTreeMap::new();
         for k in 0..n {
             // A fresh socket per query: a new source port, a new flow.
-            let reply = clients::udp_ask(vip, 80, format!("q{k}").as_bytes(), TIMEOUT)
+            let reply = clients::udp_ask(vip, 80, format!("q{k}").as_bytes(), timeout())
                 .map_err(|e| ClientError::Protocol(format!("datagram {k} of {n}: {e}")))?;
             let name = reply.split(':').next().unwrap_or_default().to_string();
             *spread.entry(name).or_insert(0) += 1;
@@ -156,7 +159,7 @@ impl UdpFlow {
         use std::sync::atomic::Ordering;
         let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
         socket.connect((vip, 80)).expect("connect");
-        socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+        socket.set_read_timeout(Some(timeout())).unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {

@@ -330,6 +330,18 @@ fn parse_http(raw: &[u8]) -> Result<HttpReply, ClientError> {
     })
 }
 
+/// A timeout stretched by `LBCTL_TEST_TIMEOUT_SCALE` (default 1): inside an
+/// emulated guest kernel (scripts/kernels/) everything runs many times
+/// slower, and a pause is not a broken connection.
+pub fn scaled(d: Duration) -> Duration {
+    let scale = std::env::var("LBCTL_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    d * scale
+}
+
 // ----- long-lived echo connections ---------------------------------------------
 
 /// How a `LongConn` exercises its connection.
@@ -354,7 +366,7 @@ impl Default for EchoConfig {
         EchoConfig {
             interval: Duration::from_millis(5),
             chunk_len: 64,
-            io_timeout: Duration::from_secs(2),
+            io_timeout: scaled(Duration::from_secs(2)),
             max_chunks: 1_000_000,
             max_duration: Duration::from_secs(600),
             expect_backend: None,

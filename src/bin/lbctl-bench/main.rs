@@ -19,6 +19,7 @@
 mod frames;
 mod harness;
 mod lab;
+mod maglev;
 mod report;
 
 use std::mem::MaybeUninit;
@@ -215,6 +216,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     load::require_privileges()?;
+    maglev::report(if args.quick { 3 } else { 21 });
     let repeat = args
         .repeat
         .unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
