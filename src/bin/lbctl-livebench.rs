@@ -65,6 +65,10 @@ struct Args {
     /// Paced steps per zero-loss search (binary search below capacity).
     #[arg(long)]
     search_steps: Option<usize>,
+    /// Rate of the delivery check counted at the backends (capped at half the
+    /// case's capacity).
+    #[arg(long)]
+    delivery_pps: Option<f64>,
     /// Established flows the generator cycles through.
     #[arg(long)]
     flows: Option<u32>,
@@ -115,6 +119,7 @@ struct Plan {
     capacity: Duration,
     step: Duration,
     search_steps: usize,
+    delivery_pps: f64,
     flows: u32,
     new_flow_cap: u64,
     conn: ConnLoad,
@@ -141,6 +146,7 @@ impl Args {
             capacity: secs(self.seconds, 2.0, 0.3),
             step: secs(self.step_seconds, 1.0, 0.2),
             search_steps: self.search_steps.unwrap_or(if q { 1 } else { 5 }),
+            delivery_pps: self.delivery_pps.unwrap_or(100_000.0).max(1000.0),
             flows: self.flows.unwrap_or(if q { 1000 } else { 10_000 }).max(1),
             new_flow_cap: self
                 .new_flow_cap
@@ -296,16 +302,18 @@ fn pps_part(rig: &mut Rig, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<
                 })
                 .collect::<Result<Vec<_>>>();
             running.stop(&mut rig.progs)?;
-            for (case, capacity, search) in measured? {
+            for (case, capacity, search, delivery) in measured? {
                 match results.iter_mut().find(|r| r.case == case) {
                     Some(r) => {
                         r.capacity.push(capacity);
                         r.searches.push(search);
+                        r.deliveries.push(delivery);
                     }
                     None => results.push(PpsResult {
                         case,
                         capacity: vec![capacity],
                         searches: vec![search],
+                        deliveries: vec![delivery],
                     }),
                 }
             }
@@ -314,15 +322,17 @@ fn pps_part(rig: &mut Rig, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<
     Ok(results)
 }
 
-/// One round of one case: capacity (flat out, counted on the switch port),
-/// then the zero-loss search (paced, counted at the backends).
+/// One round of one case: capacity (flat out) and the zero-loss search
+/// (paced), both counted on the switch port where the balancer is the
+/// bottleneck; then a delivery check counted at the backends.
 fn pps_case(
     rig: &mut Rig,
     plan: &Plan,
     case: Case,
     round: usize,
-) -> Result<(Case, Sample, Vec<Sample>)> {
+) -> Result<(Case, Sample, Vec<Sample>, Sample)> {
     let cap = (case.mix == Mix::NewFlows).then_some(plan.new_flow_cap);
+    let name = case.name();
     rig.set_sink(Some(Sink::Switch))?;
     rig.prepare(case.mix)?;
     let capacity = rig.measure(&Load {
@@ -332,8 +342,7 @@ fn pps_case(
         max_arrivals: cap,
     })?;
     eprintln!(
-        "round {round} {:<22} capacity  {:>9.0} pps, {:>9.0} per balancer core ({:.0}% busy), refused {}, other losses {}, load {:.1}",
-        case.name(),
+        "round {round} {name:<22} capacity {:>9.0} pps, {:>9.0} per balancer core ({:.0}% busy), refused {}, other losses {}, load {:.1}",
         capacity.pps(),
         capacity.pps_per_core(),
         capacity.lb_busy() * 100.0,
@@ -342,14 +351,10 @@ fn pps_case(
         capacity.loadavg
     );
     if capacity.arrived == 0 {
-        bail!("{}: nothing arrived", case.name());
+        bail!("{name}: nothing arrived");
     }
 
-    rig.set_sink(Some(Sink::Backends))?;
-    let (mut lo, mut hi) = (0.0, capacity.pps());
-    let mut rate = if plan.quick { hi / 4.0 } else { hi / 2.0 };
-    let mut steps = Vec::new();
-    for _ in 0..plan.search_steps {
+    let paced = |rig: &mut Rig, rate: f64| -> Result<Sample> {
         check_interrupt()?;
         rig.prepare(case.mix)?;
         let s = rig.measure(&Load {
@@ -359,16 +364,22 @@ fn pps_case(
             max_arrivals: cap,
         })?;
         eprintln!(
-            "round {round} {:<22} paced {:>9.0} pps ({:.0} sent/s): sent {:>8} lost {:>7} (balancer ring {}, switch ring {}, other {})",
-            case.name(),
+            "round {round} {name:<22} paced {:>9.0} pps, sent {:>9.0}/s: {:>8} frames, lost {:>6} (balancer ring {}, switch ring {}, other {})",
             rate,
-            s.sent as f64 / s.seconds.max(1e-9),
+            s.sent_rate(),
             s.sent,
             s.lost(),
             s.ring_full_balancer,
             s.ring_full_switch,
             s.lost_elsewhere()
         );
+        Ok(s)
+    };
+    let (mut lo, mut hi) = (0.0, capacity.pps());
+    let mut rate = if plan.quick { hi / 4.0 } else { hi / 2.0 };
+    let mut steps = Vec::new();
+    for _ in 0..plan.search_steps {
+        let s = paced(rig, rate)?;
         if s.lost() == 0 {
             lo = rate;
         } else {
@@ -377,7 +388,10 @@ fn pps_case(
         steps.push(s);
         rate = (lo + hi) / 2.0;
     }
-    Ok((case, capacity, steps))
+
+    rig.set_sink(Some(Sink::Backends))?;
+    let delivery = paced(rig, plan.delivery_pps.min(capacity.pps() / 2.0))?;
+    Ok((case, capacity, steps, delivery))
 }
 
 fn conn_part(rig: &mut Rig, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<Vec<ConnResult>> {
@@ -558,6 +572,7 @@ fn settings(args: &Args, plan: &Plan) -> Vec<(String, String)> {
         ),
         ("step_seconds".into(), plan.step.as_secs_f64().to_string()),
         ("search_steps".into(), plan.search_steps.to_string()),
+        ("delivery_pps".into(), plan.delivery_pps.to_string()),
         ("established_flows".into(), plan.flows.to_string()),
         ("new_flow_cap".into(), plan.new_flow_cap.to_string()),
         (

@@ -17,11 +17,13 @@ pub struct Results {
     pub loadavg_end: f64,
 }
 
-/// One case's runs: a capacity run and a zero-loss search per round.
+/// One case's runs, per round: a capacity run, a zero-loss search (both
+/// counted on the switch port) and a delivery check (at the backends).
 pub struct PpsResult {
     pub case: Case,
     pub capacity: Vec<Sample>,
     pub searches: Vec<Vec<Sample>>,
+    pub deliveries: Vec<Sample>,
 }
 
 pub struct ConnResult {
@@ -63,7 +65,8 @@ impl PpsResult {
                 .collect(),
         )
     }
-    /// Highest paced rate that lost nothing, per round (0: none did).
+    /// Highest rate the generator achieved in a paced step that lost
+    /// nothing, per round (0: none did).
     pub fn zero_loss(&self) -> f64 {
         median(
             self.searches
@@ -72,26 +75,38 @@ impl PpsResult {
                     steps
                         .iter()
                         .filter(|s| s.lost() == 0)
-                        .filter_map(|s| s.offered_pps)
+                        .map(Sample::sent_rate)
                         .fold(0.0, f64::max)
                 })
                 .collect(),
         )
     }
-    /// The first search step of each round (half the capacity, or a quarter
-    /// in quick mode): (offered, sent, lost) summed over rounds.
-    pub fn first_step(&self) -> (f64, u64, u64) {
-        let firsts: Vec<&Sample> = self.searches.iter().filter_map(|s| s.first()).collect();
-        let offered = median(firsts.iter().filter_map(|s| s.offered_pps).collect());
-        let sent = firsts.iter().map(|s| s.sent).sum();
-        let lost = firsts.iter().map(|s| s.lost()).sum();
-        (offered, sent, lost)
+
+    /// The delivery checks summed over rounds: (median rate, sent, lost).
+    pub fn delivery(&self) -> (f64, u64, u64) {
+        let rate = median(self.deliveries.iter().map(Sample::sent_rate).collect());
+        let sent = self.deliveries.iter().map(|s| s.sent).sum();
+        let lost = self.deliveries.iter().map(Sample::lost).sum();
+        (rate, sent, lost)
     }
+
+    /// Arrivals per backend over the delivery checks.
+    pub fn spread(&self) -> Vec<u64> {
+        let mut total: Vec<u64> = Vec::new();
+        for s in &self.deliveries {
+            total.resize(total.len().max(s.per_backend.len()), 0);
+            for (t, n) in total.iter_mut().zip(&s.per_backend) {
+                *t += n;
+            }
+        }
+        total
+    }
+
     /// Frames lost in the search steps below saturation: lost without a
     /// full ring to explain them, or refused by the balancer's ring while
-    /// offered less than 90% of its measured capacity per core. (Frames the
-    /// switch port refused mean the other CPU, running the switch and the
-    /// backends, was saturated.)
+    /// sent at less than 90% of its measured capacity per core. (Frames the
+    /// switch port refused mean the other CPU, running the generator and
+    /// the switch, was saturated.)
     pub fn losses_below_saturation(&self) -> u64 {
         self.capacity
             .iter()
@@ -186,7 +201,14 @@ impl Results {
         {
             let lost = r.losses_below_saturation();
             goals.push((
-                format!("{}: frames lost below saturation", r.case.name()),
+                format!("{}: frames lost below saturation (search)", r.case.name()),
+                lost as f64,
+                0.0,
+                lost == 0,
+            ));
+            let (_, _, lost) = r.delivery();
+            goals.push((
+                format!("{}: frames lost end to end (delivery check)", r.case.name()),
                 lost as f64,
                 0.0,
                 lost == 0,
@@ -223,44 +245,54 @@ impl Results {
             );
             let _ = writeln!(
                 out,
-                "{:<22} {:>10} {:>6} {:>11} {:>8} {:>8} | {:>10} {:>16} {:>9} {:>9}",
-                "case",
-                "fwd pps",
-                "busy",
-                "pps/core",
-                "ns/frame",
-                "refused",
-                "zero-loss",
-                "1st step lost",
-                "sw. ring",
-                "lost<sat"
+                "{:<22} {:>10} {:>6} {:>11} {:>9} {:>8}",
+                "case", "fwd pps", "busy", "pps/core", "ns/frame", "refused"
             );
             for r in &self.pps {
-                let (offered, sent, lost) = r.first_step();
                 let _ = writeln!(
                     out,
-                    "{:<22} {:>10.0} {:>5.0}% {:>11.0} {:>8.0} {:>7.1}% | {:>10.0} {:>16} {:>9} {:>9}",
+                    "{:<22} {:>10.0} {:>5.0}% {:>11.0} {:>9.0} {:>7.1}%",
                     r.case.name(),
                     r.pps(),
                     r.lb_busy() * 100.0,
                     r.per_core(),
                     1e9 / r.per_core(),
                     r.refused_share() * 100.0,
-                    r.zero_loss(),
-                    format!("{lost}/{sent}@{:.0}k", offered / 1e3),
-                    r.switch_refused(),
-                    r.losses_below_saturation(),
                 );
             }
             let _ = writeln!(
                 out,
-                "  fwd pps: counted on the switch port, balancer flat out on 1 core; busy: that core's\n  \
-                 share spent in the balancer's NAPI thread; pps/core = frames / that thread's CPU time;\n  \
-                 refused: offered frames its full receive ring refused (>0: it was the bottleneck).\n  \
-                 zero-loss: highest paced rate with every frame counted at the backends; 1st step:\n  \
-                 frames lost/sent at the first paced rate; sw. ring: frames the switch port refused\n  \
-                 in the search (the other CPU saturated); lost<sat: frames lost while the balancer\n  \
-                 had headroom (offered < 90% of pps/core) or without any full ring."
+                "  flat out, counted on the switch port. fwd pps: what the one balancer core forwarded;\n  \
+                 busy: its share of that core (NAPI thread CPU time / wall time); pps/core = frames /\n  \
+                 that CPU time; refused: offered frames its full receive ring turned away (> 0: the\n  \
+                 balancer was the bottleneck)."
+            );
+            let _ = writeln!(
+                out,
+                "\n{:<22} {:>10} {:>9} {:>9} | {:>24} spread",
+                "losses", "zero-loss", "lost<sat", "sw. ring", "delivery lost/sent@rate"
+            );
+            for r in &self.pps {
+                let (rate, sent, lost) = r.delivery();
+                let spread: Vec<String> = r.spread().iter().map(u64::to_string).collect();
+                let _ = writeln!(
+                    out,
+                    "{:<22} {:>10.0} {:>9} {:>9} | {:>24} {}",
+                    r.case.name(),
+                    r.zero_loss(),
+                    r.losses_below_saturation(),
+                    r.switch_refused(),
+                    format!("{lost}/{sent}@{:.0}k", rate / 1e3),
+                    spread.join("/"),
+                );
+            }
+            let _ = writeln!(
+                out,
+                "  zero-loss: highest rate (frames/s the generator achieved) of a paced step that lost\n  \
+                 nothing, counted on the switch port; lost<sat: frames lost in the search while the\n  \
+                 balancer had headroom (sent < 90% of pps/core) or lost without any full ring;\n  \
+                 sw. ring: frames the switch port refused in the search (the other CPU saturated).\n  \
+                 delivery: a paced run counted at the backends (whole path), and its spread."
             );
         }
         if !self.conns.is_empty() {
@@ -337,7 +369,7 @@ impl Results {
             .pps
             .iter()
             .map(|r| {
-                let (offered, sent, lost) = r.first_step();
+                let (rate, sent, lost) = r.delivery();
                 J::Obj(vec![
                     ("case".into(), J::Str(r.case.name())),
                     ("balancer".into(), J::Str(r.case.balancer.name().into())),
@@ -360,9 +392,9 @@ impl Results {
                             ("balancer_core_busy".into(), J::Num(r.lb_busy())),
                             ("refused_share".into(), J::Num(r.refused_share())),
                             ("zero_loss_pps".into(), J::Num(r.zero_loss())),
-                            ("first_step_offered_pps".into(), J::Num(offered)),
-                            ("first_step_sent".into(), J::Int(sent)),
-                            ("first_step_lost".into(), J::Int(lost)),
+                            ("delivery_pps".into(), J::Num(rate)),
+                            ("delivery_sent".into(), J::Int(sent)),
+                            ("delivery_lost".into(), J::Int(lost)),
                             (
                                 "lost_below_saturation".into(),
                                 J::Int(r.losses_below_saturation()),
@@ -373,6 +405,10 @@ impl Results {
                     (
                         "capacity_runs".into(),
                         J::Arr(r.capacity.iter().map(sample_json).collect()),
+                    ),
+                    (
+                        "delivery_runs".into(),
+                        J::Arr(r.deliveries.iter().map(sample_json).collect()),
                     ),
                     (
                         "zero_loss_searches".into(),
@@ -440,7 +476,8 @@ impl Results {
 
 fn sample_json(s: &Sample) -> J {
     J::Obj(vec![
-        ("offered_pps".into(), s.offered_pps.map_or(J::Null, J::Num)),
+        ("target_pps".into(), s.offered_pps.map_or(J::Null, J::Num)),
+        ("sent_pps".into(), J::Num(s.sent_rate())),
         ("seconds".into(), J::Num(s.seconds)),
         ("sent".into(), J::Int(s.sent)),
         ("arrived".into(), J::Int(s.arrived)),

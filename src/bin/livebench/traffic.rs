@@ -121,6 +121,12 @@ impl Sample {
         self.arrived as f64 / self.seconds.max(1e-9)
     }
 
+    /// The rate the generator achieved (a paced target is not always met:
+    /// it shares its CPU with the switch and the backends).
+    pub fn sent_rate(&self) -> f64 {
+        self.sent as f64 / self.seconds.max(1e-9)
+    }
+
     /// Forwarded frames per second of the balancer thread's CPU time.
     pub fn pps_per_core(&self) -> f64 {
         self.arrived as f64 / self.lb_cpu_s.max(1e-9)
