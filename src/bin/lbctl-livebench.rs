@@ -287,6 +287,7 @@ fn pps_part(rig: &mut Rig, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<
         for (balancer, mixes) in cases.iter().filter(|(b, _)| plan.wants(*b)) {
             check_interrupt()?;
             let mut running = start(rig, *balancer, lbctl, scratch)?;
+            rig.lbctl = (*balancer == Balancer::Lbctl).then(|| lbctl.to_path_buf());
             let measured = mixes
                 .iter()
                 .map(|&mix| {
@@ -301,6 +302,7 @@ fn pps_part(rig: &mut Rig, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<
                     )
                 })
                 .collect::<Result<Vec<_>>>();
+            rig.lbctl = None;
             running.stop(&mut rig.progs)?;
             for (case, capacity, search, delivery) in measured? {
                 match results.iter_mut().find(|r| r.case == case) {
@@ -353,6 +355,9 @@ fn pps_case(
     if capacity.arrived == 0 {
         bail!("{name}: nothing arrived");
     }
+    if capacity.lost_elsewhere() > 0 && !capacity.verdicts.is_empty() {
+        eprintln!("  lbctl verdicts: {:?}", capacity.verdicts);
+    }
 
     let paced = |rig: &mut Rig, rate: f64| -> Result<Sample> {
         check_interrupt()?;
@@ -364,14 +369,16 @@ fn pps_case(
             max_arrivals: cap,
         })?;
         eprintln!(
-            "round {round} {name:<22} paced {:>9.0} pps, sent {:>9.0}/s: {:>8} frames, lost {:>6} (balancer ring {}, switch ring {}, other {})",
+            "round {round} {name:<22} paced {:>9.0} pps, sent {:>9.0}/s: {:>8} frames, lost {:>6} (balancer ring {}, switch ring {}, other {}), balancer {:.0}% busy, waited {:.1} ms",
             rate,
             s.sent_rate(),
             s.sent,
             s.lost(),
             s.ring_full_balancer,
             s.ring_full_switch,
-            s.lost_elsewhere()
+            s.lost_elsewhere(),
+            s.lb_busy() * 100.0,
+            s.lb_wait_s * 1e3
         );
         Ok(s)
     };

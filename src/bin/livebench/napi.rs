@@ -73,12 +73,22 @@ impl NapiThread {
 
     /// CPU time the thread has run, in ns (schedstat).
     pub fn cpu_ns(&self) -> Result<u64> {
+        Ok(self.schedstat()?.0)
+    }
+
+    /// Time the thread was runnable but waited for its CPU, in ns.
+    pub fn wait_ns(&self) -> Result<u64> {
+        Ok(self.schedstat()?.1)
+    }
+
+    fn schedstat(&self) -> Result<(u64, u64)> {
         let path = format!("/proc/{}/schedstat", self.pid);
         let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let first = text.split_whitespace().next().unwrap_or("");
-        first
-            .parse()
-            .with_context(|| format!("{path}: unexpected {text:?}"))
+        let mut words = text.split_whitespace().map(str::parse::<u64>);
+        match (words.next(), words.next()) {
+            (Some(Ok(run)), Some(Ok(wait))) => Ok((run, wait)),
+            _ => bail!("{path}: unexpected {text:?}"),
+        }
     }
 
     /// Still the same thread, still on its CPU (the kernel recreates NAPI

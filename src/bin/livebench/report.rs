@@ -486,6 +486,7 @@ fn sample_json(s: &Sample) -> J {
         ("ring_full_switch".into(), J::Int(s.ring_full_switch)),
         ("lost_elsewhere".into(), J::Int(s.lost_elsewhere())),
         ("balancer_cpu_s".into(), J::Num(s.lb_cpu_s)),
+        ("balancer_wait_s".into(), J::Num(s.lb_wait_s)),
         ("pps".into(), J::Num(s.pps())),
         ("pps_per_balancer_core".into(), J::Num(s.pps_per_core())),
         (
@@ -501,6 +502,15 @@ fn sample_json(s: &Sample) -> J {
             J::Int(s.conntrack_entries),
         ),
         ("loadavg".into(), J::Num(s.loadavg)),
+        (
+            "lbctl_verdicts".into(),
+            J::Obj(
+                s.verdicts
+                    .iter()
+                    .map(|(k, &v)| (k.clone(), J::Int(v)))
+                    .collect(),
+            ),
+        ),
     ])
 }
 

@@ -105,11 +105,15 @@ pub struct Sample {
     pub ring_full_switch: u64,
     /// CPU time of the balancer's NAPI thread.
     pub lb_cpu_s: f64,
+    /// Time that thread was runnable but not running (its CPU was taken).
+    pub lb_wait_s: f64,
     /// Busy fraction of each CPU (all work on the machine).
     pub cpu_busy: Vec<f64>,
     pub per_backend: Vec<u64>,
     pub conntrack_entries: u64,
     pub loadavg: f64,
+    /// lbctl only: its verdict counters that moved (`lbctl status`).
+    pub verdicts: BTreeMap<String, u64>,
 }
 
 impl Sample {
@@ -159,6 +163,8 @@ pub struct Rig {
     backend_ports: Vec<u32>,
     sink: Option<Sink>,
     switch_sink: Option<XdpSwap>,
+    /// Set while lbctl is the balancer: its verdicts are recorded per run.
+    pub lbctl: Option<std::path::PathBuf>,
 }
 
 impl Rig {
@@ -192,6 +198,7 @@ impl Rig {
             backend_ports,
             sink: None,
             switch_sink: None,
+            lbctl: None,
         })
     }
 
@@ -341,7 +348,9 @@ impl Rig {
         let eth0 = ethtool(&client_ns, self.lab.client_iface())?;
         let lbb = ethtool(&ns, self.lab.lb_backend_iface())?;
         let lbb_drop0 = tx_dropped(&ns, self.lab.lb_backend_iface())?;
+        let verdicts0 = self.verdicts()?;
         let cpu0 = self.lb_cpu_ns()?;
+        let wait0 = self.lb_wait_ns()?;
         let times0 = CpuTimes::now();
 
         let wall = self.generate(load)?;
@@ -350,10 +359,20 @@ impl Rig {
         let a1 = per_port(&arrivals)?;
         let times = CpuTimes::now().busy_since(&times0);
         let lb_cpu_s = (self.lb_cpu_ns()? - cpu0) as f64 / 1e9;
+        let lb_wait_s = (self.lb_wait_ns()? - wait0) as f64 / 1e9;
         let sent = self.progs.generated() - g0;
         let eth0_after = ethtool(&client_ns, self.lab.client_iface())?;
         let lbb_after = ethtool(&ns, self.lab.lb_backend_iface())?;
         let lbb_drop = tx_dropped(&ns, self.lab.lb_backend_iface())? - lbb_drop0;
+        let verdicts = self
+            .verdicts()?
+            .into_iter()
+            .map(|(k, v)| {
+                let d = v.saturating_sub(verdicts0.get(&k).copied().unwrap_or(0));
+                (k, d)
+            })
+            .filter(|(_, d)| *d > 0)
+            .collect();
         let per_backend: Vec<u64> = a1.iter().zip(&a0).map(|(a, b)| a - b).collect();
         let arrived: u64 = per_backend.iter().sum();
         if arrived > sent {
@@ -369,18 +388,39 @@ impl Rig {
             ring_full_balancer: delta(&eth0, &eth0_after, "tx_queue_0_xdp_xmit_errors"),
             ring_full_switch: delta(&lbb, &lbb_after, "tx_queue_0_xdp_xmit_errors") + lbb_drop,
             lb_cpu_s,
+            lb_wait_s,
             cpu_busy: times,
             per_backend,
             conntrack_entries: balancers::conntrack_count(&ns)?,
             loadavg: napi::loadavg(),
+            verdicts,
         })
     }
 
+    /// lbctl's verdict counters, when lbctl is the balancer.
+    fn verdicts(&self) -> Result<BTreeMap<String, u64>> {
+        let Some(lbctl) = &self.lbctl else {
+            return Ok(BTreeMap::new());
+        };
+        let lbctl = lbctl.to_string_lossy().into_owned();
+        let status = netns::exec(self.lab.balancer_ns(), &[lbctl.as_str(), "status"])?;
+        Ok(status
+            .lines()
+            .skip_while(|l| !l.starts_with("verdicts"))
+            .skip(1)
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+            })
+            .collect())
+    }
+
     fn lb_cpu_ns(&self) -> Result<u64> {
-        match &self.lb_thread {
-            Some(t) => t.cpu_ns(),
-            None => Ok(0),
-        }
+        self.lb_thread.as_ref().map_or(Ok(0), NapiThread::cpu_ns)
+    }
+
+    fn lb_wait_ns(&self) -> Result<u64> {
+        self.lb_thread.as_ref().map_or(Ok(0), NapiThread::wait_ns)
     }
 
     /// Sends `load` from a thread in the client namespace on `gen_cpu`;
