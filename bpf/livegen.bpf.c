@@ -8,9 +8,11 @@
  *            and returns XDP_TX: the frame leaves the client's veth for real.
  *            It writes every header byte on every run because live frames
  *            are recycled pages that the balancer may have rewritten.
- *            Paced: with gap_ns set, a run that comes before the frame's
- *            due time returns XDP_DROP instead (the kernel recycles it at
- *            once), so one long test run emits one frame every gap_ns.
+ *            Paced: with gap_ns set, a run that comes before the next
+ *            burst is due returns XDP_DROP instead (the kernel recycles it
+ *            at once), so one long test run emits `burst` frames back to
+ *            back every burst * gap_ns: a steady average rate, in batches
+ *            as a NIC with interrupt moderation would deliver them.
  * sink       on each backend's interface: counts UDP frames to sink_port per
  *            interface index and drops them; everything else passes (ARP
  *            keeps neighbours and the bridge's forwarding table fresh).
@@ -42,11 +44,13 @@ __u32 saddr_base;        /* host order */
 __u16 sport_base;        /* host order */
 /* Frames generated so far (the generator runs on one thread). */
 __u64 seq;
-/* Pacing: 0 sends every run; else one frame per gap_ns, at most
- * PACE_BURST frames back to back after the generator was held up. */
+/* Pacing: gap_ns 0 sends every run; else `burst` frames every burst *
+ * gap_ns. A generator held up catches up by at most PACE_CATCHUP bursts. */
 __u64 gap_ns;
 __u64 next_ns;
-#define PACE_BURST 32
+__u32 burst;
+__u32 burst_left;
+#define PACE_CATCHUP 2
 
 static __always_inline __u16 ip_checksum(const __u16 *w)
 {
@@ -73,13 +77,18 @@ int livegen(struct xdp_md *ctx)
 	if (data + FRAME_LEN > data_end)
 		return XDP_ABORTED;
 	if (gap_ns) {
-		__u64 now = bpf_ktime_get_ns();
+		if (!burst_left) {
+			__u64 now = bpf_ktime_get_ns();
+			__u64 step = gap_ns * (burst ? burst : 1);
 
-		if (now < next_ns)
-			return XDP_DROP;
-		next_ns += gap_ns;
-		if (next_ns + PACE_BURST * gap_ns < now)
-			next_ns = now;
+			if (now < next_ns)
+				return XDP_DROP;
+			next_ns += step;
+			if (next_ns + PACE_CATCHUP * step < now)
+				next_ns = now;
+			burst_left = burst ? burst : 1;
+		}
+		burst_left--;
 	}
 	__builtin_memcpy(data, tmpl, FRAME_LEN);
 	flow = (__u32)(seq / ppf) % (flows ? flows : 1);

@@ -120,11 +120,14 @@ impl Progs {
         self.generator().sent()
     }
 
-    /// Flat out (None) or one frame every 1/rate seconds.
-    pub fn set_pace(&mut self, rate_pps: Option<f64>) {
+    /// Flat out (None), or `burst` frames back to back every burst/rate
+    /// seconds.
+    pub fn set_pace(&mut self, rate_pps: Option<f64>, burst: u32) {
         let bss = self.bss();
         bss.gap_ns = rate_pps.map_or(0, |r| (1e9 / r.max(1.0)).max(1.0) as u64);
         bss.next_ns = 0;
+        bss.burst = burst.max(1);
+        bss.burst_left = 0;
     }
 
     pub fn generator(&mut self) -> Generator {

@@ -123,6 +123,22 @@ impl PpsResult {
             .sum()
     }
 
+    /// The balancer thread's run-queue wait in the search steps that lost
+    /// frames below saturation, ms: its CPU taken away meanwhile.
+    pub fn wait_in_lossy_steps_ms(&self) -> f64 {
+        self.capacity
+            .iter()
+            .zip(&self.searches)
+            .flat_map(|(cap, steps)| {
+                steps.iter().filter(move |s| {
+                    s.lost_elsewhere() > 0
+                        || (s.ring_full_balancer > 0 && s.sent_rate() < 0.9 * cap.pps_per_core())
+                })
+            })
+            .map(|s| s.lb_wait_s * 1e3)
+            .fold(0.0, |a, b| a + b)
+    }
+
     /// Frames the switch port refused in the search steps.
     pub fn switch_refused(&self) -> u64 {
         self.searches
@@ -269,18 +285,19 @@ impl Results {
             );
             let _ = writeln!(
                 out,
-                "\n{:<22} {:>10} {:>9} {:>9} | {:>24} spread",
-                "losses", "zero-loss", "lost<sat", "sw. ring", "delivery lost/sent@rate"
+                "\n{:<22} {:>10} {:>9} {:>8} {:>9} | {:>24} spread",
+                "losses", "zero-loss", "lost<sat", "wait ms", "sw. ring", "delivery lost/sent@rate"
             );
             for r in &self.pps {
                 let (rate, sent, lost) = r.delivery();
                 let spread: Vec<String> = r.spread().iter().map(u64::to_string).collect();
                 let _ = writeln!(
                     out,
-                    "{:<22} {:>10.0} {:>9} {:>9} | {:>24} {}",
+                    "{:<22} {:>10.0} {:>9} {:>8.1} {:>9} | {:>24} {}",
                     r.case.name(),
                     r.zero_loss(),
                     r.losses_below_saturation(),
+                    r.wait_in_lossy_steps_ms(),
                     r.switch_refused(),
                     format!("{lost}/{sent}@{:.0}k", rate / 1e3),
                     spread.join("/"),
@@ -291,6 +308,7 @@ impl Results {
                 "  zero-loss: highest rate (frames/s the generator achieved) of a paced step that lost\n  \
                  nothing, counted on the switch port; lost<sat: frames lost in the search while the\n  \
                  balancer had headroom (sent < 90% of pps/core) or lost without any full ring;\n  \
+                 wait ms: in those steps, time its SCHED_FIFO thread waited, runnable, for its CPU;\n  \
                  sw. ring: frames the switch port refused in the search (the other CPU saturated).\n  \
                  delivery: a paced run counted at the backends (whole path), and its spread."
             );
@@ -400,6 +418,10 @@ impl Results {
                                 J::Int(r.losses_below_saturation()),
                             ),
                             ("switch_refused".into(), J::Int(r.switch_refused())),
+                            (
+                                "wait_in_lossy_steps_ms".into(),
+                                J::Num(r.wait_in_lossy_steps_ms()),
+                            ),
                         ]),
                     ),
                     (

@@ -36,9 +36,12 @@ const GEN_NICE: i32 = -20;
 /// Frames per flush towards the balancer when sending flat out (the
 /// kernel's maximum batch).
 const FLAT_BATCH: u32 = 256;
-/// Paced, the program drops the runs that come before a frame is due; a
-/// flush every 64 runs.
+/// Paced, the program drops the runs that come before a burst is due and
+/// sends PACED_BURST frames back to back (about what a NIC with interrupt
+/// moderation hands over at once; an eighth of the balancer's 256-frame
+/// ring); a flush every 64 runs.
 const PACED_BATCH: u32 = 64;
+const PACED_BURST: u32 = 32;
 /// Generator calls: the first one's size, the smallest, the longest (so
 /// Ctrl-C and the arrival cap are seen), and the least time worth a call.
 const FIRST_CALL_RUNS: u32 = 1 << 16;
@@ -426,7 +429,7 @@ impl Rig {
     /// Sends `load` from a thread in the client namespace on `gen_cpu`;
     /// returns how long sending took.
     fn generate(&mut self, load: &Load) -> Result<Duration> {
-        self.progs.set_pace(load.rate_pps);
+        self.progs.set_pace(load.rate_pps, PACED_BURST);
         let generator = self.progs.generator();
         let arrivals = self.progs.arrivals();
         let ports = self.sink_ports();
