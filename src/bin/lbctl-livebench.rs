@@ -199,7 +199,21 @@ fn run(args: &Args) -> Result<ExitCode> {
             args.gen_cpu
         );
     }
-    let plan = args.plan();
+    let mut plan = args.plan();
+    // Each new flow is a conntrack entry; past nf_conntrack_max the kernel
+    // refuses new ones. Stay well below it, slack included.
+    let ct_max: u64 = fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65536);
+    let ct_room = (ct_max * 3 / 4).saturating_sub(traffic::ARRIVAL_SLACK);
+    if plan.new_flow_cap > ct_room {
+        eprintln!(
+            "new-flow cap {} lowered to {ct_room}: nf_conntrack_max is {ct_max}",
+            plan.new_flow_cap
+        );
+        plan.new_flow_cap = ct_room.max(1000);
+    }
     for o in &plan.only {
         if !["reflector", "lbctl", "nft", "haproxy"].contains(&o.as_str()) {
             bail!("--only {o}: not one of reflector, lbctl, nft, haproxy");

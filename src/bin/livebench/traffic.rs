@@ -48,6 +48,8 @@ const FIRST_CALL_RUNS: u32 = 1 << 16;
 const MIN_RUNS: u32 = 4096;
 const MAX_CALL: Duration = Duration::from_millis(500);
 const MIN_CALL: Duration = Duration::from_millis(5);
+/// A capped run may overshoot its arrival cap by at most this many.
+pub const ARRIVAL_SLACK: u64 = 50_000;
 /// Rate of the warm-up pass that opens the established flows.
 const WARM_PPS: f64 = 200_000.0;
 /// First source port of generated flows; 50000 ports per source address.
@@ -466,13 +468,16 @@ impl Rig {
                 let left = load.duration.saturating_sub(start.elapsed()).min(MAX_CALL);
                 let mut next = per_s * left.as_secs_f64();
                 if let Some(max) = load.max_arrivals {
-                    // Arrivals per run in this call predict the next one's.
+                    // Arrivals per run in this call predict the next one's;
+                    // a run sends at most one frame, so runs beyond the cap
+                    // plus ARRIVAL_SLACK can never arrive too many.
                     let arrived_now = arrivals.total(&ports)? - arrived0;
                     let per_run = (arrived_now - arrived) as f64 / runs as f64;
+                    let want = max.saturating_sub(arrived_now) as f64;
                     if per_run > 0.0 {
-                        let want = max.saturating_sub(arrived_now) as f64;
                         next = next.min(want / per_run * 1.05);
                     }
+                    next = next.min(want + ARRIVAL_SLACK as f64);
                 }
                 runs = next.clamp(MIN_RUNS as f64, (1u32 << 30) as f64) as u32;
             }
