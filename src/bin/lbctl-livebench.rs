@@ -422,6 +422,7 @@ fn conn_part(rig: &mut Rig, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result
         .map(|balancer| ConnResult {
             balancer,
             runs: Vec::new(),
+            errors: Vec::new(),
         })
         .collect();
     // With --conn-threaded-napi every veth end runs its NAPI as a thread
@@ -480,7 +481,16 @@ fn conn_rounds(
     for round in 1..=plan.rounds {
         for r in results.iter_mut() {
             check_interrupt()?;
-            let mut running = start(rig, r.balancer, lbctl, scratch)?;
+            // A balancer that does not come up costs its round, not the
+            // whole benchmark.
+            let mut running = match start(rig, r.balancer, lbctl, scratch) {
+                Ok(running) => running,
+                Err(e) => {
+                    eprintln!("round {round} {}: {e:#}", r.balancer.name());
+                    r.errors.push(format!("round {round}: {e:#}"));
+                    continue;
+                }
+            };
             let (b0, o0, t0) = (balancer_cpu(&running)?, own_cpu()?, napi::CpuTimes::now());
             let sample = conns::run(&rig.lab, rig.vip, VIP_PORT, &plan.conn);
             let (b1, o1) = (balancer_cpu(&running)?, own_cpu()?);

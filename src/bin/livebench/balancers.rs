@@ -166,9 +166,9 @@ impl Running {
         self.wait_haproxy(t)
     }
 
-    /// Until a client connection to the VIP succeeds (at most 5 s).
+    /// Until a client connection to the VIP succeeds (at most 10 s).
     fn wait_haproxy(&mut self, t: &Target) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(10);
         let vip = t.vip;
         loop {
             if let Some(status) = self
@@ -187,7 +187,13 @@ impl Running {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("haproxy did not accept on {vip}:{VIP_PORT} within 5 s");
+                let log = fs::read_to_string(t.scratch.join("haproxy.log")).unwrap_or_default();
+                let listening = netns::exec(&self.ns, &["ss", "-ltn"]).unwrap_or_default();
+                bail!(
+                    "haproxy did not accept on {vip}:{VIP_PORT} within 10 s; its log: {}; listening: {}",
+                    log.trim(),
+                    listening.trim()
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }

@@ -29,6 +29,8 @@ pub struct PpsResult {
 pub struct ConnResult {
     pub balancer: Balancer,
     pub runs: Vec<ConnSample>,
+    /// Rounds that could not run (the balancer did not start), and why.
+    pub errors: Vec<String>,
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
