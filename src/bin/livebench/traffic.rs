@@ -469,15 +469,21 @@ impl Rig {
                 let mut next = per_s * left.as_secs_f64();
                 if let Some(max) = load.max_arrivals {
                     // Arrivals per run in this call predict the next one's;
-                    // a run sends at most one frame, so runs beyond the cap
-                    // plus ARRIVAL_SLACK can never arrive too many.
+                    // and the next call never sends more frames than the
+                    // cap's remainder plus ARRIVAL_SLACK (a run sends at
+                    // most one; paced, at most `rate` a second).
                     let arrived_now = arrivals.total(&ports)? - arrived0;
                     let per_run = (arrived_now - arrived) as f64 / runs as f64;
                     let want = max.saturating_sub(arrived_now) as f64;
                     if per_run > 0.0 {
                         next = next.min(want / per_run * 1.05);
                     }
-                    next = next.min(want + ARRIVAL_SLACK as f64);
+                    let frames = want + ARRIVAL_SLACK as f64;
+                    next = match load.rate_pps {
+                        // Paced, most runs send nothing: bound the time.
+                        Some(rate) => next.min(per_s * frames / rate),
+                        None => next.min(frames),
+                    };
                 }
                 runs = next.clamp(MIN_RUNS as f64, (1u32 << 30) as f64) as u32;
             }
