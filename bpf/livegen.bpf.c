@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/* Benchmark-only programs for lbctl-livebench (src/bin/lbctl-livebench.rs):
+ *
+ * livegen    the traffic generator. Run with BPF_PROG_TEST_RUN and
+ *            BPF_F_TEST_XDP_LIVE_FRAMES in the client namespace, it writes a
+ *            whole UDP frame from the template in .bss, gives it the source
+ *            address and port of flow number (seq / pkts_per_flow) % flows,
+ *            and returns XDP_TX: the frame leaves the client's veth for real.
+ *            It writes every header byte on every run because live frames
+ *            are recycled pages that the balancer may have rewritten.
+ *            Paced: with gap_ns set, a run that comes before the next
+ *            burst is due returns XDP_DROP instead (the kernel recycles it
+ *            at once), so one long test run emits `burst` frames back to
+ *            back every burst * gap_ns: a steady average rate, in batches
+ *            as a NIC with interrupt moderation would deliver them.
+ * sink       on each backend's interface: counts UDP frames to sink_port per
+ *            interface index and drops them; everything else passes (ARP
+ *            keeps neighbours and the bridge's forwarding table fresh).
+ * reflector  the baseline on the balancer: what forwarding the same path
+ *            costs in XDP without conntrack. A frame to the VIP gets the
+ *            address and port of backend hash(saddr, sport) % n, checksums
+ *            updated, MACs and egress from bpf_fib_lookup, then XDP_TX or a
+ *            devmap redirect, as lbctl does.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define ETH_P_IP 0x0800
+#define AF_INET 2
+#define FRAME_LEN 60 /* a 64-byte Ethernet frame without its FCS */
+#define MAX_BACKENDS 16
+#define MAX_IFINDEX 1024
+
+/* ----- generator ------------------------------------------------------------ */
+
+/* Set by the bench before each run; the frame is FRAME_LEN bytes. */
+__u8 tmpl[FRAME_LEN];
+/* All in .bss, 0 read as 1, so the bench sets everything in one place. */
+__u32 flows;             /* distinct flows, cycled */
+__u32 pkts_per_flow;     /* consecutive frames of one flow */
+__u32 ports_per_addr;    /* flow f: port base + f % ppa, address base + f / ppa */
+__u32 saddr_base;        /* host order */
+__u16 sport_base;        /* host order */
+/* Frames generated so far (the generator runs on one thread). */
+__u64 seq;
+/* Pacing: gap_ns 0 sends every run; else `burst` frames every burst *
+ * gap_ns. A generator held up catches up by at most PACE_CATCHUP bursts. */
+__u64 gap_ns;
+__u64 next_ns;
+__u32 burst;
+__u32 burst_left;
+#define PACE_CATCHUP 2
+
+static __always_inline __u16 ip_checksum(const __u16 *w)
+{
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+SEC("xdp")
+int livegen(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct udphdr *udp = (void *)(ip + 1);
+	__u32 flow, ppf = pkts_per_flow ? pkts_per_flow : 1;
+	__u32 ppa = ports_per_addr ? ports_per_addr : 1;
+
+	if (data + FRAME_LEN > data_end)
+		return XDP_ABORTED;
+	if (gap_ns) {
+		if (!burst_left) {
+			__u64 now = bpf_ktime_get_ns();
+			__u64 step = gap_ns * (burst ? burst : 1);
+
+			if (now < next_ns)
+				return XDP_DROP;
+			next_ns += step;
+			if (next_ns + PACE_CATCHUP * step < now)
+				next_ns = now;
+			burst_left = burst ? burst : 1;
+		}
+		burst_left--;
+	}
+	__builtin_memcpy(data, tmpl, FRAME_LEN);
+	flow = (__u32)(seq / ppf) % (flows ? flows : 1);
+	seq++;
+	udp->source = bpf_htons(sport_base + flow % ppa);
+	ip->saddr = bpf_htonl(saddr_base + flow / ppa);
+	ip->check = 0;
+	ip->check = ip_checksum((__u16 *)ip);
+	return XDP_TX;
+}
+
+/* ----- sink ----------------------------------------------------------------- */
+
+__u16 sink_port; /* host order */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_IFINDEX);
+	__type(key, __u32);
+	__type(value, __u64);
+} arrivals SEC(".maps");
+
+SEC("xdp")
+int sink(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct udphdr *udp = (void *)(ip + 1);
+	__u32 key = ctx->ingress_ifindex % MAX_IFINDEX;
+	__u64 *count;
+
+	if ((void *)(udp + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
+	    ip->ihl != 5 || ip->protocol != IPPROTO_UDP ||
+	    udp->dest != bpf_htons(sink_port))
+		return XDP_PASS;
+	count = bpf_map_lookup_elem(&arrivals, &key);
+	if (count)
+		*count += 1;
+	return XDP_DROP;
+}
+
+/* ----- reflector ------------------------------------------------------------ */
+
+__be32 vip_addr;
+__be16 vip_port;
+__be16 backend_port;
+__u32 n_backends;
+__be32 backend_addrs[MAX_BACKENDS];
+
+enum refl_counter { REFL_FORWARDED, REFL_PASSED, REFL_MAX };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, REFL_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} refl_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, 8);
+	__type(key, __u32);
+	__type(value, __u32);
+} refl_ports SEC(".maps");
+
+static __always_inline int refl_count(__u32 which, int action)
+{
+	__u64 *c = bpf_map_lookup_elem(&refl_stats, &which);
+
+	if (c)
+		*c += 1;
+	return action;
+}
+
+/* One's complement sum of 16-bit words, RFC 1624 style: ~old + new. */
+static __always_inline __u16 csum_replace32(__u16 check, __u32 old, __u32 new)
+{
+	__u64 acc = (__u16)~check;
+
+	acc += (~old & 0xffff) + (~old >> 16) + (new & 0xffff) + (new >> 16);
+	acc = (acc & 0xffff) + (acc >> 16);
+	acc = (acc & 0xffff) + (acc >> 16);
+	acc = (acc & 0xffff) + (acc >> 16);
+	return ~(__u16)acc;
+}
+
+SEC("xdp")
+int reflector(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct udphdr *udp = (void *)(ip + 1);
+	struct bpf_fib_lookup fib = {};
+	__u32 n = n_backends, pick, old;
+	__be32 daddr;
+	int rc;
+
+	if ((void *)(udp + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
+	    ip->ihl != 5 || ip->protocol != IPPROTO_UDP || ip->daddr != vip_addr ||
+	    udp->dest != vip_port || n == 0 || n > MAX_BACKENDS)
+		return refl_count(REFL_PASSED, XDP_PASS);
+
+	pick = ((ip->saddr ^ udp->source) * 2654435761u) >> 16;
+	/* pick % n < n <= MAX_BACKENDS, a power of two. The compiler knows
+	 * that and would drop the mask the verifier needs to see it; the
+	 * empty asm hides the value from the compiler. */
+	pick %= n;
+	asm volatile("" : "+r"(pick));
+	pick &= MAX_BACKENDS - 1;
+	daddr = backend_addrs[pick];
+	ip->check = csum_replace32(ip->check, ip->daddr, daddr);
+	if (udp->check) {
+		__u16 c = csum_replace32(udp->check, ip->daddr, daddr);
+
+		c = csum_replace32(c, udp->dest, backend_port);
+		udp->check = c ? c : 0xffff;
+	}
+	ip->daddr = daddr;
+	udp->dest = backend_port;
+
+	fib.family = AF_INET;
+	fib.l4_protocol = IPPROTO_UDP;
+	fib.tot_len = bpf_ntohs(ip->tot_len);
+	fib.ipv4_src = ip->saddr;
+	fib.ipv4_dst = ip->daddr;
+	fib.ifindex = ctx->ingress_ifindex;
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS || ip->ttl <= 1)
+		return refl_count(REFL_PASSED, XDP_PASS);
+
+	old = ip->ttl;
+	ip->ttl--;
+	ip->check = csum_replace32(ip->check, bpf_htons(old << 8), bpf_htons((old - 1) << 8));
+	__builtin_memcpy(eth->h_dest, fib.dmac, 6);
+	__builtin_memcpy(eth->h_source, fib.smac, 6);
+	if (fib.ifindex == ctx->ingress_ifindex)
+		return refl_count(REFL_FORWARDED, XDP_TX);
+	rc = bpf_redirect_map(&refl_ports, fib.ifindex, XDP_PASS);
+	return refl_count(rc == XDP_REDIRECT ? REFL_FORWARDED : REFL_PASSED, rc);
+}
+
+char LICENSE[] SEC("license") = "GPL";
