@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod datapath;
 pub mod hash;
+pub mod json;
 pub mod lock;
 pub mod maglev;
 pub mod model;
