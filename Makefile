@@ -7,7 +7,7 @@ CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
 DEMO_ARGS ?=
 # Debian packages the build and the tests need.
 APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
-	ethtool conntrack nftables util-linux kmod
+	ethtool conntrack nftables util-linux kmod haproxy
 
 .PHONY: all deps kernel-deps build vmlinux lint test test-kernel test-kernels demo bench clean
 
@@ -59,15 +59,19 @@ lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Ends with a quick run of the benchmark, so it keeps working (its figures
-# are not for quoting; about 15 s).
+# Ends with quick runs of both benchmarks, so they keep working (their
+# figures are not for quoting; about 15 s each).
 test: deps lint
 	$(CARGO) test --release -- --test-threads=2
 	$(CARGO) run --release --bin lbctl-bench -- --quick
+	$(CARGO) run --release --bin lbctl-livebench -- --quick
 
-# Per-packet cost of the data path (docs/BENCHMARKS.md); several minutes.
+# docs/BENCHMARKS.md: the per-packet cost of the data path, then live
+# forwarding and connection rates in the lab beside nftables and HAProxy.
+# Tables on the terminal, JSON in target/bench/; about 15 minutes.
 bench: deps
 	$(CARGO) run --release --bin lbctl-bench
+	$(CARGO) run --release --bin lbctl-livebench
 
 # Builds, then balances real traffic through lbctl in a throwaway lab of
 # network namespaces, checks everything it shows, and removes the lab.

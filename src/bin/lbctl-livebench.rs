@@ -501,12 +501,14 @@ fn conn_rounds(
             sample.lab_cpu_s = (o1 - o0) as f64 / 1e9;
             sample.cpu_busy = busy;
             eprintln!(
-                "round {round} {:<10} {:>7.0} conn/s, p50 {:.2} ms, p99 {:.2} ms, balancer {:.1} µs/conn, {} failed, load {:.1}",
+                "round {round} {:<10} {:>7.0} conn/s, p50 {:.2} ms, p99 {:.2} ms, balancer {}, {} failed, load {:.1}",
                 r.balancer.name(),
                 sample.rate(),
                 sample.percentile_ms(50.0),
                 sample.percentile_ms(99.0),
-                sample.balancer_us_per_conn().unwrap_or(f64::NAN),
+                sample
+                    .balancer_us_per_conn()
+                    .map_or("CPU not measured".into(), |us| format!("{us:.1} µs/conn")),
                 sample.failed(),
                 sample.loadavg
             );
