@@ -18,6 +18,20 @@
 #define LB_MAX_TABLE_SIZE 131071
 #define LB_TABLE_HDR      1
 
+/* The address prefilter (`addr_filter`): two bitmaps of 1 << 16 bits, one
+ * for VIP addresses (as destinations), one for backend addresses (as
+ * sources). An address sets bit (addr * LB_PREFILTER_MULT) >> 16, taking the
+ * address's 4 network-order bytes as a native u32. A packet whose
+ * destination and source bits are both clear is for no VIP and from no
+ * backend: it passes without the two hash lookups. lbctl sets a bit before
+ * the address goes into `vips` or `reply_sources` and clears it only after
+ * the last user is gone, so a clear bit is always true. */
+#define LB_PREFILTER_MULT  0x9e3779b1u
+#define LB_PREFILTER_SHIFT 16     /* 32 - log2(bits per bitmap) */
+#define LB_PREFILTER_WORDS 1024   /* u64 words per bitmap */
+#define LB_PREFILTER_DST   0      /* first word of the VIP bitmap */
+#define LB_PREFILTER_SRC   1024   /* first word of the backend bitmap */
+
 enum lb_family {
 	LB_AF_INET  = 4,
 	LB_AF_INET6 = 6,

@@ -31,6 +31,14 @@ struct {
 	__type(value, struct lb_reply_source);
 } reply_sources SEC(".maps");
 
+/* Prefilter bitmaps (lb_abi.h): VIP addresses, then backend addresses. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * LB_PREFILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} addr_filter SEC(".maps");
+
 /* One lookup table per VIP index: element 0 = slot count N, elements 1..N =
  * backend ids. lbctl builds a new inner map and swaps it in with one update,
  * so a packet sees the old table or the new one, never a mix. */

@@ -303,3 +303,86 @@ fn counters_count_packets_bytes_and_new_flows() {
         assert_eq!(lb.backend_counters("198.18.1.11:8080"), c);
     });
 }
+
+/// An address other than `of` in 198.18.0.0/15 with the same prefilter bit.
+fn prefilter_twin(of: &str) -> String {
+    use lbctl::datapath::tables::prefilter_bit;
+    let ip: std::net::IpAddr = of.parse().unwrap();
+    let bit = prefilter_bit(ip);
+    (0u32..1 << 17)
+        .map(|i| std::net::Ipv4Addr::from(0xc612_0000 | i))
+        .find(|a| a.to_string() != of && prefilter_bit((*a).into()) == bit)
+        .expect("a twin in a /15")
+        .to_string()
+}
+
+fn prefilter_bits(lb: &Balancer) -> Vec<u32> {
+    use libbpf_rs::{MapCore, MapFlags};
+    let mut bits = Vec::new();
+    for word in 0u32..2048 {
+        let v = lb
+            .maps
+            .addr_filter
+            .lookup(&word.to_ne_bytes(), MapFlags::ANY)
+            .unwrap()
+            .unwrap();
+        let v = u64::from_ne_bytes(v[..8].try_into().unwrap());
+        bits.extend((0..64).filter(|b| v >> b & 1 == 1).map(|b| word * 64 + b));
+    }
+    bits
+}
+
+#[test]
+fn the_address_prefilter_follows_vips_and_backends() {
+    use lbctl::datapath::tables::prefilter_bit;
+    in_fresh_netns(|| {
+        let lb = Balancer::load().with_routes();
+        let bit = |a: &str| prefilter_bit(a.parse().unwrap()).unwrap();
+        assert!(
+            prefilter_bits(&lb).is_empty(),
+            "a fresh balancer filters all"
+        );
+        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
+        lb.backend(&vip, "198.18.1.11:8080", 1);
+        let backend_bit = 1024 * 64 + bit("198.18.1.11");
+        assert_eq!(prefilter_bits(&lb), [bit("198.18.100.1"), backend_bit]);
+
+        // A VIP sharing the first one's bit keeps it when the first goes.
+        let twin = prefilter_twin("198.18.100.1");
+        let twin_vip = lb.vip(&format!("{twin}:80"), Proto::Tcp, NatMode::Dnat, None);
+        lb.backend(&twin_vip, "198.18.1.12:8080", 1);
+        lb.maps.del_vip(&vip).unwrap();
+        let (action, _) = lb.run(&Packet::tcp(CLIENT, &format!("{twin}:80"), SYN).build());
+        assert_eq!(action, XDP_REDIRECT, "the twin VIP is still balanced");
+        // A packet to the deleted VIP passes, after the lookup the bit asks for.
+        let frame = Packet::tcp(CLIENT, VIP, SYN).build();
+        let before = lb.reason("pass_not_vip");
+        assert_eq!(lb.run(&frame), (XDP_PASS, frame.clone()));
+        assert_eq!(lb.reason("pass_not_vip"), before + 1);
+
+        // Deleting the last VIP clears the VIP bitmap; a backend's bit stays
+        // while its reply source does (replies of its live flows).
+        lb.maps.del_vip(&twin_vip).unwrap();
+        let backend_bits = [backend_bit, 1024 * 64 + bit("198.18.1.12")];
+        let mut want = backend_bits.to_vec();
+        want.sort();
+        assert_eq!(prefilter_bits(&lb), want);
+
+        // Bits lost (maps of an older lbctl) come back with a rebuild.
+        use libbpf_rs::{MapCore, MapFlags};
+        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
+        lb.backend(&vip, "198.18.1.13:8080", 1);
+        let word = bit("198.18.100.1") / 64;
+        lb.maps
+            .addr_filter
+            .update(&word.to_ne_bytes(), &0u64.to_ne_bytes(), MapFlags::ANY)
+            .unwrap();
+        assert_eq!(lb.run(&frame).0, XDP_PASS, "a clear bit skips the VIP");
+        lb.maps.rebuild_prefilter().unwrap();
+        assert_eq!(
+            lb.run(&frame).0,
+            XDP_REDIRECT,
+            "rebuilt, the VIP is balanced again"
+        );
+    });
+}

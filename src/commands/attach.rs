@@ -129,6 +129,7 @@ fn replace(iface: &str, ifindex: u32, running: Option<Balancer>) -> Result<()> {
     load::load_conntrack_modules();
     let mut storage = MaybeUninit::uninit();
     let skel = load::load(&mut storage, Some(&b.maps))?;
+    b.maps.rebuild_prefilter()?;
     let new = skel.progs.lbctl_xdp.as_fd();
     for a in &b.attachments {
         let old = libbpf_rs::Program::fd_from_id(a.prog_id)?;

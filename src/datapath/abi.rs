@@ -28,6 +28,11 @@ pub const LB_MARK_CLOSING: u32 = 0x8000_0000;
 pub const LB_DEFAULT_TCP_TIMEOUT_S: u32 = 900;
 pub const LB_DEFAULT_TCP_FIN_TIMEOUT_S: u32 = 120;
 pub const LB_DEFAULT_UDP_TIMEOUT_S: u32 = 300;
+pub const LB_PREFILTER_MULT: u32 = 0x9e37_79b1;
+pub const LB_PREFILTER_SHIFT: u32 = 16;
+pub const LB_PREFILTER_WORDS: u32 = 1024;
+pub const LB_PREFILTER_DST: u32 = 0;
+pub const LB_PREFILTER_SRC: u32 = 1024;
 
 const _: () = assert!(std::mem::size_of::<types::lb_endpoint>() == 20);
 const _: () = assert!(std::mem::size_of::<types::lb_vip>() == 40);
@@ -96,7 +101,7 @@ mod tests {
 
     #[test]
     fn constants_match_the_header() {
-        let checks: [(&str, u64); 13] = [
+        let checks: [(&str, u64); 18] = [
             ("LB_MAX_VIPS", LB_MAX_VIPS.into()),
             ("LB_MAX_BACKENDS", LB_MAX_BACKENDS.into()),
             ("LB_MAX_TABLE_SIZE", LB_MAX_TABLE_SIZE.into()),
@@ -113,6 +118,11 @@ mod tests {
                 LB_DEFAULT_TCP_FIN_TIMEOUT_S.into(),
             ),
             ("LB_DEFAULT_UDP_TIMEOUT_S", LB_DEFAULT_UDP_TIMEOUT_S.into()),
+            ("LB_PREFILTER_MULT", LB_PREFILTER_MULT.into()),
+            ("LB_PREFILTER_SHIFT", LB_PREFILTER_SHIFT.into()),
+            ("LB_PREFILTER_WORDS", LB_PREFILTER_WORDS.into()),
+            ("LB_PREFILTER_DST", LB_PREFILTER_DST.into()),
+            ("LB_PREFILTER_SRC", LB_PREFILTER_SRC.into()),
         ];
         for (name, value) in checks {
             assert_eq!(

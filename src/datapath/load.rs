@@ -172,6 +172,7 @@ pub fn load<'obj>(
             (&mut m.vips, &maps.vips),
             (&mut m.backends, &maps.backends),
             (&mut m.reply_sources, &maps.reply_sources),
+            (&mut m.addr_filter, &maps.addr_filter),
             (&mut m.vip_tables, &maps.vip_tables),
             (&mut m.settings, &maps.settings),
             (&mut m.vip_stats, &maps.vip_stats),

@@ -93,6 +93,22 @@ pub fn ip_bytes(ip: IpAddr) -> [u8; 16] {
     }
 }
 
+/// The prefilter bit of an address (`bpf/lb_abi.h`); `None` for IPv6, which
+/// the data path does not prefilter.
+pub fn prefilter_bit(ip: IpAddr) -> Option<u32> {
+    match ip {
+        IpAddr::V4(a) => Some(
+            u32::from_ne_bytes(a.octets()).wrapping_mul(LB_PREFILTER_MULT) >> LB_PREFILTER_SHIFT,
+        ),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// Word index and mask of an address in the prefilter set starting at `set`.
+fn prefilter_slot(set: u32, ip: IpAddr) -> Option<(u32, u64)> {
+    prefilter_bit(ip).map(|bit| (set + bit / 64, 1u64 << (bit % 64)))
+}
+
 fn bytes_of<T: plain::Plain>(v: &T) -> &[u8] {
     // SAFETY: Plain types have no padding that is not an explicit field.
     unsafe { plain::as_bytes(v) }
@@ -198,6 +214,7 @@ impl Maps {
             ..Default::default()
         };
         let ep = to_endpoint(service.addr, service.proto);
+        self.prefilter_mark(LB_PREFILTER_DST, service.addr.ip())?;
         self.vips
             .update(bytes_of(&ep), bytes_of(&vip), MapFlags::NO_EXIST)
             .with_context(|| format!("adding VIP {service}"))?;
@@ -219,7 +236,7 @@ impl Maps {
         {
             self.release_backend_row(&b)?;
         }
-        Ok(())
+        self.rebuild_prefilter()
     }
 
     pub fn add_backend(&self, service: &Service, addr: SocketAddr, weight: u32) -> Result<()> {
@@ -259,6 +276,7 @@ impl Maps {
                 .unwrap_or_default();
             src.backend_id = id;
             src.users += 1;
+            self.prefilter_mark(LB_PREFILTER_SRC, addr.ip())?;
             self.reply_sources
                 .update(bytes_of(&row.ep), bytes_of(&src), MapFlags::ANY)?;
             all.push(BackendEntry {
@@ -333,6 +351,62 @@ impl Maps {
                 MapFlags::ANY,
             )
             .context("clearing a backend row")
+    }
+
+    /// Sets an address's prefilter bit; done before the address goes into
+    /// the map the bit guards, so the data path never skips a lookup it
+    /// needs.
+    fn prefilter_mark(&self, set: u32, ip: IpAddr) -> Result<()> {
+        let Some((word, mask)) = prefilter_slot(set, ip) else {
+            return Ok(());
+        };
+        let old = self.prefilter_word(word)?;
+        if old & mask == 0 {
+            self.addr_filter
+                .update(
+                    &word.to_ne_bytes(),
+                    &(old | mask).to_ne_bytes(),
+                    MapFlags::ANY,
+                )
+                .context("updating the address prefilter")?;
+        }
+        Ok(())
+    }
+
+    fn prefilter_word(&self, word: u32) -> Result<u64> {
+        let v = self
+            .addr_filter
+            .lookup(&word.to_ne_bytes(), MapFlags::ANY)?
+            .context("address prefilter word missing")?;
+        Ok(u64::from_ne_bytes(v[..8].try_into()?))
+    }
+
+    /// Recomputes both prefilter bitmaps from `vips` and `reply_sources`:
+    /// clears the bits no address needs any more (a deleted VIP) and sets any
+    /// missing one (a program upgraded in place over older maps). Every bit a
+    /// present address needs stays set throughout.
+    pub fn rebuild_prefilter(&self) -> Result<()> {
+        let mut want = vec![0u64; 2 * LB_PREFILTER_WORDS as usize];
+        let sets = [
+            (LB_PREFILTER_DST, &self.vips),
+            (LB_PREFILTER_SRC, &self.reply_sources),
+        ];
+        for (set, map) in sets {
+            for key in map.keys() {
+                let (addr, _) = from_endpoint(&read::<lb_endpoint>(&key));
+                if let Some((word, mask)) = prefilter_slot(set, addr.ip()) {
+                    want[word as usize] |= mask;
+                }
+            }
+        }
+        for (word, want) in (0u32..).zip(want) {
+            if self.prefilter_word(word)? != want {
+                self.addr_filter
+                    .update(&word.to_ne_bytes(), &want.to_ne_bytes(), MapFlags::ANY)
+                    .context("updating the address prefilter")?;
+            }
+        }
+        Ok(())
     }
 
     /// The next free id after the last one handed out, so a fresh backend
