@@ -20,6 +20,7 @@ int lbctl_xdp(struct xdp_md *ctx)
 {
 	struct lb_reply_source *src = NULL;
 	struct flow flow = {};
+	struct next_hop hop;
 	struct packet pkt;
 	struct lb_vip *vip;
 	int reason;
@@ -40,7 +41,10 @@ int lbctl_xdp(struct xdp_md *ctx)
 
 	rewrite_packet(&pkt, &flow);
 	count_flow(&flow, pkt.len);
-	return forward(ctx, &pkt);
+	reason = route(ctx, &pkt, &hop);
+	if (reason != LB_CONTINUE)
+		return stop(reason);
+	return stop(transmit(ctx, &pkt, &hop));
 }
 
 char LICENSE[] SEC("license") = "GPL";
