@@ -20,7 +20,7 @@
  *    again: the interface it arrived on, its TOS, and its length (no longer
  *    than the packet the FIB checked against the MTU).
  * A miss falls through to the slow path unchanged, which stores the entry
- * again after an XDP_TX or redirect. */
+ * again after an XDP_TX or redirect (of a packet without SYN, FIN, RST). */
 #ifndef LB_FLOW_CACHE_H
 #define LB_FLOW_CACHE_H
 
@@ -101,7 +101,10 @@ miss:
 	return false;
 }
 
-/* After the slow path forwarded a packet from XDP: remember its decision. */
+/* After the slow path forwarded a packet from XDP: remember its decision.
+ * Only for packets the fast path could have served: a SYN's entry would be
+ * a store (and an eviction) for every new flow, and a SYN flood would fill
+ * the cache with flows that never send another packet. */
 static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct packet *pkt,
 					     const struct lb_flow_cache_key *key,
 					     const struct flow *f, const struct next_hop *hop,
@@ -111,6 +114,8 @@ static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct pa
 	struct lb_flow_cache_counters *c;
 	__u32 zero = 0;
 
+	if (pkt->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST))
+		return;
 	e.validated = bpf_jiffies64();
 	e.generation = generation;
 	e.mark = f->mark;

@@ -31,8 +31,9 @@ fn entry() -> Option<(u32, u32)> {
     Some((mark, timeout))
 }
 
-/// A dnat VIP with one backend, its flow opened by a SYN and the backend's
-/// SYN-ACK (both through conntrack).
+/// A dnat VIP with one backend, its flow opened by a SYN, the backend's
+/// SYN-ACK and the client's ACK, all through conntrack: the SYNs store
+/// nothing, the ACK stores the client direction's entry.
 fn open_flow() -> (Balancer, lbctl::model::Service) {
     let lb = Balancer::load().with_routes();
     let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
@@ -45,10 +46,17 @@ fn open_flow() -> (Balancer, lbctl::model::Service) {
         lb.run(&Packet::tcp(BACKEND, CLIENT, SYN | ACK).build()).0,
         XDP_REDIRECT
     );
+    assert_eq!(lb.cache(), (0, 2, 0), "SYNs: conntrack, no entry stored");
+    assert_eq!(lb.run(&ack()).0, XDP_REDIRECT);
+    assert_eq!(
+        lb.cache(),
+        (0, 3, 1),
+        "the first ACK: conntrack, entry stored"
+    );
     (lb, vip)
 }
 
-/// A bare ACK: as long as the SYN, so the SYN's decision covers it.
+/// A bare ACK.
 fn ack() -> Vec<u8> {
     Packet::tcp(CLIENT, VIP, ACK).build()
 }
@@ -147,7 +155,7 @@ fn a_configuration_change_is_seen_by_the_very_next_packet() {
         let (action, first) = lb.run(&ack());
         assert_eq!(action, XDP_REDIRECT);
         let (hits, _, _) = lb.cache();
-        assert_eq!(hits, 1, "the SYN's decision serves the next packet");
+        assert_eq!(hits, 1, "the first ACK's decision serves the next packet");
 
         // A backend change: nothing moves, but the cache is not trusted.
         lb.maps.set_weight(&vip, addr(BACKEND), 2).unwrap();
@@ -197,7 +205,7 @@ fn fin_and_rst_bypass_the_cache_and_close_the_entry() {
         in_fresh_netns(move || {
             let (lb, _) = open_flow();
             lb.run(&ack());
-            let (hits, misses, _) = lb.cache();
+            let (hits, misses, stores) = lb.cache();
             assert_eq!(hits, 1);
             let (mark, _) = entry().expect("an entry");
             assert_eq!(mark & LB_MARK_CLOSING, 0, "open");
@@ -206,9 +214,9 @@ fn fin_and_rst_bypass_the_cache_and_close_the_entry() {
             assert_eq!(action, XDP_REDIRECT);
             assert_eq!(parse(&out).dst, BACKEND);
             assert_eq!(
-                (lb.cache().0, lb.cache().1),
-                (hits, misses + 1),
-                "flags {flags:#x} went through conntrack"
+                lb.cache(),
+                (hits, misses + 1, stores),
+                "flags {flags:#x} went through conntrack and stored nothing"
             );
             let (mark, timeout) = entry().expect("an entry");
             assert_ne!(mark & LB_MARK_CLOSING, 0, "flags {flags:#x}: closing");
@@ -278,7 +286,7 @@ fn a_longer_packet_than_the_fib_checked_takes_the_slow_path() {
         assert_eq!(
             lb.cache().0,
             hits,
-            "longer than the SYN: the FIB checks the MTU"
+            "longer than the ACK: the FIB checks the MTU"
         );
         assert_eq!(lb.cache().1, misses + 1);
         lb.run(&long);
