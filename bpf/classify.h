@@ -30,6 +30,14 @@ static __always_inline bool maybe_listed(__u32 set, __be32 addr)
 	return word && (*word >> (bit % 64)) & 1;
 }
 
+/* False when the packet is neither to a VIP's address nor from a backend's:
+ * none of lbctl's business, decided without a hash lookup. */
+static __always_inline bool maybe_ours(const struct packet *pkt)
+{
+	return maybe_listed(LB_PREFILTER_DST, pkt->ip->daddr) ||
+	       maybe_listed(LB_PREFILTER_SRC, pkt->ip->saddr);
+}
+
 /* The VIP the packet is addressed to, or NULL. */
 static __always_inline struct lb_vip *find_vip(const struct packet *pkt)
 {

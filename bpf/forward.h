@@ -15,11 +15,22 @@
 #define AF_INET 2
 #define ETH_ALEN 6
 
-static __always_inline int forward(struct xdp_md *ctx, struct packet *pkt)
+/* Where a packet leaves and with which MACs: from the FIB, or from the flow
+ * cache, which remembers what the FIB said. */
+struct next_hop {
+	__u32 ifindex;
+	__u8 smac[ETH_ALEN];
+	__u8 dmac[ETH_ALEN];
+};
+
+/* Returns LB_CONTINUE with hop filled in, or the reason to pass the
+ * (rewritten) packet to the stack. */
+static __always_inline int route(struct xdp_md *ctx, const struct packet *pkt,
+				 struct next_hop *hop)
 {
 	struct iphdr *ip = pkt->ip;
 	struct bpf_fib_lookup fib = {};
-	int rc, action;
+	int rc;
 
 	fib.family = AF_INET;
 	fib.tos = ip->tos;
@@ -31,17 +42,29 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet *pkt)
 
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return verdict(LB_PASS_NO_NEIGH, XDP_PASS);
+		return LB_PASS_NO_NEIGH;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS || ip->ttl <= 1)
-		return verdict(LB_PASS_FIB, XDP_PASS); /* the stack routes or answers ICMP */
+		return LB_PASS_FIB; /* the stack routes or answers ICMP */
+	hop->ifindex = fib.ifindex;
+	__builtin_memcpy(hop->smac, fib.smac, ETH_ALEN);
+	__builtin_memcpy(hop->dmac, fib.dmac, ETH_ALEN);
+	return LB_CONTINUE;
+}
 
-	decrement_ttl(ip);
-	__builtin_memcpy(pkt->eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(pkt->eth->h_source, fib.smac, ETH_ALEN);
-	if (fib.ifindex == ctx->ingress_ifindex)
-		return verdict(LB_TX, XDP_TX);
-	action = bpf_redirect_map(&tx_ports, fib.ifindex, XDP_PASS);
-	return verdict(action == XDP_REDIRECT ? LB_REDIRECT : LB_PASS_FIB, action);
+/* One hop less, the next hop's MACs, and out: the same interface (LB_TX) or
+ * another attached one (LB_REDIRECT); LB_PASS_FIB if that one is not in
+ * tx_ports. The caller has checked TTL > 1. */
+static __always_inline int transmit(struct xdp_md *ctx, struct packet *pkt,
+				    const struct next_hop *hop)
+{
+	decrement_ttl(pkt->ip);
+	__builtin_memcpy(pkt->eth->h_dest, hop->dmac, ETH_ALEN);
+	__builtin_memcpy(pkt->eth->h_source, hop->smac, ETH_ALEN);
+	if (hop->ifindex == ctx->ingress_ifindex)
+		return LB_TX;
+	if (bpf_redirect_map(&tx_ports, hop->ifindex, XDP_PASS) == XDP_REDIRECT)
+		return LB_REDIRECT;
+	return LB_PASS_FIB;
 }
 
 #endif /* LB_FORWARD_H */

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-only
-/* lbctl's data path: parse -> classify -> conntrack -> rewrite -> forward.
- * Packets that are not for a VIP and not replies of balanced flows leave
- * untouched with XDP_PASS. */
+/* lbctl's data path: parse -> classify -> conntrack -> rewrite -> forward,
+ * with a fast path after the first, cheap, half of classify (the address
+ * prefilter): a flow cache that stands in for classify's lookups,
+ * conntrack and the FIB for established flows. Packets that are not for a
+ * VIP and not replies of balanced flows leave untouched with XDP_PASS. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -14,19 +16,36 @@
 #include "rewrite.h"
 #include "stats.h"
 #include "forward.h"
+#include "flow_cache.h"
 
 SEC("xdp")
 int lbctl_xdp(struct xdp_md *ctx)
 {
 	struct lb_reply_source *src = NULL;
+	struct lb_flow_cache_key key;
 	struct flow flow = {};
+	struct next_hop hop;
 	struct packet pkt;
 	struct lb_vip *vip;
+	__u32 generation;
 	int reason;
 
 	reason = parse_packet(ctx, &pkt);
 	if (reason != LB_CONTINUE)
 		return stop(reason);
+
+	generation = config_generation(); /* before any configuration is read */
+	if (!maybe_ours(&pkt))
+		return stop(LB_PASS_NOT_VIP);
+
+	/* Fast path: this direction of the flow was decided less than a
+	 * second ago, under the current configuration. */
+	if (!pkt.first_fragment &&
+	    flow_cache_find(ctx, &pkt, generation, &key, &flow, &hop)) {
+		rewrite_packet(&pkt, &flow);
+		count_flow(&flow, pkt.len);
+		return stop(transmit(ctx, &pkt, &hop));
+	}
 
 	vip = find_vip(&pkt);
 	if (!vip && !(src = from_backend(&pkt)))
@@ -40,7 +59,13 @@ int lbctl_xdp(struct xdp_md *ctx)
 
 	rewrite_packet(&pkt, &flow);
 	count_flow(&flow, pkt.len);
-	return forward(ctx, &pkt);
+	reason = route(ctx, &pkt, &hop);
+	if (reason != LB_CONTINUE)
+		return stop(reason);
+	reason = transmit(ctx, &pkt, &hop);
+	if (reason != LB_PASS_FIB)
+		flow_cache_store(ctx, &pkt, &key, &flow, &hop, generation);
+	return stop(reason);
 }
 
 char LICENSE[] SEC("license") = "GPL";

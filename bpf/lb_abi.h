@@ -12,6 +12,7 @@
 #define LB_MAX_VIPS      1024
 #define LB_MAX_BACKENDS  65536
 #define LB_MAX_IFACES    64
+#define LB_FLOW_CACHE_ENTRIES 65536
 /* Largest Maglev table a VIP may have (a prime). Element 0 of a VIP's table
  * holds its slot count, so a packet always sees a size and the slots that go
  * with it: the table is swapped as one inner map. */
@@ -90,7 +91,8 @@ struct lb_config {
 	__u32 tcp_fin_timeout_s;  /* after FIN or RST */
 	__u32 udp_timeout_s;
 	__u32 next_backend_id;    /* lbctl only: ids are not reused at once */
-	__u32 reserved;
+	__u32 generation;         /* bumped by lbctl on every change: flow_cache entries
+				   * stored under another generation are not used */
 };
 
 /* Per-CPU counters of a VIP or a backend. */
@@ -108,6 +110,45 @@ struct lb_flow_key {
 	__u16 dport;      /* network order */
 	__u8  proto;
 	__u8  pad[3];     /* zero */
+};
+
+/* Key of `flow_cache`: the packet's own 5-tuple as it arrives, so each
+ * direction of a flow has its own entry. */
+struct lb_flow_cache_key {
+	__be32 saddr;     /* network order */
+	__be32 daddr;     /* network order */
+	__be16 sport;     /* network order */
+	__be16 dport;     /* network order */
+	__u8   proto;
+	__u8   pad[3];    /* zero */
+};
+
+/* Value of `flow_cache`: what the slow path (conntrack, FIB) decided for one
+ * direction of a flow, valid for packets of the same generation arriving on
+ * the same interface with the same TOS, at most max_len long, within a
+ * second of `validated` (bpf/flow_cache.h). */
+struct lb_flow_cache_entry {
+	__u64  validated;        /* bpf_jiffies64() when the slow path stored it */
+	__u32  generation;       /* lb_config.generation the decision was made under */
+	__u32  mark;             /* the conntrack entry's mark: VIP index and backend id */
+	__be32 saddr;            /* rewritten addresses and ports, network order */
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32  ingress_ifindex;  /* the interface the packets arrive on */
+	__u32  egress_ifindex;   /* == ingress_ifindex: XDP_TX; else devmap redirect */
+	__u16  max_len;          /* IPv4 total length the FIB checked against the MTU */
+	__u8   tos;              /* IPv4 TOS the FIB lookup was made with */
+	__u8   pad;              /* zero */
+	__u8   smac[6];          /* the next hop's MACs, from the FIB */
+	__u8   dmac[6];
+};
+
+/* Per-CPU counters of the flow cache (`flow_cache_stats`, one row). */
+struct lb_flow_cache_counters {
+	__u64 hits;    /* packets forwarded from a cache entry */
+	__u64 misses;  /* packets of balanced flows that took the slow path */
+	__u64 stores;  /* entries stored or refreshed by the slow path */
 };
 
 /* The conntrack mark lbctl puts on its flows, so a later packet (either

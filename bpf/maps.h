@@ -93,4 +93,22 @@ struct {
 	__type(value, __u32);
 } tx_ports SEC(".maps");
 
+/* The fast path's per-direction flow cache (bpf/flow_cache.h). LRU: old
+ * flows make room for new ones. BPF_F_NO_COMMON_LRU: each CPU keeps its own
+ * LRU list (no shared lock), one value per entry (not per CPU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, LB_FLOW_CACHE_ENTRIES);
+	__type(key, struct lb_flow_cache_key);
+	__type(value, struct lb_flow_cache_entry);
+} flow_cache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_flow_cache_counters);
+} flow_cache_stats SEC(".maps");
+
 #endif /* LB_MAPS_H */

@@ -22,10 +22,14 @@ static __always_inline int verdict(enum lb_reason reason, int action)
 	return action;
 }
 
-/* A verdict that ends processing early: drop or pass, by its reason. */
+/* The end of a packet's way: each reason has one action. */
 static __always_inline int stop(enum lb_reason reason)
 {
 	switch (reason) {
+	case LB_TX:
+		return verdict(reason, XDP_TX);
+	case LB_REDIRECT:
+		return verdict(reason, XDP_REDIRECT);
 	case LB_DROP_FRAGMENT:
 	case LB_DROP_NO_BACKEND:
 	case LB_DROP_CT_FAILED:

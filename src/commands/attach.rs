@@ -106,6 +106,7 @@ fn join(b: &Balancer, iface: &str, ifindex: u32, mode: XdpMode, seed: Option<u32
         let _ = b.maps.tx_ports.delete(&ifindex.to_ne_bytes());
         return Err(e);
     }
+    b.maps.bump_generation()?;
     Ok(b.prog_id)
 }
 
@@ -135,6 +136,9 @@ fn replace(iface: &str, ifindex: u32, running: Option<Balancer>) -> Result<()> {
         let old = libbpf_rs::Program::fd_from_id(a.prog_id)?;
         attach::replace(new, old.as_fd(), a.ifindex, &a.ifname, a.mode)?;
     }
+    // The new program has a cache of its own; the old one may still be
+    // running a packet: neither uses a decision from before the upgrade.
+    b.maps.bump_generation()?;
     let id = attach::xdp_program(ifindex)?.map(|p| p.0).unwrap_or(0);
     let names: Vec<&str> = b.attachments.iter().map(|a| a.ifname.as_str()).collect();
     println!(
@@ -169,6 +173,9 @@ pub fn detach(iface: &str) -> Result<()> {
     if let Some(b) = &b {
         let _ = b.maps.tx_ports.delete(&ifindex.to_ne_bytes());
         let left = b.attachments.len() - 1;
+        if left > 0 {
+            b.maps.bump_generation()?;
+        }
         if left == 0 {
             println!(
                 "lbctl detached from {iface}; that was the last interface: all lbctl state is gone"

@@ -32,6 +32,12 @@ pub fn run() -> Result<()> {
         "timeouts      tcp {}s, tcpfin {}s, udp {}s",
         cfg.tcp_timeout_s, cfg.tcp_fin_timeout_s, cfg.udp_timeout_s
     );
+    if let Some(c) = b.maps.flow_cache_counters()? {
+        println!(
+            "flow cache    {} hits, {} misses, {} stores (generation {})",
+            c.hits, c.misses, c.stores, cfg.generation
+        );
+    }
     println!("verdicts");
     for (name, count) in b.maps.reason_counts()? {
         println!("  {name:<24} {count}");
@@ -54,6 +60,7 @@ pub fn timeouts(tcp: Option<u32>, tcpfin: Option<u32>, udp: Option<u32>) -> Resu
         cfg.tcp_fin_timeout_s = tcpfin.unwrap_or(cfg.tcp_fin_timeout_s);
         cfg.udp_timeout_s = udp.unwrap_or(cfg.udp_timeout_s);
         b.maps.set_settings(&cfg)?;
+        b.maps.bump_generation()?;
     }
     println!(
         "Timeout (tcp tcpfin udp): {} {} {}",

@@ -12,10 +12,14 @@ unsafe impl plain::Plain for types::lb_backend {}
 unsafe impl plain::Plain for types::lb_reply_source {}
 unsafe impl plain::Plain for types::lb_config {}
 unsafe impl plain::Plain for types::lb_counters {}
+unsafe impl plain::Plain for types::lb_flow_cache_key {}
+unsafe impl plain::Plain for types::lb_flow_cache_entry {}
+unsafe impl plain::Plain for types::lb_flow_cache_counters {}
 
 pub const LB_MAX_VIPS: u32 = 1024;
 pub const LB_MAX_BACKENDS: u32 = 65536;
 pub const LB_MAX_TABLE_SIZE: u32 = 131071;
+pub const LB_FLOW_CACHE_ENTRIES: u32 = 65536;
 pub const LB_TABLE_HDR: u32 = 1;
 pub const LB_AF_INET: u8 = 4;
 pub const LB_AF_INET6: u8 = 6;
@@ -39,6 +43,9 @@ const _: () = assert!(std::mem::size_of::<types::lb_vip>() == 40);
 const _: () = assert!(std::mem::size_of::<types::lb_backend>() == 56);
 const _: () = assert!(std::mem::size_of::<types::lb_config>() == 24);
 const _: () = assert!(std::mem::size_of::<types::lb_counters>() == 24);
+const _: () = assert!(std::mem::size_of::<types::lb_flow_cache_key>() == 16);
+const _: () = assert!(std::mem::size_of::<types::lb_flow_cache_entry>() == 56);
+const _: () = assert!(std::mem::size_of::<types::lb_flow_cache_counters>() == 24);
 
 /// The name lbctl prints for each verdict reason, in `enum lb_reason` order.
 pub const REASONS: [(types::lb_reason, &str); types::lb_reason::LB_REASON_MAX.0 as usize] = [
@@ -101,8 +108,9 @@ mod tests {
 
     #[test]
     fn constants_match_the_header() {
-        let checks: [(&str, u64); 18] = [
+        let checks: [(&str, u64); 19] = [
             ("LB_MAX_VIPS", LB_MAX_VIPS.into()),
+            ("LB_FLOW_CACHE_ENTRIES", LB_FLOW_CACHE_ENTRIES.into()),
             ("LB_MAX_BACKENDS", LB_MAX_BACKENDS.into()),
             ("LB_MAX_TABLE_SIZE", LB_MAX_TABLE_SIZE.into()),
             ("LB_TABLE_HDR", LB_TABLE_HDR.into()),

@@ -28,6 +28,9 @@ pub struct Maps {
     pub backend_stats: MapHandle,
     pub reasons: MapHandle,
     pub tx_ports: MapHandle,
+    /// The flow cache's counters; None for a running program from before
+    /// the flow cache (until `attach --replace` upgrades it).
+    pub flow_cache_stats: Option<MapHandle>,
 }
 
 impl Maps {
@@ -46,6 +49,7 @@ impl Maps {
             backend_stats: h(&m.backend_stats)?,
             reasons: h(&m.reasons)?,
             tx_ports: h(&m.tx_ports)?,
+            flow_cache_stats: Some(h(&m.flow_cache_stats)?),
         })
     }
 
@@ -74,6 +78,7 @@ impl Maps {
             backend_stats: take("backend_stats")?,
             reasons: take("reasons")?,
             tx_ports: take("tx_ports")?,
+            flow_cache_stats: take("flow_cache_stats").ok(),
         })
     }
 }

@@ -184,6 +184,13 @@ pub fn load<'obj>(
                 format!("reusing the running balancer's map {:?}", handle.name())
             })?;
         }
+        // The flow cache itself is not reused: the new program starts with
+        // an empty one, so no decision of the old program outlives it.
+        if let Some(stats) = &maps.flow_cache_stats {
+            m.flow_cache_stats
+                .reuse_fd(stats.as_fd())
+                .context("reusing the running balancer's flow cache counters")?;
+        }
     }
     let result = if fault_injected("missing-kfunc") {
         // Test hook: behave as a kernel without the conntrack kfuncs would.

@@ -13,7 +13,10 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use super::abi::*;
 use super::balancer::Maps;
-use super::types::{lb_backend, lb_config, lb_counters, lb_endpoint, lb_reply_source, lb_vip};
+use super::types::{
+    lb_backend, lb_config, lb_counters, lb_endpoint, lb_flow_cache_counters, lb_reply_source,
+    lb_vip,
+};
 use crate::maglev::{self, MaglevBackend};
 use crate::model::{NatMode, Proto, Service};
 
@@ -135,6 +138,35 @@ impl Maps {
             .context("writing settings")
     }
 
+    /// Tells the data path the configuration changed: flow cache entries
+    /// decided under an older generation are no longer used, so the next
+    /// packet of every flow goes through conntrack and the FIB again. Called
+    /// after a change is visible to the data path (a packet reads the
+    /// generation before any configuration).
+    pub fn bump_generation(&self) -> Result<()> {
+        let mut cfg = self.settings()?;
+        cfg.generation = cfg.generation.wrapping_add(1);
+        self.set_settings(&cfg)
+    }
+
+    /// Flow cache hits, misses and stores, summed over the CPUs (None for a
+    /// running program from before the flow cache).
+    pub fn flow_cache_counters(&self) -> Result<Option<lb_flow_cache_counters>> {
+        let Some(map) = &self.flow_cache_stats else {
+            return Ok(None);
+        };
+        let mut sum = lb_flow_cache_counters::default();
+        if let Some(cpus) = map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)? {
+            for cpu in cpus {
+                let c: lb_flow_cache_counters = read(&cpu);
+                sum.hits += c.hits;
+                sum.misses += c.misses;
+                sum.stores += c.stores;
+            }
+        }
+        Ok(Some(sum))
+    }
+
     pub fn vips(&self) -> Result<Vec<VipEntry>> {
         let mut out = Vec::new();
         for key in self.vips.keys() {
@@ -218,6 +250,7 @@ impl Maps {
         self.vips
             .update(bytes_of(&ep), bytes_of(&vip), MapFlags::NO_EXIST)
             .with_context(|| format!("adding VIP {service}"))?;
+        self.bump_generation()?;
         Ok(vip_entry(&ep, &vip))
     }
 
@@ -228,6 +261,7 @@ impl Maps {
         self.vips
             .delete(bytes_of(&ep))
             .with_context(|| format!("deleting VIP {service}"))?;
+        self.bump_generation()?;
         let _ = self.vip_tables.delete(&vip.index.to_ne_bytes());
         for b in self
             .backends()?
@@ -236,7 +270,8 @@ impl Maps {
         {
             self.release_backend_row(&b)?;
         }
-        self.rebuild_prefilter()
+        self.rebuild_prefilter()?;
+        self.bump_generation()
     }
 
     pub fn add_backend(&self, service: &Service, addr: SocketAddr, weight: u32) -> Result<()> {
@@ -331,7 +366,8 @@ impl Maps {
             .with_context(|| format!("backend {addr} is not in VIP {service}"))?;
         let gone = members.remove(i);
         self.rebuild_table(&vip, &members)?; // no new flows to it from here on
-        self.release_backend_row(&gone)
+        self.release_backend_row(&gone)?;
+        self.bump_generation()
     }
 
     /// Clears a row nothing refers to any more. Its reply source stays (with
@@ -443,6 +479,7 @@ impl Maps {
         };
         let old = self.table(vip.index).unwrap_or_default();
         self.swap_table(vip.index, &ids, ids.len() as u32)?;
+        self.bump_generation()?;
         self.record_table(vip, &old, &ids, table_digest(members))
     }
 

@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The fast path: a per-direction cache of what conntrack and the FIB decided
+ * for a flow. Why: on an established packet the conntrack lookup and the FIB
+ * lookup are two thirds of lbctl's time (docs/BENCHMARKS.md), and their
+ * answer for a flow hardly ever changes.
+ *
+ * It stays coherent with conntrack and the configuration because an entry is
+ * only a short-lived copy, never a second source of truth:
+ *  - it is used for at most a second after the slow path stored it, so every
+ *    direction of every flow still goes through conntrack at least once a
+ *    second: the entry's timeout keeps being refreshed, a `conntrack -D` or
+ *    `-F` takes effect within a second, and the next hop's MAC is looked up
+ *    again;
+ *  - TCP SYN, FIN and RST never use it: they change the entry's state
+ *    (closing bit, tuple reuse); the first packet of each direction has no
+ *    entry yet, so the first reply marks the conntrack entry replied;
+ *  - lbctl bumps lb_config.generation on every change, and entries of
+ *    another generation are not used: operator changes are seen at once;
+ *  - only the inputs of the FIB lookup that the packet brings are checked
+ *    again: the interface it arrived on, its TOS, and its length (no longer
+ *    than the packet the FIB checked against the MTU).
+ * A miss falls through to the slow path unchanged, which stores the entry
+ * again after an XDP_TX or redirect (of a packet without SYN, FIN, RST). */
+#ifndef LB_FLOW_CACHE_H
+#define LB_FLOW_CACHE_H
+
+#include "maps.h"
+#include "parse.h"
+#include "conntrack.h"
+#include "forward.h"
+
+/* One second in jiffies. Where the kernel config is unreadable, 100: at
+ * most a second for any HZ (100..1000). */
+static __always_inline __u64 flow_cache_max_age(void)
+{
+	return CONFIG_HZ ? CONFIG_HZ : 100;
+}
+
+/* The configuration generation, read before any configuration is: a
+ * decision stored under it was made with that configuration or a newer one. */
+static __always_inline __u32 config_generation(void)
+{
+	__u32 zero = 0;
+	const struct lb_config *cfg = bpf_map_lookup_elem(&settings, &zero);
+
+	return cfg ? cfg->generation : 0;
+}
+
+static __always_inline void flow_cache_count(bool hit)
+{
+	__u32 zero = 0;
+	struct lb_flow_cache_counters *c = bpf_map_lookup_elem(&flow_cache_stats, &zero);
+
+	if (!c)
+		return;
+	if (hit)
+		c->hits += 1;
+	else
+		c->misses += 1;
+}
+
+/* Fills in key (for a later store) and, on a hit, where the packet goes and
+ * the next hop. Returns true on a hit. */
+static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct packet *pkt,
+					    __u32 generation, struct lb_flow_cache_key *key,
+					    struct flow *f, struct next_hop *hop)
+{
+	const struct lb_flow_cache_entry *e;
+	const struct iphdr *ip = pkt->ip;
+
+	__builtin_memset(key, 0, sizeof(*key));
+	key->saddr = ip->saddr;
+	key->daddr = ip->daddr;
+	key->sport = pkt->ports[0];
+	key->dport = pkt->ports[1];
+	key->proto = pkt->proto;
+
+	if (pkt->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST))
+		goto miss; /* conntrack must see them */
+	e = bpf_map_lookup_elem(&flow_cache, key);
+	if (!e || e->generation != generation ||
+	    bpf_jiffies64() - e->validated >= flow_cache_max_age())
+		goto miss;
+	if (e->ingress_ifindex != ctx->ingress_ifindex || e->tos != ip->tos ||
+	    bpf_ntohs(ip->tot_len) > e->max_len || ip->ttl <= 1)
+		goto miss; /* the FIB might say otherwise: ask it */
+
+	f->saddr = e->saddr;
+	f->daddr = e->daddr;
+	f->sport = e->sport;
+	f->dport = e->dport;
+	f->mark = e->mark;
+	f->created = false;
+	hop->ifindex = e->egress_ifindex;
+	__builtin_memcpy(hop->smac, e->smac, ETH_ALEN);
+	__builtin_memcpy(hop->dmac, e->dmac, ETH_ALEN);
+	flow_cache_count(true);
+	return true;
+miss:
+	flow_cache_count(false);
+	return false;
+}
+
+/* After the slow path forwarded a packet from XDP: remember its decision.
+ * Only for packets the fast path could have served: a SYN's entry would be
+ * a store (and an eviction) for every new flow, and a SYN flood would fill
+ * the cache with flows that never send another packet. */
+static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct packet *pkt,
+					     const struct lb_flow_cache_key *key,
+					     const struct flow *f, const struct next_hop *hop,
+					     __u32 generation)
+{
+	struct lb_flow_cache_entry e = {};
+	struct lb_flow_cache_counters *c;
+	__u32 zero = 0;
+
+	if (pkt->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST))
+		return;
+	e.validated = bpf_jiffies64();
+	e.generation = generation;
+	e.mark = f->mark;
+	e.saddr = f->saddr;
+	e.daddr = f->daddr;
+	e.sport = f->sport;
+	e.dport = f->dport;
+	e.ingress_ifindex = ctx->ingress_ifindex;
+	e.egress_ifindex = hop->ifindex;
+	e.max_len = bpf_ntohs(pkt->ip->tot_len);
+	e.tos = pkt->ip->tos;
+	__builtin_memcpy(e.smac, hop->smac, ETH_ALEN);
+	__builtin_memcpy(e.dmac, hop->dmac, ETH_ALEN);
+	if (bpf_map_update_elem(&flow_cache, key, &e, BPF_ANY))
+		return;
+	c = bpf_map_lookup_elem(&flow_cache_stats, &zero);
+	if (c)
+		c->stores += 1;
+}
+
+#endif /* LB_FLOW_CACHE_H */

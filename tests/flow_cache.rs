@@ -1,0 +1,296 @@
+//! The flow cache in front of conntrack and the FIB (bpf/flow_cache.h),
+//! through the real, verifier-loaded program: what it serves is what the
+//! slow path would have produced, and it gives way to conntrack and to the
+//! operator as docs/DESIGN.md says.
+
+mod fixtures;
+
+use std::time::Duration;
+
+use fixtures::packet::*;
+use fixtures::*;
+use lbctl::datapath::abi::LB_MARK_CLOSING;
+use lbctl::model::{NatMode, Proto};
+
+const VIP: &str = "198.18.100.1:80";
+const CLIENT: &str = "198.18.0.2:40000";
+const BACKEND: &str = "198.18.1.11:8080";
+const RST: u8 = 0x04;
+
+/// The conntrack entry of the flow to port 80: (mark, timeout in seconds),
+/// or None.
+fn entry() -> Option<(u32, u32)> {
+    let entries = sh("conntrack -L -p tcp 2>/dev/null");
+    let line = entries.lines().find(|l| l.contains("dport=80 "))?;
+    let timeout = line.split_whitespace().nth(2)?.parse().ok()?;
+    let mark = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("mark="))?
+        .parse()
+        .ok()?;
+    Some((mark, timeout))
+}
+
+/// A dnat VIP with one backend, its flow opened by a SYN, the backend's
+/// SYN-ACK and the client's ACK, all through conntrack: the SYNs store
+/// nothing, the ACK stores the client direction's entry.
+fn open_flow() -> (Balancer, lbctl::model::Service) {
+    let lb = Balancer::load().with_routes();
+    let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
+    lb.backend(&vip, BACKEND, 1);
+    assert_eq!(
+        lb.run(&Packet::tcp(CLIENT, VIP, SYN).build()).0,
+        XDP_REDIRECT
+    );
+    assert_eq!(
+        lb.run(&Packet::tcp(BACKEND, CLIENT, SYN | ACK).build()).0,
+        XDP_REDIRECT
+    );
+    assert_eq!(lb.cache(), (0, 2, 0), "SYNs: conntrack, no entry stored");
+    assert_eq!(lb.run(&ack()).0, XDP_REDIRECT);
+    assert_eq!(
+        lb.cache(),
+        (0, 3, 1),
+        "the first ACK: conntrack, entry stored"
+    );
+    (lb, vip)
+}
+
+/// A bare ACK.
+fn ack() -> Vec<u8> {
+    Packet::tcp(CLIENT, VIP, ACK).build()
+}
+
+#[test]
+fn an_established_flow_is_served_from_the_cache_byte_for_byte() {
+    in_fresh_netns(|| {
+        let lb = Balancer::load().with_routes();
+        let dnat = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
+        lb.backend(&dnat, BACKEND, 1);
+        let full = lb.vip(
+            "198.18.100.2:80",
+            Proto::Tcp,
+            NatMode::Fullnat,
+            Some("198.18.1.1"),
+        );
+        lb.backend(&full, "198.18.1.12:8080", 1);
+        let udp = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
+        lb.backend(&udp, "198.18.1.13:5353", 1);
+
+        // Open every flow, both ways, through conntrack.
+        lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
+        lb.run(&Packet::tcp(BACKEND, CLIENT, SYN | ACK).build());
+        let (_, out) = lb.run(&Packet::tcp(CLIENT, "198.18.100.2:80", SYN).build());
+        let snat = parse(&out).src;
+        lb.run(&Packet::tcp("198.18.1.12:8080", &snat, SYN | ACK).build());
+        lb.run(&Packet::udp(CLIENT, "198.18.100.1:53", b"q").build());
+        lb.run(&Packet::udp("198.18.1.13:5353", CLIENT, b"a").build());
+
+        let mut no_sum = Packet::udp(CLIENT, "198.18.100.1:53", b"query");
+        no_sum.no_udp_checksum = true;
+        let cases = [
+            (
+                "dnat, client to VIP",
+                Packet::tcp(CLIENT, VIP, ACK).payload(b"data").build(),
+            ),
+            (
+                "dnat, backend to client",
+                Packet::tcp(BACKEND, CLIENT, ACK | PSH)
+                    .payload(b"reply")
+                    .build(),
+            ),
+            (
+                "fullnat, client to VIP",
+                Packet::tcp(CLIENT, "198.18.100.2:80", ACK)
+                    .payload(b"x")
+                    .build(),
+            ),
+            (
+                "fullnat, backend to balancer",
+                Packet::tcp("198.18.1.12:8080", &snat, ACK)
+                    .payload(b"y")
+                    .build(),
+            ),
+            (
+                "udp, client to VIP",
+                Packet::udp(CLIENT, "198.18.100.1:53", b"query").build(),
+            ),
+            ("udp without checksum", no_sum.build()),
+            (
+                "udp, backend to client",
+                Packet::udp("198.18.1.13:5353", CLIENT, b"answer").build(),
+            ),
+        ];
+        for (what, frame) in cases {
+            // Every entry stale: the next packet takes the slow path.
+            lb.maps.bump_generation().unwrap();
+            let (hits, misses, stores) = lb.cache();
+            let slow = lb.run(&frame);
+            assert_eq!(slow.0, XDP_REDIRECT, "{what}: forwarded");
+            assert_eq!(
+                lb.cache(),
+                (hits, misses + 1, stores + 1),
+                "{what}: slow path, entry stored"
+            );
+            let fast = lb.run(&frame);
+            assert_eq!(
+                lb.cache(),
+                (hits + 1, misses + 1, stores + 1),
+                "{what}: served from the cache"
+            );
+            assert_eq!(fast.0, slow.0, "{what}: same action");
+            assert_eq!(fast.1, slow.1, "{what}: same bytes out");
+            parse(&fast.1); // checksums recomputed from scratch
+        }
+        // Hits are counted like any forwarded packet.
+        let c = lb.vip_counters(&dnat);
+        assert_eq!((c.packets, c.new_flows), (6, 1));
+    });
+}
+
+#[test]
+fn a_configuration_change_is_seen_by_the_very_next_packet() {
+    in_fresh_netns(|| {
+        let (lb, vip) = open_flow();
+        let (action, first) = lb.run(&ack());
+        assert_eq!(action, XDP_REDIRECT);
+        let (hits, _, _) = lb.cache();
+        assert_eq!(hits, 1, "the first ACK's decision serves the next packet");
+
+        // A backend change: nothing moves, but the cache is not trusted.
+        lb.maps.set_weight(&vip, addr(BACKEND), 2).unwrap();
+        let (action, out) = lb.run(&ack());
+        assert_eq!((action, &out), (XDP_REDIRECT, &first));
+        assert_eq!(
+            lb.cache().0,
+            1,
+            "not served from the cache after set_weight"
+        );
+        lb.run(&ack());
+        assert_eq!(lb.cache().0, 2, "cached again");
+        lb.backend(&vip, "198.18.1.12:8080", 1);
+        lb.run(&ack());
+        assert_eq!(
+            lb.cache().0,
+            2,
+            "not served from the cache after add_backend"
+        );
+
+        // The VIP goes: its packets pass untouched at once.
+        lb.run(&ack());
+        assert_eq!(lb.cache().0, 3);
+        lb.maps.del_vip(&vip).unwrap();
+        let frame = ack();
+        let before = lb.reason("pass_not_vip");
+        assert_eq!(lb.run(&frame), (XDP_PASS, frame.clone()));
+        assert_eq!(lb.reason("pass_not_vip"), before + 1);
+        // And comes back: the old decision is not used, conntrack is.
+        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
+        lb.backend(&vip, BACKEND, 1);
+        let (hits, misses, _) = lb.cache();
+        let (action, out) = lb.run(&frame);
+        assert_eq!((action, &out), (XDP_REDIRECT, &first));
+        assert_eq!(
+            lb.cache().0,
+            hits,
+            "not served from the cache after vip del/add"
+        );
+        assert_eq!(lb.cache().1, misses + 1);
+    });
+}
+
+#[test]
+fn fin_and_rst_bypass_the_cache_and_close_the_entry() {
+    for flags in [FIN | ACK, RST] {
+        in_fresh_netns(move || {
+            let (lb, _) = open_flow();
+            lb.run(&ack());
+            let (hits, misses, stores) = lb.cache();
+            assert_eq!(hits, 1);
+            let (mark, _) = entry().expect("an entry");
+            assert_eq!(mark & LB_MARK_CLOSING, 0, "open");
+
+            let (action, out) = lb.run(&Packet::tcp(CLIENT, VIP, flags).build());
+            assert_eq!(action, XDP_REDIRECT);
+            assert_eq!(parse(&out).dst, BACKEND);
+            assert_eq!(
+                lb.cache(),
+                (hits, misses + 1, stores),
+                "flags {flags:#x} went through conntrack and stored nothing"
+            );
+            let (mark, timeout) = entry().expect("an entry");
+            assert_ne!(mark & LB_MARK_CLOSING, 0, "flags {flags:#x}: closing");
+            assert!(
+                timeout <= 120,
+                "flags {flags:#x}: fin timeout, got {timeout}"
+            );
+        });
+    }
+}
+
+#[test]
+fn a_deleted_conntrack_entry_is_looked_up_again_within_a_second() {
+    in_fresh_netns(|| {
+        let (lb, vip) = open_flow();
+        let (_, first) = lb.run(&ack());
+        assert_eq!(lb.cache().0, 1);
+        sh("conntrack -D -p tcp 2>/dev/null");
+        assert_eq!(entry(), None, "deleted");
+
+        // Within the second the cache still forwards the flow...
+        let (hits, misses, _) = lb.cache();
+        assert_eq!(lb.run(&ack()), (XDP_REDIRECT, first.clone()));
+        assert_eq!(lb.cache().0, hits + 1);
+        assert_eq!(entry(), None, "conntrack was not consulted");
+
+        // ...after it, conntrack is consulted again (and the entry rebuilt).
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(lb.run(&ack()), (XDP_REDIRECT, first));
+        assert_eq!(lb.cache(), (hits + 1, misses + 1, lb.cache().2));
+        assert!(entry().is_some(), "the entry is back");
+        assert_eq!(lb.vip_counters(&vip).new_flows, 2, "rebuilt as a new flow");
+    });
+}
+
+#[test]
+fn the_first_reply_goes_through_conntrack() {
+    in_fresh_netns(|| {
+        let lb = Balancer::load().with_routes();
+        let vip = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
+        lb.backend(&vip, "198.18.1.13:5353", 1);
+        lb.run(&Packet::udp(CLIENT, "198.18.100.1:53", b"q").build());
+        lb.run(&Packet::udp(CLIENT, "198.18.100.1:53", b"q").build());
+        assert_eq!(lb.cache().0, 1, "the client's second packet is a hit");
+        let unreplied = sh("conntrack -L -p udp 2>/dev/null");
+        assert!(unreplied.contains("UNREPLIED"), "{unreplied}");
+        let (hits, _, _) = lb.cache();
+        let (action, out) = lb.run(&Packet::udp("198.18.1.13:5353", CLIENT, b"a").build());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(parse(&out).src, "198.18.100.1:53");
+        assert_eq!(lb.cache().0, hits, "no entry for the reply direction yet");
+        let replied = sh("conntrack -L -p udp 2>/dev/null");
+        assert!(
+            replied.contains("ASSURED") && !replied.contains("UNREPLIED"),
+            "{replied}"
+        );
+    });
+}
+
+#[test]
+fn a_longer_packet_than_the_fib_checked_takes_the_slow_path() {
+    in_fresh_netns(|| {
+        let (lb, _) = open_flow();
+        let long = Packet::tcp(CLIENT, VIP, ACK).payload(&[1; 1000]).build();
+        let (hits, misses, _) = lb.cache();
+        assert_eq!(lb.run(&long).0, XDP_REDIRECT);
+        assert_eq!(
+            lb.cache().0,
+            hits,
+            "longer than the ACK: the FIB checks the MTU"
+        );
+        assert_eq!(lb.cache().1, misses + 1);
+        lb.run(&long);
+        lb.run(&ack());
+        assert_eq!(lb.cache().0, hits + 2, "up to that length from the cache");
+    });
+}
