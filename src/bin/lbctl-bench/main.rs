@@ -472,6 +472,10 @@ impl Bench<'_> {
             .with_context(|| format!("no verdict reason {name}"))
     }
 
+    fn cache_hits(&self) -> Result<u64> {
+        Ok(self.maps.flow_cache_counters()?.map_or(0, |c| c.hits))
+    }
+
     fn vip() -> SocketAddrV4 {
         SocketAddrV4::new(lab::FIRST_VIP, lab::VIP_PORT)
     }
@@ -638,6 +642,7 @@ impl Bench<'_> {
     ) -> Result<(Sample, Vec<u8>)> {
         self.harness.set_target(target)?;
         let before = reason.map(|r| self.reason(r)).transpose()?;
+        let hits_before = self.cache_hits()?;
         let run = self.harness.run(frame, vary, repeat)?;
         ensure!(
             run.action == expect,
@@ -650,6 +655,23 @@ impl Bench<'_> {
             ensure!(
                 grew == repeat as u64,
                 "{r} grew by {grew} in {repeat} repetitions: not every packet took the measured path"
+            );
+        }
+        // A repeated forwarded flow is served by the flow cache (but for
+        // the packet that stores the entry, and one a second after that).
+        let hits = self.cache_hits()? - hits_before;
+        if matches!(target, Target::Lbctl)
+            && matches!(vary, Vary::None)
+            && expect == self.forward_action().0
+        {
+            ensure!(
+                hits + 1 + repeat as u64 / 100 >= repeat as u64,
+                "{target:?}: {hits} flow cache hits in {repeat} repetitions of one flow"
+            );
+        } else {
+            ensure!(
+                hits == 0,
+                "{target:?}: {hits} flow cache hits where none can be"
             );
         }
         Ok((
