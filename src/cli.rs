@@ -81,6 +81,10 @@ pub struct AttachArgs {
     /// Flow hash seed: balancers with the same seed and configuration pick the same backends.
     #[arg(long)]
     pub hash_seed: Option<u32>,
+    /// Flow cache entries, one per direction of an active flow [default: 65536]. Above that,
+    /// flows still work but more packets take the slow path (conntrack and FIB lookups).
+    #[arg(long, value_name = "ENTRIES", value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub flow_cache_size: Option<u32>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -166,6 +166,30 @@ fn interface_errors() {
 }
 
 #[test]
+fn the_flow_cache_is_sized_at_attach_and_kept_on_replace() {
+    let ns = Ns::new();
+    ns.fails(&["attach", "e0", "--flow-cache-size", "100"], "1024");
+    assert!(!ns.xdp_on("e0"), "a refused attach leaves nothing");
+    ns.ok(&["attach", "e0"]);
+    assert!(ns.ok(&["status"]).contains("flow cache    65536 entries"));
+    ns.fails(
+        &["attach", "e1", "--flow-cache-size", "4096"],
+        "differs from the running balancer's 65536",
+    );
+    assert!(!ns.xdp_on("e1"), "a refused attach leaves nothing");
+    ns.ok(&["attach", "e1"]);
+    ns.ok(&["attach", "e0", "--replace", "--flow-cache-size", "4096"]);
+    assert!(ns.ok(&["status"]).contains("flow cache    4096 entries"));
+    ns.ok(&["attach", "e0", "--replace"]);
+    assert!(
+        ns.ok(&["status"]).contains("flow cache    4096 entries"),
+        "an upgrade keeps the size"
+    );
+    ns.ok(&["detach", "e1"]);
+    ns.ok(&["detach", "e0"]);
+}
+
+#[test]
 fn another_xdp_program_is_left_alone() {
     let ns = Ns::new();
     // A program that is not lbctl's, built and attached with the system's

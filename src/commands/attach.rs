@@ -27,7 +27,7 @@ pub fn run(args: &AttachArgs) -> Result<()> {
     let lock = lock_netns()?;
     let running = Balancer::find()?;
     if args.replace {
-        return replace(&args.iface, ifindex, running);
+        return replace(&args.iface, ifindex, running, args.flow_cache_size);
     }
     refuse_if_taken(&args.iface, ifindex, running.as_ref())?;
     let mode = match args.mode {
@@ -36,8 +36,8 @@ pub fn run(args: &AttachArgs) -> Result<()> {
         AttachMode::Generic => XdpMode::Generic,
     };
     let prog_id = match running {
-        Some(b) => join(&b, &args.iface, ifindex, mode, args.hash_seed)?,
-        None => start(&args.iface, ifindex, mode, args.hash_seed)?,
+        Some(b) => join(&b, &args.iface, ifindex, mode, args)?,
+        None => start(&args.iface, ifindex, mode, args)?,
     };
     println!("lbctl attached to {} (program id {prog_id})", args.iface);
     if !forwarding_on(&args.iface) {
@@ -75,13 +75,14 @@ fn refuse_if_taken(iface: &str, ifindex: u32, running: Option<&Balancer>) -> Res
 }
 
 /// First interface in this namespace: load a fresh program with fresh maps.
-fn start(iface: &str, ifindex: u32, mode: XdpMode, seed: Option<u32>) -> Result<u32> {
+fn start(iface: &str, ifindex: u32, mode: XdpMode, args: &AttachArgs) -> Result<u32> {
     load::load_conntrack_modules();
     let mut storage = MaybeUninit::uninit();
-    let skel = load::load(&mut storage, None)?;
+    let cache = args.flow_cache_size.unwrap_or(LB_FLOW_CACHE_ENTRIES);
+    let skel = load::load_sized(&mut storage, None, cache)?;
     let maps = Maps::from_skel(&skel)?;
     maps.set_settings(&lb_config {
-        hash_seed: seed.unwrap_or(DEFAULT_HASH_SEED),
+        hash_seed: args.hash_seed.unwrap_or(DEFAULT_HASH_SEED),
         tcp_timeout_s: LB_DEFAULT_TCP_TIMEOUT_S,
         tcp_fin_timeout_s: LB_DEFAULT_TCP_FIN_TIMEOUT_S,
         udp_timeout_s: LB_DEFAULT_UDP_TIMEOUT_S,
@@ -96,10 +97,18 @@ fn start(iface: &str, ifindex: u32, mode: XdpMode, seed: Option<u32>) -> Result<
 }
 
 /// Another interface of a running balancer: same program, same maps.
-fn join(b: &Balancer, iface: &str, ifindex: u32, mode: XdpMode, seed: Option<u32>) -> Result<u32> {
+fn join(b: &Balancer, iface: &str, ifindex: u32, mode: XdpMode, args: &AttachArgs) -> Result<u32> {
     let running_seed = b.maps.settings()?.hash_seed;
-    if let Some(seed) = seed.filter(|s| *s != running_seed) {
+    if let Some(seed) = args.hash_seed.filter(|s| *s != running_seed) {
         bail!("--hash-seed {seed} differs from the running balancer's seed {running_seed}; detach everywhere first to change it");
+    }
+    let running_size = b.maps.flow_cache_size();
+    if let Some(size) = args.flow_cache_size.filter(|s| Some(*s) != running_size) {
+        bail!(
+            "--flow-cache-size {size} differs from the running balancer's {}; change it with attach {} --replace --flow-cache-size {size}",
+            running_size.map_or("(none)".into(), |s| s.to_string()),
+            b.attachments.first().map_or(iface, |a| a.ifname.as_str())
+        );
     }
     add_tx_port(&b.maps, ifindex)?;
     if let Err(e) = attach::attach(b.prog.as_fd(), ifindex, iface, mode) {
@@ -122,14 +131,23 @@ fn add_tx_port(maps: &Maps, ifindex: u32) -> Result<()> {
 
 /// Upgrade in place: a freshly loaded program on the running maps, swapped
 /// in on every interface with XDP_FLAGS_REPLACE (never a moment without).
-fn replace(iface: &str, ifindex: u32, running: Option<Balancer>) -> Result<()> {
+fn replace(
+    iface: &str,
+    ifindex: u32,
+    running: Option<Balancer>,
+    flow_cache_size: Option<u32>,
+) -> Result<()> {
     let b = running.with_context(|| format!("lbctl is not attached in this network namespace: nothing to replace (attach {iface} without --replace)"))?;
     if !b.attachments.iter().any(|a| a.ifindex == ifindex) {
         bail!("lbctl is not attached to {iface}: nothing to replace (attach it without --replace)");
     }
     load::load_conntrack_modules();
     let mut storage = MaybeUninit::uninit();
-    let skel = load::load(&mut storage, Some(&b.maps))?;
+    // The cache keeps its size unless told otherwise.
+    let cache = flow_cache_size
+        .or(b.maps.flow_cache_size())
+        .unwrap_or(LB_FLOW_CACHE_ENTRIES);
+    let skel = load::load_sized(&mut storage, Some(&b.maps), cache)?;
     b.maps.rebuild_prefilter()?;
     let new = skel.progs.lbctl_xdp.as_fd();
     for a in &b.attachments {

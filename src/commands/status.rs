@@ -34,8 +34,12 @@ pub fn run() -> Result<()> {
     );
     if let Some(c) = b.maps.flow_cache_counters()? {
         println!(
-            "flow cache    {} hits, {} misses, {} stores (generation {})",
-            c.hits, c.misses, c.stores, cfg.generation
+            "flow cache    {} entries; {} hits, {} misses, {} stores (generation {})",
+            b.maps.flow_cache_size().unwrap_or(0),
+            c.hits,
+            c.misses,
+            c.stores,
+            cfg.generation
         );
     }
     println!("verdicts");

@@ -31,9 +31,16 @@ pub struct Maps {
     /// The flow cache's counters; None for a running program from before
     /// the flow cache (until `attach --replace` upgrades it).
     pub flow_cache_stats: Option<MapHandle>,
+    /// The flow cache itself (its size); None as above.
+    pub flow_cache: Option<MapHandle>,
 }
 
 impl Maps {
+    /// Entries the flow cache holds, if the program has one.
+    pub fn flow_cache_size(&self) -> Option<u32> {
+        self.flow_cache.as_ref().map(|m| m.max_entries())
+    }
+
     pub fn from_skel(skel: &LbSkel) -> Result<Maps> {
         let m = &skel.maps;
         let h =
@@ -50,6 +57,7 @@ impl Maps {
             reasons: h(&m.reasons)?,
             tx_ports: h(&m.tx_ports)?,
             flow_cache_stats: Some(h(&m.flow_cache_stats)?),
+            flow_cache: Some(h(&m.flow_cache)?),
         })
     }
 
@@ -61,9 +69,11 @@ impl Maps {
             found.push((map.name().to_string_lossy().into_owned(), map));
         }
         let mut take = |name: &str| -> Result<MapHandle> {
+            // The kernel keeps the first 15 bytes of a map's name.
+            let kernel_name = &name[..name.len().min(15)];
             let i = found
                 .iter()
-                .position(|(n, _)| n == name)
+                .position(|(n, _)| n == kernel_name)
                 .with_context(|| format!("the attached lbctl program has no map {name:?}: was it built by another lbctl version?"))?;
             Ok(found.swap_remove(i).1)
         };
@@ -79,6 +89,7 @@ impl Maps {
             reasons: take("reasons")?,
             tx_ports: take("tx_ports")?,
             flow_cache_stats: take("flow_cache_stats").ok(),
+            flow_cache: take("flow_cache").ok(),
         })
     }
 }

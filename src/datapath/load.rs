@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, OpenObject, PrintLevel};
 
+use super::abi::LB_FLOW_CACHE_ENTRIES;
 use super::balancer::Maps;
 use super::skel::{LbSkel, LbSkelBuilder};
 
@@ -162,10 +163,24 @@ pub fn load<'obj>(
     storage: &'obj mut MaybeUninit<OpenObject>,
     reuse: Option<&Maps>,
 ) -> Result<LbSkel<'obj>> {
+    load_sized(storage, reuse, LB_FLOW_CACHE_ENTRIES)
+}
+
+/// As `load`, with a flow cache of `flow_cache_entries` entries (the cache
+/// is never reused: a new program starts with an empty one).
+pub fn load_sized<'obj>(
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    reuse: Option<&Maps>,
+    flow_cache_entries: u32,
+) -> Result<LbSkel<'obj>> {
     capture_libbpf_log();
     let mut open = LbSkelBuilder::default()
         .open(storage)
         .context("opening lbctl's BPF object")?;
+    open.maps
+        .flow_cache
+        .set_max_entries(flow_cache_entries)
+        .context("sizing the flow cache")?;
     if let Some(maps) = reuse {
         let m = &mut open.maps;
         for (map, handle) in [
