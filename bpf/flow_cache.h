@@ -102,9 +102,11 @@ miss:
 }
 
 /* After the slow path forwarded a packet from XDP: remember its decision.
- * Only for packets the fast path could have served: a SYN's entry would be
- * a store (and an eviction) for every new flow, and a SYN flood would fill
- * the cache with flows that never send another packet. */
+ * Only for packets the fast path could have served, of flows that already
+ * had a conntrack entry: storing for a SYN, or for the packet that created
+ * the entry, would be a store (and an eviction) for every new flow, and a
+ * SYN flood or a stream of one-packet UDP flows (DNS) would push live flows
+ * out of the cache. A flow's second packet in a direction stores. */
 static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct packet *pkt,
 					     const struct lb_flow_cache_key *key,
 					     const struct flow *f, const struct next_hop *hop,
@@ -114,7 +116,7 @@ static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct pa
 	struct lb_flow_cache_counters *c;
 	__u32 zero = 0;
 
-	if (pkt->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST))
+	if (f->created || (pkt->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST)))
 		return;
 	e.validated = bpf_jiffies64();
 	e.generation = generation;

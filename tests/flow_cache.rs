@@ -258,9 +258,17 @@ fn the_first_reply_goes_through_conntrack() {
         let lb = Balancer::load().with_routes();
         let vip = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
         lb.backend(&vip, "198.18.1.13:5353", 1);
-        lb.run(&Packet::udp(CLIENT, "198.18.100.1:53", b"q").build());
-        lb.run(&Packet::udp(CLIENT, "198.18.100.1:53", b"q").build());
-        assert_eq!(lb.cache().0, 1, "the client's second packet is a hit");
+        let query = Packet::udp(CLIENT, "198.18.100.1:53", b"q").build();
+        lb.run(&query);
+        assert_eq!(
+            lb.cache(),
+            (0, 1, 0),
+            "the packet that creates the entry stores nothing (one-packet flows leave no trace)"
+        );
+        lb.run(&query);
+        assert_eq!(lb.cache(), (0, 2, 1), "the second packet stores");
+        lb.run(&query);
+        assert_eq!(lb.cache().0, 1, "the client's third packet is a hit");
         let unreplied = sh("conntrack -L -p udp 2>/dev/null");
         assert!(unreplied.contains("UNREPLIED"), "{unreplied}");
         let (hits, _, _) = lb.cache();
