@@ -14,7 +14,7 @@ APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
 # Kernel series for test-kernel (one) and test-kernels (the matrix).
 KERNEL ?= 6.1
 KERNELS ?= 6.1 6.12
-# Per kernel: minutes under KVM, but ~25 under software emulation.
+# Per kernel: minutes under KVM, 11-13 under software emulation here.
 export RUN_IN_KERNEL_TIMEOUT ?= 2700
 
 all: build
