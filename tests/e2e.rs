@@ -293,15 +293,8 @@ fn long_lived_connections_survive_every_change(topology: Topology) {
         "still drained after the upgrade"
     );
 
-    // Dumped while every long connection is still open. A conntrack dump
-    // is not a snapshot: taken while short flows come and go, one listing
-    // can miss entries (seen once in 6.12 under emulation, with every
-    // connection intact), so a shortfall is checked against a second dump.
-    let dump = || {
-        lab.exec(lab.balancer_ns(), &["conntrack", "-L", "-p", "tcp"])
-            .unwrap()
-    };
-    let dumps = [dump(), dump()];
+    // Listed twice while every long connection is still open.
+    let dumps = tcp_listings(&lab, 2, Duration::ZERO, |_| false);
     let reports = clients::finish_all(conns);
     if let Some(broken) = clients::broken_summary(&reports) {
         panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
@@ -451,29 +444,44 @@ fn two_arm_connections_survive_a_conntrack_flush() {
             r.chunks_ok
         );
     }
-    // Listed up to three times: a dump is not a snapshot, and a closing
-    // connection's last packets may still be on their way.
-    let mut best = (0, String::new());
-    for _ in 0..3 {
+    // A closing connection's last packets may still be on their way.
+    let rebuilt = |entries: &str| entries.lines().filter(|l| l.contains("dport=80 ")).count();
+    let dumps = tcp_listings(&lab, 3, Duration::from_millis(500), |d| rebuilt(d) >= 50);
+    let best = dumps.iter().max_by_key(|d| rebuilt(d)).unwrap();
+    assert!(
+        rebuilt(best) >= 50,
+        "{} entries rebuilt for 50 connections:\n{best}\n{}",
+        rebuilt(best),
+        conntrack_census(&lab)
+    );
+}
+
+/// The balancer's TCP conntrack entries, listed up to `tries` times (with a
+/// pause between) until `enough` is satisfied. A dump is not a snapshot:
+/// one listing taken while flows come and go can miss entries (seen in 6.12
+/// under emulation, with every connection intact), so counts are checked
+/// against several.
+fn tcp_listings(
+    lab: &Lab,
+    tries: usize,
+    pause: Duration,
+    enough: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut dumps = Vec::new();
+    for i in 0..tries {
+        if i > 0 {
+            std::thread::sleep(pause);
+        }
         let entries = lab
             .exec(lab.balancer_ns(), &["conntrack", "-L", "-p", "tcp"])
             .unwrap();
-        let n = entries.lines().filter(|l| l.contains("dport=80 ")).count();
-        if n > best.0 {
-            best = (n, entries);
-        }
-        if best.0 >= 50 {
+        let done = enough(&entries);
+        dumps.push(entries);
+        if done {
             break;
         }
-        std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(
-        best.0 >= 50,
-        "{} entries rebuilt for 50 connections:\n{}\n{}",
-        best.0,
-        best.1,
-        conntrack_census(&lab)
-    );
+    dumps
 }
 
 /// What the kernel says about the balancer's table besides a listing: how
