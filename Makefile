@@ -56,22 +56,22 @@ vmlinux: deps
 	scripts/gen-vmlinux.sh
 
 lint: deps
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Ends with quick runs of both benchmarks, so they keep working (their
 # figures are not for quoting; about 15 s each).
 test: deps lint
-	$(CARGO) test --release -- --test-threads=2
-	$(CARGO) run --release --bin lbctl-bench -- --quick
-	$(CARGO) run --release --bin lbctl-livebench -- --quick
+	$(CARGO) test --release --workspace -- --test-threads=2
+	$(CARGO) run --release -p lbctl-bench --bin lbctl-bench -- --quick
+	$(CARGO) run --release -p lbctl-bench --bin lbctl-livebench -- --quick
 
 # docs/BENCHMARKS.md: the per-packet cost of the data path, then live
 # forwarding and connection rates in the lab beside nftables and HAProxy.
 # Tables on the terminal, JSON in target/bench/; about 15 minutes.
 bench: deps
-	$(CARGO) run --release --bin lbctl-bench
-	$(CARGO) run --release --bin lbctl-livebench
+	$(CARGO) run --release -p lbctl-bench --bin lbctl-bench
+	$(CARGO) run --release -p lbctl-bench --bin lbctl-livebench
 
 # Builds, then balances real traffic through lbctl in a throwaway lab of
 # network namespaces, checks everything it shows, and removes the lab.

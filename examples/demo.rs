@@ -12,9 +12,6 @@
 //! two-arm dnat; `--lbctl PATH` names the binary (default: target/release/lbctl,
 //! found next to this example's own binary).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
@@ -27,8 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 
-use common::clients::{self, EchoConfig, LongConn};
-use common::{netns, Lab, Topology, ECHO_PORT};
+use lbctl_lab::clients::{self, EchoConfig, LongConn};
+use lbctl_lab::{netns, Lab, Topology, ECHO_PORT};
 
 /// Weights of b1, b2, b3.
 const WEIGHTS: [u32; 3] = [1, 2, 1];

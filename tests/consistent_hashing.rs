@@ -3,22 +3,18 @@
 //! balancers configured alike agree, and a flow whose conntrack entry was
 //! lost lands on the same backend in both directions.
 
-mod fixtures;
-
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 
-use fixtures::packet::*;
-use fixtures::*;
 use lbctl::datapath::tables::ip_bytes;
 use lbctl::hash::{flow_hash, flow_key};
 use lbctl::model::{NatMode, Proto, Service};
+use lbctl_lab::fixtures::packet::*;
+use lbctl_lab::fixtures::*;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::ProgramInput;
 
-mod hash_check {
-    include!(concat!(env!("OUT_DIR"), "/hash_check.skel.rs"));
-}
+use lbctl_lab::hash_check;
 
 const VIP: &str = "198.18.100.1:80";
 

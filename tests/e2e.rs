@@ -2,14 +2,12 @@
 //! against real servers: connections keep their backend through every
 //! change an operator makes.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::clients::{self, ClientError};
-use common::lab::{Lab, Topology};
+use lbctl_lab::clients::{self, ClientError};
+use lbctl_lab::lab::{Lab, Topology};
 
 const ECHO_PORT: u16 = 8080;
 /// Per request; see `clients::scaled` for emulated kernels.

@@ -3,14 +3,12 @@
 //! slow path would have produced, and it gives way to conntrack and to the
 //! operator as docs/DESIGN.md says.
 
-mod fixtures;
-
 use std::time::Duration;
 
-use fixtures::packet::*;
-use fixtures::*;
 use lbctl::datapath::abi::LB_MARK_CLOSING;
 use lbctl::model::{NatMode, Proto};
+use lbctl_lab::fixtures::packet::*;
+use lbctl_lab::fixtures::*;
 
 const VIP: &str = "198.18.100.1:80";
 const CLIENT: &str = "198.18.0.2:40000";

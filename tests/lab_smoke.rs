@@ -4,16 +4,14 @@
 //! helpers report failures as failures, and nothing is left behind.
 //! Needs root (network namespaces, veths, ethtool).
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::process::Child;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::clients::{self, ClientError, EchoConfig, LongConn, Stage};
-use common::{netns, Lab, ECHO_PORT, HTTP_PORT};
+use lbctl_lab::clients::{self, ClientError, EchoConfig, LongConn, Stage};
+use lbctl_lab::{netns, Lab, ECHO_PORT, HTTP_PORT};
 
 /// Generous for a local veth path; the lab answers in well under a millisecond.
 const OK_WAIT: Duration = Duration::from_secs(2);

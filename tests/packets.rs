@@ -1,11 +1,9 @@
 //! Packets through the real, verifier-loaded XDP program (BPF_PROG_TEST_RUN),
 //! each test in a fresh network namespace with the kernel's own conntrack.
 
-mod fixtures;
-
-use fixtures::packet::*;
-use fixtures::*;
 use lbctl::model::{NatMode, Proto};
+use lbctl_lab::fixtures::packet::*;
+use lbctl_lab::fixtures::*;
 
 const VIP: &str = "198.18.100.1:80";
 const CLIENT: &str = "198.18.0.2:40000";

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::common::lab::Lab;
-use crate::common::netns;
-use crate::common::servers::{ECHO_PORT, HTTP_PORT};
 use crate::progs::{Progs, ReflectorSpec};
+use lbctl_lab::lab::Lab;
+use lbctl_lab::netns;
+use lbctl_lab::servers::{ECHO_PORT, HTTP_PORT};
 
 /// The port clients use on the VIP, for TCP and UDP alike.
 pub const VIP_PORT: u16 = 80;

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::libbpf_sys;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
-use crate::common::netns;
+use lbctl_lab::netns;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/livegen.skel.rs"));

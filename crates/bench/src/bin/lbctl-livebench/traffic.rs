@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::balancers::{self, Balancer, VIP_PORT};
-use crate::common::lab::Lab;
-use crate::common::netns;
-use crate::common::servers::ECHO_PORT;
 use crate::napi::{self, CpuTimes, NapiThread};
 use crate::progs::{self, FlowPlan, FrameSpec, Progs, XdpSwap};
+use lbctl_lab::lab::Lab;
+use lbctl_lab::netns;
+use lbctl_lab::servers::ECHO_PORT;
 
 /// SCHED_FIFO priority of the NAPI threads (balancer, switch, backends).
 const NAPI_PRIO: i32 = 50;

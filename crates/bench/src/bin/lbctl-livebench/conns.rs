@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::common::clients::{self, ClientError};
-use crate::common::lab::Lab;
+use lbctl_lab::clients::{self, ClientError};
+use lbctl_lab::lab::Lab;
 
 /// Per connection: the handshake, and the whole exchange after it.
 const CONN_TIMEOUT: Duration = Duration::from_secs(2);

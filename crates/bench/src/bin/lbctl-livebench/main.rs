@@ -15,19 +15,11 @@
 //! working. Run as root on an otherwise idle machine if you can; the load
 //! average is recorded with every run.
 
-#[path = "livebench/balancers.rs"]
 mod balancers;
-#[path = "../../tests/common/mod.rs"]
-mod common;
-#[path = "livebench/conns.rs"]
 mod conns;
-#[path = "livebench/napi.rs"]
 mod napi;
-#[path = "livebench/progs.rs"]
 mod progs;
-#[path = "livebench/report.rs"]
 mod report;
-#[path = "livebench/traffic.rs"]
 mod traffic;
 
 use std::fs;
@@ -40,8 +32,8 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use balancers::{Balancer, Running, Target, VIP_PORT};
-use common::lab::Lab;
 use conns::ConnLoad;
+use lbctl_lab::lab::Lab;
 use progs::Progs;
 use report::{ConnResult, PpsResult, Results};
 use traffic::{Case, Load, Mix, Rig, Sample, Sink};

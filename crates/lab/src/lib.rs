@@ -1,0 +1,35 @@
+//! What lbctl's tests, demo and benchmarks share: the network-namespace lab
+//! (topologies in `lab`, namespace plumbing in `netns`, real servers on the
+//! backends in `servers`, clients that tell which backend answered in
+//! `clients`, the XDP_PASS program for the veth ends facing the balancer in
+//! `xdp_pass`), and the packet fixtures that run frames through the real
+//! program with BPF_PROG_TEST_RUN (`fixtures`). Not shipped: `cargo install`
+//! installs only the `lbctl` package.
+
+pub mod clients;
+pub mod fixtures;
+pub mod lab;
+pub mod netns;
+pub mod servers;
+pub mod xdp_pass;
+
+pub use clients::{
+    http_backend, http_get, tcp_echo, tcp_hello, udp_ask, ClientError, ConnReport, EchoConfig,
+    LongConn,
+};
+pub use lab::{Lab, Topology, VIP_NET};
+pub use netns::{in_ns, try_in_ns};
+pub use servers::{BackendServers, ECHO_PORT, HTTP_PORT};
+
+/// A test-only BPF program that runs the data path's flow hash
+/// (`bpf/hash.h`) on a key, so tests can compare it with `lbctl::hash`.
+#[allow(
+    clippy::all,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code,
+    unused_imports
+)]
+pub mod hash_check {
+    include!(concat!(env!("OUT_DIR"), "/hash_check.skel.rs"));
+}
