@@ -51,8 +51,8 @@ static __always_inline int route(struct xdp_md *ctx, const struct packet *pkt,
 	return LB_CONTINUE;
 }
 
-/* One hop less, the next hop's MACs, and out: the same interface (LB_TX) or
- * another attached one (LB_REDIRECT); LB_PASS_FIB if that one is not in
+/* One hop less, the next hop's MACs, and out: the same interface (LB_XDP_TX) or
+ * another attached one (LB_XDP_REDIRECT); LB_PASS_FIB if that one is not in
  * tx_ports. The caller has checked TTL > 1. */
 static __always_inline int transmit(struct xdp_md *ctx, struct packet *pkt,
 				    const struct next_hop *hop)
@@ -61,9 +61,9 @@ static __always_inline int transmit(struct xdp_md *ctx, struct packet *pkt,
 	__builtin_memcpy(pkt->eth->h_dest, hop->dmac, ETH_ALEN);
 	__builtin_memcpy(pkt->eth->h_source, hop->smac, ETH_ALEN);
 	if (hop->ifindex == ctx->ingress_ifindex)
-		return LB_TX;
+		return LB_XDP_TX;
 	if (bpf_redirect_map(&tx_ports, hop->ifindex, XDP_PASS) == XDP_REDIRECT)
-		return LB_REDIRECT;
+		return LB_XDP_REDIRECT;
 	return LB_PASS_FIB;
 }
 

@@ -173,8 +173,8 @@ enum lb_reason {
 	LB_DROP_NO_BACKEND,      /* new flow for a VIP with no backend of weight > 0 */
 	LB_DROP_CT_FAILED,       /* conntrack entry could not be created */
 	LB_PASS_REPLY_UNTRACKED, /* from a backend endpoint, no entry, no VIP to rebuild it for */
-	LB_TX,                   /* forwarded out of the interface it came in on */
-	LB_REDIRECT,             /* forwarded out of another attached interface */
+	LB_XDP_TX,               /* forwarded out of the interface it came in on */
+	LB_XDP_REDIRECT,         /* forwarded out of another attached interface */
 	LB_PASS_NO_NEIGH,        /* rewritten; the stack resolves the neighbour */
 	LB_PASS_FIB,             /* rewritten; no XDP route, the stack forwards it */
 	LB_PASS_FOREIGN_CT,      /* conntrack entry not made by lbctl: not touched */

@@ -26,9 +26,9 @@ static __always_inline int verdict(enum lb_reason reason, int action)
 static __always_inline int stop(enum lb_reason reason)
 {
 	switch (reason) {
-	case LB_TX:
+	case LB_XDP_TX:
 		return verdict(reason, XDP_TX);
-	case LB_REDIRECT:
+	case LB_XDP_REDIRECT:
 		return verdict(reason, XDP_REDIRECT);
 	case LB_DROP_FRAGMENT:
 	case LB_DROP_NO_BACKEND:

@@ -1,10 +1,12 @@
-//! The command line, as clap sees it. Parsing of values lives in `model`.
+//! The command line, as clap sees it: definitions only. Values are parsed
+//! into `model` types by `model`'s parsers; `main` turns a parsed command
+//! into a request and hands it to its command module.
 
 use std::net::{IpAddr, SocketAddr};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::model::{parse_endpoint, parse_ip, parse_weight, Proto};
+use crate::model::{parse_endpoint, parse_ip, parse_weight, NatMode, Proto, Service, XdpMode};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,20 +60,13 @@ pub enum Command {
     },
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AttachMode {
-    Auto,
-    Native,
-    Generic,
-}
-
 #[derive(Args, Debug)]
 pub struct AttachArgs {
     /// Interface name, e.g. eth0.
     pub iface: String,
     /// Where XDP runs: auto (native if the driver can), native, or generic.
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-    pub mode: AttachMode,
+    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
+    pub mode: XdpMode,
     /// Stay in front; Ctrl-C detaches.
     #[arg(long)]
     pub foreground: bool,
@@ -87,12 +82,6 @@ pub struct AttachArgs {
     pub flow_cache_size: Option<u32>,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ModeArg {
-    Dnat,
-    Fullnat,
-}
-
 #[derive(Args, Debug)]
 pub struct ServiceArg {
     /// VIP address and port, e.g. 198.18.100.1:80 or [2001:db8::1]:80.
@@ -101,6 +90,15 @@ pub struct ServiceArg {
     /// Protocol.
     #[arg(long, default_value = "tcp", value_parser = clap::value_parser!(Proto))]
     pub proto: Proto,
+}
+
+impl ServiceArg {
+    pub fn service(&self) -> Service {
+        Service {
+            addr: self.vip,
+            proto: self.proto,
+        }
+    }
 }
 
 impl clap::builder::ValueParserFactory for Proto {
@@ -118,8 +116,8 @@ pub enum VipCommand {
         service: ServiceArg,
         /// dnat keeps the client address (backends route replies through lbctl);
         /// fullnat also rewrites the source (backends need no route back).
-        #[arg(long, value_enum, default_value_t = ModeArg::Dnat)]
-        mode: ModeArg,
+        #[arg(long, value_enum, default_value_t = NatMode::Dnat)]
+        mode: NatMode,
         /// Source address for fullnat (default: the attached interface's address).
         #[arg(long, value_parser = parse_ip)]
         snat: Option<IpAddr>,
@@ -205,7 +203,7 @@ mod tests {
                 ..
             }) => {
                 assert_eq!(service.proto, Proto::Udp);
-                assert_eq!(mode, ModeArg::Fullnat);
+                assert_eq!(mode, NatMode::Fullnat);
                 assert_eq!(snat.unwrap().to_string(), "198.18.2.1");
             }
             other => panic!("{other:?}"),
@@ -247,7 +245,7 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Attach(AttachArgs {
-                mode: AttachMode::Generic,
+                mode: XdpMode::Generic,
                 foreground: true,
                 ..
             })

@@ -1,6 +1,16 @@
 //! lbctl: a layer-4 load balancer in XDP whose connections are held by the
 //! kernel's conntrack. The binary is a thin dispatcher over this library, so
 //! tests, the demo and the benchmarks use the same code.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `cli` | clap definitions only |
+//! | `model` | operator input: parsing, validation, requests (pure) |
+//! | `commands` | one module per command |
+//! | `datapath` | everything that touches BPF (see its module docs) |
+//! | `maglev`, `hash` | Maglev tables and the flow hash (pure) |
+//! | `neighbour` | managed neighbour entries for backends' next hops |
+//! | `lock`, `json` | the per-namespace lock; JSON string quoting |
 
 pub mod cli;
 pub mod commands;
@@ -11,3 +21,4 @@ pub mod lock;
 pub mod maglev;
 pub mod model;
 pub mod neighbour;
+mod skeleton;

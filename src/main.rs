@@ -1,8 +1,10 @@
 use std::process::ExitCode;
 
+use anyhow::{Error, Result};
 use clap::Parser;
-use lbctl::cli::{Cli, Command};
+use lbctl::cli::{AttachArgs, BackendCommand, Cli, Command, VipCommand};
 use lbctl::commands;
+use lbctl::model::{check_same_family, AttachOptions, Timeouts, VipSpec};
 
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`lbctl list | head`), like other tools.
@@ -12,21 +14,66 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    let result = match &cli.command {
-        Command::Attach(args) => commands::attach::run(args),
-        Command::Detach { iface } => commands::attach::detach(iface),
-        Command::Vip(cmd) => commands::vip::run(cmd),
-        Command::Backend(cmd) => commands::backend::run(cmd),
-        Command::List { stats, json } => commands::list::run(*stats, *json),
-        Command::Status => commands::status::run(),
-        Command::Timeouts { tcp, tcpfin, udp } => commands::status::timeouts(*tcp, *tcpfin, *udp),
-    };
-    match result {
+    match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lbctl: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Turns a parsed command into its request (validated by `model`) and runs
+/// the command module that serves it.
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Attach(args) => commands::attach::run(&attach_options(args)),
+        Command::Detach { iface } => commands::attach::detach(&iface),
+        Command::Vip(VipCommand::Add {
+            service,
+            mode,
+            snat,
+            table_size,
+        }) => {
+            let spec =
+                VipSpec::new(service.service(), mode, snat, table_size).map_err(Error::msg)?;
+            commands::vip::add(&spec)
+        }
+        Command::Vip(VipCommand::Del { service }) => commands::vip::del(&service.service()),
+        Command::Vip(VipCommand::Show { service }) => commands::vip::show(&service.service()),
+        Command::Backend(cmd) => {
+            let (BackendCommand::Add { target, .. }
+            | BackendCommand::Set { target, .. }
+            | BackendCommand::Del { target }) = &cmd;
+            let service = target.service.service();
+            let backend = target.backend;
+            check_same_family(service.addr, backend).map_err(Error::msg)?;
+            match cmd {
+                BackendCommand::Add { weight, .. } => {
+                    commands::backend::add(&service, backend, weight)
+                }
+                BackendCommand::Set { weight, .. } => {
+                    commands::backend::set(&service, backend, weight)
+                }
+                BackendCommand::Del { .. } => commands::backend::del(&service, backend),
+            }
+        }
+        Command::List { stats, json } => commands::list::run(stats, json),
+        Command::Status => commands::status::run(),
+        Command::Timeouts { tcp, tcpfin, udp } => {
+            commands::timeouts::run(&Timeouts::new(tcp, tcpfin, udp).map_err(Error::msg)?)
+        }
+    }
+}
+
+fn attach_options(args: AttachArgs) -> AttachOptions {
+    AttachOptions {
+        iface: args.iface,
+        mode: args.mode,
+        foreground: args.foreground,
+        replace: args.replace,
+        hash_seed: args.hash_seed,
+        flow_cache_size: args.flow_cache_size,
     }
 }
 

@@ -1,9 +1,17 @@
 //! What an operator writes, parsed and checked: addresses, protocols, modes,
-//! weights. Pure: nothing here touches the kernel.
+//! weights, and the requests commands take (`VipSpec`, `AttachOptions`,
+//! `Timeouts`). All validation of operator input lives here. Pure: nothing
+//! here touches the kernel.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+
+use crate::datapath::abi::LB_MAX_TABLE_SIZE;
+use crate::maglev::{is_prime, DEFAULT_TABLE_SIZE};
+
+/// Balancers that were not given a seed agree with each other.
+pub const DEFAULT_HASH_SEED: u32 = 0x6c62_6374;
 
 /// Largest weight (IPVS accepts larger, but 65535 already gives a share
 /// resolution far finer than any Maglev table).
@@ -57,7 +65,7 @@ impl FromStr for Proto {
 }
 
 /// How a VIP's packets are rewritten.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum NatMode {
     /// Destination only: backends see the client and must route replies
     /// through the balancer.
@@ -73,6 +81,17 @@ impl NatMode {
             NatMode::Fullnat => "fullnat",
         }
     }
+}
+
+/// How the program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Native if the driver supports it, else generic (the kernel chooses).
+    Auto,
+    /// In the driver (fast path); fails if the driver lacks XDP support.
+    Native,
+    /// In the generic network stack (slow, works everywhere).
+    Generic,
 }
 
 /// A VIP: address, port and protocol.
@@ -150,6 +169,99 @@ pub fn check_same_family(vip: SocketAddr, backend: SocketAddr) -> Result<(), Str
     Ok(())
 }
 
+/// A VIP to add, checked as a whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipSpec {
+    pub service: Service,
+    pub mode: NatMode,
+    /// fullnat's source address; None: the attached interface's.
+    pub snat: Option<IpAddr>,
+    pub table_size: u32,
+}
+
+impl VipSpec {
+    pub fn new(
+        service: Service,
+        mode: NatMode,
+        snat: Option<IpAddr>,
+        table_size: Option<u32>,
+    ) -> Result<VipSpec, String> {
+        if service.addr.is_ipv6() {
+            return Err(format!(
+                "IPv6 VIPs are not forwarded yet ({service}): lbctl balances IPv4 for now"
+            ));
+        }
+        if mode == NatMode::Dnat && snat.is_some() {
+            return Err("--snat only applies to --mode fullnat".into());
+        }
+        if let Some(ip) = snat {
+            if ip.is_ipv4() != service.addr.is_ipv4() {
+                return Err(format!("--snat {ip} must have the VIP's address family"));
+            }
+        }
+        let table_size = table_size.unwrap_or(DEFAULT_TABLE_SIZE);
+        check_table_size(table_size)?;
+        Ok(VipSpec {
+            service,
+            mode,
+            snat,
+            table_size,
+        })
+    }
+}
+
+/// A Maglev table size: a prime the data path can hold.
+pub fn check_table_size(size: u32) -> Result<(), String> {
+    if !(3..=LB_MAX_TABLE_SIZE).contains(&size) || !is_prime(size) {
+        return Err(format!(
+            "table size {size} must be a prime between 3 and {LB_MAX_TABLE_SIZE} (e.g. 16381, 65537)"
+        ));
+    }
+    Ok(())
+}
+
+/// Flow idle timeouts in seconds (ipvsadm --set); None: leave as is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp: Option<u32>,
+    pub tcpfin: Option<u32>,
+    pub udp: Option<u32>,
+}
+
+impl Timeouts {
+    pub fn new(
+        tcp: Option<u32>,
+        tcpfin: Option<u32>,
+        udp: Option<u32>,
+    ) -> Result<Timeouts, String> {
+        for (name, v) in [("tcp", tcp), ("tcpfin", tcpfin), ("udp", udp)] {
+            if let Some(v) = v {
+                if v == 0 || v > 4_000_000 {
+                    return Err(format!("--{name} {v}: a timeout is 1 to 4000000 seconds"));
+                }
+            }
+        }
+        Ok(Timeouts { tcp, tcpfin, udp })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tcp.is_none() && self.tcpfin.is_none() && self.udp.is_none()
+    }
+}
+
+/// What `lbctl attach` is asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachOptions {
+    pub iface: String,
+    pub mode: XdpMode,
+    /// Stay in front; Ctrl-C detaches.
+    pub foreground: bool,
+    /// Upgrade the running program in place.
+    pub replace: bool,
+    pub hash_seed: Option<u32>,
+    pub flow_cache_size: Option<u32>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +318,46 @@ mod tests {
         assert_eq!("udp".parse::<Proto>(), Ok(Proto::Udp));
         assert!("sctp".parse::<Proto>().is_err());
         assert_eq!(Proto::from_number(17), Some(Proto::Udp));
+    }
+
+    #[test]
+    fn vip_specs() {
+        let svc = |s: &str| Service {
+            addr: parse_endpoint(s).unwrap(),
+            proto: Proto::Tcp,
+        };
+        let v4 = svc("198.18.100.1:80");
+        let spec = VipSpec::new(v4, NatMode::Dnat, None, None).unwrap();
+        assert_eq!(spec.table_size, DEFAULT_TABLE_SIZE);
+        let snat = Some(parse_ip("198.18.2.1").unwrap());
+        assert!(VipSpec::new(v4, NatMode::Dnat, snat, None)
+            .unwrap_err()
+            .contains("only applies to --mode fullnat"));
+        assert!(VipSpec::new(
+            v4,
+            NatMode::Fullnat,
+            Some(parse_ip("2001:db8::1").unwrap()),
+            None
+        )
+        .unwrap_err()
+        .contains("address family"));
+        assert!(VipSpec::new(v4, NatMode::Dnat, None, Some(65536))
+            .unwrap_err()
+            .contains("must be a prime"));
+        assert!(
+            VipSpec::new(svc("[2001:db8::1]:80"), NatMode::Dnat, None, None)
+                .unwrap_err()
+                .contains("IPv6")
+        );
+    }
+
+    #[test]
+    fn timeouts() {
+        assert!(Timeouts::new(None, None, None).unwrap().is_empty());
+        assert_eq!(Timeouts::new(Some(60), None, None).unwrap().tcp, Some(60));
+        assert!(Timeouts::new(None, Some(0), None)
+            .unwrap_err()
+            .contains("--tcpfin 0"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 
-use lbctl::datapath::tables::ip_bytes;
+use lbctl::datapath::codec::ip_bytes;
 use lbctl::hash::{flow_hash, flow_key};
 use lbctl::model::{NatMode, Proto, Service};
 use lbctl_lab::fixtures::packet::*;

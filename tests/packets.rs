@@ -201,7 +201,7 @@ fn traffic_not_for_a_vip_passes_byte_for_byte() {
                 Packet::udp(CLIENT, VIP, b"x").build(),
                 "pass_not_vip",
             ),
-            ("ARP", arp, "pass_not_ipv4"),
+            ("ARP", arp, "pass_not_ip"),
             ("ICMP to the VIP address", icmp, "pass_other_proto"),
         ];
         for (what, frame, reason) in cases {
@@ -280,7 +280,7 @@ fn without_an_xdp_route_the_rewritten_packet_goes_to_the_stack() {
         let (action, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
         assert_eq!(action, XDP_PASS);
         assert_eq!(parse(&out).dst, "198.18.1.11:8080");
-        assert_eq!(lb.reason("pass_to_stack_routing"), 1);
+        assert_eq!(lb.reason("pass_fib"), 1);
     });
 }
 
@@ -304,7 +304,7 @@ fn counters_count_packets_bytes_and_new_flows() {
 
 /// An address other than `of` in 198.18.0.0/15 with the same prefilter bit.
 fn prefilter_twin(of: &str) -> String {
-    use lbctl::datapath::tables::prefilter_bit;
+    use lbctl::datapath::prefilter::prefilter_bit;
     let ip: std::net::IpAddr = of.parse().unwrap();
     let bit = prefilter_bit(ip);
     (0u32..1 << 17)
@@ -315,16 +315,8 @@ fn prefilter_twin(of: &str) -> String {
 }
 
 fn prefilter_bits(lb: &Balancer) -> Vec<u32> {
-    use libbpf_rs::{MapCore, MapFlags};
     let mut bits = Vec::new();
-    for word in 0u32..2048 {
-        let v = lb
-            .maps
-            .addr_filter
-            .lookup(&word.to_ne_bytes(), MapFlags::ANY)
-            .unwrap()
-            .unwrap();
-        let v = u64::from_ne_bytes(v[..8].try_into().unwrap());
+    for (word, v) in (0u32..).zip(lb.maps.prefilter_words().unwrap()) {
         bits.extend((0..64).filter(|b| v >> b & 1 == 1).map(|b| word * 64 + b));
     }
     bits
@@ -332,7 +324,7 @@ fn prefilter_bits(lb: &Balancer) -> Vec<u32> {
 
 #[test]
 fn the_address_prefilter_follows_vips_and_backends() {
-    use lbctl::datapath::tables::prefilter_bit;
+    use lbctl::datapath::prefilter::prefilter_bit;
     in_fresh_netns(|| {
         let lb = Balancer::load().with_routes();
         let bit = |a: &str| prefilter_bit(a.parse().unwrap()).unwrap();
@@ -373,6 +365,7 @@ fn the_address_prefilter_follows_vips_and_backends() {
         let word = bit("198.18.100.1") / 64;
         lb.maps
             .addr_filter
+            .handle()
             .update(&word.to_ne_bytes(), &0u64.to_ne_bytes(), MapFlags::ANY)
             .unwrap();
         assert_eq!(lb.run(&frame).0, XDP_PASS, "a clear bit skips the VIP");

@@ -1,57 +1,41 @@
 //! `lbctl backend add|set|del`.
 
+use std::net::SocketAddr;
+
 use anyhow::Result;
 
 use super::open_for_change;
-use super::vip::service;
-use crate::cli::BackendCommand;
-use crate::model::check_same_family;
+use crate::model::Service;
 use crate::neighbour;
 
-pub fn run(cmd: &BackendCommand) -> Result<()> {
-    let target = match cmd {
-        BackendCommand::Add { target, .. }
-        | BackendCommand::Set { target, .. }
-        | BackendCommand::Del { target } => target,
-    };
-    let svc = service(&target.service);
-    check_same_family(svc.addr, target.backend).map_err(anyhow::Error::msg)?;
+pub fn add(svc: &Service, backend: SocketAddr, weight: u32) -> Result<()> {
     let (_lock, b) = open_for_change()?;
-    match cmd {
-        BackendCommand::Add { weight, .. } => {
-            b.maps.add_backend(&svc, target.backend, *weight)?;
-            println!(
-                "added backend {} to {svc} (weight {weight})",
-                target.backend
-            );
-            if let Some(note) = neighbour::keep_resolved(target.backend.ip()) {
-                eprintln!("lbctl: note: {note}; first packets may wait for ARP");
-            }
-        }
-        BackendCommand::Set { weight, .. } => {
-            b.maps.set_weight(&svc, target.backend, *weight)?;
-            let note = if *weight == 0 {
-                ": draining, live flows stay"
-            } else {
-                ""
-            };
-            println!(
-                "backend {} of {svc} now has weight {weight}{note}",
-                target.backend
-            );
-        }
-        BackendCommand::Del { .. } => {
-            b.maps.del_backend(&svc, target.backend)?;
-            println!("removed backend {} from {svc}", target.backend);
-            if !b
-                .maps
-                .backends()?
-                .iter()
-                .any(|r| r.addr.ip() == target.backend.ip())
-            {
-                neighbour::release(target.backend.ip());
-            }
-        }
+    b.maps.add_backend(svc, backend, weight)?;
+    println!("added backend {backend} to {svc} (weight {weight})");
+    if let Some(note) = neighbour::keep_resolved(backend.ip()) {
+        eprintln!("lbctl: note: {note}; first packets may wait for ARP");
+    }
+    Ok(())
+}
+
+pub fn set(svc: &Service, backend: SocketAddr, weight: u32) -> Result<()> {
+    let (_lock, b) = open_for_change()?;
+    b.maps.set_weight(svc, backend, weight)?;
+    let note = if weight == 0 {
+        ": draining, live flows stay"
+    } else {
+        ""
+    };
+    println!("backend {backend} of {svc} now has weight {weight}{note}");
+    Ok(())
+}
+
+pub fn del(svc: &Service, backend: SocketAddr) -> Result<()> {
+    let (_lock, b) = open_for_change()?;
+    b.maps.del_backend(svc, backend)?;
+    println!("removed backend {backend} from {svc}");
+    if !b.maps.backend_addrs()?.contains(&backend.ip()) {
+        neighbour::release(backend.ip());
     }
     Ok(())
 }

@@ -5,9 +5,10 @@ use std::fmt::Write;
 
 use anyhow::Result;
 
+use super::open_for_reading;
 use crate::datapath::balancer::Balancer;
-use crate::datapath::load;
-use crate::datapath::tables::{counters, BackendEntry, Counters, VipEntry};
+use crate::datapath::codec::{BackendEntry, VipEntry};
+use crate::datapath::counters::Counters;
 
 struct Row {
     vip: VipEntry,
@@ -21,10 +22,10 @@ fn collect(b: &Balancer) -> Result<Vec<Row>> {
     for vip in b.maps.vips()? {
         let mut backends = Vec::new();
         for be in all.iter().filter(|be| be.vip_index == vip.index) {
-            backends.push((be.clone(), counters(&b.maps.backend_stats, be.id)?));
+            backends.push((be.clone(), b.maps.backend_counters(be.id)?));
         }
         backends.sort_by_key(|(be, _)| be.addr);
-        let stats = counters(&b.maps.vip_stats, vip.index)?;
+        let stats = b.maps.vip_counters(vip.index)?;
         rows.push(Row {
             vip,
             stats,
@@ -35,8 +36,7 @@ fn collect(b: &Balancer) -> Result<Vec<Row>> {
 }
 
 pub fn run(stats: bool, json: bool) -> Result<()> {
-    load::require_privileges()?;
-    let b = Balancer::require()?;
+    let b = open_for_reading()?;
     let rows = collect(&b)?;
     let out = if json {
         render_json(&rows)

@@ -1,9 +1,12 @@
-//! One module per command; each validates, then acts through `datapath`.
+//! One module per command. Each takes `model` types (validated already),
+//! acts through `datapath`, and prints what it did. Commands do not call
+//! each other; what two need lives in `datapath` or `model`.
 
 pub mod attach;
 pub mod backend;
 pub mod list;
 pub mod status;
+pub mod timeouts;
 pub mod vip;
 
 use anyhow::Result;
@@ -13,11 +16,18 @@ use crate::datapath::load;
 use crate::lock::{lock_netns, NetnsLock};
 
 /// For commands that change a running balancer: privileges, the lock, the
-/// balancer.
+/// balancer, and any table an interrupted lbctl left behind brought up to
+/// date.
 pub fn open_for_change() -> Result<(NetnsLock, Balancer)> {
     load::require_privileges()?;
     let lock = lock_netns()?;
     let balancer = Balancer::require()?;
     balancer.maps.repair_tables()?;
     Ok((lock, balancer))
+}
+
+/// For commands that only read a running balancer.
+pub fn open_for_reading() -> Result<Balancer> {
+    load::require_privileges()?;
+    Balancer::require()
 }

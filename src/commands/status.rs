@@ -1,10 +1,10 @@
-//! `lbctl status` and `lbctl timeouts`.
+//! `lbctl status`: the kernel, the attached interfaces and program, settings,
+//! and the verdict counters.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
-use super::open_for_change;
 use crate::datapath::balancer::Balancer;
-use crate::datapath::load;
+use crate::datapath::{iface, load};
 
 pub fn run() -> Result<()> {
     load::require_privileges()?;
@@ -16,7 +16,7 @@ pub fn run() -> Result<()> {
     let cfg = b.maps.settings()?;
     println!("program id    {}", b.prog_id);
     for a in &b.attachments {
-        let off = if super::attach::forwarding_on(&a.ifname) {
+        let off = if iface::ipv4_forwarding(&a.ifname) {
             ""
         } else {
             "; IPv4 forwarding OFF: nothing can be forwarded"
@@ -46,29 +46,5 @@ pub fn run() -> Result<()> {
     for (name, count) in b.maps.reason_counts()? {
         println!("  {name:<24} {count}");
     }
-    Ok(())
-}
-
-pub fn timeouts(tcp: Option<u32>, tcpfin: Option<u32>, udp: Option<u32>) -> Result<()> {
-    for (name, v) in [("tcp", tcp), ("tcpfin", tcpfin), ("udp", udp)] {
-        if let Some(v) = v {
-            if v == 0 || v > 4_000_000 {
-                bail!("--{name} {v}: a timeout is 1 to 4000000 seconds");
-            }
-        }
-    }
-    let (_lock, b) = open_for_change()?;
-    let mut cfg = b.maps.settings()?;
-    if tcp.is_some() || tcpfin.is_some() || udp.is_some() {
-        cfg.tcp_timeout_s = tcp.unwrap_or(cfg.tcp_timeout_s);
-        cfg.tcp_fin_timeout_s = tcpfin.unwrap_or(cfg.tcp_fin_timeout_s);
-        cfg.udp_timeout_s = udp.unwrap_or(cfg.udp_timeout_s);
-        b.maps.set_settings(&cfg)?;
-        b.maps.bump_generation()?;
-    }
-    println!(
-        "Timeout (tcp tcpfin udp): {} {} {}",
-        cfg.tcp_timeout_s, cfg.tcp_fin_timeout_s, cfg.udp_timeout_s
-    );
     Ok(())
 }

@@ -9,10 +9,10 @@ use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, OpenObject, PrintLevel};
+use libbpf_rs::{OpenObject, PrintLevel};
 
 use super::abi::LB_FLOW_CACHE_ENTRIES;
-use super::balancer::Maps;
+use super::maps::Maps;
 use super::skel::{LbSkel, LbSkelBuilder};
 
 /// The oldest kernel with every kfunc lbctl uses (`bpf_ct_set_nat_info`).
@@ -182,29 +182,12 @@ pub fn load_sized<'obj>(
         .set_max_entries(flow_cache_entries)
         .context("sizing the flow cache")?;
     if let Some(maps) = reuse {
-        let m = &mut open.maps;
-        for (map, handle) in [
-            (&mut m.vips, &maps.vips),
-            (&mut m.backends, &maps.backends),
-            (&mut m.reply_sources, &maps.reply_sources),
-            (&mut m.addr_filter, &maps.addr_filter),
-            (&mut m.vip_tables, &maps.vip_tables),
-            (&mut m.settings, &maps.settings),
-            (&mut m.vip_stats, &maps.vip_stats),
-            (&mut m.backend_stats, &maps.backend_stats),
-            (&mut m.reasons, &maps.reasons),
-            (&mut m.tx_ports, &maps.tx_ports),
-        ] {
-            map.reuse_fd(handle.as_fd()).with_context(|| {
-                format!("reusing the running balancer's map {:?}", handle.name())
-            })?;
-        }
-        // The flow cache itself is not reused: the new program starts with
-        // an empty one, so no decision of the old program outlives it.
-        if let Some(stats) = &maps.flow_cache_stats {
-            m.flow_cache_stats
-                .reuse_fd(stats.as_fd())
-                .context("reusing the running balancer's flow cache counters")?;
+        for mut map in open.open_object_mut().maps_mut() {
+            if let Some(running) = maps.to_reuse(map.name()) {
+                map.reuse_fd(running.handle().as_fd()).with_context(|| {
+                    format!("reusing the running balancer's map {}", running.name())
+                })?;
+            }
         }
     }
     let result = if fault_injected("missing-kfunc") {

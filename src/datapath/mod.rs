@@ -1,22 +1,30 @@
 //! Everything that touches BPF: the skeleton, loading, finding a running
-//! balancer, attaching, and typed access to its maps.
+//! balancer, attaching, and typed access to its maps. One file per concern:
+//!
+//! | file | owns |
+//! |---|---|
+//! | `abi.rs` | constants and struct sizes shared with `bpf/lb_abi.h` |
+//! | `maps.rs` | the list of the program's maps, and map access with errors that name the map |
+//! | `codec.rs` | map keys and values ⇄ addresses, VIPs and backends |
+//! | `config.rs` | configuration changes: settings, VIPs, backends |
+//! | `tables.rs` | Maglev tables: build, swap in, read back, repair |
+//! | `prefilter.rs` | the address prefilter bitmaps |
+//! | `counters.rs` | per-CPU counters: VIPs, backends, verdicts, flow cache |
+//! | `load.rs` | checks before loading, loading with useful errors |
+//! | `iface.rs` | interfaces and XDP attachment (netlink) |
+//! | `balancer.rs` | finding the balancer running in this network namespace |
 
 pub mod abi;
-pub mod attach;
 pub mod balancer;
+pub mod codec;
+pub mod config;
+pub mod counters;
+pub mod iface;
 pub mod load;
+pub mod maps;
+pub mod prefilter;
 pub mod tables;
 
-/// The skeleton libbpf-cargo generates from `bpf/lb.bpf.c`.
-#[allow(
-    clippy::all,
-    non_camel_case_types,
-    non_snake_case,
-    dead_code,
-    unused_imports
-)]
-pub mod skel {
-    include!(concat!(env!("OUT_DIR"), "/lb.skel.rs"));
-}
+crate::include_skeleton!(skel, "lb.skel.rs");
 
 pub use skel::types;

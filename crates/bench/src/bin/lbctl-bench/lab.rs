@@ -7,12 +7,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
-use lbctl::datapath::abi::*;
-use lbctl::datapath::balancer::Maps;
-use lbctl::datapath::types::lb_config;
-use lbctl::maglev::DEFAULT_TABLE_SIZE;
-use lbctl::model::{NatMode, Proto, Service};
-use libbpf_rs::{MapCore, MapFlags};
+use lbctl::datapath::config::initial_settings;
+use lbctl::datapath::maps::Maps;
+use lbctl::model::{NatMode, Proto, Service, VipSpec, DEFAULT_HASH_SEED};
 
 /// The client of the measured established, reply and UDP flows.
 pub const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);
@@ -139,26 +136,14 @@ pub fn routes(maps: &Maps, backend_hosts: u32) -> Result<u32> {
             "ip neigh replace {host} lladdr 02:00:00:00:01:{last:02x} dev v0 nud permanent"
         ))?;
     }
-    let ifindex = lbctl::datapath::attach::ifindex("v0")?;
-    maps.tx_ports
-        .update(
-            &ifindex.to_ne_bytes(),
-            &ifindex.to_ne_bytes(),
-            MapFlags::ANY,
-        )
-        .context("adding v0 to the redirect map")?;
+    let ifindex = lbctl::datapath::iface::ifindex("v0")?;
+    maps.add_tx_port(ifindex)?;
     Ok(ifindex)
 }
 
 /// The settings `lbctl attach` writes.
 pub fn settings(maps: &Maps) -> Result<()> {
-    maps.set_settings(&lb_config {
-        hash_seed: lbctl::commands::attach::DEFAULT_HASH_SEED,
-        tcp_timeout_s: LB_DEFAULT_TCP_TIMEOUT_S,
-        tcp_fin_timeout_s: LB_DEFAULT_TCP_FIN_TIMEOUT_S,
-        udp_timeout_s: LB_DEFAULT_UDP_TIMEOUT_S,
-        ..Default::default()
-    })
+    maps.set_settings(&initial_settings(DEFAULT_HASH_SEED))
 }
 
 pub fn tcp_vip(i: u32) -> Service {
@@ -191,7 +176,7 @@ pub fn configure(maps: &Maps, cfg: &Config) -> Result<()> {
         .map(|i| (tcp_vip(i), 10000 + i))
         .chain(std::iter::once((udp_vip(), 20000)));
     for (vip, port) in services {
-        maps.add_vip(&vip, NatMode::Dnat, None, DEFAULT_TABLE_SIZE)?;
+        maps.add_vip(&VipSpec::new(vip, NatMode::Dnat, None, None).map_err(anyhow::Error::msg)?)?;
         let backends: Vec<(SocketAddr, u32)> = (0..cfg.backends_per_vip)
             .map(|j| (backend(j, port), 1))
             .collect();

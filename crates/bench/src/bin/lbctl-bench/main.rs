@@ -32,8 +32,8 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, ValueEnum};
-use lbctl::datapath::balancer::Maps;
 use lbctl::datapath::load;
+use lbctl::datapath::maps::Maps;
 
 use frames::{Flow, ACK, SYN};
 use harness::{Harness, Target, Vary, XDP_ABORTED, XDP_PASS, XDP_REDIRECT, XDP_TX};
@@ -396,7 +396,7 @@ fn worker(
     let setup_s = started.elapsed().as_secs_f64();
     let ingress = match opts.path {
         FwdPath::Tx => v0,
-        FwdPath::Redirect => lbctl::datapath::attach::ifindex("lo")?,
+        FwdPath::Redirect => lbctl::datapath::iface::ifindex("lo")?,
     };
     let mut h_storage = MaybeUninit::uninit();
     let harness = Harness::load(&mut h_storage, lb.progs.lbctl_xdp.as_fd(), ingress)?;

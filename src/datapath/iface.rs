@@ -1,6 +1,6 @@
-//! Interfaces: names and indexes, addresses, and XDP attachment through
-//! netlink (an attachment that stays after lbctl exits, in the interface's
-//! own network namespace).
+//! Interfaces: names and indexes, addresses, forwarding, and XDP attachment
+//! through netlink (an attachment that stays after lbctl exits, in the
+//! interface's own network namespace). Knows nothing of lbctl's program.
 
 use std::ffi::{CStr, CString};
 use std::net::Ipv4Addr;
@@ -9,30 +9,26 @@ use std::os::fd::{AsFd, BorrowedFd};
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{Xdp, XdpFlags};
 
-use super::balancer::PROG_NAME;
+use crate::model::XdpMode;
 
-/// How the program runs on an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpMode {
-    /// Native if the driver supports it, else generic (the kernel chooses).
-    Auto,
-    /// In the driver (fast path); fails if the driver lacks XDP support.
-    Native,
-    /// In the generic network stack (slow, works everywhere).
-    Generic,
-}
-
-impl XdpMode {
-    fn flags(self) -> XdpFlags {
-        match self {
-            XdpMode::Auto => XdpFlags::NONE,
-            XdpMode::Native => XdpFlags::DRV_MODE,
-            XdpMode::Generic => XdpFlags::SKB_MODE,
-        }
+fn mode_flags(mode: XdpMode) -> XdpFlags {
+    match mode {
+        XdpMode::Auto => XdpFlags::NONE,
+        XdpMode::Native => XdpFlags::DRV_MODE,
+        XdpMode::Generic => XdpFlags::SKB_MODE,
     }
 }
 
-/// lbctl's program on one interface.
+/// The flags that name the mode an attachment reports.
+fn reported_mode_flags(mode: &str) -> XdpFlags {
+    match mode {
+        "native" => XdpFlags::DRV_MODE,
+        "generic" => XdpFlags::SKB_MODE,
+        _ => XdpFlags::NONE,
+    }
+}
+
+/// An XDP program on one interface.
 #[derive(Clone, Debug)]
 pub struct Attachment {
     pub ifname: String,
@@ -143,28 +139,33 @@ pub fn prog_name(id: u32) -> Result<String> {
         .into_owned())
 }
 
-/// Every interface of this namespace that runs lbctl's program.
-pub fn lbctl_attachments() -> Result<Vec<Attachment>> {
+/// Every XDP program attached in this namespace, by interface.
+pub fn attachments() -> Result<Vec<Attachment>> {
     let mut out = Vec::new();
     for (ifindex, ifname) in interfaces()? {
         if let Some((prog_id, mode)) = xdp_program(ifindex)? {
-            if prog_name(prog_id).map(|n| n == PROG_NAME).unwrap_or(false) {
-                out.push(Attachment {
-                    ifname,
-                    ifindex,
-                    prog_id,
-                    mode,
-                });
-            }
+            out.push(Attachment {
+                ifname,
+                ifindex,
+                prog_id,
+                mode,
+            });
         }
     }
     Ok(out)
 }
 
+/// Whether the interface forwards IPv4: the kernel's FIB refuses to route
+/// for one that does not, so the XDP program cannot forward either.
+pub fn ipv4_forwarding(iface: &str) -> bool {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+    std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1")
+}
+
 /// Attaches a program, failing if the interface already has one.
 pub fn attach(prog: BorrowedFd, ifindex: u32, ifname: &str, mode: XdpMode) -> Result<()> {
     Xdp::new(prog)
-        .attach(ifindex as i32, mode.flags() | XdpFlags::UPDATE_IF_NOEXIST)
+        .attach(ifindex as i32, mode_flags(mode) | XdpFlags::UPDATE_IF_NOEXIST)
         .with_context(|| match mode {
             XdpMode::Native => format!("attaching to {ifname} in native mode (does its driver support XDP? try --mode generic)"),
             _ => format!("attaching to {ifname}"),
@@ -180,11 +181,7 @@ pub fn replace(
     ifname: &str,
     mode: &str,
 ) -> Result<()> {
-    let flags = match mode {
-        "native" => XdpFlags::DRV_MODE,
-        "generic" => XdpFlags::SKB_MODE,
-        _ => XdpFlags::NONE,
-    };
+    let flags = reported_mode_flags(mode);
     // libbpf-rs's Xdp::replace does not take the mode flags; call libbpf.
     let ret = unsafe {
         let opts = libbpf_rs::libbpf_sys::bpf_xdp_attach_opts {
@@ -209,11 +206,7 @@ pub fn replace(
 }
 
 pub fn detach(ifindex: u32, ifname: &str, mode: &str) -> Result<()> {
-    let flags = match mode {
-        "native" => XdpFlags::DRV_MODE,
-        "generic" => XdpFlags::SKB_MODE,
-        _ => XdpFlags::NONE,
-    };
+    let flags = reported_mode_flags(mode);
     let stdin = std::io::stdin();
     Xdp::new(stdin.as_fd())
         .detach(ifindex as i32, flags)

@@ -1,0 +1,18 @@
+//! `lbctl timeouts`: show or set flow idle timeouts (ipvsadm --set).
+
+use anyhow::Result;
+
+use super::open_for_change;
+use crate::model::Timeouts;
+
+pub fn run(t: &Timeouts) -> Result<()> {
+    let (_lock, b) = open_for_change()?;
+    let now = b.maps.set_timeouts(t)?;
+    println!(
+        "Timeout (tcp tcpfin udp): {} {} {}",
+        now.tcp.unwrap_or(0),
+        now.tcpfin.unwrap_or(0),
+        now.udp.unwrap_or(0)
+    );
+    Ok(())
+}

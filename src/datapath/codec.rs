@@ -1,0 +1,195 @@
+//! Map keys and values ⇄ what lbctl works with: endpoints and socket
+//! addresses, VIP and backend rows and their decoded forms.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anyhow::{bail, Result};
+
+use super::abi::{LB_AF_INET, LB_AF_INET6, LB_BACKEND_IN_USE, LB_VIP_FULLNAT};
+use super::types::{lb_backend, lb_endpoint, lb_vip};
+use crate::model::{NatMode, Proto, Service};
+
+/// A VIP as configured.
+#[derive(Clone, Debug)]
+pub struct VipEntry {
+    pub service: Service,
+    pub index: u32,
+    pub mode: NatMode,
+    pub snat: Option<IpAddr>,
+    pub table_size: u32,
+    /// Share of table slots the last change moved to another backend.
+    pub moved: f64,
+    /// Digest of the members the current table was built from.
+    pub table_digest: u32,
+}
+
+/// A backend row.
+#[derive(Clone, Debug)]
+pub struct BackendEntry {
+    pub id: u32,
+    pub vip_index: u32,
+    pub addr: SocketAddr,
+    pub proto: Proto,
+    pub weight: u32,
+}
+
+pub fn bytes_of<T: plain::Plain>(v: &T) -> &[u8] {
+    // SAFETY: Plain types have no padding that is not an explicit field.
+    unsafe { plain::as_bytes(v) }
+}
+
+/// A struct from the bytes the kernel returned; an error if they are short.
+pub fn read<T: plain::Plain + Default>(bytes: &[u8]) -> Result<T> {
+    let mut v = T::default();
+    if plain::copy_from_bytes(&mut v, bytes).is_err() {
+        bail!(
+            "{} bytes where a {}-byte {} was expected",
+            bytes.len(),
+            std::mem::size_of::<T>(),
+            std::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("value")
+        );
+    }
+    Ok(v)
+}
+
+/// An address as the 16 bytes maps hold (IPv4 in the first 4).
+pub fn ip_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            b
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+fn ip_of(bytes: &[u8; 16], family: u8) -> IpAddr {
+    if u32::from(family) == LB_AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    }
+}
+
+pub fn to_endpoint(addr: SocketAddr, proto: Proto) -> lb_endpoint {
+    let family = if addr.is_ipv4() {
+        LB_AF_INET
+    } else {
+        LB_AF_INET6
+    };
+    lb_endpoint {
+        addr: ip_bytes(addr.ip()),
+        port: addr.port().to_be(),
+        proto: proto.number(),
+        family: family as u8,
+    }
+}
+
+pub fn from_endpoint(ep: &lb_endpoint) -> Result<(SocketAddr, Proto)> {
+    let addr = SocketAddr::new(ip_of(&ep.addr, ep.family), u16::from_be(ep.port));
+    match Proto::from_number(ep.proto) {
+        Some(proto) => Ok((addr, proto)),
+        None => bail!(
+            "endpoint {addr} has protocol number {}, neither TCP nor UDP",
+            ep.proto
+        ),
+    }
+}
+
+pub fn service_endpoint(service: &Service) -> lb_endpoint {
+    to_endpoint(service.addr, service.proto)
+}
+
+/// A backend's identity for Maglev: the bytes of its endpoint, so balancers
+/// configured alike agree whatever ids they gave their rows.
+pub fn endpoint_key(ep: &lb_endpoint) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key.copy_from_slice(bytes_of(ep));
+    key
+}
+
+pub fn vip_row(mode: NatMode, snat: Option<IpAddr>, index: u32, table_size: u32) -> lb_vip {
+    lb_vip {
+        index,
+        flags: if mode == NatMode::Fullnat {
+            LB_VIP_FULLNAT
+        } else {
+            0
+        },
+        snat_addr: snat.map(ip_bytes).unwrap_or_default(),
+        table_size,
+        ..Default::default()
+    }
+}
+
+pub fn vip_entry(ep: &lb_endpoint, v: &lb_vip) -> Result<VipEntry> {
+    let (addr, proto) = from_endpoint(ep)?;
+    let fullnat = v.flags & LB_VIP_FULLNAT != 0;
+    Ok(VipEntry {
+        service: Service { addr, proto },
+        index: v.index,
+        mode: if fullnat {
+            NatMode::Fullnat
+        } else {
+            NatMode::Dnat
+        },
+        snat: fullnat.then(|| ip_of(&v.snat_addr, ep.family)),
+        table_size: v.table_size,
+        moved: v.moved_ppm as f64 / 1e6,
+        table_digest: v.table_digest,
+    })
+}
+
+pub fn backend_row(service: &Service, vip_index: u32, addr: SocketAddr, weight: u32) -> lb_backend {
+    lb_backend {
+        ep: to_endpoint(addr, service.proto),
+        vip: service_endpoint(service),
+        vip_index,
+        weight,
+        flags: LB_BACKEND_IN_USE,
+        reserved: 0,
+    }
+}
+
+/// A backend row in use, decoded; None for a free row.
+pub fn backend_entry(id: u32, row: &lb_backend) -> Result<Option<BackendEntry>> {
+    if row.flags & LB_BACKEND_IN_USE == 0 {
+        return Ok(None);
+    }
+    let (addr, proto) = from_endpoint(&row.ep)?;
+    Ok(Some(BackendEntry {
+        id,
+        vip_index: row.vip_index,
+        addr,
+        proto,
+        weight: row.weight,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_round_trip() {
+        for (a, p) in [
+            ("198.18.1.11:8080", Proto::Tcp),
+            ("[2001:db8::1]:53", Proto::Udp),
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let ep = to_endpoint(addr, p);
+            assert_eq!(from_endpoint(&ep).unwrap(), (addr, p));
+        }
+        let mut ep = to_endpoint("198.18.1.11:80".parse().unwrap(), Proto::Tcp);
+        ep.proto = 1;
+        assert!(from_endpoint(&ep)
+            .unwrap_err()
+            .to_string()
+            .contains("protocol number 1"));
+        assert!(read::<lb_vip>(&[0u8; 3]).is_err());
+    }
+}

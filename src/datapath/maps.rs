@@ -1,0 +1,295 @@
+//! The maps of a balancer, listed once (`balancer_maps!`), and access to
+//! them whose errors say which map and what was being done. Every other
+//! module reaches the maps through `Maps`.
+
+use std::ffi::OsStr;
+use std::fmt::Display;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::skel::Skel;
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use super::codec::{bytes_of, read};
+use super::skel::LbSkel;
+
+/// One map of the program, with its name for error messages.
+pub struct Map {
+    name: &'static str,
+    handle: MapHandle,
+}
+
+impl Map {
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn handle(&self) -> &MapHandle {
+        &self.handle
+    }
+
+    pub fn max_entries(&self) -> u32 {
+        self.handle.max_entries()
+    }
+
+    /// The value under `key`, decoded; None if there is none.
+    pub fn get<T: plain::Plain + Default>(
+        &self,
+        key: &[u8],
+        what: &dyn Display,
+    ) -> Result<Option<T>> {
+        let value = self
+            .handle
+            .lookup(key, MapFlags::ANY)
+            .with_context(|| format!("reading {what} from map {}", self.name))?;
+        value
+            .map(|v| read(&v).with_context(|| format!("decoding {what} from map {}", self.name)))
+            .transpose()
+    }
+
+    /// Like `get`, but the value must exist.
+    pub fn require<T: plain::Plain + Default>(&self, key: &[u8], what: &dyn Display) -> Result<T> {
+        self.get(key, what)?
+            .with_context(|| format!("map {} has no {what}", self.name))
+    }
+
+    pub fn put<T: plain::Plain>(
+        &self,
+        key: &[u8],
+        value: &T,
+        flags: MapFlags,
+        what: &dyn Display,
+    ) -> Result<()> {
+        self.put_bytes(key, bytes_of(value), flags, what)
+    }
+
+    pub fn put_bytes(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        flags: MapFlags,
+        what: &dyn Display,
+    ) -> Result<()> {
+        self.handle
+            .update(key, value, flags)
+            .with_context(|| format!("writing {what} to map {}", self.name))
+    }
+
+    /// Deletes `key`; a key that is already gone is not an error.
+    pub fn remove(&self, key: &[u8], what: &dyn Display) -> Result<()> {
+        match self.handle.delete(key) {
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            r => r.with_context(|| format!("deleting {what} from map {}", self.name)),
+        }
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        self.handle.keys()
+    }
+
+    /// Every (key, value) pair, read in batches.
+    pub fn entries(&self, what: &dyn Display) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(self
+            .handle
+            .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
+            .with_context(|| format!("reading {what} from map {}", self.name))?
+            .collect())
+    }
+
+    /// One value per CPU of a per-CPU array row.
+    pub fn per_cpu<T: plain::Plain + Default>(
+        &self,
+        index: u32,
+        what: &dyn Display,
+    ) -> Result<Vec<T>> {
+        let cpus = self
+            .handle
+            .lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
+            .with_context(|| format!("reading {what} from map {}", self.name))?;
+        cpus.unwrap_or_default()
+            .iter()
+            .map(|v| read(v).with_context(|| format!("decoding {what} from map {}", self.name)))
+            .collect()
+    }
+
+    /// Zeroes a per-CPU array row on every CPU.
+    pub fn reset_per_cpu(&self, index: u32, what: &dyn Display) -> Result<()> {
+        let cpus = libbpf_rs::num_possible_cpus().context("counting CPUs")?;
+        let zero = vec![vec![0u8; self.handle.value_size() as usize]; cpus];
+        self.handle
+            .update_percpu(&index.to_ne_bytes(), &zero, MapFlags::ANY)
+            .with_context(|| format!("resetting {what} in map {}", self.name))
+    }
+}
+
+/// Declares `Maps` from the one list of the program's maps (`bpf/maps.h`):
+/// its fields, how they are found by name, and the list to iterate. Adding a
+/// map to the program means adding its name here, nowhere else.
+macro_rules! balancer_maps {
+    (
+        required: [$($(#[$rdoc:meta])* $required:ident),* $(,)?],
+        optional: [$($(#[$odoc:meta])* $optional:ident),* $(,)?] $(,)?
+    ) => {
+        /// Handles on every map of a balancer.
+        pub struct Maps {
+            $($(#[$rdoc])* pub $required: Map,)*
+            $($(#[$odoc])* pub $optional: Option<Map>,)*
+        }
+
+        impl Maps {
+            /// Builds `Maps` from a source of handles by map name.
+            fn from_named(mut take: impl FnMut(&'static str) -> Option<MapHandle>) -> Result<Maps> {
+                Ok(Maps {
+                    $($required: Map {
+                        name: stringify!($required),
+                        handle: take(stringify!($required)).with_context(|| {
+                            format!("the lbctl program has no map {:?}: was it built by another lbctl version?", stringify!($required))
+                        })?,
+                    },)*
+                    $($optional: take(stringify!($optional)).map(|handle| Map {
+                        name: stringify!($optional),
+                        handle,
+                    }),)*
+                })
+            }
+
+            /// Every map present.
+            pub fn all(&self) -> Vec<&Map> {
+                let mut all = vec![$(&self.$required),*];
+                $(all.extend(self.$optional.as_ref());)*
+                all
+            }
+        }
+    };
+}
+
+balancer_maps! {
+    required: [
+        /// VIP endpoint → `lb_vip`.
+        vips,
+        /// Backend id → `lb_backend`.
+        backends,
+        /// Backend endpoint → `lb_reply_source`.
+        reply_sources,
+        /// The address prefilter bitmaps.
+        addr_filter,
+        /// VIP index → its Maglev table (an inner map).
+        vip_tables,
+        /// Row 0: `lb_config`.
+        settings,
+        /// Per-CPU `lb_counters` per VIP index.
+        vip_stats,
+        /// Per-CPU `lb_counters` per backend id.
+        backend_stats,
+        /// Per-CPU count per `enum lb_reason`.
+        reasons,
+        /// Attached interfaces, for redirects between them.
+        tx_ports,
+    ],
+    optional: [
+        /// The flow cache's counters; None for a running program from
+        /// before the flow cache (until `attach --replace` upgrades it).
+        flow_cache_stats,
+        /// The flow cache itself; None as above.
+        flow_cache,
+    ],
+}
+
+/// Maps a new program never takes over from a running one: the flow cache
+/// starts empty, so no decision of the old program outlives it.
+const NOT_REUSED: &[&str] = &["flow_cache"];
+
+impl Maps {
+    /// The maps of a freshly loaded skeleton.
+    pub fn from_skel(skel: &LbSkel) -> Result<Maps> {
+        let mut handles: Vec<(String, MapHandle)> = Vec::new();
+        for map in skel.object().maps() {
+            let name = map.name().to_string_lossy().into_owned();
+            let handle = MapHandle::try_from(&map)
+                .with_context(|| format!("duplicating the handle of map {name}"))?;
+            handles.push((name, handle));
+        }
+        Maps::from_named(|name| take(&mut handles, name))
+    }
+
+    /// The maps a loaded lbctl program uses, found by their names.
+    pub fn from_prog(prog: BorrowedFd) -> Result<Maps> {
+        let mut handles: Vec<(String, MapHandle)> = Vec::new();
+        for id in prog_map_ids(prog)? {
+            let map = MapHandle::from_map_id(id).with_context(|| format!("opening map id {id}"))?;
+            handles.push((map.name().to_string_lossy().into_owned(), map));
+        }
+        Maps::from_named(|name| take(&mut handles, name))
+    }
+
+    /// The map a new program of this balancer should share, by name: every
+    /// map but those in NOT_REUSED.
+    pub fn to_reuse(&self, name: &OsStr) -> Option<&Map> {
+        self.all()
+            .into_iter()
+            .find(|m| OsStr::new(m.name) == name && !NOT_REUSED.contains(&m.name))
+    }
+
+    /// Entries the flow cache holds, if the program has one.
+    pub fn flow_cache_size(&self) -> Option<u32> {
+        self.flow_cache.as_ref().map(Map::max_entries)
+    }
+}
+
+/// The handle named `name` (the kernel keeps the first 15 bytes of a map's
+/// name), taken out of the list.
+fn take(handles: &mut Vec<(String, MapHandle)>, name: &str) -> Option<MapHandle> {
+    let kernel_name = &name[..name.len().min(15)];
+    let i = handles
+        .iter()
+        .position(|(n, _)| n == name || n == kernel_name)?;
+    Some(handles.swap_remove(i).1)
+}
+
+/// Ids of the maps a program uses (BPF_OBJ_GET_INFO_BY_FD, asked twice: once
+/// for the count, once for the ids).
+fn prog_map_ids(prog: BorrowedFd) -> Result<Vec<u32>> {
+    let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&info) as u32;
+    // SAFETY: info is a valid bpf_prog_info of len bytes.
+    let ret = unsafe {
+        libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len)
+    };
+    if ret != 0 {
+        bail!(
+            "reading program info: {}",
+            std::io::Error::from_raw_os_error(-ret)
+        );
+    }
+    let mut ids = vec![0u32; info.nr_map_ids as usize];
+    let mut info2 = libbpf_rs::libbpf_sys::bpf_prog_info {
+        nr_map_ids: ids.len() as u32,
+        map_ids: ids.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    let mut len = std::mem::size_of_val(&info2) as u32;
+    // SAFETY: map_ids points to nr_map_ids u32s that outlive the call.
+    let ret = unsafe {
+        libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info2, &mut len)
+    };
+    if ret != 0 {
+        bail!(
+            "reading program map ids: {}",
+            std::io::Error::from_raw_os_error(-ret)
+        );
+    }
+    ids.truncate(info2.nr_map_ids as usize);
+    Ok(ids)
+}
+
+/// The u32 a 4-byte key or value holds (array indexes, map ids, slots).
+pub fn u32_of(bytes: &[u8], what: &dyn Display) -> Result<u32> {
+    let b: [u8; 4] = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{what}: {} bytes where a u32 was expected", bytes.len()))?;
+    Ok(u32::from_ne_bytes(b))
+}
+
+/// A row 0 key of a one-row array, as maps take it.
+pub const ROW0: [u8; 4] = 0u32.to_ne_bytes();
