@@ -180,22 +180,15 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// A command line as a user types it, after `lbctl`.
+    fn parse(line: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lbctl").chain(line.split_whitespace()))
+    }
+
     #[test]
     fn parses_the_contract() {
-        let cli = Cli::try_parse_from([
-            "lbctl",
-            "vip",
-            "add",
-            "198.18.100.1:80",
-            "--proto",
-            "udp",
-            "--mode",
-            "fullnat",
-            "--snat",
-            "198.18.2.1",
-        ])
-        .unwrap();
-        match cli.command {
+        let cli = parse("vip add 198.18.100.1:80 --proto udp --mode fullnat --snat 198.18.2.1");
+        match cli.unwrap().command {
             Command::Vip(VipCommand::Add {
                 service,
                 mode,
@@ -208,40 +201,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let cli = Cli::try_parse_from([
-            "lbctl",
-            "backend",
-            "set",
-            "198.18.100.1:80",
-            "198.18.1.11:8080",
-            "--weight",
-            "0",
-        ])
-        .unwrap();
+        let cli = parse("backend set 198.18.100.1:80 198.18.1.11:8080 --weight 0").unwrap();
         assert!(matches!(
             cli.command,
             Command::Backend(BackendCommand::Set { weight: 0, .. })
         ));
-        assert!(Cli::try_parse_from([
-            "lbctl",
-            "backend",
-            "add",
-            "198.18.100.1:80",
-            "198.18.1.11:8080",
-            "--weight",
-            "70000"
-        ])
-        .is_err());
-        assert!(Cli::try_parse_from(["lbctl", "vip", "add", "198.18.100.1"]).is_err());
-        let cli = Cli::try_parse_from([
-            "lbctl",
-            "attach",
-            "eth0",
-            "--mode",
-            "generic",
-            "--foreground",
-        ])
-        .unwrap();
+        assert!(parse("backend add 198.18.100.1:80 198.18.1.11:8080 --weight 70000").is_err());
+        assert!(parse("vip add 198.18.100.1").is_err());
+        let cli = parse("attach eth0 --mode generic --foreground").unwrap();
         assert!(matches!(
             cli.command,
             Command::Attach(AttachArgs {

@@ -654,15 +654,22 @@ mod tests {
         }
     }
 
+    /// A random weighted set, one of its members, and the set without it.
+    fn weighted_set_without_one(rng: &mut Rng) -> (Vec<MaglevBackend>, usize, Vec<MaglevBackend>) {
+        let n = rng.range(2, 50) as usize;
+        let set = random_set(rng, n, |r| r.range(1, 100) as u32);
+        let gone = rng.range(0, n as u64 - 1) as usize;
+        let mut less = set.clone();
+        less.remove(gone);
+        (set, gone, less)
+    }
+
     #[test]
     fn with_weights_removing_a_backend_moves_about_its_share() {
         let mut rng = Rng::new(0x5eed_0003);
         for _ in 0..12 {
-            let n = rng.range(2, 50) as usize;
-            let set = random_set(&mut rng, n, |r| r.range(1, 100) as u32);
-            let gone = rng.range(0, n as u64 - 1) as usize;
-            let mut less = set.clone();
-            less.remove(gone);
+            let (set, gone, less) = weighted_set_without_one(&mut rng);
+            let n = set.len();
             let share = f64::from(set[gone].weight) / total_weight(&set);
             let m = moved(&set, &less, DEFAULT_TABLE_SIZE);
             check_disruption(
@@ -678,11 +685,7 @@ mod tests {
     fn weight_zero_is_the_same_as_absent() {
         let mut rng = Rng::new(0x5eed_0004);
         for _ in 0..20 {
-            let n = rng.range(2, 50) as usize;
-            let set = random_set(&mut rng, n, |r| r.range(1, 100) as u32);
-            let gone = rng.range(0, n as u64 - 1) as usize;
-            let mut less = set.clone();
-            less.remove(gone);
+            let (set, gone, less) = weighted_set_without_one(&mut rng);
             let mut quiet = set.clone();
             quiet[gone].weight = 0;
             assert_eq!(keys(&quiet, 4099), keys(&less, 4099));

@@ -276,30 +276,19 @@ mod tests {
             parse_endpoint("[2001:db8::1]:443").unwrap().to_string(),
             "[2001:db8::1]:443"
         );
-        assert!(parse_endpoint("198.18.100.1")
-            .unwrap_err()
-            .contains("port is needed"));
-        assert!(parse_endpoint("2001:db8::1")
-            .unwrap_err()
-            .contains("[2001:db8::1]:80"));
-        assert!(parse_endpoint("2001:db8::1:80")
-            .unwrap_err()
-            .contains("brackets"));
-        assert!(parse_endpoint("2001:db8::x:80")
-            .unwrap_err()
-            .contains("brackets"));
-        assert!(parse_endpoint("198.18.100.1:0")
-            .unwrap_err()
-            .contains("port 0"));
-        assert!(parse_endpoint("198.18.100.1:99999")
-            .unwrap_err()
-            .contains("bad port"));
-        assert!(parse_endpoint("198.18.100.300:80")
-            .unwrap_err()
-            .contains("not an IP"));
-        assert!(parse_endpoint("lb.example:80")
-            .unwrap_err()
-            .contains("not an IP"));
+        for (input, says) in [
+            ("198.18.100.1", "port is needed"),
+            ("2001:db8::1", "[2001:db8::1]:80"),
+            ("2001:db8::1:80", "brackets"),
+            ("2001:db8::x:80", "brackets"),
+            ("198.18.100.1:0", "port 0"),
+            ("198.18.100.1:99999", "bad port"),
+            ("198.18.100.300:80", "not an IP"),
+            ("lb.example:80", "not an IP"),
+        ] {
+            let err = parse_endpoint(input).unwrap_err();
+            assert!(err.contains(says), "{input}: {err}");
+        }
         assert!(parse_endpoint("").is_err());
     }
 

@@ -7,7 +7,8 @@
 /// holding OUT_DIR/file.skel.rs of the crate that invokes it.
 #[macro_export]
 macro_rules! include_skeleton {
-    ($module:ident, $file:literal) => {
+    ($(#[$attr:meta])* $module:ident, $file:literal) => {
+        $(#[$attr])*
         #[allow(
             clippy::all,
             non_camel_case_types,

@@ -211,13 +211,24 @@ impl Maps {
         self.rebuild_table(&vip, &members_of(&all, &vip))
     }
 
-    pub fn set_weight(&self, service: &Service, addr: SocketAddr, weight: u32) -> Result<()> {
+    /// A VIP, its backends, and the position of `addr` among them.
+    fn locate_backend(
+        &self,
+        service: &Service,
+        addr: SocketAddr,
+    ) -> Result<(VipEntry, Vec<BackendEntry>, usize)> {
         let vip = self.require_vip(service)?;
-        let mut members = self.backends_of(&vip)?;
-        let b = members
-            .iter_mut()
-            .find(|b| b.addr == addr)
+        let members = self.backends_of(&vip)?;
+        let i = members
+            .iter()
+            .position(|b| b.addr == addr)
             .with_context(|| format!("backend {addr} is not in VIP {service}"))?;
+        Ok((vip, members, i))
+    }
+
+    pub fn set_weight(&self, service: &Service, addr: SocketAddr, weight: u32) -> Result<()> {
+        let (vip, mut members, i) = self.locate_backend(service, addr)?;
+        let b = &mut members[i];
         b.weight = weight;
         let what = format_args!("backend {addr} of VIP {service} (id {})", b.id);
         let mut row: lb_backend = self.backends.require(&b.id.to_ne_bytes(), &what)?;
@@ -228,12 +239,7 @@ impl Maps {
     }
 
     pub fn del_backend(&self, service: &Service, addr: SocketAddr) -> Result<()> {
-        let vip = self.require_vip(service)?;
-        let mut members = self.backends_of(&vip)?;
-        let i = members
-            .iter()
-            .position(|b| b.addr == addr)
-            .with_context(|| format!("backend {addr} is not in VIP {service}"))?;
+        let (vip, mut members, i) = self.locate_backend(service, addr)?;
         let gone = members.remove(i);
         self.rebuild_table(&vip, &members)?; // no new flows to it from here on
         self.release_backend_row(&gone)?;

@@ -4,9 +4,10 @@
 
 use std::ffi::{CStr, CString};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use anyhow::{bail, Context, Result};
+use libbpf_rs::libbpf_sys::bpf_prog_info;
 use libbpf_rs::{Xdp, XdpFlags};
 
 use crate::model::XdpMode;
@@ -113,26 +114,25 @@ pub fn xdp_program(ifindex: u32) -> Result<Option<(u32, &'static str)>> {
     Ok(Some((opts.prog_id, mode)))
 }
 
+/// BPF_OBJ_GET_INFO_BY_FD on a program: fills `info` as far as it asks.
+pub fn prog_info(prog: BorrowedFd, info: &mut bpf_prog_info) -> std::io::Result<()> {
+    let mut len = std::mem::size_of_val(info) as u32;
+    // SAFETY: info is a valid bpf_prog_info of len bytes; any buffer it
+    // points to (map_ids) is the caller's and outlives the call.
+    let ret =
+        unsafe { libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), info, &mut len) };
+    if ret != 0 {
+        return Err(std::io::Error::from_raw_os_error(-ret));
+    }
+    Ok(())
+}
+
 /// The name of a loaded program.
 pub fn prog_name(id: u32) -> Result<String> {
     let fd =
         libbpf_rs::Program::fd_from_id(id).with_context(|| format!("opening program id {id}"))?;
-    let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
-    let mut len = std::mem::size_of_val(&info) as u32;
-    // SAFETY: info is a valid bpf_prog_info of len bytes.
-    let ret = unsafe {
-        libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &mut info,
-            &mut len,
-        )
-    };
-    if ret != 0 {
-        bail!(
-            "reading program {id}: {}",
-            std::io::Error::from_raw_os_error(-ret)
-        );
-    }
+    let mut info = bpf_prog_info::default();
+    prog_info(fd.as_fd(), &mut info).with_context(|| format!("reading program {id}"))?;
     // SAFETY: the kernel NUL-terminates the name.
     Ok(unsafe { CStr::from_ptr(info.name.as_ptr()) }
         .to_string_lossy()
@@ -186,12 +186,12 @@ pub fn replace(
     let ret = unsafe {
         let opts = libbpf_rs::libbpf_sys::bpf_xdp_attach_opts {
             sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_xdp_attach_opts>() as _,
-            old_prog_fd: std::os::fd::AsRawFd::as_raw_fd(&old),
+            old_prog_fd: old.as_raw_fd(),
             ..Default::default()
         };
         libbpf_rs::libbpf_sys::bpf_xdp_attach(
             ifindex as i32,
-            std::os::fd::AsRawFd::as_raw_fd(&new),
+            new.as_raw_fd(),
             (flags | XdpFlags::REPLACE).bits(),
             &opts,
         )

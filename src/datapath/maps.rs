@@ -4,13 +4,15 @@
 
 use std::ffi::OsStr;
 use std::fmt::Display;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use libbpf_rs::libbpf_sys::bpf_prog_info;
 use libbpf_rs::skel::Skel;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::codec::{bytes_of, read};
+use super::iface::prog_info;
 use super::skel::LbSkel;
 
 /// One map of the program, with its name for error messages.
@@ -246,39 +248,20 @@ fn take(handles: &mut Vec<(String, MapHandle)>, name: &str) -> Option<MapHandle>
     Some(handles.swap_remove(i).1)
 }
 
-/// Ids of the maps a program uses (BPF_OBJ_GET_INFO_BY_FD, asked twice: once
-/// for the count, once for the ids).
+/// Ids of the maps a program uses (asked twice: once for the count, once
+/// for the ids).
 fn prog_map_ids(prog: BorrowedFd) -> Result<Vec<u32>> {
-    let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
-    let mut len = std::mem::size_of_val(&info) as u32;
-    // SAFETY: info is a valid bpf_prog_info of len bytes.
-    let ret = unsafe {
-        libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len)
-    };
-    if ret != 0 {
-        bail!(
-            "reading program info: {}",
-            std::io::Error::from_raw_os_error(-ret)
-        );
-    }
+    let mut info = bpf_prog_info::default();
+    prog_info(prog, &mut info).context("reading program info")?;
     let mut ids = vec![0u32; info.nr_map_ids as usize];
-    let mut info2 = libbpf_rs::libbpf_sys::bpf_prog_info {
+    let mut info = bpf_prog_info {
         nr_map_ids: ids.len() as u32,
         map_ids: ids.as_mut_ptr() as u64,
         ..Default::default()
     };
-    let mut len = std::mem::size_of_val(&info2) as u32;
-    // SAFETY: map_ids points to nr_map_ids u32s that outlive the call.
-    let ret = unsafe {
-        libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info2, &mut len)
-    };
-    if ret != 0 {
-        bail!(
-            "reading program map ids: {}",
-            std::io::Error::from_raw_os_error(-ret)
-        );
-    }
-    ids.truncate(info2.nr_map_ids as usize);
+    // The kernel writes at most nr_map_ids ids into `ids`, which outlives the call.
+    prog_info(prog, &mut info).context("reading program map ids")?;
+    ids.truncate(info.nr_map_ids as usize);
     Ok(ids)
 }
 

@@ -25,6 +25,10 @@ pub mod maps;
 pub mod prefilter;
 pub mod tables;
 
-crate::include_skeleton!(skel, "lb.skel.rs");
+crate::include_skeleton!(
+    /// The skeleton libbpf-cargo generates from `bpf/lb.bpf.c`.
+    skel,
+    "lb.skel.rs"
+);
 
 pub use skel::types;

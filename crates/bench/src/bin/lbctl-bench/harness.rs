@@ -9,16 +9,7 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, OpenObject, ProgramInput};
 
-#[allow(
-    clippy::all,
-    non_camel_case_types,
-    non_snake_case,
-    dead_code,
-    unused_imports
-)]
-mod skel {
-    include!(concat!(env!("OUT_DIR"), "/harness.skel.rs"));
-}
+lbctl::include_skeleton!(skel, "harness.skel.rs");
 use skel::{HarnessSkel, HarnessSkelBuilder};
 
 pub const XDP_ABORTED: u32 = 0;
