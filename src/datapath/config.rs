@@ -22,7 +22,7 @@ use super::codec::{
 };
 use super::maps::{u32_of, Maps, ROW0};
 use super::prefilter::Set;
-use super::tables::{empty_table_digest, members_of};
+use super::tables::{moved_ppm, table_digest, table_ids};
 use super::types::{lb_backend, lb_config, lb_endpoint, lb_reply_source, lb_vip};
 use crate::model::{Service, Timeouts, VipSpec};
 
@@ -132,7 +132,7 @@ impl Maps {
         // The table first (empty), then the VIP that refers to it.
         self.swap_table(index, &[])?;
         let mut vip = vip_row(spec.mode, spec.snat, index, spec.table_size);
-        vip.table_digest = empty_table_digest();
+        vip.table_digest = table_digest(&[]);
         let ep = service_endpoint(service);
         self.prefilter_mark(Set::Vips, service.addr.ip())?;
         self.vips.put(
@@ -282,6 +282,37 @@ impl Maps {
         Ok(id)
     }
 
+    /// Builds the VIP's Maglev table from its backends, swaps it in, and
+    /// records in the VIP what it was built from.
+    fn rebuild_table(&self, vip: &VipEntry, members: &[BackendEntry]) -> Result<()> {
+        let ids = table_ids(members, vip.table_size)?;
+        let old = self.table(vip.index).unwrap_or_default();
+        self.swap_table(vip.index, &ids)?;
+        self.bump_generation()?;
+        let ep = service_endpoint(&vip.service);
+        let what = format_args!("VIP {}", vip.service);
+        if let Some(mut row) = self.vips.get::<lb_vip>(bytes_of(&ep), &what)? {
+            row.moved_ppm = moved_ppm(&old, &ids);
+            row.table_digest = table_digest(members);
+            self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the tables of VIPs whose rows changed without their table
+    /// (an lbctl killed between the two writes): the data path kept serving
+    /// the old table all along; this brings it to the rows.
+    pub fn repair_tables(&self) -> Result<()> {
+        let all = self.backends()?;
+        for vip in self.vips()? {
+            let members = members_of(&all, &vip);
+            if table_digest(&members) != vip.table_digest {
+                self.rebuild_table(&vip, &members)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Adds an attached interface to the redirect map.
     pub fn add_tx_port(&self, ifindex: u32) -> Result<()> {
         self.tx_ports.put(
@@ -303,4 +334,12 @@ impl Maps {
     pub fn backend_addrs(&self) -> Result<Vec<IpAddr>> {
         Ok(self.backends()?.iter().map(|b| b.addr.ip()).collect())
     }
+}
+
+/// The backends of one VIP.
+fn members_of(all: &[BackendEntry], vip: &VipEntry) -> Vec<BackendEntry> {
+    all.iter()
+        .filter(|b| b.vip_index == vip.index)
+        .cloned()
+        .collect()
 }

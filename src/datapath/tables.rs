@@ -1,8 +1,9 @@
 //! Maglev tables in the data path: a VIP's table is a fresh inner map
 //! holding [size, backend ids...], put in `vip_tables` with one update, so a
 //! packet sees the old table or the new one, never a mix. Built from the
-//! VIP's backend rows; a digest of those rows in the VIP tells a table that
-//! missed a change (lbctl killed between the two writes) from a current one.
+//! VIP's backend rows; the digest of those rows, recorded in the VIP by
+//! `config.rs`, tells a table that missed a change (lbctl killed between the
+//! two writes) from a current one.
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -10,74 +11,42 @@ use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use super::abi::LB_TABLE_HDR;
-use super::codec::{endpoint_key, service_endpoint, to_endpoint, BackendEntry, VipEntry};
+use super::codec::{endpoint_key, to_endpoint, BackendEntry};
 use super::maps::{u32_of, Maps};
-use super::types::lb_vip;
 use crate::maglev::{self, MaglevBackend};
 
+/// The backend ids of a VIP's Maglev table for these members (empty: no
+/// member of weight > 0).
+pub fn table_ids(members: &[BackendEntry], size: u32) -> Result<Vec<u32>> {
+    let mut sorted = members.to_vec();
+    sorted.sort_by_key(|b| b.id);
+    let input: Vec<MaglevBackend> = sorted
+        .iter()
+        .map(|b| MaglevBackend {
+            key: endpoint_key(&to_endpoint(b.addr, b.proto)),
+            weight: b.weight,
+        })
+        .collect();
+    let slots = maglev::build_table(&input, size).map_err(anyhow::Error::msg)?;
+    if slots.iter().all(|s| *s == maglev::NO_BACKEND) {
+        return Ok(Vec::new());
+    }
+    Ok(slots.iter().map(|s| sorted[*s as usize].id).collect())
+}
+
+/// Share of slots, per million, that point elsewhere in `new` than in `old`.
+pub fn moved_ppm(old: &[u32], new: &[u32]) -> u32 {
+    if old.is_empty() && new.is_empty() {
+        0
+    } else if old.len() != new.len() || old.is_empty() {
+        1_000_000
+    } else {
+        let n = old.iter().zip(new).filter(|(a, b)| a != b).count() as u64;
+        (n * 1_000_000 / new.len() as u64) as u32
+    }
+}
+
 impl Maps {
-    /// Builds the VIP's Maglev table from its backends and swaps it in.
-    pub(super) fn rebuild_table(&self, vip: &VipEntry, members: &[BackendEntry]) -> Result<()> {
-        let mut sorted = members.to_vec();
-        sorted.sort_by_key(|b| b.id);
-        let input: Vec<MaglevBackend> = sorted
-            .iter()
-            .map(|b| MaglevBackend {
-                key: endpoint_key(&to_endpoint(b.addr, b.proto)),
-                weight: b.weight,
-            })
-            .collect();
-        let slots = maglev::build_table(&input, vip.table_size).map_err(anyhow::Error::msg)?;
-        let ids: Vec<u32> = if slots.iter().all(|s| *s == maglev::NO_BACKEND) {
-            Vec::new()
-        } else {
-            slots.iter().map(|s| sorted[*s as usize].id).collect()
-        };
-        let old = self.table(vip.index).unwrap_or_default();
-        self.swap_table(vip.index, &ids)?;
-        self.bump_generation()?;
-        self.record_table(vip, &old, &ids, table_digest(members))
-    }
-
-    /// Rebuilds the tables of VIPs whose rows changed without their table
-    /// (an lbctl killed between the two writes): the data path kept serving
-    /// the old table all along; this brings it to the rows.
-    pub fn repair_tables(&self) -> Result<()> {
-        let all = self.backends()?;
-        for vip in self.vips()? {
-            let members = members_of(&all, &vip);
-            if table_digest(&members) != vip.table_digest {
-                self.rebuild_table(&vip, &members)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Notes in the VIP what its table was built from and how much of it the
-    /// change moved (`lbctl vip show`).
-    fn record_table(&self, vip: &VipEntry, old: &[u32], new: &[u32], digest: u32) -> Result<()> {
-        let moved = if old.is_empty() && new.is_empty() {
-            0
-        } else if old.len() != new.len() || old.is_empty() {
-            1_000_000
-        } else {
-            let n = old.iter().zip(new).filter(|(a, b)| a != b).count() as u64;
-            (n * 1_000_000 / new.len() as u64) as u32
-        };
-        let ep = service_endpoint(&vip.service);
-        let what = format_args!("VIP {}", vip.service);
-        if let Some(mut row) = self
-            .vips
-            .get::<lb_vip>(super::codec::bytes_of(&ep), &what)?
-        {
-            row.moved_ppm = moved;
-            row.table_digest = digest;
-            self.vips
-                .put(super::codec::bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
-        }
-        Ok(())
-    }
-
     /// The backend ids in a VIP's current table (empty: no backend).
     pub fn table(&self, index: u32) -> Result<Vec<u32>> {
         let what = format_args!("the table of VIP index {index}");
@@ -137,16 +106,8 @@ impl Maps {
     }
 }
 
-/// The backends of one VIP.
-pub fn members_of(all: &[BackendEntry], vip: &VipEntry) -> Vec<BackendEntry> {
-    all.iter()
-        .filter(|b| b.vip_index == vip.index)
-        .cloned()
-        .collect()
-}
-
 /// What a table is built from: each member's id, endpoint and weight.
-fn table_digest(members: &[BackendEntry]) -> u32 {
+pub fn table_digest(members: &[BackendEntry]) -> u32 {
     let mut sorted: Vec<&BackendEntry> = members.iter().collect();
     sorted.sort_by_key(|b| b.id);
     let mut bytes = Vec::with_capacity(sorted.len() * 28);
@@ -156,8 +117,4 @@ fn table_digest(members: &[BackendEntry]) -> u32 {
         bytes.extend_from_slice(&b.weight.to_ne_bytes());
     }
     crate::hash::hash_bytes(&bytes, 0x7461_626c)
-}
-
-pub(super) fn empty_table_digest() -> u32 {
-    table_digest(&[])
 }
