@@ -43,14 +43,8 @@ pub fn run(cmd: &BackendCommand) -> Result<()> {
         BackendCommand::Del { .. } => {
             b.maps.del_backend(&svc, target.backend)?;
             println!("removed backend {} from {svc}", target.backend);
-            if !b
-                .maps
-                .backends()?
-                .iter()
-                .any(|r| r.addr.ip() == target.backend.ip())
-            {
-                neighbour::release(target.backend.ip());
-            }
+            let left: Vec<_> = b.maps.backends()?.iter().map(|r| r.addr.ip()).collect();
+            neighbour::release_unused(&[target.backend.ip()], &left);
         }
     }
     Ok(())
