@@ -1,6 +1,7 @@
 //! `lbctl attach` and `lbctl detach`.
 
 use std::mem::MaybeUninit;
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::sync::mpsc;
 
@@ -15,6 +16,7 @@ use crate::datapath::balancer::{Balancer, Maps};
 use crate::datapath::load;
 use crate::datapath::types::lb_config;
 use crate::lock::lock_netns;
+use crate::neighbour;
 
 /// Balancers that were not given a seed agree with each other.
 pub const DEFAULT_HASH_SEED: u32 = 0x6c62_6374;
@@ -187,6 +189,15 @@ pub fn detach(iface: &str) -> Result<()> {
         .as_ref()
         .and_then(|b| b.attachments.iter().find(|a| a.ifindex == ifindex))
         .with_context(|| format!("lbctl is not attached to {iface}"))?;
+    // Read before the last detach: after it the maps are gone.
+    let backends: Vec<IpAddr> = b
+        .as_ref()
+        .filter(|b| b.attachments.len() == 1)
+        .and_then(|b| b.maps.backends().ok())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.addr.ip())
+        .collect();
     attach::detach(ifindex, iface, a.mode)?;
     if let Some(b) = &b {
         let _ = b.maps.tx_ports.delete(&ifindex.to_ne_bytes());
@@ -198,6 +209,7 @@ pub fn detach(iface: &str) -> Result<()> {
             println!(
                 "lbctl detached from {iface}; that was the last interface: all lbctl state is gone"
             );
+            neighbour::release_unused(&backends, &[]);
         } else {
             println!("lbctl detached from {iface}; still attached to {left} interface(s)");
         }

@@ -13,6 +13,7 @@ use crate::datapath::balancer::Balancer;
 use crate::datapath::load;
 use crate::maglev::{is_prime, DEFAULT_TABLE_SIZE};
 use crate::model::{NatMode, Service};
+use crate::neighbour;
 
 pub fn service(arg: &ServiceArg) -> Service {
     Service {
@@ -31,8 +32,13 @@ pub fn run(cmd: &VipCommand) -> Result<()> {
         } => add(&service(s), *mode, *snat, *table_size),
         VipCommand::Del { service: s } => {
             let (_lock, b) = open_for_change()?;
+            let ips = |b: &Balancer| -> Result<Vec<IpAddr>> {
+                Ok(b.maps.backends()?.iter().map(|r| r.addr.ip()).collect())
+            };
+            let before = ips(&b)?;
             b.maps.del_vip(&service(s))?;
             println!("deleted VIP {}", service(s));
+            neighbour::release_unused(&before, &ips(&b)?);
             Ok(())
         }
         VipCommand::Show { service: s } => show(&service(s)),
