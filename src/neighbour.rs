@@ -4,71 +4,272 @@
 //! for the first packet of a flow. Without it the first packet goes to the
 //! stack to trigger ARP, which fails in fullnat: a packet already rewritten
 //! to the balancer's own source address is dropped as martian.
+//!
+//! lbctl marks the entries it creates with its own protocol number
+//! ([`RTPROT_LBCTL`], `proto 108` in `ip neigh`) and releases only those,
+//! once no backend of any VIP needs their next hop. An entry that was there
+//! before (static, learned, or managed by someone else) is never changed.
+//!
+//! This module is the only place that runs `ip` (iproute2). It runs it in
+//! the C locale and decides on exit codes and on what `ip -o` prints on
+//! stdout, never on the text of an error.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::Command;
 
-/// The next hop toward `addr` and its interface (`ip route get`).
-fn next_hop(addr: IpAddr) -> Option<(String, String)> {
-    let out = Command::new("ip")
-        .args(["-o", "route", "get", &addr.to_string()])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let after = |key: &str| {
-        words
-            .iter()
-            .position(|w| *w == key)
-            .and_then(|i| words.get(i + 1))
-            .map(|s| s.to_string())
-    };
-    let dev = after("dev")?;
-    if dev == "lo" {
-        return None; // a local address: nothing to resolve
-    }
-    Some((after("via").unwrap_or_else(|| addr.to_string()), dev))
+/// The protocol lbctl's neighbour entries carry (`NDA_PROTOCOL`, shown as
+/// `proto 108` by `ip neigh`), and the one lbctl's routes will carry: one
+/// byte from the kernel's `RTPROT_*` space, where values above
+/// `RTPROT_STATIC` (4) are the user's. 108 is not among the kernel's
+/// `RTPROT_*` names, iproute2's `/etc/iproute2/rt_protos`, or FRR's
+/// (186-198). To see it by name: `echo '108 lbctl' >
+/// /etc/iproute2/rt_protos.d/lbctl.conf`.
+pub const RTPROT_LBCTL: u8 = 108;
+
+/// A next hop: the neighbour's address on an interface.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Hop {
+    addr: IpAddr,
+    dev: String,
 }
 
-/// Asks the kernel to keep `addr`'s next hop resolved. Best effort: on
-/// failure the flow still works in dnat (the stack resolves on the first
-/// packet), so this returns a note to print rather than an error.
+/// What `ip neigh` tells of an entry that matters here.
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    managed: bool,
+    protocol: Option<u8>,
+}
+
+impl Entry {
+    /// Created by lbctl: managed and marked with lbctl's protocol. An admin
+    /// who made it static (`ip neigh replace ... permanent`) keeps the
+    /// protocol but clears `managed`: then it is theirs.
+    fn is_lbctls(&self) -> bool {
+        self.managed && self.protocol == Some(RTPROT_LBCTL)
+    }
+}
+
+/// Asks the kernel to keep `addr`'s next hop resolved with a managed entry
+/// marked as lbctl's. An entry already there for that hop, of any kind, is
+/// left as it is. Best effort: on failure the flow still works in dnat (the
+/// stack resolves on the first packet), so this returns a note to print
+/// rather than an error.
 pub fn keep_resolved(addr: IpAddr) -> Option<String> {
-    let Some((hop, dev)) = next_hop(addr) else {
+    let Some(hop) = next_hop(addr) else {
         return Some(format!("no route to backend {addr} from this namespace"));
     };
-    let out = Command::new("ip")
-        .args(["neigh", "add", &hop, "dev", &dev, "managed"])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => None,
-        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("File exists") => None,
-        Ok(o) => Some(format!(
-            "could not add a managed neighbour for {hop} on {dev}: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
+    let (a, proto) = (hop.addr.to_string(), RTPROT_LBCTL.to_string());
+    let args = [
+        "neigh", "add", &a, "dev", &hop.dev, "managed", "protocol", &proto,
+    ];
+    match ip(&args) {
+        Ok(_) => None,
+        // `add` never changes an existing entry; if one is there now, the
+        // hop is taken care of (by lbctl for another backend, or by
+        // whoever made it).
+        Err(_) if matches!(entry(&hop), Ok(Some(_))) => None,
+        Err(e) => Some(format!(
+            "could not add a managed neighbour for {a} on {}: {e}",
+            hop.dev
         )),
-        Err(e) => Some(format!("could not run ip (iproute2) to resolve {hop}: {e}")),
     }
 }
 
-/// Removes the managed entry of a backend lbctl no longer uses. Entries that
-/// are not managed (static or learned) are left alone.
-pub fn release(addr: IpAddr) {
-    let Some((hop, dev)) = next_hop(addr) else {
-        return;
-    };
-    if hop != addr.to_string() {
-        return; // a gateway may serve other backends and other traffic
+/// Removes lbctl's entries for the next hops of `gone` (backends lbctl no
+/// longer uses) unless one of `still_needed` (every backend left, of any
+/// VIP) goes through the same hop. Entries lbctl did not create stay. Best
+/// effort: a failure leaves an entry behind, which costs a few bytes and
+/// an occasional probe.
+pub fn release_unused(gone: &[IpAddr], still_needed: &[IpAddr]) {
+    let still: BTreeSet<IpAddr> = still_needed.iter().copied().collect();
+    let gone: BTreeSet<IpAddr> = gone
+        .iter()
+        .copied()
+        .filter(|a| !still.contains(a))
+        .collect();
+    // Only lbctl's own entries are candidates: without any, the routes of
+    // the backends left are not looked up at all.
+    let mut candidates: BTreeSet<Hop> = gone
+        .into_iter()
+        .filter_map(next_hop)
+        .filter(|h| entry(h).is_ok_and(|e| e.is_some_and(|e| e.is_lbctls())))
+        .collect();
+    for addr in still {
+        if candidates.is_empty() {
+            return;
+        }
+        if let Some(hop) = next_hop(addr) {
+            candidates.remove(&hop);
+        }
     }
-    let shown = Command::new("ip")
-        .args(["neigh", "show", &hop, "dev", &dev])
-        .output();
-    if shown.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("managed")) {
-        let _ = Command::new("ip")
-            .args(["neigh", "del", &hop, "dev", &dev])
-            .output();
+    for hop in candidates {
+        let _ = ip(&["neigh", "del", &hop.addr.to_string(), "dev", &hop.dev]);
+    }
+}
+
+/// Runs `ip ARGS` in the C locale. Its stdout on success; otherwise a line
+/// to show a person (the exit status and what `ip` said), never to decide on.
+fn ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| format!("could not run ip (iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "ip {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The next hop toward `addr` and its interface (`ip route get`); `None`
+/// without a route, or for an address of this host.
+fn next_hop(addr: IpAddr) -> Option<Hop> {
+    parse_route(&ip(&["-o", "route", "get", &addr.to_string()]).ok()?, addr)
+}
+
+/// The entry for `hop`, whatever its state (`nud all`: `ip neigh show`
+/// hides some states by default). `-N`: the protocol as a number even
+/// where rt_protos gives it a name.
+fn entry(hop: &Hop) -> Result<Option<Entry>, String> {
+    let a = hop.addr.to_string();
+    let out = ip(&[
+        "-N", "-o", "neigh", "show", "to", &a, "dev", &hop.dev, "nud", "all",
+    ])?;
+    Ok(parse_entry(&out, hop.addr))
+}
+
+/// Reads `ip -o route get ADDR`: `ADDR [via GW] dev DEV ...`, or
+/// `local ADDR dev lo ...` for the host's own address.
+fn parse_route(text: &str, addr: IpAddr) -> Option<Hop> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let after = |key: &str, n: usize| {
+        let i = words.iter().position(|w| *w == key)?;
+        words.get(i + n).copied()
+    };
+    let dev = after("dev", 1)?;
+    if dev == "lo" || words.first() == Some(&"local") {
+        return None; // a local address: nothing to resolve
+    }
+    let addr = match after("via", 1) {
+        // `via inet6 ADDR` when the gateway's family differs.
+        Some("inet" | "inet6") => after("via", 2)?.parse().ok()?,
+        Some(gw) => gw.parse().ok()?,
+        None => addr,
+    };
+    Some(Hop {
+        addr,
+        dev: dev.to_string(),
+    })
+}
+
+/// Finds `addr`'s line in `ip -N -o neigh show to ADDR dev DEV`:
+/// `ADDR [lladdr MAC] [managed] [STATE] [proto N]`.
+fn parse_entry(text: &str, addr: IpAddr) -> Option<Entry> {
+    text.lines().find_map(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first()?.parse::<IpAddr>().ok()? != addr {
+            return None;
+        }
+        let protocol = words
+            .iter()
+            .position(|w| *w == "proto")
+            .and_then(|i| words.get(i + 1)?.parse().ok());
+        Some(Entry {
+            managed: words.contains(&"managed"),
+            protocol,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn routes() {
+        let hop = |a: &str, dev: &str| {
+            Some(Hop {
+                addr: v4(a),
+                dev: dev.into(),
+            })
+        };
+        assert_eq!(
+            parse_route(
+                "198.18.1.11 dev lbb src 198.18.1.1 uid 0 \\    cache \n",
+                v4("198.18.1.11")
+            ),
+            hop("198.18.1.11", "lbb")
+        );
+        assert_eq!(
+            parse_route(
+                "198.18.9.5 via 198.18.5.2 dev e0 src 198.18.5.1 uid 0 \\    cache \n",
+                v4("198.18.9.5")
+            ),
+            hop("198.18.5.2", "e0")
+        );
+        assert_eq!(
+            parse_route(
+                "local 198.18.5.1 dev lo src 198.18.5.1 uid 0 \\    cache <local> \n",
+                v4("198.18.5.1")
+            ),
+            None
+        );
+        assert_eq!(
+            parse_route(
+                "2001:db8::5 from :: dev e0 proto kernel src 2001:db8::1 metric 256 pref medium\n",
+                v4("2001:db8::5")
+            ),
+            hop("2001:db8::5", "e0")
+        );
+        assert_eq!(
+            parse_route(
+                "198.18.9.5 via inet6 fe80::1 dev e0 src 198.18.5.1 uid 0\n",
+                v4("198.18.9.5")
+            ),
+            hop("fe80::1", "e0")
+        );
+        assert_eq!(parse_route("", v4("198.18.9.5")), None);
+    }
+
+    #[test]
+    fn entries() {
+        let ours = "198.18.5.9 managed INCOMPLETE proto 108 \n";
+        assert_eq!(
+            parse_entry(ours, v4("198.18.5.9")),
+            Some(Entry {
+                managed: true,
+                protocol: Some(108)
+            })
+        );
+        assert!(parse_entry(ours, v4("198.18.5.9")).unwrap().is_lbctls());
+        assert_eq!(parse_entry(ours, v4("198.18.5.90")), None);
+        let made_static = "198.18.5.9 lladdr 02:00:00:00:00:09 PERMANENT proto 108 \n";
+        assert!(!parse_entry(made_static, v4("198.18.5.9"))
+            .unwrap()
+            .is_lbctls());
+        let someone_elses = "198.18.5.9 managed REACHABLE proto 4 \n";
+        assert!(!parse_entry(someone_elses, v4("198.18.5.9"))
+            .unwrap()
+            .is_lbctls());
+        let learned = "2001:db8::5 lladdr 02:00:00:00:00:05 STALE \n";
+        assert_eq!(
+            parse_entry(learned, v4("2001:db8::5")),
+            Some(Entry {
+                managed: false,
+                protocol: None
+            })
+        );
+        assert_eq!(parse_entry("", v4("198.18.5.9")), None);
     }
 }

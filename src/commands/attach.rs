@@ -173,9 +173,7 @@ pub fn detach(iface: &str) -> Result<()> {
     };
     iface::detach(ifindex, iface, a.mode)?;
     if last {
-        for addr in backends {
-            neighbour::release(addr);
-        }
+        neighbour::release_unused(&backends, &[]);
         println!(
             "lbctl detached from {iface}; that was the last interface: all lbctl state is gone"
         );

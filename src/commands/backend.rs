@@ -34,8 +34,6 @@ pub fn del(svc: &Service, backend: SocketAddr) -> Result<()> {
     let (_lock, b) = open_for_change()?;
     b.maps.del_backend(svc, backend)?;
     println!("removed backend {backend} from {svc}");
-    if !b.maps.backend_addrs()?.contains(&backend.ip()) {
-        neighbour::release(backend.ip());
-    }
+    neighbour::release_unused(&[backend.ip()], &b.maps.backend_addrs()?);
     Ok(())
 }

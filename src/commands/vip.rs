@@ -30,12 +30,8 @@ pub fn del(svc: &Service) -> Result<()> {
     let (_lock, b) = open_for_change()?;
     let gone = b.maps.del_vip(svc)?;
     println!("deleted VIP {svc}");
-    let still = b.maps.backend_addrs()?;
-    for addr in gone.iter().map(|g| g.addr.ip()) {
-        if !still.contains(&addr) {
-            neighbour::release(addr);
-        }
-    }
+    let gone: Vec<IpAddr> = gone.iter().map(|g| g.addr.ip()).collect();
+    neighbour::release_unused(&gone, &b.maps.backend_addrs()?);
     Ok(())
 }
 
