@@ -6,8 +6,9 @@
 #ifndef LB_CLASSIFY_H
 #define LB_CLASSIFY_H
 
+#include "lb_abi.h"
 #include "maps.h"
-#include "parse.h"
+#include "packet.h"
 
 static __always_inline void endpoint_v4(struct lb_endpoint *ep, __be32 addr,
 					__be16 port, __u8 proto)

@@ -4,8 +4,7 @@
 #ifndef LB_REWRITE_H
 #define LB_REWRITE_H
 
-#include "parse.h"
-#include "conntrack.h"
+#include "packet.h"
 
 /* Accumulates ~old + new over 16-bit words; byte order does not matter for
  * a one's complement sum as long as old and new are in the same order. */
