@@ -10,7 +10,7 @@
 #include "lb_abi.h"
 #include "maps.h"
 #include "packet.h"
-#include "rewrite.h" /* decrement_ttl */
+#include "csum.h"
 
 /* Returns LB_CONTINUE with hop filled in, or the reason to pass the
  * (rewritten) packet to the stack. */
