@@ -26,8 +26,9 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#define ETH_P_IP 0x0800
-#define AF_INET 2
+#include "packet.h" /* ETH_P_IP, ETH_ALEN, AF_INET */
+#include "csum.h"
+
 #define FRAME_LEN 60 /* a 64-byte Ethernet frame without its FCS */
 #define MAX_BACKENDS 16
 #define MAX_IFINDEX 1024
@@ -51,18 +52,6 @@ __u64 next_ns;
 __u32 burst;
 __u32 burst_left;
 #define PACE_CATCHUP 2
-
-static __always_inline __u16 ip_checksum(const __u16 *w)
-{
-	__u32 sum = 0;
-
-#pragma unroll
-	for (int i = 0; i < 10; i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
-}
 
 SEC("xdp")
 int livegen(struct xdp_md *ctx)
@@ -96,7 +85,7 @@ int livegen(struct xdp_md *ctx)
 	udp->source = bpf_htons(sport_base + flow % ppa);
 	ip->saddr = bpf_htonl(saddr_base + flow / ppa);
 	ip->check = 0;
-	ip->check = ip_checksum((__u16 *)ip);
+	ip->check = csum_ipv4_header(ip);
 	return XDP_TX;
 }
 
@@ -165,18 +154,6 @@ static __always_inline int refl_count(__u32 which, int action)
 	return action;
 }
 
-/* One's complement sum of 16-bit words, RFC 1624 style: ~old + new. */
-static __always_inline __u16 csum_replace32(__u16 check, __u32 old, __u32 new)
-{
-	__u64 acc = (__u16)~check;
-
-	acc += (~old & 0xffff) + (~old >> 16) + (new & 0xffff) + (new >> 16);
-	acc = (acc & 0xffff) + (acc >> 16);
-	acc = (acc & 0xffff) + (acc >> 16);
-	acc = (acc & 0xffff) + (acc >> 16);
-	return ~(__u16)acc;
-}
-
 SEC("xdp")
 int reflector(struct xdp_md *ctx)
 {
@@ -186,7 +163,8 @@ int reflector(struct xdp_md *ctx)
 	struct iphdr *ip = (void *)(eth + 1);
 	struct udphdr *udp = (void *)(ip + 1);
 	struct bpf_fib_lookup fib = {};
-	__u32 n = n_backends, pick, old;
+	__u32 n = n_backends, pick;
+	__u64 addr = 0, port = 0;
 	__be32 daddr;
 	int rc;
 
@@ -203,13 +181,11 @@ int reflector(struct xdp_md *ctx)
 	asm volatile("" : "+r"(pick));
 	pick &= MAX_BACKENDS - 1;
 	daddr = backend_addrs[pick];
-	ip->check = csum_replace32(ip->check, ip->daddr, daddr);
-	if (udp->check) {
-		__u16 c = csum_replace32(udp->check, ip->daddr, daddr);
-
-		c = csum_replace32(c, udp->dest, backend_port);
-		udp->check = c ? c : 0xffff;
-	}
+	csum_delta32(&addr, ip->daddr, daddr);
+	csum_delta16(&port, udp->dest, backend_port);
+	ip->check = csum_apply(ip->check, addr);
+	if (udp->check) /* 0: no checksum, stays 0 */
+		udp->check = csum_apply_udp(udp->check, addr + port);
 	ip->daddr = daddr;
 	udp->dest = backend_port;
 
@@ -223,11 +199,9 @@ int reflector(struct xdp_md *ctx)
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS || ip->ttl <= 1)
 		return refl_count(REFL_PASSED, XDP_PASS);
 
-	old = ip->ttl;
-	ip->ttl--;
-	ip->check = csum_replace32(ip->check, bpf_htons(old << 8), bpf_htons((old - 1) << 8));
-	__builtin_memcpy(eth->h_dest, fib.dmac, 6);
-	__builtin_memcpy(eth->h_source, fib.smac, 6);
+	decrement_ttl(ip);
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 	if (fib.ifindex == ctx->ingress_ifindex)
 		return refl_count(REFL_FORWARDED, XDP_TX);
 	rc = bpf_redirect_map(&refl_ports, fib.ifindex, XDP_PASS);
