@@ -91,6 +91,27 @@ int livegen(struct xdp_md *ctx)
 
 /* ----- sink ----------------------------------------------------------------- */
 
+/* A frame the sink counts or the reflector forwards: Ethernet, IPv4 without
+ * options, UDP. */
+struct udp_frame {
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct udphdr *udp;
+};
+
+/* True, with f filled in, if the frame is one; anything else passes. */
+static __always_inline bool parse_udp_frame(struct xdp_md *ctx, struct udp_frame *f)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	f->eth = data;
+	f->ip = (void *)(f->eth + 1);
+	f->udp = (void *)(f->ip + 1);
+	return (void *)(f->udp + 1) <= data_end && f->eth->h_proto == bpf_htons(ETH_P_IP) &&
+	       f->ip->ihl == 5 && f->ip->protocol == IPPROTO_UDP;
+}
+
 __u16 sink_port; /* host order */
 
 struct {
@@ -103,17 +124,11 @@ struct {
 SEC("xdp")
 int sink(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
-	struct udphdr *udp = (void *)(ip + 1);
 	__u32 key = ctx->ingress_ifindex % MAX_IFINDEX;
+	struct udp_frame f;
 	__u64 *count;
 
-	if ((void *)(udp + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
-	    ip->ihl != 5 || ip->protocol != IPPROTO_UDP ||
-	    udp->dest != bpf_htons(sink_port))
+	if (!parse_udp_frame(ctx, &f) || f.udp->dest != bpf_htons(sink_port))
 		return XDP_PASS;
 	count = bpf_map_lookup_elem(&arrivals, &key);
 	if (count)
@@ -157,23 +172,18 @@ static __always_inline int refl_count(__u32 which, int action)
 SEC("xdp")
 int reflector(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
-	struct udphdr *udp = (void *)(ip + 1);
 	struct bpf_fib_lookup fib = {};
 	__u32 n = n_backends, pick;
 	__u64 addr = 0, port = 0;
+	struct udp_frame f;
 	__be32 daddr;
 	int rc;
 
-	if ((void *)(udp + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
-	    ip->ihl != 5 || ip->protocol != IPPROTO_UDP || ip->daddr != vip_addr ||
-	    udp->dest != vip_port || n == 0 || n > MAX_BACKENDS)
+	if (!parse_udp_frame(ctx, &f) || f.ip->daddr != vip_addr || f.udp->dest != vip_port ||
+	    n == 0 || n > MAX_BACKENDS)
 		return refl_count(REFL_PASSED, XDP_PASS);
 
-	pick = ((ip->saddr ^ udp->source) * 2654435761u) >> 16;
+	pick = ((f.ip->saddr ^ f.udp->source) * 2654435761u) >> 16;
 	/* pick % n < n <= MAX_BACKENDS, a power of two. The compiler knows
 	 * that and would drop the mask the verifier needs to see it; the
 	 * empty asm hides the value from the compiler. */
@@ -181,27 +191,27 @@ int reflector(struct xdp_md *ctx)
 	asm volatile("" : "+r"(pick));
 	pick &= MAX_BACKENDS - 1;
 	daddr = backend_addrs[pick];
-	csum_delta32(&addr, ip->daddr, daddr);
-	csum_delta16(&port, udp->dest, backend_port);
-	ip->check = csum_apply(ip->check, addr);
-	if (udp->check) /* 0: no checksum, stays 0 */
-		udp->check = csum_apply_udp(udp->check, addr + port);
-	ip->daddr = daddr;
-	udp->dest = backend_port;
+	csum_delta32(&addr, f.ip->daddr, daddr);
+	csum_delta16(&port, f.udp->dest, backend_port);
+	f.ip->check = csum_apply(f.ip->check, addr);
+	if (f.udp->check) /* 0: no checksum, stays 0 */
+		f.udp->check = csum_apply_udp(f.udp->check, addr + port);
+	f.ip->daddr = daddr;
+	f.udp->dest = backend_port;
 
 	fib.family = AF_INET;
 	fib.l4_protocol = IPPROTO_UDP;
-	fib.tot_len = bpf_ntohs(ip->tot_len);
-	fib.ipv4_src = ip->saddr;
-	fib.ipv4_dst = ip->daddr;
+	fib.tot_len = bpf_ntohs(f.ip->tot_len);
+	fib.ipv4_src = f.ip->saddr;
+	fib.ipv4_dst = f.ip->daddr;
 	fib.ifindex = ctx->ingress_ifindex;
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS || ip->ttl <= 1)
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS || f.ip->ttl <= 1)
 		return refl_count(REFL_PASSED, XDP_PASS);
 
-	decrement_ttl(ip);
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	decrement_ttl(f.ip);
+	__builtin_memcpy(f.eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(f.eth->h_source, fib.smac, ETH_ALEN);
 	if (fib.ifindex == ctx->ingress_ifindex)
 		return refl_count(REFL_FORWARDED, XDP_TX);
 	rc = bpf_redirect_map(&refl_ports, fib.ifindex, XDP_PASS);
