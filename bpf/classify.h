@@ -6,8 +6,9 @@
 #ifndef LB_CLASSIFY_H
 #define LB_CLASSIFY_H
 
+#include "lb_abi.h"
 #include "maps.h"
-#include "parse.h"
+#include "packet.h"
 
 static __always_inline void endpoint_v4(struct lb_endpoint *ep, __be32 addr,
 					__be16 port, __u8 proto)
@@ -38,26 +39,33 @@ static __always_inline bool maybe_ours(const struct packet *pkt)
 	       maybe_listed(LB_PREFILTER_SRC, pkt->ip->saddr);
 }
 
-/* The VIP the packet is addressed to, or NULL. */
-static __always_inline struct lb_vip *find_vip(const struct packet *pkt)
+/* The element of map (vips or reply_sources) keyed by an endpoint of the
+ * packet, or NULL. The hash lookup only if the prefilter (set) says the
+ * address may be there. addr and port point into the packet: the port is
+ * read only for an address the prefilter lets through. */
+static __always_inline void *lookup_endpoint(void *map, __u32 set, const __be32 *addr,
+					     const __be16 *port, __u8 proto)
 {
 	struct lb_endpoint key;
 
-	if (!maybe_listed(LB_PREFILTER_DST, pkt->ip->daddr))
+	if (!maybe_listed(set, *addr))
 		return NULL;
-	endpoint_v4(&key, pkt->ip->daddr, pkt->ports[1], pkt->proto);
-	return bpf_map_lookup_elem(&vips, &key);
+	endpoint_v4(&key, *addr, *port, proto);
+	return bpf_map_lookup_elem(map, &key);
+}
+
+/* The VIP the packet is addressed to, or NULL. */
+static __always_inline struct lb_vip *find_vip(const struct packet *pkt)
+{
+	return lookup_endpoint(&vips, LB_PREFILTER_DST, &pkt->ip->daddr, &pkt->ports[1],
+			       pkt->proto);
 }
 
 /* The backend the packet comes from (so it may be a reply), or NULL. */
 static __always_inline struct lb_reply_source *from_backend(const struct packet *pkt)
 {
-	struct lb_endpoint key;
-
-	if (!maybe_listed(LB_PREFILTER_SRC, pkt->ip->saddr))
-		return NULL;
-	endpoint_v4(&key, pkt->ip->saddr, pkt->ports[0], pkt->proto);
-	return bpf_map_lookup_elem(&reply_sources, &key);
+	return lookup_endpoint(&reply_sources, LB_PREFILTER_SRC, &pkt->ip->saddr,
+			       &pkt->ports[0], pkt->proto);
 }
 
 #endif /* LB_CLASSIFY_H */

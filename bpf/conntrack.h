@@ -5,8 +5,10 @@
 #ifndef LB_CONNTRACK_H
 #define LB_CONNTRACK_H
 
+#include "lb_abi.h"
 #include "maps.h"
-#include "parse.h"
+#include "packet.h"
+#include "config.h"
 #include "hash.h"
 
 /* 6.0-6.10 accept only this 12-byte layout (6.11+ also accept it); the
@@ -36,22 +38,6 @@ extern int bpf_ct_change_status(struct nf_conn *, __u32) __ksym;
 extern int bpf_ct_set_nat_info(struct nf_conn___init *, union nf_inet_addr *,
 			       int port, enum nf_nat_manip_type) __ksym;
 
-/* Weak: where the kernel config is unreadable it is 0 and every packet
- * refreshes its entry's timeout instead of at most once a second. */
-extern unsigned long CONFIG_HZ __kconfig __weak;
-
-/* Where a packet goes, read from its entry: the other direction's tuple,
- * reversed. Original direction: to the backend (from the SNAT address in
- * fullnat). Reply direction: from the VIP to the client. */
-struct flow {
-	__be32 saddr;
-	__be32 daddr;
-	__be16 sport;
-	__be16 dport;
-	__u32 mark;
-	bool created;
-};
-
 static __always_inline void ct_tuple(const struct packet *pkt,
 				     struct bpf_sock_tuple *t)
 {
@@ -72,14 +58,6 @@ ct_lookup(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u8 proto, __u8 *dir)
 	if (ct)
 		*dir = opts.dir;
 	return ct;
-}
-
-static __always_inline __u32 flow_timeout_s(const struct lb_config *cfg,
-					    __u8 proto, __u32 mark)
-{
-	if (proto == IPPROTO_UDP)
-		return cfg->udp_timeout_s;
-	return (mark & LB_MARK_CLOSING) ? cfg->tcp_fin_timeout_s : cfg->tcp_timeout_s;
 }
 
 /* A backend for a new flow: hash the flow onto the VIP's table. */
@@ -245,11 +223,11 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 	const struct lb_backend *be;
 	const struct lb_config *cfg;
 	struct bpf_sock_tuple tuple;
-	__u32 zero = 0, backend_id = 0;
+	__u32 backend_id = 0;
 	struct nf_conn *ct;
 	__u8 dir = IP_CT_DIR_ORIGINAL;
 
-	cfg = bpf_map_lookup_elem(&settings, &zero);
+	cfg = read_config();
 	if (!cfg)
 		return LB_DROP_CT_FAILED;
 	ct_tuple(pkt, &tuple);

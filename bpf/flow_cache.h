@@ -24,26 +24,16 @@
 #ifndef LB_FLOW_CACHE_H
 #define LB_FLOW_CACHE_H
 
+#include "lb_abi.h"
 #include "maps.h"
-#include "parse.h"
-#include "conntrack.h"
-#include "forward.h"
+#include "packet.h"
+#include "config.h"
 
 /* One second in jiffies. Where the kernel config is unreadable, 100: at
  * most a second for any HZ (100..1000). */
 static __always_inline __u64 flow_cache_max_age(void)
 {
 	return CONFIG_HZ ? CONFIG_HZ : 100;
-}
-
-/* The configuration generation, read before any configuration is: a
- * decision stored under it was made with that configuration or a newer one. */
-static __always_inline __u32 config_generation(void)
-{
-	__u32 zero = 0;
-	const struct lb_config *cfg = bpf_map_lookup_elem(&settings, &zero);
-
-	return cfg ? cfg->generation : 0;
 }
 
 static __always_inline void flow_cache_count(bool hit)

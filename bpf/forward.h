@@ -7,21 +7,10 @@
 #ifndef LB_FORWARD_H
 #define LB_FORWARD_H
 
+#include "lb_abi.h"
 #include "maps.h"
-#include "parse.h"
-#include "rewrite.h"
-#include "stats.h"
-
-#define AF_INET 2
-#define ETH_ALEN 6
-
-/* Where a packet leaves and with which MACs: from the FIB, or from the flow
- * cache, which remembers what the FIB said. */
-struct next_hop {
-	__u32 ifindex;
-	__u8 smac[ETH_ALEN];
-	__u8 dmac[ETH_ALEN];
-};
+#include "packet.h"
+#include "csum.h"
 
 /* Returns LB_CONTINUE with hop filled in, or the reason to pass the
  * (rewritten) packet to the stack. */

@@ -10,13 +10,15 @@
 
 #include "lb_abi.h"
 #include "maps.h"
+#include "packet.h"
+#include "config.h"
 #include "parse.h"
 #include "classify.h"
+#include "flow_cache.h"
 #include "conntrack.h"
 #include "rewrite.h"
-#include "stats.h"
 #include "forward.h"
-#include "flow_cache.h"
+#include "stats.h"
 
 SEC("xdp")
 int lbctl_xdp(struct xdp_md *ctx)

@@ -7,37 +7,35 @@
 
 #include "lb_abi.h"
 
+/* Most maps are just a kind, a key, a value and a size: one line each, so
+ * this file reads as the list of maps. Those with flags or inner maps are
+ * spelled out. */
+#define LB_MAP(kind, key_type, value_type, entries)	\
+	struct {					\
+		__uint(type, kind);			\
+		__uint(max_entries, entries);		\
+		__type(key, key_type);			\
+		__type(value, value_type);		\
+	}
+#define LB_HASH(key_type, value_type, entries) \
+	LB_MAP(BPF_MAP_TYPE_HASH, key_type, value_type, entries)
+/* Array keys must be a plain __u32 on 6.1, even where an enum indexes them. */
+#define LB_ARRAY(value_type, entries) \
+	LB_MAP(BPF_MAP_TYPE_ARRAY, __u32, value_type, entries)
+#define LB_PERCPU_ARRAY(value_type, entries) \
+	LB_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, __u32, value_type, entries)
+
 /* VIP address:port/proto -> how to balance it. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, LB_MAX_VIPS);
-	__type(key, struct lb_endpoint);
-	__type(value, struct lb_vip);
-} vips SEC(".maps");
+LB_HASH(struct lb_endpoint, struct lb_vip, LB_MAX_VIPS) vips SEC(".maps");
 
 /* Backend id -> where it is. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, LB_MAX_BACKENDS);
-	__type(key, __u32);
-	__type(value, struct lb_backend);
-} backends SEC(".maps");
+LB_ARRAY(struct lb_backend, LB_MAX_BACKENDS) backends SEC(".maps");
 
 /* Backend endpoints: traffic from these may be replies worth a lookup. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, LB_MAX_BACKENDS);
-	__type(key, struct lb_endpoint);
-	__type(value, struct lb_reply_source);
-} reply_sources SEC(".maps");
+LB_HASH(struct lb_endpoint, struct lb_reply_source, LB_MAX_BACKENDS) reply_sources SEC(".maps");
 
 /* Prefilter bitmaps (lb_abi.h): VIP addresses, then backend addresses. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2 * LB_PREFILTER_WORDS);
-	__type(key, __u32);
-	__type(value, __u64);
-} addr_filter SEC(".maps");
+LB_ARRAY(__u64, 2 * LB_PREFILTER_WORDS) addr_filter SEC(".maps");
 
 /* One lookup table per VIP index: element 0 = slot count N, elements 1..N =
  * backend ids. lbctl builds a new inner map and swaps it in with one update,
@@ -57,41 +55,16 @@ struct {
 	__array(values, struct lb_table);
 } vip_tables SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct lb_config);
-} settings SEC(".maps");
+LB_ARRAY(struct lb_config, 1) settings SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, LB_MAX_VIPS);
-	__type(key, __u32);
-	__type(value, struct lb_counters);
-} vip_stats SEC(".maps");
+LB_PERCPU_ARRAY(struct lb_counters, LB_MAX_VIPS) vip_stats SEC(".maps");
+LB_PERCPU_ARRAY(struct lb_counters, LB_MAX_BACKENDS) backend_stats SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, LB_MAX_BACKENDS);
-	__type(key, __u32);
-	__type(value, struct lb_counters);
-} backend_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, LB_REASON_MAX);
-	__type(key, __u32); /* an enum lb_reason; array keys must be plain u32 on 6.1 */
-	__type(value, __u64);
-} reasons SEC(".maps");
+/* Indexed by enum lb_reason. */
+LB_PERCPU_ARRAY(__u64, LB_REASON_MAX) reasons SEC(".maps");
 
 /* Attached interfaces, for redirecting between them (two-arm). */
-struct {
-	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
-	__uint(max_entries, LB_MAX_IFACES);
-	__type(key, __u32);
-	__type(value, __u32);
-} tx_ports SEC(".maps");
+LB_MAP(BPF_MAP_TYPE_DEVMAP_HASH, __u32, __u32, LB_MAX_IFACES) tx_ports SEC(".maps");
 
 /* The fast path's per-direction flow cache (bpf/flow_cache.h). LRU: old
  * flows make room for new ones. BPF_F_NO_COMMON_LRU: each CPU keeps its own
@@ -104,11 +77,6 @@ struct {
 	__type(value, struct lb_flow_cache_entry);
 } flow_cache SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct lb_flow_cache_counters);
-} flow_cache_stats SEC(".maps");
+LB_PERCPU_ARRAY(struct lb_flow_cache_counters, 1) flow_cache_stats SEC(".maps");
 
 #endif /* LB_MAPS_H */

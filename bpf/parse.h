@@ -4,27 +4,7 @@
 #define LB_PARSE_H
 
 #include "lb_abi.h"
-
-#define ETH_P_IP   0x0800
-#define IP_MF      0x2000
-#define IP_OFFSET  0x1fff
-#define LB_CONTINUE (-1)
-
-struct packet {
-	struct ethhdr *eth;
-	struct iphdr *ip;
-	__be16 *ports;     /* sport, dport: the first 4 bytes of TCP and UDP */
-	__sum16 *l4_check; /* TCP or UDP checksum field */
-	__u32 len;         /* frame length, for the byte counters */
-	__u8 proto;
-	__u8 tcp_flags;    /* byte 13 of the TCP header; 0 for UDP */
-	bool first_fragment;
-};
-
-#define TCP_FIN 0x01
-#define TCP_SYN 0x02
-#define TCP_RST 0x04
-#define TCP_ACK 0x10
+#include "packet.h"
 
 /* Returns LB_CONTINUE with pkt filled in, or the reason to pass the packet
  * on untouched. IP options are skipped with the header length (ihl). */

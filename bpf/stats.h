@@ -4,8 +4,9 @@
 #ifndef LB_STATS_H
 #define LB_STATS_H
 
+#include "lb_abi.h"
 #include "maps.h"
-#include "conntrack.h"
+#include "packet.h"
 
 /* Puts enum lb_reason in the program's BTF, so the skeleton gives lbctl its
  * names and values. */

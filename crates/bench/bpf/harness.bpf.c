@@ -22,7 +22,9 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#define ETH_ALEN 6
+#include "packet.h" /* ETH_ALEN */
+#include "csum.h"
+
 #define HARNESS_MAX_FRAME 256 /* the benchmark's frames are < 100 bytes */
 
 /* The frame every repetition starts from, and its length. */
@@ -78,27 +80,6 @@ static __always_inline int restore_frame(struct xdp_md *ctx)
 	return bpf_xdp_store_bytes(ctx, 0, frame, len);
 }
 
-/* One's complement sum of ~old + new in 16-bit words (RFC 1624): what a
- * checksum must absorb when a field changes from old to new. */
-static __always_inline __u32 csum_delta32(__u32 old, __u32 new)
-{
-	return (~old & 0xffff) + (~old >> 16) + (new & 0xffff) + (new >> 16);
-}
-
-static __always_inline __u32 csum_delta16(__u16 old, __u16 new)
-{
-	return (__u16)~old + new;
-}
-
-static __always_inline __u16 csum_apply(__u16 check, __u32 delta)
-{
-	__u32 sum = (__u16)~check + delta;
-
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~(__u16)sum;
-}
-
 /* Step 2 (new flows only): the restored frame becomes flow `next_flow`,
  * with its IPv4 and L4 checksums updated incrementally, so the program
  * under test sees a valid packet of a flow it has never seen. */
@@ -111,7 +92,7 @@ static __always_inline int vary_flow(struct xdp_md *ctx)
 	__be32 saddr, daddr;
 	__be16 *ports, sport;
 	__sum16 *l4_check;
-	__u32 ip_delta, l4_delta;
+	__u64 addrs = 0, port = 0;
 
 	if ((void *)(ip + 1) > data_end || ip->ihl != 5 || !vips)
 		return -1;
@@ -136,18 +117,16 @@ static __always_inline int vary_flow(struct xdp_md *ctx)
 	daddr = bpf_htonl(bpf_ntohl(ip->daddr) + n % vips);
 	sport = bpf_htons(1024 + (n & 0x7fff));
 
-	ip_delta = csum_delta32(ip->saddr, saddr) + csum_delta32(ip->daddr, daddr);
-	/* The L4 checksum covers the addresses (pseudo-header) and the port. */
-	l4_delta = ip_delta + csum_delta16(ports[0], sport);
-	ip->check = csum_apply(ip->check, ip_delta);
-	/* A UDP checksum of 0 means "none" and stays 0; a computed 0 is 0xffff. */
-	if (ip->protocol == IPPROTO_TCP) {
-		*l4_check = csum_apply(*l4_check, l4_delta);
-	} else if (*l4_check) {
-		__u16 c = csum_apply(*l4_check, l4_delta);
-
-		*l4_check = c ? c : 0xffff;
-	}
+	csum_delta32(&addrs, ip->saddr, saddr);
+	csum_delta32(&addrs, ip->daddr, daddr);
+	csum_delta16(&port, ports[0], sport);
+	ip->check = csum_apply(ip->check, addrs);
+	/* The L4 checksum covers the addresses (pseudo-header) and the port.
+	 * A UDP checksum of 0 means "none" and stays 0. */
+	if (ip->protocol == IPPROTO_TCP)
+		*l4_check = csum_apply(*l4_check, addrs + port);
+	else if (*l4_check)
+		*l4_check = csum_apply_udp(*l4_check, addrs + port);
 	ip->saddr = saddr;
 	ip->daddr = daddr;
 	ports[0] = sport;

@@ -26,8 +26,9 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#define ETH_P_IP 0x0800
-#define AF_INET 2
+#include "packet.h" /* ETH_P_IP, ETH_ALEN, AF_INET */
+#include "csum.h"
+
 #define FRAME_LEN 60 /* a 64-byte Ethernet frame without its FCS */
 #define MAX_BACKENDS 16
 #define MAX_IFINDEX 1024
@@ -51,18 +52,6 @@ __u64 next_ns;
 __u32 burst;
 __u32 burst_left;
 #define PACE_CATCHUP 2
-
-static __always_inline __u16 ip_checksum(const __u16 *w)
-{
-	__u32 sum = 0;
-
-#pragma unroll
-	for (int i = 0; i < 10; i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
-}
 
 SEC("xdp")
 int livegen(struct xdp_md *ctx)
@@ -96,11 +85,32 @@ int livegen(struct xdp_md *ctx)
 	udp->source = bpf_htons(sport_base + flow % ppa);
 	ip->saddr = bpf_htonl(saddr_base + flow / ppa);
 	ip->check = 0;
-	ip->check = ip_checksum((__u16 *)ip);
+	ip->check = csum_ipv4_header(ip);
 	return XDP_TX;
 }
 
 /* ----- sink ----------------------------------------------------------------- */
+
+/* A frame the sink counts or the reflector forwards: Ethernet, IPv4 without
+ * options, UDP. */
+struct udp_frame {
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct udphdr *udp;
+};
+
+/* True, with f filled in, if the frame is one; anything else passes. */
+static __always_inline bool parse_udp_frame(struct xdp_md *ctx, struct udp_frame *f)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	f->eth = data;
+	f->ip = (void *)(f->eth + 1);
+	f->udp = (void *)(f->ip + 1);
+	return (void *)(f->udp + 1) <= data_end && f->eth->h_proto == bpf_htons(ETH_P_IP) &&
+	       f->ip->ihl == 5 && f->ip->protocol == IPPROTO_UDP;
+}
 
 __u16 sink_port; /* host order */
 
@@ -114,17 +124,11 @@ struct {
 SEC("xdp")
 int sink(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
-	struct udphdr *udp = (void *)(ip + 1);
 	__u32 key = ctx->ingress_ifindex % MAX_IFINDEX;
+	struct udp_frame f;
 	__u64 *count;
 
-	if ((void *)(udp + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
-	    ip->ihl != 5 || ip->protocol != IPPROTO_UDP ||
-	    udp->dest != bpf_htons(sink_port))
+	if (!parse_udp_frame(ctx, &f) || f.udp->dest != bpf_htons(sink_port))
 		return XDP_PASS;
 	count = bpf_map_lookup_elem(&arrivals, &key);
 	if (count)
@@ -165,37 +169,21 @@ static __always_inline int refl_count(__u32 which, int action)
 	return action;
 }
 
-/* One's complement sum of 16-bit words, RFC 1624 style: ~old + new. */
-static __always_inline __u16 csum_replace32(__u16 check, __u32 old, __u32 new)
-{
-	__u64 acc = (__u16)~check;
-
-	acc += (~old & 0xffff) + (~old >> 16) + (new & 0xffff) + (new >> 16);
-	acc = (acc & 0xffff) + (acc >> 16);
-	acc = (acc & 0xffff) + (acc >> 16);
-	acc = (acc & 0xffff) + (acc >> 16);
-	return ~(__u16)acc;
-}
-
 SEC("xdp")
 int reflector(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
-	struct udphdr *udp = (void *)(ip + 1);
 	struct bpf_fib_lookup fib = {};
-	__u32 n = n_backends, pick, old;
+	__u32 n = n_backends, pick;
+	__u64 addr = 0, port = 0;
+	struct udp_frame f;
 	__be32 daddr;
 	int rc;
 
-	if ((void *)(udp + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
-	    ip->ihl != 5 || ip->protocol != IPPROTO_UDP || ip->daddr != vip_addr ||
-	    udp->dest != vip_port || n == 0 || n > MAX_BACKENDS)
+	if (!parse_udp_frame(ctx, &f) || f.ip->daddr != vip_addr || f.udp->dest != vip_port ||
+	    n == 0 || n > MAX_BACKENDS)
 		return refl_count(REFL_PASSED, XDP_PASS);
 
-	pick = ((ip->saddr ^ udp->source) * 2654435761u) >> 16;
+	pick = ((f.ip->saddr ^ f.udp->source) * 2654435761u) >> 16;
 	/* pick % n < n <= MAX_BACKENDS, a power of two. The compiler knows
 	 * that and would drop the mask the verifier needs to see it; the
 	 * empty asm hides the value from the compiler. */
@@ -203,31 +191,27 @@ int reflector(struct xdp_md *ctx)
 	asm volatile("" : "+r"(pick));
 	pick &= MAX_BACKENDS - 1;
 	daddr = backend_addrs[pick];
-	ip->check = csum_replace32(ip->check, ip->daddr, daddr);
-	if (udp->check) {
-		__u16 c = csum_replace32(udp->check, ip->daddr, daddr);
-
-		c = csum_replace32(c, udp->dest, backend_port);
-		udp->check = c ? c : 0xffff;
-	}
-	ip->daddr = daddr;
-	udp->dest = backend_port;
+	csum_delta32(&addr, f.ip->daddr, daddr);
+	csum_delta16(&port, f.udp->dest, backend_port);
+	f.ip->check = csum_apply(f.ip->check, addr);
+	if (f.udp->check) /* 0: no checksum, stays 0 */
+		f.udp->check = csum_apply_udp(f.udp->check, addr + port);
+	f.ip->daddr = daddr;
+	f.udp->dest = backend_port;
 
 	fib.family = AF_INET;
 	fib.l4_protocol = IPPROTO_UDP;
-	fib.tot_len = bpf_ntohs(ip->tot_len);
-	fib.ipv4_src = ip->saddr;
-	fib.ipv4_dst = ip->daddr;
+	fib.tot_len = bpf_ntohs(f.ip->tot_len);
+	fib.ipv4_src = f.ip->saddr;
+	fib.ipv4_dst = f.ip->daddr;
 	fib.ifindex = ctx->ingress_ifindex;
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS || ip->ttl <= 1)
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS || f.ip->ttl <= 1)
 		return refl_count(REFL_PASSED, XDP_PASS);
 
-	old = ip->ttl;
-	ip->ttl--;
-	ip->check = csum_replace32(ip->check, bpf_htons(old << 8), bpf_htons((old - 1) << 8));
-	__builtin_memcpy(eth->h_dest, fib.dmac, 6);
-	__builtin_memcpy(eth->h_source, fib.smac, 6);
+	decrement_ttl(f.ip);
+	__builtin_memcpy(f.eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(f.eth->h_source, fib.smac, ETH_ALEN);
 	if (fib.ifindex == ctx->ingress_ifindex)
 		return refl_count(REFL_FORWARDED, XDP_TX);
 	rc = bpf_redirect_map(&refl_ports, fib.ifindex, XDP_PASS);
