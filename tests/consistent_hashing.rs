@@ -7,6 +7,7 @@ use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 
 use lbctl::datapath::tables::ip_bytes;
+use lbctl::datapath::types::lb_reason;
 use lbctl::hash::{flow_hash, flow_key};
 use lbctl::model::{NatMode, Proto, Service};
 use lbctl_lab::fixtures::packet::*;
@@ -221,7 +222,7 @@ fn a_fullnat_reply_without_entry_is_dropped_not_leaked() {
         sh("conntrack -F 2>/dev/null");
         let (action, _) = lb.run(&Packet::tcp("198.18.1.11:8080", &snat, ACK).build());
         assert_eq!(action, XDP_DROP);
-        assert_eq!(lb.reason("drop_reply_untracked"), 1);
+        assert_eq!(lb.reason(lb_reason::LB_DROP_REPLY_UNTRACKED), 1);
         // The client's next packet rebuilds the entry, same source port.
         let (_, out) = lb.run(&Packet::tcp("198.18.0.2:40000", VIP, ACK).build());
         let seen = parse(&out);

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use lbctl::datapath::abi::LB_MARK_CLOSING;
+use lbctl::datapath::types::lb_reason;
 use lbctl::model::{NatMode, Proto};
 use lbctl_lab::fixtures::packet::*;
 use lbctl_lab::fixtures::*;
@@ -179,9 +180,9 @@ fn a_configuration_change_is_seen_by_the_very_next_packet() {
         assert_eq!(lb.cache().0, 3);
         lb.maps.del_vip(&vip).unwrap();
         let frame = ack();
-        let before = lb.reason("pass_not_vip");
+        let before = lb.reason(lb_reason::LB_PASS_NOT_VIP);
         assert_eq!(lb.run(&frame), (XDP_PASS, frame.clone()));
-        assert_eq!(lb.reason("pass_not_vip"), before + 1);
+        assert_eq!(lb.reason(lb_reason::LB_PASS_NOT_VIP), before + 1);
         // And comes back: the old decision is not used, conntrack is.
         let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
         lb.backend(&vip, BACKEND, 1);

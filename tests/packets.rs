@@ -1,6 +1,7 @@
 //! Packets through the real, verifier-loaded XDP program (BPF_PROG_TEST_RUN),
 //! each test in a fresh network namespace with the kernel's own conntrack.
 
+use lbctl::datapath::types::lb_reason;
 use lbctl::model::{NatMode, Proto};
 use lbctl_lab::fixtures::packet::*;
 use lbctl_lab::fixtures::*;
@@ -29,7 +30,7 @@ fn syn_to_vip_goes_to_a_backend_with_correct_checksums() {
         assert_eq!(seen.src_mac, [0x02, 0, 0, 0, 0, 0xaa]);
         assert_eq!(seen.ttl, 63, "one hop");
         assert_eq!(seen.payload, b"hello");
-        assert_eq!(lb.reason("xdp_redirect"), 1);
+        assert_eq!(lb.reason(lb_reason::LB_REDIRECT), 1);
     });
 }
 
@@ -185,31 +186,39 @@ fn traffic_not_for_a_vip_passes_byte_for_byte() {
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         let mut icmp = Packet::udp(CLIENT, VIP, b"ping").build();
         icmp[23] = 1; // protocol field
-        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        let cases: Vec<(&str, Vec<u8>, lb_reason)> = vec![
             (
                 "other address",
                 Packet::tcp(CLIENT, "198.18.100.2:80", SYN).build(),
-                "pass_not_vip",
+                lb_reason::LB_PASS_NOT_VIP,
             ),
             (
                 "other port",
                 Packet::tcp(CLIENT, "198.18.100.1:81", SYN).build(),
-                "pass_not_vip",
+                lb_reason::LB_PASS_NOT_VIP,
             ),
             (
                 "udp to a tcp VIP",
                 Packet::udp(CLIENT, VIP, b"x").build(),
-                "pass_not_vip",
+                lb_reason::LB_PASS_NOT_VIP,
             ),
-            ("ARP", arp, "pass_not_ipv4"),
-            ("ICMP to the VIP address", icmp, "pass_other_proto"),
+            ("ARP", arp, lb_reason::LB_PASS_NOT_IP),
+            (
+                "ICMP to the VIP address",
+                icmp,
+                lb_reason::LB_PASS_OTHER_PROTO,
+            ),
         ];
         for (what, frame, reason) in cases {
             let before = lb.reason(reason);
             let (action, out) = lb.run(&frame);
             assert_eq!(action, XDP_PASS, "{what}");
             assert_eq!(out, frame, "{what} must leave untouched");
-            assert_eq!(lb.reason(reason), before + 1, "{what} counted as {reason}");
+            assert_eq!(
+                lb.reason(reason),
+                before + 1,
+                "{what} counted as {reason:?}"
+            );
         }
     });
 }
@@ -229,19 +238,19 @@ fn odd_packets_have_one_documented_behaviour_each() {
         let mut lying = full.clone();
         lying[16..18].copy_from_slice(&200u16.to_be_bytes());
         assert_eq!(lb.run(&lying), (XDP_PASS, lying.clone()));
-        assert_eq!(lb.reason("pass_malformed"), 2);
+        assert_eq!(lb.reason(lb_reason::LB_PASS_MALFORMED), 2);
 
         // First fragment to a VIP: dropped (lbctl does not reassemble).
         let mut first = Packet::tcp(CLIENT, VIP, SYN);
         first.frag = 0x2000;
         assert_eq!(lb.run(&first.build()).0, XDP_DROP);
-        assert_eq!(lb.reason("drop_fragment"), 1);
+        assert_eq!(lb.reason(lb_reason::LB_DROP_FRAGMENT), 1);
         // A later fragment has no ports: passed untouched.
         let mut later = Packet::tcp(CLIENT, VIP, SYN);
         later.frag = 0x0010;
         let frame = later.build();
         assert_eq!(lb.run(&frame), (XDP_PASS, frame.clone()));
-        assert_eq!(lb.reason("pass_fragment"), 1);
+        assert_eq!(lb.reason(lb_reason::LB_PASS_FRAGMENT), 1);
 
         // IP options: balanced, options kept, checksums right.
         let mut opts = Packet::tcp(CLIENT, VIP, SYN).payload(b"opt");
@@ -267,7 +276,7 @@ fn a_vip_without_backends_drops_new_flows() {
             XDP_DROP,
             "weight 0 only"
         );
-        assert_eq!(lb.reason("drop_no_backend"), 2);
+        assert_eq!(lb.reason(lb_reason::LB_DROP_NO_BACKEND), 2);
     });
 }
 
@@ -280,7 +289,7 @@ fn without_an_xdp_route_the_rewritten_packet_goes_to_the_stack() {
         let (action, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
         assert_eq!(action, XDP_PASS);
         assert_eq!(parse(&out).dst, "198.18.1.11:8080");
-        assert_eq!(lb.reason("pass_to_stack_routing"), 1);
+        assert_eq!(lb.reason(lb_reason::LB_PASS_FIB), 1);
     });
 }
 
@@ -354,9 +363,9 @@ fn the_address_prefilter_follows_vips_and_backends() {
         assert_eq!(action, XDP_REDIRECT, "the twin VIP is still balanced");
         // A packet to the deleted VIP passes, after the lookup the bit asks for.
         let frame = Packet::tcp(CLIENT, VIP, SYN).build();
-        let before = lb.reason("pass_not_vip");
+        let before = lb.reason(lb_reason::LB_PASS_NOT_VIP);
         assert_eq!(lb.run(&frame), (XDP_PASS, frame.clone()));
-        assert_eq!(lb.reason("pass_not_vip"), before + 1);
+        assert_eq!(lb.reason(lb_reason::LB_PASS_NOT_VIP), before + 1);
 
         // Deleting the last VIP clears the VIP bitmap; a backend's bit stays
         // while its reply source does (replies of its live flows).
