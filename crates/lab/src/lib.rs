@@ -21,15 +21,22 @@ pub use lab::{Lab, Topology, VIP_NET};
 pub use netns::{in_ns, try_in_ns};
 pub use servers::{BackendServers, ECHO_PORT, HTTP_PORT};
 
-/// A test-only BPF program that runs the data path's flow hash
-/// (`bpf/hash.h`) on a key, so tests can compare it with `lbctl::hash`.
-#[allow(
-    clippy::all,
-    non_camel_case_types,
-    non_snake_case,
-    dead_code,
-    unused_imports
-)]
-pub mod hash_check {
-    include!(concat!(env!("OUT_DIR"), "/hash_check.skel.rs"));
+/// Includes a skeleton that `crates/bpf-build.rs` generated into the
+/// calling crate's OUT_DIR as a module, with the lints of generated code off:
+/// `lbctl_lab::skeleton!(mod skel = "harness.skel.rs");`
+#[macro_export]
+macro_rules! skeleton {
+    ($(#[$attr:meta])* $vis:vis mod $name:ident = $file:literal) => {
+        $(#[$attr])*
+        #[allow(clippy::all, non_camel_case_types, non_snake_case, dead_code, unused_imports)]
+        $vis mod $name {
+            include!(concat!(env!("OUT_DIR"), "/", $file));
+        }
+    };
 }
+
+skeleton!(
+    /// A test-only BPF program that runs the data path's flow hash
+    /// (`bpf/hash.h`) on a key, so tests can compare it with `lbctl::hash`.
+    pub mod hash_check = "hash_check.skel.rs"
+);

@@ -9,34 +9,10 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, OpenObject, ProgramInput};
 
-#[allow(
-    clippy::all,
-    non_camel_case_types,
-    non_snake_case,
-    dead_code,
-    unused_imports
-)]
-mod skel {
-    include!(concat!(env!("OUT_DIR"), "/harness.skel.rs"));
-}
+lbctl_lab::skeleton!(mod skel = "harness.skel.rs");
 use skel::{HarnessSkel, HarnessSkelBuilder};
 
-pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
-pub const XDP_REDIRECT: u32 = 4;
-
-pub fn action_name(action: u32) -> &'static str {
-    match action {
-        XDP_ABORTED => "XDP_ABORTED",
-        XDP_DROP => "XDP_DROP",
-        XDP_PASS => "XDP_PASS",
-        XDP_TX => "XDP_TX",
-        XDP_REDIRECT => "XDP_REDIRECT",
-        _ => "unknown",
-    }
-}
+pub use lbctl_lab::fixtures::{action_name, XDP_ABORTED, XDP_PASS, XDP_REDIRECT, XDP_TX};
 
 /// Must match HARNESS_MAX_FRAME in bpf/harness.bpf.c (the skeleton's array
 /// size says it too).

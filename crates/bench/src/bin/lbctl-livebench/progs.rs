@@ -15,9 +15,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
 use lbctl_lab::netns;
 
-mod skel {
-    include!(concat!(env!("OUT_DIR"), "/livegen.skel.rs"));
-}
+lbctl_lab::skeleton!(mod skel = "livegen.skel.rs");
 use skel::{types, LivegenSkel, LivegenSkelBuilder};
 
 /// A 64-byte Ethernet frame without the FCS, which veth does not carry.
