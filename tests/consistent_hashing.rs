@@ -214,9 +214,7 @@ fn a_flow_that_lost_its_entry_comes_back_to_its_backend_dnat() {
 #[test]
 fn a_fullnat_reply_without_entry_is_dropped_not_leaked() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let service = lb.vip(VIP, Proto::Tcp, NatMode::Fullnat, Some("198.18.1.1"));
-        lb.backend(&service, "198.18.1.11:8080", 1);
+        let (lb, _) = Balancer::fullnat(VIP, Proto::Tcp, "198.18.1.1", &["198.18.1.11:8080"]);
         let (_, out) = lb.run(&Packet::tcp("198.18.0.2:40000", VIP, SYN).build());
         let snat = parse(&out).src;
         sh("conntrack -F 2>/dev/null");

@@ -20,9 +20,7 @@ const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 #[test]
 fn syn_to_vip_goes_to_a_backend_with_correct_checksums() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
 
         let syn = Packet::tcp(CLIENT, VIP, SYN).payload(b"hello");
         let (action, out) = lb.run(&syn.build());
@@ -41,10 +39,7 @@ fn syn_to_vip_goes_to_a_backend_with_correct_checksums() {
 #[test]
 fn later_packets_keep_their_backend_whatever_the_table_says() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
-        lb.backend(&vip, "198.18.1.12:8080", 1);
+        let (lb, vip) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080", "198.18.1.12:8080"]);
 
         let (_, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
         let first = parse(&out).dst;
@@ -82,9 +77,7 @@ fn later_packets_keep_their_backend_whatever_the_table_says() {
 #[test]
 fn replies_are_rewritten_back_to_the_vip_dnat() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
         lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
 
         let reply = Packet::tcp("198.18.1.11:8080", CLIENT, SYN | ACK).payload(b"hi");
@@ -105,9 +98,7 @@ fn replies_are_rewritten_back_to_the_vip_dnat() {
 #[test]
 fn fullnat_rewrites_the_source_both_ways() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Fullnat, Some("198.18.1.1"));
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        let (lb, _) = Balancer::fullnat(VIP, Proto::Tcp, "198.18.1.1", &["198.18.1.11:8080"]);
 
         let (action, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
         assert_eq!(action, XDP_REDIRECT);
@@ -131,9 +122,7 @@ fn fullnat_rewrites_the_source_both_ways() {
 #[test]
 fn conntrack_holds_the_flow_with_its_nat() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Fullnat, Some("198.18.1.1"));
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        let (lb, _) = Balancer::fullnat(VIP, Proto::Tcp, "198.18.1.1", &["198.18.1.11:8080"]);
         lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
         let entries = sh("conntrack -L -p tcp 2>/dev/null");
         let line = entries
@@ -153,9 +142,7 @@ fn conntrack_holds_the_flow_with_its_nat() {
 #[test]
 fn udp_is_balanced_and_a_zero_checksum_stays_zero() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:5353", 1);
+        let (lb, _) = Balancer::dnat("198.18.100.1:53", Proto::Udp, &["198.18.1.11:5353"]);
 
         let (action, out) = lb.run(&Packet::udp(CLIENT, "198.18.100.1:53", b"query").build());
         assert_eq!(action, XDP_REDIRECT);
@@ -343,10 +330,7 @@ const REMOVED_BACKEND: &str = "198.18.1.13:8080";
 /// NO_BACKENDS_VIP; DRAINED_VIP with one backend of weight 0; and an entry
 /// netfilter made (`conntrack -I`, mark 0) for FOREIGN_CLIENT to the VIP.
 fn odd_packet_balancer() -> Balancer {
-    let lb = Balancer::load().with_routes();
-    let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-    lb.backend(&vip, "198.18.1.11:8080", 1);
-    lb.backend(&vip, REMOVED_BACKEND, 1);
+    let (lb, vip) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080", REMOVED_BACKEND]);
     lb.maps.del_backend(&vip, addr(REMOVED_BACKEND)).unwrap();
     lb.vip(NO_BACKENDS_VIP, Proto::Tcp, NatMode::Dnat, None);
     let drained = lb.vip(DRAINED_VIP, Proto::Tcp, NatMode::Dnat, None);
@@ -454,9 +438,7 @@ fn traffic_not_for_a_vip_passes_byte_for_byte() {
         not_a_vip("UDP to a TCP VIP", Packet::udp(CLIENT, VIP, b"x")),
     ];
     in_fresh_netns(move || {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
         run_table(&lb, &cases);
     });
 }
@@ -477,9 +459,7 @@ fn without_an_xdp_route_the_rewritten_packet_goes_to_the_stack() {
 #[test]
 fn counters_count_packets_bytes_and_new_flows() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        let (lb, vip) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
         let syn = Packet::tcp(CLIENT, VIP, SYN).build();
         let ack = Packet::tcp(CLIENT, VIP, ACK).payload(&[7; 100]).build();
         lb.run(&syn);
