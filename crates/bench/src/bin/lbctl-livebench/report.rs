@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use lbctl_bench::median;
+
 use crate::balancers::Balancer;
 use crate::conns::ConnSample;
 use crate::traffic::{Case, Mix, Sample};
@@ -31,20 +33,6 @@ pub struct ConnResult {
     pub runs: Vec<ConnSample>,
     /// Rounds that could not run (the balancer did not start), and why.
     pub errors: Vec<String>,
-}
-
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 impl PpsResult {
