@@ -398,43 +398,37 @@ impl Demo {
 
     fn tcp_connections(&self, n: usize) -> Result<BTreeMap<String, usize>> {
         let vip = self.vip;
-        self.lab
-            .in_client(|| {
-                let mut spread = BTreeMap::new();
-                for k in 0..n {
-                    check_interrupt()?;
-                    let name = clients::tcp_echo(
-                        vip,
-                        VIP_PORT,
-                        format!("hello {k}\n").as_bytes(),
-                        IO_TIMEOUT,
-                    )
-                    .with_context(|| format!("TCP connection {k} of {n} to {vip}:{VIP_PORT}"))?;
-                    *spread.entry(name).or_insert(0) += 1;
-                }
-                Ok(spread)
-            })
-            .map_err(|e| self.with_diagnosis(e))
+        self.answers_per_backend(n, |k| {
+            clients::tcp_echo(vip, VIP_PORT, format!("hello {k}\n").as_bytes(), IO_TIMEOUT)
+                .with_context(|| format!("TCP connection {k} of {n} to {vip}:{VIP_PORT}"))
+        })
     }
 
     /// `n` UDP flows from client ports `first_port`, `first_port` + 1, ...
     fn udp_flows(&self, n: usize, first_port: u16) -> Result<BTreeMap<String, usize>> {
         let vip = self.vip;
+        self.answers_per_backend(n, |k| {
+            let from = first_port + k as u16;
+            let payload = format!("q{k}");
+            clients::udp_ask_from(from, vip, VIP_PORT, payload.as_bytes(), IO_TIMEOUT).with_context(
+                || format!("UDP flow {k} of {n} from port {from} to {vip}:{VIP_PORT}"),
+            )
+        })
+    }
+
+    /// Runs `ask(k)` for k in 0..n in the client's namespace, each naming the
+    /// backend that answered, and counts the answers per backend.
+    fn answers_per_backend(
+        &self,
+        n: usize,
+        ask: impl Fn(usize) -> Result<String> + Sync,
+    ) -> Result<BTreeMap<String, usize>> {
         self.lab
             .in_client(|| {
-                let mut spread = BTreeMap::new();
-                for k in 0..n {
+                clients::answers_per_backend(n, |k| {
                     check_interrupt()?;
-                    let from = first_port + k as u16;
-                    let payload = format!("q{k}");
-                    let name =
-                        clients::udp_ask_from(from, vip, VIP_PORT, payload.as_bytes(), IO_TIMEOUT)
-                            .with_context(|| {
-                                format!("UDP flow {k} of {n} from port {from} to {vip}:{VIP_PORT}")
-                            })?;
-                    *spread.entry(name).or_insert(0) += 1;
-                }
-                Ok(spread)
+                    ask(k)
+                })
             })
             .map_err(|e| self.with_diagnosis(e))
     }

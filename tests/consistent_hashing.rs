@@ -7,6 +7,7 @@ use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 
 use lbctl::datapath::codec::ip_bytes;
+use lbctl::datapath::types::lb_reason;
 use lbctl::hash::{flow_hash, flow_key};
 use lbctl::model::{NatMode, Proto, Service};
 use lbctl_lab::fixtures::packet::*;
@@ -213,15 +214,13 @@ fn a_flow_that_lost_its_entry_comes_back_to_its_backend_dnat() {
 #[test]
 fn a_fullnat_reply_without_entry_is_dropped_not_leaked() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let service = lb.vip(VIP, Proto::Tcp, NatMode::Fullnat, Some("198.18.1.1"));
-        lb.backend(&service, "198.18.1.11:8080", 1);
+        let (lb, _) = Balancer::fullnat(VIP, Proto::Tcp, "198.18.1.1", &["198.18.1.11:8080"]);
         let (_, out) = lb.run(&Packet::tcp("198.18.0.2:40000", VIP, SYN).build());
         let snat = parse(&out).src;
         sh("conntrack -F 2>/dev/null");
         let (action, _) = lb.run(&Packet::tcp("198.18.1.11:8080", &snat, ACK).build());
         assert_eq!(action, XDP_DROP);
-        assert_eq!(lb.reason("drop_reply_untracked"), 1);
+        assert_eq!(lb.reason(lb_reason::LB_DROP_REPLY_UNTRACKED), 1);
         // The client's next packet rebuilds the entry, same source port.
         let (_, out) = lb.run(&Packet::tcp("198.18.0.2:40000", VIP, ACK).build());
         let seen = parse(&out);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use lbctl_lab::clients::{self, ClientError};
+use lbctl_lab::clients::{self, ClientError, LongConn};
 use lbctl_lab::lab::{Lab, Topology};
 
 const ECHO_PORT: u16 = 8080;
@@ -76,29 +76,23 @@ fn diagnose(lab: &Lab) -> String {
 
 /// Spread of `n` short TCP connections (each: connect, hello, echo, close).
 fn short_tcp(lab: &Lab, vip: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
-    lab.in_client(|| -> Result<_, ClientError> {
-        let mut spread = BTreeMap::new();
-        for k in 0..n {
-            let name = clients::tcp_echo(vip, 80, format!("req {k}").as_bytes(), timeout())
-                .map_err(|e| ClientError::Protocol(format!("connection {k} of {n}: {e}")))?;
-            *spread.entry(name).or_insert(0) += 1;
-        }
-        Ok(spread)
+    lab.in_client(|| {
+        clients::answers_per_backend(n, |k| {
+            clients::tcp_echo(vip, 80, format!("req {k}").as_bytes(), timeout())
+                .map_err(|e| ClientError::Protocol(format!("connection {k} of {n}: {e}")))
+        })
     })
     .unwrap_or_else(|e| panic!("short TCP connections: {e}\n{}", diagnose(lab)))
 }
 
 fn short_udp(lab: &Lab, vip: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
-    lab.in_client(|| -> Result<_, ClientError> {
-        let mut spread = BTreeMap::new();
-        for k in 0..n {
+    lab.in_client(|| {
+        clients::answers_per_backend(n, |k| {
             // A fresh socket per query: a new source port, a new flow.
             let reply = clients::udp_ask(vip, 80, format!("q{k}").as_bytes(), timeout())
                 .map_err(|e| ClientError::Protocol(format!("datagram {k} of {n}: {e}")))?;
-            let name = reply.split(':').next().unwrap_or_default().to_string();
-            *spread.entry(name).or_insert(0) += 1;
-        }
-        Ok(spread)
+            Ok::<_, ClientError>(reply.split(':').next().unwrap_or_default().to_string())
+        })
     })
     .unwrap_or_else(|e| panic!("short UDP flows: {e}\n{}", diagnose(lab)))
 }
@@ -122,26 +116,28 @@ fn assert_spread(spread: &BTreeMap<String, usize>, lab: &Lab, weights: &[u32], w
     }
 }
 
+/// 500 short TCP connections and 500 short UDP flows through a balancer of
+/// `topology` whose 3 backends have `weights`: each spread as the weights
+/// say. Returns the lab, still up.
+fn short_flows_follow_the_weights(topology: Topology, weights: &[u32], what: &str) -> Lab {
+    let (lab, vip) = balanced_lab(topology, 3, weights);
+    let spread = short_tcp(&lab, vip, 500);
+    assert_spread(&spread, &lab, weights, &format!("{what} TCP"));
+    let spread = short_udp(&lab, vip, 500);
+    assert_spread(&spread, &lab, weights, &format!("{what} UDP"));
+    lab
+}
+
 #[test]
 fn two_arm_dnat_balances_short_tcp_and_udp() {
-    let weights = [1, 2, 1];
-    let (lab, vip) = balanced_lab(Topology::TwoArm, 3, &weights);
-    let spread = short_tcp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, "two-arm TCP");
-    let spread = short_udp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, "two-arm UDP");
+    let lab = short_flows_follow_the_weights(Topology::TwoArm, &[1, 2, 1], "two-arm");
     let status = lbctl(&lab, &["status"]);
     assert!(status.contains("xdp_redirect"), "{status}");
 }
 
 #[test]
 fn one_arm_fullnat_balances_short_tcp_and_udp() {
-    let weights = [1, 1, 2];
-    let (lab, vip) = balanced_lab(Topology::OneArm, 3, &weights);
-    let spread = short_tcp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, "one-arm TCP");
-    let spread = short_udp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, "one-arm UDP");
+    short_flows_follow_the_weights(Topology::OneArm, &[1, 1, 2], "one-arm");
 }
 
 /// A UDP "flow": one socket (one 5-tuple) asking every `interval` and
@@ -293,19 +289,7 @@ fn long_lived_connections_survive_every_change(topology: Topology) {
 
     // Listed twice while every long connection is still open.
     let dumps = tcp_listings(&lab, 2, Duration::ZERO, |_| false);
-    let reports = clients::finish_all(conns);
-    if let Some(broken) = clients::broken_summary(&reports) {
-        panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
-    }
-    for (r, first) in reports.iter().zip(&started) {
-        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
-        assert!(
-            r.chunks_ok > 50,
-            "connection {} exchanged only {} chunks",
-            r.id,
-            r.chunks_ok
-        );
-    }
+    finish_on_their_backends(&lab, conns, &started, 50, "long connections broke");
     for (i, f) in flows.into_iter().enumerate() {
         let seen = f
             .finish()
@@ -426,22 +410,13 @@ fn two_arm_connections_survive_a_conntrack_flush() {
         lab.exec(lab.balancer_ns(), &["conntrack", "-F"]).unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
-    let reports = clients::finish_all(conns);
-    if let Some(broken) = clients::broken_summary(&reports) {
-        panic!(
-            "connections broke after conntrack -F:\n{broken}\n{}",
-            diagnose(&lab)
-        );
-    }
-    for (r, first) in reports.iter().zip(&started) {
-        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
-        assert!(
-            r.chunks_ok > 100,
-            "connection {} exchanged only {} chunks",
-            r.id,
-            r.chunks_ok
-        );
-    }
+    finish_on_their_backends(
+        &lab,
+        conns,
+        &started,
+        100,
+        "connections broke after conntrack -F",
+    );
     // A closing connection's last packets may still be on their way.
     let rebuilt = |entries: &str| entries.lines().filter(|l| l.contains("dport=80 ")).count();
     let dumps = tcp_listings(&lab, 3, Duration::from_millis(500), |d| rebuilt(d) >= 50);
@@ -452,6 +427,31 @@ fn two_arm_connections_survive_a_conntrack_flush() {
         rebuilt(best),
         conntrack_census(&lab)
     );
+}
+
+/// Ends the long connections and checks that none broke (else panics with
+/// `broke`), and that each stayed on the backend it `started` on and
+/// exchanged more than `min_chunks` chunks.
+fn finish_on_their_backends(
+    lab: &Lab,
+    conns: Vec<LongConn>,
+    started: &[String],
+    min_chunks: u64,
+    broke: &str,
+) {
+    let reports = clients::finish_all(conns);
+    if let Some(broken) = clients::broken_summary(&reports) {
+        panic!("{broke}:\n{broken}\n{}", diagnose(lab));
+    }
+    for (r, first) in reports.iter().zip(started) {
+        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
+        assert!(
+            r.chunks_ok > min_chunks,
+            "connection {} exchanged only {} chunks",
+            r.id,
+            r.chunks_ok
+        );
+    }
 }
 
 /// The balancer's TCP conntrack entries, listed up to `tries` times (with a

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use lbctl::datapath::abi::LB_MARK_CLOSING;
+use lbctl::datapath::types::lb_reason;
 use lbctl::model::{NatMode, Proto};
 use lbctl_lab::fixtures::packet::*;
 use lbctl_lab::fixtures::*;
@@ -33,9 +34,7 @@ fn entry() -> Option<(u32, u32)> {
 /// SYN-ACK and the client's ACK, all through conntrack: the SYNs store
 /// nothing, the ACK stores the client direction's entry.
 fn open_flow() -> (Balancer, lbctl::model::Service) {
-    let lb = Balancer::load().with_routes();
-    let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-    lb.backend(&vip, BACKEND, 1);
+    let (lb, vip) = Balancer::dnat(VIP, Proto::Tcp, &[BACKEND]);
     assert_eq!(
         lb.run(&Packet::tcp(CLIENT, VIP, SYN).build()).0,
         XDP_REDIRECT
@@ -62,9 +61,7 @@ fn ack() -> Vec<u8> {
 #[test]
 fn an_established_flow_is_served_from_the_cache_byte_for_byte() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let dnat = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&dnat, BACKEND, 1);
+        let (lb, dnat) = Balancer::dnat(VIP, Proto::Tcp, &[BACKEND]);
         let full = lb.vip(
             "198.18.100.2:80",
             Proto::Tcp,
@@ -179,9 +176,9 @@ fn a_configuration_change_is_seen_by_the_very_next_packet() {
         assert_eq!(lb.cache().0, 3);
         lb.maps.del_vip(&vip).unwrap();
         let frame = ack();
-        let before = lb.reason("pass_not_vip");
+        let before = lb.reason(lb_reason::LB_PASS_NOT_VIP);
         assert_eq!(lb.run(&frame), (XDP_PASS, frame.clone()));
-        assert_eq!(lb.reason("pass_not_vip"), before + 1);
+        assert_eq!(lb.reason(lb_reason::LB_PASS_NOT_VIP), before + 1);
         // And comes back: the old decision is not used, conntrack is.
         let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
         lb.backend(&vip, BACKEND, 1);
@@ -265,9 +262,7 @@ fn a_deleted_conntrack_entry_is_looked_up_again_within_a_second() {
 #[test]
 fn the_first_reply_goes_through_conntrack() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.13:5353", 1);
+        let (lb, _) = Balancer::dnat("198.18.100.1:53", Proto::Udp, &["198.18.1.13:5353"]);
         let query = Packet::udp(CLIENT, "198.18.100.1:53", b"q").build();
         lb.run(&query);
         assert_eq!(

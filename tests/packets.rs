@@ -1,6 +1,9 @@
 //! Packets through the real, verifier-loaded XDP program (BPF_PROG_TEST_RUN),
 //! each test in a fresh network namespace with the kernel's own conntrack.
+//! The README's odd packets are one table of named cases (`odd_packets`):
+//! a frame each, the action, the reason counted, and the frame that leaves.
 
+use lbctl::datapath::types::lb_reason;
 use lbctl::model::{NatMode, Proto};
 use lbctl_lab::fixtures::packet::*;
 use lbctl_lab::fixtures::*;
@@ -8,16 +11,16 @@ use lbctl_lab::fixtures::*;
 const VIP: &str = "198.18.100.1:80";
 const CLIENT: &str = "198.18.0.2:40000";
 
+/// The neighbours' and the program's router MACs (`Balancer::with_routes`).
 fn backend_mac(host: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0x01, host]
 }
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 
 #[test]
 fn syn_to_vip_goes_to_a_backend_with_correct_checksums() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
 
         let syn = Packet::tcp(CLIENT, VIP, SYN).payload(b"hello");
         let (action, out) = lb.run(&syn.build());
@@ -26,20 +29,17 @@ fn syn_to_vip_goes_to_a_backend_with_correct_checksums() {
         assert_eq!(seen.dst, "198.18.1.11:8080");
         assert_eq!(seen.src, CLIENT, "dnat keeps the client address");
         assert_eq!(seen.dst_mac, backend_mac(11), "MACs from the FIB");
-        assert_eq!(seen.src_mac, [0x02, 0, 0, 0, 0, 0xaa]);
+        assert_eq!(seen.src_mac, ROUTER_MAC);
         assert_eq!(seen.ttl, 63, "one hop");
         assert_eq!(seen.payload, b"hello");
-        assert_eq!(lb.reason("xdp_redirect"), 1);
+        assert_eq!(lb.reason(lb_reason::LB_XDP_REDIRECT), 1);
     });
 }
 
 #[test]
 fn later_packets_keep_their_backend_whatever_the_table_says() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
-        lb.backend(&vip, "198.18.1.12:8080", 1);
+        let (lb, vip) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080", "198.18.1.12:8080"]);
 
         let (_, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
         let first = parse(&out).dst;
@@ -77,9 +77,7 @@ fn later_packets_keep_their_backend_whatever_the_table_says() {
 #[test]
 fn replies_are_rewritten_back_to_the_vip_dnat() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
         lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
 
         let reply = Packet::tcp("198.18.1.11:8080", CLIENT, SYN | ACK).payload(b"hi");
@@ -100,9 +98,7 @@ fn replies_are_rewritten_back_to_the_vip_dnat() {
 #[test]
 fn fullnat_rewrites_the_source_both_ways() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Fullnat, Some("198.18.1.1"));
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        let (lb, _) = Balancer::fullnat(VIP, Proto::Tcp, "198.18.1.1", &["198.18.1.11:8080"]);
 
         let (action, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
         assert_eq!(action, XDP_REDIRECT);
@@ -126,9 +122,7 @@ fn fullnat_rewrites_the_source_both_ways() {
 #[test]
 fn conntrack_holds_the_flow_with_its_nat() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Fullnat, Some("198.18.1.1"));
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        let (lb, _) = Balancer::fullnat(VIP, Proto::Tcp, "198.18.1.1", &["198.18.1.11:8080"]);
         lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
         let entries = sh("conntrack -L -p tcp 2>/dev/null");
         let line = entries
@@ -148,9 +142,7 @@ fn conntrack_holds_the_flow_with_its_nat() {
 #[test]
 fn udp_is_balanced_and_a_zero_checksum_stays_zero() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:5353", 1);
+        let (lb, _) = Balancer::dnat("198.18.100.1:53", Proto::Udp, &["198.18.1.11:5353"]);
 
         let (action, out) = lb.run(&Packet::udp(CLIENT, "198.18.100.1:53", b"query").build());
         assert_eq!(action, XDP_REDIRECT);
@@ -175,99 +167,279 @@ fn udp_is_balanced_and_a_zero_checksum_stays_zero() {
     });
 }
 
-#[test]
-fn traffic_not_for_a_vip_passes_byte_for_byte() {
-    in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
-        let mut arp = Packet::tcp(CLIENT, VIP, SYN).build();
-        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-        let mut icmp = Packet::udp(CLIENT, VIP, b"ping").build();
-        icmp[23] = 1; // protocol field
-        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-            (
-                "other address",
-                Packet::tcp(CLIENT, "198.18.100.2:80", SYN).build(),
-                "pass_not_vip",
+/// What the program must do with a frame: the action, the one reason it
+/// counts, and the frame that leaves.
+struct Case {
+    /// The README's "packet" column, word for word.
+    row: &'static str,
+    /// Which packet of that kind this is.
+    example: &'static str,
+    frame: Vec<u8>,
+    action: u32,
+    reason: lb_reason,
+    out: Out,
+}
+
+enum Out {
+    /// Output bytes == input bytes.
+    Untouched,
+    /// This frame, built with its checksums computed from scratch.
+    Becomes(Vec<u8>),
+}
+use Out::*;
+
+/// The README's table of odd packets, row for row and in its order
+/// (`the_odd_packet_table_is_the_readmes`), each row with one or more
+/// examples; run on `odd_packet_balancer`.
+fn odd_packets() -> Vec<Case> {
+    let options = [IPOPT_NOP, IPOPT_NOP, IPOPT_NOP, IPOPT_EOL];
+    vec![
+        Case {
+            row: "not IPv4 (ARP, IPv6, VLAN)",
+            example: "ARP request for the VIP's address",
+            frame: Arp::request("198.18.0.2", "198.18.100.1").build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_NOT_IP,
+            out: Untouched,
+        },
+        Case {
+            row: "not IPv4 (ARP, IPv6, VLAN)",
+            example: "IPv6 TCP SYN",
+            frame: Packet::tcp("[2001:db8::2]:40000", "[2001:db8:100::1]:80", SYN).build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_NOT_IP,
+            out: Untouched,
+        },
+        Case {
+            row: "not IPv4 (ARP, IPv6, VLAN)",
+            example: "SYN to the VIP in a VLAN-tagged frame",
+            frame: Packet::tcp(CLIENT, VIP, SYN).vlan(100).build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_NOT_IP,
+            out: Untouched,
+        },
+        Case {
+            row: "IPv4, neither TCP nor UDP (e.g. ICMP to a VIP address)",
+            example: "ICMP echo request to the VIP's address",
+            frame: Packet::icmp_echo("198.18.0.2", "198.18.100.1").build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_OTHER_PROTO,
+            out: Untouched,
+        },
+        Case {
+            row: "truncated header, bad IHL, total length beyond the frame",
+            example: "SYN to the VIP cut 10 bytes into its TCP header",
+            frame: Packet::tcp(CLIENT, VIP, SYN).cut_to(14 + 20 + 10).build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_MALFORMED,
+            out: Untouched,
+        },
+        Case {
+            row: "truncated header, bad IHL, total length beyond the frame",
+            example: "SYN to the VIP with IHL 4 (16 bytes, less than a header)",
+            frame: Packet::tcp(CLIENT, VIP, SYN).ihl(4).build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_MALFORMED,
+            out: Untouched,
+        },
+        Case {
+            row: "truncated header, bad IHL, total length beyond the frame",
+            example: "SYN to the VIP with total length 200 in a 54-byte frame",
+            frame: Packet::tcp(CLIENT, VIP, SYN).total_len(200).build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_MALFORMED,
+            out: Untouched,
+        },
+        Case {
+            row: "IP options",
+            example: "SYN to the VIP with NOP NOP NOP EOL: balanced, options kept",
+            frame: Packet::tcp(CLIENT, VIP, SYN)
+                .ip_options(&options)
+                .payload(b"opt")
+                .build(),
+            action: XDP_REDIRECT,
+            reason: lb_reason::LB_XDP_REDIRECT,
+            out: Becomes(
+                Packet::tcp(CLIENT, "198.18.1.11:8080", SYN)
+                    .ip_options(&options)
+                    .payload(b"opt")
+                    .ttl(63)
+                    .src_mac(ROUTER_MAC)
+                    .dst_mac(backend_mac(11))
+                    .build(),
             ),
-            (
-                "other port",
-                Packet::tcp(CLIENT, "198.18.100.1:81", SYN).build(),
-                "pass_not_vip",
-            ),
-            (
-                "udp to a tcp VIP",
-                Packet::udp(CLIENT, VIP, b"x").build(),
-                "pass_not_vip",
-            ),
-            ("ARP", arp, "pass_not_ip"),
-            ("ICMP to the VIP address", icmp, "pass_other_proto"),
-        ];
-        for (what, frame, reason) in cases {
-            let before = lb.reason(reason);
-            let (action, out) = lb.run(&frame);
-            assert_eq!(action, XDP_PASS, "{what}");
-            assert_eq!(out, frame, "{what} must leave untouched");
-            assert_eq!(lb.reason(reason), before + 1, "{what} counted as {reason}");
+        },
+        Case {
+            row: "first fragment to a VIP",
+            example: "SYN to the VIP with more fragments set, offset 0",
+            frame: Packet::tcp(CLIENT, VIP, SYN).more_fragments().build(),
+            action: XDP_DROP,
+            reason: lb_reason::LB_DROP_FRAGMENT,
+            out: Untouched,
+        },
+        Case {
+            row: "later fragment",
+            example: "to the VIP's address, offset 128 bytes",
+            frame: Packet::tcp(CLIENT, VIP, SYN).fragment_offset(16).build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_FRAGMENT,
+            out: Untouched,
+        },
+        Case {
+            row: "new flow to a VIP with no backend of weight > 0",
+            example: "SYN to a VIP without backends",
+            frame: Packet::tcp(CLIENT, NO_BACKENDS_VIP, SYN).build(),
+            action: XDP_DROP,
+            reason: lb_reason::LB_DROP_NO_BACKEND,
+            out: Untouched,
+        },
+        Case {
+            row: "new flow to a VIP with no backend of weight > 0",
+            example: "SYN to a VIP whose only backend has weight 0",
+            frame: Packet::tcp(CLIENT, DRAINED_VIP, SYN).build(),
+            action: XDP_DROP,
+            reason: lb_reason::LB_DROP_NO_BACKEND,
+            out: Untouched,
+        },
+        Case {
+            row: "conntrack entry that lbctl did not create",
+            example: "ACK to the VIP of a flow netfilter tracks (mark 0)",
+            frame: Packet::tcp(FOREIGN_CLIENT, VIP, ACK).build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_FOREIGN_CT,
+            out: Untouched,
+        },
+        Case {
+            row: "from a backend but no entry",
+            example: "SYN-ACK from a removed backend (its reply source stays)",
+            frame: Packet::tcp(REMOVED_BACKEND, CLIENT, SYN | ACK).build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_REPLY_UNTRACKED,
+            out: Untouched,
+        },
+    ]
+}
+
+const NO_BACKENDS_VIP: &str = "198.18.100.3:80";
+const DRAINED_VIP: &str = "198.18.100.4:80";
+const FOREIGN_CLIENT: &str = "198.18.0.2:40700";
+const REMOVED_BACKEND: &str = "198.18.1.13:8080";
+
+/// The world of the odd packets: VIP 198.18.100.1:80/tcp (dnat) with
+/// backend 198.18.1.11:8080, and REMOVED_BACKEND added and removed again;
+/// NO_BACKENDS_VIP; DRAINED_VIP with one backend of weight 0; and an entry
+/// netfilter made (`conntrack -I`, mark 0) for FOREIGN_CLIENT to the VIP.
+fn odd_packet_balancer() -> Balancer {
+    let (lb, vip) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080", REMOVED_BACKEND]);
+    lb.maps.del_backend(&vip, addr(REMOVED_BACKEND)).unwrap();
+    lb.vip(NO_BACKENDS_VIP, Proto::Tcp, NatMode::Dnat, None);
+    let drained = lb.vip(DRAINED_VIP, Proto::Tcp, NatMode::Dnat, None);
+    lb.backend(&drained, "198.18.1.12:8080", 0);
+    let (ip, port) = FOREIGN_CLIENT.split_once(':').unwrap();
+    sh(&format!(
+        "conntrack -I -p tcp -s {ip} -d 198.18.100.1 --sport {port} --dport 80 \
+         --timeout 120 --state ESTABLISHED 2>&1"
+    ));
+    lb
+}
+
+/// Runs every case on `lb`, in order, and fails with all that went wrong:
+/// the action, the reasons counted (the case's, once, and no other), and
+/// the bytes that left, as a field-by-field diff.
+fn run_table(lb: &Balancer, cases: &[Case]) {
+    let mut failures = Vec::new();
+    for case in cases {
+        let before = lb.reasons();
+        let (action, out) = lb.run(&case.frame);
+        let counted: Vec<String> = lb
+            .reasons()
+            .iter()
+            .zip(&before)
+            .enumerate()
+            .filter(|(_, (after, before))| after != before)
+            .map(|(r, (after, before))| {
+                format!("{} +{}", reason_label(lb_reason(r as u32)), after - before)
+            })
+            .collect();
+        let mut wrong = Vec::new();
+        if action != case.action {
+            wrong.push(format!(
+                "action {}, want {}",
+                action_name(action),
+                action_name(case.action)
+            ));
         }
-    });
+        let want_counted = [format!("{} +1", reason_label(case.reason))];
+        if counted != want_counted {
+            wrong.push(format!("counted {counted:?}, want {want_counted:?}"));
+        }
+        let want = match &case.out {
+            Untouched => &case.frame,
+            Becomes(frame) => frame,
+        };
+        if let Some(diff) = frame_diff(&out, want) {
+            wrong.push(diff);
+        }
+        if !wrong.is_empty() {
+            failures.push(format!(
+                "{} / {}:\n  {}",
+                case.row,
+                case.example,
+                wrong.join("\n  ")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn odd_packets_have_one_documented_behaviour_each() {
-    in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
-
-        // Truncated TCP header: passed untouched, the stack drops it.
-        let full = Packet::tcp(CLIENT, VIP, SYN).build();
-        let cut = full[..14 + 20 + 10].to_vec();
-        assert_eq!(lb.run(&cut), (XDP_PASS, cut.clone()));
-        // Total length beyond the frame.
-        let mut lying = full.clone();
-        lying[16..18].copy_from_slice(&200u16.to_be_bytes());
-        assert_eq!(lb.run(&lying), (XDP_PASS, lying.clone()));
-        assert_eq!(lb.reason("pass_malformed"), 2);
-
-        // First fragment to a VIP: dropped (lbctl does not reassemble).
-        let mut first = Packet::tcp(CLIENT, VIP, SYN);
-        first.frag = 0x2000;
-        assert_eq!(lb.run(&first.build()).0, XDP_DROP);
-        assert_eq!(lb.reason("drop_fragment"), 1);
-        // A later fragment has no ports: passed untouched.
-        let mut later = Packet::tcp(CLIENT, VIP, SYN);
-        later.frag = 0x0010;
-        let frame = later.build();
-        assert_eq!(lb.run(&frame), (XDP_PASS, frame.clone()));
-        assert_eq!(lb.reason("pass_fragment"), 1);
-
-        // IP options: balanced, options kept, checksums right.
-        let mut opts = Packet::tcp(CLIENT, VIP, SYN).payload(b"opt");
-        opts.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
-        let (action, out) = lb.run(&opts.build());
-        assert_eq!(action, XDP_REDIRECT);
-        let seen = parse(&out);
-        assert_eq!(seen.dst, "198.18.1.11:8080");
-        assert_eq!(seen.payload, b"opt");
-        assert_eq!(&out[34..38], &[1, 1, 1, 0]);
-    });
+    in_fresh_netns(|| run_table(&odd_packet_balancer(), &odd_packets()));
 }
 
 #[test]
-fn a_vip_without_backends_drops_new_flows() {
-    in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        assert_eq!(lb.run(&Packet::tcp(CLIENT, VIP, SYN).build()).0, XDP_DROP);
-        lb.backend(&vip, "198.18.1.11:8080", 0);
-        assert_eq!(
-            lb.run(&Packet::tcp(CLIENT, VIP, SYN).build()).0,
-            XDP_DROP,
-            "weight 0 only"
-        );
-        assert_eq!(lb.reason("drop_no_backend"), 2);
+fn the_odd_packet_table_is_the_readmes() {
+    let readme = include_str!("../README.md");
+    let table = readme
+        .split_once("Odd packets, one behaviour each")
+        .expect("the README's odd-packet table")
+        .1;
+    let readme_rows: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2) // header and separator
+        .map(|l| l.split('|').nth(1).unwrap().trim())
+        .collect();
+    let mut rows: Vec<&str> = odd_packets().iter().map(|c| c.row).collect();
+    rows.dedup();
+    assert_eq!(rows, readme_rows);
+}
+
+#[test]
+fn traffic_not_for_a_vip_passes_byte_for_byte() {
+    let not_a_vip = |example, frame: Packet| Case {
+        row: "IPv4 TCP/UDP, not for a VIP and not from a backend",
+        example,
+        frame: frame.build(),
+        action: XDP_PASS,
+        reason: lb_reason::LB_PASS_NOT_VIP,
+        out: Untouched,
+    };
+    let cases = [
+        not_a_vip("other address", Packet::tcp(CLIENT, "198.18.100.2:80", SYN)),
+        not_a_vip("other port", Packet::tcp(CLIENT, "198.18.100.1:81", SYN)),
+        not_a_vip("UDP to a TCP VIP", Packet::udp(CLIENT, VIP, b"x")),
+    ];
+    in_fresh_netns(move || {
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
+        run_table(&lb, &cases);
     });
 }
 
@@ -280,16 +452,14 @@ fn without_an_xdp_route_the_rewritten_packet_goes_to_the_stack() {
         let (action, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
         assert_eq!(action, XDP_PASS);
         assert_eq!(parse(&out).dst, "198.18.1.11:8080");
-        assert_eq!(lb.reason("pass_fib"), 1);
+        assert_eq!(lb.reason(lb_reason::LB_PASS_FIB), 1);
     });
 }
 
 #[test]
 fn counters_count_packets_bytes_and_new_flows() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        let (lb, vip) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
         let syn = Packet::tcp(CLIENT, VIP, SYN).build();
         let ack = Packet::tcp(CLIENT, VIP, ACK).payload(&[7; 100]).build();
         lb.run(&syn);
@@ -346,9 +516,9 @@ fn the_address_prefilter_follows_vips_and_backends() {
         assert_eq!(action, XDP_REDIRECT, "the twin VIP is still balanced");
         // A packet to the deleted VIP passes, after the lookup the bit asks for.
         let frame = Packet::tcp(CLIENT, VIP, SYN).build();
-        let before = lb.reason("pass_not_vip");
+        let before = lb.reason(lb_reason::LB_PASS_NOT_VIP);
         assert_eq!(lb.run(&frame), (XDP_PASS, frame.clone()));
-        assert_eq!(lb.reason("pass_not_vip"), before + 1);
+        assert_eq!(lb.reason(lb_reason::LB_PASS_NOT_VIP), before + 1);
 
         // Deleting the last VIP clears the VIP bitmap; a backend's bit stays
         // while its reply source does (replies of its live flows).

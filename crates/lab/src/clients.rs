@@ -2,6 +2,7 @@
 //! network namespace of the calling thread: run them through `netns::in_ns` or
 //! `Lab::in_client`. Every call is bounded by the timeout it is given.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
@@ -9,6 +10,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+/// Asks `n` times, `ask(k)` naming the backend that answered the k-th
+/// question, and counts the answers per backend; the first error ends it.
+pub fn answers_per_backend<E>(
+    n: usize,
+    mut ask: impl FnMut(usize) -> Result<String, E>,
+) -> Result<BTreeMap<String, usize>, E> {
+    let mut spread = BTreeMap::new();
+    for k in 0..n {
+        *spread.entry(ask(k)?).or_insert(0) += 1;
+    }
+    Ok(spread)
+}
 
 /// Longest backend name line we accept.
 const MAX_HELLO: usize = 64;

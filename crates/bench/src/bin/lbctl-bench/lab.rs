@@ -92,14 +92,6 @@ pub fn realtime() -> Result<()> {
     Ok(())
 }
 
-/// The 1-minute load average: how busy the machine was while measuring.
-pub fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
 /// Runs a shell command in the calling thread's network namespace.
 pub fn sh(cmd: &str) -> Result<String> {
     let out = Command::new("sh")

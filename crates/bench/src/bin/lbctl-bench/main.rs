@@ -313,7 +313,7 @@ fn run(args: &Args) -> Result<()> {
         realtime &= rt;
         workers.push((cmd_tx, msg_rx, handle));
     }
-    let load_before = lab::loadavg();
+    let load_before = lbctl_bench::loadavg();
     let mut samples: Vec<Vec<(Class, Sample)>> = vec![Vec::new(); configs.len()];
     for round in 0..runs {
         for (i, (cmd_tx, msg_rx, _)) in workers.iter().enumerate() {
@@ -340,7 +340,7 @@ fn run(args: &Args) -> Result<()> {
     let report = report::Report {
         quick: args.quick,
         realtime,
-        load: (load_before, lab::loadavg()),
+        load: (load_before, lbctl_bench::loadavg()),
         repeat,
         runs,
         chunk,

@@ -3,6 +3,8 @@
 
 use std::fmt::Write;
 
+use lbctl_bench::{cpu_model, median};
+
 use crate::harness::action_name;
 use crate::lab::Config;
 use crate::{Class, FwdPath, Sample};
@@ -46,15 +48,6 @@ pub struct Figure {
     pub all: Vec<f64>,
 }
 
-fn median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
-}
-
 impl Report {
     pub fn figures(&self, config: usize) -> Vec<Figure> {
         let mut out = Vec::new();
@@ -73,7 +66,7 @@ impl Report {
             all.shrink_to_fit();
             out.push(Figure {
                 class,
-                median: median(&sorted),
+                median: median(all.clone()),
                 min: sorted[0],
                 max: sorted[sorted.len() - 1],
                 action: got[got.len() - 1].action,
@@ -199,7 +192,11 @@ impl Report {
             "  \"kernel\": {},",
             quote(&lbctl::datapath::load::kernel_release())
         );
-        let _ = writeln!(s, "  \"cpu_model\": {},", quote(&cpu_model()));
+        let _ = writeln!(
+            s,
+            "  \"cpu_model\": {},",
+            quote(&cpu_model().unwrap_or_else(|| "unknown".into()))
+        );
         let _ = writeln!(
             s,
             "  \"nproc\": {},",
@@ -265,19 +262,6 @@ impl Report {
     }
 }
 
-/// The CPU model, as /proc/cpuinfo names it.
-pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 use lbctl::json::quote;
 
 #[cfg(test)]
@@ -285,9 +269,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn medians_and_quotes() {
-        assert_eq!(median(&[1.0, 2.0, 9.0]), 2.0);
-        assert_eq!(median(&[1.0, 2.0, 4.0, 9.0]), 3.0);
+    fn quotes() {
         assert_eq!(quote("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
     }
 }

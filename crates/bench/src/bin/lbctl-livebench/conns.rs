@@ -98,7 +98,7 @@ pub fn run(lab: &Lab, vip: Ipv4Addr, port: u16, load: &ConnLoad) -> Result<ConnS
     let mut sample = ConnSample {
         workers: load.workers,
         seconds,
-        loadavg: crate::napi::loadavg(),
+        loadavg: lbctl_bench::loadavg(),
         ..Default::default()
     };
     for w in workers {

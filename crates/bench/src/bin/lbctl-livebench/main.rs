@@ -244,7 +244,7 @@ fn run(args: &Args) -> Result<ExitCode> {
 }
 
 fn bench(args: &Args, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<Results> {
-    let loadavg_start = napi::loadavg();
+    let loadavg_start = lbctl_bench::loadavg();
     let progs = Progs::load()?;
     let mut lab = Lab::two_arm(args.backends).context("building the lab")?;
     lab.start_servers()?;
@@ -267,7 +267,7 @@ fn bench(args: &Args, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<Resul
     if !args.skip_conns {
         results.conns = conn_part(&mut rig, plan, lbctl, scratch)?;
     }
-    results.loadavg_end = napi::loadavg();
+    results.loadavg_end = lbctl_bench::loadavg();
     Ok(results)
 }
 
@@ -532,12 +532,7 @@ fn sanity(results: &Results) -> Result<ExitCode> {
 
 fn machine_facts() -> Vec<(String, String)> {
     let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
-    let cpuinfo = read("/proc/cpuinfo");
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_default();
+    let model = lbctl_bench::cpu_model().unwrap_or_default();
     let mem = read("/proc/meminfo")
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))

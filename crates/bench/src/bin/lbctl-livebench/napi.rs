@@ -229,11 +229,3 @@ impl CpuTimes {
             .collect()
     }
 }
-
-/// The 1-minute load average.
-pub fn loadavg() -> f64 {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
-}

@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use lbctl_bench::median;
+
 use crate::balancers::Balancer;
 use crate::conns::ConnSample;
 use crate::traffic::{Case, Mix, Sample};
@@ -31,20 +33,6 @@ pub struct ConnResult {
     pub runs: Vec<ConnSample>,
     /// Rounds that could not run (the balancer did not start), and why.
     pub errors: Vec<String>,
-}
-
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 impl PpsResult {
@@ -189,56 +177,57 @@ impl Results {
 
     /// (goal, measured ratio or value, target, met).
     pub fn goals(&self) -> Vec<(String, f64, f64, bool)> {
+        let at_least = |what: &str, value: f64, target: f64| {
+            (what.to_string(), value, target, value >= target)
+        };
+        let none = |what: String, count: u64| (what, count as f64, 0.0, count == 0);
         let mut goals = Vec::new();
         let lb = self.pps_of(Balancer::Lbctl, Mix::Established);
         let nft = self.pps_of(Balancer::Nft, Mix::Established);
         let refl = self.pps_of(Balancer::Reflector, Mix::Established);
         if let (Some(lb), Some(nft)) = (lb, nft) {
             let r = lb.per_core() / nft.per_core();
-            goals.push((
-                "lbctl pps per core / nftables DNAT (established)".into(),
+            goals.push(at_least(
+                "lbctl pps per core / nftables DNAT (established)",
                 r,
                 3.0,
-                r >= 3.0,
             ));
         }
         if let (Some(lb), Some(refl)) = (lb, refl) {
             let r = lb.per_core() / refl.per_core();
-            goals.push((
-                "lbctl pps per core / baseline reflector".into(),
-                r,
-                0.6,
-                r >= 0.6,
-            ));
+            goals.push(at_least("lbctl pps per core / baseline reflector", r, 0.6));
         }
         for r in self
             .pps
             .iter()
             .filter(|r| r.case.balancer == Balancer::Lbctl)
         {
+            let name = r.case.name();
             let lost = r.losses_below_saturation();
-            goals.push((
-                format!("{}: frames lost below saturation (search)", r.case.name()),
-                lost as f64,
-                0.0,
-                lost == 0,
+            goals.push(none(
+                format!("{name}: frames lost below saturation (search)"),
+                lost,
             ));
             let (_, _, lost) = r.delivery();
-            goals.push((
-                format!("{}: frames lost end to end (delivery check)", r.case.name()),
-                lost as f64,
-                0.0,
-                lost == 0,
+            goals.push(none(
+                format!("{name}: frames lost end to end (delivery check)"),
+                lost,
             ));
         }
         let lbc = self.conn_of(Balancer::Lbctl);
         if let (Some(lb), Some(h)) = (lbc, self.conn_of(Balancer::Haproxy)) {
-            let r = lb.rate() / h.rate();
-            goals.push(("lbctl conn/s / HAProxy".into(), r, 2.0, r >= 2.0));
+            goals.push(at_least(
+                "lbctl conn/s / HAProxy",
+                lb.rate() / h.rate(),
+                2.0,
+            ));
         }
         if let (Some(lb), Some(n)) = (lbc, self.conn_of(Balancer::Nft)) {
-            let r = lb.rate() / n.rate();
-            goals.push(("lbctl conn/s / nftables DNAT".into(), r, 1.0, r >= 1.0));
+            goals.push(at_least(
+                "lbctl conn/s / nftables DNAT",
+                lb.rate() / n.rate(),
+                1.0,
+            ));
         }
         goals
     }

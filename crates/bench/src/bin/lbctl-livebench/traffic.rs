@@ -397,7 +397,7 @@ impl Rig {
             cpu_busy: times,
             per_backend,
             conntrack_entries: balancers::conntrack_count(&ns)?,
-            loadavg: napi::loadavg(),
+            loadavg: lbctl_bench::loadavg(),
             verdicts,
         })
     }

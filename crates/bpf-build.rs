@@ -1,6 +1,9 @@
-//! Compiles this crate's BPF programs (`bpf/*.bpf.c`) into Rust skeletons in
-//! OUT_DIR. They include the data path's shared headers (`../../bpf`), so
-//! there is one definition of each struct and checksum helper.
+//! The build script of crates/lab and crates/bench (`build =
+//! "../bpf-build.rs"` in their Cargo.toml; it runs in the crate's own
+//! directory): compiles the crate's BPF programs (`bpf/*.bpf.c`) into Rust
+//! skeletons in OUT_DIR. They include the data path's shared headers
+//! (`../../bpf`), so there is one definition of each struct and checksum
+//! helper.
 use libbpf_cargo::SkeletonBuilder;
 use std::{env, fs, path::PathBuf};
 
