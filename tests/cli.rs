@@ -1,54 +1,28 @@
 //! The lbctl binary, run as a user would, for every error a user can cause:
 //! one clear line on stderr, a non-zero exit, and nothing left half-done.
 
+use std::ops::Deref;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
+use lbctl_lab::lbctl_ns::{run_ok, LbctlNs};
 
-/// A throwaway network namespace with a veth pair (`e0`, `e1`), deleted on
-/// drop, even when the test fails.
-struct Ns(String);
+/// A throwaway namespace (veth pair `e0`, `e1`) for running lbctl in.
+struct Ns(LbctlNs);
+
+impl Deref for Ns {
+    type Target = LbctlNs;
+    fn deref(&self) -> &LbctlNs {
+        &self.0
+    }
+}
 
 impl Ns {
     fn new() -> Ns {
-        let name = format!(
-            "lbt-{}-cli{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        run_ok(&["ip", "netns", "add", &name]);
-        let ns = Ns(name);
-        run_ok(&[
-            "ip", "-n", &ns.0, "link", "add", "e0", "type", "veth", "peer", "name", "e1",
-        ]);
-        run_ok(&[
-            "ip",
-            "-n",
-            &ns.0,
-            "addr",
-            "add",
-            "198.18.5.1/24",
-            "dev",
-            "e0",
-        ]);
-        run_ok(&["ip", "-n", &ns.0, "link", "set", "e0", "up"]);
-        run_ok(&["ip", "-n", &ns.0, "link", "set", "e1", "up"]);
-        ns
+        Ns(LbctlNs::new("cli", env!("CARGO_BIN_EXE_lbctl")))
     }
 
     fn lbctl(&self, args: &[&str]) -> Output {
         self.lbctl_env(args, &[])
-    }
-
-    fn lbctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.0, env!("CARGO_BIN_EXE_lbctl")])
-            .args(args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("running lbctl")
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -65,30 +39,6 @@ impl Ns {
     fn fails(&self, args: &[&str], want: &str) {
         fails_with(self.lbctl(args), args, want);
     }
-
-    fn xdp_on(&self, iface: &str) -> bool {
-        let out = run_ok(&["ip", "-n", &self.0, "-d", "link", "show", iface]);
-        out.contains("prog/xdp")
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn fails_with(out: Output, args: &[&str], want: &str) {
@@ -209,10 +159,7 @@ fn another_xdp_program_is_left_alone() {
         "-o",
         obj.to_str().unwrap(),
     ]);
-    run_ok(&[
-        "ip",
-        "-n",
-        &ns.0,
+    ns.ip(&[
         "link",
         "set",
         "dev",
@@ -406,7 +353,7 @@ fn namespaces_keep_separate_balancers() {
     // nsenter switches only the network namespace: same view.
     let out = Command::new("nsenter")
         .args([
-            &format!("--net=/run/netns/{}", a.0),
+            &format!("--net=/run/netns/{}", a.name),
             env!("CARGO_BIN_EXE_lbctl"),
             "list",
         ])

@@ -4,12 +4,10 @@
 //! with `backend del`, `vip del` and the last `detach`, and an entry lbctl
 //! did not create is never changed.
 
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::ops::Deref;
 
 use lbctl::neighbour::RTPROT_LBCTL;
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
+use lbctl_lab::lbctl_ns::LbctlNs;
 
 const V1: &str = "198.18.100.1:80";
 const V2: &str = "198.18.100.2:80";
@@ -19,48 +17,27 @@ const GW: &str = "198.18.5.2";
 /// A namespace with a veth pair (`e0` 198.18.5.1/24, `e1`), a route to
 /// 198.18.9.0/24 via `GW` and forwarding on; deleted on drop, even when the
 /// test fails.
-struct Ns(String);
+struct Ns(LbctlNs);
+
+impl Deref for Ns {
+    type Target = LbctlNs;
+    fn deref(&self) -> &LbctlNs {
+        &self.0
+    }
+}
 
 impl Ns {
     fn new() -> Ns {
-        let name = format!(
-            "lbt-{}-neigh{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        run_ok(&["ip", "netns", "add", &name]);
-        let ns = Ns(name);
-        ns.ip(&["link", "add", "e0", "type", "veth", "peer", "name", "e1"]);
-        ns.ip(&["addr", "add", "198.18.5.1/24", "dev", "e0"]);
-        ns.ip(&["link", "set", "e0", "up"]);
-        ns.ip(&["link", "set", "e1", "up"]);
+        let ns = Ns(LbctlNs::new("neigh", env!("CARGO_BIN_EXE_lbctl")));
         ns.ip(&["route", "add", "198.18.9.0/24", "via", GW, "dev", "e0"]);
         // As a balancer has it (and `attach` has no note to print).
-        run_ok(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns.0,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
+        ns.sysctl("net.ipv4.ip_forward=1");
         ns
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let mut argv = vec!["ip", "-n", &self.0];
-        argv.extend_from_slice(args);
-        run_ok(&argv)
     }
 
     /// Runs lbctl; it must succeed and print nothing on stderr (no note).
     fn lbctl(&self, args: &[&str]) {
-        let out: Output = Command::new("ip")
-            .args(["netns", "exec", &self.0, env!("CARGO_BIN_EXE_lbctl")])
-            .args(args)
-            .output()
-            .expect("running lbctl");
+        let out = self.lbctl_env(args, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "lbctl {args:?} failed: {stderr}");
         assert!(stderr.is_empty(), "lbctl {args:?}: {stderr}");
@@ -95,25 +72,6 @@ impl Ns {
         let entry = self.entry(addr);
         assert!(entry.is_none(), "{addr}: expected no entry, got {entry:?}");
     }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// An entry without the state word (INCOMPLETE, FAILED, ...), which the

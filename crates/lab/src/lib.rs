@@ -9,6 +9,7 @@
 pub mod clients;
 pub mod fixtures;
 pub mod lab;
+pub mod lbctl_ns;
 pub mod netns;
 pub mod servers;
 pub mod xdp_pass;

@@ -12,22 +12,7 @@ use libbpf_rs::{MapCore, MapFlags, OpenObject, ProgramInput};
 lbctl::include_skeleton!(skel, "harness.skel.rs");
 use skel::{HarnessSkel, HarnessSkelBuilder};
 
-pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
-pub const XDP_REDIRECT: u32 = 4;
-
-pub fn action_name(action: u32) -> &'static str {
-    match action {
-        XDP_ABORTED => "XDP_ABORTED",
-        XDP_DROP => "XDP_DROP",
-        XDP_PASS => "XDP_PASS",
-        XDP_TX => "XDP_TX",
-        XDP_REDIRECT => "XDP_REDIRECT",
-        _ => "unknown",
-    }
-}
+pub use lbctl_lab::fixtures::{action_name, XDP_ABORTED, XDP_PASS, XDP_REDIRECT, XDP_TX};
 
 /// Must match HARNESS_MAX_FRAME in bpf/harness.bpf.c (the skeleton's array
 /// size says it too).

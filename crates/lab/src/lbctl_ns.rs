@@ -1,0 +1,80 @@
+//! A throwaway network namespace for running the `lbctl` binary as a user
+//! would (`ip netns exec NS lbctl ...`): a veth pair `e0` (198.18.5.1/24) and
+//! `e1`, both up, and nothing else. Deleted on drop, even when the test
+//! fails. The CLI tests and the neighbour tests use it.
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct LbctlNs {
+    pub name: String,
+    lbctl: &'static str,
+}
+
+impl LbctlNs {
+    /// `tag` goes into the name (`lbt-<pid>-<tag><n>`); `lbctl` is the binary,
+    /// `env!("CARGO_BIN_EXE_lbctl")` in the lbctl package's tests.
+    pub fn new(tag: &str, lbctl: &'static str) -> LbctlNs {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let name = format!("lbt-{}-{tag}{n}", std::process::id());
+        run_ok(&["ip", "netns", "add", &name]);
+        let ns = LbctlNs { name, lbctl };
+        ns.ip(&["link", "add", "e0", "type", "veth", "peer", "name", "e1"]);
+        ns.ip(&["addr", "add", "198.18.5.1/24", "dev", "e0"]);
+        ns.ip(&["link", "set", "e0", "up"]);
+        ns.ip(&["link", "set", "e1", "up"]);
+        ns
+    }
+
+    /// `ip -n NS args...`; it must succeed. Its stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut argv = vec!["ip", "-n", &self.name];
+        argv.extend_from_slice(args);
+        run_ok(&argv)
+    }
+
+    /// `sysctl -qw key=value` inside the namespace.
+    pub fn sysctl(&self, setting: &str) {
+        run_ok(&["ip", "netns", "exec", &self.name, "sysctl", "-qw", setting]);
+    }
+
+    /// Runs lbctl in the namespace with extra environment variables.
+    pub fn lbctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, self.lbctl])
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("running lbctl")
+    }
+
+    /// Whether an XDP program is attached to `iface`.
+    pub fn xdp_on(&self, iface: &str) -> bool {
+        self.ip(&["-d", "link", "show", iface]).contains("prog/xdp")
+    }
+}
+
+impl Drop for LbctlNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs a command that must succeed; its stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
