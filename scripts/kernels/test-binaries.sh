@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --quiet
 cargo test --release --no-run --message-format=json --quiet \
-	--test packets --test flow_cache --test consistent_hashing --test cli --test e2e 2>/dev/null |
+	--test packets --test flow_cache --test consistent_hashing --test cli --test neighbour --test e2e 2>/dev/null |
 	grep -o '"executable":"[^"]*/deps/[^"]*"' | cut -d'"' -f4
