@@ -40,12 +40,59 @@ pub enum Command {
         /// Packets, bytes and new flows per VIP and backend.
         #[arg(long)]
         stats: bool,
-        /// Machine-readable output.
+        /// New flows, packets and bytes per second over --interval (ipvsadm --rate).
+        #[arg(long)]
+        rate: bool,
+        /// Seconds the rates are measured over.
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        interval: f64,
+        /// Machine-readable output (docs/JSON.md).
         #[arg(long)]
         json: bool,
     },
     /// Attached interfaces, program, kernel, and verdict counters.
     Status,
+    /// Where a flow goes and why: its conntrack entry, or the backend a new flow would get now.
+    Explain {
+        /// The client's address and port, e.g. 198.18.0.2:40000.
+        #[arg(value_parser = parse_endpoint)]
+        client: SocketAddr,
+        /// The VIP's address and port.
+        #[arg(value_parser = parse_endpoint)]
+        vip: SocketAddr,
+        /// Protocol.
+        #[arg(long, default_value = "tcp", value_parser = clap::value_parser!(Proto))]
+        proto: Proto,
+        /// Machine-readable output (docs/JSON.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// lbctl's live flows from the kernel's conntrack table (like ipvsadm -L -c -n).
+    Conns {
+        /// Only flows to this VIP (ADDR:PORT).
+        #[arg(long, value_parser = parse_endpoint)]
+        vip: Option<SocketAddr>,
+        /// Only flows to this backend (ADDR:PORT).
+        #[arg(long, value_parser = parse_endpoint)]
+        backend: Option<SocketAddr>,
+        /// Only flows of this protocol.
+        #[arg(long, value_parser = clap::value_parser!(Proto))]
+        proto: Option<Proto>,
+        /// Machine-readable output (docs/JSON.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh or fish) to standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the lbctl(8) man page (roff), or write it and one page per command into a directory.
+    Manpage {
+        /// Write lbctl.8 and lbctl-COMMAND.8 (e.g. lbctl-vip-add.8) here instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Show or set flow idle timeouts in seconds (like ipvsadm --set).
     Timeouts {
         /// Established TCP flows.
@@ -58,6 +105,14 @@ pub enum Command {
         #[arg(long)]
         udp: Option<u32>,
     },
+}
+
+/// Shells `lbctl completions` writes for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Args, Debug)]

@@ -9,11 +9,13 @@
 //! | `commands` | one module per command |
 //! | `datapath` | everything that touches BPF (see its module docs) |
 //! | `maglev`, `hash` | Maglev tables and the flow hash (pure) |
+//! | `conntrack` | the kernel's conntrack table, read through ctnetlink |
 //! | `neighbour` | managed neighbour entries for backends' next hops |
 //! | `lock`, `json` | the per-namespace lock; JSON string quoting |
 
 pub mod cli;
 pub mod commands;
+pub mod conntrack;
 pub mod datapath;
 pub mod hash;
 pub mod json;

@@ -4,7 +4,9 @@ use anyhow::{Error, Result};
 use clap::Parser;
 use lbctl::cli::{AttachArgs, BackendCommand, Cli, Command, VipCommand};
 use lbctl::commands;
-use lbctl::model::{check_same_family, AttachOptions, Timeouts, VipSpec};
+use lbctl::model::{
+    check_same_family, AttachOptions, FlowFilter, FlowQuery, ListOptions, Timeouts, VipSpec,
+};
 
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`lbctl list | head`), like other tools.
@@ -58,8 +60,39 @@ fn dispatch(command: Command) -> Result<()> {
                 BackendCommand::Del { .. } => commands::backend::del(&service, backend),
             }
         }
-        Command::List { stats, json } => commands::list::run(stats, json),
+        Command::List {
+            stats,
+            rate,
+            interval,
+            json,
+        } => {
+            commands::list::run(&ListOptions::new(stats, rate, interval, json).map_err(Error::msg)?)
+        }
         Command::Status => commands::status::run(),
+        Command::Completions { shell } => commands::docs::completions(shell),
+        Command::Manpage { dir } => commands::docs::manpage(dir.as_deref()),
+        Command::Explain {
+            client,
+            vip,
+            proto,
+            json,
+        } => commands::explain::run(
+            &FlowQuery::new(client, vip, proto).map_err(Error::msg)?,
+            json,
+        ),
+        Command::Conns {
+            vip,
+            backend,
+            proto,
+            json,
+        } => commands::conns::run(
+            &FlowFilter {
+                vip,
+                backend,
+                proto,
+            },
+            json,
+        ),
         Command::Timeouts { tcp, tcpfin, udp } => {
             commands::timeouts::run(&Timeouts::new(tcp, tcpfin, udp).map_err(Error::msg)?)
         }

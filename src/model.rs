@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::datapath::abi::LB_MAX_TABLE_SIZE;
 use crate::maglev::{is_prime, DEFAULT_TABLE_SIZE};
@@ -17,7 +18,8 @@ pub const DEFAULT_HASH_SEED: u32 = 0x6c62_6374;
 /// resolution far finer than any Maglev table).
 pub const MAX_WEIGHT: u32 = 65535;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
     Udp,
@@ -65,7 +67,8 @@ impl FromStr for Proto {
 }
 
 /// How a VIP's packets are rewritten.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NatMode {
     /// Destination only: backends see the client and must route replies
     /// through the balancer.
@@ -246,6 +249,74 @@ impl Timeouts {
 
     pub fn is_empty(&self) -> bool {
         self.tcp.is_none() && self.tcpfin.is_none() && self.udp.is_none()
+    }
+}
+
+/// How `lbctl list` shows the configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Counters since each VIP and backend was added.
+    pub stats: bool,
+    /// Rates over this interval.
+    pub rate: Option<Duration>,
+    pub json: bool,
+}
+
+impl ListOptions {
+    /// `interval_s`: seconds for `--rate` (0.1 to 60).
+    pub fn new(
+        stats: bool,
+        rate: bool,
+        interval_s: f64,
+        json: bool,
+    ) -> Result<ListOptions, String> {
+        if !(0.1..=60.0).contains(&interval_s) {
+            return Err(format!(
+                "--interval {interval_s}: the rate interval is 0.1 to 60 seconds"
+            ));
+        }
+        Ok(ListOptions {
+            stats,
+            rate: rate.then(|| Duration::from_secs_f64(interval_s)),
+            json,
+        })
+    }
+}
+
+/// Which flows `lbctl conns` shows; None: any.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowFilter {
+    pub vip: Option<SocketAddr>,
+    pub backend: Option<SocketAddr>,
+    pub proto: Option<Proto>,
+}
+
+impl FlowFilter {
+    pub fn matches(&self, proto: Proto, vip: SocketAddr, backend: SocketAddr) -> bool {
+        self.proto.is_none_or(|p| p == proto)
+            && self.vip.is_none_or(|v| v == vip)
+            && self.backend.is_none_or(|b| b == backend)
+    }
+}
+
+/// A flow `lbctl explain` is asked about: client to VIP over a protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowQuery {
+    pub client: SocketAddr,
+    pub service: Service,
+}
+
+impl FlowQuery {
+    pub fn new(client: SocketAddr, vip: SocketAddr, proto: Proto) -> Result<FlowQuery, String> {
+        if client.is_ipv4() != vip.is_ipv4() {
+            return Err(format!(
+                "client {client} and VIP {vip} are of different address families"
+            ));
+        }
+        Ok(FlowQuery {
+            client,
+            service: Service { addr: vip, proto },
+        })
     }
 }
 

@@ -39,6 +39,10 @@ struct Hop {
 struct Entry {
     managed: bool,
     protocol: Option<u8>,
+    /// The NUD state word (REACHABLE, STALE, INCOMPLETE, ...), if shown.
+    state: Option<String>,
+    /// A link-layer address is known.
+    lladdr: bool,
 }
 
 impl Entry {
@@ -74,6 +78,47 @@ pub fn keep_resolved(addr: IpAddr) -> Option<String> {
             hop.dev
         )),
     }
+}
+
+/// How this namespace would reach an address now, as the XDP program's
+/// FIB lookup sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reach {
+    /// The next hop (the address itself, or a gateway) and its interface.
+    pub hop: IpAddr,
+    pub dev: String,
+    /// The neighbour's state word, or "none" without an entry.
+    pub state: String,
+    /// The neighbour has a MAC in a state the FIB lookup accepts
+    /// (NUD_VALID): the first packet can leave from XDP.
+    pub resolved: bool,
+}
+
+/// The next hop toward `addr` and whether it is resolved; None without a
+/// route (or for an address of this host).
+pub fn reach(addr: IpAddr) -> Option<Reach> {
+    let hop = next_hop(addr)?;
+    let entry = entry(&hop).ok().flatten();
+    // NUD_VALID: every state with a usable MAC (INCOMPLETE and FAILED have none).
+    const VALID: [&str; 6] = ["REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT", "NOARP"];
+    let state = entry
+        .as_ref()
+        .and_then(|e| e.state.clone())
+        .unwrap_or_else(|| "none".into());
+    let resolved = entry.is_some_and(|e| e.lladdr || e.state.as_deref() == Some("NOARP"))
+        && VALID.contains(&state.as_str());
+    Some(Reach {
+        hop: hop.addr,
+        dev: hop.dev,
+        state,
+        resolved,
+    })
+}
+
+/// The interface a packet to `addr` leaves by: the one a packet from `addr`
+/// arrives on, where routes are symmetric. None without a route.
+pub fn route_dev(addr: IpAddr) -> Option<String> {
+    next_hop(addr).map(|h| h.dev)
 }
 
 /// Removes lbctl's entries for the next hops of `gone` (backends lbctl no
@@ -181,9 +226,15 @@ fn parse_entry(text: &str, addr: IpAddr) -> Option<Entry> {
             .iter()
             .position(|w| *w == "proto")
             .and_then(|i| words.get(i + 1)?.parse().ok());
+        let state = words
+            .iter()
+            .find(|w| w.len() > 2 && w.chars().all(|c| c.is_ascii_uppercase()))
+            .map(|w| w.to_string());
         Some(Entry {
             managed: words.contains(&"managed"),
             protocol,
+            state,
+            lladdr: words.contains(&"lladdr"),
         })
     })
 }
@@ -249,7 +300,9 @@ mod tests {
             parse_entry(ours, v4("198.18.5.9")),
             Some(Entry {
                 managed: true,
-                protocol: Some(108)
+                protocol: Some(108),
+                state: Some("INCOMPLETE".into()),
+                lladdr: false,
             })
         );
         assert!(parse_entry(ours, v4("198.18.5.9")).unwrap().is_lbctls());
@@ -267,7 +320,9 @@ mod tests {
             parse_entry(learned, v4("2001:db8::5")),
             Some(Entry {
                 managed: false,
-                protocol: None
+                protocol: None,
+                state: Some("STALE".into()),
+                lladdr: true,
             })
         );
         assert_eq!(parse_entry("", v4("198.18.5.9")), None);

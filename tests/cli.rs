@@ -367,3 +367,40 @@ fn namespaces_keep_separate_balancers() {
     );
     b.ok(&["detach", "e0"]);
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_binary() {
+    let lbctl = env!("CARGO_BIN_EXE_lbctl");
+    for (shell, marker) in [
+        ("bash", "_lbctl()"),
+        ("zsh", "#compdef lbctl"),
+        ("fish", "complete -c lbctl"),
+    ] {
+        let script = run_ok(&[lbctl, "completions", shell]);
+        assert!(
+            script.contains(marker),
+            "{shell}: {}",
+            &script[..script.len().min(200)]
+        );
+        assert!(
+            script.contains("explain"),
+            "{shell} completes every command"
+        );
+    }
+    let page = run_ok(&[lbctl, "manpage"]);
+    assert!(
+        page.contains(".TH lbctl 8"),
+        "{}",
+        &page[..page.len().min(200)]
+    );
+    let dir = std::env::temp_dir().join(format!("lbctl-man-{}", std::process::id()));
+    run_ok(&[lbctl, "manpage", "--dir", dir.to_str().unwrap()]);
+    let vip_add = std::fs::read_to_string(dir.join("lbctl-vip-add.8")).expect("lbctl-vip-add.8");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(vip_add.contains("table\\-size"), "{vip_add}");
+    let bad = Command::new(lbctl)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    fails_with(bad, &["completions", "tcsh"], "invalid value 'tcsh'");
+}

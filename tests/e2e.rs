@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use lbctl_lab::balanced;
 use lbctl_lab::clients::{self, ClientError, LongConn};
 use lbctl_lab::lab::{Lab, Topology};
 
@@ -17,43 +18,12 @@ fn timeout() -> Duration {
 
 /// lbctl, run in the lab's balancer namespace.
 fn lbctl(lab: &Lab, args: &[&str]) -> String {
-    let mut argv = vec![env!("CARGO_BIN_EXE_lbctl")];
-    argv.extend_from_slice(args);
-    lab.exec(lab.balancer_ns(), &argv)
-        .unwrap_or_else(|e| panic!("lbctl {args:?}: {e}"))
+    balanced::lbctl(lab, env!("CARGO_BIN_EXE_lbctl"), args)
 }
 
-/// A lab with lbctl attached to every balancer interface, one VIP on port
-/// 80 (TCP and UDP) and every backend's echo server behind it.
+/// A lab with lbctl attached, VIP 1 on port 80 and every backend behind it.
 fn balanced_lab(topology: Topology, backends: usize, weights: &[u32]) -> (Lab, Ipv4Addr) {
-    let mut lab = match topology {
-        Topology::TwoArm => Lab::two_arm(backends),
-        Topology::OneArm => Lab::one_arm(backends),
-    }
-    .expect("building the lab");
-    lab.start_servers().expect("starting servers");
-    for iface in lab.lb_ifaces() {
-        lbctl(&lab, &["attach", iface]);
-    }
-    let vip = lab.vip(1);
-    let mode = if topology == Topology::TwoArm {
-        "dnat"
-    } else {
-        "fullnat"
-    };
-    for proto in ["tcp", "udp"] {
-        let v = format!("{vip}:80");
-        lbctl(&lab, &["vip", "add", &v, "--proto", proto, "--mode", mode]);
-        for i in lab.backend_ids() {
-            let b = format!("{}:{ECHO_PORT}", lab.backend_addr(i));
-            let w = weights.get(i - 1).copied().unwrap_or(1).to_string();
-            lbctl(
-                &lab,
-                &["backend", "add", &v, &b, "--proto", proto, "--weight", &w],
-            );
-        }
-    }
-    (lab, vip)
+    balanced::balanced_lab(env!("CARGO_BIN_EXE_lbctl"), topology, backends, weights)
 }
 
 /// What the balancer saw, for failure messages.

@@ -4,6 +4,9 @@
 
 pub mod attach;
 pub mod backend;
+pub mod conns;
+pub mod docs;
+pub mod explain;
 pub mod list;
 pub mod status;
 pub mod timeouts;

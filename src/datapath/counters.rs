@@ -9,7 +9,7 @@ use super::maps::{Map, Maps};
 use super::types::{lb_counters, lb_flow_cache_counters, lb_reason};
 
 /// Summed per-CPU counters of a VIP or a backend.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     pub packets: u64,
     pub bytes: u64,

@@ -10,6 +10,7 @@
 //! | `tables.rs` | Maglev tables: build, swap in, read back, repair |
 //! | `prefilter.rs` | the address prefilter bitmaps |
 //! | `counters.rs` | per-CPU counters: VIPs, backends, verdicts, flow cache |
+//! | `predict.rs` | the backend the data path would pick for a new flow now |
 //! | `load.rs` | checks before loading, loading with useful errors |
 //! | `iface.rs` | interfaces and XDP attachment (netlink) |
 //! | `balancer.rs` | finding the balancer running in this network namespace |
@@ -22,6 +23,7 @@ pub mod counters;
 pub mod iface;
 pub mod load;
 pub mod maps;
+pub mod predict;
 pub mod prefilter;
 pub mod tables;
 

@@ -103,6 +103,15 @@ impl Maps {
         Ok(())
     }
 
+    /// Whether an address's bit is set (always true for IPv6, which is not
+    /// prefiltered).
+    pub fn prefilter_has(&self, set: Set, ip: IpAddr) -> Result<bool> {
+        match slot(set, ip) {
+            Some((word, mask)) => Ok(self.prefilter_word(word)? & mask != 0),
+            None => Ok(true),
+        }
+    }
+
     /// Both bitmaps as they are (for tests and `lbctl status`).
     pub fn prefilter_words(&self) -> Result<Vec<u64>> {
         let mut words = vec![0u64; 2 * LB_PREFILTER_WORDS as usize];

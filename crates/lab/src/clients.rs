@@ -445,6 +445,8 @@ impl fmt::Display for ConnReport {
 pub struct LongConn {
     id: usize,
     backend: String,
+    /// The client's end (address and port) of the connection.
+    local: SocketAddr,
     stop: Arc<AtomicBool>,
     chunks_ok: Arc<AtomicU64>,
     pump: Option<JoinHandle<Option<ConnFailure>>>,
@@ -460,6 +462,7 @@ impl LongConn {
         cfg: &EchoConfig,
     ) -> Result<LongConn, ClientError> {
         let mut stream = connect(addr, port, cfg.io_timeout)?;
+        let local = stream.local_addr()?;
         let backend = read_hello(&mut stream)?;
         if let Some(expected) = &cfg.expect_backend {
             if *expected != backend {
@@ -480,6 +483,7 @@ impl LongConn {
         Ok(LongConn {
             id,
             backend,
+            local,
             stop,
             chunks_ok,
             pump: Some(pump),
@@ -488,6 +492,11 @@ impl LongConn {
 
     pub fn id(&self) -> usize {
         self.id
+    }
+
+    /// The client's address and port of this connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 
     /// The backend that greeted this connection.

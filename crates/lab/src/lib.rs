@@ -6,6 +6,7 @@
 //! program with BPF_PROG_TEST_RUN (`fixtures`). Not shipped: `cargo install`
 //! installs only the `lbctl` package.
 
+pub mod balanced;
 pub mod clients;
 pub mod fixtures;
 pub mod lab;

@@ -183,6 +183,9 @@ enum Msg {
     Ready {
         setup_s: f64,
         entries: u64,
+        /// lbctl's flows among them, and how long reading them took.
+        flows: usize,
+        conns_ms: f64,
         realtime: bool,
     },
     Round(Vec<(Class, Sample)>),
@@ -299,6 +302,8 @@ fn run(args: &Args) -> Result<()> {
         let Ok(Msg::Ready {
             setup_s,
             entries,
+            flows,
+            conns_ms,
             realtime: rt,
         }) = ready
         else {
@@ -306,7 +311,8 @@ fn run(args: &Args) -> Result<()> {
             return Err(join_error(handle, &cfg.name));
         };
         println!(
-            "{}: configured in {setup_s:.1} s, {entries} conntrack entries",
+            "{}: configured in {setup_s:.1} s, {entries} conntrack entries; \
+             reading them as `lbctl conns` does took {conns_ms:.0} ms ({flows} lbctl flows)",
             cfg.name
         );
         setups.push(setup_s);
@@ -409,6 +415,11 @@ fn worker(
     };
     bench.reset()?;
     let entries = lab::conntrack_count()?;
+    // What `lbctl conns` reads: every entry of the table over ctnetlink,
+    // decoded, lbctl's kept.
+    let started = Instant::now();
+    let flows = lbctl::conntrack::lbctl_flows()?.len();
+    let conns_ms = started.elapsed().as_secs_f64() * 1e3;
     // Where real-time scheduling is not allowed (a container without RT
     // bandwidth), measure at normal priority and say so.
     let realtime = bench.opts.realtime
@@ -418,6 +429,8 @@ fn worker(
     let ready = Msg::Ready {
         setup_s,
         entries,
+        flows,
+        conns_ms,
         realtime,
     };
     if out.send(ready).is_err() {

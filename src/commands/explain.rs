@@ -1,0 +1,376 @@
+//! `lbctl explain CLIENT VIP`: where a flow goes and why. A flow conntrack
+//! holds follows its entry; for one it does not, the backend a new flow
+//! would get now (the same hash, seed and table as the data path), and every
+//! condition on its way checked against the running system: VIP, prefilter,
+//! backends, the interface its packets arrive on, forwarding, and the route
+//! and neighbour toward the backend.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::conns::state;
+use crate::conntrack::{self, Entry};
+use crate::datapath::balancer::Balancer;
+use crate::datapath::predict::Pick;
+use crate::datapath::prefilter::Set;
+use crate::datapath::{iface, load};
+use crate::model::{FlowQuery, NatMode, Proto};
+use crate::neighbour;
+
+/// `explain --json` (docs/JSON.md).
+#[derive(Serialize)]
+struct Explanation {
+    proto: Proto,
+    client: SocketAddr,
+    vip: SocketAddr,
+    /// The conntrack entry of this flow, if there is one.
+    conntrack: Option<Held>,
+    /// What a new flow with this tuple would get now; None without a VIP or
+    /// a balancer.
+    new_flow: Option<NewFlow>,
+    /// Every condition on the way, in the order a packet meets them.
+    checks: Vec<Check>,
+    /// One line: where the flow goes.
+    summary: String,
+}
+
+#[derive(Serialize)]
+struct Held {
+    /// Made by lbctl (it carries lbctl's mark); else it is passed untouched.
+    lbctl: bool,
+    backend: SocketAddr,
+    backend_id: Option<u32>,
+    state: &'static str,
+    expires_s: u32,
+    /// Seconds since the entry was made (with nf_conntrack_timestamp on).
+    age_s: Option<u64>,
+    mark: u32,
+}
+
+#[derive(Serialize)]
+struct NewFlow {
+    backend: Option<SocketAddr>,
+    backend_id: Option<u32>,
+    slot: u32,
+    table_size: u32,
+    hash: u32,
+    seed: u32,
+}
+
+#[derive(Serialize)]
+struct Check {
+    check: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+struct Checks(Vec<Check>);
+
+impl Checks {
+    fn add(&mut self, check: &'static str, ok: bool, detail: String) -> bool {
+        self.0.push(Check { check, ok, detail });
+        ok
+    }
+}
+
+pub fn run(q: &FlowQuery, json: bool) -> Result<()> {
+    load::require_privileges()?;
+    let e = explain(q)?;
+    let out = if json {
+        serde_json::to_string(&e)? + "\n"
+    } else {
+        render(&e)
+    };
+    print!("{out}");
+    Ok(())
+}
+
+fn explain(q: &FlowQuery) -> Result<Explanation> {
+    let (client, svc) = (q.client, &q.service);
+    let entry = conntrack::find(svc.proto, client, svc.addr)?;
+    let held = entry.as_ref().map(held);
+    let mut checks = Checks(Vec::new());
+    let balancer = Balancer::find()?;
+    let pick = match &balancer {
+        Some(b) => {
+            let names: Vec<&str> = b.attachments.iter().map(|a| a.ifname.as_str()).collect();
+            checks.add(
+                "attached",
+                true,
+                format!(
+                    "lbctl runs here (program {}) on {}",
+                    b.prog_id,
+                    names.join(", ")
+                ),
+            );
+            b.maps.predict(svc, client)?
+        }
+        None => {
+            checks.add(
+                "attached",
+                false,
+                "lbctl is not attached to any interface in this network namespace".into(),
+            );
+            None
+        }
+    };
+    if let (Some(b), Some(p)) = (&balancer, &pick) {
+        path_checks(&mut checks, b, q, p)?;
+    } else if balancer.is_some() {
+        checks.add(
+            "vip",
+            false,
+            format!("no VIP {svc}: the packet passes untouched (pass_not_vip)"),
+        );
+    }
+    let new_flow = pick.as_ref().map(|p| NewFlow {
+        backend: p.backend.as_ref().map(|b| b.addr),
+        backend_id: p.backend.as_ref().map(|b| b.id),
+        slot: p.slot,
+        table_size: p.table_size,
+        hash: p.hash,
+        seed: p.seed,
+    });
+    let summary = summary(held.as_ref(), new_flow.as_ref(), &checks.0);
+    Ok(Explanation {
+        proto: svc.proto,
+        client,
+        vip: svc.addr,
+        conntrack: held,
+        new_flow,
+        checks: checks.0,
+        summary,
+    })
+}
+
+fn held(e: &Entry) -> Held {
+    let flow = e.flow();
+    let age_s = e.start_ns.and_then(|start| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()?
+            .as_nanos() as u64;
+        Some(now.saturating_sub(start) / 1_000_000_000)
+    });
+    Held {
+        lbctl: flow.is_some(),
+        backend: e.reply_src,
+        backend_id: flow.as_ref().map(|f| f.backend_id),
+        state: flow.as_ref().map_or("not lbctl's", state),
+        expires_s: e.timeout_s,
+        age_s,
+        mark: e.mark,
+    }
+}
+
+/// The conditions a new flow's packets meet, from the VIP to the backend's
+/// next hop, each checked against the maps, the routes, the neighbours and
+/// the sysctls as they are now.
+fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Result<()> {
+    let (client, svc) = (q.client, &q.service);
+    checks.add("vip", true, format!("VIP {svc} ({})", p.vip.mode.name()));
+    let bit = b.maps.prefilter_has(Set::Vips, svc.addr.ip())?;
+    checks.add(
+        "prefilter",
+        bit,
+        if bit {
+            "the VIP address's prefilter bit is set".into()
+        } else {
+            "the VIP address's prefilter bit is clear: its packets pass without a lookup (lbctl attach IFACE --replace rebuilds it)".into()
+        },
+    );
+    let backend = match &p.backend {
+        Some(be) => {
+            checks.add(
+                "backend",
+                true,
+                format!(
+                    "slot {} of {} holds backend {} (weight {})",
+                    p.slot, p.table_size, be.addr, be.weight
+                ),
+            );
+            be.addr
+        }
+        None => {
+            checks.add(
+                "backend",
+                false,
+                format!("VIP {svc} has no backend of weight > 0: new flows are dropped (drop_no_backend)"),
+            );
+            return Ok(());
+        }
+    };
+    // The interface the client's packets arrive on: the one the route back
+    // to the client leaves by (routes are symmetric in a balancer's
+    // namespace; a lab or a router may differ).
+    let ingress = match neighbour::route_dev(client.ip()) {
+        Some(dev) => {
+            let attached = b.attachments.iter().any(|a| a.ifname == dev);
+            checks.add(
+                "ingress",
+                attached,
+                if attached {
+                    format!("packets from {} arrive on {dev}, where lbctl is attached", client.ip())
+                } else {
+                    format!("packets from {} arrive on {dev}, where lbctl is not attached: they reach the kernel, not lbctl (lbctl attach {dev})", client.ip())
+                },
+            );
+            Some(dev)
+        }
+        None => {
+            checks.add(
+                "ingress",
+                false,
+                format!(
+                    "no route back to {}: replies cannot reach the client",
+                    client.ip()
+                ),
+            );
+            None
+        }
+    };
+    if let Some(dev) = &ingress {
+        let on = iface::ipv4_forwarding(dev);
+        checks.add(
+            "forwarding",
+            on,
+            if on {
+                format!("IPv4 forwarding is on on {dev}")
+            } else {
+                format!("IPv4 forwarding is off on {dev}: the FIB refuses to route, packets go to the kernel, which drops them (sysctl -w net.ipv4.conf.{dev}.forwarding=1)")
+            },
+        );
+    }
+    let Some(reach) = neighbour::reach(backend.ip()) else {
+        checks.add(
+            "route",
+            false,
+            format!("no route to backend {}: packets go to the kernel (pass_fib), which cannot forward them", backend.ip()),
+        );
+        return Ok(());
+    };
+    checks.add(
+        "route",
+        true,
+        format!(
+            "backend {} is reached via {} on {}",
+            backend.ip(),
+            reach.hop,
+            reach.dev
+        ),
+    );
+    let fullnat = p.vip.mode == NatMode::Fullnat;
+    let egress_attached = b.attachments.iter().any(|a| a.ifname == reach.dev);
+    checks.add(
+        "egress",
+        egress_attached || !fullnat,
+        match (egress_attached, fullnat) {
+            (true, _) => format!("{} is attached: packets leave from XDP", reach.dev),
+            (false, false) => format!("{} is not attached: packets go through the kernel's forwarding (pass_fib), slower but delivered", reach.dev),
+            (false, true) => format!("{} is not attached: fullnat packets go to the kernel (pass_fib), which drops them as martian (lbctl attach {})", reach.dev, reach.dev),
+        },
+    );
+    checks.add(
+        "neighbour",
+        reach.resolved,
+        if reach.resolved {
+            format!("next hop {} on {} is resolved ({})", reach.hop, reach.dev, reach.state)
+        } else if fullnat {
+            format!("next hop {} on {} has no MAC ({}): the first packet goes to the kernel to resolve it (pass_no_neigh), which drops it in fullnat; the client retransmits", reach.hop, reach.dev, reach.state)
+        } else {
+            format!("next hop {} on {} has no MAC ({}): the first packet goes to the kernel to resolve it (pass_no_neigh)", reach.hop, reach.dev, reach.state)
+        },
+    );
+    Ok(())
+}
+
+fn summary(held: Option<&Held>, new: Option<&NewFlow>, checks: &[Check]) -> String {
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.check).collect();
+    let new_backend = new.and_then(|n| n.backend);
+    if failed.contains(&"attached") {
+        let entry = held.map_or(String::new(), |h| {
+            format!(" (its conntrack entry names backend {})", h.backend)
+        });
+        return format!(
+            "lbctl is not attached here: this flow's packets reach the kernel, not lbctl{entry}"
+        );
+    }
+    match held {
+        Some(h) if !h.lbctl => format!(
+            "conntrack holds an entry lbctl did not make (mark {:#x}): lbctl passes this flow untouched (pass_foreign_ct)",
+            h.mark
+        ),
+        Some(h) => {
+            let mut s = format!("this flow is held by conntrack and goes to {}", h.backend);
+            match new_backend {
+                Some(n) if n != h.backend => {
+                    let _ = write!(s, "; it keeps that backend while a new flow with this tuple would go to {n}");
+                }
+                None => s.push_str("; it keeps that backend, though no new flow would get one now"),
+                _ => {}
+            }
+            s
+        }
+        None => match (new_backend, failed.is_empty()) {
+            (Some(n), true) => format!("a new flow goes to {n}"),
+            (Some(n), false) => format!("a new flow would go to {n}, but: {}", failed.join(", ")),
+            (None, _) => format!("a new flow goes nowhere: {}", failed.join(", ")),
+        },
+    }
+}
+
+fn render(e: &Explanation) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "flow       {} {} -> {}", e.proto, e.client, e.vip);
+    match &e.conntrack {
+        Some(h) => {
+            let age = h.age_s.map_or(
+                "age unknown (net.netfilter.nf_conntrack_timestamp is off)".into(),
+                |a| format!("made {a} s ago"),
+            );
+            let _ = writeln!(
+                s,
+                "conntrack  holds it: backend {}{}, {}, expires in {} s, {age}, mark {:#x}",
+                h.backend,
+                h.backend_id
+                    .map_or(String::new(), |id| format!(" (id {id})")),
+                h.state,
+                h.expires_s,
+                h.mark
+            );
+        }
+        None => {
+            let _ = writeln!(s, "conntrack  no entry: the next packet starts a new flow");
+        }
+    }
+    if let Some(n) = &e.new_flow {
+        match n.backend {
+            Some(b) => {
+                let _ = writeln!(
+                    s,
+                    "new flow   backend {b}{}: slot {} of {} (hash {:#010x}, seed {:#x})",
+                    n.backend_id
+                        .map_or(String::new(), |id| format!(" (id {id})")),
+                    n.slot,
+                    n.table_size,
+                    n.hash,
+                    n.seed
+                );
+            }
+            None => {
+                let _ = writeln!(s, "new flow   no backend (empty table)");
+            }
+        }
+    }
+    let _ = writeln!(s, "checks");
+    for c in &e.checks {
+        let mark = if c.ok { "ok  " } else { "FAIL" };
+        let _ = writeln!(s, "  {mark}  {:<11} {}", c.check, c.detail);
+    }
+    let _ = writeln!(s, "so         {}", e.summary);
+    s
+}

@@ -1,0 +1,336 @@
+//! The kernel's conntrack table, read through ctnetlink (a dump, or a get of
+//! one tuple) in this network namespace: lbctl's flows, told apart from
+//! everything else by the mark the data path gives them (`bpf/lb_abi.h`).
+//! The table is the single source of truth for live connections; this
+//! module only reads it.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{bail, Context, Result};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_netfilter::conntrack::{
+    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Status, Tuple,
+};
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
+};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr as NlAddr};
+
+use crate::datapath::abi::{
+    LB_MARK_BACKEND_MASK, LB_MARK_CLOSING, LB_MARK_VIP_MASK, LB_MARK_VIP_SHIFT,
+};
+use crate::model::Proto;
+
+/// CTA_TIMESTAMP and its CTA_TIMESTAMP_START: when the entry was made, if
+/// the namespace has `net.netfilter.nf_conntrack_timestamp` on.
+const CTA_TIMESTAMP: u16 = 20;
+const CTA_TIMESTAMP_START: u16 = 1;
+
+/// One conntrack entry: both tuples as the kernel holds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub proto: u8,
+    /// The original direction: the client and what it sent to (the VIP).
+    pub orig_src: SocketAddr,
+    pub orig_dst: SocketAddr,
+    /// The reply direction: the backend and whom it answers (the client,
+    /// or the balancer's source address in fullnat).
+    pub reply_src: SocketAddr,
+    pub reply_dst: SocketAddr,
+    pub status: u32,
+    /// Seconds left before the entry expires.
+    pub timeout_s: u32,
+    pub mark: u32,
+    /// Nanoseconds since boot when it was made (with timestamps on).
+    pub start_ns: Option<u64>,
+}
+
+/// An lbctl flow: a conntrack entry whose mark names a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub proto: Proto,
+    pub client: SocketAddr,
+    pub vip: SocketAddr,
+    pub backend: SocketAddr,
+    /// The source the backend sees, where it is not the client (fullnat).
+    pub source: Option<SocketAddr>,
+    pub backend_id: u32,
+    pub vip_index: u32,
+    /// FIN or RST seen: the short timeout applies.
+    pub closing: bool,
+    /// The backend has answered (IPS_SEEN_REPLY).
+    pub replied: bool,
+    pub expires_s: u32,
+    pub start_ns: Option<u64>,
+}
+
+impl Entry {
+    /// The lbctl flow this entry is, if lbctl made it (mark with a backend).
+    pub fn flow(&self) -> Option<Flow> {
+        if self.mark & LB_MARK_BACKEND_MASK == 0 {
+            return None;
+        }
+        let proto = Proto::from_number(self.proto)?;
+        Some(Flow {
+            proto,
+            client: self.orig_src,
+            vip: self.orig_dst,
+            backend: self.reply_src,
+            source: (self.reply_dst != self.orig_src).then_some(self.reply_dst),
+            backend_id: (self.mark & LB_MARK_BACKEND_MASK) - 1,
+            vip_index: (self.mark >> LB_MARK_VIP_SHIFT) & LB_MARK_VIP_MASK,
+            closing: self.mark & LB_MARK_CLOSING != 0,
+            replied: self.status & Status::SeenReply.bits() != 0,
+            expires_s: self.timeout_s,
+            start_ns: self.start_ns,
+        })
+    }
+}
+
+fn family(ip: IpAddr) -> NetfilterProtoFamily {
+    match ip {
+        IpAddr::V4(_) => NetfilterProtoFamily::IPv4,
+        IpAddr::V6(_) => NetfilterProtoFamily::IPv6,
+    }
+}
+
+/// Every entry of the table (both families).
+pub fn dump() -> Result<Vec<Entry>> {
+    request(NetfilterProtoFamily::Unspec, Vec::new(), true).context("dumping the conntrack table")
+}
+
+/// Every lbctl flow in the table.
+pub fn lbctl_flows() -> Result<Vec<Flow>> {
+    Ok(dump()?.iter().filter_map(Entry::flow).collect())
+}
+
+/// The entry whose original or reply tuple is `src` → `dst` over `proto`,
+/// if there is one (a conntrack get, as `conntrack -G`).
+pub fn find(proto: Proto, src: SocketAddr, dst: SocketAddr) -> Result<Option<Entry>> {
+    if src.is_ipv4() != dst.is_ipv4() {
+        bail!("{src} and {dst} are of different address families");
+    }
+    let tuple = vec![
+        Tuple::Ip(vec![
+            IPTuple::SourceAddress(src.ip()),
+            IPTuple::DestinationAddress(dst.ip()),
+        ]),
+        Tuple::Proto(vec![
+            ProtoTuple::Protocol(Protocol::from(proto.number())),
+            ProtoTuple::SourcePort(src.port()),
+            ProtoTuple::DestinationPort(dst.port()),
+        ]),
+    ];
+    let attrs = vec![ConntrackAttribute::CtaTupleOrig(tuple)];
+    match request(family(src.ip()), attrs, false) {
+        Ok(entries) => Ok(entries.into_iter().next()),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up {proto} {src} -> {dst} in conntrack")),
+    }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.raw_os_error() == Some(libc::ENOENT))
+}
+
+/// Sends one ctnetlink get (a dump with `dump`) and collects the entries
+/// the kernel answers with.
+fn request(
+    family: NetfilterProtoFamily,
+    attrs: Vec<ConntrackAttribute>,
+    dump: bool,
+) -> Result<Vec<Entry>> {
+    let mut socket =
+        Socket::new(NETLINK_NETFILTER).context("opening a netfilter netlink socket")?;
+    socket.bind_auto().context("binding the netlink socket")?;
+    socket
+        .connect(&NlAddr::new(0, 0))
+        .context("connecting the netlink socket")?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+    let mut packet = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(NetfilterMessage::new(
+            NetfilterHeader::new(family, 0, 0),
+            ConntrackMessage::Get(attrs),
+        )),
+    );
+    packet.finalize();
+    let mut buf = vec![0u8; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    socket.send(&buf, 0).context("sending to ctnetlink")?;
+
+    let mut entries = Vec::new();
+    let mut rx = vec![0u8; 1 << 16];
+    loop {
+        let size = socket
+            .recv(&mut &mut rx[..], 0)
+            .context("reading from ctnetlink")?;
+        let mut offset = 0;
+        while offset < size {
+            let msg = NetlinkMessage::<NetfilterMessage>::deserialize(&rx[offset..size])
+                .map_err(|e| anyhow::anyhow!("decoding a ctnetlink message: {e}"))?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::Done(_) => return Ok(entries),
+                NetlinkPayload::Error(e) => match e.code {
+                    None => return Ok(entries), // an ack
+                    Some(code) => return Err(std::io::Error::from_raw_os_error(-code.get()).into()),
+                },
+                // The kernel answers a get with "new" messages.
+                NetlinkPayload::InnerMessage(NetfilterMessage {
+                    inner:
+                        NetfilterMessageInner::Conntrack(
+                            ConntrackMessage::New(attrs) | ConntrackMessage::Get(attrs),
+                        ),
+                    ..
+                }) => entries.extend(entry(&attrs)),
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            offset += len;
+        }
+        if !dump && !entries.is_empty() {
+            return Ok(entries);
+        }
+    }
+}
+
+/// An entry from its attributes; None for one without both tuples.
+fn entry(attrs: &[ConntrackAttribute]) -> Option<Entry> {
+    let mut orig = None;
+    let mut reply = None;
+    let mut e = Entry {
+        proto: 0,
+        orig_src: SocketAddr::from(([0, 0, 0, 0], 0)),
+        orig_dst: SocketAddr::from(([0, 0, 0, 0], 0)),
+        reply_src: SocketAddr::from(([0, 0, 0, 0], 0)),
+        reply_dst: SocketAddr::from(([0, 0, 0, 0], 0)),
+        status: 0,
+        timeout_s: 0,
+        mark: 0,
+        start_ns: None,
+    };
+    for attr in attrs {
+        match attr {
+            ConntrackAttribute::CtaTupleOrig(t) => orig = tuple(t),
+            ConntrackAttribute::CtaTupleReply(t) => reply = tuple(t),
+            ConntrackAttribute::CtaStatus(s) => e.status = s.bits(),
+            ConntrackAttribute::CtaTimeout(t) => e.timeout_s = *t,
+            ConntrackAttribute::CtaMark(m) => e.mark = *m,
+            ConntrackAttribute::Other(nla) if nla.kind() == CTA_TIMESTAMP => {
+                let mut value = vec![0u8; nla.value_len()];
+                nla.emit_value(&mut value);
+                e.start_ns = timestamp_start(&value);
+            }
+            _ => {}
+        }
+    }
+    let (proto, orig_src, orig_dst) = orig?;
+    let (_, reply_src, reply_dst) = reply?;
+    e.proto = proto;
+    e.orig_src = orig_src;
+    e.orig_dst = orig_dst;
+    e.reply_src = reply_src;
+    e.reply_dst = reply_dst;
+    Some(e)
+}
+
+/// (protocol, source, destination) of a tuple.
+fn tuple(parts: &[Tuple]) -> Option<(u8, SocketAddr, SocketAddr)> {
+    let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, 0, 0);
+    for part in parts {
+        match part {
+            Tuple::Ip(ips) => {
+                for ip in ips {
+                    match ip {
+                        IPTuple::SourceAddress(a) => src = Some(*a),
+                        IPTuple::DestinationAddress(a) => dst = Some(*a),
+                        _ => {}
+                    }
+                }
+            }
+            Tuple::Proto(ps) => {
+                for p in ps {
+                    match p {
+                        ProtoTuple::Protocol(n) => proto = Some(u8::from(*n)),
+                        ProtoTuple::SourcePort(port) => sport = *port,
+                        ProtoTuple::DestinationPort(port) => dport = *port,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((
+        proto?,
+        SocketAddr::new(src?, sport),
+        SocketAddr::new(dst?, dport),
+    ))
+}
+
+/// CTA_TIMESTAMP_START (big-endian ns) inside a CTA_TIMESTAMP nest.
+fn timestamp_start(mut nest: &[u8]) -> Option<u64> {
+    while nest.len() >= 4 {
+        let len = u16::from_ne_bytes([nest[0], nest[1]]) as usize;
+        let kind = u16::from_ne_bytes([nest[2], nest[3]]) & 0x3fff;
+        if len < 4 || len > nest.len() {
+            return None;
+        }
+        if kind == CTA_TIMESTAMP_START && len >= 12 {
+            return Some(u64::from_be_bytes(nest[4..12].try_into().ok()?));
+        }
+        nest = &nest[(len + 3) & !3..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(mark: u32, reply_dst: &str) -> Entry {
+        Entry {
+            proto: 6,
+            orig_src: "198.18.0.2:40000".parse().unwrap(),
+            orig_dst: "198.18.100.1:80".parse().unwrap(),
+            reply_src: "198.18.1.11:8080".parse().unwrap(),
+            reply_dst: reply_dst.parse().unwrap(),
+            status: Status::SeenReply.bits(),
+            timeout_s: 42,
+            mark,
+            start_ns: None,
+        }
+    }
+
+    #[test]
+    fn flows_by_mark() {
+        assert_eq!(
+            entry(0, "198.18.0.2:40000").flow(),
+            None,
+            "mark 0 is not lbctl's"
+        );
+        let mark = 3 | (5 << LB_MARK_VIP_SHIFT) | LB_MARK_CLOSING;
+        let dnat = entry(mark, "198.18.0.2:40000").flow().unwrap();
+        assert_eq!((dnat.backend_id, dnat.vip_index), (2, 5));
+        assert!(dnat.closing && dnat.replied);
+        assert_eq!(dnat.backend.to_string(), "198.18.1.11:8080");
+        assert_eq!(dnat.source, None);
+        let fullnat = entry(1, "198.18.2.1:40000").flow().unwrap();
+        assert_eq!(fullnat.source.unwrap().to_string(), "198.18.2.1:40000");
+    }
+
+    #[test]
+    fn timestamps() {
+        let mut nest = vec![12, 0, CTA_TIMESTAMP_START as u8, 0];
+        nest.extend_from_slice(&123_456u64.to_be_bytes());
+        assert_eq!(timestamp_start(&nest), Some(123_456));
+        assert_eq!(timestamp_start(&nest[..6]), None);
+    }
+}

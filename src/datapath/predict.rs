@@ -1,0 +1,62 @@
+//! What the data path would do with a new flow now: the VIP it matches, the
+//! Maglev slot its hash picks, and the backend in that slot, computed the
+//! way `bpf/conntrack.h: pick_backend` does (the same hash, seed, table).
+
+use std::net::SocketAddr;
+
+use anyhow::Result;
+
+use super::codec::{ip_bytes, BackendEntry, VipEntry};
+use super::maps::Maps;
+use crate::hash::{flow_hash, flow_key};
+use crate::model::Service;
+
+/// The pick for a new flow to a VIP that exists.
+#[derive(Clone, Debug)]
+pub struct Pick {
+    pub vip: VipEntry,
+    pub seed: u32,
+    pub hash: u32,
+    /// Slots in the VIP's table; 0: no backend of weight > 0.
+    pub table_size: u32,
+    pub slot: u32,
+    /// The backend in that slot (None with an empty table).
+    pub backend: Option<BackendEntry>,
+}
+
+impl Maps {
+    /// The pick for a new flow from `client` to `service`; None if the VIP
+    /// does not exist.
+    pub fn predict(&self, service: &Service, client: SocketAddr) -> Result<Option<Pick>> {
+        let Some(vip) = self.find_vip(service)? else {
+            return Ok(None);
+        };
+        let seed = self.settings()?.hash_seed;
+        let key = flow_key(
+            ip_bytes(client.ip()),
+            ip_bytes(service.addr.ip()),
+            client.port(),
+            service.addr.port(),
+            service.proto.number(),
+        );
+        let hash = flow_hash(&key, seed);
+        let table = self.table(vip.index)?;
+        let table_size = table.len() as u32;
+        let (slot, backend) = if table.is_empty() {
+            (0, None)
+        } else {
+            let slot = hash % table_size;
+            let id = table[slot as usize];
+            let backend = self.backends_of(&vip)?.into_iter().find(|b| b.id == id);
+            (slot, backend)
+        };
+        Ok(Some(Pick {
+            vip,
+            seed,
+            hash,
+            table_size,
+            slot,
+            backend,
+        }))
+    }
+}
