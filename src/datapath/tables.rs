@@ -24,7 +24,7 @@ pub fn table_ids(members: &[BackendEntry], size: u32) -> Result<Vec<u32>> {
         .iter()
         .map(|b| MaglevBackend {
             key: endpoint_key(&to_endpoint(b.addr, b.proto)),
-            weight: b.weight,
+            weight: b.effective_weight(),
         })
         .collect();
     let slots = maglev::build_table(&input, size).map_err(anyhow::Error::msg)?;
@@ -106,7 +106,8 @@ impl Maps {
     }
 }
 
-/// What a table is built from: each member's id, endpoint and weight.
+/// What a table is built from: each member's id, endpoint and effective
+/// weight (a down backend counts as weight 0).
 pub fn table_digest(members: &[BackendEntry]) -> u32 {
     let mut sorted: Vec<&BackendEntry> = members.iter().collect();
     sorted.sort_by_key(|b| b.id);
@@ -114,7 +115,7 @@ pub fn table_digest(members: &[BackendEntry]) -> u32 {
     for b in sorted {
         bytes.extend_from_slice(&b.id.to_ne_bytes());
         bytes.extend_from_slice(&endpoint_key(&to_endpoint(b.addr, b.proto)));
-        bytes.extend_from_slice(&b.weight.to_ne_bytes());
+        bytes.extend_from_slice(&b.effective_weight().to_ne_bytes());
     }
     crate::hash::hash_bytes(&bytes, 0x7461_626c)
 }
