@@ -10,10 +10,16 @@
 //! | `datapath` | everything that touches BPF (see its module docs) |
 //! | `maglev`, `hash` | Maglev tables and the flow hash (pure) |
 //! | `neighbour` | managed neighbour entries for backends' next hops |
+//! | `config_file` | the configuration file: TOML ⇄ `model::Desired` (pure) |
+//! | `service` | `apply`, `save`, and `lbctl run`: the loop, health checks, metrics |
+//! | `snapshot` | a balancer at one moment (list, save, metrics read it) |
+//! | `conntrack` | the kernel's conntrack table through ctnetlink |
 //! | `lock`, `json` | the per-namespace lock; JSON string quoting |
 
 pub mod cli;
 pub mod commands;
+pub mod config_file;
+pub mod conntrack;
 pub mod datapath;
 pub mod hash;
 pub mod json;
@@ -21,4 +27,6 @@ pub mod lock;
 pub mod maglev;
 pub mod model;
 pub mod neighbour;
+pub mod service;
 mod skeleton;
+pub mod snapshot;

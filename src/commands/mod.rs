@@ -2,9 +2,12 @@
 //! acts through `datapath`, and prints what it did. Commands do not call
 //! each other; what two need lives in `datapath` or `model`.
 
+pub mod apply;
 pub mod attach;
 pub mod backend;
 pub mod list;
+pub mod run;
+pub mod save;
 pub mod status;
 pub mod timeouts;
 pub mod vip;
