@@ -9,7 +9,12 @@ DEMO_ARGS ?=
 APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
 	ethtool conntrack nftables util-linux kmod haproxy
 
-.PHONY: all deps kernel-deps build vmlinux lint test test-kernel test-kernels demo bench clean
+.PHONY: all deps kernel-deps build vmlinux lint test test-kernel test-kernels demo bench install clean
+
+# make install [PREFIX=/usr/local] [DESTDIR=...]: the binary and the systemd unit.
+PREFIX ?= /usr/local
+DESTDIR ?=
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 
 # Kernel series for test-kernel (one) and test-kernels (the matrix).
 KERNEL ?= 6.1
@@ -65,6 +70,7 @@ test: deps lint
 	$(CARGO) test --release --workspace -- --test-threads=2
 	$(CARGO) run --release -p lbctl-bench --bin lbctl-bench -- --quick
 	$(CARGO) run --release -p lbctl-bench --bin lbctl-livebench -- --quick
+	$(CARGO) run --release -p lbctl-bench --bin lbctl-applybench -- --quick
 
 # docs/BENCHMARKS.md: the per-packet cost of the data path, then live
 # forwarding and connection rates in the lab beside nftables and HAProxy.
@@ -72,11 +78,20 @@ test: deps lint
 bench: deps
 	$(CARGO) run --release -p lbctl-bench --bin lbctl-bench
 	$(CARGO) run --release -p lbctl-bench --bin lbctl-livebench
+	$(CARGO) run --release -p lbctl-bench --bin lbctl-applybench
 
 # Builds, then balances real traffic through lbctl in a throwaway lab of
 # network namespaces, checks everything it shows, and removes the lab.
 demo: build
 	$(CARGO) run --release --example demo -- $(DEMO_ARGS)
+
+# The lbctl binary (built first) and contrib/lbctl.service, with its
+# ExecStart pointing at the installed binary.
+install: build
+	install -D -m 0755 $${CARGO_TARGET_DIR:-target}/release/lbctl $(DESTDIR)$(PREFIX)/sbin/lbctl
+	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	sed 's|/usr/local/sbin/lbctl|$(PREFIX)/sbin/lbctl|g' contrib/lbctl.service > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/lbctl.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/lbctl.service
 
 clean:
 	$(CARGO) clean

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{bail, Context, Result};
-use libbpf_rs::MapFlags;
+use libbpf_rs::{MapFlags, MapHandle};
 
 use super::abi::{
     LB_DEFAULT_TCP_FIN_TIMEOUT_S, LB_DEFAULT_TCP_TIMEOUT_S, LB_DEFAULT_UDP_TIMEOUT_S,
@@ -29,7 +29,7 @@ use super::codec::{
 };
 use super::maps::{u32_of, Maps, ROW0};
 use super::prefilter::Set;
-use super::tables::{moved_ppm, table_digest, table_ids};
+use super::tables::{moved_ppm, new_table, table_digest, table_ids};
 use super::types::{lb_backend, lb_config, lb_endpoint, lb_reply_source, lb_vip};
 use crate::model::{Health, Service, Timeouts, VipSpec};
 
@@ -167,6 +167,119 @@ impl Maps {
         Ok(entry)
     }
 
+    /// Adds new VIPs with their backends: every backend row first, then one
+    /// table per VIP built and all of them put in place in one batch
+    /// update, then the VIPs that refer to them. For a VIP added with its
+    /// backends this is one table build and one swap, where `add_vip` then
+    /// `set_backends` would swap twice (each swap waits for an RCU grace
+    /// period). Returns how many were added.
+    pub fn add_vips_with_backends(
+        &self,
+        run: &mut Running,
+        new: &[(VipSpec, Vec<(SocketAddr, u32)>)],
+    ) -> Result<usize> {
+        if new.is_empty() {
+            return Ok(0);
+        }
+        let mut free = (0..LB_MAX_VIPS).filter(|i| !run.vips.iter().any(|v| v.index == *i));
+        let mut placed = Vec::new();
+        for (spec, backends) in new {
+            if run.vip(&spec.service).is_some()
+                || placed
+                    .iter()
+                    .any(|(s, _, _): &(&VipSpec, _, _)| s.service == spec.service)
+            {
+                bail!("VIP {} already exists", spec.service);
+            }
+            let index = free
+                .next()
+                .with_context(|| format!("no room for another VIP (at most {LB_MAX_VIPS})"))?;
+            placed.push((spec, index, backends));
+        }
+        let total: usize = new.iter().map(|(_, b)| b.len()).sum();
+        let mut ids = self.allocate_backend_ids(run, total)?.into_iter();
+        let mut members_of_each = Vec::with_capacity(placed.len());
+        for (spec, index, backends) in &placed {
+            self.reset_vip_counters(*index)?;
+            let mut members = Vec::with_capacity(backends.len());
+            for &(addr, weight) in backends.iter() {
+                let id = ids.next().context("fewer backend ids than backends")?;
+                members.push(self.add_backend_row(&spec.service, *index, id, addr, weight)?);
+            }
+            members_of_each.push(members);
+        }
+        // Building and filling a 65,537-slot table takes about 10 ms of
+        // CPU, most of it the kernel copying the slots in: one thread per
+        // CPU, each on its share of the VIPs.
+        let jobs: Vec<(u32, u32, &[BackendEntry])> = placed
+            .iter()
+            .zip(&members_of_each)
+            .map(|((spec, index, _), m)| (*index, spec.table_size, m.as_slice()))
+            .collect();
+        let tables = build_tables(&jobs)?;
+        for members in members_of_each {
+            run.backends.extend(members);
+        }
+        let installed: Vec<(u32, &MapHandle)> = placed
+            .iter()
+            .zip(&tables)
+            .map(|((_, index, _), (t, _))| (*index, t))
+            .collect();
+        self.install_tables(&installed)?;
+        for ((spec, index, _), (_, digest)) in placed.iter().zip(&tables) {
+            let mut vip = vip_row(spec.mode, spec.snat, *index, spec.table_size);
+            vip.table_digest = *digest;
+            vip.moved_ppm = 1_000_000;
+            let ep = service_endpoint(&spec.service);
+            self.prefilter_mark(Set::Vips, spec.service.addr.ip())?;
+            self.vips.put(
+                bytes_of(&ep),
+                &vip,
+                MapFlags::NO_EXIST,
+                &format_args!("VIP {}", spec.service),
+            )?;
+            run.vips.push(vip_entry(&ep, &vip)?);
+        }
+        self.bump_generation()?;
+        Ok(placed.len())
+    }
+
+    /// A new backend row with its counters reset, its reply source and
+    /// prefilter bit in place (nothing refers to the row yet).
+    fn add_backend_row(
+        &self,
+        service: &Service,
+        vip_index: u32,
+        id: u32,
+        addr: SocketAddr,
+        weight: u32,
+    ) -> Result<BackendEntry> {
+        let row = backend_row(service, vip_index, addr, weight);
+        let what = format_args!("backend {addr} of VIP {service} (id {id})");
+        self.reset_backend_counters(id)?;
+        self.backends
+            .put(&id.to_ne_bytes(), &row, MapFlags::ANY, &what)?;
+        let what = format_args!("the reply source of backend {addr}");
+        let mut src = self
+            .reply_sources
+            .get::<lb_reply_source>(bytes_of(&row.ep), &what)?
+            .unwrap_or_default();
+        src.backend_id = id;
+        src.users += 1;
+        self.prefilter_mark(Set::Backends, addr.ip())?;
+        self.reply_sources
+            .put(bytes_of(&row.ep), &src, MapFlags::ANY, &what)?;
+        Ok(BackendEntry {
+            id,
+            vip_index,
+            addr,
+            proto: service.proto,
+            weight,
+            health: Health::Unchecked,
+            health_since: 0,
+        })
+    }
+
     /// Deletes a VIP and its backend rows; returns the rows it removed.
     pub fn del_vip(&self, service: &Service) -> Result<Vec<BackendEntry>> {
         self.del_vips(&mut self.running()?, &[*service])
@@ -281,30 +394,8 @@ impl Maps {
         let ids = self.allocate_backend_ids(run, changes.added.len())?;
         for (&addr, id) in changes.added.iter().zip(ids) {
             let weight = weight_in(want, addr);
-            let row = backend_row(service, vip.index, addr, weight);
-            let what = format_args!("backend {addr} of VIP {service} (id {id})");
-            self.reset_backend_counters(id)?;
-            self.backends
-                .put(&id.to_ne_bytes(), &row, MapFlags::ANY, &what)?;
-            let what = format_args!("the reply source of backend {addr}");
-            let mut src = self
-                .reply_sources
-                .get::<lb_reply_source>(bytes_of(&row.ep), &what)?
-                .unwrap_or_default();
-            src.backend_id = id;
-            src.users += 1;
-            self.prefilter_mark(Set::Backends, addr.ip())?;
-            self.reply_sources
-                .put(bytes_of(&row.ep), &src, MapFlags::ANY, &what)?;
-            run.backends.push(BackendEntry {
-                id,
-                vip_index: vip.index,
-                addr,
-                proto: service.proto,
-                weight,
-                health: Health::Unchecked,
-                health_since: 0,
-            });
+            let b = self.add_backend_row(service, vip.index, id, addr, weight)?;
+            run.backends.push(b);
         }
         for &addr in &changes.reweighted {
             let b = run
@@ -505,6 +596,42 @@ fn members_of(all: &[BackendEntry], vip: &VipEntry) -> Vec<BackendEntry> {
         .filter(|b| b.vip_index == vip.index)
         .cloned()
         .collect()
+}
+
+/// New tables (not yet in use) for (VIP index, table size, members), with
+/// the digest of what each was built from, built on every CPU at once.
+fn build_tables(jobs: &[(u32, u32, &[BackendEntry])]) -> Result<Vec<(MapHandle, u32)>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let chunk = jobs.len().div_ceil(threads).max(1);
+    let built: Vec<Result<Vec<(MapHandle, u32)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(index, size, members)| {
+                            let ids = table_ids(members, *size)?;
+                            Ok((new_table(*index, &ids)?, table_digest(members)))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a table builder panicked")))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(jobs.len());
+    for part in built {
+        out.extend(part?);
+    }
+    Ok(out)
 }
 
 fn weight_in(want: &[(SocketAddr, u32)], addr: SocketAddr) -> u32 {

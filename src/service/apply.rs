@@ -1,13 +1,15 @@
 //! `Desired` → the running balancer, changing only what differs: the whole
 //! file is checked against what runs first (nothing is changed if any of it
-//! cannot be applied), then timeouts, removed VIPs, new VIPs, and each
-//! VIP's backends in one `Maps::set_backends` call (at most one table build
-//! and swap per VIP, none where backends and weights are unchanged).
+//! cannot be applied), then timeouts, removed VIPs, new VIPs with their
+//! backends (`Maps::add_vips_with_backends`: one table build per VIP, all
+//! swapped in with one batch update), and each other VIP's backends in one
+//! `Maps::set_backends` call (at most one table build and swap per VIP,
+//! none where backends and weights are unchanged).
 //! Applying the same file twice changes nothing the second time.
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{bail, Result};
 
@@ -15,7 +17,7 @@ use crate::datapath::abi::{LB_MAX_BACKENDS, LB_MAX_VIPS};
 use crate::datapath::config::Running;
 use crate::datapath::iface;
 use crate::datapath::maps::Maps;
-use crate::model::{Desired, DesiredVip, Health, NatMode, Service};
+use crate::model::{Desired, DesiredVip, Health, NatMode, Service, VipSpec};
 use crate::neighbour;
 
 /// What an apply changed.
@@ -180,7 +182,26 @@ pub fn apply(maps: &Maps, attached: &[String], desired: &Desired) -> Result<Appl
     done.backends_removed += released.len();
     let mut released: Vec<IpAddr> = released.iter().map(|b| b.addr.ip()).collect();
 
+    // New VIPs together: one table build each, all swapped in at once.
+    let new: Vec<(VipSpec, Vec<(SocketAddr, u32)>)> = d
+        .vips
+        .iter()
+        .filter(|v| run.vip(&v.spec.service).is_none())
+        .map(|v| (v.spec.clone(), v.backends.clone()))
+        .collect();
+    done.vips_added = maps.add_vips_with_backends(&mut run, &new)?;
+    done.tables_rebuilt += new.len();
+    done.backends_added += new.iter().map(|(_, b)| b.len()).sum::<usize>();
     let mut resolved: BTreeSet<IpAddr> = BTreeSet::new();
+    for (_, backends) in &new {
+        for (addr, _) in backends {
+            if resolved.insert(addr.ip()) {
+                if let Some(note) = neighbour::keep_resolved(addr.ip()) {
+                    done.notes.push(note);
+                }
+            }
+        }
+    }
     for v in &d.vips {
         apply_vip(maps, &mut run, v, &mut done, &mut released, &mut resolved)?;
     }
@@ -200,10 +221,6 @@ fn apply_vip(
     resolved: &mut BTreeSet<IpAddr>,
 ) -> Result<()> {
     let service = v.spec.service;
-    if run.vip(&service).is_none() {
-        maps.add_vip_to(run, &v.spec)?;
-        done.vips_added += 1;
-    }
     let changes = maps.set_backends(run, &service, &v.backends)?;
     done.backends_added += changes.added.len();
     done.backends_removed += changes.removed.len();
