@@ -42,8 +42,10 @@ pub fn running(b: &Balancer) -> Result<Desired> {
             }
         })
         .collect();
+    let mut interfaces: Vec<String> = b.attachments.iter().map(|a| a.ifname.clone()).collect();
+    interfaces.sort();
     Ok(Desired {
-        interfaces: b.attachments.iter().map(|a| a.ifname.clone()).collect(),
+        interfaces,
         xdp_mode,
         hash_seed: Some(cfg.hash_seed),
         flow_cache_size: b.maps.flow_cache_size(),
