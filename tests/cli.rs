@@ -527,7 +527,7 @@ fn save_apply_save_is_a_fixed_point_and_bad_files_change_nothing() {
     let small = ns.file("small.toml", small);
     let out = ns.ok(&["apply", "-f", &small]);
     assert!(
-        out.contains("1 VIPs removed, 1 backends removed") && out.contains("timeouts") == false,
+        out.contains("1 VIPs removed, 1 backends removed") && !out.contains("timeouts"),
         "{out}"
     );
     let list = ns.ok(&["list"]);
