@@ -59,7 +59,13 @@ struct lb_vip {
 	__u32 reserved;
 };
 
-#define LB_BACKEND_IN_USE (1u << 0)
+#define LB_BACKEND_IN_USE  (1u << 0)
+/* lbctl only, the data path does not read them: health checks run for this
+ * backend (without it: unchecked), and the last ones found it down. A down
+ * backend is left out of its VIP's Maglev table (effective weight 0) while
+ * `weight` keeps the operator's; its live flows follow their entries. */
+#define LB_BACKEND_CHECKED (1u << 1)
+#define LB_BACKEND_DOWN    (1u << 2)
 
 /* Row of `backends`, indexed by backend id. A backend belongs to one VIP; the
  * same address:port under two VIPs is two rows. */
@@ -69,7 +75,7 @@ struct lb_backend {
 	__u32 vip_index;
 	__u32 weight;     /* lbctl's record; the data path follows the table */
 	__u32 flags;      /* LB_BACKEND_* */
-	__u32 reserved;
+	__u32 health_since; /* lbctl only: Unix time (s) of the last health change */
 };
 
 /* Value of `reply_sources`, keyed by a backend's endpoint: packets from here

@@ -4,7 +4,9 @@
 //! balancer, three backends, all in 198.18.0.0/15), attaches lbctl, adds a VIP
 //! with three weighted backends, sends real TCP connections and UDP flows and
 //! shows how they spread, what `lbctl list --stats` and `conntrack -L` say,
-//! then drains a backend while long connections keep talking, and removes
+//! then drains a backend while long connections keep talking, runs `lbctl
+//! run` with a configuration file whose health checks take a backend with
+//! a dead server out of the table and bring it back, and removes
 //! everything. Every claim it prints is checked: any failure exits non-zero.
 //! The namespaces go away on success, on failure, on panic and on Ctrl-C.
 //!
@@ -207,6 +209,7 @@ fn run(args: &Args) -> Result<()> {
     demo.show_list()?;
     demo.show_conntrack(&short)?;
     demo.drain_under_load()?;
+    demo.health_checks()?;
     demo.clean_up()
 }
 
@@ -811,6 +814,130 @@ impl Demo {
         Ok(())
     }
 
+    /// `lbctl run` with a configuration file: health checks take a dead
+    /// backend out of the table and bring it back when it answers again.
+    fn health_checks(&mut self) -> Result<()> {
+        const DEAD: usize = 3;
+        let dead = self.lab.backend_name(DEAD);
+        self.header(&format!(
+            "lbctl run: health checks take {dead} out when its server dies, and bring it back"
+        ));
+        let v = self.vip_arg();
+        let mut file = format!(
+            "interfaces = {:?}\n\n[[vip]]\naddress = \"{v}\"\nproto = \"tcp\"\nmode = \"{}\"\n\n[vip.health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n",
+            self.lab.lb_ifaces(),
+            self.mode
+        );
+        for i in self.lab.backend_ids() {
+            let w = WEIGHTS[i - 1];
+            file += &format!(
+                "\n[[vip.backend]]\naddress = \"{}\"\nweight = {w}\n",
+                self.backend_arg(i)
+            );
+        }
+        let udp_backends: Vec<String> = self
+            .lab
+            .backend_ids()
+            .map(|i| {
+                format!(
+                    "\n[[vip.backend]]\naddress = \"{}\"\nweight = {}\n",
+                    self.backend_arg(i),
+                    if i == DRAINED { 0 } else { WEIGHTS[i - 1] }
+                )
+            })
+            .collect();
+        file += &format!(
+            "\n[[vip]]\naddress = \"{v}\"\nproto = \"udp\"\nmode = \"{}\"\n{}",
+            self.mode,
+            udp_backends.concat()
+        );
+        let path = std::env::temp_dir().join(format!("{}demo.toml", self.lab.prefix()));
+        std::fs::write(&path, &file).context("writing the demo's configuration file")?;
+        println!("   a configuration file for both VIPs: TCP with health checks every 200 ms");
+        println!("   (down after 2 failures, up after 2 successes), b2's TCP weight back to 2:");
+        for line in file
+            .lines()
+            .skip_while(|l| !l.starts_with("[[vip]]"))
+            .take(17)
+        {
+            println!("     {line}");
+        }
+        println!("     ...");
+        println!("   $ lbctl run -f {} &", path.display());
+        let svc = RunningService::start(&self.lab, &self.lbctl, &path)?;
+        let result = self.health_steps(&svc, DEAD);
+        let log = svc.stop();
+        let _ = std::fs::remove_file(&path);
+        for line in &log {
+            println!("     {line}");
+        }
+        result?;
+        ensure!(
+            log.iter().any(|l| l.contains("is down")) && log.iter().any(|l| l.contains("SIGTERM")),
+            "lbctl run's log lacks the health change or the stop"
+        );
+        println!("   -> one log line per health change; after SIGTERM the data path keeps running");
+        Ok(())
+    }
+
+    fn health_steps(&mut self, svc: &RunningService, dead_i: usize) -> Result<()> {
+        let dead = self.lab.backend_name(dead_i);
+        let addr = self.backend_arg(dead_i);
+        let health = |demo: &Demo| -> Result<String> {
+            let list = demo.lbctl(&["list"])?;
+            Ok(list
+                .lines()
+                .find(|l| l.contains(&addr))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .unwrap_or("?")
+                .to_string())
+        };
+        let wait = |demo: &Demo, want: &str| -> Result<Duration> {
+            let started = Instant::now();
+            while health(demo)? != want {
+                check_interrupt()?;
+                ensure!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{dead} is not {want} after 5 s"
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+            Ok(started.elapsed())
+        };
+        wait(self, "up")?;
+        ensure!(svc.alive(), "lbctl run stopped");
+        self.lbctl_shown(&["list"])?;
+        println!("   stopping {dead}'s servers (its port now refuses connections)");
+        self.lab.stop_server(dead_i);
+        let took = wait(self, "down")?;
+        println!("   {dead} marked down {:.2} s later:", took.as_secs_f64());
+        self.lbctl_shown(&["list"])?;
+        let spread = self.tcp_connections(60)?;
+        println!("   60 new TCP connections: {}", self.describe(&spread));
+        ensure!(
+            !spread.contains_key(&dead),
+            "a dead backend got new connections: {spread:?}"
+        );
+        println!(
+            "   -> none to {dead}: it left the Maglev table (its weight stays {})",
+            WEIGHTS[dead_i - 1]
+        );
+        println!("   starting {dead}'s servers again");
+        self.lab
+            .start_server(dead_i)
+            .context("restarting the servers")?;
+        let took = wait(self, "up")?;
+        println!("   {dead} marked up {:.2} s later", took.as_secs_f64());
+        let spread = self.tcp_connections(60)?;
+        println!("   60 new TCP connections: {}", self.describe(&spread));
+        ensure!(
+            spread.contains_key(&dead),
+            "{dead} gets no new connections after it came back: {spread:?}"
+        );
+        println!("   -> {dead} takes new flows again");
+        Ok(())
+    }
+
     /// `b1 10, b2 0, b3 10`.
     fn describe(&self, spread: &BTreeMap<String, usize>) -> String {
         self.lab
@@ -844,6 +971,67 @@ impl Demo {
         ensure!(left.is_empty(), "namespaces left behind: {left:?}");
         println!("   removed {names} namespaces ({prefix}*); nothing of the demo is left");
         Ok(())
+    }
+}
+
+/// `lbctl run` in the balancer's namespace, its log collected.
+struct RunningService {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RunningService {
+    fn start(lab: &Lab, lbctl: &std::path::Path, file: &std::path::Path) -> Result<RunningService> {
+        use std::io::BufRead;
+        let argv = [
+            lbctl.as_os_str(),
+            "run".as_ref(),
+            "-f".as_ref(),
+            file.as_os_str(),
+        ];
+        let mut child = netns::command(lab.balancer_ns(), &argv)?
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting lbctl run")?;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stderr, l) = (
+            child.stderr.take().context("lbctl run's stderr")?,
+            log.clone(),
+        );
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                l.lock().map(|mut v| v.push(line)).ok();
+            }
+        });
+        Ok(RunningService { child, log })
+    }
+
+    fn alive(&self) -> bool {
+        std::process::Command::new("kill")
+            .args(["-0", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// SIGTERM, wait (bounded), and the log.
+    fn stop(mut self) -> Vec<String> {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        thread::sleep(Duration::from_millis(50));
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
 

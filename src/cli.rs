@@ -3,10 +3,13 @@
 //! into a request and hands it to its command module.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::model::{parse_endpoint, parse_ip, parse_weight, NatMode, Proto, Service, XdpMode};
+use crate::model::{
+    parse_endpoint, parse_ip, parse_listen, parse_weight, NatMode, Proto, Service, XdpMode,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -93,6 +96,16 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<std::path::PathBuf>,
     },
+    /// Make the running balancer match a configuration file (only what differs changes).
+    Apply {
+        /// The configuration file (TOML; see `lbctl save` for its shape).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print the running configuration in the configuration file's format.
+    Save,
+    /// Run as a service: attach, apply the file, check health, reload on SIGHUP.
+    Run(RunArgs),
     /// Show or set flow idle timeouts in seconds (like ipvsadm --set).
     Timeouts {
         /// Established TCP flows.
@@ -135,6 +148,19 @@ pub struct AttachArgs {
     /// flows still work but more packets take the slow path (conntrack and FIB lookups).
     #[arg(long, value_name = "ENTRIES", value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub flow_cache_size: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The configuration file; re-read on SIGHUP.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT listens on 127.0.0.1).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
+    pub metrics: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT detach from the file's interfaces (default: leave the data path running).
+    #[arg(long)]
+    pub detach_on_exit: bool,
 }
 
 #[derive(Args, Debug)]

@@ -1,14 +1,29 @@
-//! The kernel's conntrack table, read through ctnetlink (a dump, or a get of
-//! one tuple) in this network namespace: lbctl's flows, told apart from
-//! everything else by the mark the data path gives them (`bpf/lb_abi.h`).
-//! The table is the single source of truth for live connections; this
-//! module only reads it.
+//! The kernel's conntrack table through ctnetlink, in the network namespace
+//! of the calling thread: what `conntrack -L`, `-G`, `-I` and `-D` do,
+//! without a process per call (a netlink socket belongs to the namespace it
+//! was opened in, so this works under `ip netns exec` and `nsenter --net`
+//! alike, and needs neither the conntrack tool nor
+//! CONFIG_NF_CONNTRACK_PROCFS).
+//!
+//! - **lbctl's flows**: entries whose mark (`bpf/lb_abi.h`: backend id + 1,
+//!   VIP index, closing bit) names a backend: `lbctl conns`, `explain`, the
+//!   open flows per backend in `list --stats` and `/metrics`.
+//! - **Holds for health checks**: a health check connects from the balancer
+//!   straight to a backend's address, so its replies come from a backend
+//!   endpoint. Without an entry the data path would take such a reply for
+//!   one of a balanced flow whose entry was lost and rebuild it (dnat) or
+//!   drop it (fullnat). A `Hold` inserts an entry for the check's own
+//!   5-tuple with mark 0 first: the data path leaves packets of entries it
+//!   did not make alone (`pass_foreign_ct`). It is deleted when dropped and
+//!   expires by itself if lbctl dies.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{bail, Context, Result};
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_DUMP, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Status, Tuple,
@@ -98,7 +113,12 @@ fn family(ip: IpAddr) -> NetfilterProtoFamily {
 
 /// Every entry of the table (both families).
 pub fn dump() -> Result<Vec<Entry>> {
-    request(NetfilterProtoFamily::Unspec, Vec::new(), true).context("dumping the conntrack table")
+    request(
+        NetfilterProtoFamily::Unspec,
+        ConntrackMessage::Get(Vec::new()),
+        NLM_F_DUMP,
+    )
+    .context("dumping the conntrack table")
 }
 
 /// Every lbctl flow in the table.
@@ -106,13 +126,22 @@ pub fn lbctl_flows() -> Result<Vec<Flow>> {
     Ok(dump()?.iter().filter_map(Entry::flow).collect())
 }
 
-/// The entry whose original or reply tuple is `src` → `dst` over `proto`,
-/// if there is one (a conntrack get, as `conntrack -G`).
-pub fn find(proto: Proto, src: SocketAddr, dst: SocketAddr) -> Result<Option<Entry>> {
+/// lbctl's open flows per backend id: its entries that saw no FIN or RST
+/// (for UDP, every live one).
+pub fn active_flows_by_backend() -> Result<HashMap<u32, u64>> {
+    let mut counts = HashMap::new();
+    for f in lbctl_flows()?.iter().filter(|f| !f.closing) {
+        *counts.entry(f.backend_id).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// A tuple's attributes: `src` → `dst` over `proto`.
+fn tuple_attrs(proto: Proto, src: SocketAddr, dst: SocketAddr) -> Result<Vec<Tuple>> {
     if src.is_ipv4() != dst.is_ipv4() {
         bail!("{src} and {dst} are of different address families");
     }
-    let tuple = vec![
+    Ok(vec![
         Tuple::Ip(vec![
             IPTuple::SourceAddress(src.ip()),
             IPTuple::DestinationAddress(dst.ip()),
@@ -122,12 +151,63 @@ pub fn find(proto: Proto, src: SocketAddr, dst: SocketAddr) -> Result<Option<Ent
             ProtoTuple::SourcePort(src.port()),
             ProtoTuple::DestinationPort(dst.port()),
         ]),
-    ];
-    let attrs = vec![ConntrackAttribute::CtaTupleOrig(tuple)];
-    match request(family(src.ip()), attrs, false) {
+    ])
+}
+
+/// The entry whose original or reply tuple is `src` → `dst` over `proto`,
+/// if there is one (a conntrack get, as `conntrack -G`).
+pub fn find(proto: Proto, src: SocketAddr, dst: SocketAddr) -> Result<Option<Entry>> {
+    let attrs = vec![ConntrackAttribute::CtaTupleOrig(tuple_attrs(
+        proto, src, dst,
+    )?)];
+    match request(family(src.ip()), ConntrackMessage::Get(attrs), 0) {
         Ok(entries) => Ok(entries.into_iter().next()),
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("looking up {proto} {src} -> {dst} in conntrack")),
+    }
+}
+
+/// A conntrack entry for one connection of lbctl's own (src → dst), mark
+/// 0, so the data path passes its packets untouched. Deleted on drop.
+pub struct Hold {
+    proto: Proto,
+    src: SocketAddr,
+    dst: SocketAddr,
+}
+
+impl Hold {
+    /// Inserts the entry, living at most `timeout_s` seconds.
+    pub fn new(
+        proto: Proto,
+        src: impl Into<SocketAddr>,
+        dst: impl Into<SocketAddr>,
+        timeout_s: u32,
+    ) -> Result<Hold> {
+        let (src, dst) = (src.into(), dst.into());
+        let attrs = vec![
+            ConntrackAttribute::CtaTupleOrig(tuple_attrs(proto, src, dst)?),
+            ConntrackAttribute::CtaTupleReply(tuple_attrs(proto, dst, src)?),
+            ConntrackAttribute::CtaTimeout(timeout_s.max(1)),
+            ConntrackAttribute::CtaMark(0),
+        ];
+        let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+        request(family(src.ip()), ConntrackMessage::New(attrs), flags)
+            .with_context(|| format!("inserting a conntrack entry for {proto} {src} -> {dst}"))?;
+        Ok(Hold { proto, src, dst })
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        // Gone already (expired) is fine.
+        if let Ok(tuple) = tuple_attrs(self.proto, self.src, self.dst) {
+            let attrs = vec![ConntrackAttribute::CtaTupleOrig(tuple)];
+            let _ = request(
+                family(self.src.ip()),
+                ConntrackMessage::Delete(attrs),
+                NLM_F_ACK,
+            );
+        }
     }
 }
 
@@ -136,13 +216,10 @@ fn is_not_found(e: &anyhow::Error) -> bool {
         .is_some_and(|io| io.raw_os_error() == Some(libc::ENOENT))
 }
 
-/// Sends one ctnetlink get (a dump with `dump`) and collects the entries
-/// the kernel answers with.
-fn request(
-    family: NetfilterProtoFamily,
-    attrs: Vec<ConntrackAttribute>,
-    dump: bool,
-) -> Result<Vec<Entry>> {
+/// Sends one ctnetlink request and collects the entries the kernel answers
+/// with, until the end of a dump, an acknowledgement, or the answer to a get.
+fn request(family: NetfilterProtoFamily, msg: ConntrackMessage, flags: u16) -> Result<Vec<Entry>> {
+    let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
     let mut socket =
         Socket::new(NETLINK_NETFILTER).context("opening a netfilter netlink socket")?;
     socket.bind_auto().context("binding the netlink socket")?;
@@ -150,12 +227,12 @@ fn request(
         .connect(&NlAddr::new(0, 0))
         .context("connecting the netlink socket")?;
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+    header.flags = NLM_F_REQUEST | flags;
     let mut packet = NetlinkMessage::new(
         header,
         NetlinkPayload::from(NetfilterMessage::new(
             NetfilterHeader::new(family, 0, 0),
-            ConntrackMessage::Get(attrs),
+            msg,
         )),
     );
     packet.finalize();

@@ -11,10 +11,15 @@
 //! | `maglev`, `hash` | Maglev tables and the flow hash (pure) |
 //! | `conntrack` | the kernel's conntrack table, read through ctnetlink |
 //! | `neighbour` | managed neighbour entries for backends' next hops |
+//! | `config_file` | the configuration file: TOML ⇄ `model::Desired` (pure) |
+//! | `service` | `apply`, `save`, and `lbctl run`: the loop, health checks, metrics |
+//! | `snapshot` | a balancer at one moment (list, save, metrics read it) |
+//! | `conntrack` | the kernel's conntrack table through ctnetlink |
 //! | `lock`, `json` | the per-namespace lock; JSON string quoting |
 
 pub mod cli;
 pub mod commands;
+pub mod config_file;
 pub mod conntrack;
 pub mod datapath;
 pub mod hash;
@@ -23,4 +28,6 @@ pub mod lock;
 pub mod maglev;
 pub mod model;
 pub mod neighbour;
+pub mod service;
 mod skeleton;
+pub mod snapshot;

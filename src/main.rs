@@ -2,11 +2,12 @@ use std::process::ExitCode;
 
 use anyhow::{Error, Result};
 use clap::Parser;
-use lbctl::cli::{AttachArgs, BackendCommand, Cli, Command, VipCommand};
-use lbctl::commands;
+use lbctl::cli::{AttachArgs, BackendCommand, Cli, Command, RunArgs, VipCommand};
 use lbctl::model::{
     check_same_family, AttachOptions, FlowFilter, FlowQuery, ListOptions, Timeouts, VipSpec,
 };
+use lbctl::service::run::RunOptions;
+use lbctl::{commands, config_file};
 
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`lbctl list | head`), like other tools.
@@ -93,6 +94,9 @@ fn dispatch(command: Command) -> Result<()> {
             },
             json,
         ),
+        Command::Apply { file } => commands::apply::run(&file, &config_file::read(&file)?),
+        Command::Save => commands::save::run(),
+        Command::Run(args) => commands::run::run(&run_options(args)?),
         Command::Timeouts { tcp, tcpfin, udp } => {
             commands::timeouts::run(&Timeouts::new(tcp, tcpfin, udp).map_err(Error::msg)?)
         }
@@ -108,6 +112,15 @@ fn attach_options(args: AttachArgs) -> AttachOptions {
         hash_seed: args.hash_seed,
         flow_cache_size: args.flow_cache_size,
     }
+}
+
+fn run_options(args: RunArgs) -> Result<RunOptions> {
+    Ok(RunOptions {
+        desired: config_file::read(&args.file)?,
+        file: args.file,
+        metrics: args.metrics,
+        detach_on_exit: args.detach_on_exit,
+    })
 }
 
 /// clap's errors span several lines; lbctl's are one line on stderr.

@@ -141,6 +141,16 @@ pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// Where `lbctl run` serves metrics: `ADDR:PORT`, or a bare `PORT` on the
+/// loopback address.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?}: expected ADDR:PORT (e.g. 127.0.0.1:9112) or a port"))
+}
+
 pub fn parse_weight(s: &str) -> Result<u32, String> {
     match s.parse::<u64>() {
         Ok(w) if w <= MAX_WEIGHT as u64 => Ok(w as u32),
@@ -333,6 +343,180 @@ pub struct AttachOptions {
     pub flow_cache_size: Option<u32>,
 }
 
+/// What health checks last said of a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No checks run for it (its VIP has none), or none has finished yet.
+    Unchecked,
+    Up,
+    /// `fall` checks in a row failed: no new flows (out of the Maglev
+    /// table); its live flows go on.
+    Down,
+}
+
+impl Health {
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Unchecked => "unchecked",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a health check does, per backend, from the balancer's namespace
+/// straight to the backend's address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// `GET path` over HTTP/1.0 answers with status `expect`.
+    Http { path: String, expect: u16 },
+    /// A datagram `send` is answered, with a reply containing `expect` if
+    /// that is not empty.
+    Udp { send: String, expect: String },
+}
+
+impl CheckKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http { .. } => "http",
+            CheckKind::Udp { .. } => "udp",
+        }
+    }
+}
+
+/// A VIP's health checks: every backend checked once per `interval`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Successes in a row that bring a down backend back.
+    pub rise: u32,
+    /// Failures in a row that take a backend out.
+    pub fall: u32,
+    /// Checked on this port instead of the backend's own.
+    pub port: Option<u16>,
+}
+
+/// Bounds of a health check's numbers.
+pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+pub const MAX_RISE_FALL: u32 = 100;
+
+impl HealthCheck {
+    /// Checks the numbers as a whole; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(MIN_CHECK_INTERVAL..=MAX_CHECK_INTERVAL).contains(&self.interval) {
+            return Err(format!(
+                "interval {:?} is out of range (50ms to 1h)",
+                self.interval
+            ));
+        }
+        if self.timeout.is_zero() || self.timeout > self.interval {
+            return Err(format!(
+                "timeout {:?} must be above 0 and at most the interval ({:?})",
+                self.timeout, self.interval
+            ));
+        }
+        for (name, v) in [("rise", self.rise), ("fall", self.fall)] {
+            if !(1..=MAX_RISE_FALL).contains(&v) {
+                return Err(format!("{name} {v} is out of range (1-{MAX_RISE_FALL})"));
+            }
+        }
+        if self.port == Some(0) {
+            return Err("port 0 is not a port (use 1-65535)".into());
+        }
+        if let CheckKind::Http { path, expect } = &self.kind {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!(
+                    "path {path:?} must start with / and hold no spaces"
+                ));
+            }
+            if !(100..=599).contains(expect) {
+                return Err(format!("expect {expect} is not an HTTP status (100-599)"));
+            }
+        }
+        if let CheckKind::Udp { send, .. } = &self.kind {
+            if send.is_empty() || send.len() > 1024 {
+                return Err("send must hold 1 to 1024 bytes".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `500ms`, `2s`, `1.5s`, `1m`: a duration as the configuration file
+/// writes it.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration (e.g. 500ms, 2s, 1m)");
+    let (num, unit) = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map(|i| s.split_at(i))
+        .ok_or_else(bad)?;
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1e3,
+        "m" => n * 60e3,
+        _ => return Err(bad()),
+    };
+    if !ms.is_finite() || ms.fract() != 0.0 || ms > 1e9 {
+        return Err(format!(
+            "{s:?}: a duration is a whole number of milliseconds"
+        ));
+    }
+    Ok(Duration::from_millis(ms as u64))
+}
+
+/// The form `parse_duration` reads: `500ms`, `2s`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// One VIP as a configuration file states it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredVip {
+    pub spec: VipSpec,
+    /// None: no checks, its backends are unchecked.
+    pub health: Option<HealthCheck>,
+    /// Address and weight, each address once.
+    pub backends: Vec<(SocketAddr, u32)>,
+}
+
+/// Everything lbctl configures, as a file states it (`config_file`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Attached by `lbctl run`; `apply` requires them attached.
+    pub interfaces: Vec<String>,
+    pub xdp_mode: Option<XdpMode>,
+    pub hash_seed: Option<u32>,
+    pub flow_cache_size: Option<u32>,
+    /// Left as they are where None.
+    pub timeouts: Timeouts,
+    pub vips: Vec<DesiredVip>,
+}
+
+impl Desired {
+    pub fn vip(&self, service: &Service) -> Option<&DesiredVip> {
+        self.vips.iter().find(|v| v.spec.service == *service)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,5 +612,53 @@ mod tests {
         assert!(check_same_family(v6, v4)
             .unwrap_err()
             .contains("IPv4 but VIP"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        for bad in ["", "5", "ms", "1h", "0.5ms", "-1s", "1 s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        for d in [500, 2000, 1500, 60_000] {
+            let d = Duration::from_millis(d);
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+    }
+
+    #[test]
+    fn health_checks() {
+        let ok = HealthCheck {
+            kind: CheckKind::Tcp,
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_millis(300),
+            rise: 2,
+            fall: 2,
+            port: None,
+        };
+        assert!(ok.validate().is_ok());
+        let with = |f: &dyn Fn(&mut HealthCheck)| {
+            let mut c = ok.clone();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(with(&|c| c.timeout = Duration::from_secs(1)).contains("at most the interval"));
+        assert!(with(&|c| c.interval = Duration::from_millis(10)).contains("interval"));
+        assert!(with(&|c| c.rise = 0).contains("rise 0"));
+        assert!(with(&|c| c.fall = 101).contains("fall 101"));
+        assert!(with(&|c| c.port = Some(0)).contains("port 0"));
+        assert!(with(&|c| c.kind = CheckKind::Http {
+            path: "health".into(),
+            expect: 200
+        })
+        .contains("must start with /"));
+        assert!(with(&|c| c.kind = CheckKind::Http {
+            path: "/".into(),
+            expect: 700
+        })
+        .contains("HTTP status"));
     }
 }

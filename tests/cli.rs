@@ -404,3 +404,122 @@ fn completions_and_man_pages_come_from_the_binary() {
         .unwrap();
     fails_with(bad, &["completions", "tcsh"], "invalid value 'tcsh'");
 }
+
+impl Ns {
+    /// A file for `lbctl apply -f`, in a directory of this namespace's own.
+    fn file(&self, name: &str, text: &str) -> String {
+        let dir = std::env::temp_dir().join(format!("{}-files", self.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+}
+
+const CONFIG: &str = r#"interfaces = ["e0", "e1"]
+[timeouts]
+udp = 30
+[[vip]]
+address = "198.18.100.1:80"
+proto = "tcp"
+mode = "fullnat"
+[vip.health]
+kind = "http"
+path = "/healthz"
+interval = "1s"
+timeout = "500ms"
+[[vip.backend]]
+address = "198.18.1.12:8080"
+weight = 2
+[[vip.backend]]
+address = "198.18.1.11:8080"
+[[vip]]
+address = "198.18.100.2:53"
+proto = "udp"
+table_size = 16381
+[[vip.backend]]
+address = "198.18.1.11:53"
+weight = 0
+"#;
+
+#[test]
+fn save_apply_save_is_a_fixed_point_and_bad_files_change_nothing() {
+    let ns = Ns::new();
+    ns.ok(&["attach", "e0"]);
+    ns.ok(&["attach", "e1"]);
+    let cfg = ns.file("lbctl.toml", CONFIG);
+    let out = ns.ok(&["apply", "-f", &cfg]);
+    assert!(out.contains("2 VIPs added, 3 backends added"), "{out}");
+    let out = ns.ok(&["apply", "-f", &cfg]);
+    assert!(out.contains("no changes"), "the same file twice: {out}");
+    let saved = ns.ok(&["save"]);
+    for want in [
+        "interfaces = [\"e0\", \"e1\"]",
+        "udp = 30",
+        "snat = \"198.18.5.1\"",
+        "kind = \"http\"",
+        "path = \"/healthz\"",
+        "table_size = 16381",
+        "weight = 0",
+    ] {
+        assert!(saved.contains(want), "{want:?} missing in:\n{saved}");
+    }
+    let saved_file = ns.file("saved.toml", &saved);
+    let out = ns.ok(&["apply", "-f", &saved_file]);
+    assert!(out.contains("no changes"), "{out}");
+    assert_eq!(ns.ok(&["save"]), saved, "save -> apply -> save");
+
+    // One bad address anywhere: one line naming it, and nothing changes.
+    let bad = CONFIG.replace("198.18.1.11:53", "198.18.1.311:53");
+    let bad = ns.file("bad.toml", &bad);
+    ns.fails(
+        &["apply", "-f", &bad],
+        "bad.toml: line 23: 198.18.1.311:53: \"198.18.1.311\" is not an IP address",
+    );
+    let unknown = ns.file("unknown.toml", &CONFIG.replace("weight = 2", "wieght = 2"));
+    ns.fails(
+        &["apply", "-f", &unknown],
+        "line 15: unknown field `wieght`",
+    );
+    let unknown = ns.file("unknown2.toml", &format!("{CONFIG}\n[extras]\n"));
+    ns.fails(&["apply", "-f", &unknown], "unknown field `extras`");
+    // Valid, but not appliable to what runs: refused before any change.
+    let moved = CONFIG
+        .replace("weight = 2", "weight = 5")
+        .replace("mode = \"fullnat\"", "mode = \"dnat\"");
+    let moved = ns.file("moved.toml", &moved);
+    ns.fails(
+        &["apply", "-f", &moved],
+        "apply does not change a VIP's mode",
+    );
+    let elsewhere = ns.file("iface.toml", &CONFIG.replace("\"e1\"", "\"e9\""));
+    ns.fails(
+        &["apply", "-f", &elsewhere],
+        "interface e9 is in the file but lbctl is not attached",
+    );
+    ns.fails(
+        &["apply", "-f", "/nonexistent/lbctl.toml"],
+        "reading /nonexistent/lbctl.toml",
+    );
+    assert_eq!(ns.ok(&["save"]), saved, "failed applies changed nothing");
+
+    // A smaller file removes what it does not list.
+    let small = CONFIG
+        .split("[[vip]]\naddress = \"198.18.100.2:53\"")
+        .next()
+        .unwrap();
+    let small = ns.file("small.toml", small);
+    let out = ns.ok(&["apply", "-f", &small]);
+    assert!(
+        out.contains("1 VIPs removed, 1 backends removed") && !out.contains("timeouts"),
+        "{out}"
+    );
+    let list = ns.ok(&["list"]);
+    assert!(
+        !list.contains(":53") && list.contains("198.18.1.12:8080"),
+        "{list}"
+    );
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-files", ns.name)));
+    ns.ok(&["detach", "e1"]);
+    ns.ok(&["detach", "e0"]);
+}

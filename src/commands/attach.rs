@@ -7,12 +7,10 @@ use std::sync::mpsc;
 use anyhow::{bail, Context, Result};
 
 use crate::datapath::abi::LB_FLOW_CACHE_ENTRIES;
-use crate::datapath::balancer::Balancer;
-use crate::datapath::config::initial_settings;
-use crate::datapath::maps::Maps;
+use crate::datapath::balancer::{self, Balancer};
 use crate::datapath::{iface, load};
 use crate::lock::lock_netns;
-use crate::model::{AttachOptions, DEFAULT_HASH_SEED};
+use crate::model::AttachOptions;
 use crate::neighbour;
 
 pub fn run(opts: &AttachOptions) -> Result<()> {
@@ -28,8 +26,8 @@ pub fn run(opts: &AttachOptions) -> Result<()> {
     }
     refuse_if_taken(iface, ifindex, running.as_ref())?;
     let prog_id = match running {
-        Some(b) => join(&b, ifindex, opts)?,
-        None => start(ifindex, opts)?,
+        Some(b) => b.join(ifindex, opts)?,
+        None => balancer::start(ifindex, opts)?,
     };
     println!("lbctl attached to {iface} (program id {prog_id})");
     if !iface::ipv4_forwarding(iface) {
@@ -56,52 +54,6 @@ fn refuse_if_taken(iface: &str, ifindex: u32, running: Option<&Balancer>) -> Res
     bail!(
         "{iface} already runs another XDP program (id {id}, {name:?}); remove it first: ip link set dev {iface} xdp off"
     )
-}
-
-/// First interface in this namespace: load a fresh program with fresh maps.
-fn start(ifindex: u32, opts: &AttachOptions) -> Result<u32> {
-    load::load_conntrack_modules();
-    let mut storage = MaybeUninit::uninit();
-    let cache = opts.flow_cache_size.unwrap_or(LB_FLOW_CACHE_ENTRIES);
-    let skel = load::load_sized(&mut storage, None, cache)?;
-    let maps = Maps::from_skel(&skel)?;
-    maps.set_settings(&initial_settings(
-        opts.hash_seed.unwrap_or(DEFAULT_HASH_SEED),
-    ))?;
-    maps.add_tx_port(ifindex)?;
-    // Until this succeeds nothing is attached; if it fails, dropping the
-    // skeleton frees the program and maps: nothing is left half-done.
-    iface::attach(
-        skel.progs.lbctl_xdp.as_fd(),
-        ifindex,
-        &opts.iface,
-        opts.mode,
-    )?;
-    let info = iface::xdp_program(ifindex)?.context("program vanished right after attaching")?;
-    Ok(info.0)
-}
-
-/// Another interface of a running balancer: same program, same maps.
-fn join(b: &Balancer, ifindex: u32, opts: &AttachOptions) -> Result<u32> {
-    let running_seed = b.maps.settings()?.hash_seed;
-    if let Some(seed) = opts.hash_seed.filter(|s| *s != running_seed) {
-        bail!("--hash-seed {seed} differs from the running balancer's seed {running_seed}; detach everywhere first to change it");
-    }
-    let running_size = b.maps.flow_cache_size();
-    if let Some(size) = opts.flow_cache_size.filter(|s| Some(*s) != running_size) {
-        bail!(
-            "--flow-cache-size {size} differs from the running balancer's {}; change it with attach {} --replace --flow-cache-size {size}",
-            running_size.map_or("(none)".into(), |s| s.to_string()),
-            b.attachments.first().map_or(opts.iface.as_str(), |a| a.ifname.as_str())
-        );
-    }
-    b.maps.add_tx_port(ifindex)?;
-    if let Err(e) = iface::attach(b.prog.as_fd(), ifindex, &opts.iface, opts.mode) {
-        let _ = b.maps.remove_tx_port(ifindex);
-        return Err(e);
-    }
-    b.maps.bump_generation()?;
-    Ok(b.prog_id)
 }
 
 /// Upgrade in place: a freshly loaded program on the running maps, swapped
@@ -164,22 +116,12 @@ pub fn detach(iface: &str) -> Result<()> {
         .as_ref()
         .and_then(|b| Some((b, b.attachment(ifindex)?)))
         .with_context(|| format!("lbctl is not attached to {iface}"))?;
-    let last = b.attachments.len() == 1;
-    // Read before the last detach: after it, the maps are gone.
-    let backends = if last {
-        b.maps.backend_addrs()?
-    } else {
-        Vec::new()
-    };
-    iface::detach(ifindex, iface, a.mode)?;
-    if last {
+    if let Some(backends) = b.detach(a)? {
         neighbour::release_unused(&backends, &[]);
         println!(
             "lbctl detached from {iface}; that was the last interface: all lbctl state is gone"
         );
     } else {
-        b.maps.remove_tx_port(ifindex)?;
-        b.maps.bump_generation()?;
         let left = b.attachments.len() - 1;
         println!("lbctl detached from {iface}; still attached to {left} interface(s)");
     }

@@ -1,19 +1,20 @@
-//! `lbctl list`: VIPs and backends, optionally with counters (`--stats`) or
-//! rates over an interval (`--rate`, ipvsadm's CPS/PPS/BPS columns), as a
-//! table (ipvsadm -L -n style) or JSON (docs/JSON.md).
+//! `lbctl list`: VIPs and backends with their health, optionally with
+//! counters and open flows (`--stats`) or rates over an interval (`--rate`,
+//! ipvsadm's CPS/PPS/BPS columns), as a table (ipvsadm -L -n style) or JSON
+//! (docs/JSON.md).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use serde::Serialize;
 
 use super::open_for_reading;
-use crate::datapath::balancer::Balancer;
-use crate::datapath::codec::{BackendEntry, VipEntry};
 use crate::datapath::counters::Counters;
-use crate::model::{ListOptions, NatMode, Proto};
+use crate::model::{Health, ListOptions, NatMode, Proto};
+use crate::snapshot::{BackendView, FlowCacheStats, Snapshot};
 
 /// Packets, bytes and new flows per second over an interval.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -38,10 +39,23 @@ impl Rate {
 }
 
 #[derive(Serialize)]
+struct StatsJson {
+    packets: u64,
+    bytes: u64,
+    new_flows: u64,
+    /// lbctl's conntrack entries for the backend without FIN or RST (--stats).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    active_flows: Option<u64>,
+}
+
+#[derive(Serialize)]
 struct BackendJson {
     address: SocketAddr,
     weight: u32,
-    stats: Counters,
+    health: Health,
+    /// Unix time of the last health change (null: never checked).
+    health_since: Option<u32>,
+    stats: StatsJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate: Option<Rate>,
 }
@@ -53,7 +67,7 @@ struct VipJson {
     mode: NatMode,
     snat: Option<IpAddr>,
     table_size: u32,
-    stats: Counters,
+    stats: StatsJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate: Option<Rate>,
     backends: Vec<BackendJson>,
@@ -62,80 +76,89 @@ struct VipJson {
 #[derive(Serialize)]
 struct ListJson {
     vips: Vec<VipJson>,
-    /// Seconds the rates were measured over (with --rate).
+    /// Every verdict counter by name (--stats).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verdicts: Option<BTreeMap<&'static str, u64>>,
+    /// The flow cache's counters (--stats).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flow_cache: Option<FlowCacheStats>,
+    /// Seconds the rates were measured over (--rate).
     #[serde(skip_serializing_if = "Option::is_none")]
     interval_s: Option<f64>,
 }
 
-struct Row {
-    vip: VipEntry,
-    stats: Counters,
-    rate: Option<Rate>,
-    backends: Vec<(BackendEntry, Counters, Option<Rate>)>,
-}
-
-fn collect(b: &Balancer) -> Result<Vec<Row>> {
-    let all = b.maps.backends()?;
-    let mut rows = Vec::new();
-    for vip in b.maps.vips()? {
-        let mut backends = Vec::new();
-        for be in all.iter().filter(|be| be.vip_index == vip.index) {
-            backends.push((be.clone(), b.maps.backend_counters(be.id)?, None));
-        }
-        backends.sort_by_key(|(be, _, _)| be.addr);
-        let stats = b.maps.vip_counters(vip.index)?;
-        rows.push(Row {
-            vip,
-            stats,
-            rate: None,
-            backends,
-        });
-    }
-    Ok(rows)
-}
-
-/// The counters now and again after `interval`; rates from the difference.
-/// A VIP or backend that came or went meanwhile has no rate.
-fn collect_rates(b: &Balancer, interval: Duration) -> Result<(Vec<Row>, f64)> {
-    let before = collect(b)?;
-    let started = Instant::now();
-    std::thread::sleep(interval);
-    let mut after = collect(b)?;
-    let secs = started.elapsed().as_secs_f64();
-    for row in &mut after {
-        let Some(old) = before.iter().find(|r| r.vip.index == row.vip.index) else {
-            continue;
-        };
-        row.rate = Some(Rate::between(&old.stats, &row.stats, secs));
-        for (be, now, rate) in &mut row.backends {
-            if let Some((_, then, _)) = old.backends.iter().find(|(o, _, _)| o.id == be.id) {
-                *rate = Some(Rate::between(then, now, secs));
-            }
-        }
-    }
-    Ok((after, secs))
+/// Rates per VIP index and per backend id.
+#[derive(Default)]
+struct Rates {
+    vips: BTreeMap<u32, Rate>,
+    backends: BTreeMap<u32, Rate>,
+    interval_s: f64,
 }
 
 pub fn run(opts: &ListOptions) -> Result<()> {
     let b = open_for_reading()?;
-    let (rows, interval) = match opts.rate {
+    let (snap, rates) = match opts.rate {
+        None => (Snapshot::read(&b.maps, opts.stats)?, None),
         Some(interval) => {
-            let (rows, secs) = collect_rates(&b, interval)?;
-            (rows, Some(secs))
+            let before = Snapshot::read(&b.maps, false)?;
+            let started = Instant::now();
+            std::thread::sleep(interval);
+            let after = Snapshot::read(&b.maps, opts.stats)?;
+            let secs = started.elapsed().as_secs_f64();
+            let rates = rates(&before, &after, secs);
+            (after, Some(rates))
         }
-        None => (collect(&b)?, None),
     };
     let out = if opts.json {
-        serde_json::to_string(&list_json(&rows, interval))? + "\n"
+        serde_json::to_string(&list_json(&snap, opts.stats, rates.as_ref()))? + "\n"
     } else {
-        render_table(&rows, opts.stats, interval.is_some())
+        render_table(&snap, opts.stats, rates.as_ref(), unix_now())
     };
     print!("{out}");
     Ok(())
 }
 
-fn list_json(rows: &[Row], interval_s: Option<f64>) -> ListJson {
-    let vips = rows
+/// Rates from two snapshots; a VIP or backend that came or went meanwhile
+/// has none.
+fn rates(before: &Snapshot, after: &Snapshot, secs: f64) -> Rates {
+    let mut r = Rates {
+        interval_s: secs,
+        ..Rates::default()
+    };
+    for v in &after.vips {
+        let Some(old) = before.vips.iter().find(|o| o.vip.index == v.vip.index) else {
+            continue;
+        };
+        r.vips
+            .insert(v.vip.index, Rate::between(&old.stats, &v.stats, secs));
+        for be in &v.backends {
+            if let Some(o) = old.backends.iter().find(|o| o.entry.id == be.entry.id) {
+                r.backends
+                    .insert(be.entry.id, Rate::between(&o.stats, &be.stats, secs));
+            }
+        }
+    }
+    r
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn stats_json(c: &Counters, active_flows: Option<u64>) -> StatsJson {
+    StatsJson {
+        packets: c.packets,
+        bytes: c.bytes,
+        new_flows: c.new_flows,
+        active_flows,
+    }
+}
+
+fn list_json(snap: &Snapshot, stats: bool, rates: Option<&Rates>) -> ListJson {
+    let vips = snap
+        .vips
         .iter()
         .map(|r| VipJson {
             vip: r.vip.service.addr,
@@ -143,51 +166,84 @@ fn list_json(rows: &[Row], interval_s: Option<f64>) -> ListJson {
             mode: r.vip.mode,
             snat: r.vip.snat,
             table_size: r.vip.table_size,
-            stats: r.stats,
-            rate: r.rate,
+            stats: stats_json(&r.stats, None),
+            rate: rates.and_then(|x| x.vips.get(&r.vip.index).copied()),
             backends: r
                 .backends
                 .iter()
-                .map(|(be, c, rate)| BackendJson {
-                    address: be.addr,
-                    weight: be.weight,
-                    stats: *c,
-                    rate: *rate,
+                .map(|be| BackendJson {
+                    address: be.entry.addr,
+                    weight: be.entry.weight,
+                    health: be.entry.health,
+                    health_since: (be.entry.health_since != 0).then_some(be.entry.health_since),
+                    stats: stats_json(&be.stats, be.active_flows),
+                    rate: rates.and_then(|x| x.backends.get(&be.entry.id).copied()),
                 })
                 .collect(),
         })
         .collect();
-    ListJson { vips, interval_s }
+    ListJson {
+        vips,
+        verdicts: stats.then(|| snap.verdicts.iter().copied().collect()),
+        flow_cache: if stats { snap.flow_cache } else { None },
+        interval_s: rates.map(|r| r.interval_s),
+    }
 }
 
-fn render_table(rows: &[Row], stats: bool, rates: bool) -> String {
+/// `up 3m12s`, `down 4s`, `unchecked`.
+fn health_text(b: &BackendView, now: u64) -> String {
+    let e = &b.entry;
+    if e.health == Health::Unchecked || e.health_since == 0 {
+        return e.health.name().into();
+    }
+    let age = now.saturating_sub(e.health_since as u64);
+    let age = match age {
+        0..60 => format!("{age}s"),
+        60..3600 => format!("{}m{:02}s", age / 60, age % 60),
+        _ => format!("{}h{:02}m", age / 3600, age % 3600 / 60),
+    };
+    format!("{} {age}", e.health.name())
+}
+
+fn render_table(snap: &Snapshot, stats: bool, rates: Option<&Rates>, now: u64) -> String {
     let mut s = String::new();
     let mut head = String::new();
     if stats {
-        head += &format!(" {:>10} {:>12} {:>9}", "Packets", "Bytes", "NewFlows");
+        head += &format!(
+            " {:>10} {:>12} {:>9} {:>7}",
+            "Packets", "Bytes", "NewFlows", "Active"
+        );
     }
-    if rates {
+    if rates.is_some() {
         head += &format!(" {:>8} {:>10} {:>12}", "CPS", "PPS", "BPS");
     }
-    let _ = writeln!(s, "Prot LocalAddress:Port        Mode     Weight{head}");
+    let _ = writeln!(
+        s,
+        "Prot LocalAddress:Port        Mode     Weight{head}  Health"
+    );
     let _ = writeln!(s, "  -> RemoteAddress:Port");
-    let columns = |c: &Counters, r: &Option<Rate>| {
+    let columns = |c: &Counters, active: Option<u64>, rate: Option<Rate>| {
         let mut out = String::new();
         if stats {
-            out += &format!(" {:>10} {:>12} {:>9}", c.packets, c.bytes, c.new_flows);
+            let active = active.map_or(String::new(), |n| n.to_string());
+            out += &format!(
+                " {:>10} {:>12} {:>9} {active:>7}",
+                c.packets, c.bytes, c.new_flows
+            );
         }
-        if rates {
-            let r = r.unwrap_or_default();
+        if rates.is_some() {
+            let r = rate.unwrap_or_default();
             out += &format!(" {:>8.0} {:>10.0} {:>12.0}", r.cps, r.pps, r.bps);
         }
         out
     };
-    for r in rows {
+    for r in &snap.vips {
         let snat = r
             .vip
             .snat
             .map(|a| format!(" (source {a})"))
             .unwrap_or_default();
+        let rate = rates.and_then(|x| x.vips.get(&r.vip.index).copied());
         let _ = writeln!(
             s,
             "{:<4} {:<24} {:<8} {:>6}{}{snat}",
@@ -195,16 +251,22 @@ fn render_table(rows: &[Row], stats: bool, rates: bool) -> String {
             r.vip.service.addr.to_string(),
             r.vip.mode.name(),
             "",
-            columns(&r.stats, &r.rate)
+            columns(&r.stats, None, rate)
         );
-        for (be, c, rate) in &r.backends {
-            let drain = if be.weight == 0 { "  draining" } else { "" };
+        for be in &r.backends {
+            let drain = if be.entry.weight == 0 {
+                "  draining"
+            } else {
+                ""
+            };
+            let rate = rates.and_then(|x| x.backends.get(&be.entry.id).copied());
             let _ = writeln!(
                 s,
-                "  -> {:<33} {:>6}{}{drain}",
-                be.addr.to_string(),
-                be.weight,
-                columns(c, rate)
+                "  -> {:<33} {:>6}{}  {}{drain}",
+                be.entry.addr.to_string(),
+                be.entry.weight,
+                columns(&be.stats, be.active_flows, rate),
+                health_text(be, now)
             );
         }
     }

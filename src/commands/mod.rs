@@ -2,12 +2,15 @@
 //! acts through `datapath`, and prints what it did. Commands do not call
 //! each other; what two need lives in `datapath` or `model`.
 
+pub mod apply;
 pub mod attach;
 pub mod backend;
 pub mod conns;
 pub mod docs;
 pub mod explain;
 pub mod list;
+pub mod run;
+pub mod save;
 pub mod status;
 pub mod timeouts;
 pub mod vip;

@@ -23,6 +23,7 @@ unsafe impl plain::Plain for types::lb_flow_cache_counters {}
 // laid a struct out differently from the header's intent.
 const _: () = assert!(std::mem::size_of::<types::lb_endpoint>() == 20);
 const _: () = assert!(std::mem::size_of::<types::lb_vip>() == 40);
+// 56 with `health_since` where `reserved` was: the row keeps its layout.
 const _: () = assert!(std::mem::size_of::<types::lb_backend>() == 56);
 const _: () = assert!(std::mem::size_of::<types::lb_config>() == 24);
 const _: () = assert!(std::mem::size_of::<types::lb_counters>() == 24);

@@ -5,12 +5,17 @@
 //! is what makes `ip netns exec NS lbctl ...` work across invocations (that
 //! command hides the host's /sys/fs/bpf) and keeps namespaces apart.
 
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
 
+use super::abi::LB_FLOW_CACHE_ENTRIES;
+use super::config::initial_settings;
 use super::iface::{self, Attachment};
+use super::load;
 use super::maps::Maps;
+use crate::model::{AttachOptions, DEFAULT_HASH_SEED};
 
 /// The program's name as the kernel reports it (BPF names are 15 bytes).
 pub const PROG_NAME: &str = "lbctl_xdp";
@@ -59,8 +64,74 @@ impl Balancer {
         }
     }
 
+    /// Another interface of a running balancer: same program, same maps.
+    pub fn join(&self, ifindex: u32, opts: &AttachOptions) -> Result<u32> {
+        let b = self;
+        let running_seed = b.maps.settings()?.hash_seed;
+        if let Some(seed) = opts.hash_seed.filter(|s| *s != running_seed) {
+            bail!("--hash-seed {seed} differs from the running balancer's seed {running_seed}; detach everywhere first to change it");
+        }
+        let running_size = b.maps.flow_cache_size();
+        if let Some(size) = opts.flow_cache_size.filter(|s| Some(*s) != running_size) {
+            bail!(
+                "--flow-cache-size {size} differs from the running balancer's {}; change it with attach {} --replace --flow-cache-size {size}",
+                running_size.map_or("(none)".into(), |s| s.to_string()),
+                b.attachments.first().map_or(opts.iface.as_str(), |a| a.ifname.as_str())
+            );
+        }
+        b.maps.add_tx_port(ifindex)?;
+        if let Err(e) = iface::attach(b.prog.as_fd(), ifindex, &opts.iface, opts.mode) {
+            let _ = b.maps.remove_tx_port(ifindex);
+            return Err(e);
+        }
+        b.maps.bump_generation()?;
+        Ok(b.prog_id)
+    }
+
+    /// Detaches from one interface. The last detach frees the program and
+    /// every map: then the addresses of the backends it had are returned
+    /// (read before, for the caller to release their neighbour entries).
+    pub fn detach(&self, a: &Attachment) -> Result<Option<Vec<std::net::IpAddr>>> {
+        let last = self.attachments.len() == 1;
+        // Read before the last detach: after it, the maps are gone.
+        let backends = if last {
+            Some(self.maps.backend_addrs()?)
+        } else {
+            None
+        };
+        iface::detach(a.ifindex, &a.ifname, a.mode)?;
+        if !last {
+            self.maps.remove_tx_port(a.ifindex)?;
+            self.maps.bump_generation()?;
+        }
+        Ok(backends)
+    }
+
     /// The attachment on an interface, if lbctl is attached there.
     pub fn attachment(&self, ifindex: u32) -> Option<&Attachment> {
         self.attachments.iter().find(|a| a.ifindex == ifindex)
     }
+}
+
+/// First interface in this namespace: load a fresh program with fresh maps.
+pub fn start(ifindex: u32, opts: &AttachOptions) -> Result<u32> {
+    load::load_conntrack_modules();
+    let mut storage = MaybeUninit::uninit();
+    let cache = opts.flow_cache_size.unwrap_or(LB_FLOW_CACHE_ENTRIES);
+    let skel = load::load_sized(&mut storage, None, cache)?;
+    let maps = Maps::from_skel(&skel)?;
+    maps.set_settings(&initial_settings(
+        opts.hash_seed.unwrap_or(DEFAULT_HASH_SEED),
+    ))?;
+    maps.add_tx_port(ifindex)?;
+    // Until this succeeds nothing is attached; if it fails, dropping the
+    // skeleton frees the program and maps: nothing is left half-done.
+    iface::attach(
+        skel.progs.lbctl_xdp.as_fd(),
+        ifindex,
+        &opts.iface,
+        opts.mode,
+    )?;
+    let info = iface::xdp_program(ifindex)?.context("program vanished right after attaching")?;
+    Ok(info.0)
 }

@@ -5,9 +5,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{bail, Result};
 
-use super::abi::{LB_AF_INET, LB_AF_INET6, LB_BACKEND_IN_USE, LB_VIP_FULLNAT};
+use super::abi::{
+    LB_AF_INET, LB_AF_INET6, LB_BACKEND_CHECKED, LB_BACKEND_DOWN, LB_BACKEND_IN_USE, LB_VIP_FULLNAT,
+};
 use super::types::{lb_backend, lb_endpoint, lb_vip};
-use crate::model::{NatMode, Proto, Service};
+use crate::model::{Health, NatMode, Proto, Service};
 
 /// A VIP as configured.
 #[derive(Clone, Debug)]
@@ -30,7 +32,22 @@ pub struct BackendEntry {
     pub vip_index: u32,
     pub addr: SocketAddr,
     pub proto: Proto,
+    /// The operator's weight.
     pub weight: u32,
+    pub health: Health,
+    /// Unix time (s) of the last health change; 0: never.
+    pub health_since: u32,
+}
+
+impl BackendEntry {
+    /// The weight its VIP's table is built with: 0 while it is down.
+    pub fn effective_weight(&self) -> u32 {
+        if self.health == Health::Down {
+            0
+        } else {
+            self.weight
+        }
+    }
 }
 
 pub fn bytes_of<T: plain::Plain>(v: &T) -> &[u8] {
@@ -151,7 +168,28 @@ pub fn backend_row(service: &Service, vip_index: u32, addr: SocketAddr, weight: 
         vip_index,
         weight,
         flags: LB_BACKEND_IN_USE,
-        reserved: 0,
+        health_since: 0,
+    }
+}
+
+/// The row's health flags set to `health`, changed at `since`.
+pub fn set_row_health(row: &mut lb_backend, health: Health, since: u32) {
+    row.flags &= !(LB_BACKEND_CHECKED | LB_BACKEND_DOWN);
+    row.flags |= match health {
+        Health::Unchecked => 0,
+        Health::Up => LB_BACKEND_CHECKED,
+        Health::Down => LB_BACKEND_CHECKED | LB_BACKEND_DOWN,
+    };
+    row.health_since = since;
+}
+
+fn row_health(row: &lb_backend) -> Health {
+    if row.flags & LB_BACKEND_CHECKED == 0 {
+        Health::Unchecked
+    } else if row.flags & LB_BACKEND_DOWN != 0 {
+        Health::Down
+    } else {
+        Health::Up
     }
 }
 
@@ -167,6 +205,8 @@ pub fn backend_entry(id: u32, row: &lb_backend) -> Result<Option<BackendEntry>> 
         addr,
         proto,
         weight: row.weight,
+        health: row_health(row),
+        health_since: row.health_since,
     }))
 }
 
@@ -191,5 +231,20 @@ mod tests {
             .to_string()
             .contains("protocol number 1"));
         assert!(read::<lb_vip>(&[0u8; 3]).is_err());
+    }
+
+    #[test]
+    fn health_round_trips_through_a_row() {
+        let svc = Service {
+            addr: "198.18.100.1:80".parse().unwrap(),
+            proto: Proto::Tcp,
+        };
+        let mut row = backend_row(&svc, 3, "198.18.1.11:8080".parse().unwrap(), 5);
+        for h in [Health::Down, Health::Up, Health::Unchecked, Health::Down] {
+            set_row_health(&mut row, h, 1234);
+            let b = backend_entry(7, &row).unwrap().unwrap();
+            assert_eq!((b.health, b.health_since, b.weight), (h, 1234, 5));
+            assert_eq!(b.effective_weight(), if h == Health::Down { 0 } else { 5 });
+        }
     }
 }

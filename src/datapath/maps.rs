@@ -232,6 +232,19 @@ impl Maps {
             .find(|m| OsStr::new(m.name) == name && !NOT_REUSED.contains(&m.name))
     }
 
+    /// An id for this balancer as long as it runs: the id of its settings
+    /// map, which an upgrade in place keeps and no other map has while it
+    /// exists.
+    pub fn balancer_id(&self) -> Result<u32> {
+        Ok(self
+            .settings
+            .handle
+            .info()
+            .context("reading the settings map's info")?
+            .info
+            .id)
+    }
+
     /// Entries the flow cache holds, if the program has one.
     pub fn flow_cache_size(&self) -> Option<u32> {
         self.flow_cache.as_ref().map(Map::max_entries)

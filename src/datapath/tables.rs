@@ -24,7 +24,7 @@ pub fn table_ids(members: &[BackendEntry], size: u32) -> Result<Vec<u32>> {
         .iter()
         .map(|b| MaglevBackend {
             key: endpoint_key(&to_endpoint(b.addr, b.proto)),
-            weight: b.weight,
+            weight: b.effective_weight(),
         })
         .collect();
     let slots = maglev::build_table(&input, size).map_err(anyhow::Error::msg)?;
@@ -78,35 +78,81 @@ impl Maps {
 
     /// A new inner map holding [size, ids...], put in place with one update.
     pub(super) fn swap_table(&self, index: u32, ids: &[u32]) -> Result<()> {
-        let entries = LB_TABLE_HDR + ids.len() as u32;
-        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
-            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
-            map_flags: libbpf_rs::libbpf_sys::BPF_F_INNER_MAP,
-            ..Default::default()
-        };
-        let inner = MapHandle::create(MapType::Array, Some("lb_table"), 4, 4, entries, &opts)
-            .with_context(|| format!("creating a {entries}-entry table for VIP index {index}"))?;
-        let mut keys = Vec::with_capacity(entries as usize * 4);
-        let mut values = Vec::with_capacity(entries as usize * 4);
-        let size = ids.len() as u32;
-        for (k, v) in std::iter::once(size).chain(ids.iter().copied()).enumerate() {
-            keys.extend_from_slice(&(k as u32).to_ne_bytes());
-            values.extend_from_slice(&v.to_ne_bytes());
+        let table = new_table(index, ids)?;
+        self.install_tables(&[(index, &table)])
+    }
+
+    /// Puts several new tables in place (each VIP sees its old table or
+    /// its new one). One batch update: the kernel waits for running
+    /// programs to finish with the old tables (an RCU grace period, about
+    /// 10-15 ms here) once per call on 6.7 and later, rather than once per
+    /// table; where the batch is refused, one update each.
+    pub(super) fn install_tables(&self, tables: &[(u32, &MapHandle)]) -> Result<()> {
+        let what = |i: u32| format!("the table of VIP index {i}");
+        if let [(index, table)] = tables {
+            let fd = table.as_fd().as_raw_fd() as u32;
+            return self.vip_tables.put_bytes(
+                &index.to_ne_bytes(),
+                &fd.to_ne_bytes(),
+                MapFlags::ANY,
+                &what(*index),
+            );
         }
-        inner
-            .update_batch(&keys, &values, entries, MapFlags::ANY, MapFlags::ANY)
-            .with_context(|| format!("filling the new table of VIP index {index}"))?;
-        let fd = inner.as_fd().as_raw_fd() as u32;
-        self.vip_tables.put_bytes(
-            &index.to_ne_bytes(),
-            &fd.to_ne_bytes(),
+        let mut keys = Vec::with_capacity(tables.len() * 4);
+        let mut values = Vec::with_capacity(tables.len() * 4);
+        for (index, table) in tables {
+            keys.extend_from_slice(&index.to_ne_bytes());
+            values.extend_from_slice(&(table.as_fd().as_raw_fd() as u32).to_ne_bytes());
+        }
+        let batch = self.vip_tables.handle().update_batch(
+            &keys,
+            &values,
+            tables.len() as u32,
             MapFlags::ANY,
-            &format_args!("the table of VIP index {index}"),
-        )
+            MapFlags::ANY,
+        );
+        if batch.is_ok() {
+            return Ok(());
+        }
+        for (index, table) in tables {
+            let fd = table.as_fd().as_raw_fd() as u32;
+            self.vip_tables.put_bytes(
+                &index.to_ne_bytes(),
+                &fd.to_ne_bytes(),
+                MapFlags::ANY,
+                &what(*index),
+            )?;
+        }
+        Ok(())
     }
 }
 
-/// What a table is built from: each member's id, endpoint and weight.
+/// A new inner map holding [size, ids...] for VIP index `index`, not yet
+/// in use.
+pub(super) fn new_table(index: u32, ids: &[u32]) -> Result<MapHandle> {
+    let entries = LB_TABLE_HDR + ids.len() as u32;
+    let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+        map_flags: libbpf_rs::libbpf_sys::BPF_F_INNER_MAP,
+        ..Default::default()
+    };
+    let inner = MapHandle::create(MapType::Array, Some("lb_table"), 4, 4, entries, &opts)
+        .with_context(|| format!("creating a {entries}-entry table for VIP index {index}"))?;
+    let mut keys = Vec::with_capacity(entries as usize * 4);
+    let mut values = Vec::with_capacity(entries as usize * 4);
+    let size = ids.len() as u32;
+    for (k, v) in std::iter::once(size).chain(ids.iter().copied()).enumerate() {
+        keys.extend_from_slice(&(k as u32).to_ne_bytes());
+        values.extend_from_slice(&v.to_ne_bytes());
+    }
+    inner
+        .update_batch(&keys, &values, entries, MapFlags::ANY, MapFlags::ANY)
+        .with_context(|| format!("filling the new table of VIP index {index}"))?;
+    Ok(inner)
+}
+
+/// What a table is built from: each member's id, endpoint and effective
+/// weight (a down backend counts as weight 0).
 pub fn table_digest(members: &[BackendEntry]) -> u32 {
     let mut sorted: Vec<&BackendEntry> = members.iter().collect();
     sorted.sort_by_key(|b| b.id);
@@ -114,7 +160,7 @@ pub fn table_digest(members: &[BackendEntry]) -> u32 {
     for b in sorted {
         bytes.extend_from_slice(&b.id.to_ne_bytes());
         bytes.extend_from_slice(&endpoint_key(&to_endpoint(b.addr, b.proto)));
-        bytes.extend_from_slice(&b.weight.to_ne_bytes());
+        bytes.extend_from_slice(&b.effective_weight().to_ne_bytes());
     }
     crate::hash::hash_bytes(&bytes, 0x7461_626c)
 }

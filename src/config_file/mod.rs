@@ -1,0 +1,196 @@
+//! The configuration file: TOML ⇄ `model::Desired`. Pure: nothing here
+//! touches the kernel.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `parse.rs` | text → `Desired`, the whole file checked, errors naming the line |
+//! | `render.rs` | `Desired` → text, in the shape `parse` reads (`lbctl save`) |
+//!
+//! ```toml
+//! interfaces = ["eth0"]                 # attached by `lbctl run`
+//! [timeouts]                            # optional: tcp, tcpfin, udp seconds
+//! [[vip]]
+//! address = "198.18.100.1:80"
+//! proto = "tcp"                         # tcp | udp
+//! mode = "dnat"                         # dnat | fullnat (snat = "...")
+//! [vip.health]                          # optional; no section = no checks
+//! kind = "tcp"                          # tcp | http (path, expect) | udp (send, expect) | none
+//! interval = "500ms"
+//! timeout = "300ms"
+//! rise = 2
+//! fall = 2
+//! [[vip.backend]]
+//! address = "198.18.1.11:8080"
+//! weight = 1
+//! ```
+
+mod parse;
+mod render;
+
+pub use parse::{parse, FileError};
+pub use render::render;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::model::Desired;
+
+/// Reads and parses a file; errors are one line: `FILE: line N: what`.
+pub fn read(path: &Path) -> Result<Desired> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Health check defaults where the file leaves a field out (HAProxy's).
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const INTERVAL: Duration = Duration::from_secs(2);
+    pub const TIMEOUT: Duration = Duration::from_secs(1);
+    pub const RISE: u32 = 2;
+    pub const FALL: u32 = 3;
+    pub const HTTP_PATH: &str = "/";
+    pub const HTTP_EXPECT: u16 = 200;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CheckKind, NatMode, Proto};
+    use std::time::Duration;
+
+    /// The issue's example, as an operator would write it.
+    const EXAMPLE: &str = r#"interfaces = ["eth0"]                 # attached by `lbctl run`
+[timeouts]
+udp = 30
+[[vip]]
+address = "198.18.100.1:80"
+proto = "tcp"
+mode = "dnat"
+[vip.health]
+kind = "tcp"
+interval = "500ms"
+timeout = "300ms"
+rise = 2
+fall = 2
+[[vip.backend]]
+address = "198.18.1.11:8080"
+weight = 1
+[[vip.backend]]
+address = "198.18.1.12:8080"
+weight = 3
+
+[[vip]]
+address = "198.18.100.2:53"
+proto = "udp"
+mode = "fullnat"
+snat = "198.18.1.1"
+table_size = 16381
+[vip.health]
+kind = "udp"
+send = "ping"
+expect = "pong"
+[[vip.backend]]
+address = "198.18.1.11:53"
+"#;
+
+    #[test]
+    fn reads_the_documented_shape() {
+        let d = parse(EXAMPLE).unwrap();
+        assert_eq!(d.interfaces, ["eth0"]);
+        assert_eq!(d.timeouts.udp, Some(30));
+        assert_eq!(d.timeouts.tcp, None);
+        assert_eq!(d.vips.len(), 2);
+        let v = &d.vips[0];
+        assert_eq!(v.spec.service.to_string(), "198.18.100.1:80/tcp");
+        assert_eq!(v.spec.mode, NatMode::Dnat);
+        let h = v.health.as_ref().unwrap();
+        assert_eq!(
+            (h.kind.clone(), h.interval, h.timeout, h.rise, h.fall),
+            (
+                CheckKind::Tcp,
+                Duration::from_millis(500),
+                Duration::from_millis(300),
+                2,
+                2
+            )
+        );
+        assert_eq!(v.backends[1], ("198.18.1.12:8080".parse().unwrap(), 3));
+        let u = &d.vips[1];
+        assert_eq!(u.spec.service.proto, Proto::Udp);
+        assert_eq!(u.spec.table_size, 16381);
+        assert_eq!(u.spec.snat.unwrap().to_string(), "198.18.1.1");
+        assert_eq!(u.backends, [("198.18.1.11:53".parse().unwrap(), 1)]);
+        let h = u.health.as_ref().unwrap();
+        assert_eq!(
+            h.kind,
+            CheckKind::Udp {
+                send: "ping".into(),
+                expect: "pong".into()
+            }
+        );
+        assert_eq!((h.interval, h.rise, h.fall), (defaults::INTERVAL, 2, 3));
+    }
+
+    #[test]
+    fn render_then_parse_is_the_same_configuration() {
+        let d = parse(EXAMPLE).unwrap();
+        let text = render(&d);
+        assert_eq!(parse(&text).unwrap(), d, "{text}");
+        assert_eq!(render(&parse(&text).unwrap()), text, "a fixed point");
+        let mut http = parse(&text).unwrap();
+        http.vips[0].health.as_mut().unwrap().kind = CheckKind::Http {
+            path: "/health \"x\"".replace(' ', "_"),
+            expect: 204,
+        };
+        http.vips[0].health.as_mut().unwrap().port = Some(8081);
+        http.hash_seed = Some(7);
+        http.flow_cache_size = Some(4096);
+        assert_eq!(parse(&render(&http)).unwrap(), http);
+        assert_eq!(parse("").unwrap(), Default::default());
+        let none = parse("[[vip]]\naddress = \"198.18.100.1:80\"\n[vip.health]\nkind = \"none\"\n");
+        assert_eq!(none.unwrap().vips[0].health, None);
+    }
+
+    /// Each bad file gives one line naming the place and the problem.
+    #[test]
+    fn errors_name_the_line_and_the_problem() {
+        let vip = "[[vip]]\naddress = \"198.18.100.1:80\"\n";
+        let cases: &[(String, usize, &str)] = &[
+            (format!("{vip}[[vip.backend]]\naddress = \"198.18.1.300:8080\"\n"), 4, "not an IP address"),
+            (format!("{vip}[[vip.backend]]\naddress = \"198.18.1.1\"\n"), 4, "a port is needed"),
+            (format!("{vip}adress = \"x\"\n"), 3, "unknown field `adress`"),
+            (format!("{vip}[vip.health]\nkind = \"tcp\"\nintervall = \"1s\"\n"), 5, "unknown field `intervall`"),
+            ("bogus = 1\n".into(), 1, "unknown field `bogus`"),
+            (format!("{vip}{vip}"), 4, "listed twice"),
+            (format!("{vip}[[vip.backend]]\naddress = \"198.18.1.1:80\"\n[[vip.backend]]\naddress = \"198.18.1.1:80\"\n"), 6, "listed twice"),
+            (format!("{vip}[[vip.backend]]\naddress = \"198.18.1.1:80\"\nweight = 70000\n"), 5, "weight = 70000 is out of range"),
+            (format!("{vip}[[vip.backend]]\naddress = \"[2001:db8::1]:80\"\n"), 4, "address family"),
+            (format!("{vip}mode = \"dsr\"\n"), 3, "use dnat or fullnat"),
+            (format!("{vip}snat = \"198.18.1.1\"\n"), 3, "snat only applies"),
+            (format!("{vip}proto = \"sctp\"\n"), 3, "unknown protocol"),
+            (format!("{vip}table_size = 65536\n"), 3, "must be a prime"),
+            ("[[vip]]\naddress = \"[2001:db8::1]:80\"\n".into(), 2, "IPv6"),
+            (format!("{vip}[vip.health]\nkind = \"icmp\"\n"), 4, "use tcp, http, udp or none"),
+            (format!("{vip}[vip.health]\nkind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"2s\"\n"), 6, "at most the interval"),
+            (format!("{vip}[vip.health]\nkind = \"tcp\"\ninterval = \"soon\"\n"), 5, "not a duration"),
+            (format!("{vip}[vip.health]\nkind = \"tcp\"\npath = \"/\"\n"), 5, "path only applies"),
+            (format!("{vip}[vip.health]\nkind = \"udp\"\n"), 4, "needs send"),
+            (format!("{vip}[vip.health]\nkind = \"http\"\nexpect = \"ok\"\n"), 5, "HTTP status"),
+            (format!("{vip}[vip.health]\nkind = \"tcp\"\nrise = 0\n"), 5, "rise = 0 is out of range"),
+            ("[timeouts]\nudp = 0\n".into(), 2, "udp = 0 is out of range"),
+            ("interfaces = [\"eth0\", \"eth0\"]\n".into(), 1, "listed twice"),
+            ("xdp_mode = \"fast\"\n".into(), 1, "auto, native or generic"),
+            ("[[vip]\n".into(), 1, ""),
+            ("interfaces = \"eth0\"\n".into(), 1, ""),
+        ];
+        for (text, line, says) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.line, Some(*line), "{text:?}: {e}");
+            assert!(e.message.contains(says), "{text:?}: {e}");
+            assert!(!e.to_string().contains('\n'), "one line: {e}");
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! Text → `Desired`. The whole file is read and checked before anything is
+//! done with it; the first problem found is reported as one line naming
+//! the line of the file and what is wrong there. Unknown keys are errors.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::defaults;
+use crate::model::{
+    check_same_family, parse_duration, parse_endpoint, parse_ip, CheckKind, Desired, DesiredVip,
+    HealthCheck, NatMode, Proto, Service, Timeouts, VipSpec, XdpMode, MAX_WEIGHT,
+};
+
+/// What is wrong with a file, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileError {
+    /// 1-based; None when the problem has no place (an empty file is fine).
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for FileError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    interfaces: Vec<Spanned<String>>,
+    xdp_mode: Option<Spanned<String>>,
+    hash_seed: Option<Spanned<i64>>,
+    flow_cache_size: Option<Spanned<i64>>,
+    timeouts: Option<RawTimeouts>,
+    #[serde(default)]
+    vip: Vec<RawVip>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    tcp: Option<Spanned<i64>>,
+    tcpfin: Option<Spanned<i64>>,
+    udp: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVip {
+    address: Spanned<String>,
+    proto: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    snat: Option<Spanned<String>>,
+    table_size: Option<Spanned<i64>>,
+    health: Option<RawHealth>,
+    #[serde(default)]
+    backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: Spanned<String>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    port: Option<Spanned<i64>>,
+    path: Option<Spanned<String>>,
+    send: Option<Spanned<String>>,
+    expect: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: Spanned<String>,
+    weight: Option<Spanned<i64>>,
+}
+
+/// Turns byte offsets into line numbers.
+struct Lines<'a>(&'a str);
+
+impl Lines<'_> {
+    fn at(&self, span: Range<usize>) -> Option<usize> {
+        let start = span.start.min(self.0.len());
+        Some(self.0[..start].matches('\n').count() + 1)
+    }
+
+    fn err<T>(&self, span: Range<usize>, message: impl Into<String>) -> Result<T, FileError> {
+        Err(FileError {
+            line: self.at(span),
+            message: message.into(),
+        })
+    }
+
+    /// An integer field within `range`, or an error naming `name`.
+    fn int(&self, v: &Spanned<i64>, name: &str, range: Range<i64>) -> Result<u32, FileError> {
+        let n = *v.get_ref();
+        if !range.contains(&n) {
+            return self.err(
+                v.span(),
+                format!(
+                    "{name} = {n} is out of range ({}-{})",
+                    range.start,
+                    range.end - 1
+                ),
+            );
+        }
+        Ok(n as u32)
+    }
+}
+
+/// Reads a whole configuration file. Nothing is half-read: either every
+/// part is valid and the result describes all of it, or the first problem
+/// is returned.
+pub fn parse(text: &str) -> Result<Desired, FileError> {
+    let lines = Lines(text);
+    let raw: RawFile = toml::from_str(text).map_err(|e| FileError {
+        line: e.span().and_then(|s| lines.at(s)),
+        message: e.message().trim().replace('\n', " "),
+    })?;
+    let mut desired = Desired::default();
+    for name in &raw.interfaces {
+        let n = name.get_ref();
+        if n.is_empty() || n.len() > 15 || n.contains(['/', ' ']) {
+            return lines.err(name.span(), format!("{n:?} is not an interface name"));
+        }
+        if desired.interfaces.contains(n) {
+            return lines.err(name.span(), format!("interface {n} is listed twice"));
+        }
+        desired.interfaces.push(n.clone());
+    }
+    if let Some(m) = &raw.xdp_mode {
+        desired.xdp_mode = Some(match m.get_ref().as_str() {
+            "auto" => XdpMode::Auto,
+            "native" => XdpMode::Native,
+            "generic" => XdpMode::Generic,
+            other => {
+                return lines.err(
+                    m.span(),
+                    format!("xdp_mode {other:?}: use auto, native or generic"),
+                )
+            }
+        });
+    }
+    if let Some(seed) = &raw.hash_seed {
+        desired.hash_seed = Some(lines.int(seed, "hash_seed", 0..1 << 32)?);
+    }
+    if let Some(size) = &raw.flow_cache_size {
+        desired.flow_cache_size = Some(lines.int(size, "flow_cache_size", 1024..16_777_217)?);
+    }
+    if let Some(t) = &raw.timeouts {
+        let one = |v: &Option<Spanned<i64>>, name: &str| -> Result<Option<u32>, FileError> {
+            v.as_ref()
+                .map(|v| lines.int(v, name, 1..4_000_001))
+                .transpose()
+        };
+        desired.timeouts = Timeouts {
+            tcp: one(&t.tcp, "tcp")?,
+            tcpfin: one(&t.tcpfin, "tcpfin")?,
+            udp: one(&t.udp, "udp")?,
+        };
+    }
+    for v in &raw.vip {
+        let vip = parse_vip(&lines, v)?;
+        if desired.vip(&vip.spec.service).is_some() {
+            return lines.err(
+                v.address.span(),
+                format!("VIP {} is listed twice", vip.spec.service),
+            );
+        }
+        desired.vips.push(vip);
+    }
+    Ok(desired)
+}
+
+fn parse_vip(lines: &Lines, v: &RawVip) -> Result<DesiredVip, FileError> {
+    let addr = parse_endpoint(v.address.get_ref()).or_else(|e| lines.err(v.address.span(), e))?;
+    let proto = match &v.proto {
+        Some(p) => p
+            .get_ref()
+            .parse::<Proto>()
+            .or_else(|e| lines.err(p.span(), e))?,
+        None => Proto::Tcp,
+    };
+    let service = Service { addr, proto };
+    let mode = match &v.mode {
+        Some(m) => match m.get_ref().as_str() {
+            "dnat" => NatMode::Dnat,
+            "fullnat" => NatMode::Fullnat,
+            other => return lines.err(m.span(), format!("mode {other:?}: use dnat or fullnat")),
+        },
+        None => NatMode::Dnat,
+    };
+    let snat = match &v.snat {
+        Some(s) if mode == NatMode::Dnat => {
+            return lines.err(s.span(), "snat only applies to mode = \"fullnat\"")
+        }
+        Some(s) => Some(parse_ip(s.get_ref()).or_else(|e| lines.err(s.span(), e))?),
+        None => None,
+    };
+    let table_size = v
+        .table_size
+        .as_ref()
+        .map(|t| lines.int(t, "table_size", 0..1 << 32))
+        .transpose()?;
+    let spec = VipSpec::new(service, mode, snat, table_size).or_else(|e| {
+        let span = v
+            .table_size
+            .as_ref()
+            .filter(|_| e.contains("table size"))
+            .map_or(v.address.span(), |t| t.span());
+        lines.err(span, e)
+    })?;
+    let health = v
+        .health
+        .as_ref()
+        .map(|h| parse_health(lines, h))
+        .transpose()?;
+    let health = health.flatten();
+    let mut backends: Vec<(SocketAddr, u32)> = Vec::new();
+    for b in &v.backend {
+        let addr =
+            parse_endpoint(b.address.get_ref()).or_else(|e| lines.err(b.address.span(), e))?;
+        check_same_family(service.addr, addr).or_else(|e| lines.err(b.address.span(), e))?;
+        let weight = match &b.weight {
+            Some(w) => lines.int(w, "weight", 0..MAX_WEIGHT as i64 + 1)?,
+            None => 1,
+        };
+        if backends.iter().any(|(a, _)| *a == addr) {
+            return lines.err(
+                b.address.span(),
+                format!("backend {addr} is listed twice in VIP {service}"),
+            );
+        }
+        backends.push((addr, weight));
+    }
+    Ok(DesiredVip {
+        spec,
+        health,
+        backends,
+    })
+}
+
+/// A `[vip.health]` table; `kind = "none"` is no checks (None).
+fn parse_health(lines: &Lines, h: &RawHealth) -> Result<Option<HealthCheck>, FileError> {
+    let duration = |v: &Option<Spanned<String>>, default| match v {
+        Some(d) => parse_duration(d.get_ref()).or_else(|e| lines.err(d.span(), e)),
+        None => Ok(default),
+    };
+    let misplaced = |v: Option<Range<usize>>, what: &str, kinds: &str| match v {
+        Some(span) => lines.err(span, format!("{what} only applies to kind = {kinds}")),
+        None => Ok(()),
+    };
+    let kind_name = h.kind.get_ref().as_str();
+    if kind_name != "http" {
+        misplaced(h.path.as_ref().map(Spanned::span), "path", "\"http\"")?;
+    }
+    if kind_name != "udp" {
+        misplaced(h.send.as_ref().map(Spanned::span), "send", "\"udp\"")?;
+    }
+    if !matches!(kind_name, "http" | "udp") {
+        misplaced(
+            h.expect.as_ref().map(Spanned::span),
+            "expect",
+            "\"http\" or \"udp\"",
+        )?;
+    }
+    let kind = match kind_name {
+        "none" => return Ok(None),
+        "tcp" => CheckKind::Tcp,
+        "http" => {
+            let expect = match &h.expect {
+                Some(e) => match e.get_ref().as_integer() {
+                    Some(n) if (100..=599).contains(&n) => n as u16,
+                    _ => {
+                        return lines.err(
+                            e.span(),
+                            "expect: an HTTP status code (100-599), e.g. expect = 200",
+                        )
+                    }
+                },
+                None => defaults::HTTP_EXPECT,
+            };
+            CheckKind::Http {
+                path: h
+                    .path
+                    .as_ref()
+                    .map_or(defaults::HTTP_PATH.to_string(), |p| p.get_ref().clone()),
+                expect,
+            }
+        }
+        "udp" => {
+            let send = h.send.as_ref().map_or_else(
+                || {
+                    lines.err(
+                        h.kind.span(),
+                        "kind = \"udp\" needs send = \"...\" (the datagram to send)",
+                    )
+                },
+                |s| Ok(s.get_ref().clone()),
+            )?;
+            let expect = match &h.expect {
+                Some(e) => match e.get_ref().as_str() {
+                    Some(s) => s.to_string(),
+                    None => {
+                        return lines.err(
+                            e.span(),
+                            "expect: the text a reply must contain, e.g. expect = \"pong\"",
+                        )
+                    }
+                },
+                None => String::new(),
+            };
+            CheckKind::Udp { send, expect }
+        }
+        other => {
+            return lines.err(
+                h.kind.span(),
+                format!("health kind {other:?}: use tcp, http, udp or none"),
+            )
+        }
+    };
+    let check = HealthCheck {
+        kind,
+        interval: duration(&h.interval, defaults::INTERVAL)?,
+        timeout: duration(&h.timeout, defaults::TIMEOUT)?,
+        rise: h
+            .rise
+            .as_ref()
+            .map_or(Ok(defaults::RISE), |r| lines.int(r, "rise", 1..101))?,
+        fall: h
+            .fall
+            .as_ref()
+            .map_or(Ok(defaults::FALL), |f| lines.int(f, "fall", 1..101))?,
+        port: h
+            .port
+            .as_ref()
+            .map(|p| lines.int(p, "port", 1..65536).map(|p| p as u16))
+            .transpose()?,
+    };
+    // Whatever is wrong is named by the message; the line is the kind's,
+    // or the timeout's when that is what is wrong.
+    check.validate().or_else(|e| {
+        let span = match (&h.timeout, &h.interval) {
+            (Some(t), _) if e.starts_with("timeout") => t.span(),
+            (_, Some(i)) if e.starts_with("interval") => i.span(),
+            _ => h.kind.span(),
+        };
+        lines.err(span, e)
+    })?;
+    Ok(Some(check))
+}

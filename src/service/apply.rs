@@ -1,0 +1,254 @@
+//! `Desired` → the running balancer, changing only what differs: the whole
+//! file is checked against what runs first (nothing is changed if any of it
+//! cannot be applied), then timeouts, removed VIPs, new VIPs with their
+//! backends (`Maps::add_vips_with_backends`: one table build per VIP, all
+//! swapped in with one batch update), and each other VIP's backends in one
+//! `Maps::set_backends` call (at most one table build and swap per VIP,
+//! none where backends and weights are unchanged).
+//! Applying the same file twice changes nothing the second time.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{bail, Result};
+
+use crate::datapath::abi::{LB_MAX_BACKENDS, LB_MAX_VIPS};
+use crate::datapath::config::Running;
+use crate::datapath::iface;
+use crate::datapath::maps::Maps;
+use crate::model::{Desired, DesiredVip, Health, NatMode, Service, VipSpec};
+use crate::neighbour;
+
+/// What an apply changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub timeouts: bool,
+    pub vips_added: usize,
+    pub vips_removed: usize,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+    pub backends_reweighted: usize,
+    /// Backends whose VIP lost its health checks, back to unchecked.
+    pub health_cleared: usize,
+    pub tables_rebuilt: usize,
+    /// Notes for the operator (neighbours that could not be kept resolved).
+    pub notes: Vec<String>,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        *self
+            == Applied {
+                notes: self.notes.clone(),
+                ..Default::default()
+            }
+    }
+}
+
+impl fmt::Display for Applied {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("no changes");
+        }
+        let mut parts = Vec::new();
+        for (n, what) in [
+            (self.vips_added, "VIPs added"),
+            (self.vips_removed, "VIPs removed"),
+            (self.backends_added, "backends added"),
+            (self.backends_removed, "backends removed"),
+            (self.backends_reweighted, "weights changed"),
+            (self.health_cleared, "backends no longer checked"),
+            (self.tables_rebuilt, "tables rebuilt"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        if self.timeouts {
+            parts.push("timeouts set".into());
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// Checks `desired` against the running balancer and fills in what the
+/// file leaves to the balancer (fullnat's source address: the first
+/// attached interface's). Errors say what cannot be applied; nothing has
+/// been changed when one is returned.
+pub fn resolve(
+    maps: &Maps,
+    run: &Running,
+    attached: &[String],
+    desired: &Desired,
+) -> Result<Desired> {
+    let mut d = desired.clone();
+    for name in &d.interfaces {
+        if !attached.contains(name) {
+            bail!("interface {name} is in the file but lbctl is not attached to it (lbctl run attaches the file's interfaces; or lbctl attach {name})");
+        }
+    }
+    let cfg = maps.settings()?;
+    if let Some(seed) = d.hash_seed.filter(|s| *s != cfg.hash_seed) {
+        bail!(
+            "hash_seed {seed} differs from the running balancer's {}: it is set when the first interface is attached",
+            cfg.hash_seed
+        );
+    }
+    let running_cache = maps.flow_cache_size();
+    if let Some(size) = d.flow_cache_size.filter(|s| Some(*s) != running_cache) {
+        bail!(
+            "flow_cache_size {size} differs from the running balancer's {}: change it with lbctl attach IFACE --replace --flow-cache-size {size}",
+            running_cache.map_or("(none)".into(), |s| s.to_string())
+        );
+    }
+    let mut default_snat = None;
+    for v in d.vips.iter_mut() {
+        if v.spec.mode == NatMode::Fullnat && v.spec.snat.is_none() {
+            if default_snat.is_none() {
+                default_snat = Some(first_address(attached)?);
+            }
+            v.spec.snat = default_snat;
+        }
+        if let Some(r) = run.vip(&v.spec.service) {
+            if (r.mode, r.snat, r.table_size) != (v.spec.mode, v.spec.snat, v.spec.table_size) {
+                bail!(
+                    "VIP {} runs as {} in the balancer but the file says {}: apply does not change a VIP's mode, snat or table size in place; remove the VIP from the file, apply, then add it back",
+                    v.spec.service,
+                    describe(r.mode, r.snat, r.table_size),
+                    describe(v.spec.mode, v.spec.snat, v.spec.table_size)
+                );
+            }
+        }
+    }
+    if d.vips.len() > LB_MAX_VIPS as usize {
+        bail!(
+            "{} VIPs: a balancer holds at most {LB_MAX_VIPS}",
+            d.vips.len()
+        );
+    }
+    let backends: usize = d.vips.iter().map(|v| v.backends.len()).sum();
+    if backends > LB_MAX_BACKENDS as usize {
+        bail!("{backends} backends: a balancer holds at most {LB_MAX_BACKENDS}");
+    }
+    Ok(d)
+}
+
+fn describe(mode: NatMode, snat: Option<IpAddr>, table_size: u32) -> String {
+    match snat {
+        Some(s) => format!("{} (snat {s}, table size {table_size})", mode.name()),
+        None => format!("{} (table size {table_size})", mode.name()),
+    }
+}
+
+fn first_address(attached: &[String]) -> Result<IpAddr> {
+    for name in attached {
+        if let Some(ip) = iface::ipv4_address(name)? {
+            return Ok(IpAddr::V4(ip));
+        }
+    }
+    bail!("fullnat needs a source address: no attached interface has an IPv4 address; give one with snat = \"...\"")
+}
+
+/// Checks, then applies `desired` to the balancer whose maps these are
+/// (`attached`: the interfaces it is attached to). Call with the
+/// namespace's lock held.
+pub fn apply(maps: &Maps, attached: &[String], desired: &Desired) -> Result<Applied> {
+    let mut run = maps.running()?;
+    let d = resolve(maps, &run, attached, desired)?;
+    let mut done = Applied::default();
+
+    let cfg = maps.settings()?;
+    let t = &d.timeouts;
+    let now = (cfg.tcp_timeout_s, cfg.tcp_fin_timeout_s, cfg.udp_timeout_s);
+    let want = (
+        t.tcp.unwrap_or(now.0),
+        t.tcpfin.unwrap_or(now.1),
+        t.udp.unwrap_or(now.2),
+    );
+    if want != now {
+        maps.set_timeouts(t)?;
+        done.timeouts = true;
+    }
+
+    let gone: Vec<Service> = run
+        .vips
+        .iter()
+        .map(|v| v.service)
+        .filter(|s| d.vip(s).is_none())
+        .collect();
+    let released = maps.del_vips(&mut run, &gone)?;
+    done.vips_removed = gone.len();
+    done.backends_removed += released.len();
+    let mut released: Vec<IpAddr> = released.iter().map(|b| b.addr.ip()).collect();
+
+    // New VIPs together: one table build each, all swapped in at once.
+    let new: Vec<(VipSpec, Vec<(SocketAddr, u32)>)> = d
+        .vips
+        .iter()
+        .filter(|v| run.vip(&v.spec.service).is_none())
+        .map(|v| (v.spec.clone(), v.backends.clone()))
+        .collect();
+    done.vips_added = maps.add_vips_with_backends(&mut run, &new)?;
+    done.tables_rebuilt += new.len();
+    done.backends_added += new.iter().map(|(_, b)| b.len()).sum::<usize>();
+    let mut resolved: BTreeSet<IpAddr> = BTreeSet::new();
+    for (_, backends) in &new {
+        for (addr, _) in backends {
+            if resolved.insert(addr.ip()) {
+                if let Some(note) = neighbour::keep_resolved(addr.ip()) {
+                    done.notes.push(note);
+                }
+            }
+        }
+    }
+    for v in &d.vips {
+        apply_vip(maps, &mut run, v, &mut done, &mut released, &mut resolved)?;
+    }
+    if !released.is_empty() {
+        let still: Vec<IpAddr> = run.backends.iter().map(|b| b.addr.ip()).collect();
+        neighbour::release_unused(&released, &still);
+    }
+    Ok(done)
+}
+
+fn apply_vip(
+    maps: &Maps,
+    run: &mut Running,
+    v: &DesiredVip,
+    done: &mut Applied,
+    released: &mut Vec<IpAddr>,
+    resolved: &mut BTreeSet<IpAddr>,
+) -> Result<()> {
+    let service = v.spec.service;
+    let changes = maps.set_backends(run, &service, &v.backends)?;
+    done.backends_added += changes.added.len();
+    done.backends_removed += changes.removed.len();
+    done.backends_reweighted += changes.reweighted.len();
+    done.tables_rebuilt += changes.table_rebuilt as usize;
+    released.extend(changes.removed.iter().map(|a| a.ip()));
+    for addr in &changes.added {
+        if resolved.insert(addr.ip()) {
+            if let Some(note) = neighbour::keep_resolved(addr.ip()) {
+                done.notes.push(note);
+            }
+        }
+    }
+    if v.health.is_none() {
+        let vip = run.require_vip(&service)?;
+        let checked: Vec<_> = run
+            .members(&vip)
+            .iter()
+            .filter(|b| b.health != Health::Unchecked)
+            .map(|b| (service, b.addr, Health::Unchecked))
+            .collect();
+        if !checked.is_empty() {
+            let before = run.require_vip(&service)?.table_digest;
+            done.health_cleared += maps.set_health(run, &checked, 0)?.len();
+            if run.require_vip(&service)?.table_digest != before {
+                done.tables_rebuilt += 1;
+            }
+        }
+    }
+    Ok(())
+}

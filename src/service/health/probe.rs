@@ -1,0 +1,265 @@
+//! One health check of one backend, finished by a deadline: a TCP
+//! connection accepted, an HTTP status, or a UDP answer. Each runs from the
+//! calling thread's network namespace (the balancer's) straight to the
+//! backend, under a conntrack hold for its own 5-tuple so the data path
+//! passes its packets untouched (`conntrack::Hold`). TCP connections end
+//! with a reset: no FIN exchange or TIME_WAIT left behind.
+
+use std::io::{Read, Write};
+use std::mem::size_of;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use crate::conntrack::Hold;
+use crate::model::{CheckKind, Proto};
+
+/// Why a check failed, in a few words for the log.
+pub type Failure = String;
+
+/// Runs one check of `kind` against `addr` within `timeout`.
+pub fn probe(kind: &CheckKind, addr: SocketAddr, timeout: Duration) -> Result<(), Failure> {
+    let SocketAddr::V4(addr) = addr else {
+        return Err("IPv6 backends are not checked yet".into());
+    };
+    let deadline = Instant::now() + timeout;
+    let hold_s = timeout.as_secs() as u32 + 3;
+    match kind {
+        CheckKind::Tcp => {
+            let (stream, _hold) = connect(addr, deadline, hold_s)?;
+            reset(&stream);
+            Ok(())
+        }
+        CheckKind::Http { path, expect } => {
+            let (mut stream, _hold) = connect(addr, deadline, hold_s)?;
+            let result = http_status(&mut stream, addr, path, deadline).and_then(|status| {
+                if status == *expect {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP status {status}, expected {expect}"))
+                }
+            });
+            reset(&stream);
+            result
+        }
+        CheckKind::Udp { send, expect } => udp(addr, send, expect, deadline, hold_s),
+    }
+}
+
+fn left(deadline: Instant) -> Result<Duration, Failure> {
+    let d = deadline.saturating_duration_since(Instant::now());
+    if d.is_zero() {
+        Err("timed out".into())
+    } else {
+        Ok(d)
+    }
+}
+
+fn io_failure(e: std::io::Error) -> Failure {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timed out".into(),
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// The address this namespace would send from to reach `dst`.
+fn source_for(dst: SocketAddrV4) -> Result<Ipv4Addr, Failure> {
+    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(io_failure)?;
+    s.connect(dst).map_err(|e| format!("no route: {e}"))?;
+    match s.local_addr().map_err(io_failure)?.ip() {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(_) => Err("no IPv4 source address".into()),
+    }
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn os_err<T>() -> Result<T, Failure> {
+    Err(io_failure(std::io::Error::last_os_error()))
+}
+
+/// A TCP connection to `dst` from a port bound first, so the hold for
+/// its 5-tuple is in place before the SYN leaves.
+fn connect(
+    dst: SocketAddrV4,
+    deadline: Instant,
+    hold_s: u32,
+) -> Result<(TcpStream, Hold), Failure> {
+    let src_ip = source_for(dst)?;
+    // SAFETY: socket(2); the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return os_err();
+    }
+    // SAFETY: fd was just returned by socket(2).
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let mut local = sockaddr(SocketAddrV4::new(src_ip, 0));
+    // SAFETY: a valid sockaddr_in of `len` bytes, for bind and getsockname.
+    unsafe {
+        if libc::bind(
+            fd.as_raw_fd(),
+            &local as *const _ as *const libc::sockaddr,
+            len,
+        ) != 0
+        {
+            return os_err();
+        }
+        let mut got = len;
+        if libc::getsockname(
+            fd.as_raw_fd(),
+            &mut local as *mut _ as *mut libc::sockaddr,
+            &mut got,
+        ) != 0
+        {
+            return os_err();
+        }
+    }
+    let src = SocketAddrV4::new(src_ip, u16::from_be(local.sin_port));
+    let hold = Hold::new(Proto::Tcp, src, dst, hold_s)
+        .map_err(|e| format!("conntrack hold for {src} -> {dst}: {e}"))?;
+    let remote = sockaddr(dst);
+    // SAFETY: a valid sockaddr_in of `len` bytes.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &remote as *const _ as *const libc::sockaddr,
+            len,
+        )
+    };
+    if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+        return os_err();
+    }
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let wait = left(deadline)?.as_millis().max(1) as libc::c_int;
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, wait) };
+    if n == 0 {
+        return Err("timed out".into());
+    }
+    let mut err: libc::c_int = 0;
+    let mut elen = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: reads an int-sized option into err.
+    unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            &mut err as *mut _ as *mut libc::c_void,
+            &mut elen,
+        )
+    };
+    if n < 0 || err != 0 {
+        return Err(io_failure(std::io::Error::from_raw_os_error(err)));
+    }
+    let stream = TcpStream::from(fd);
+    stream.set_nonblocking(false).map_err(io_failure)?;
+    Ok((stream, hold))
+}
+
+/// Closes with a reset (SO_LINGER 0) when the stream is dropped.
+fn reset(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid linger struct of the size given.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Sends `GET path` and reads the status code of the answer.
+fn http_status(
+    stream: &mut TcpStream,
+    addr: SocketAddrV4,
+    path: &str,
+    deadline: Instant,
+) -> Result<u16, Failure> {
+    stream
+        .set_write_timeout(Some(left(deadline)?))
+        .map_err(io_failure)?;
+    let request = format!(
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: lbctl-health\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).map_err(io_failure)?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        stream
+            .set_read_timeout(Some(left(deadline)?))
+            .map_err(io_failure)?;
+        match stream.read(&mut buf).map_err(io_failure)? {
+            0 => break,
+            n => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or_default();
+    line.split_whitespace()
+        .nth(1)
+        .filter(|_| line.starts_with("HTTP/"))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP answer: {:?}",
+                line.chars().take(40).collect::<String>()
+            )
+        })
+}
+
+fn udp(
+    dst: SocketAddrV4,
+    send: &str,
+    expect: &str,
+    deadline: Instant,
+    hold_s: u32,
+) -> Result<(), Failure> {
+    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(io_failure)?;
+    s.connect(dst).map_err(|e| format!("no route: {e}"))?;
+    let SocketAddr::V4(src) = s.local_addr().map_err(io_failure)? else {
+        return Err("no IPv4 source address".into());
+    };
+    let _hold = Hold::new(Proto::Udp, src, dst, hold_s)
+        .map_err(|e| format!("conntrack hold for {src} -> {dst}: {e}"))?;
+    s.send(send.as_bytes()).map_err(io_failure)?;
+    let mut buf = [0u8; 2048];
+    s.set_read_timeout(Some(left(deadline)?))
+        .map_err(io_failure)?;
+    let n = s.recv(&mut buf).map_err(io_failure)?;
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    if reply.contains(expect) {
+        Ok(())
+    } else {
+        Err(format!(
+            "answer {:?} lacks {expect:?}",
+            reply.chars().take(40).collect::<String>()
+        ))
+    }
+}

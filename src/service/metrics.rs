@@ -1,0 +1,296 @@
+//! `GET /metrics`: Prometheus text exposition (format 0.0.4, through the
+//! prometheus-client crate). Every value but the health-check latency is
+//! read from the balancer at the moment of the scrape, through the same
+//! `Snapshot` that `lbctl list --stats --json` prints, so the two agree.
+//! The responder is minimal HTTP/1.1 on a std TcpListener: GET /metrics
+//! only, one request per connection, read-only.
+//!
+//! Names: `lbctl_vip_{packets,bytes,new_flows}_total{vip,proto}`,
+//! `lbctl_backend_{packets,bytes,new_flows}_total{vip,backend,proto}`,
+//! `lbctl_backend_weight`, `lbctl_backend_up` (1 up, 0 down; only for
+//! checked backends), `lbctl_backend_active_flows`,
+//! `lbctl_health_check_duration_seconds` (histogram),
+//! `lbctl_verdicts_total{reason}` (reason: the C enum name without `LB_`,
+//! lower case), `lbctl_flow_cache_{hits,misses,stores}_total`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::datapath::balancer::Balancer;
+use crate::model::{Health, Service};
+use crate::snapshot::Snapshot;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// What the service keeps between scrapes: the health checks' latency.
+#[derive(Clone)]
+pub struct Metrics {
+    latency: Family<Labels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            // 0.25 ms to about 1 s.
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.00025, 2.0, 13))
+            }),
+        }
+    }
+}
+
+fn vip_labels(s: &Service) -> Labels {
+    vec![
+        ("vip", s.addr.to_string()),
+        ("proto", s.proto.name().into()),
+    ]
+}
+
+fn backend_labels(s: &Service, backend: SocketAddr) -> Labels {
+    vec![
+        ("vip", s.addr.to_string()),
+        ("backend", backend.to_string()),
+        ("proto", s.proto.name().into()),
+    ]
+}
+
+impl Metrics {
+    pub fn observe_check(&self, service: &Service, backend: SocketAddr, latency: Duration) {
+        self.latency
+            .get_or_create(&backend_labels(service, backend))
+            .observe(latency.as_secs_f64());
+    }
+
+    /// The exposition text for this moment.
+    pub fn render(&self) -> Result<String> {
+        let b = Balancer::require()?;
+        let snap = Snapshot::read(&b.maps, true)?;
+        let mut registry = Registry::default();
+        registry.register(
+            "lbctl_health_check_duration_seconds",
+            "Time a health check took, successful or not",
+            self.latency.clone(),
+        );
+        registry.register_collector(Box::new(SnapshotCollector(snap)));
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+            .context("encoding metrics")?;
+        Ok(out)
+    }
+
+    /// Serves GET /metrics on `listener` from a thread of its own.
+    pub fn serve(self, listener: TcpListener) {
+        thread::spawn(move || {
+            // A failed accept (the peer gave up) is not worth stopping for.
+            for conn in listener.incoming().flatten() {
+                let _ = self.answer(conn);
+            }
+        });
+    }
+
+    fn answer(&self, mut conn: TcpStream) -> std::io::Result<()> {
+        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+        conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            match conn.read(&mut buf)? {
+                0 => break,
+                n => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&head);
+        let mut words = text.lines().next().unwrap_or_default().split_whitespace();
+        let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let path = path.split('?').next().unwrap_or("");
+        let (status, ctype, body) = match (method, path) {
+            ("GET", "/metrics") => match self.render() {
+                Ok(body) => (
+                    "200 OK",
+                    prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                    body,
+                ),
+                Err(e) => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!("lbctl: {e:#}\n"),
+                ),
+            },
+            ("GET", _) => ("404 Not Found", "text/plain", "only /metrics here\n".into()),
+            _ => (
+                "405 Method Not Allowed",
+                "text/plain",
+                "only GET /metrics\n".into(),
+            ),
+        };
+        let allow = if status.starts_with("405") {
+            "Allow: GET\r\n"
+        } else {
+            ""
+        };
+        write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+}
+
+/// Binds the metrics address (before anything else is done, so a taken
+/// port changes nothing).
+pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).with_context(|| format!("listening for metrics on {addr}"))
+}
+
+/// The snapshot's values as constant metrics, encoded at scrape time.
+#[derive(Debug)]
+struct SnapshotCollector(Snapshot);
+
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    items: Vec<(Labels, M)>,
+) -> std::fmt::Result {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in items {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let s = &self.0;
+        let vips = || s.vips.iter();
+        let backends = || {
+            s.vips
+                .iter()
+                .flat_map(|v| v.backends.iter().map(move |b| (&v.vip.service, b)))
+        };
+        let c = MetricType::Counter;
+        let g = MetricType::Gauge;
+        for (name, help, pick) in [
+            ("packets", "Packets", 0usize),
+            ("bytes", "Bytes", 1),
+            ("new_flows", "New flows", 2),
+        ] {
+            let get = |c: &crate::datapath::counters::Counters| match pick {
+                0 => c.packets,
+                1 => c.bytes,
+                _ => c.new_flows,
+            };
+            let items = vips()
+                .map(|v| (vip_labels(&v.vip.service), ConstCounter::new(get(&v.stats))))
+                .collect();
+            family(
+                &mut enc,
+                &format!("lbctl_vip_{name}"),
+                &format!("{help} to the VIP"),
+                c,
+                items,
+            )?;
+            let items = backends()
+                .map(|(svc, b)| {
+                    (
+                        backend_labels(svc, b.entry.addr),
+                        ConstCounter::new(get(&b.stats)),
+                    )
+                })
+                .collect();
+            family(
+                &mut enc,
+                &format!("lbctl_backend_{name}"),
+                &format!("{help} balanced to the backend, both directions"),
+                c,
+                items,
+            )?;
+        }
+        let items = backends()
+            .map(|(svc, b)| {
+                (
+                    backend_labels(svc, b.entry.addr),
+                    ConstGauge::new(b.entry.weight as i64),
+                )
+            })
+            .collect();
+        family(
+            &mut enc,
+            "lbctl_backend_weight",
+            "The operator's weight (0: drained)",
+            g,
+            items,
+        )?;
+        let items = backends()
+            .filter(|(_, b)| b.entry.health != Health::Unchecked)
+            .map(|(svc, b)| {
+                let up = (b.entry.health == Health::Up) as i64;
+                (backend_labels(svc, b.entry.addr), ConstGauge::new(up))
+            })
+            .collect();
+        family(
+            &mut enc,
+            "lbctl_backend_up",
+            "Health checks say the backend is up (1) or down (0); absent when not checked",
+            g,
+            items,
+        )?;
+        let items = backends()
+            .map(|(svc, b)| {
+                let n = b.active_flows.unwrap_or(0) as i64;
+                (backend_labels(svc, b.entry.addr), ConstGauge::new(n))
+            })
+            .collect();
+        family(
+            &mut enc,
+            "lbctl_backend_active_flows",
+            "lbctl's conntrack entries to the backend with no FIN or RST seen",
+            g,
+            items,
+        )?;
+        let items = s
+            .verdicts
+            .iter()
+            .map(|(name, n)| (vec![("reason", name.to_string())], ConstCounter::new(*n)))
+            .collect();
+        family(
+            &mut enc,
+            "lbctl_verdicts",
+            "Packets by the data path's verdict",
+            c,
+            items,
+        )?;
+        if let Some(fc) = s.flow_cache {
+            for (name, v) in [
+                ("hits", fc.hits),
+                ("misses", fc.misses),
+                ("stores", fc.stores),
+            ] {
+                family(
+                    &mut enc,
+                    &format!("lbctl_flow_cache_{name}"),
+                    &format!("Flow cache {name}"),
+                    c,
+                    vec![(Labels::new(), ConstCounter::new(v))],
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

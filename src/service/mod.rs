@@ -1,0 +1,24 @@
+//! lbctl as a service: applying a configuration file to a running
+//! balancer, reading the running configuration back, and `lbctl run`, a
+//! loop around the same library API the CLI uses (`datapath::config`):
+//! attach, apply, check health, reload on SIGHUP, serve metrics.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `apply.rs` | a `Desired` → the maps, changing only what differs |
+//! | `running.rs` | the maps → a `Desired` (`lbctl save`) |
+//! | `record.rs` | the health checks last applied, kept for `save` |
+//! | `run.rs` | `lbctl run`: the loop, reloads, exit |
+//! | `health/` | health checks: probes, rise/fall, the schedule |
+//! | `metrics.rs` | `GET /metrics`: Prometheus text from a `Snapshot` |
+//! | `signals.rs` | SIGHUP, SIGTERM, SIGINT as messages |
+//! | `notify.rs` | systemd's readiness protocol (NOTIFY_SOCKET) |
+
+pub mod apply;
+pub mod health;
+pub mod metrics;
+pub mod notify;
+pub mod record;
+pub mod run;
+pub mod running;
+pub mod signals;

@@ -1,0 +1,346 @@
+//! `lbctl run -f FILE`: the service. A loop around the library's
+//! configuration API, not a second implementation of it:
+//!
+//! 1. attach the file's interfaces (or join the balancer already running
+//!    on them), apply the file (`apply::apply`), serve metrics if asked;
+//! 2. probe every checked backend (`health::schedule`) and record each
+//!    health change in the maps (`Maps::set_health`), one log line each;
+//! 3. SIGHUP: read the file again and apply it the same way (a bad file
+//!    changes nothing and is logged); one log line per reload;
+//! 4. SIGTERM or SIGINT: stop, leaving the data path running with its
+//!    configuration (a new `lbctl run` picks it up with no connection
+//!    reset), or with `--detach-on-exit` detach from the file's
+//!    interfaces.
+//!
+//! Changes take the namespace's lock only while they are made, so `lbctl`
+//! commands keep working beside the service.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Sender};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+
+use super::health::schedule::{CheckResult, Checker};
+use super::health::tracker::Tracker;
+use super::health::Target;
+use super::metrics::{self, Metrics};
+use super::signals::{self, Signal};
+use super::{apply, notify, record};
+use crate::config_file;
+use crate::datapath::balancer::{self, Balancer};
+use crate::datapath::{iface, load};
+use crate::lock::lock_netns;
+use crate::model::{AttachOptions, Desired, Health, Service, XdpMode};
+use crate::neighbour;
+
+/// What `lbctl run` is asked to do.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub file: PathBuf,
+    /// The file as read at start.
+    pub desired: Desired,
+    pub metrics: Option<SocketAddr>,
+    pub detach_on_exit: bool,
+}
+
+enum Event {
+    Signal(Signal),
+    Check(CheckResult),
+}
+
+/// One line on stderr (journald keeps it).
+fn log(msg: impl std::fmt::Display) {
+    eprintln!("lbctl: {msg}");
+}
+
+fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
+}
+
+pub fn run(opts: &RunOptions) -> Result<()> {
+    load::require_privileges()?;
+    load::require_btf()?;
+    load::require_kernel()?;
+    // Before any thread exists, so every thread has them blocked.
+    signals::block()?;
+    let listener = opts.metrics.map(metrics::bind).transpose()?;
+    let (tx, rx) = mpsc::channel();
+    signals::forward(tx.clone(), Event::Signal);
+
+    let attached = attach_interfaces(&opts.desired)?;
+    let done = apply_locked(&opts.desired)?;
+    log(format_args!(
+        "running: {}; applied {}: {done}",
+        attached,
+        opts.file.display()
+    ));
+    let metrics = Metrics::default();
+    if let Some(l) = listener {
+        let at = l.local_addr()?;
+        metrics.clone().serve(l);
+        log(format_args!("metrics at http://{at}/metrics"));
+    }
+    let mut svc = Runner {
+        file: opts.file.clone(),
+        desired: opts.desired.clone(),
+        targets: Vec::new(),
+        trackers: HashMap::new(),
+        checker: None,
+        generation: 0,
+        metrics,
+        events: tx,
+    };
+    svc.start_checks();
+    notify::notify("READY=1");
+
+    let stopped_by = loop {
+        match rx.recv() {
+            Ok(Event::Signal(Signal::Hangup)) => svc.reload(),
+            Ok(Event::Signal(Signal::Terminate(name))) => break name,
+            Ok(Event::Check(r)) => svc.on_result(r),
+            Err(_) => break "a lost channel",
+        }
+    };
+    notify::notify("STOPPING=1");
+    svc.checker = None; // joins the probe threads
+    if opts.detach_on_exit {
+        detach_interfaces(&svc.desired)?;
+        log(format_args!(
+            "{stopped_by}: stopped, detached from {}",
+            svc.desired.interfaces.join(", ")
+        ));
+    } else {
+        log(format_args!(
+            "{stopped_by}: stopped; the data path keeps running with its configuration (lbctl run picks it up again)"
+        ));
+    }
+    Ok(())
+}
+
+/// Attaches every interface of the file lbctl is not yet attached to (the
+/// first one in this namespace loads the program; later ones join it).
+/// Every interface is checked before any is attached.
+fn attach_interfaces(d: &Desired) -> Result<String> {
+    let _lock = lock_netns()?;
+    let running = Balancer::find()?;
+    let mut todo = Vec::new();
+    for name in &d.interfaces {
+        let ifindex = iface::ifindex(name)?;
+        if running
+            .as_ref()
+            .is_some_and(|b| b.attachment(ifindex).is_some())
+        {
+            continue;
+        }
+        if let Some((id, _)) = iface::xdp_program(ifindex)? {
+            let other = iface::prog_name(id).unwrap_or_default();
+            bail!("{name} already runs another XDP program (id {id}, {other:?}); remove it first: ip link set dev {name} xdp off");
+        }
+        todo.push((name.clone(), ifindex));
+    }
+    for (name, ifindex) in &todo {
+        let opts = AttachOptions {
+            iface: name.clone(),
+            mode: d.xdp_mode.unwrap_or(XdpMode::Auto),
+            foreground: false,
+            replace: false,
+            hash_seed: d.hash_seed,
+            flow_cache_size: d.flow_cache_size,
+        };
+        match Balancer::find()? {
+            Some(b) => b.join(*ifindex, &opts)?,
+            None => balancer::start(*ifindex, &opts)?,
+        };
+        if !iface::ipv4_forwarding(name) {
+            log(format_args!("note: IPv4 forwarding is off on {name}: balanced packets go to the stack, which drops them; enable it with sysctl -w net.ipv4.conf.{name}.forwarding=1"));
+        }
+    }
+    let b = Balancer::require()?;
+    let names: Vec<&str> = b.attachments.iter().map(|a| a.ifname.as_str()).collect();
+    let fresh: Vec<&str> = todo.iter().map(|(n, _)| n.as_str()).collect();
+    Ok(if fresh.is_empty() {
+        format!("joined the balancer on {}", names.join(", "))
+    } else {
+        format!(
+            "attached to {} (now on {})",
+            fresh.join(", "),
+            names.join(", ")
+        )
+    })
+}
+
+/// Applies a file under the namespace's lock and records its health checks.
+fn apply_locked(d: &Desired) -> Result<apply::Applied> {
+    let _lock = lock_netns()?;
+    let b = Balancer::require()?;
+    b.maps.repair_tables()?;
+    let attached: Vec<String> = b.attachments.iter().map(|a| a.ifname.clone()).collect();
+    let done = apply::apply(&b.maps, &attached, d)?;
+    record::write(b.maps.balancer_id()?, d)?;
+    for note in &done.notes {
+        log(format_args!("note: {note}; first packets may wait for ARP"));
+    }
+    Ok(done)
+}
+
+fn detach_interfaces(d: &Desired) -> Result<()> {
+    let _lock = lock_netns()?;
+    for name in &d.interfaces {
+        let Some(b) = Balancer::find()? else {
+            return Ok(());
+        };
+        let ifindex = iface::ifindex(name)?;
+        if let Some(a) = b.attachment(ifindex) {
+            if let Some(backends) = b.detach(a)? {
+                neighbour::release_unused(&backends, &[]);
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Runner {
+    file: PathBuf,
+    desired: Desired,
+    /// What the current checker probes (results name an index here).
+    targets: Vec<Target>,
+    trackers: HashMap<(Service, SocketAddr), Tracker>,
+    checker: Option<Checker>,
+    /// Bumped with every new checker: results of an older one are dropped.
+    generation: u64,
+    metrics: Metrics,
+    events: Sender<Event>,
+}
+
+impl Runner {
+    /// (Re)starts the probes for the current file, keeping each backend's
+    /// rise/fall count if it is still checked; a backend new to checks
+    /// starts from the health the maps record.
+    fn start_checks(&mut self) {
+        self.checker = None;
+        self.targets = self
+            .desired
+            .vips
+            .iter()
+            .filter_map(|v| Some((v, v.health.as_ref()?)))
+            .flat_map(|(v, h)| {
+                v.backends.iter().map(|(addr, _)| Target {
+                    service: v.spec.service,
+                    backend: *addr,
+                    check: h.clone(),
+                })
+            })
+            .collect();
+        let recorded: HashMap<(Service, SocketAddr), Health> =
+            match Balancer::require().and_then(|b| b.maps.running()) {
+                Ok(run) => run
+                    .vips
+                    .iter()
+                    .flat_map(|v| {
+                        run.members(v)
+                            .into_iter()
+                            .map(move |m| ((v.service, m.addr), m.health))
+                    })
+                    .collect(),
+                Err(e) => {
+                    log(format_args!("health: reading the recorded health: {e:#}"));
+                    HashMap::new()
+                }
+            };
+        let keep: Vec<(Service, SocketAddr)> = self
+            .targets
+            .iter()
+            .map(|t| (t.service, t.backend))
+            .collect();
+        self.trackers.retain(|k, _| keep.contains(k));
+        for k in keep {
+            self.trackers.entry(k).or_insert_with(|| {
+                Tracker::new(recorded.get(&k).copied().unwrap_or(Health::Unchecked))
+            });
+        }
+        self.generation += 1;
+        if !self.targets.is_empty() {
+            self.checker = Some(Checker::start(
+                self.targets.clone(),
+                self.generation,
+                self.events.clone(),
+                Event::Check,
+            ));
+        }
+    }
+
+    fn on_result(&mut self, r: CheckResult) {
+        if r.generation != self.generation {
+            return;
+        }
+        let Some(t) = self.targets.get(r.target) else {
+            return;
+        };
+        self.metrics.observe_check(&t.service, t.backend, r.latency);
+        let Some(tracker) = self.trackers.get_mut(&(t.service, t.backend)) else {
+            return;
+        };
+        let (rise, fall) = (t.check.rise, t.check.fall);
+        let Some(health) = tracker.record(r.result.is_ok(), rise, fall) else {
+            return;
+        };
+        let why = match (&r.result, health) {
+            (Err(e), _) => format!("{fall} checks in a row failed, the last: {e}"),
+            (Ok(()), Health::Up) if tracker.streak < rise => "its first check passed".into(),
+            _ => format!("{} checks in a row passed", tracker.streak),
+        };
+        let (service, backend) = (t.service, t.backend);
+        match record_health(service, backend, health) {
+            Ok(true) => log(format_args!(
+                "health: backend {backend} of {service} is {health} ({why}){}",
+                match health {
+                    Health::Down => ": no new flows, its live flows go on",
+                    Health::Up => ": takes new flows",
+                    Health::Unchecked => "",
+                }
+            )),
+            Ok(false) => {}
+            Err(e) => log(format_args!(
+                "health: backend {backend} of {service} is {health} ({why}) but recording it failed: {e:#}"
+            )),
+        }
+    }
+
+    fn reload(&mut self) {
+        notify::reloading();
+        let file = self.file.display().to_string();
+        let result = config_file::read(&self.file).and_then(|d| {
+            attach_interfaces(&d)?;
+            let done = apply_locked(&d)?;
+            Ok((d, done))
+        });
+        match result {
+            Ok((d, done)) => {
+                log(format_args!("SIGHUP: reloaded {file}: {done}"));
+                self.desired = d;
+                self.start_checks();
+            }
+            Err(e) => log(format_args!(
+                "SIGHUP: reloading {file} failed, the running configuration is unchanged: {e:#}"
+            )),
+        }
+        notify::notify("READY=1");
+    }
+}
+
+/// Writes one backend's new health (and its VIP's table if that changes);
+/// false if there was nothing to change (the backend is gone).
+fn record_health(service: Service, backend: SocketAddr, health: Health) -> Result<bool> {
+    let _lock = lock_netns()?;
+    let b = Balancer::require()?;
+    let mut run = b.maps.running()?;
+    let done = b
+        .maps
+        .set_health(&mut run, &[(service, backend, health)], unix_now())?;
+    Ok(!done.is_empty())
+}

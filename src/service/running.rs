@@ -1,0 +1,59 @@
+//! The running configuration as a `Desired` (`lbctl save`): interfaces and
+//! settings from the balancer, VIPs and backends from its maps, health
+//! checks from the record of the last apply.
+
+use anyhow::Result;
+
+use super::record;
+use crate::datapath::balancer::Balancer;
+use crate::model::{Desired, DesiredVip, Timeouts, VipSpec, XdpMode};
+
+pub fn running(b: &Balancer) -> Result<Desired> {
+    let cfg = b.maps.settings()?;
+    let run = b.maps.running()?;
+    let checks = record::read(b.maps.balancer_id()?)?;
+    let modes: Vec<&str> = b.attachments.iter().map(|a| a.mode).collect();
+    let xdp_mode = match modes.first() {
+        Some(&m) if modes.iter().all(|x| *x == m) => match m {
+            "native" => Some(XdpMode::Native),
+            "generic" => Some(XdpMode::Generic),
+            _ => None,
+        },
+        _ => None,
+    };
+    let vips = run
+        .vips
+        .iter()
+        .map(|v| {
+            let mut backends: Vec<_> = run.members(v).iter().map(|m| (m.addr, m.weight)).collect();
+            backends.sort();
+            DesiredVip {
+                spec: VipSpec {
+                    service: v.service,
+                    mode: v.mode,
+                    snat: v.snat,
+                    table_size: v.table_size,
+                },
+                health: checks
+                    .iter()
+                    .find(|(s, _)| *s == v.service)
+                    .map(|(_, h)| h.clone()),
+                backends,
+            }
+        })
+        .collect();
+    let mut interfaces: Vec<String> = b.attachments.iter().map(|a| a.ifname.clone()).collect();
+    interfaces.sort();
+    Ok(Desired {
+        interfaces,
+        xdp_mode,
+        hash_seed: Some(cfg.hash_seed),
+        flow_cache_size: b.maps.flow_cache_size(),
+        timeouts: Timeouts {
+            tcp: Some(cfg.tcp_timeout_s),
+            tcpfin: Some(cfg.tcp_fin_timeout_s),
+            udp: Some(cfg.udp_timeout_s),
+        },
+        vips,
+    })
+}

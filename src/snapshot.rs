@@ -1,0 +1,93 @@
+//! A balancer at one moment, as `lbctl list`, `lbctl save` and the
+//! service's `/metrics` all show it: VIPs and backends with their health,
+//! counters and open flows, the verdict counters and the flow cache's. One
+//! collection, several renderings, so they cannot disagree.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+
+use crate::conntrack;
+use crate::datapath::codec::{BackendEntry, VipEntry};
+use crate::datapath::counters::Counters;
+use crate::datapath::maps::Maps;
+
+/// One backend and what the maps and conntrack say of it.
+#[derive(Clone, Debug)]
+pub struct BackendView {
+    pub entry: BackendEntry,
+    pub stats: Counters,
+    /// lbctl's entries in conntrack for it that saw no FIN or RST (None
+    /// when not asked for).
+    pub active_flows: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct VipView {
+    pub vip: VipEntry,
+    pub stats: Counters,
+    /// Sorted by address.
+    pub backends: Vec<BackendView>,
+}
+
+/// Flow cache counters (None for a program from before the flow cache).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FlowCacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub stores: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// By VIP index.
+    pub vips: Vec<VipView>,
+    /// Every verdict reason by its printed name, in enum order.
+    pub verdicts: Vec<(&'static str, u64)>,
+    pub flow_cache: Option<FlowCacheStats>,
+}
+
+impl Snapshot {
+    /// Reads the maps (and, with `active_flows`, the calling thread's
+    /// conntrack table).
+    pub fn read(maps: &Maps, active_flows: bool) -> Result<Snapshot> {
+        let run = maps.running()?;
+        let flows: Option<HashMap<u32, u64>> = if active_flows {
+            Some(
+                conntrack::active_flows_by_backend()
+                    .context("reading conntrack entries (ctnetlink)")?,
+            )
+        } else {
+            None
+        };
+        let mut vips = Vec::new();
+        for vip in run.vips.iter() {
+            let mut backends = Vec::new();
+            for entry in run.members(vip) {
+                backends.push(BackendView {
+                    stats: maps.backend_counters(entry.id)?,
+                    active_flows: flows
+                        .as_ref()
+                        .map(|f| f.get(&entry.id).copied().unwrap_or(0)),
+                    entry,
+                });
+            }
+            backends.sort_by_key(|b| b.entry.addr);
+            vips.push(VipView {
+                stats: maps.vip_counters(vip.index)?,
+                vip: vip.clone(),
+                backends,
+            });
+        }
+        let flow_cache = maps.flow_cache_counters()?.map(|c| FlowCacheStats {
+            hits: c.hits,
+            misses: c.misses,
+            stores: c.stores,
+        });
+        Ok(Snapshot {
+            vips,
+            verdicts: maps.reason_counts()?,
+            flow_cache,
+        })
+    }
+}

@@ -1,0 +1,516 @@
+//! `lbctl run` as an operator runs it: a real process in the lab's balancer
+//! namespace with a configuration file, real servers on the backends, real
+//! long connections through the VIP. Health checks take a killed backend
+//! out and bring it back; SIGHUP reloads without disturbing connections;
+//! SIGTERM leaves the data path running and a new `lbctl run` picks it up;
+//! /metrics agrees with `lbctl list --stats --json`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use lbctl_lab::clients::{self, ClientError, EchoConfig, LongConn};
+use lbctl_lab::{netns, Lab};
+
+const PORT: u16 = 8080;
+const METRICS_PORT: u16 = 9112;
+
+fn timeout() -> Duration {
+    clients::scaled(Duration::from_secs(3))
+}
+
+/// lbctl, run in the lab's balancer namespace; stdout.
+fn lbctl(lab: &Lab, args: &[&str]) -> String {
+    let mut argv = vec![env!("CARGO_BIN_EXE_lbctl")];
+    argv.extend_from_slice(args);
+    lab.exec(lab.balancer_ns(), &argv)
+        .unwrap_or_else(|e| panic!("lbctl {args:?}: {e}"))
+}
+
+/// A configuration file in a directory of its own, removed on drop.
+struct ConfigFile(PathBuf);
+
+impl ConfigFile {
+    fn new(lab: &Lab, text: &str) -> ConfigFile {
+        let dir = std::env::temp_dir().join(format!("{}cfg", lab.prefix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = ConfigFile(dir.join("lbctl.toml"));
+        f.write(text);
+        f
+    }
+
+    fn write(&self, text: &str) {
+        std::fs::write(&self.0, text).unwrap();
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+    }
+}
+
+/// A running `lbctl run`, its stderr collected line by line.
+struct Service {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Service {
+    fn start(lab: &Lab, file: &ConfigFile, extra: &[&str]) -> Service {
+        let mut argv = vec![env!("CARGO_BIN_EXE_lbctl"), "run", "-f", file.path()];
+        argv.extend_from_slice(extra);
+        let mut child = netns::command(lab.balancer_ns(), &argv)
+            .unwrap()
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning lbctl run");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (stderr, l) = (child.stderr.take().unwrap(), log.clone());
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let s = Service { child, log };
+        s.wait_for_log("running:", Duration::from_secs(10));
+        s
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.lines().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits (bounded) for a log line containing `needle`.
+    fn wait_for_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.count(needle) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in lbctl run's log after {limit:?}:\n{}",
+                self.lines().join("\n")
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, then the exit status (bounded wait).
+    fn stop(mut self) -> (bool, Vec<String>) {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                thread::sleep(Duration::from_millis(50)); // the last log lines
+                return (status.success(), self.lines());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lbctl run did not stop on SIGTERM"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The file for the lab's VIP 1 on port 80 with `backends` (index, weight).
+fn config(lab: &Lab, health: &str, backends: &[(usize, u32)]) -> String {
+    let mut s = format!(
+        "interfaces = {:?}\n\n[[vip]]\naddress = \"{}:80\"\nproto = \"tcp\"\nmode = \"dnat\"\n",
+        lab.lb_ifaces(),
+        lab.vip(1)
+    );
+    s += health;
+    for (i, w) in backends {
+        s += &format!(
+            "\n[[vip.backend]]\naddress = \"{}:{PORT}\"\nweight = {w}\n",
+            lab.backend_addr(*i)
+        );
+    }
+    s
+}
+
+const TCP_CHECK: &str =
+    "\n[vip.health]\nkind = \"tcp\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n";
+const INTERVAL: Duration = Duration::from_millis(300);
+
+/// `"address":"A",...` objects of `list --json`: (address, field) → text.
+fn backend_field(json: &str, addr: &str, field: &str) -> String {
+    let start = json
+        .find(&format!("\"address\":\"{addr}\""))
+        .unwrap_or_else(|| panic!("{addr} not in {json}"));
+    let rest = &json[start..];
+    let rest = &rest[..rest.find("}}").map_or(rest.len(), |i| i + 2)];
+    let at = rest
+        .find(&format!("\"{field}\":"))
+        .unwrap_or_else(|| panic!("{field} not in {rest}"));
+    let v = &rest[at + field.len() + 3..];
+    let end = v.find([',', '}']).unwrap_or(v.len());
+    v[..end].trim_matches('"').to_string()
+}
+
+fn health_of(lab: &Lab, i: usize) -> String {
+    let json = lbctl(lab, &["list", "--json"]);
+    backend_field(&json, &format!("{}:{PORT}", lab.backend_addr(i)), "health")
+}
+
+fn new_flows_of(lab: &Lab, i: usize) -> u64 {
+    let json = lbctl(lab, &["list", "--stats", "--json"]);
+    backend_field(
+        &json,
+        &format!("{}:{PORT}", lab.backend_addr(i)),
+        "new_flows",
+    )
+    .parse()
+    .unwrap()
+}
+
+/// Waits (bounded) until backend i's health is `want`; the time it took.
+fn wait_health(lab: &Lab, i: usize, want: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while health_of(lab, i) != want {
+        assert!(
+            started.elapsed() < limit,
+            "b{i} not {want} after {limit:?}:\n{}",
+            lbctl(lab, &["list"])
+        );
+        thread::sleep(Duration::from_millis(25));
+    }
+    started.elapsed()
+}
+
+/// `n` short TCP connections to the VIP: how many each backend answered.
+fn short_tcp(lab: &Lab, vip: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
+    lab.in_client(|| -> Result<_, ClientError> {
+        let mut spread = BTreeMap::new();
+        for k in 0..n {
+            let name = clients::tcp_echo(vip, 80, format!("hi {k}\n").as_bytes(), timeout())?;
+            *spread.entry(name).or_insert(0) += 1;
+        }
+        Ok(spread)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "short connections: {e}\n{}",
+            lbctl(lab, &["list", "--stats"])
+        )
+    })
+}
+
+fn long_conns(lab: &Lab, n: usize) -> Vec<LongConn> {
+    let cfg = EchoConfig {
+        interval: Duration::from_millis(20),
+        max_duration: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let vip = lab.vip(1);
+    lab.in_client(|| clients::start_many(n, vip, 80, &cfg))
+        .expect("starting long connections")
+}
+
+#[test]
+fn a_dead_backend_leaves_the_table_and_comes_back() {
+    let mut lab = Lab::two_arm(3).expect("lab");
+    lab.start_servers().unwrap();
+    let file = ConfigFile::new(&lab, &config(&lab, TCP_CHECK, &[(1, 1), (2, 1), (3, 1)]));
+    let svc = Service::start(&lab, &file, &[]);
+    for i in 1..=3 {
+        wait_health(&lab, i, "up", Duration::from_secs(3));
+    }
+    let conns = long_conns(&lab, 24);
+    let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
+    assert!(started.iter().any(|b| b == "b2"), "b2 has long connections");
+    thread::sleep(Duration::from_millis(300));
+
+    lab.stop_server(2);
+    let killed = Instant::now();
+    let took = wait_health(&lab, 2, "down", Duration::from_secs(5));
+    let limit = INTERVAL * 2 + Duration::from_secs(1);
+    assert!(
+        took <= limit,
+        "b2 marked down after {took:?}, more than {limit:?}"
+    );
+    // From here on no new connection may reach b2: its count stays put
+    // while 60 new connections all succeed on b1 and b3.
+    let before = new_flows_of(&lab, 2);
+    let spread = short_tcp(&lab, lab.vip(1), 60);
+    assert!(
+        !spread.contains_key("b2"),
+        "a down backend got new flows: {spread:?}"
+    );
+    assert_eq!(new_flows_of(&lab, 2), before, "new flows reached b2");
+    let list = lbctl(&lab, &["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.contains(&lab.backend_addr(2).to_string()) && l.contains("down")),
+        "{list}"
+    );
+    eprintln!("b2 down {:?} after its server stopped", killed.elapsed());
+
+    lab.start_server(2).unwrap();
+    let back = wait_health(&lab, 2, "up", INTERVAL * 2 + Duration::from_secs(1));
+    eprintln!("b2 up {back:?} after its server restarted");
+    let spread = short_tcp(&lab, lab.vip(1), 60);
+    assert!(
+        spread.get("b2").copied().unwrap_or(0) > 0,
+        "b2 takes new flows again: {spread:?}"
+    );
+
+    let reports = clients::finish_all(conns);
+    for (r, first) in reports.iter().zip(&started) {
+        assert_eq!(&r.backend, first, "connection {} moved", r.id);
+        if first != "b2" {
+            assert!(r.is_ok(), "a connection to a live backend broke: {r}");
+        }
+    }
+    let (ok, log) = svc.stop();
+    assert!(ok, "lbctl run exits 0 on SIGTERM:\n{}", log.join("\n"));
+    let b2 = format!("backend {}:{PORT}", lab.backend_addr(2));
+    let changes: Vec<&String> = log.iter().filter(|l| l.contains(&b2)).collect();
+    assert_eq!(
+        changes.len(),
+        3,
+        "up, down, up: one line each:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        changes[1].contains("is down") && changes[2].contains("is up"),
+        "{changes:?}"
+    );
+}
+
+/// Prometheus text → (name{labels}) → value.
+fn scrape(lab: &Lab) -> BTreeMap<String, f64> {
+    let text = netns::in_ns(lab.balancer_ns(), || -> std::io::Result<String> {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, METRICS_PORT))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .unwrap()
+    .expect("scraping /metrics");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let mut m = BTreeMap::new();
+    for line in body.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            let ok = line.is_empty() || line.starts_with("# HELP ") || line.starts_with("# TYPE ");
+            assert!(ok, "not Prometheus text: {line:?}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("series value");
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("value of {line:?}"));
+        assert!(m.insert(series.to_string(), v).is_none(), "{series} twice");
+    }
+    m
+}
+
+fn json_num(json: &str, key: &str) -> u64 {
+    let at = json
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("{key} in {json}"));
+    let v = &json[at + key.len() + 3..];
+    v[..v.find([',', '}']).unwrap()].parse().unwrap()
+}
+
+#[test]
+fn reload_restart_and_metrics_keep_every_connection() {
+    let mut lab = Lab::two_arm(3).expect("lab");
+    lab.start_servers().unwrap();
+    let file = ConfigFile::new(&lab, &config(&lab, TCP_CHECK, &[(1, 1), (2, 1)]));
+    let metrics = format!("{METRICS_PORT}");
+    let svc = Service::start(&lab, &file, &["--metrics", &metrics]);
+    let conns = long_conns(&lab, 30);
+    let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
+    thread::sleep(Duration::from_millis(300));
+
+    // SIGHUP: b3 added, b1's weight changed.
+    file.write(&config(&lab, TCP_CHECK, &[(1, 3), (2, 1), (3, 1)]));
+    svc.signal(libc::SIGHUP);
+    svc.wait_for_log("SIGHUP: reloaded", Duration::from_secs(5));
+    let line = svc
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("SIGHUP"))
+        .unwrap();
+    assert!(
+        line.contains("1 backends added") && line.contains("1 weights changed"),
+        "{line}"
+    );
+    let json = lbctl(&lab, &["list", "--json"]);
+    assert_eq!(
+        backend_field(&json, &format!("{}:{PORT}", lab.backend_addr(1)), "weight"),
+        "3"
+    );
+    wait_health(&lab, 3, "up", Duration::from_secs(3));
+    let spread = short_tcp(&lab, lab.vip(1), 50);
+    assert!(
+        spread.contains_key("b3"),
+        "the added backend takes new flows: {spread:?}"
+    );
+    // A bad file changes nothing and is logged.
+    file.write("[[vip]]\naddress = \"198.18.100.1\"\n");
+    svc.signal(libc::SIGHUP);
+    svc.wait_for_log("SIGHUP: reloading", Duration::from_secs(5));
+    assert!(lbctl(&lab, &["list"]).contains(&lab.backend_addr(3).to_string()));
+    file.write(&config(&lab, TCP_CHECK, &[(1, 3), (2, 1), (3, 1)]));
+
+    // Metrics against list --stats --json while 30 connections talk.
+    let active = compare_metrics(&lab, false);
+    assert!(
+        active >= 30,
+        "30 long connections open, {active} active flows"
+    );
+
+    // SIGTERM: the service goes, the data path stays.
+    let (ok, log) = svc.stop();
+    assert!(ok, "{}", log.join("\n"));
+    assert!(
+        log.last().unwrap().contains("the data path keeps running"),
+        "{log:?}"
+    );
+    let spread = short_tcp(&lab, lab.vip(1), 30);
+    assert_eq!(
+        spread.values().sum::<usize>(),
+        30,
+        "traffic flows while lbctl run is down"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let svc = Service::start(&lab, &file, &[]);
+    let first = svc
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("running:"))
+        .unwrap();
+    assert!(
+        first.contains("joined the balancer") && first.ends_with("no changes"),
+        "{first}"
+    );
+    thread::sleep(Duration::from_millis(500));
+
+    let reports = clients::finish_all(conns);
+    if let Some(broken) = clients::broken_summary(&reports) {
+        panic!("connections broke:\n{broken}\n{}", svc.lines().join("\n"));
+    }
+    for (r, first) in reports.iter().zip(&started) {
+        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
+        assert!(
+            r.chunks_ok > 50,
+            "connection {} exchanged only {} chunks",
+            r.id,
+            r.chunks_ok
+        );
+    }
+    let (ok, _) = svc.stop();
+    assert!(ok);
+}
+
+/// Scrapes /metrics between two `list --stats --json` and checks that
+/// they agree: every counter lies between the two listings (equal to both
+/// when `quiet`: no traffic but health checks), gauges equal. Returns the
+/// open flows in all.
+fn compare_metrics(lab: &Lab, quiet: bool) -> u64 {
+    let before = lbctl(lab, &["list", "--stats", "--json"]);
+    let m = scrape(lab);
+    let after = lbctl(lab, &["list", "--stats", "--json"]);
+    let between = |what: &str, lo: u64, got: f64, hi: u64| {
+        let got = got as u64;
+        assert!(lo <= got && got <= hi, "{what}: {lo} <= {got} <= {hi}");
+        if quiet {
+            assert_eq!(lo, hi, "{what} moved without traffic");
+        }
+    };
+    let vip = format!("{}:80", lab.vip(1));
+    let mut active = 0;
+    for i in 1..=3 {
+        let b = format!("{}:{PORT}", lab.backend_addr(i));
+        let labels = format!("{{vip=\"{vip}\",backend=\"{b}\",proto=\"tcp\"}}");
+        let num = |json: &str, field: &str| backend_field(json, &b, field).parse::<u64>().unwrap();
+        for (metric, field) in [
+            ("lbctl_backend_packets_total", "packets"),
+            ("lbctl_backend_bytes_total", "bytes"),
+            ("lbctl_backend_new_flows_total", "new_flows"),
+        ] {
+            let got = m[&format!("{metric}{labels}")];
+            between(
+                &format!("{metric}{labels}"),
+                num(&before, field),
+                got,
+                num(&after, field),
+            );
+        }
+        for (metric, field) in [
+            ("lbctl_backend_active_flows", "active_flows"),
+            ("lbctl_backend_weight", "weight"),
+        ] {
+            let (x, y) = (num(&before, field), num(&after, field));
+            assert_eq!(x, y, "{b} {field} changed between two listings");
+            assert_eq!(
+                m[&format!("{metric}{labels}")],
+                x as f64,
+                "{metric}{labels}"
+            );
+        }
+        active += num(&after, "active_flows");
+        let up = (backend_field(&after, &b, "health") == "up") as u8 as f64;
+        assert_eq!(m.get(&format!("lbctl_backend_up{labels}")), Some(&up));
+        assert!(m.contains_key(&format!(
+            "lbctl_health_check_duration_seconds_count{labels}"
+        )));
+    }
+    for field in ["packets", "bytes", "new_flows"] {
+        let got = m[&format!("lbctl_vip_{field}_total{{vip=\"{vip}\",proto=\"tcp\"}}")];
+        // The first VIP's counters come first in the JSON.
+        between(
+            &format!("VIP {field}"),
+            json_num(&before, field),
+            got,
+            json_num(&after, field),
+        );
+    }
+    for name in lbctl::datapath::abi::REASON_NAMES {
+        let got = m[&format!("lbctl_verdicts_total{{reason=\"{name}\"}}")] as u64;
+        let (lo, hi) = (json_num(&before, name), json_num(&after, name));
+        assert!((lo..=hi).contains(&got), "{name}: {lo} <= {got} <= {hi}");
+    }
+    for name in ["hits", "misses", "stores"] {
+        let got = m[&format!("lbctl_flow_cache_{name}_total")] as u64;
+        let cache = |json: &str| json_num(&json[json.find("flow_cache").unwrap()..], name);
+        let (lo, hi) = (cache(&before), cache(&after));
+        assert!(
+            (lo..=hi).contains(&got),
+            "flow cache {name}: {lo} <= {got} <= {hi}"
+        );
+    }
+    active
+}
