@@ -7,6 +7,7 @@ use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 
 use lbctl::datapath::codec::ip_bytes;
+use lbctl::datapath::predict::hash_and_slot;
 use lbctl::datapath::types::lb_reason;
 use lbctl::hash::{flow_hash, flow_key};
 use lbctl::model::{NatMode, Proto, Service};
@@ -88,16 +89,10 @@ impl Predictor {
         }
     }
 
+    /// The slot as `lbctl explain` computes it.
     fn backend(&self, client: SocketAddr) -> SocketAddr {
-        let s = &self.service;
-        let key = flow_key(
-            ip_bytes(client.ip()),
-            ip_bytes(s.addr.ip()),
-            client.port(),
-            s.addr.port(),
-            s.proto.number(),
-        );
-        let slot = flow_hash(&key, self.seed) % self.table.len() as u32;
+        let size = self.table.len() as u32;
+        let (_, slot) = hash_and_slot(&self.service, client, self.seed, size);
         self.addrs[&self.table[slot as usize]]
     }
 }

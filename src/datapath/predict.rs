@@ -24,6 +24,21 @@ pub struct Pick {
     pub backend: Option<BackendEntry>,
 }
 
+/// The flow hash of a new flow from `client` to `service` and the slot it
+/// picks in a table of `size` slots (`size` > 0), as `pick_backend` in
+/// `bpf/conntrack.h` computes them.
+pub fn hash_and_slot(service: &Service, client: SocketAddr, seed: u32, size: u32) -> (u32, u32) {
+    let key = flow_key(
+        ip_bytes(client.ip()),
+        ip_bytes(service.addr.ip()),
+        client.port(),
+        service.addr.port(),
+        service.proto.number(),
+    );
+    let hash = flow_hash(&key, seed);
+    (hash, hash % size)
+}
+
 impl Maps {
     /// The pick for a new flow from `client` to `service`; None if the VIP
     /// does not exist.
@@ -32,23 +47,15 @@ impl Maps {
             return Ok(None);
         };
         let seed = self.settings()?.hash_seed;
-        let key = flow_key(
-            ip_bytes(client.ip()),
-            ip_bytes(service.addr.ip()),
-            client.port(),
-            service.addr.port(),
-            service.proto.number(),
-        );
-        let hash = flow_hash(&key, seed);
         let table = self.table(vip.index)?;
         let table_size = table.len() as u32;
-        let (slot, backend) = if table.is_empty() {
-            (0, None)
+        let (hash, slot, backend) = if table.is_empty() {
+            (hash_and_slot(service, client, seed, 1).0, 0, None)
         } else {
-            let slot = hash % table_size;
+            let (hash, slot) = hash_and_slot(service, client, seed, table_size);
             let id = table[slot as usize];
             let backend = self.backends_of(&vip)?.into_iter().find(|b| b.id == id);
-            (slot, backend)
+            (hash, slot, backend)
         };
         Ok(Some(Pick {
             vip,
