@@ -39,6 +39,7 @@ struct Args {
 fn desired(vips: u32, backends: u32) -> Desired {
     let vips = (0..vips)
         .map(|i| DesiredVip {
+            table_in_use: None,
             spec: VipSpec::new(
                 Service {
                     addr: SocketAddr::new(
