@@ -96,6 +96,9 @@ pub fn choose(sizing: Sizing, backends: &[MaglevBackend]) -> Result<u32, NoSlot>
 /// The first backend of weight > 0 a table of `size` slots gives no slot,
 /// with the ladder size that would give every one a slot.
 fn starved(backends: &[MaglevBackend], size: u32) -> Option<NoSlot> {
+    if surely_fits(backends, size) {
+        return None;
+    }
     let first = first_starved(backends, size)?;
     let needed = ladder()
         .filter(|&s| s > size)
@@ -105,6 +108,23 @@ fn starved(backends: &[MaglevBackend], size: u32) -> Option<NoSlot> {
         size,
         needed,
     })
+}
+
+/// True when the lightest backend's first turn (maglev.rs: backend j's k-th
+/// turn comes at (2k - 1) / 2w_j) is surely among the first `size` turns:
+/// the turns at or before it, ties included, number at most `size`. Then
+/// every backend of weight > 0 gets a slot, without building the table
+/// (which `apply` would otherwise do for every VIP of a file).
+fn surely_fits(backends: &[MaglevBackend], size: u32) -> bool {
+    let Some(w_min) = backends.iter().map(|b| b.weight).filter(|&w| w > 0).min() else {
+        return true;
+    };
+    let w_min = u64::from(w_min);
+    let turns: u64 = backends
+        .iter()
+        .map(|b| (u64::from(b.weight) + w_min) / (2 * w_min))
+        .sum();
+    turns <= u64::from(size)
 }
 
 fn first_starved(backends: &[MaglevBackend], size: u32) -> Option<usize> {
@@ -189,6 +209,27 @@ mod tests {
         assert!(size > auto_size(100), "{size}");
         let counts = slot_counts(&build_table(&b, size).unwrap(), b.len());
         assert!(counts.iter().all(|&c| c > 0));
+    }
+
+    #[test]
+    fn the_quick_check_never_passes_a_table_that_starves_a_backend() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..300 {
+            let n = 1 + next(12) as usize;
+            let weights: Vec<u32> = (0..n).map(|_| next(20) as u32).collect();
+            let b = backends(&weights);
+            for size in [3u32, 5, 7, 11, 13, 17, 31, 101] {
+                if surely_fits(&b, size) {
+                    assert_eq!(first_starved(&b, size), None, "{weights:?} in {size}");
+                }
+            }
+        }
     }
 
     #[test]

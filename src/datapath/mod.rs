@@ -11,6 +11,7 @@
 //! | `repair.rs` | finishing a change an lbctl killed halfway left |
 //! | `tables.rs` | Maglev tables: size, build, swap in, read back |
 //! | `prefilter.rs` | the address prefilter bitmaps |
+//! | `memory.rs` | the locked kernel memory the maps hold |
 //! | `counters.rs` | per-CPU counters: VIPs, backends, verdicts, flow cache |
 //! | `predict.rs` | the backend the data path would pick for a new flow now |
 //! | `load.rs` | checks before loading, loading with useful errors |
@@ -25,6 +26,7 @@ pub mod counters;
 pub mod iface;
 pub mod load;
 pub mod maps;
+pub mod memory;
 pub mod predict;
 pub mod prefilter;
 pub mod repair;
