@@ -413,6 +413,17 @@ impl Crash {
     }
 }
 
+/// Files removed when dropped, also when the test fails.
+struct Removed(Vec<std::path::PathBuf>);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
 /// One command to kill, and what it does.
 struct Scenario<'a> {
     args: &'a [&'a str],
@@ -732,6 +743,7 @@ fn apply_killed_before_each_write() {
     let dir = std::env::temp_dir();
     let f_from = dir.join(format!("lbctl-crash-{}-from.toml", std::process::id()));
     let f_to = dir.join(format!("lbctl-crash-{}-to.toml", std::process::id()));
+    let _gone_at_the_end = Removed(vec![f_from.clone(), f_to.clone()]);
     std::fs::write(&f_from, file(900, &from)).unwrap();
     std::fs::write(&f_to, file(600, &to)).unwrap();
     let (p_from, p_to) = (f_from.to_str().unwrap(), f_to.to_str().unwrap());
@@ -748,8 +760,6 @@ fn apply_killed_before_each_write() {
         revert: &[&["apply", "-f", p_from]],
         status_has: Some("timeouts      tcp 600s"),
     });
-    let _ = std::fs::remove_file(&f_from);
-    let _ = std::fs::remove_file(&f_to);
     eprintln!("{} kill points", c.kills);
 }
 
