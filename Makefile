@@ -6,8 +6,9 @@ CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
 # Extra arguments for the demo, e.g. make demo DEMO_ARGS=--one-arm
 DEMO_ARGS ?=
 # Debian packages the build and the tests need.
+# strace: tests/crash.rs kills lbctl before each bpf() write (strace -e inject).
 APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
-	ethtool conntrack nftables util-linux kmod haproxy
+	ethtool conntrack nftables util-linux kmod haproxy strace
 
 .PHONY: all deps kernel-deps build vmlinux lint test test-kernel test-kernels demo bench install clean
 

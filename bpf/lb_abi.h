@@ -47,6 +47,9 @@ struct lb_endpoint {
 };
 
 #define LB_VIP_FULLNAT (1u << 0)  /* also rewrite the source to snat_addr */
+/* lbctl only: the operator chose table_size (--table-size); without it lbctl
+ * sizes the table for the VIP's backends and grows it as they are added. */
+#define LB_VIP_FIXED_SIZE (1u << 1)
 
 /* Value of `vips`, keyed by struct lb_endpoint. */
 struct lb_vip {
@@ -66,6 +69,11 @@ struct lb_vip {
  * `weight` keeps the operator's; its live flows follow their entries. */
 #define LB_BACKEND_CHECKED (1u << 1)
 #define LB_BACKEND_DOWN    (1u << 2)
+/* lbctl only: being removed. Set before the VIP's table without the backend
+ * is swapped in, so an lbctl killed halfway leaves the removal recorded: the
+ * next lbctl finishes it (table, then row). The data path ignores it (the row
+ * stays IN_USE for the entries that still name it). */
+#define LB_BACKEND_LEAVING (1u << 3)
 
 /* Row of `backends`, indexed by backend id. A backend belongs to one VIP; the
  * same address:port under two VIPs is two rows. */
@@ -79,9 +87,16 @@ struct lb_backend {
 };
 
 /* Value of `reply_sources`, keyed by a backend's endpoint: packets from here
- * may be replies of balanced flows, so they are worth a conntrack lookup. */
+ * may be replies of balanced flows, so they are worth a conntrack lookup.
+ * backend_id is the row a reply whose entry was lost is rebuilt for (its
+ * VIP): lbctl writes a row only when every row with this endpoint serves the
+ * same VIP, or one of them serves a fullnat VIP (whose lost replies are
+ * dropped); otherwise LB_NO_BACKEND, which names no row, so such a reply is
+ * not rebuilt (LB_PASS_REPLY_UNTRACKED) rather than rebuilt for the wrong
+ * VIP. lbctl derives the whole map from the backend rows. */
+#define LB_NO_BACKEND 0xffffffffu
 struct lb_reply_source {
-	__u32 backend_id; /* the row most recently added for this endpoint */
+	__u32 backend_id; /* a row of the one VIP using this endpoint, or LB_NO_BACKEND */
 	__u32 users;      /* backend rows with this endpoint (0: kept for live flows) */
 };
 

@@ -202,7 +202,8 @@ pub enum VipCommand {
         /// Source address for fullnat (default: the attached interface's address).
         #[arg(long, value_parser = parse_ip)]
         snat: Option<IpAddr>,
-        /// Maglev table size, a prime (default 65537).
+        /// Maglev table size, a prime, kept whatever the backends (default:
+        /// sized by lbctl, 100 slots per backend, growing as they are added).
         #[arg(long)]
         table_size: Option<u32>,
     },

@@ -31,3 +31,4 @@ pub mod neighbour;
 pub mod service;
 mod skeleton;
 pub mod snapshot;
+pub mod table_size;

@@ -21,9 +21,10 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// Slots in a table unless the operator asks otherwise: prime, and with 1,000
-/// backends still about 65 slots each, so equal weights stay within 1.5% of
-/// each other and one more backend moves little more than its own share.
+/// A large table size, the one the tests and the benchmark build: prime, and
+/// with 1,000 backends still about 65 slots each, so equal weights stay
+/// within 1.5% of each other and one more backend moves little more than its
+/// own share. (A VIP's table is sized for its backends: `table_size.rs`.)
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 
 /// Table entry when no backend has weight > 0.

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::datapath::abi::LB_MAX_TABLE_SIZE;
-use crate::maglev::{is_prime, DEFAULT_TABLE_SIZE};
+use crate::maglev::is_prime;
 
 /// Balancers that were not given a seed agree with each other.
 pub const DEFAULT_HASH_SEED: u32 = 0x6c62_6374;
@@ -189,7 +189,9 @@ pub struct VipSpec {
     pub mode: NatMode,
     /// fullnat's source address; None: the attached interface's.
     pub snat: Option<IpAddr>,
-    pub table_size: u32,
+    /// The operator's Maglev table size, kept whatever the backends; None:
+    /// lbctl sizes the table for them (`table_size.rs`).
+    pub table_size: Option<u32>,
 }
 
 impl VipSpec {
@@ -212,8 +214,9 @@ impl VipSpec {
                 return Err(format!("--snat {ip} must have the VIP's address family"));
             }
         }
-        let table_size = table_size.unwrap_or(DEFAULT_TABLE_SIZE);
-        check_table_size(table_size)?;
+        if let Some(size) = table_size {
+            check_table_size(size)?;
+        }
         Ok(VipSpec {
             service,
             mode,
@@ -496,6 +499,9 @@ pub struct DesiredVip {
     pub health: Option<HealthCheck>,
     /// Address and weight, each address once.
     pub backends: Vec<(SocketAddr, u32)>,
+    /// The size of the table in use where lbctl sizes it (`lbctl save`
+    /// shows it as a comment); never read from a file.
+    pub table_in_use: Option<u32>,
 }
 
 /// Everything lbctl configures, as a file states it (`config_file`).
@@ -572,7 +578,7 @@ mod tests {
         };
         let v4 = svc("198.18.100.1:80");
         let spec = VipSpec::new(v4, NatMode::Dnat, None, None).unwrap();
-        assert_eq!(spec.table_size, DEFAULT_TABLE_SIZE);
+        assert_eq!(spec.table_size, None, "sized for its backends");
         let snat = Some(parse_ip("198.18.2.1").unwrap());
         assert!(VipSpec::new(v4, NatMode::Dnat, snat, None)
             .unwrap_err()

@@ -523,3 +523,54 @@ fn save_apply_save_is_a_fixed_point_and_bad_files_change_nothing() {
     ns.ok(&["detach", "e1"]);
     ns.ok(&["detach", "e0"]);
 }
+
+/// The case: a fixed table of 3 slots and more backends than slots.
+/// The backend that would get no slot is refused in one line, nothing
+/// changes; a table lbctl sizes grows instead.
+#[test]
+fn a_fixed_table_too_small_for_its_backends_is_refused() {
+    let ns = Ns::new();
+    ns.ok(&["attach", "e0"]);
+    let vip = "198.18.100.1:80";
+    ns.ok(&["vip", "add", vip, "--table-size", "3"]);
+    for h in 11..=13 {
+        ns.ok(&["backend", "add", vip, &format!("198.18.5.{h}:8080")]);
+    }
+    ns.fails(
+        &["backend", "add", vip, "198.18.5.14:8080"],
+        "would get no slot of its 3-slot table",
+    );
+    ns.fails(
+        &["backend", "set", vip, "198.18.5.11:8080", "--weight", "5"],
+        "would get no slot of its 3-slot table",
+    );
+    let list = ns.ok(&["list"]);
+    assert!(!list.contains("198.18.5.14"), "{list}");
+    assert!(ns
+        .ok(&["vip", "show", vip])
+        .contains("table size   3 (fixed"));
+
+    let auto = "198.18.100.2:80";
+    ns.ok(&["vip", "add", auto]);
+    let size = |ns: &Ns| {
+        let show = ns.ok(&["vip", "show", auto]);
+        let line = show.lines().find(|l| l.contains("table size")).unwrap();
+        line.split_whitespace()
+            .nth(2)
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    assert_eq!(size(&ns), 101);
+    for h in 11..=15 {
+        ns.ok(&["backend", "add", auto, &format!("198.18.5.{h}:8080")]);
+    }
+    assert_eq!(
+        size(&ns),
+        863,
+        "five backends: the first ladder size of 500 or more"
+    );
+    let save = ns.ok(&["save"]);
+    assert!(save.contains("table_size = 3\n"), "{save}");
+    assert!(save.contains("# table_size: 863 in use"), "{save}");
+}

@@ -225,3 +225,68 @@ fn a_fullnat_reply_without_entry_is_dropped_not_leaked() {
         );
     });
 }
+
+/// A backend two dnat VIPs share: a reply whose entry was lost names the
+/// client and the backend, not the VIP the client asked for. It is not
+/// rebuilt (before, it was rebuilt for the VIP added last, so the client
+/// saw its connection answered from the wrong address); the client's next
+/// packet rebuilds the entry through its VIP's table.
+#[test]
+fn a_lost_reply_from_a_backend_two_dnat_vips_share_is_not_rebuilt_for_either() {
+    in_fresh_netns(|| {
+        let lb = Balancer::load().with_routes();
+        let (vip_a, vip_b) = ("198.18.100.1:80", "198.18.100.2:80");
+        let a = lb.vip(vip_a, Proto::Tcp, NatMode::Dnat, None);
+        let b = lb.vip(vip_b, Proto::Tcp, NatMode::Dnat, None);
+        let shared = "198.18.1.11:8080";
+        lb.backend(&a, shared, 1);
+        lb.backend(&b, shared, 1);
+        let client = "198.18.0.2:40000";
+        let (_, out) = lb.run(&Packet::tcp(client, vip_a, SYN).build());
+        assert_eq!(parse(&out).dst, shared);
+        sh("conntrack -F 2>/dev/null");
+
+        let reply = Packet::tcp(shared, client, ACK).payload(b"r").build();
+        let (action, out) = lb.run(&reply);
+        assert_eq!(action, XDP_PASS, "not rebuilt for either VIP");
+        assert_eq!(out, reply, "untouched");
+        assert_eq!(lb.reason(lb_reason::LB_PASS_REPLY_UNTRACKED), 1);
+        assert!(
+            !sh("conntrack -L 2>/dev/null").contains("dport=80"),
+            "no entry made"
+        );
+
+        let (_, out) = lb.run(&Packet::tcp(client, vip_a, ACK).payload(b"c").build());
+        assert_eq!(parse(&out).dst, shared);
+        let (_, out) = lb.run(&Packet::tcp(shared, client, ACK).build());
+        assert_eq!(
+            parse(&out).src,
+            vip_a,
+            "the reply follows the rebuilt entry"
+        );
+    });
+}
+
+/// The same backend under a dnat and a fullnat VIP: a lost reply is
+/// dropped, as fullnat's lost replies are (the client's next packet
+/// rebuilds the entry), rather than passed on un-NATed.
+#[test]
+fn a_lost_reply_from_a_backend_a_fullnat_vip_shares_is_dropped() {
+    in_fresh_netns(|| {
+        let lb = Balancer::load().with_routes();
+        let (vip_a, vip_c) = ("198.18.100.1:80", "198.18.100.3:80");
+        let a = lb.vip(vip_a, Proto::Tcp, NatMode::Dnat, None);
+        let c = lb.vip(vip_c, Proto::Tcp, NatMode::Fullnat, Some("198.18.1.1"));
+        let shared = "198.18.1.11:8080";
+        lb.backend(&c, shared, 1);
+        lb.backend(&a, shared, 1);
+        let client = "198.18.0.2:40000";
+        lb.run(&Packet::tcp(client, vip_a, SYN).build());
+        sh("conntrack -F 2>/dev/null");
+        let (action, _) = lb.run(&Packet::tcp(shared, client, ACK).payload(b"r").build());
+        assert_eq!(action, XDP_DROP);
+        assert_eq!(lb.reason(lb_reason::LB_DROP_REPLY_UNTRACKED), 1);
+        let (_, out) = lb.run(&Packet::tcp(client, vip_a, ACK).build());
+        assert_eq!(parse(&out).dst, shared);
+    });
+}

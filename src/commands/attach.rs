@@ -21,6 +21,9 @@ pub fn run(opts: &AttachOptions) -> Result<()> {
     let ifindex = iface::ifindex(iface)?;
     let lock = lock_netns()?;
     let running = Balancer::find()?;
+    if let Some(b) = &running {
+        b.repair()?;
+    }
     if opts.replace {
         return replace(iface, ifindex, running, opts.flow_cache_size);
     }
@@ -112,6 +115,9 @@ pub fn detach(iface: &str) -> Result<()> {
     let ifindex = iface::ifindex(iface)?;
     let _lock = lock_netns()?;
     let b = Balancer::find()?;
+    if let Some(b) = &b {
+        b.repair()?;
+    }
     let (b, a) = b
         .as_ref()
         .and_then(|b| Some((b, b.attachment(ifindex)?)))

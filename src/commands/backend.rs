@@ -10,9 +10,15 @@ use crate::neighbour;
 
 pub fn add(svc: &Service, backend: SocketAddr, weight: u32) -> Result<()> {
     let (_lock, b) = open_for_change()?;
-    b.maps.add_backend(svc, backend, weight)?;
+    // The next hop first: killed after it, a resolved neighbour entry is
+    // left (harmless); killed after the maps, the backend has its hop.
+    let note = neighbour::keep_resolved(backend.ip());
+    if let Err(e) = b.maps.add_backend(svc, backend, weight) {
+        neighbour::release_unused(&[backend.ip()], &b.maps.backend_addrs()?);
+        return Err(e);
+    }
     println!("added backend {backend} to {svc} (weight {weight})");
-    if let Some(note) = neighbour::keep_resolved(backend.ip()) {
+    if let Some(note) = note {
         eprintln!("lbctl: note: {note}; first packets may wait for ARP");
     }
     Ok(())

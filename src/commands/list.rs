@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::open_for_reading;
 use crate::datapath::counters::Counters;
+use crate::datapath::repair;
 use crate::model::{Health, ListOptions, NatMode, Proto};
 use crate::snapshot::{BackendView, FlowCacheStats, Snapshot};
 
@@ -115,6 +116,15 @@ pub fn run(opts: &ListOptions) -> Result<()> {
         render_table(&snap, opts.stats, rates.as_ref(), unix_now())
     };
     print!("{out}");
+    // list changes nothing: what an lbctl killed halfway left is finished
+    // by the next change, and until then the data path may lag the list.
+    let pending = repair::pending(&b.maps.running()?);
+    if !pending.is_empty() {
+        eprintln!(
+            "lbctl: note: an interrupted change is not finished yet ({}); the next lbctl command that changes something finishes it",
+            pending.join("; ")
+        );
+    }
     Ok(())
 }
 

@@ -22,13 +22,13 @@ use crate::datapath::load;
 use crate::lock::{lock_netns, NetnsLock};
 
 /// For commands that change a running balancer: privileges, the lock, the
-/// balancer, and any table an interrupted lbctl left behind brought up to
-/// date.
+/// balancer, and whatever an interrupted lbctl left half-done finished
+/// (`Balancer::repair`).
 pub fn open_for_change() -> Result<(NetnsLock, Balancer)> {
     load::require_privileges()?;
     let lock = lock_netns()?;
     let balancer = Balancer::require()?;
-    balancer.maps.repair_tables()?;
+    balancer.repair()?;
     Ok((lock, balancer))
 }
 

@@ -4,6 +4,7 @@
 use anyhow::Result;
 
 use crate::datapath::balancer::Balancer;
+use crate::datapath::memory::mib;
 use crate::datapath::{iface, load};
 
 pub fn run() -> Result<()> {
@@ -42,6 +43,14 @@ pub fn run() -> Result<()> {
             cfg.generation
         );
     }
+    let mem = b.maps.locked_memory()?;
+    println!(
+        "memory        {} locked in {} maps ({} in {} VIP tables)",
+        mib(mem.total),
+        mem.maps,
+        mib(mem.tables),
+        mem.table_count
+    );
     println!("verdicts");
     for (name, count) in b.maps.reason_counts()? {
         println!("  {name:<24} {count}");

@@ -55,7 +55,15 @@ pub fn show(svc: &Service) -> Result<()> {
         *share.entry(*id).or_default() += 1;
     }
     println!("VIP {svc} ({})", vip.mode.name());
-    println!("  table size   {}", vip.table_size);
+    let how = if vip.fixed_size {
+        "fixed (--table-size)".to_string()
+    } else {
+        format!(
+            "sized by lbctl: at least {} slots per backend, grows with them",
+            crate::table_size::SLOTS_PER_BACKEND
+        )
+    };
+    println!("  table size   {} ({how})", vip.table_size);
     println!(
         "  last change  moved {:.2}% of the table",
         vip.moved * 100.0

@@ -120,7 +120,7 @@ address = "198.18.1.11:53"
         assert_eq!(v.backends[1], ("198.18.1.12:8080".parse().unwrap(), 3));
         let u = &d.vips[1];
         assert_eq!(u.spec.service.proto, Proto::Udp);
-        assert_eq!(u.spec.table_size, 16381);
+        assert_eq!(u.spec.table_size, Some(16381));
         assert_eq!(u.spec.snat.unwrap().to_string(), "198.18.1.1");
         assert_eq!(u.backends, [("198.18.1.11:53".parse().unwrap(), 1)]);
         let h = u.health.as_ref().unwrap();

@@ -248,6 +248,7 @@ fn parse_vip(lines: &Lines, v: &RawVip) -> Result<DesiredVip, FileError> {
         backends.push((addr, weight));
     }
     Ok(DesiredVip {
+        table_in_use: None,
         spec,
         health,
         backends,

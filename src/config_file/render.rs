@@ -47,7 +47,18 @@ pub fn render(d: &Desired) -> String {
         if let (NatMode::Fullnat, Some(snat)) = (spec.mode, spec.snat) {
             let _ = writeln!(s, "snat = {}", quote(&snat.to_string()));
         }
-        let _ = writeln!(s, "table_size = {}", spec.table_size);
+        match (spec.table_size, v.table_in_use) {
+            (Some(size), _) => {
+                let _ = writeln!(s, "table_size = {size}");
+            }
+            (None, Some(size)) => {
+                let _ = writeln!(
+                    s,
+                    "# table_size: {size} in use, sized by lbctl for the backends (a table_size here would fix it)"
+                );
+            }
+            (None, None) => {}
+        }
         if let Some(h) = &v.health {
             let _ = writeln!(s, "\n[vip.health]");
             let _ = writeln!(s, "kind = {}", quote(h.kind.name()));

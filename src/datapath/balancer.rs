@@ -14,7 +14,8 @@ use super::abi::LB_FLOW_CACHE_ENTRIES;
 use super::config::initial_settings;
 use super::iface::{self, Attachment};
 use super::load;
-use super::maps::Maps;
+use super::maps::{u32_of, Maps};
+use super::repair::Repaired;
 use crate::model::{AttachOptions, DEFAULT_HASH_SEED};
 
 /// The program's name as the kernel reports it (BPF names are 15 bytes).
@@ -105,6 +106,37 @@ impl Balancer {
             self.maps.bump_generation()?;
         }
         Ok(backends)
+    }
+
+    /// Finishes what an interrupted lbctl left (`Maps::repair`), and makes
+    /// the redirect map hold exactly the interfaces lbctl is attached to (an
+    /// attach or detach killed between its netlink change and its map
+    /// write). Call with the namespace's lock held.
+    pub fn repair(&self) -> Result<Repaired> {
+        let mut done = self.maps.repair()?;
+        let attached: Vec<u32> = self.attachments.iter().map(|a| a.ifindex).collect();
+        let mut listed = Vec::new();
+        for key in self.maps.tx_ports.keys() {
+            listed.push(u32_of(&key, &"an interface index in tx_ports")?);
+        }
+        let mut ports = false;
+        for &ifindex in &attached {
+            if !listed.contains(&ifindex) {
+                self.maps.add_tx_port(ifindex)?;
+                ports = true;
+            }
+        }
+        for ifindex in listed {
+            if !attached.contains(&ifindex) {
+                self.maps.remove_tx_port(ifindex)?;
+                ports = true;
+            }
+        }
+        if ports {
+            self.maps.bump_generation()?;
+            done.ports = true;
+        }
+        Ok(done)
     }
 
     /// The attachment on an interface, if lbctl is attached there.

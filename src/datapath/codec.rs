@@ -6,7 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use anyhow::{bail, Result};
 
 use super::abi::{
-    LB_AF_INET, LB_AF_INET6, LB_BACKEND_CHECKED, LB_BACKEND_DOWN, LB_BACKEND_IN_USE, LB_VIP_FULLNAT,
+    LB_AF_INET, LB_AF_INET6, LB_BACKEND_CHECKED, LB_BACKEND_DOWN, LB_BACKEND_IN_USE,
+    LB_BACKEND_LEAVING, LB_VIP_FIXED_SIZE, LB_VIP_FULLNAT,
 };
 use super::types::{lb_backend, lb_endpoint, lb_vip};
 use crate::model::{Health, NatMode, Proto, Service};
@@ -18,7 +19,10 @@ pub struct VipEntry {
     pub index: u32,
     pub mode: NatMode,
     pub snat: Option<IpAddr>,
+    /// Slots of the table in use.
     pub table_size: u32,
+    /// The operator chose the size; else lbctl sizes it for the backends.
+    pub fixed_size: bool,
     /// Share of table slots the last change moved to another backend.
     pub moved: f64,
     /// Digest of the members the current table was built from.
@@ -30,6 +34,9 @@ pub struct VipEntry {
 pub struct BackendEntry {
     pub id: u32,
     pub vip_index: u32,
+    /// The VIP the row says it serves: a row belongs to the VIP at
+    /// `vip_index` only if that VIP is this one.
+    pub vip: Service,
     pub addr: SocketAddr,
     pub proto: Proto,
     /// The operator's weight.
@@ -37,6 +44,8 @@ pub struct BackendEntry {
     pub health: Health,
     /// Unix time (s) of the last health change; 0: never.
     pub health_since: u32,
+    /// Being removed (`LB_BACKEND_LEAVING`): in no table, not listed.
+    pub leaving: bool,
 }
 
 impl BackendEntry {
@@ -129,14 +138,23 @@ pub fn endpoint_key(ep: &lb_endpoint) -> [u8; 20] {
     key
 }
 
-pub fn vip_row(mode: NatMode, snat: Option<IpAddr>, index: u32, table_size: u32) -> lb_vip {
+pub fn vip_row(
+    mode: NatMode,
+    snat: Option<IpAddr>,
+    index: u32,
+    table_size: u32,
+    fixed_size: bool,
+) -> lb_vip {
+    let mut flags = 0;
+    if mode == NatMode::Fullnat {
+        flags |= LB_VIP_FULLNAT;
+    }
+    if fixed_size {
+        flags |= LB_VIP_FIXED_SIZE;
+    }
     lb_vip {
         index,
-        flags: if mode == NatMode::Fullnat {
-            LB_VIP_FULLNAT
-        } else {
-            0
-        },
+        flags,
         snat_addr: snat.map(ip_bytes).unwrap_or_default(),
         table_size,
         ..Default::default()
@@ -156,6 +174,7 @@ pub fn vip_entry(ep: &lb_endpoint, v: &lb_vip) -> Result<VipEntry> {
         },
         snat: fullnat.then(|| ip_of(&v.snat_addr, ep.family)),
         table_size: v.table_size,
+        fixed_size: v.flags & LB_VIP_FIXED_SIZE != 0,
         moved: v.moved_ppm as f64 / 1e6,
         table_digest: v.table_digest,
     })
@@ -193,20 +212,37 @@ fn row_health(row: &lb_backend) -> Health {
     }
 }
 
+/// The row written for `b`: its endpoint, VIP, weight, health and
+/// whether it is leaving.
+pub fn row_of(b: &BackendEntry) -> lb_backend {
+    let mut row = backend_row(&b.vip, b.vip_index, b.addr, b.weight);
+    set_row_health(&mut row, b.health, b.health_since);
+    if b.leaving {
+        row.flags |= LB_BACKEND_LEAVING;
+    }
+    row
+}
+
 /// A backend row in use, decoded; None for a free row.
 pub fn backend_entry(id: u32, row: &lb_backend) -> Result<Option<BackendEntry>> {
     if row.flags & LB_BACKEND_IN_USE == 0 {
         return Ok(None);
     }
     let (addr, proto) = from_endpoint(&row.ep)?;
+    let (vip_addr, vip_proto) = from_endpoint(&row.vip)?;
     Ok(Some(BackendEntry {
         id,
         vip_index: row.vip_index,
+        vip: Service {
+            addr: vip_addr,
+            proto: vip_proto,
+        },
         addr,
         proto,
         weight: row.weight,
         health: row_health(row),
         health_since: row.health_since,
+        leaving: row.flags & LB_BACKEND_LEAVING != 0,
     }))
 }
 
@@ -245,6 +281,11 @@ mod tests {
             let b = backend_entry(7, &row).unwrap().unwrap();
             assert_eq!((b.health, b.health_since, b.weight), (h, 1234, 5));
             assert_eq!(b.effective_weight(), if h == Health::Down { 0 } else { 5 });
+            assert_eq!((b.vip, b.leaving), (svc, false));
+            let mut leaving = b.clone();
+            leaving.leaving = true;
+            let again = backend_entry(7, &row_of(&leaving)).unwrap().unwrap();
+            assert_eq!((again.health, again.leaving), (h, true));
         }
     }
 }

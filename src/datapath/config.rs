@@ -1,10 +1,18 @@
 //! Configuration changes: settings, VIPs and backends, read from and written
-//! to the maps. Every change is ordered so that a packet (or an lbctl killed
-//! halfway) sees the old configuration or the new one: rows are written
-//! before a table refers to them, a table is swapped in with one map update
-//! (`tables.rs`), and rows are cleared only after no table refers to them.
-//! Each change ends by bumping the configuration generation, so the flow
-//! cache drops decisions made under the old configuration.
+//! to the maps. Every change is ordered so that a packet sees the old
+//! configuration or the new one, and so that an lbctl killed between any two
+//! writes leaves a state that is safe for packets and that `repair.rs`
+//! finishes at the next change:
+//!
+//! - a row is written, and its reply source registered (`reply.rs`), before
+//!   a table names it; a table is swapped in with one map update
+//!   (`tables.rs`); a row is cleared only after no table names it;
+//! - each change has one write that commits it: the VIP entry (add, delete),
+//!   the backend row (add, weight), the row's LEAVING flag (removal); what
+//!   follows that write is derived from the maps and redone by the repair
+//!   if it was not finished;
+//! - each change ends by bumping the configuration generation, so the flow
+//!   cache drops decisions made under the old configuration.
 //!
 //! One API for every change: the CLI's commands, `lbctl apply`, `lbctl run`
 //! and its health checks all come here. A change of many VIPs reads the maps
@@ -24,14 +32,16 @@ use super::abi::{
     LB_MAX_BACKENDS, LB_MAX_VIPS,
 };
 use super::codec::{
-    backend_entry, backend_row, bytes_of, read, service_endpoint, set_row_health, to_endpoint,
-    vip_entry, vip_row, BackendEntry, VipEntry,
+    backend_entry, bytes_of, read, row_of, service_endpoint, vip_entry, vip_row, BackendEntry,
+    VipEntry,
 };
 use super::maps::{u32_of, Maps, ROW0};
 use super::prefilter::Set;
-use super::tables::{moved_ppm, new_table, table_digest, table_ids};
-use super::types::{lb_backend, lb_config, lb_endpoint, lb_reply_source, lb_vip};
+use super::reply::{key_of, Key};
+use super::tables::{moved_ppm, new_table, table_digest, table_ids, table_size_for};
+use super::types::{lb_backend, lb_config, lb_endpoint, lb_vip};
 use crate::model::{Health, Service, Timeouts, VipSpec};
+use crate::table_size::Sizing;
 
 /// The settings of a new balancer.
 pub fn initial_settings(hash_seed: u32) -> lb_config {
@@ -72,8 +82,9 @@ impl Maps {
             cfg.tcp_timeout_s = t.tcp.unwrap_or(cfg.tcp_timeout_s);
             cfg.tcp_fin_timeout_s = t.tcpfin.unwrap_or(cfg.tcp_fin_timeout_s);
             cfg.udp_timeout_s = t.udp.unwrap_or(cfg.udp_timeout_s);
+            // One write: the timeouts and the generation bump together.
+            cfg.generation = cfg.generation.wrapping_add(1);
             self.set_settings(&cfg)?;
-            self.bump_generation()?;
         }
         Ok(Timeouts {
             tcp: Some(cfg.tcp_timeout_s),
@@ -85,12 +96,10 @@ impl Maps {
     /// Every VIP, by index.
     pub fn vips(&self) -> Result<Vec<VipEntry>> {
         let mut out = Vec::new();
-        for key in self.vips.keys() {
+        for (key, value) in self.vips.entries(&"VIPs")? {
             let ep: lb_endpoint = read(&key).context("decoding a key of map vips")?;
-            let what = format_args!("a VIP");
-            if let Some(v) = self.vips.get::<lb_vip>(&key, &what)? {
-                out.push(vip_entry(&ep, &v)?);
-            }
+            let v: lb_vip = read(&value).context("decoding a VIP")?;
+            out.push(vip_entry(&ep, &v)?);
         }
         out.sort_by_key(|v| v.index);
         Ok(out)
@@ -109,7 +118,7 @@ impl Maps {
             .with_context(|| format!("VIP {service} does not exist (see `lbctl list`)"))
     }
 
-    /// Every backend row in use.
+    /// Every backend row in use (those of no VIP and leaving ones too).
     pub fn backends(&self) -> Result<Vec<BackendEntry>> {
         let mut out = Vec::new();
         for (key, value) in self.backends.entries(&"backend rows")? {
@@ -121,7 +130,7 @@ impl Maps {
         Ok(out)
     }
 
-    /// The backends of one VIP.
+    /// The backends of one VIP (not those being removed).
     pub fn backends_of(&self, vip: &VipEntry) -> Result<Vec<BackendEntry>> {
         Ok(members_of(&self.backends()?, vip))
     }
@@ -148,10 +157,13 @@ impl Maps {
         let index = (0..LB_MAX_VIPS)
             .find(|i| !run.vips.iter().any(|v| v.index == *i))
             .with_context(|| format!("no room for another VIP (at most {LB_MAX_VIPS})"))?;
+        let size = table_size_for(service, sizing_of(spec), &[])?;
         self.reset_vip_counters(index)?;
-        // The table first (empty), then the VIP that refers to it.
+        // The table first (empty), then the VIP that refers to it: killed
+        // before the VIP, a table at an index no VIP has is left, which
+        // the repair removes.
         self.swap_table(index, &[])?;
-        let mut vip = vip_row(spec.mode, spec.snat, index, spec.table_size);
+        let mut vip = vip_row(spec.mode, spec.snat, index, size, spec.table_size.is_some());
         vip.table_digest = table_digest(&[]);
         let ep = service_endpoint(service);
         self.prefilter_mark(Set::Vips, service.addr.ip())?;
@@ -187,19 +199,22 @@ impl Maps {
             if run.vip(&spec.service).is_some()
                 || placed
                     .iter()
-                    .any(|(s, _, _): &(&VipSpec, _, _)| s.service == spec.service)
+                    .any(|(s, _, _, _): &(&VipSpec, _, _, _)| s.service == spec.service)
             {
                 bail!("VIP {} already exists", spec.service);
             }
             let index = free
                 .next()
                 .with_context(|| format!("no room for another VIP (at most {LB_MAX_VIPS})"))?;
-            placed.push((spec, index, backends));
+            let size = table_size_for(&spec.service, sizing_of(spec), backends)?;
+            placed.push((spec, index, backends, size));
         }
         let total: usize = new.iter().map(|(_, b)| b.len()).sum();
         let mut ids = self.allocate_backend_ids(run, total)?.into_iter();
+        // Rows first: until its VIP entry is written, a killed apply leaves
+        // rows of no VIP, which the repair clears.
         let mut members_of_each = Vec::with_capacity(placed.len());
-        for (spec, index, backends) in &placed {
+        for (spec, index, backends, _) in &placed {
             self.reset_vip_counters(*index)?;
             let mut members = Vec::with_capacity(backends.len());
             for &(addr, weight) in backends.iter() {
@@ -214,20 +229,32 @@ impl Maps {
         let jobs: Vec<(u32, u32, &[BackendEntry])> = placed
             .iter()
             .zip(&members_of_each)
-            .map(|((spec, index, _), m)| (*index, spec.table_size, m.as_slice()))
+            .map(|((_, index, _, size), m)| (*index, *size, m.as_slice()))
             .collect();
         let tables = build_tables(&jobs)?;
+        let keys: Vec<Key> = members_of_each.iter().flatten().map(key_of).collect();
         for members in members_of_each {
             run.backends.extend(members);
         }
+        // Reply sources before any table names a row. The VIPs are not in
+        // `run` yet, so their rows are counted from what is being placed.
+        let mut future = run.clone();
+        for (spec, index, _, size) in &placed {
+            future.vips.push(vip_entry(
+                &service_endpoint(&spec.service),
+                &vip_row(spec.mode, spec.snat, *index, *size, false),
+            )?);
+        }
+        self.sync_reply_sources(&future, Some(&keys))?;
         let installed: Vec<(u32, &MapHandle)> = placed
             .iter()
             .zip(&tables)
-            .map(|((_, index, _), (t, _))| (*index, t))
+            .map(|((_, index, _, _), (t, _))| (*index, t))
             .collect();
         self.install_tables(&installed)?;
-        for ((spec, index, _), (_, digest)) in placed.iter().zip(&tables) {
-            let mut vip = vip_row(spec.mode, spec.snat, *index, spec.table_size);
+        for ((spec, index, _, size), (_, digest)) in placed.iter().zip(&tables) {
+            let fixed = spec.table_size.is_some();
+            let mut vip = vip_row(spec.mode, spec.snat, *index, *size, fixed);
             vip.table_digest = *digest;
             vip.moved_ppm = 1_000_000;
             let ep = service_endpoint(&spec.service);
@@ -244,8 +271,8 @@ impl Maps {
         Ok(placed.len())
     }
 
-    /// A new backend row with its counters reset, its reply source and
-    /// prefilter bit in place (nothing refers to the row yet).
+    /// A new backend row with its counters reset (nothing refers to it
+    /// yet; the caller registers its reply source before a table does).
     fn add_backend_row(
         &self,
         service: &Service,
@@ -254,30 +281,20 @@ impl Maps {
         addr: SocketAddr,
         weight: u32,
     ) -> Result<BackendEntry> {
-        let row = backend_row(service, vip_index, addr, weight);
-        let what = format_args!("backend {addr} of VIP {service} (id {id})");
-        self.reset_backend_counters(id)?;
-        self.backends
-            .put(&id.to_ne_bytes(), &row, MapFlags::ANY, &what)?;
-        let what = format_args!("the reply source of backend {addr}");
-        let mut src = self
-            .reply_sources
-            .get::<lb_reply_source>(bytes_of(&row.ep), &what)?
-            .unwrap_or_default();
-        src.backend_id = id;
-        src.users += 1;
-        self.prefilter_mark(Set::Backends, addr.ip())?;
-        self.reply_sources
-            .put(bytes_of(&row.ep), &src, MapFlags::ANY, &what)?;
-        Ok(BackendEntry {
+        let b = BackendEntry {
             id,
             vip_index,
+            vip: *service,
             addr,
             proto: service.proto,
             weight,
             health: Health::Unchecked,
             health_since: 0,
-        })
+            leaving: false,
+        };
+        self.reset_backend_counters(id)?;
+        self.write_backend_row(&b)?;
+        Ok(b)
     }
 
     /// Deletes a VIP and its backend rows; returns the rows it removed.
@@ -295,7 +312,9 @@ impl Maps {
                 .cloned()
                 .with_context(|| format!("VIP {service} does not exist (see `lbctl list`)"))?;
             let ep = service_endpoint(service);
-            // Stop matching first; then nothing refers to the table or rows.
+            // Stop matching first: this write commits the deletion. Then
+            // nothing refers to the table or the rows, and a killed lbctl
+            // leaves rows of no VIP, which the repair clears.
             self.vips
                 .remove(bytes_of(&ep), &format_args!("VIP {service}"))?;
             self.bump_generation()?;
@@ -303,12 +322,15 @@ impl Maps {
                 &vip.index.to_ne_bytes(),
                 &format_args!("the table of VIP {service}"),
             )?;
-            for b in run.members(&vip) {
-                self.release_backend_row(&b)?;
-                gone.push(b);
+            let rows = run.rows_of(&vip);
+            for b in &rows {
+                self.clear_backend_row(b.id)?;
             }
+            let keys: Vec<Key> = rows.iter().map(key_of).collect();
             run.vips.retain(|v| v.index != vip.index);
-            run.backends.retain(|b| b.vip_index != vip.index);
+            run.backends.retain(|b| !rows.iter().any(|r| r.id == b.id));
+            self.sync_reply_sources(run, Some(&keys))?;
+            gone.extend(rows.into_iter().filter(|b| !b.leaving));
         }
         if !services.is_empty() {
             self.rebuild_prefilter()?;
@@ -391,31 +413,43 @@ impl Maps {
         if changes.is_empty() {
             return Ok(changes);
         }
+        // Refused before anything is written: a backend that would get no
+        // slot of the table.
+        table_size_for(service, sizing_of_vip(&vip), want)?;
         let ids = self.allocate_backend_ids(run, changes.added.len())?;
+        let mut keys: Vec<Key> = Vec::new();
         for (&addr, id) in changes.added.iter().zip(ids) {
             let weight = weight_in(want, addr);
             let b = self.add_backend_row(service, vip.index, id, addr, weight)?;
+            keys.push(key_of(&b));
             run.backends.push(b);
         }
         for &addr in &changes.reweighted {
             let b = run
-                .backend_mut(vip.index, addr)
+                .member_mut(&vip, addr)
                 .context("a backend vanished while being reweighted")?;
             b.weight = weight_in(want, addr);
             let b = b.clone();
-            self.write_backend_row(service, &b)?;
+            self.write_backend_row(&b)?;
         }
-        let members: Vec<BackendEntry> = run
-            .members(&vip)
-            .into_iter()
-            .filter(|b| !changes.removed.contains(&b.addr))
-            .collect();
-        changes.table_rebuilt = self.rebuild_table_if_changed(run, &vip, &members)?;
+        // The removal is recorded in the rows before the table leaves them
+        // out: killed after this, the repair finishes it.
         for b in &gone {
-            self.release_backend_row(b)?; // no table refers to it any more
+            let b = run.member_mut(&vip, b.addr).context("a backend vanished")?;
+            b.leaving = true;
+            let b = b.clone();
+            self.write_backend_row(&b)?;
+        }
+        self.sync_reply_sources(run, Some(&keys))?;
+        let members = run.members(&vip);
+        changes.table_rebuilt = self.rebuild_table_if_changed(run, &vip, &members)?;
+        let keys: Vec<Key> = gone.iter().map(key_of).collect();
+        for b in &gone {
+            self.clear_backend_row(b.id)?; // no table refers to it any more
             run.backends.retain(|r| r.id != b.id);
         }
         if !gone.is_empty() {
+            self.sync_reply_sources(run, Some(&keys))?;
             self.bump_generation()?;
         }
         Ok(changes)
@@ -438,7 +472,7 @@ impl Maps {
             let Some(vip) = run.vip(&service).cloned() else {
                 continue;
             };
-            let Some(b) = run.backend_mut(vip.index, addr) else {
+            let Some(b) = run.member_mut(&vip, addr) else {
                 continue;
             };
             if b.health == health {
@@ -447,7 +481,7 @@ impl Maps {
             b.health = health;
             b.health_since = since;
             let b = b.clone();
-            self.write_backend_row(&service, &b)?;
+            self.write_backend_row(&b)?;
             done.push((service, addr, health));
             if !touched.iter().any(|v| v.index == vip.index) {
                 touched.push(vip);
@@ -460,33 +494,22 @@ impl Maps {
         Ok(done)
     }
 
-    /// Writes a backend's row as `b` describes it (weight and health).
-    fn write_backend_row(&self, service: &Service, b: &BackendEntry) -> Result<()> {
-        let mut row = backend_row(service, b.vip_index, b.addr, b.weight);
-        set_row_health(&mut row, b.health, b.health_since);
-        let what = format_args!("backend {} of VIP {service} (id {})", b.addr, b.id);
+    /// Writes a backend's row as `b` describes it (weight, health, leaving).
+    fn write_backend_row(&self, b: &BackendEntry) -> Result<()> {
+        let what = format_args!("backend {} of VIP {} (id {})", b.addr, b.vip, b.id);
         self.backends
-            .put(&b.id.to_ne_bytes(), &row, MapFlags::ANY, &what)
+            .put(&b.id.to_ne_bytes(), &row_of(b), MapFlags::ANY, &what)
     }
 
-    /// Clears a row nothing refers to any more. Its reply source stays (with
-    /// one user less): live flows to it keep getting their replies NATed.
-    fn release_backend_row(&self, b: &BackendEntry) -> Result<()> {
-        let ep = to_endpoint(b.addr, b.proto);
-        let what = format_args!("the reply source of backend {}", b.addr);
-        if let Some(mut src) = self
-            .reply_sources
-            .get::<lb_reply_source>(bytes_of(&ep), &what)?
-        {
-            src.users = src.users.saturating_sub(1);
-            self.reply_sources
-                .put(bytes_of(&ep), &src, MapFlags::ANY, &what)?;
-        }
+    /// Clears a row no table names any more. Its endpoint's reply source
+    /// stays (the caller recounts it): live flows to it keep getting their
+    /// replies NATed.
+    pub(super) fn clear_backend_row(&self, id: u32) -> Result<()> {
         self.backends.put(
-            &b.id.to_ne_bytes(),
+            &id.to_ne_bytes(),
             &lb_backend::default(),
             MapFlags::ANY,
-            &format_args!("backend row {} (clearing it)", b.id),
+            &format_args!("backend row {id} (clearing it)"),
         )
     }
 
@@ -516,7 +539,7 @@ impl Maps {
     /// Builds the VIP's Maglev table from these members and swaps it in,
     /// unless the VIP's table was already built from exactly them (same
     /// ids, endpoints and effective weights). Returns whether it rebuilt.
-    fn rebuild_table_if_changed(
+    pub(super) fn rebuild_table_if_changed(
         &self,
         run: &mut Running,
         vip: &VipEntry,
@@ -526,19 +549,25 @@ impl Maps {
         if digest == vip.table_digest {
             return Ok(false);
         }
-        let moved = self.rebuild_table(vip, members)?;
+        let (size, moved) = self.rebuild_table(vip, members)?;
         if let Some(v) = run.vips.iter_mut().find(|v| v.index == vip.index) {
             v.table_digest = digest;
             v.moved = moved;
+            v.table_size = size;
         }
         Ok(true)
     }
 
-    /// Builds the VIP's Maglev table from its backends, swaps it in, and
-    /// records in the VIP what it was built from; returns the share of
-    /// slots that moved.
-    fn rebuild_table(&self, vip: &VipEntry, members: &[BackendEntry]) -> Result<f64> {
-        let ids = table_ids(members, vip.table_size)?;
+    /// Builds the VIP's Maglev table from its backends, at the size they
+    /// call for, swaps it in, and records in the VIP what it was built from
+    /// and its size; returns the size and the share of slots that moved.
+    /// A fixed size too small for them (refused before any write, so only
+    /// met in maps an older lbctl wrote) is kept.
+    fn rebuild_table(&self, vip: &VipEntry, members: &[BackendEntry]) -> Result<(u32, f64)> {
+        let want: Vec<(SocketAddr, u32)> = members.iter().map(|b| (b.addr, b.weight)).collect();
+        let size =
+            table_size_for(&vip.service, sizing_of_vip(vip), &want).unwrap_or(vip.table_size);
+        let ids = table_ids(members, size)?;
         let old = self.table(vip.index).unwrap_or_default();
         self.swap_table(vip.index, &ids)?;
         self.bump_generation()?;
@@ -548,23 +577,10 @@ impl Maps {
         if let Some(mut row) = self.vips.get::<lb_vip>(bytes_of(&ep), &what)? {
             row.moved_ppm = moved;
             row.table_digest = table_digest(members);
+            row.table_size = size;
             self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
         }
-        Ok(moved as f64 / 1e6)
-    }
-
-    /// Rebuilds the tables of VIPs whose rows changed without their table
-    /// (an lbctl killed between the two writes): the data path kept serving
-    /// the old table all along; this brings it to the rows.
-    pub fn repair_tables(&self) -> Result<()> {
-        let all = self.backends()?;
-        for vip in self.vips()? {
-            let members = members_of(&all, &vip);
-            if table_digest(&members) != vip.table_digest {
-                self.rebuild_table(&vip, &members)?;
-            }
-        }
-        Ok(())
+        Ok((size, moved as f64 / 1e6))
     }
 
     /// Adds an attached interface to the redirect map.
@@ -590,34 +606,59 @@ impl Maps {
     }
 }
 
-/// The backends of one VIP.
+/// Whether a row belongs to this VIP: its index and the VIP it names
+/// (a row left by a VIP deleted halfway names another VIP than the one
+/// that later took its index).
+fn belongs(b: &BackendEntry, vip: &VipEntry) -> bool {
+    b.vip_index == vip.index && b.vip == vip.service
+}
+
+/// The backends of one VIP (not those being removed).
 fn members_of(all: &[BackendEntry], vip: &VipEntry) -> Vec<BackendEntry> {
     all.iter()
-        .filter(|b| b.vip_index == vip.index)
+        .filter(|b| belongs(b, vip) && !b.leaving)
         .cloned()
         .collect()
 }
 
+/// How a new VIP's table is sized.
+fn sizing_of(spec: &VipSpec) -> Sizing {
+    match spec.table_size {
+        Some(size) => Sizing::Fixed(size),
+        None => Sizing::Auto { current: None },
+    }
+}
+
+/// How a running VIP's table is sized.
+fn sizing_of_vip(vip: &VipEntry) -> Sizing {
+    if vip.fixed_size {
+        Sizing::Fixed(vip.table_size)
+    } else {
+        Sizing::Auto {
+            current: Some(vip.table_size),
+        }
+    }
+}
+
 /// New tables (not yet in use) for (VIP index, table size, members), with
-/// the digest of what each was built from, built on every CPU at once.
+/// the digest of what each was built from, built on every CPU at once (on
+/// this thread when there is one CPU or one table).
 fn build_tables(jobs: &[(u32, u32, &[BackendEntry])]) -> Result<Vec<(MapHandle, u32)>> {
+    let build = |(index, size, members): &(u32, u32, &[BackendEntry])| {
+        let ids = table_ids(members, *size)?;
+        Ok((new_table(*index, &ids)?, table_digest(members)))
+    };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
+    if threads == 1 || jobs.len() <= 1 {
+        return jobs.iter().map(build).collect();
+    }
     let chunk = jobs.len().div_ceil(threads).max(1);
     let built: Vec<Result<Vec<(MapHandle, u32)>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = jobs
             .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|(index, size, members)| {
-                            let ids = table_ids(members, *size)?;
-                            Ok((new_table(*index, &ids)?, table_digest(members)))
-                        })
-                        .collect()
-                })
-            })
+            .map(|part| scope.spawn(move || part.iter().map(build).collect()))
             .collect();
         handles
             .into_iter()
@@ -658,15 +699,30 @@ impl Running {
             .with_context(|| format!("VIP {service} does not exist (see `lbctl list`)"))
     }
 
-    /// The backends of one VIP.
+    /// The backends of one VIP (not those being removed).
     pub fn members(&self, vip: &VipEntry) -> Vec<BackendEntry> {
         members_of(&self.backends, vip)
     }
 
-    fn backend_mut(&mut self, vip_index: u32, addr: SocketAddr) -> Option<&mut BackendEntry> {
+    /// Every row of one VIP, leaving ones too.
+    pub fn rows_of(&self, vip: &VipEntry) -> Vec<BackendEntry> {
+        self.backends
+            .iter()
+            .filter(|b| belongs(b, vip))
+            .cloned()
+            .collect()
+    }
+
+    /// The VIP a row belongs to; None for a row of no VIP (left by a VIP
+    /// deleted, or added, halfway).
+    pub fn vip_of(&self, b: &BackendEntry) -> Option<&VipEntry> {
+        self.vips.iter().find(|v| belongs(b, v))
+    }
+
+    fn member_mut(&mut self, vip: &VipEntry, addr: SocketAddr) -> Option<&mut BackendEntry> {
         self.backends
             .iter_mut()
-            .find(|b| b.vip_index == vip_index && b.addr == addr)
+            .find(|b| belongs(b, vip) && !b.leaving && b.addr == addr)
     }
 
     /// The VIP's backends as (address, weight), if `addr` is among them.

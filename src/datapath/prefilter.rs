@@ -80,14 +80,14 @@ impl Maps {
     /// Recomputes both bitmaps from `vips` and `reply_sources`: clears the
     /// bits no address needs any more (a deleted VIP) and sets any missing
     /// one (a program upgraded in place over older maps). Every bit a present
-    /// address needs stays set throughout.
-    pub fn rebuild_prefilter(&self) -> Result<()> {
+    /// address needs stays set throughout. Returns whether a word changed.
+    pub fn rebuild_prefilter(&self) -> Result<bool> {
         let mut want = vec![0u64; 2 * LB_PREFILTER_WORDS as usize];
         for (set, map) in [
             (Set::Vips, &self.vips),
             (Set::Backends, &self.reply_sources),
         ] {
-            for key in map.keys() {
+            for (key, _) in map.entries(&"addresses for the prefilter")? {
                 let ep: lb_endpoint = super::codec::read(&key)?;
                 let (addr, _) = from_endpoint(&ep)?;
                 if let Some((word, mask)) = slot(set, addr.ip()) {
@@ -95,12 +95,15 @@ impl Maps {
                 }
             }
         }
-        for (word, want) in (0u32..).zip(want) {
-            if self.prefilter_word(word)? != want {
+        let have = self.prefilter_words()?;
+        let mut changed = false;
+        for (word, (want, have)) in (0u32..).zip(want.into_iter().zip(have)) {
+            if want != have {
                 self.set_prefilter_word(word, want)?;
+                changed = true;
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Whether an address's bit is set (always true for IPv6, which is not

@@ -5,15 +5,49 @@
 //! `config.rs`, tells a table that missed a change (lbctl killed between the
 //! two writes) from a current one.
 
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
-use super::abi::LB_TABLE_HDR;
+use super::abi::{LB_MAX_TABLE_SIZE, LB_TABLE_HDR};
 use super::codec::{endpoint_key, to_endpoint, BackendEntry};
 use super::maps::{u32_of, Maps};
 use crate::maglev::{self, MaglevBackend};
+use crate::model::Service;
+use crate::table_size::{self, Sizing};
+
+/// The size of a VIP's table for these backends (address, configured
+/// weight), or why none will do: a backend would get no slot of a fixed
+/// size, or of any size the data path holds.
+pub fn table_size_for(
+    service: &Service,
+    sizing: Sizing,
+    want: &[(SocketAddr, u32)],
+) -> Result<u32> {
+    let input: Vec<MaglevBackend> = want
+        .iter()
+        .map(|&(addr, weight)| MaglevBackend {
+            key: endpoint_key(&to_endpoint(addr, service.proto)),
+            weight,
+        })
+        .collect();
+    let no = match table_size::choose(sizing, &input) {
+        Ok(size) => return Ok(size),
+        Err(no) => no,
+    };
+    let (addr, weight) = want[no.backend];
+    let total: u64 = want.iter().map(|(_, w)| *w as u64).sum();
+    match (sizing, no.needed) {
+        (Sizing::Fixed(size), Some(needed)) => bail!(
+            "backend {addr} of VIP {service} would get no slot of its {size}-slot table (weight {weight} of {total}): its table size is fixed; these backends need at least {needed} (delete the VIP and add it with a larger table size, or none)"
+        ),
+        _ => bail!(
+            "backend {addr} of VIP {service} would get no slot even of the largest table ({LB_MAX_TABLE_SIZE} slots): weight {weight} is too small a share of {total}"
+        ),
+    }
+}
 
 /// The backend ids of a VIP's Maglev table for these members (empty: no
 /// member of weight > 0).

@@ -17,8 +17,10 @@ use crate::datapath::abi::{LB_MAX_BACKENDS, LB_MAX_VIPS};
 use crate::datapath::config::Running;
 use crate::datapath::iface;
 use crate::datapath::maps::Maps;
+use crate::datapath::tables::table_size_for;
 use crate::model::{Desired, DesiredVip, Health, NatMode, Service, VipSpec};
 use crate::neighbour;
+use crate::table_size::Sizing;
 
 /// What an apply changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -110,16 +112,27 @@ pub fn resolve(
             }
             v.spec.snat = default_snat;
         }
-        if let Some(r) = run.vip(&v.spec.service) {
-            if (r.mode, r.snat, r.table_size) != (v.spec.mode, v.spec.snat, v.spec.table_size) {
+        let running = run.vip(&v.spec.service);
+        if let Some(r) = running {
+            let size = r.fixed_size.then_some(r.table_size);
+            if (r.mode, r.snat, size) != (v.spec.mode, v.spec.snat, v.spec.table_size) {
                 bail!(
                     "VIP {} runs as {} in the balancer but the file says {}: apply does not change a VIP's mode, snat or table size in place; remove the VIP from the file, apply, then add it back",
                     v.spec.service,
-                    describe(r.mode, r.snat, r.table_size),
+                    describe(r.mode, r.snat, size),
                     describe(v.spec.mode, v.spec.snat, v.spec.table_size)
                 );
             }
         }
+        // Every backend must get a slot of its VIP's table: checked for the
+        // whole file before anything changes.
+        let sizing = match (v.spec.table_size, running) {
+            (Some(size), _) => Sizing::Fixed(size),
+            (None, r) => Sizing::Auto {
+                current: r.map(|r| r.table_size),
+            },
+        };
+        table_size_for(&v.spec.service, sizing, &v.backends)?;
     }
     if d.vips.len() > LB_MAX_VIPS as usize {
         bail!(
@@ -134,10 +147,13 @@ pub fn resolve(
     Ok(d)
 }
 
-fn describe(mode: NatMode, snat: Option<IpAddr>, table_size: u32) -> String {
+fn describe(mode: NatMode, snat: Option<IpAddr>, table_size: Option<u32>) -> String {
+    let size = table_size.map_or("table sized by lbctl".to_string(), |s| {
+        format!("table size {s}")
+    });
     match snat {
-        Some(s) => format!("{} (snat {s}, table size {table_size})", mode.name()),
-        None => format!("{} (table size {table_size})", mode.name()),
+        Some(s) => format!("{} (snat {s}, {size})", mode.name()),
+        None => format!("{} ({size})", mode.name()),
     }
 }
 
@@ -157,6 +173,24 @@ pub fn apply(maps: &Maps, attached: &[String], desired: &Desired) -> Result<Appl
     let mut run = maps.running()?;
     let d = resolve(maps, &run, attached, desired)?;
     let mut done = Applied::default();
+
+    // Next hops of new backends first: killed after them, resolved
+    // neighbour entries are left (harmless); after the maps, every backend
+    // has its hop.
+    let mut resolved: BTreeSet<IpAddr> = BTreeSet::new();
+    for v in &d.vips {
+        let members = run.vip(&v.spec.service).map(|r| run.members(r));
+        for (addr, _) in &v.backends {
+            let known = members
+                .as_ref()
+                .is_some_and(|m| m.iter().any(|b| b.addr == *addr));
+            if !known && resolved.insert(addr.ip()) {
+                if let Some(note) = neighbour::keep_resolved(addr.ip()) {
+                    done.notes.push(note);
+                }
+            }
+        }
+    }
 
     let cfg = maps.settings()?;
     let t = &d.timeouts;
@@ -192,18 +226,8 @@ pub fn apply(maps: &Maps, attached: &[String], desired: &Desired) -> Result<Appl
     done.vips_added = maps.add_vips_with_backends(&mut run, &new)?;
     done.tables_rebuilt += new.len();
     done.backends_added += new.iter().map(|(_, b)| b.len()).sum::<usize>();
-    let mut resolved: BTreeSet<IpAddr> = BTreeSet::new();
-    for (_, backends) in &new {
-        for (addr, _) in backends {
-            if resolved.insert(addr.ip()) {
-                if let Some(note) = neighbour::keep_resolved(addr.ip()) {
-                    done.notes.push(note);
-                }
-            }
-        }
-    }
     for v in &d.vips {
-        apply_vip(maps, &mut run, v, &mut done, &mut released, &mut resolved)?;
+        apply_vip(maps, &mut run, v, &mut done, &mut released)?;
     }
     if !released.is_empty() {
         let still: Vec<IpAddr> = run.backends.iter().map(|b| b.addr.ip()).collect();
@@ -218,7 +242,6 @@ fn apply_vip(
     v: &DesiredVip,
     done: &mut Applied,
     released: &mut Vec<IpAddr>,
-    resolved: &mut BTreeSet<IpAddr>,
 ) -> Result<()> {
     let service = v.spec.service;
     let changes = maps.set_backends(run, &service, &v.backends)?;
@@ -227,13 +250,6 @@ fn apply_vip(
     done.backends_reweighted += changes.reweighted.len();
     done.tables_rebuilt += changes.table_rebuilt as usize;
     released.extend(changes.removed.iter().map(|a| a.ip()));
-    for addr in &changes.added {
-        if resolved.insert(addr.ip()) {
-            if let Some(note) = neighbour::keep_resolved(addr.ip()) {
-                done.notes.push(note);
-            }
-        }
-    }
     if v.health.is_none() {
         let vip = run.require_vip(&service)?;
         let checked: Vec<_> = run

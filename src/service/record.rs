@@ -32,6 +32,7 @@ pub fn write(id: u32, desired: &Desired) -> Result<()> {
             .filter(|v| v.health.is_some())
             .map(|v| DesiredVip {
                 backends: Vec::new(),
+                table_in_use: None,
                 ..v.clone()
             })
             .collect(),

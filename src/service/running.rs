@@ -32,8 +32,9 @@ pub fn running(b: &Balancer) -> Result<Desired> {
                     service: v.service,
                     mode: v.mode,
                     snat: v.snat,
-                    table_size: v.table_size,
+                    table_size: v.fixed_size.then_some(v.table_size),
                 },
+                table_in_use: (!v.fixed_size).then_some(v.table_size),
                 health: checks
                     .iter()
                     .find(|(s, _)| *s == v.service)
