@@ -469,34 +469,42 @@ fn save_apply_save_is_a_fixed_point_and_bad_files_change_nothing() {
     assert!(out.contains("no changes"), "{out}");
     assert_eq!(ns.ok(&["save"]), saved, "save -> apply -> save");
 
-    // One bad address anywhere: one line naming it, and nothing changes.
-    let bad = CONFIG.replace("198.18.1.11:53", "198.18.1.311:53");
-    let bad = ns.file("bad.toml", &bad);
-    ns.fails(
-        &["apply", "-f", &bad],
-        "bad.toml: line 23: 198.18.1.311:53: \"198.18.1.311\" is not an IP address",
-    );
-    let unknown = ns.file("unknown.toml", &CONFIG.replace("weight = 2", "wieght = 2"));
-    ns.fails(
-        &["apply", "-f", &unknown],
-        "line 15: unknown field `wieght`",
-    );
-    let unknown = ns.file("unknown2.toml", &format!("{CONFIG}\n[extras]\n"));
-    ns.fails(&["apply", "-f", &unknown], "unknown field `extras`");
-    // Valid, but not appliable to what runs: refused before any change.
-    let moved = CONFIG
-        .replace("weight = 2", "weight = 5")
-        .replace("mode = \"fullnat\"", "mode = \"dnat\"");
-    let moved = ns.file("moved.toml", &moved);
-    ns.fails(
-        &["apply", "-f", &moved],
-        "apply does not change a VIP's mode",
-    );
-    let elsewhere = ns.file("iface.toml", &CONFIG.replace("\"e1\"", "\"e9\""));
-    ns.fails(
-        &["apply", "-f", &elsewhere],
-        "interface e9 is in the file but lbctl is not attached",
-    );
+    // Each file below is refused with one line saying why, before any
+    // change: a bad address (named with its line), unknown keys, a file
+    // valid in itself but not appliable to what runs.
+    let refused = [
+        (
+            "bad.toml",
+            CONFIG.replace("198.18.1.11:53", "198.18.1.311:53"),
+            "bad.toml: line 23: 198.18.1.311:53: \"198.18.1.311\" is not an IP address",
+        ),
+        (
+            "unknown.toml",
+            CONFIG.replace("weight = 2", "wieght = 2"),
+            "line 15: unknown field `wieght`",
+        ),
+        (
+            "unknown2.toml",
+            format!("{CONFIG}\n[extras]\n"),
+            "unknown field `extras`",
+        ),
+        (
+            "moved.toml",
+            CONFIG
+                .replace("weight = 2", "weight = 5")
+                .replace("mode = \"fullnat\"", "mode = \"dnat\""),
+            "apply does not change a VIP's mode",
+        ),
+        (
+            "iface.toml",
+            CONFIG.replace("\"e1\"", "\"e9\""),
+            "interface e9 is in the file but lbctl is not attached",
+        ),
+    ];
+    for (name, text, why) in refused {
+        let file = ns.file(name, &text);
+        ns.fails(&["apply", "-f", &file], why);
+    }
     ns.fails(
         &["apply", "-f", "/nonexistent/lbctl.toml"],
         "reading /nonexistent/lbctl.toml",
