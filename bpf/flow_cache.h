@@ -17,8 +17,10 @@
  *  - lbctl bumps lb_config.generation on every change, and entries of
  *    another generation are not used: operator changes are seen at once;
  *  - only the inputs of the FIB lookup that the packet brings are checked
- *    again: the interface it arrived on, its TOS, and its length (no longer
- *    than the packet the FIB checked against the MTU).
+ *    again: the interface it arrived on, its TOS (IPv6: traffic class), and
+ *    its length (no longer than the packet the FIB checked against the MTU).
+ * The key is the packet's 5-tuple with its family; both families share the
+ * map (IPv4 addresses in word 0, as everywhere in the maps).
  * A miss falls through to the slow path unchanged, which stores the entry
  * again after an XDP_TX or redirect (of a packet without SYN, FIN, RST). */
 #ifndef LB_FLOW_CACHE_H
@@ -56,14 +58,14 @@ static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct pac
 					    struct flow *f, struct next_hop *hop)
 {
 	const struct lb_flow_cache_entry *e;
-	const struct iphdr *ip = pkt->ip;
 
 	__builtin_memset(key, 0, sizeof(*key));
-	key->saddr = ip->saddr;
-	key->daddr = ip->daddr;
+	addr_load(key->saddr, pkt->saddr, pkt->family);
+	addr_load(key->daddr, pkt->daddr, pkt->family);
 	key->sport = pkt->ports[0];
 	key->dport = pkt->ports[1];
 	key->proto = pkt->proto;
+	key->family = pkt->family;
 
 	if (pkt->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST))
 		goto miss; /* conntrack must see them */
@@ -71,12 +73,12 @@ static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct pac
 	if (!e || e->generation != generation ||
 	    bpf_jiffies64() - e->validated >= flow_cache_max_age())
 		goto miss;
-	if (e->ingress_ifindex != ctx->ingress_ifindex || e->tos != ip->tos ||
-	    bpf_ntohs(ip->tot_len) > e->max_len || ip->ttl <= 1)
+	if (e->ingress_ifindex != ctx->ingress_ifindex || e->tos != pkt->tos ||
+	    pkt->ip_len > e->max_len || pkt->ttl <= 1)
 		goto miss; /* the FIB might say otherwise: ask it */
 
-	f->saddr = e->saddr;
-	f->daddr = e->daddr;
+	__builtin_memcpy(f->saddr, e->saddr, sizeof(f->saddr));
+	__builtin_memcpy(f->daddr, e->daddr, sizeof(f->daddr));
 	f->sport = e->sport;
 	f->dport = e->dport;
 	f->mark = e->mark;
@@ -111,14 +113,14 @@ static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct pa
 	e.validated = bpf_jiffies64();
 	e.generation = generation;
 	e.mark = f->mark;
-	e.saddr = f->saddr;
-	e.daddr = f->daddr;
+	__builtin_memcpy(e.saddr, f->saddr, sizeof(e.saddr));
+	__builtin_memcpy(e.daddr, f->daddr, sizeof(e.daddr));
 	e.sport = f->sport;
 	e.dport = f->dport;
 	e.ingress_ifindex = ctx->ingress_ifindex;
 	e.egress_ifindex = hop->ifindex;
-	e.max_len = bpf_ntohs(pkt->ip->tot_len);
-	e.tos = pkt->ip->tos;
+	e.max_len = pkt->ip_len;
+	e.tos = pkt->tos;
 	__builtin_memcpy(e.smac, hop->smac, ETH_ALEN);
 	__builtin_memcpy(e.dmac, hop->dmac, ETH_ALEN);
 	if (bpf_map_update_elem(&flow_cache, key, &e, BPF_ANY))

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /* lbctl's data path: parse -> classify -> conntrack -> rewrite -> forward,
- * with a fast path after the first, cheap, half of classify (the address
+ * the same five steps for IPv4 and IPv6 (each step takes the family from
+ * the parsed packet), with a fast path after the first, cheap, half of classify (the address
  * prefilter): a flow cache that stands in for classify's lookups,
  * conntrack and the FIB for established flows. Packets that are not for a
  * VIP and not replies of balanced flows leave untouched with XDP_PASS. */

@@ -9,21 +9,23 @@
 
 static __always_inline void rewrite_packet(struct packet *pkt, const struct flow *f)
 {
-	struct iphdr *ip = pkt->ip;
 	__u64 addrs = 0, ports = 0;
 
-	csum_delta32(&addrs, ip->saddr, f->saddr);
-	csum_delta32(&addrs, ip->daddr, f->daddr);
+	csum_delta_addr(&addrs, pkt->saddr, f->saddr, pkt->family);
+	csum_delta_addr(&addrs, pkt->daddr, f->daddr, pkt->family);
 	csum_delta16(&ports, pkt->ports[0], f->sport);
 	csum_delta16(&ports, pkt->ports[1], f->dport);
 
-	ip->saddr = f->saddr;
-	ip->daddr = f->daddr;
+	addr_store(pkt->saddr, f->saddr, pkt->family);
+	addr_store(pkt->daddr, f->daddr, pkt->family);
 	pkt->ports[0] = f->sport;
 	pkt->ports[1] = f->dport;
-	ip->check = csum_apply(ip->check, addrs);
+	if (pkt->family == LB_AF_INET) /* IPv6 has no header checksum */
+		pkt->ip->check = csum_apply(pkt->ip->check, addrs);
 	/* The L4 checksum covers the addresses through the pseudo-header. A
-	 * UDP checksum of 0 means "none" and stays 0. */
+	 * UDP checksum of 0 means "none" and stays 0, in IPv6 too, where it is
+	 * invalid but for tunnels that allow it (RFC 6935): the backend's stack
+	 * drops it or accepts it, as it would have without lbctl. */
 	if (pkt->proto == IPPROTO_UDP) {
 		if (*pkt->l4_check)
 			*pkt->l4_check = csum_apply_udp(*pkt->l4_check, addrs + ports);
