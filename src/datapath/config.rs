@@ -24,7 +24,7 @@ use super::maps::{u32_of, Maps, ROW0};
 use super::prefilter::Set;
 use super::tables::{moved_ppm, table_digest, table_ids};
 use super::types::{lb_backend, lb_config, lb_endpoint, lb_reply_source, lb_vip};
-use crate::model::{Service, Timeouts, VipSpec};
+use crate::model::{check_same_family, Service, Timeouts, VipSpec};
 
 /// The settings of a new balancer.
 pub fn initial_settings(hash_seed: u32) -> lb_config {
@@ -87,6 +87,11 @@ impl Maps {
         }
         out.sort_by_key(|v| v.index);
         Ok(out)
+    }
+
+    /// Whether any VIP is IPv6 (then IPv6 forwarding matters).
+    pub fn has_ipv6_vips(&self) -> Result<bool> {
+        Ok(self.vips()?.iter().any(|v| v.service.addr.is_ipv6()))
     }
 
     pub fn find_vip(&self, service: &Service) -> Result<Option<VipEntry>> {
@@ -178,6 +183,7 @@ impl Maps {
         let vip = self.require_vip(service)?;
         let mut all = self.backends()?;
         for &(addr, weight) in new {
+            check_same_family(service.addr, addr).map_err(anyhow::Error::msg)?;
             if all
                 .iter()
                 .any(|b| b.vip_index == vip.index && b.addr == addr)
