@@ -1,13 +1,14 @@
 //! Real TCP and UDP connections through lbctl, across network namespaces,
 //! against real servers: connections keep their backend through every
-//! change an operator makes.
+//! change an operator makes, over IPv4 and over IPv6 (in a dual-stack lab,
+//! where IPv4 and IPv6 VIPs also share one balancer).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use lbctl_lab::clients::{self, ClientError};
-use lbctl_lab::lab::{Lab, Topology};
+use lbctl_lab::lab::{Family, Lab, Topology};
 
 const ECHO_PORT: u16 = 8080;
 /// Per request; see `clients::scaled` for emulated kernels.
@@ -24,36 +25,61 @@ fn lbctl(lab: &Lab, args: &[&str]) -> String {
 }
 
 /// A lab with lbctl attached to every balancer interface, one VIP on port
-/// 80 (TCP and UDP) and every backend's echo server behind it.
-fn balanced_lab(topology: Topology, backends: usize, weights: &[u32]) -> (Lab, Ipv4Addr) {
-    let mut lab = match topology {
-        Topology::TwoArm => Lab::two_arm(backends),
-        Topology::OneArm => Lab::one_arm(backends),
+/// 80 (TCP and UDP) of `family` and every backend's echo server behind it.
+/// IPv4 runs in an IPv4-only lab, IPv6 in a dual-stack one.
+fn balanced_lab(
+    topology: Topology,
+    family: Family,
+    backends: usize,
+    weights: &[u32],
+) -> (Lab, IpAddr) {
+    let mut lab = match (topology, family) {
+        (Topology::TwoArm, Family::V4) => Lab::two_arm(backends),
+        (Topology::OneArm, Family::V4) => Lab::one_arm(backends),
+        (_, Family::V6) => Lab::dual_stack(topology, backends),
     }
     .expect("building the lab");
     lab.start_servers().expect("starting servers");
     for iface in lab.lb_ifaces() {
         lbctl(&lab, &["attach", iface]);
     }
-    let vip = lab.vip(1);
-    let mode = if topology == Topology::TwoArm {
+    let vip = add_vip(&lab, family, weights);
+    (lab, vip)
+}
+
+/// VIP 1 of `family` on port 80, TCP and UDP, in the topology's mode
+/// (two-arm dnat, one-arm fullnat), with every backend at its weight.
+fn add_vip(lab: &Lab, family: Family, weights: &[u32]) -> IpAddr {
+    let vip = lab.vip_ip(1, family);
+    let mode = if lab.topology() == Topology::TwoArm {
         "dnat"
     } else {
         "fullnat"
     };
     for proto in ["tcp", "udp"] {
-        let v = format!("{vip}:80");
-        lbctl(&lab, &["vip", "add", &v, "--proto", proto, "--mode", mode]);
+        let v = SocketAddr::new(vip, 80).to_string();
+        lbctl(lab, &["vip", "add", &v, "--proto", proto, "--mode", mode]);
         for i in lab.backend_ids() {
-            let b = format!("{}:{ECHO_PORT}", lab.backend_addr(i));
+            let b = SocketAddr::new(lab.backend_ip(i, family), ECHO_PORT).to_string();
             let w = weights.get(i - 1).copied().unwrap_or(1).to_string();
             lbctl(
-                &lab,
+                lab,
                 &["backend", "add", &v, &b, "--proto", proto, "--weight", &w],
             );
         }
     }
-    (lab, vip)
+    vip
+}
+
+/// `conntrack -L -p PROTO` of the balancer for the family (conntrack lists
+/// IPv4 unless told `-f ipv6`).
+fn conntrack_list(lab: &Lab, family: Family, proto: &str) -> String {
+    let f = if family == Family::V4 { "ipv4" } else { "ipv6" };
+    lab.exec(
+        lab.balancer_ns(),
+        &["conntrack", "-L", "-f", f, "-p", proto],
+    )
+    .unwrap()
 }
 
 /// What the balancer saw, for failure messages.
@@ -62,7 +88,9 @@ fn diagnose(lab: &Lab) -> String {
     out += &lbctl(lab, &["list", "--stats"]);
     for argv in [
         &["ip", "neigh"][..],
+        &["ip", "-6", "neigh"],
         &["conntrack", "-L"],
+        &["conntrack", "-L", "-f", "ipv6"],
         &["ip", "-s", "link"],
     ] {
         out += &format!(
@@ -75,7 +103,7 @@ fn diagnose(lab: &Lab) -> String {
 }
 
 /// Spread of `n` short TCP connections (each: connect, hello, echo, close).
-fn short_tcp(lab: &Lab, vip: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
+fn short_tcp(lab: &Lab, vip: IpAddr, n: usize) -> BTreeMap<String, usize> {
     lab.in_client(|| -> Result<_, ClientError> {
         let mut spread = BTreeMap::new();
         for k in 0..n {
@@ -88,7 +116,7 @@ fn short_tcp(lab: &Lab, vip: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
     .unwrap_or_else(|e| panic!("short TCP connections: {e}\n{}", diagnose(lab)))
 }
 
-fn short_udp(lab: &Lab, vip: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
+fn short_udp(lab: &Lab, vip: IpAddr, n: usize) -> BTreeMap<String, usize> {
     lab.in_client(|| -> Result<_, ClientError> {
         let mut spread = BTreeMap::new();
         for k in 0..n {
@@ -122,26 +150,53 @@ fn assert_spread(spread: &BTreeMap<String, usize>, lab: &Lab, weights: &[u32], w
     }
 }
 
-#[test]
-fn two_arm_dnat_balances_short_tcp_and_udp() {
+fn two_arm_dnat_balances_short_tcp_and_udp(family: Family) {
     let weights = [1, 2, 1];
-    let (lab, vip) = balanced_lab(Topology::TwoArm, 3, &weights);
+    let (lab, vip) = balanced_lab(Topology::TwoArm, family, 3, &weights);
+    let what = format!("two-arm {}", family.name());
     let spread = short_tcp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, "two-arm TCP");
+    assert_spread(&spread, &lab, &weights, &format!("{what} TCP"));
     let spread = short_udp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, "two-arm UDP");
+    assert_spread(&spread, &lab, &weights, &format!("{what} UDP"));
     let status = lbctl(&lab, &["status"]);
     assert!(status.contains("xdp_redirect"), "{status}");
 }
 
-#[test]
-fn one_arm_fullnat_balances_short_tcp_and_udp() {
+fn one_arm_fullnat_balances_short_tcp_and_udp(family: Family) {
     let weights = [1, 1, 2];
-    let (lab, vip) = balanced_lab(Topology::OneArm, 3, &weights);
+    let (lab, vip) = balanced_lab(Topology::OneArm, family, 3, &weights);
+    let what = format!("one-arm {}", family.name());
     let spread = short_tcp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, "one-arm TCP");
+    assert_spread(&spread, &lab, &weights, &format!("{what} TCP"));
     let spread = short_udp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, "one-arm UDP");
+    assert_spread(&spread, &lab, &weights, &format!("{what} UDP"));
+    // The backends saw the balancer's address: conntrack holds the NAT.
+    let entries = conntrack_list(&lab, family, "tcp");
+    let snat = lab.lb_backend_ip(family);
+    assert!(
+        entries.contains(&format!("dst={snat} ")),
+        "no entry NATed to {snat}:\n{entries}"
+    );
+}
+
+#[test]
+fn two_arm_dnat_balances_short_tcp_and_udp_ipv4() {
+    two_arm_dnat_balances_short_tcp_and_udp(Family::V4);
+}
+
+#[test]
+fn two_arm_dnat_balances_short_tcp_and_udp_ipv6() {
+    two_arm_dnat_balances_short_tcp_and_udp(Family::V6);
+}
+
+#[test]
+fn one_arm_fullnat_balances_short_tcp_and_udp_ipv4() {
+    one_arm_fullnat_balances_short_tcp_and_udp(Family::V4);
+}
+
+#[test]
+fn one_arm_fullnat_balances_short_tcp_and_udp_ipv6() {
+    one_arm_fullnat_balances_short_tcp_and_udp(Family::V6);
 }
 
 /// A UDP "flow": one socket (one 5-tuple) asking every `interval` and
@@ -153,9 +208,10 @@ struct UdpFlow {
 
 impl UdpFlow {
     /// Call from a thread inside the client namespace.
-    fn start(id: usize, vip: Ipv4Addr, interval: Duration) -> UdpFlow {
+    fn start(id: usize, vip: IpAddr, interval: Duration) -> UdpFlow {
         use std::sync::atomic::Ordering;
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let any = if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let socket = std::net::UdpSocket::bind(any).expect("bind");
         socket.connect((vip, 80)).expect("connect");
         socket.set_read_timeout(Some(timeout())).unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -207,11 +263,16 @@ fn kill_lbctl_during(lab: &Lab, args: &[&str], delay: Duration) {
     let _ = child.wait();
 }
 
-fn long_lived_connections_survive_every_change(topology: Topology) {
+/// 50 long TCP connections and 10 UDP flows through every operator change:
+/// add, drain, remove, reweight, `attach --replace`. IPv4 also has lbctl
+/// SIGKILLed ten times mid-change (the control plane does not depend on
+/// the family); IPv6 also has its conntrack table flushed under the
+/// connections first (IPv4 has its own flush test, below).
+fn long_lived_connections_survive_every_change(topology: Topology, family: Family) {
     // Four backends exist; b4 joins the VIP during the test.
-    let (lab, vip) = balanced_lab(topology, 4, &[1, 1, 1, 0]);
-    let v = format!("{vip}:80");
-    let be = |i: usize| format!("{}:{ECHO_PORT}", lab.backend_addr(i));
+    let (lab, vip) = balanced_lab(topology, family, 4, &[1, 1, 1, 0]);
+    let v = SocketAddr::new(vip, 80).to_string();
+    let be = |i: usize| SocketAddr::new(lab.backend_ip(i, family), ECHO_PORT).to_string();
     for proto in ["tcp", "udp"] {
         lbctl(&lab, &["backend", "del", &v, &be(4), "--proto", proto]);
     }
@@ -232,6 +293,18 @@ fn long_lived_connections_survive_every_change(topology: Topology) {
     let pause = || std::thread::sleep(Duration::from_millis(300));
     let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
     pause();
+    if family == Family::V6 {
+        // Every entry lost, twice, while the table is the one the flows
+        // were picked from: each flow's next packet rebuilds its entry for
+        // the same backend (dnat: from either side; fullnat: from the
+        // client's, the backend's packets dropped until then). After a
+        // table change a flow whose slot moved would go elsewhere.
+        for _ in 0..2 {
+            lab.exec(lab.balancer_ns(), &["conntrack", "-F", "-f", "ipv6"])
+                .unwrap();
+            pause();
+        }
+    }
 
     // The operator, in turn:
     for proto in ["tcp", "udp"] {
@@ -271,16 +344,18 @@ fn long_lived_connections_survive_every_change(topology: Topology) {
     pause();
     let list = lbctl(&lab, &["list", "--stats"]);
     assert!(list.contains("draining"), "{list}");
-    for k in 0..10u64 {
-        let weight = (k % 4 + 1).to_string();
-        kill_lbctl_during(
-            &lab,
-            &["backend", "set", &v, &be(3), "--weight", &weight],
-            Duration::from_millis(k * 3),
-        );
-        // Whatever the kill interrupted, the balancer serves and lbctl reads.
-        short_tcp(&lab, vip, 5);
-        lbctl(&lab, &["list"]);
+    if family == Family::V4 {
+        for k in 0..10u64 {
+            let weight = (k % 4 + 1).to_string();
+            kill_lbctl_during(
+                &lab,
+                &["backend", "set", &v, &be(3), "--weight", &weight],
+                Duration::from_millis(k * 3),
+            );
+            // Whatever the kill interrupted, the balancer serves and lbctl reads.
+            short_tcp(&lab, vip, 5);
+            lbctl(&lab, &["list"]);
+        }
     }
     lbctl(&lab, &["backend", "set", &v, &be(3), "--weight", "1"]);
     lbctl(&lab, &["attach", lab.lb_ifaces()[0], "--replace"]);
@@ -292,7 +367,7 @@ fn long_lived_connections_survive_every_change(topology: Topology) {
     );
 
     // Listed twice while every long connection is still open.
-    let dumps = tcp_listings(&lab, 2, Duration::ZERO, |_| false);
+    let dumps = tcp_listings(&lab, family, 2, Duration::ZERO, |_| false);
     let reports = clients::finish_all(conns);
     if let Some(broken) = clients::broken_summary(&reports) {
         panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
@@ -322,7 +397,8 @@ fn long_lived_connections_survive_every_change(topology: Topology) {
             entries
                 .lines()
                 .filter(|l| {
-                    l.contains(&format!("src={} ", lab.backend_addr(i))) && l.contains("dport=80 ")
+                    l.contains(&format!("src={} ", lab.backend_ip(i, family)))
+                        && l.contains("dport=80 ")
                 })
                 .count()
         };
@@ -342,18 +418,107 @@ fn long_lived_connections_survive_every_change(topology: Topology) {
 }
 
 #[test]
-fn two_arm_long_connections_survive_every_change() {
-    long_lived_connections_survive_every_change(Topology::TwoArm);
+fn two_arm_long_connections_survive_every_change_ipv4() {
+    long_lived_connections_survive_every_change(Topology::TwoArm, Family::V4);
 }
 
 #[test]
-fn one_arm_long_connections_survive_every_change() {
-    long_lived_connections_survive_every_change(Topology::OneArm);
+fn one_arm_long_connections_survive_every_change_ipv4() {
+    long_lived_connections_survive_every_change(Topology::OneArm, Family::V4);
+}
+
+#[test]
+fn two_arm_long_connections_survive_every_change_ipv6() {
+    long_lived_connections_survive_every_change(Topology::TwoArm, Family::V6);
+}
+
+#[test]
+fn one_arm_long_connections_survive_every_change_ipv6() {
+    long_lived_connections_survive_every_change(Topology::OneArm, Family::V6);
+}
+
+/// An IPv4 and an IPv6 VIP on one balancer (one-arm fullnat, dual-stack
+/// lab, each VIP's source the interface's address of its family): both
+/// balance at once, a change to one leaves the other alone, conntrack
+/// lists each family's flows with their NAT, and each backend's next hop
+/// has lbctl's managed neighbour entry in both families.
+#[test]
+fn ipv4_and_ipv6_vips_share_one_balancer() {
+    let (lab, vip6) = balanced_lab(Topology::OneArm, Family::V6, 3, &[]);
+    let vip4 = add_vip(&lab, Family::V4, &[]);
+    let cfg = clients::EchoConfig {
+        interval: Duration::from_millis(5),
+        max_duration: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let conns = lab
+        .in_client(|| -> Result<_, ClientError> {
+            let mut conns = clients::start_many(20, vip4, 80, &cfg)?;
+            conns.extend(clients::start_many(20, vip6, 80, &cfg)?);
+            Ok(conns)
+        })
+        .unwrap_or_else(|e| panic!("starting long connections: {e}\n{}", diagnose(&lab)));
+    for vip in [vip4, vip6] {
+        let spread = short_tcp(&lab, vip, 150);
+        assert_spread(&spread, &lab, &[], &format!("{vip} TCP"));
+    }
+    // Drain b1 in the IPv6 VIP only: the IPv4 VIP still sends it flows.
+    let b1 = SocketAddr::new(lab.backend_ip(1, Family::V6), ECHO_PORT).to_string();
+    let v6 = SocketAddr::new(vip6, 80).to_string();
+    lbctl(&lab, &["backend", "set", &v6, &b1, "--weight", "0"]);
+    let after6 = short_tcp(&lab, vip6, 60);
+    let after4 = short_tcp(&lab, vip4, 60);
+    assert!(!after6.contains_key("b1"), "drained in IPv6: {after6:?}");
+    assert!(after4.contains_key("b1"), "not drained in IPv4: {after4:?}");
+
+    let dumps: Vec<(Family, String)> = [Family::V4, Family::V6]
+        .into_iter()
+        .map(|f| (f, conntrack_list(&lab, f, "tcp")))
+        .collect();
+    let reports = clients::finish_all(conns);
+    if let Some(broken) = clients::broken_summary(&reports) {
+        panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
+    }
+    for (family, entries) in &dumps {
+        let snat = lab.lb_backend_ip(*family);
+        let natted = entries
+            .lines()
+            .filter(|l| l.contains("dport=80 ") && l.contains(&format!("dst={snat} ")))
+            .count();
+        assert!(
+            natted >= 20,
+            "{}: {natted} entries NATed to {snat} with 20 long connections open:\n{entries}",
+            family.name()
+        );
+    }
+    for family in [Family::V4, Family::V6] {
+        let flag = if family == Family::V4 { "-4" } else { "-6" };
+        let neigh = lab
+            .exec(
+                lab.balancer_ns(),
+                &["ip", "-N", flag, "neigh", "show", "nud", "all"],
+            )
+            .unwrap();
+        for i in lab.backend_ids() {
+            let addr = lab.backend_ip(i, family).to_string();
+            assert!(
+                neigh.lines().any(|l| l.starts_with(&format!("{addr} "))
+                    && l.contains("managed")
+                    && l.contains("proto 108")),
+                "{addr}: no managed neighbour entry of lbctl's:\n{neigh}"
+            );
+        }
+    }
+    let status = lbctl(&lab, &["status"]);
+    assert!(
+        !status.contains("OFF"),
+        "forwarding is on for both: {status}"
+    );
 }
 
 #[test]
 fn udp_flows_expire_after_their_timeout() {
-    let (lab, vip) = balanced_lab(Topology::OneArm, 2, &[]);
+    let (lab, vip) = balanced_lab(Topology::OneArm, Family::V4, 2, &[]);
     lbctl(&lab, &["timeouts", "--udp", "2"]);
     short_udp(&lab, vip, 1);
     let udp_entries = || {
@@ -374,7 +539,7 @@ fn udp_flows_expire_after_their_timeout() {
 
 #[test]
 fn detach_leaves_nothing_behind() {
-    let (lab, vip) = balanced_lab(Topology::TwoArm, 2, &[]);
+    let (lab, vip) = balanced_lab(Topology::TwoArm, Family::V4, 2, &[]);
     short_tcp(&lab, vip, 10);
     let status = lbctl(&lab, &["status"]);
     let prog_id = status
@@ -410,7 +575,7 @@ fn detach_leaves_nothing_behind() {
 
 #[test]
 fn two_arm_connections_survive_a_conntrack_flush() {
-    let (lab, vip) = balanced_lab(Topology::TwoArm, 3, &[]);
+    let (lab, vip) = balanced_lab(Topology::TwoArm, Family::V4, 3, &[]);
     let cfg = clients::EchoConfig {
         interval: Duration::from_millis(5),
         max_duration: Duration::from_secs(60),
@@ -444,7 +609,9 @@ fn two_arm_connections_survive_a_conntrack_flush() {
     }
     // A closing connection's last packets may still be on their way.
     let rebuilt = |entries: &str| entries.lines().filter(|l| l.contains("dport=80 ")).count();
-    let dumps = tcp_listings(&lab, 3, Duration::from_millis(500), |d| rebuilt(d) >= 50);
+    let dumps = tcp_listings(&lab, Family::V4, 3, Duration::from_millis(500), |d| {
+        rebuilt(d) >= 50
+    });
     let best = dumps.iter().max_by_key(|d| rebuilt(d)).unwrap();
     assert!(
         rebuilt(best) >= 50,
@@ -461,6 +628,7 @@ fn two_arm_connections_survive_a_conntrack_flush() {
 /// against several.
 fn tcp_listings(
     lab: &Lab,
+    family: Family,
     tries: usize,
     pause: Duration,
     enough: impl Fn(&str) -> bool,
@@ -470,9 +638,7 @@ fn tcp_listings(
         if i > 0 {
             std::thread::sleep(pause);
         }
-        let entries = lab
-            .exec(lab.balancer_ns(), &["conntrack", "-L", "-p", "tcp"])
-            .unwrap();
+        let entries = conntrack_list(lab, family, "tcp");
         let done = enough(&entries);
         dumps.push(entries);
         if done {
