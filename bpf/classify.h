@@ -24,20 +24,11 @@ static __always_inline void endpoint_of(struct lb_endpoint *ep, const __be32 *ad
 	ep->family = family;
 }
 
-/* The prefilter's word for an address (lb_abi.h): IPv4's one word, IPv6's
- * four XORed. */
-static __always_inline __u32 prefilter_word(const __be32 *addr, __u8 family)
-{
-	if (family == LB_AF_INET6)
-		return addr[0] ^ addr[1] ^ addr[2] ^ addr[3];
-	return addr[0];
-}
-
 /* False when no VIP (set LB_PREFILTER_DST) or no backend (LB_PREFILTER_SRC)
  * has this address; true means "maybe": look it up. */
 static __always_inline bool maybe_listed(__u32 set, const __be32 *addr, __u8 family)
 {
-	__u32 bit = (prefilter_word(addr, family) * LB_PREFILTER_MULT) >> LB_PREFILTER_SHIFT;
+	__u32 bit = ((__u32)addr_fold(addr, family) * LB_PREFILTER_MULT) >> LB_PREFILTER_SHIFT;
 	__u32 key = set + bit / 64;
 	__u64 *word = bpf_map_lookup_elem(&addr_filter, &key);
 

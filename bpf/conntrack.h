@@ -260,6 +260,7 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 	struct nf_conn *ct;
 	__u8 dir = IP_CT_DIR_ORIGINAL;
 
+	f->created = false;
 	cfg = read_config();
 	if (!cfg)
 		return LB_DROP_CT_FAILED;

@@ -18,7 +18,7 @@ static __always_inline void fib_params(const struct xdp_md *ctx, const struct pa
 {
 	__builtin_memset(fib, 0, sizeof(*fib));
 	fib->l4_protocol = pkt->proto;
-	fib->tot_len = pkt->ip_len;
+	fib->tot_len = pkt_ip_len(pkt);
 	fib->ifindex = ctx->ingress_ifindex;
 	if (pkt->family == LB_AF_INET6) {
 		fib->family = AF_INET6;
@@ -27,7 +27,7 @@ static __always_inline void fib_params(const struct xdp_md *ctx, const struct pa
 		addr_store(fib->ipv6_dst, pkt->daddr, LB_AF_INET6);
 	} else {
 		fib->family = AF_INET;
-		fib->tos = pkt->tos;
+		fib->tos = pkt->ip->tos;
 		fib->ipv4_src = pkt->saddr[0];
 		fib->ipv4_dst = pkt->daddr[0];
 	}
@@ -45,7 +45,7 @@ static __always_inline int route(struct xdp_md *ctx, const struct packet *pkt,
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return LB_PASS_NO_NEIGH;
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS || pkt->ttl <= 1)
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS || pkt_ttl(pkt) <= 1)
 		return LB_PASS_FIB; /* the stack routes or answers ICMP */
 	hop->ifindex = fib.ifindex;
 	__builtin_memcpy(hop->smac, fib.smac, ETH_ALEN);

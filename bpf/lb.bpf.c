@@ -25,8 +25,8 @@ SEC("xdp")
 int lbctl_xdp(struct xdp_md *ctx)
 {
 	struct lb_reply_source *src = NULL;
-	struct lb_flow_cache_key key;
-	struct flow flow = {};
+	struct flow_cache_probe probe;
+	struct flow flow;
 	struct next_hop hop;
 	struct packet pkt;
 	struct lb_vip *vip;
@@ -44,7 +44,7 @@ int lbctl_xdp(struct xdp_md *ctx)
 	/* Fast path: this direction of the flow was decided less than a
 	 * second ago, under the current configuration. */
 	if (!pkt.first_fragment &&
-	    flow_cache_find(ctx, &pkt, generation, &key, &flow, &hop)) {
+	    flow_cache_find(ctx, &pkt, generation, &probe, &flow, &hop)) {
 		rewrite_packet(&pkt, &flow);
 		count_flow(&flow, pkt.len);
 		return stop(transmit(ctx, &pkt, &hop));
@@ -67,7 +67,7 @@ int lbctl_xdp(struct xdp_md *ctx)
 		return stop(reason);
 	reason = transmit(ctx, &pkt, &hop);
 	if (reason != LB_PASS_FIB)
-		flow_cache_store(ctx, &pkt, &key, &flow, &hop, generation);
+		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation);
 	return stop(reason);
 }
 

@@ -121,12 +121,16 @@ struct lb_flow_key {
 };
 
 /* Key of `flow_cache`: the packet's own 5-tuple as it arrives, so each
- * direction of a flow has its own entry. Addresses as in struct
- * lb_endpoint (IPv4 in word 0, words 1-3 zero); the family tells an IPv4
- * address from an IPv6 one that happens to look alike. */
+ * direction of a flow has its own entry. An IPv4 address as it is; an IPv6
+ * address folded into one word (its four words XORed, as the prefilter
+ * does), so the key stays 16 bytes: hashing a 40-byte key cost IPv4's
+ * established flows about 7% (docs/BENCHMARKS.md). Two IPv6 flows whose
+ * addresses fold alike share a key; the entry holds the full addresses it
+ * was stored for, and a hit must match them (bpf/flow_cache.h). The
+ * family tells an IPv4 address from a folded IPv6 one. */
 struct lb_flow_cache_key {
-	__be32 saddr[4];  /* network order */
-	__be32 daddr[4];  /* network order */
+	__be32 saddr;     /* network order; IPv6: folded */
+	__be32 daddr;     /* network order; IPv6: folded */
 	__be16 sport;     /* network order */
 	__be16 dport;     /* network order */
 	__u8   proto;
@@ -153,6 +157,8 @@ struct lb_flow_cache_entry {
 	__u8   pad;              /* zero */
 	__u8   smac[6];          /* the next hop's MACs, from the FIB */
 	__u8   dmac[6];
+	__be32 match_saddr[4];   /* IPv6: the packet's own addresses, which the */
+	__be32 match_daddr[4];   /* key holds folded (IPv4: zero, unused) */
 };
 
 /* Per-CPU counters of the flow cache (`flow_cache_stats`, one row). */

@@ -50,14 +50,34 @@ struct packet {
 	__be16 *ports;     /* sport, dport: the first 4 bytes of TCP and UDP */
 	__sum16 *l4_check; /* TCP or UDP checksum field */
 	__u32 len;         /* frame length, for the byte counters */
-	__u16 ip_len;      /* IPv4 total length, IPv6 40 + payload length */
 	__u8 family;       /* LB_AF_INET or LB_AF_INET6 */
 	__u8 proto;        /* TCP or UDP (IPv6: after the extension headers) */
-	__u8 tos;          /* IPv4 TOS, IPv6 traffic class */
-	__u8 ttl;          /* IPv4 TTL, IPv6 hop limit */
 	__u8 tcp_flags;    /* byte 13 of the TCP header; 0 for UDP */
 	bool first_fragment;
 };
+
+/* IPv4 TTL or IPv6 hop limit. */
+static __always_inline __u8 pkt_ttl(const struct packet *pkt)
+{
+	return pkt->family == LB_AF_INET6 ? pkt->ip6->hop_limit : pkt->ip->ttl;
+}
+
+/* IPv4 TOS or IPv6 traffic class. */
+static __always_inline __u8 pkt_tos(const struct packet *pkt)
+{
+	if (pkt->family == LB_AF_INET6)
+		return (pkt->ip6->priority << 4) | (pkt->ip6->flow_lbl[0] >> 4);
+	return pkt->ip->tos;
+}
+
+/* IPv4 total length, IPv6 40 + payload length: what the FIB checks
+ * against the MTU. */
+static __always_inline __u16 pkt_ip_len(const struct packet *pkt)
+{
+	if (pkt->family == LB_AF_INET6)
+		return sizeof(struct ipv6hdr) + bpf_ntohs(pkt->ip6->payload_len);
+	return bpf_ntohs(pkt->ip->tot_len);
+}
 
 /* Where a packet goes, read from its conntrack entry (or from the flow
  * cache, which remembers it): the other direction's tuple, reversed.
@@ -98,7 +118,17 @@ static __always_inline void addr_load(__be32 to[4], const __be32 *from, __u8 fam
 	}
 }
 
-/* The reverse: an address from 4 words into the packet (1 or 4 words). */
+/* An address as one word: IPv4's, or IPv6's four XORed. The prefilter's
+ * input and the flow cache key's address (lb_abi.h). */
+static __always_inline __be32 addr_fold(const __be32 *addr, __u8 family)
+{
+	if (family == LB_AF_INET6)
+		return addr[0] ^ addr[1] ^ addr[2] ^ addr[3];
+	return addr[0];
+}
+
+/* The reverse of addr_load: an address from 4 words into the packet (1 or
+ * 4 words). */
 static __always_inline void addr_store(__be32 *to, const __be32 from[4], __u8 family)
 {
 	to[0] = from[0];

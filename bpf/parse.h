@@ -37,9 +37,6 @@ static __always_inline int parse_ipv4(struct packet *pkt, struct iphdr *ip, void
 	pkt->daddr = &ip->daddr;
 	pkt->family = LB_AF_INET;
 	pkt->proto = ip->protocol;
-	pkt->ip_len = tot_len;
-	pkt->tos = ip->tos;
-	pkt->ttl = ip->ttl;
 	pkt->first_fragment = ip->frag_off & bpf_htons(IP_MF);
 	*l4 = (void *)ip + ihl_bytes;
 	return LB_CONTINUE;
@@ -132,7 +129,9 @@ static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *pkt,
 		return LB_PASS_MALFORMED;
 	payload_len = bpf_ntohs(ip6->payload_len);
 	barrier_var(payload_len); /* as in parse_ipv4 */
-	if (payload_len > 0xffff || (void *)(ip6 + 1) + payload_len > data_end)
+	/* 0: no payload, or a jumbogram (a frame in XDP is never one). */
+	if (payload_len == 0 || payload_len > 0xffff ||
+	    (void *)(ip6 + 1) + payload_len > data_end)
 		return LB_PASS_MALFORMED;
 
 	next = ip6->nexthdr;
@@ -152,9 +151,6 @@ static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *pkt,
 	pkt->daddr = ip6->daddr.in6_u.u6_addr32;
 	pkt->family = LB_AF_INET6;
 	pkt->proto = next;
-	pkt->ip_len = sizeof(*ip6) + payload_len;
-	pkt->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
-	pkt->ttl = ip6->hop_limit;
 	return LB_CONTINUE;
 }
 

@@ -261,8 +261,10 @@ fn odd_ipv6_packets_have_one_documented_behaviour_each() {
         let full = syn().build();
         let mut lying = full.clone();
         lying[18..20].copy_from_slice(&500u16.to_be_bytes()); // payload length
-                                                              // Cut inside a 304-byte options header; the payload length agrees
-                                                              // with the frame, so only the walk sees the header is cut.
+        let mut jumbo = full.clone();
+        jumbo[18..20].copy_from_slice(&0u16.to_be_bytes());
+        // Cut inside a 304-byte options header; the payload length agrees
+        // with the frame, so only the walk sees the header is cut.
         let mut cut_ext =
             syn().ext(vec![ExtHeader::DestOptions { pad: 300 }]).build()[..14 + 40 + 100].to_vec();
         cut_ext[18..20].copy_from_slice(&100u16.to_be_bytes());
@@ -274,6 +276,7 @@ fn odd_ipv6_packets_have_one_documented_behaviour_each() {
             ("ICMPv6 after hop-by-hop", icmp6.build(), "pass_other_proto"),
             ("no next header", no_next.build(), "pass_other_proto"),
             ("payload length beyond the frame", lying, "pass_malformed"),
+            ("payload length 0 (jumbogram)", jumbo, "pass_malformed"),
             ("extension header cut short", cut_ext, "pass_malformed"),
             (
                 "truncated TCP header",
@@ -599,5 +602,34 @@ fn ipv4_and_ipv6_vips_side_by_side() {
             .add_backend(&v6, addr("198.18.1.12:8080"), 1)
             .unwrap_err();
         assert!(format!("{err:#}").contains("address family"), "{err:#}");
+    });
+}
+
+#[test]
+fn ipv6_flows_whose_addresses_fold_alike_never_share_a_decision() {
+    // The flow cache key holds an IPv6 address folded into one word (its
+    // four words XORed): 2001:db8::2 and 0:0:2001:db8::2 fold alike.
+    in_fresh_netns(|| {
+        let (lb, _) = dnat_lb();
+        let twin = "[0:0:2001:db8::2]:40000";
+        let a = Packet::tcp(CLIENT, VIP, ACK).build();
+        let b = Packet::tcp(twin, VIP, ACK).build();
+        lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
+        lb.run(&a); // stores a's decision
+        let (action, from_a) = lb.run(&a);
+        assert_eq!((action, lb.cache().0), (XDP_REDIRECT, 1), "a is cached");
+        let (hits, _, _) = lb.cache();
+        let (action, out) = lb.run(&b);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(lb.cache().0, hits, "b is not served a's decision");
+        assert_eq!(parse(&out).src, twin, "b keeps its own source");
+        lb.run(&b); // b's decision replaces a's under the shared key
+        let (action, again) = lb.run(&a);
+        assert_eq!(
+            (action, &again),
+            (XDP_REDIRECT, &from_a),
+            "a, through conntrack"
+        );
+        assert_eq!(parse(&again).src, CLIENT);
     });
 }

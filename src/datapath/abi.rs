@@ -26,8 +26,8 @@ const _: () = assert!(std::mem::size_of::<types::lb_vip>() == 40);
 const _: () = assert!(std::mem::size_of::<types::lb_backend>() == 56);
 const _: () = assert!(std::mem::size_of::<types::lb_config>() == 24);
 const _: () = assert!(std::mem::size_of::<types::lb_counters>() == 24);
-const _: () = assert!(std::mem::size_of::<types::lb_flow_cache_key>() == 40);
-const _: () = assert!(std::mem::size_of::<types::lb_flow_cache_entry>() == 80);
+const _: () = assert!(std::mem::size_of::<types::lb_flow_cache_key>() == 16);
+const _: () = assert!(std::mem::size_of::<types::lb_flow_cache_entry>() == 112);
 const _: () = assert!(std::mem::size_of::<types::lb_flow_cache_counters>() == 24);
 const _: () = assert!(REASON_NAMES.len() == types::lb_reason::LB_REASON_MAX.0 as usize);
 
