@@ -13,7 +13,7 @@ pub fn add(svc: &Service, backend: SocketAddr, weight: u32) -> Result<()> {
     b.maps.add_backend(svc, backend, weight)?;
     println!("added backend {backend} to {svc} (weight {weight})");
     if let Some(note) = neighbour::keep_resolved(backend.ip()) {
-        eprintln!("lbctl: note: {note}; first packets may wait for ARP");
+        eprintln!("lbctl: note: {note}; first packets may wait for ARP or neighbour discovery");
     }
     Ok(())
 }
