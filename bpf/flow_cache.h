@@ -100,6 +100,8 @@ static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct pac
 	__builtin_memcpy(f->daddr, e->daddr, sizeof(f->daddr));
 	f->sport = e->sport;
 	f->dport = e->dport;
+	f->csum_ip = e->csum_ip;
+	f->csum_l4 = e->csum_l4;
 	f->mark = e->mark;
 	f->created = false;
 	hop->ifindex = e->egress_ifindex;
@@ -141,6 +143,8 @@ static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct pa
 	__builtin_memcpy(e.daddr, f->daddr, sizeof(e.daddr));
 	e.sport = f->sport;
 	e.dport = f->dport;
+	e.csum_ip = f->csum_ip;
+	e.csum_l4 = f->csum_l4;
 	e.ingress_ifindex = ctx->ingress_ifindex;
 	e.egress_ifindex = hop->ifindex;
 	e.max_len = pkt_ip_len(pkt);

@@ -60,6 +60,7 @@ int lbctl_xdp(struct xdp_md *ctx)
 	if (reason != LB_CONTINUE)
 		return stop(reason);
 
+	rewrite_csum(&pkt, &flow); /* the flow cache keeps it with the decision */
 	rewrite_packet(&pkt, &flow);
 	count_flow(&flow, pkt.len);
 	reason = route(ctx, &pkt, &hop);

@@ -159,6 +159,8 @@ struct lb_flow_cache_entry {
 	__u8   dmac[6];
 	__be32 match_saddr[4];   /* IPv6: the packet's own addresses, which the */
 	__be32 match_daddr[4];   /* key holds folded (IPv4: zero, unused) */
+	__u16  csum_ip;          /* what the rewrite changes in the IPv4 header */
+	__u16  csum_l4;          /* and the L4 checksum (folded sums, bpf/rewrite.h) */
 };
 
 /* Per-CPU counters of the flow cache (`flow_cache_stats`, one row). */

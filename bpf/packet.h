@@ -89,6 +89,8 @@ struct flow {
 	__be32 daddr[4];
 	__be16 sport;
 	__be16 dport;
+	__u16 csum_ip;  /* what the rewrite changes in the IPv4 header checksum */
+	__u16 csum_l4;  /* and in the L4 checksum (rewrite.h) */
 	__u32 mark;
 	bool created;
 };
