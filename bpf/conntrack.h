@@ -38,23 +38,34 @@ extern int bpf_ct_change_status(struct nf_conn *, __u32) __ksym;
 extern int bpf_ct_set_nat_info(struct nf_conn___init *, union nf_inet_addr *,
 			       int port, enum nf_nat_manip_type) __ksym;
 
-static __always_inline void ct_tuple(const struct packet *pkt,
-				     struct bpf_sock_tuple *t)
+/* A tuple for the kfuncs; returns its size, which tells them the family
+ * (sizeof .ipv4 or .ipv6). Addresses as 1 or 4 words (packet.h). */
+static __always_inline __u32 ct_tuple(struct bpf_sock_tuple *t, __u8 family,
+				      const __be32 *saddr, const __be32 *daddr,
+				      __be16 sport, __be16 dport)
 {
 	__builtin_memset(t, 0, sizeof(*t));
-	t->ipv4.saddr = pkt->ip->saddr;
-	t->ipv4.daddr = pkt->ip->daddr;
-	t->ipv4.sport = pkt->ports[0];
-	t->ipv4.dport = pkt->ports[1];
+	if (family == LB_AF_INET6) {
+		addr_store(t->ipv6.saddr, saddr, family);
+		addr_store(t->ipv6.daddr, daddr, family);
+		t->ipv6.sport = sport;
+		t->ipv6.dport = dport;
+		return sizeof(t->ipv6);
+	}
+	t->ipv4.saddr = saddr[0];
+	t->ipv4.daddr = daddr[0];
+	t->ipv4.sport = sport;
+	t->ipv4.dport = dport;
+	return sizeof(t->ipv4);
 }
 
 static __always_inline struct nf_conn *
-ct_lookup(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u8 proto, __u8 *dir)
+ct_lookup(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u32 tuple_sz, __u8 proto, __u8 *dir)
 {
 	struct bpf_ct_opts___local opts = { .netns_id = -1, .l4proto = proto };
 	struct nf_conn *ct;
 
-	ct = bpf_xdp_ct_lookup(ctx, t, sizeof(t->ipv4), &opts, sizeof(opts));
+	ct = bpf_xdp_ct_lookup(ctx, t, tuple_sz, &opts, sizeof(opts));
 	if (ct)
 		*dir = opts.dir;
 	return ct;
@@ -67,6 +78,7 @@ pick_backend(const struct packet *pkt, const struct lb_vip *vip, __u32 seed,
 {
 	struct lb_flow_key key = {};
 	__u32 zero = 0, slot, *size, *id;
+	__be32 addr[4];
 	void *table;
 
 	table = bpf_map_lookup_elem(&vip_tables, &vip->index);
@@ -75,8 +87,11 @@ pick_backend(const struct packet *pkt, const struct lb_vip *vip, __u32 seed,
 	size = bpf_map_lookup_elem(table, &zero);
 	if (!size || !*size)
 		return NULL;
-	__builtin_memcpy(key.src, &pkt->ip->saddr, 4);
-	__builtin_memcpy(key.dst, &pkt->ip->daddr, 4);
+	/* Through a word array: the key is only 2-byte aligned. */
+	addr_load(addr, pkt->saddr, pkt->family);
+	__builtin_memcpy(key.src, addr, sizeof(addr));
+	addr_load(addr, pkt->daddr, pkt->family);
+	__builtin_memcpy(key.dst, addr, sizeof(addr));
 	key.sport = pkt->ports[0];
 	key.dport = pkt->ports[1];
 	key.proto = pkt->proto;
@@ -91,7 +106,7 @@ pick_backend(const struct packet *pkt, const struct lb_vip *vip, __u32 seed,
 /* Create the entry with its NAT and insert it. Returns the inserted entry,
  * or the one another CPU inserted first for the same tuple. */
 static __always_inline struct nf_conn *
-ct_create(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u8 proto,
+ct_create(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u32 tuple_sz, __u8 proto,
 	  const struct lb_vip *vip, const struct lb_backend *be, __u32 mark,
 	  __u32 timeout_s, __u8 *dir)
 {
@@ -101,13 +116,15 @@ ct_create(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u8 proto,
 	struct nf_conn *ct;
 	int err;
 
-	init = bpf_xdp_ct_alloc(ctx, t, sizeof(t->ipv4), &opts, sizeof(opts));
+	init = bpf_xdp_ct_alloc(ctx, t, tuple_sz, &opts, sizeof(opts));
 	if (!init)
 		return NULL;
-	__builtin_memcpy(&addr.ip, be->ep.addr, 4);
+	/* 16 bytes for either family: the maps hold IPv4 in the first 4 and
+	 * zeros after, as union nf_inet_addr does. */
+	__builtin_memcpy(&addr, be->ep.addr, sizeof(addr));
 	err = bpf_ct_set_nat_info(init, &addr, bpf_ntohs(be->ep.port), NF_NAT_MANIP_DST);
 	if (!err && (vip->flags & LB_VIP_FULLNAT)) {
-		__builtin_memcpy(&addr.ip, vip->snat_addr, 4);
+		__builtin_memcpy(&addr, vip->snat_addr, sizeof(addr));
 		/* port -1: keep the client's port if free, else the kernel picks one */
 		err = bpf_ct_set_nat_info(init, &addr, -1, NF_NAT_MANIP_SRC);
 	}
@@ -122,11 +139,27 @@ ct_create(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u8 proto,
 	ct = bpf_ct_insert_entry(init);
 	*dir = IP_CT_DIR_ORIGINAL;
 	if (!ct)
-		ct = ct_lookup(ctx, t, proto, dir);
+		ct = ct_lookup(ctx, t, tuple_sz, proto, dir);
 	return ct;
 }
 
-static __always_inline void ct_nat_target(const struct nf_conn *ct, __u8 dir,
+/* An address of a conntrack tuple into 4 words (IPv4 in word 0). */
+static __always_inline void ct_addr(__be32 to[4], const union nf_inet_addr *a, __u8 family)
+{
+	if (family == LB_AF_INET6) {
+		to[0] = a->all[0];
+		to[1] = a->all[1];
+		to[2] = a->all[2];
+		to[3] = a->all[3];
+	} else {
+		to[0] = a->ip;
+		to[1] = 0;
+		to[2] = 0;
+		to[3] = 0;
+	}
+}
+
+static __always_inline void ct_nat_target(const struct nf_conn *ct, __u8 dir, __u8 family,
 					  struct flow *f)
 {
 	const struct nf_conntrack_tuple *other;
@@ -136,9 +169,9 @@ static __always_inline void ct_nat_target(const struct nf_conn *ct, __u8 dir,
 		other = &ct->tuplehash[IP_CT_DIR_REPLY].tuple;
 	else
 		other = &ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple;
-	f->saddr = other->dst.u3.ip;
+	ct_addr(f->saddr, &other->dst.u3, family);
 	f->sport = other->dst.u.all;
-	f->daddr = other->src.u3.ip;
+	ct_addr(f->daddr, &other->src.u3, family);
 	f->dport = other->src.u.all;
 }
 
@@ -189,10 +222,10 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 						 const struct lb_config *cfg, struct nf_conn **ct,
 						 __u8 *dir)
 {
-	struct bpf_sock_tuple orig = {};
+	struct bpf_sock_tuple orig;
 	const struct lb_backend *be;
 	const struct lb_vip *vip;
-	__u32 backend_id = src->backend_id;
+	__u32 backend_id = src->backend_id, tuple_sz;
 
 	be = bpf_map_lookup_elem(&backends, &backend_id);
 	if (!be || !(be->flags & LB_BACKEND_IN_USE))
@@ -202,12 +235,12 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 		return LB_PASS_REPLY_UNTRACKED;
 	if (vip->flags & LB_VIP_FULLNAT)
 		return LB_DROP_REPLY_UNTRACKED;
-	orig.ipv4.saddr = pkt->ip->daddr;
-	orig.ipv4.sport = pkt->ports[1];
-	__builtin_memcpy(&orig.ipv4.daddr, be->vip.addr, 4);
-	orig.ipv4.dport = be->vip.port;
-	*ct = ct_create(ctx, &orig, pkt->proto, vip, be, flow_mark(vip->index, backend_id),
-			flow_timeout_s(cfg, pkt->proto, 0), dir);
+	/* The original direction: from the client (the reply's destination)
+	 * to the VIP the backend serves. */
+	tuple_sz = ct_tuple(&orig, pkt->family, pkt->daddr, (const __be32 *)be->vip.addr,
+			    pkt->ports[1], be->vip.port);
+	*ct = ct_create(ctx, &orig, tuple_sz, pkt->proto, vip, be,
+			flow_mark(vip->index, backend_id), flow_timeout_s(cfg, pkt->proto, 0), dir);
 	if (!*ct)
 		return LB_DROP_CT_FAILED;
 	*dir = IP_CT_DIR_REPLY; /* this packet travels the entry's reply way */
@@ -223,15 +256,17 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 	const struct lb_backend *be;
 	const struct lb_config *cfg;
 	struct bpf_sock_tuple tuple;
-	__u32 backend_id = 0;
+	__u32 backend_id = 0, tuple_sz;
 	struct nf_conn *ct;
 	__u8 dir = IP_CT_DIR_ORIGINAL;
 
+	f->created = false;
 	cfg = read_config();
 	if (!cfg)
 		return LB_DROP_CT_FAILED;
-	ct_tuple(pkt, &tuple);
-	ct = ct_lookup(ctx, &tuple, pkt->proto, &dir);
+	tuple_sz = ct_tuple(&tuple, pkt->family, pkt->saddr, pkt->daddr, pkt->ports[0],
+			    pkt->ports[1]);
+	ct = ct_lookup(ctx, &tuple, tuple_sz, pkt->proto, &dir);
 	if (!ct && !vip) {
 		int reason;
 
@@ -247,7 +282,7 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 		if (!be || !(be->flags & LB_BACKEND_IN_USE))
 			return LB_DROP_NO_BACKEND;
 		f->mark = flow_mark(vip->index, backend_id);
-		ct = ct_create(ctx, &tuple, pkt->proto, vip, be, f->mark,
+		ct = ct_create(ctx, &tuple, tuple_sz, pkt->proto, vip, be, f->mark,
 			       flow_timeout_s(cfg, pkt->proto, 0), &dir);
 		if (!ct)
 			return LB_DROP_CT_FAILED;
@@ -258,7 +293,7 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 		bpf_ct_release(ct);
 		return LB_PASS_FOREIGN_CT;
 	}
-	ct_nat_target(ct, dir, f);
+	ct_nat_target(ct, dir, pkt->family, f);
 	ct_refresh(ct, dir, pkt, f, cfg);
 	bpf_ct_release(ct);
 	return LB_CONTINUE;

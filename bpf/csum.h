@@ -7,6 +7,8 @@
 #ifndef LB_CSUM_H
 #define LB_CSUM_H
 
+#include "lb_abi.h"
+
 /* Accumulates ~old + new over 16-bit words; byte order does not matter for
  * a one's complement sum as long as old and new are in the same order. */
 static __always_inline void csum_delta32(__u64 *acc, __u32 old, __u32 new)
@@ -17,6 +19,20 @@ static __always_inline void csum_delta32(__u64 *acc, __u32 old, __u32 new)
 static __always_inline void csum_delta16(__u64 *acc, __u16 old, __u16 new)
 {
 	*acc += (__u16)~old + new;
+}
+
+/* An address change: its one word (IPv4) or four (IPv6). For the L4
+ * checksum, whose pseudo-header holds the addresses, in either family; for
+ * IPv4's header checksum too (IPv6 has none). */
+static __always_inline void csum_delta_addr(__u64 *acc, const __be32 *old, const __be32 *new,
+					    __u8 family)
+{
+	csum_delta32(acc, old[0], new[0]);
+	if (family == LB_AF_INET6) {
+		csum_delta32(acc, old[1], new[1]);
+		csum_delta32(acc, old[2], new[2]);
+		csum_delta32(acc, old[3], new[3]);
+	}
 }
 
 /* The sum folded to 16 bits (end-around carry). Three folds are enough for

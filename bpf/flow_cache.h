@@ -17,8 +17,11 @@
  *  - lbctl bumps lb_config.generation on every change, and entries of
  *    another generation are not used: operator changes are seen at once;
  *  - only the inputs of the FIB lookup that the packet brings are checked
- *    again: the interface it arrived on, its TOS, and its length (no longer
- *    than the packet the FIB checked against the MTU).
+ *    again: the interface it arrived on, its TOS (IPv6: traffic class), and
+ *    its length (no longer than the packet the FIB checked against the MTU).
+ * The key is the packet's 5-tuple with its family, an IPv6 address folded
+ * into one word; the entry then also holds the full addresses, and a hit
+ * must match them (lb_abi.h).
  * A miss falls through to the slow path unchanged, which stores the entry
  * again after an XDP_TX or redirect (of a packet without SYN, FIN, RST). */
 #ifndef LB_FLOW_CACHE_H
@@ -49,21 +52,36 @@ static __always_inline void flow_cache_count(bool hit)
 		c->misses += 1;
 }
 
-/* Fills in key (for a later store) and, on a hit, where the packet goes and
- * the next hop. Returns true on a hit. */
+/* What flow_cache_find leaves for flow_cache_store on a miss: the key, and
+ * for IPv6 the packet's addresses as they arrived (the key holds them
+ * folded, and the packet is rewritten before the store). */
+struct flow_cache_probe {
+	struct lb_flow_cache_key key;
+	__be32 saddr[4];
+	__be32 daddr[4];
+};
+
+static __always_inline bool addr6_equal(const __be32 *a, const __be32 *b)
+{
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
+}
+
+/* Fills in the probe (for a later store) and, on a hit, where the packet
+ * goes and the next hop. Returns true on a hit. */
 static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct packet *pkt,
-					    __u32 generation, struct lb_flow_cache_key *key,
+					    __u32 generation, struct flow_cache_probe *probe,
 					    struct flow *f, struct next_hop *hop)
 {
+	struct lb_flow_cache_key *key = &probe->key;
 	const struct lb_flow_cache_entry *e;
-	const struct iphdr *ip = pkt->ip;
 
 	__builtin_memset(key, 0, sizeof(*key));
-	key->saddr = ip->saddr;
-	key->daddr = ip->daddr;
+	key->saddr = addr_fold(pkt->saddr, pkt->family);
+	key->daddr = addr_fold(pkt->daddr, pkt->family);
 	key->sport = pkt->ports[0];
 	key->dport = pkt->ports[1];
 	key->proto = pkt->proto;
+	key->family = pkt->family;
 
 	if (pkt->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST))
 		goto miss; /* conntrack must see them */
@@ -71,14 +89,19 @@ static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct pac
 	if (!e || e->generation != generation ||
 	    bpf_jiffies64() - e->validated >= flow_cache_max_age())
 		goto miss;
-	if (e->ingress_ifindex != ctx->ingress_ifindex || e->tos != ip->tos ||
-	    bpf_ntohs(ip->tot_len) > e->max_len || ip->ttl <= 1)
+	if (e->ingress_ifindex != ctx->ingress_ifindex || e->tos != pkt_tos(pkt) ||
+	    pkt_ip_len(pkt) > e->max_len || pkt_ttl(pkt) <= 1)
 		goto miss; /* the FIB might say otherwise: ask it */
+	if (pkt->family == LB_AF_INET6 &&
+	    !(addr6_equal(e->match_saddr, pkt->saddr) && addr6_equal(e->match_daddr, pkt->daddr)))
+		goto miss; /* another flow whose addresses fold alike */
 
-	f->saddr = e->saddr;
-	f->daddr = e->daddr;
+	__builtin_memcpy(f->saddr, e->saddr, sizeof(f->saddr));
+	__builtin_memcpy(f->daddr, e->daddr, sizeof(f->daddr));
 	f->sport = e->sport;
 	f->dport = e->dport;
+	f->csum_ip = e->csum_ip;
+	f->csum_l4 = e->csum_l4;
 	f->mark = e->mark;
 	f->created = false;
 	hop->ifindex = e->egress_ifindex;
@@ -87,6 +110,11 @@ static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct pac
 	flow_cache_count(true);
 	return true;
 miss:
+	/* For the store, before the slow path rewrites the packet. Written in
+	 * either family: the store reads them for IPv6 only, but the verifier
+	 * cannot tell the two family checks apart. */
+	addr_load(probe->saddr, pkt->saddr, pkt->family);
+	addr_load(probe->daddr, pkt->daddr, pkt->family);
 	flow_cache_count(false);
 	return false;
 }
@@ -98,7 +126,7 @@ miss:
  * SYN flood or a stream of one-packet UDP flows (DNS) would push live flows
  * out of the cache. A flow's second packet in a direction stores. */
 static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct packet *pkt,
-					     const struct lb_flow_cache_key *key,
+					     const struct flow_cache_probe *probe,
 					     const struct flow *f, const struct next_hop *hop,
 					     __u32 generation)
 {
@@ -111,17 +139,23 @@ static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct pa
 	e.validated = bpf_jiffies64();
 	e.generation = generation;
 	e.mark = f->mark;
-	e.saddr = f->saddr;
-	e.daddr = f->daddr;
+	__builtin_memcpy(e.saddr, f->saddr, sizeof(e.saddr));
+	__builtin_memcpy(e.daddr, f->daddr, sizeof(e.daddr));
 	e.sport = f->sport;
 	e.dport = f->dport;
+	e.csum_ip = f->csum_ip;
+	e.csum_l4 = f->csum_l4;
 	e.ingress_ifindex = ctx->ingress_ifindex;
 	e.egress_ifindex = hop->ifindex;
-	e.max_len = bpf_ntohs(pkt->ip->tot_len);
-	e.tos = pkt->ip->tos;
+	e.max_len = pkt_ip_len(pkt);
+	e.tos = pkt_tos(pkt);
 	__builtin_memcpy(e.smac, hop->smac, ETH_ALEN);
 	__builtin_memcpy(e.dmac, hop->dmac, ETH_ALEN);
-	if (bpf_map_update_elem(&flow_cache, key, &e, BPF_ANY))
+	if (pkt->family == LB_AF_INET6) {
+		__builtin_memcpy(e.match_saddr, probe->saddr, sizeof(e.match_saddr));
+		__builtin_memcpy(e.match_daddr, probe->daddr, sizeof(e.match_daddr));
+	}
+	if (bpf_map_update_elem(&flow_cache, &probe->key, &e, BPF_ANY))
 		return;
 	c = bpf_map_lookup_elem(&flow_cache_stats, &zero);
 	if (c)

@@ -12,27 +12,40 @@
 #include "packet.h"
 #include "csum.h"
 
+/* The FIB's question for the rewritten packet, by family. */
+static __always_inline void fib_params(const struct xdp_md *ctx, const struct packet *pkt,
+				       struct bpf_fib_lookup *fib)
+{
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->l4_protocol = pkt->proto;
+	fib->tot_len = pkt_ip_len(pkt);
+	fib->ifindex = ctx->ingress_ifindex;
+	if (pkt->family == LB_AF_INET6) {
+		fib->family = AF_INET6;
+		fib->flowinfo = *(__be32 *)pkt->ip6 & bpf_htonl(IPV6_FLOWINFO_MASK);
+		addr_store(fib->ipv6_src, pkt->saddr, LB_AF_INET6);
+		addr_store(fib->ipv6_dst, pkt->daddr, LB_AF_INET6);
+	} else {
+		fib->family = AF_INET;
+		fib->tos = pkt->ip->tos;
+		fib->ipv4_src = pkt->saddr[0];
+		fib->ipv4_dst = pkt->daddr[0];
+	}
+}
+
 /* Returns LB_CONTINUE with hop filled in, or the reason to pass the
  * (rewritten) packet to the stack. */
 static __always_inline int route(struct xdp_md *ctx, const struct packet *pkt,
 				 struct next_hop *hop)
 {
-	struct iphdr *ip = pkt->ip;
-	struct bpf_fib_lookup fib = {};
+	struct bpf_fib_lookup fib;
 	int rc;
 
-	fib.family = AF_INET;
-	fib.tos = ip->tos;
-	fib.l4_protocol = ip->protocol;
-	fib.tot_len = bpf_ntohs(ip->tot_len);
-	fib.ipv4_src = ip->saddr;
-	fib.ipv4_dst = ip->daddr;
-	fib.ifindex = ctx->ingress_ifindex;
-
+	fib_params(ctx, pkt, &fib);
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return LB_PASS_NO_NEIGH;
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS || ip->ttl <= 1)
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS || pkt_ttl(pkt) <= 1)
 		return LB_PASS_FIB; /* the stack routes or answers ICMP */
 	hop->ifindex = fib.ifindex;
 	__builtin_memcpy(hop->smac, fib.smac, ETH_ALEN);
@@ -40,13 +53,23 @@ static __always_inline int route(struct xdp_md *ctx, const struct packet *pkt,
 	return LB_CONTINUE;
 }
 
+/* One hop less: IPv4's TTL with its header checksum, IPv6's hop limit (no
+ * header checksum, and the L4 checksum does not cover it). */
+static __always_inline void decrement_hop_limit(struct packet *pkt)
+{
+	if (pkt->family == LB_AF_INET6)
+		pkt->ip6->hop_limit--;
+	else
+		decrement_ttl(pkt->ip);
+}
+
 /* One hop less, the next hop's MACs, and out: the same interface (LB_XDP_TX) or
  * another attached one (LB_XDP_REDIRECT); LB_PASS_FIB if that one is not in
- * tx_ports. The caller has checked TTL > 1. */
+ * tx_ports. The caller has checked TTL (hop limit) > 1. */
 static __always_inline int transmit(struct xdp_md *ctx, struct packet *pkt,
 				    const struct next_hop *hop)
 {
-	decrement_ttl(pkt->ip);
+	decrement_hop_limit(pkt);
 	__builtin_memcpy(pkt->eth->h_dest, hop->dmac, ETH_ALEN);
 	__builtin_memcpy(pkt->eth->h_source, hop->smac, ETH_ALEN);
 	if (hop->ifindex == ctx->ingress_ifindex)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /* lbctl's data path: parse -> classify -> conntrack -> rewrite -> forward,
- * with a fast path after the first, cheap, half of classify (the address
+ * the same five steps for IPv4 and IPv6 (each step takes the family from
+ * the parsed packet), with a fast path after the first, cheap, half of classify (the address
  * prefilter): a flow cache that stands in for classify's lookups,
  * conntrack and the FIB for established flows. Packets that are not for a
  * VIP and not replies of balanced flows leave untouched with XDP_PASS. */
@@ -24,8 +25,8 @@ SEC("xdp")
 int lbctl_xdp(struct xdp_md *ctx)
 {
 	struct lb_reply_source *src = NULL;
-	struct lb_flow_cache_key key;
-	struct flow flow = {};
+	struct flow_cache_probe probe;
+	struct flow flow;
 	struct next_hop hop;
 	struct packet pkt;
 	struct lb_vip *vip;
@@ -43,7 +44,7 @@ int lbctl_xdp(struct xdp_md *ctx)
 	/* Fast path: this direction of the flow was decided less than a
 	 * second ago, under the current configuration. */
 	if (!pkt.first_fragment &&
-	    flow_cache_find(ctx, &pkt, generation, &key, &flow, &hop)) {
+	    flow_cache_find(ctx, &pkt, generation, &probe, &flow, &hop)) {
 		rewrite_packet(&pkt, &flow);
 		count_flow(&flow, pkt.len);
 		return stop(transmit(ctx, &pkt, &hop));
@@ -59,6 +60,7 @@ int lbctl_xdp(struct xdp_md *ctx)
 	if (reason != LB_CONTINUE)
 		return stop(reason);
 
+	rewrite_csum(&pkt, &flow); /* the flow cache keeps it with the decision */
 	rewrite_packet(&pkt, &flow);
 	count_flow(&flow, pkt.len);
 	reason = route(ctx, &pkt, &hop);
@@ -66,7 +68,7 @@ int lbctl_xdp(struct xdp_md *ctx)
 		return stop(reason);
 	reason = transmit(ctx, &pkt, &hop);
 	if (reason != LB_PASS_FIB)
-		flow_cache_store(ctx, &pkt, &key, &flow, &hop, generation);
+		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation);
 	return stop(reason);
 }
 

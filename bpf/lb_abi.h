@@ -5,6 +5,7 @@
  * `types::*` for these structs. Byte order is stated per field. Structs are
  * padded explicitly so both sides agree and hash keys hash no garbage.
  * Never renumber an enum value that has shipped: lbctl prints them by name.
+ * Enum members take one line each, comment included (build.rs reads them).
  */
 #ifndef LB_ABI_H
 #define LB_ABI_H
@@ -13,6 +14,9 @@
 #define LB_MAX_BACKENDS  65536
 #define LB_MAX_IFACES    64
 #define LB_FLOW_CACHE_ENTRIES 65536
+/* IPv6 extension headers (hop-by-hop, routing, destination options,
+ * fragment) the parser walks past, at most, to reach TCP or UDP. */
+#define LB_MAX_EXT_HEADERS 8
 /* Largest Maglev table a VIP may have (a prime). Element 0 of a VIP's table
  * holds its slot count, so a packet always sees a size and the slots that go
  * with it: the table is swapped as one inner map. */
@@ -21,12 +25,16 @@
 
 /* The address prefilter (`addr_filter`): two bitmaps of 1 << 16 bits, one
  * for VIP addresses (as destinations), one for backend addresses (as
- * sources). An address sets bit (addr * LB_PREFILTER_MULT) >> 16, taking the
- * address's 4 network-order bytes as a native u32. A packet whose
- * destination and source bits are both clear is for no VIP and from no
+ * sources). An address sets bit (word * LB_PREFILTER_MULT) >> 16, where word
+ * is a u32 made from the address's network-order bytes loaded natively:
+ *   IPv4: its 4 bytes;
+ *   IPv6: its four 4-byte words XORed together (bytes 0-3 ^ 4-7 ^ 8-11 ^ 12-15).
+ * (classify.h computes it, src/datapath/prefilter.rs mirrors it.) A packet
+ * whose destination and source bits are both clear is for no VIP and from no
  * backend: it passes without the two hash lookups. lbctl sets a bit before
  * the address goes into `vips` or `reply_sources` and clears it only after
- * the last user is gone, so a clear bit is always true. */
+ * the last user is gone, so a clear bit is always true. IPv4 and IPv6
+ * addresses share the bitmaps: a shared bit only costs a lookup. */
 #define LB_PREFILTER_MULT  0x9e3779b1u
 #define LB_PREFILTER_SHIFT 16     /* 32 - log2(bits per bitmap) */
 #define LB_PREFILTER_WORDS 1024   /* u64 words per bitmap */
@@ -134,14 +142,21 @@ struct lb_flow_key {
 };
 
 /* Key of `flow_cache`: the packet's own 5-tuple as it arrives, so each
- * direction of a flow has its own entry. */
+ * direction of a flow has its own entry. An IPv4 address as it is; an IPv6
+ * address folded into one word (its four words XORed, as the prefilter
+ * does), so the key stays 16 bytes: hashing a 40-byte key cost IPv4's
+ * established flows about 7% (docs/BENCHMARKS.md). Two IPv6 flows whose
+ * addresses fold alike share a key; the entry holds the full addresses it
+ * was stored for, and a hit must match them (bpf/flow_cache.h). The
+ * family tells an IPv4 address from a folded IPv6 one. */
 struct lb_flow_cache_key {
-	__be32 saddr;     /* network order */
-	__be32 daddr;     /* network order */
+	__be32 saddr;     /* network order; IPv6: folded */
+	__be32 daddr;     /* network order; IPv6: folded */
 	__be16 sport;     /* network order */
 	__be16 dport;     /* network order */
 	__u8   proto;
-	__u8   pad[3];    /* zero */
+	__u8   family;    /* enum lb_family */
+	__u8   pad[2];    /* zero */
 };
 
 /* Value of `flow_cache`: what the slow path (conntrack, FIB) decided for one
@@ -152,17 +167,21 @@ struct lb_flow_cache_entry {
 	__u64  validated;        /* bpf_jiffies64() when the slow path stored it */
 	__u32  generation;       /* lb_config.generation the decision was made under */
 	__u32  mark;             /* the conntrack entry's mark: VIP index and backend id */
-	__be32 saddr;            /* rewritten addresses and ports, network order */
-	__be32 daddr;
+	__be32 saddr[4];         /* rewritten addresses and ports, network order */
+	__be32 daddr[4];         /* (IPv4 in word 0) */
 	__be16 sport;
 	__be16 dport;
 	__u32  ingress_ifindex;  /* the interface the packets arrive on */
 	__u32  egress_ifindex;   /* == ingress_ifindex: XDP_TX; else devmap redirect */
-	__u16  max_len;          /* IPv4 total length the FIB checked against the MTU */
-	__u8   tos;              /* IPv4 TOS the FIB lookup was made with */
+	__u16  max_len;          /* IP length (IPv4 total, IPv6 40 + payload) the FIB checked against the MTU */
+	__u8   tos;              /* IPv4 TOS or IPv6 traffic class the FIB lookup was made with */
 	__u8   pad;              /* zero */
 	__u8   smac[6];          /* the next hop's MACs, from the FIB */
 	__u8   dmac[6];
+	__be32 match_saddr[4];   /* IPv6: the packet's own addresses, which the */
+	__be32 match_daddr[4];   /* key holds folded (IPv4: zero, unused) */
+	__u16  csum_ip;          /* what the rewrite changes in the IPv4 header */
+	__u16  csum_l4;          /* and the L4 checksum (folded sums, bpf/rewrite.h) */
 };
 
 /* Per-CPU counters of the flow cache (`flow_cache_stats`, one row). */
@@ -185,11 +204,11 @@ struct lb_flow_cache_counters {
 
 /* Why the program returned what it returned: one counter each. */
 enum lb_reason {
-	LB_PASS_NOT_IP = 0,      /* not IPv4 (ARP, IPv6, VLAN, ...) */
-	LB_PASS_NOT_VIP,         /* IPv4 TCP/UDP not for a VIP and not a reply */
-	LB_PASS_OTHER_PROTO,     /* IPv4 but neither TCP nor UDP */
+	LB_PASS_NOT_IP = 0,      /* neither IPv4 nor IPv6 (ARP, VLAN, ...) */
+	LB_PASS_NOT_VIP,         /* TCP/UDP not for a VIP and not a reply */
+	LB_PASS_OTHER_PROTO,     /* IP, but neither TCP nor UDP (ICMP, ICMPv6, ESP, AH, ...) */
 	LB_PASS_MALFORMED,       /* truncated or invalid headers: the stack drops them */
-	LB_DROP_FRAGMENT,        /* first IPv4 fragment of a datagram to a VIP */
+	LB_DROP_FRAGMENT,        /* first fragment of a datagram to a VIP */
 	LB_PASS_FRAGMENT,        /* later fragment: no ports, cannot be classified */
 	LB_DROP_NO_BACKEND,      /* new flow for a VIP with no backend of weight > 0 */
 	LB_DROP_CT_FAILED,       /* conntrack entry could not be created */
@@ -200,6 +219,7 @@ enum lb_reason {
 	LB_PASS_FIB,             /* rewritten; no XDP route, the stack forwards it */
 	LB_PASS_FOREIGN_CT,      /* conntrack entry not made by lbctl: not touched */
 	LB_DROP_REPLY_UNTRACKED, /* fullnat reply with no entry: the client is unknown */
+	LB_PASS_EXT_HEADERS,     /* IPv6: more than LB_MAX_EXT_HEADERS before TCP/UDP */
 	LB_REASON_MAX,
 };
 

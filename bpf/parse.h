@@ -1,28 +1,20 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Parse: Ethernet -> IPv4 -> TCP/UDP, every header checked against data_end. */
+/* Parse: Ethernet -> IPv4 or IPv6 (its extension headers walked) -> TCP/UDP,
+ * every header checked against data_end. One function per layer; each
+ * returns LB_CONTINUE or the reason to pass the packet on untouched. */
 #ifndef LB_PARSE_H
 #define LB_PARSE_H
 
 #include "lb_abi.h"
 #include "packet.h"
 
-/* Returns LB_CONTINUE with pkt filled in, or the reason to pass the packet
- * on untouched. IP options are skipped with the header length (ihl). */
-static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+/* IPv4: options are skipped with the header length (ihl). Returns where
+ * TCP/UDP starts in *l4. */
+static __always_inline int parse_ipv4(struct packet *pkt, struct iphdr *ip, void *data_end,
+				      void **l4)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip;
 	__u32 ihl_bytes, tot_len;
-	void *l4;
 
-	if ((void *)(eth + 1) > data_end)
-		return LB_PASS_MALFORMED;
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return LB_PASS_NOT_IP;
-
-	ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end)
 		return LB_PASS_MALFORMED;
 	if (ip->version != 4 || ip->ihl < 5)
@@ -39,15 +31,134 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 	barrier_var(tot_len);
 	if (tot_len > 0xffff || tot_len < ihl_bytes || (void *)ip + tot_len > data_end)
 		return LB_PASS_MALFORMED;
-	l4 = (void *)ip + ihl_bytes;
 
-	pkt->eth = eth;
 	pkt->ip = ip;
+	pkt->saddr = &ip->saddr;
+	pkt->daddr = &ip->daddr;
+	pkt->family = LB_AF_INET;
 	pkt->proto = ip->protocol;
-	pkt->len = data_end - data;
 	pkt->first_fragment = ip->frag_off & bpf_htons(IP_MF);
+	*l4 = (void *)ip + ihl_bytes;
+	return LB_CONTINUE;
+}
+
+/* What ipv6_walk_ext returns when it found TCP or UDP: this bit, the
+ * protocol in bits 16-23, bit 24 for a first fragment, and the protocol
+ * header's offset from the start of the frame in bits 0-11 (a frame in
+ * XDP is at most a page; the verifier wants the bound to be small). Without
+ * the bit, it is the enum lb_reason to pass the packet with. */
+#define LB_WALK_FOUND      (1 << 30)
+#define LB_WALK_PROTO(w)   (((w) >> 16) & 0xff)
+#define LB_WALK_FIRST_FRAG (1 << 24)
+#define LB_WALK_MAX_OFFSET 0xfff
+#define LB_WALK_OFFSET(w)  ((w) & LB_WALK_MAX_OFFSET)
+
+/* The IPv6 extension headers before TCP/UDP, at most LB_MAX_EXT_HEADERS of
+ * them: hop-by-hop, routing and destination options (wherever they appear;
+ * the receiver judges their order) are skipped by their length, a fragment
+ * header follows the fragment policy (a later fragment has no ports; the
+ * first one is marked). Anything else ends the walk: TCP and UDP go on, the
+ * rest (ICMPv6, ESP, AH, no next header, unknown) passes untouched.
+ *
+ * A global function, not inlined: the verifier checks it once, on its own,
+ * and its caller sees the result as any number. Inlined, every count and
+ * kind of extension header would be a pointer of its own range, and
+ * everything after parse would be verified again for each: 60 times the
+ * instructions, near the verifier's limit. Called only for packets that
+ * have extension headers (or are not TCP/UDP). */
+__noinline int ipv6_walk_ext(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	void *cursor = ip6 + 1;
+	int first_fragment = 0;
+	__u8 next;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return LB_PASS_MALFORMED;
+	next = ip6->nexthdr;
+#pragma unroll
+	for (int i = 0; i < LB_MAX_EXT_HEADERS; i++) {
+		if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING ||
+		    next == IPPROTO_DSTOPTS) {
+			struct ipv6_opt_hdr *opt = cursor;
+
+			if ((void *)(opt + 1) > data_end)
+				return LB_PASS_MALFORMED;
+			next = opt->nexthdr;
+			cursor += (opt->hdrlen + 1) * 8;
+		} else if (next == IPPROTO_FRAGMENT) {
+			struct frag_hdr *frag = cursor;
+
+			if ((void *)(frag + 1) > data_end)
+				return LB_PASS_MALFORMED;
+			if (frag->frag_off & bpf_htons(IP6_OFFSET))
+				return LB_PASS_FRAGMENT; /* no ports here */
+			if (frag->frag_off & bpf_htons(IP6_MF))
+				first_fragment = LB_WALK_FIRST_FRAG;
+			next = frag->nexthdr;
+			cursor = frag + 1;
+		} else {
+			break;
+		}
+	}
+	if (next == IPPROTO_TCP || next == IPPROTO_UDP) {
+		if (cursor > data_end || cursor - data > LB_WALK_MAX_OFFSET)
+			return LB_PASS_MALFORMED;
+		return LB_WALK_FOUND | first_fragment | next << 16 | (int)(cursor - data);
+	}
+	if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING ||
+	    next == IPPROTO_DSTOPTS || next == IPPROTO_FRAGMENT)
+		return LB_PASS_EXT_HEADERS;
+	return LB_PASS_OTHER_PROTO;
+}
+
+/* IPv6: TCP or UDP right after the header, or after the extension headers
+ * ipv6_walk_ext finds. Returns where TCP/UDP starts in *l4. */
+static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *pkt,
+				      struct ipv6hdr *ip6, void *data_end, void **l4)
+{
+	__u32 payload_len;
+	__u8 next;
+	int walk;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return LB_PASS_MALFORMED;
+	if (ip6->version != 6)
+		return LB_PASS_MALFORMED;
+	payload_len = bpf_ntohs(ip6->payload_len);
+	barrier_var(payload_len); /* as in parse_ipv4 */
+	/* 0: no payload, or a jumbogram (a frame in XDP is never one). */
+	if (payload_len == 0 || payload_len > 0xffff ||
+	    (void *)(ip6 + 1) + payload_len > data_end)
+		return LB_PASS_MALFORMED;
+
+	next = ip6->nexthdr;
+	*l4 = ip6 + 1;
+	pkt->first_fragment = false;
+	if (next != IPPROTO_TCP && next != IPPROTO_UDP) {
+		walk = ipv6_walk_ext(ctx);
+		if (!(walk & LB_WALK_FOUND))
+			return walk & 0xff; /* a reason */
+		next = LB_WALK_PROTO(walk);
+		pkt->first_fragment = walk & LB_WALK_FIRST_FRAG;
+		*l4 = (void *)(long)ctx->data + LB_WALK_OFFSET(walk);
+	}
+
+	pkt->ip6 = ip6;
+	pkt->saddr = ip6->saddr.in6_u.u6_addr32;
+	pkt->daddr = ip6->daddr.in6_u.u6_addr32;
+	pkt->family = LB_AF_INET6;
+	pkt->proto = next;
+	return LB_CONTINUE;
+}
+
+/* TCP or UDP: the ports, the checksum field, TCP's flags. */
+static __always_inline int parse_l4(struct packet *pkt, void *l4, void *data_end)
+{
 	pkt->ports = l4;
-	if (ip->protocol == IPPROTO_TCP) {
+	if (pkt->proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = l4;
 
 		if ((void *)(tcp + 1) > data_end)
@@ -63,6 +174,31 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 		pkt->tcp_flags = 0;
 	}
 	return LB_CONTINUE;
+}
+
+/* Returns LB_CONTINUE with pkt filled in, or the reason to pass the packet
+ * on untouched. */
+static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	void *l4 = NULL;
+	int reason;
+
+	if ((void *)(eth + 1) > data_end)
+		return LB_PASS_MALFORMED;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		reason = parse_ipv4(pkt, (void *)(eth + 1), data_end, &l4);
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		reason = parse_ipv6(ctx, pkt, (void *)(eth + 1), data_end, &l4);
+	else
+		return LB_PASS_NOT_IP;
+	if (reason != LB_CONTINUE)
+		return reason;
+	pkt->eth = eth;
+	pkt->len = data_end - data;
+	return parse_l4(pkt, l4, data_end);
 }
 
 #endif /* LB_PARSE_H */

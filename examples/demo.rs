@@ -4,10 +4,11 @@
 //! balancer, three backends, all in 198.18.0.0/15), attaches lbctl, adds a VIP
 //! with three weighted backends, sends real TCP connections and UDP flows and
 //! shows how they spread, what `lbctl list --stats` and `conntrack -L` say,
-//! then drains a backend while long connections keep talking, runs `lbctl
-//! run` with a configuration file whose health checks take a backend with
-//! a dead server out of the table and bring it back, and removes
-//! everything. Every claim it prints is checked: any failure exits non-zero.
+//! adds an IPv6 VIP beside the IPv4 one (the lab is dual-stack), then
+//! drains a backend while long connections keep talking, runs `lbctl run`
+//! with a configuration file whose health checks take a backend with a dead
+//! server out of the table and bring it back, and removes everything. Every
+//! claim it prints is checked: any failure exits non-zero.
 //! The namespaces go away on success, on failure, on panic and on Ctrl-C.
 //!
 //! Runs as root. `--one-arm` uses the one-arm fullnat topology instead of
@@ -16,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 
 use lbctl_lab::clients::{self, EchoConfig, LongConn};
+use lbctl_lab::lab::Family;
 use lbctl_lab::{netns, Lab, Topology, ECHO_PORT};
 
 /// Weights of b1, b2, b3.
@@ -37,6 +39,8 @@ const DRAINED: usize = 2;
 const VIP_PORT: u16 = 80;
 const SHORT_TCP: usize = 400;
 const SHORT_UDP: usize = 100;
+/// TCP connections to the IPv6 VIP.
+const SHORT_TCP6: usize = 200;
 const LONG_CONNS: usize = 20;
 const AFTER_DRAIN_TCP: usize = 100;
 const AFTER_DRAIN_UDP: usize = 50;
@@ -182,7 +186,7 @@ fn find_lbctl(flag: Option<&PathBuf>) -> Result<PathBuf> {
 struct Demo {
     lab: Lab,
     lbctl: PathBuf,
-    vip: Ipv4Addr,
+    vip: IpAddr,
     mode: &'static str,
     step: usize,
 }
@@ -208,6 +212,7 @@ fn run(args: &Args) -> Result<()> {
     let short = demo.short_traffic()?;
     demo.show_list()?;
     demo.show_conntrack(&short)?;
+    demo.ipv6_vip()?;
     demo.drain_under_load()?;
     demo.health_checks()?;
     demo.clean_up()
@@ -229,11 +234,7 @@ impl Demo {
             WEIGHTS.len()
         );
         let started = Instant::now();
-        let mut lab = match topology {
-            Topology::TwoArm => Lab::two_arm(WEIGHTS.len()),
-            Topology::OneArm => Lab::one_arm(WEIGHTS.len()),
-        }
-        .context("building the lab")?;
+        let mut lab = Lab::dual_stack(topology, WEIGHTS.len()).context("building the lab")?;
         check_interrupt()?;
         lab.start_servers()
             .context("starting the backends' servers")?;
@@ -242,7 +243,7 @@ impl Demo {
             Topology::OneArm => "fullnat",
         };
         let demo = Demo {
-            vip: lab.vip(1),
+            vip: lab.vip_ip(1, Family::V4),
             lab,
             lbctl,
             mode,
@@ -296,6 +297,10 @@ impl Demo {
             lab.vip_net().1
         );
         println!(
+            "   dual-stack: every address has an IPv6 twin, 198.18.X.Y is 2001:db8:0:X::Y (b1 {})",
+            lab.backend_ip(1, Family::V6)
+        );
+        println!(
             "   each backend runs a TCP and a UDP echo server on port {ECHO_PORT} that answer with its name"
         );
     }
@@ -318,11 +323,15 @@ impl Demo {
     }
 
     fn vip_arg(&self) -> String {
-        format!("{}:{VIP_PORT}", self.vip)
+        SocketAddr::new(self.vip, VIP_PORT).to_string()
     }
 
     fn backend_arg(&self, i: usize) -> String {
-        format!("{}:{ECHO_PORT}", self.lab.backend_addr(i))
+        self.backend_arg_in(i, Family::V4)
+    }
+
+    fn backend_arg_in(&self, i: usize, family: Family) -> String {
+        SocketAddr::new(self.lab.backend_ip(i, family), ECHO_PORT).to_string()
     }
 
     fn attach(&mut self) -> Result<()> {
@@ -378,7 +387,7 @@ impl Demo {
         println!("   each UDP flow: a datagram from a port of its own, answered by one backend");
         let started = Instant::now();
         let spread = Spread {
-            tcp: self.tcp_connections(SHORT_TCP)?,
+            tcp: self.tcp_connections(self.vip, SHORT_TCP)?,
             udp: self.udp_flows(SHORT_UDP, UDP_FIRST_PORT)?,
         };
         println!(
@@ -399,11 +408,11 @@ impl Demo {
         Ok(spread)
     }
 
-    fn tcp_connections(&self, n: usize) -> Result<BTreeMap<String, usize>> {
-        let vip = self.vip;
+    fn tcp_connections(&self, vip: IpAddr, n: usize) -> Result<BTreeMap<String, usize>> {
+        let target = SocketAddr::new(vip, VIP_PORT);
         self.answers_per_backend(n, |k| {
             clients::tcp_echo(vip, VIP_PORT, format!("hello {k}\n").as_bytes(), IO_TIMEOUT)
-                .with_context(|| format!("TCP connection {k} of {n} to {vip}:{VIP_PORT}"))
+                .with_context(|| format!("TCP connection {k} of {n} to {target}"))
         })
     }
 
@@ -568,7 +577,9 @@ impl Demo {
                 "   xdp_tx: packets sent back out of the interface they came in on, in XDP"
             ),
         }
-        println!("   (pass_*: ARP and the like, which lbctl hands to the kernel untouched)");
+        println!(
+            "   (pass_*: ARP, IPv6 neighbour discovery and the like, which lbctl hands to the kernel untouched)"
+        );
         Ok(())
     }
 
@@ -676,6 +687,74 @@ impl Demo {
         Ok(())
     }
 
+    /// An IPv6 VIP on the same balancer, beside the IPv4 one: same mode,
+    /// the backends' IPv6 addresses, the same five steps in the data path.
+    fn ipv6_vip(&mut self) -> Result<()> {
+        let vip6 = self.lab.vip_ip(1, Family::V6);
+        let v = SocketAddr::new(vip6, VIP_PORT).to_string();
+        self.header(&format!(
+            "IPv6 on the same balancer: VIP {v} (TCP, {}), the backends' IPv6 addresses",
+            self.mode
+        ));
+        self.lbctl_shown(&["vip", "add", &v, "--mode", self.mode])?;
+        for i in self.lab.backend_ids() {
+            let (b, w) = (
+                self.backend_arg_in(i, Family::V6),
+                WEIGHTS[i - 1].to_string(),
+            );
+            self.lbctl_shown(&["backend", "add", &v, &b, "--weight", &w])?;
+        }
+        let tcp = self.tcp_connections(vip6, SHORT_TCP6)?;
+        let wsum: u32 = WEIGHTS.iter().sum();
+        let rows: Vec<Vec<String>> = self
+            .lab
+            .backend_ids()
+            .map(|i| {
+                let name = self.lab.backend_name(i);
+                let t = count(&tcp, &name);
+                vec![
+                    name,
+                    self.backend_arg_in(i, Family::V6),
+                    WEIGHTS[i - 1].to_string(),
+                    percent(WEIGHTS[i - 1] as usize, wsum as usize),
+                    t.to_string(),
+                    percent(t, total(&tcp)),
+                ]
+            })
+            .collect();
+        println!("   {SHORT_TCP6} TCP connections to {v}, each echo checked:\n");
+        print_table(
+            &["backend", "address", "weight", "expected", "TCP", "share"],
+            &rows,
+        );
+        self.check_spread(&tcp, &WEIGHTS, "IPv6 TCP")?;
+        let entries = self.conntrack(&["-f", "ipv6", "-p", "tcp"])?;
+        let ours: Vec<&CtEntry> = entries
+            .iter()
+            .filter(|e| e.orig_dst == vip6.to_string() && e.mark != 0)
+            .collect();
+        println!(
+            "\n   $ conntrack -L -f ipv6 -p tcp    ({} entries; 1 shown)",
+            ours.len()
+        );
+        if let Some(e) = ours.first() {
+            println!("     {}", e.line);
+        }
+        for i in self.lab.backend_ids() {
+            let addr = self.lab.backend_ip(i, Family::V6).to_string();
+            let name = self.lab.backend_name(i);
+            let n = ours.iter().filter(|e| e.reply_src == addr).count();
+            ensure!(
+                n == count(&tcp, &name),
+                "conntrack sends {n} IPv6 flows to {name}, the client saw {}",
+                count(&tcp, &name)
+            );
+        }
+        println!("   one balancer, one program: IPv4 and IPv6 go through the same five steps,");
+        println!("   each into the kernel's conntrack (NAT66 here) with lbctl's mark");
+        Ok(())
+    }
+
     fn drain_under_load(&mut self) -> Result<()> {
         let drained = self.lab.backend_name(DRAINED);
         self.header(&format!(
@@ -716,7 +795,7 @@ impl Demo {
         let mut weights = WEIGHTS;
         weights[DRAINED - 1] = 0;
         let fresh = Spread {
-            tcp: self.tcp_connections(AFTER_DRAIN_TCP)?,
+            tcp: self.tcp_connections(self.vip, AFTER_DRAIN_TCP)?,
             udp: self.udp_flows(AFTER_DRAIN_UDP, UDP_FIRST_PORT + SHORT_UDP as u16)?,
         };
         println!(
@@ -912,7 +991,7 @@ impl Demo {
         let took = wait(self, "down")?;
         println!("   {dead} marked down {:.2} s later:", took.as_secs_f64());
         self.lbctl_shown(&["list"])?;
-        let spread = self.tcp_connections(60)?;
+        let spread = self.tcp_connections(self.vip, 60)?;
         println!("   60 new TCP connections: {}", self.describe(&spread));
         ensure!(
             !spread.contains_key(&dead),
@@ -928,7 +1007,7 @@ impl Demo {
             .context("restarting the servers")?;
         let took = wait(self, "up")?;
         println!("   {dead} marked up {:.2} s later", took.as_secs_f64());
-        let spread = self.tcp_connections(60)?;
+        let spread = self.tcp_connections(self.vip, 60)?;
         println!("   60 new TCP connections: {}", self.describe(&spread));
         ensure!(
             spread.contains_key(&dead),

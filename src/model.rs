@@ -201,11 +201,6 @@ impl VipSpec {
         snat: Option<IpAddr>,
         table_size: Option<u32>,
     ) -> Result<VipSpec, String> {
-        if service.addr.is_ipv6() {
-            return Err(format!(
-                "IPv6 VIPs are not forwarded yet ({service}): lbctl balances IPv4 for now"
-            ));
-        }
         if mode == NatMode::Dnat && snat.is_some() {
             return Err("--snat only applies to --mode fullnat".into());
         }
@@ -594,11 +589,18 @@ mod tests {
         assert!(VipSpec::new(v4, NatMode::Dnat, None, Some(65536))
             .unwrap_err()
             .contains("must be a prime"));
-        assert!(
-            VipSpec::new(svc("[2001:db8::1]:80"), NatMode::Dnat, None, None)
-                .unwrap_err()
-                .contains("IPv6")
+        let v6 = svc("[2001:db8::1]:80");
+        assert!(VipSpec::new(v6, NatMode::Dnat, None, None).is_ok());
+        let snat6 = Some(parse_ip("2001:db8:1::1").unwrap());
+        assert_eq!(
+            VipSpec::new(v6, NatMode::Fullnat, snat6, None)
+                .unwrap()
+                .snat,
+            snat6
         );
+        assert!(VipSpec::new(v6, NatMode::Fullnat, snat, None)
+            .unwrap_err()
+            .contains("address family"));
     }
 
     #[test]

@@ -582,3 +582,57 @@ fn a_fixed_table_too_small_for_its_backends_is_refused() {
     assert!(save.contains("table_size = 3\n"), "{save}");
     assert!(save.contains("# table_size: 863 in use"), "{save}");
 }
+
+#[test]
+fn ipv6_vips_their_source_address_and_forwarding() {
+    let ns = Ns::new();
+    ns.ok(&["attach", "e0"]);
+    // Forwarding is off in a fresh namespace: said once, not refused.
+    let out = ns.lbctl(&["vip", "add", "[2001:db8:100::1]:80"]);
+    assert!(out.status.success());
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        note.contains("IPv6 forwarding is off") && note.contains("net.ipv6.conf.all.forwarding=1"),
+        "{note}"
+    );
+    ns.ok(&[
+        "backend",
+        "add",
+        "[2001:db8:100::1]:80",
+        "[2001:db8:5::11]:8080",
+    ]);
+    // fullnat's default source is a global IPv6 address of the interface:
+    // a link-local one would not do.
+    ns.fails(
+        &["vip", "add", "[2001:db8:100::2]:80", "--mode", "fullnat"],
+        "no attached interface has a global IPv6 address",
+    );
+    run_ok(&[
+        "ip",
+        "-n",
+        &ns.name,
+        "addr",
+        "add",
+        "2001:db8:5::1/64",
+        "dev",
+        "e0",
+        "nodad",
+    ]);
+    let added = ns.ok(&["vip", "add", "[2001:db8:100::2]:80", "--mode", "fullnat"]);
+    assert!(added.contains("source 2001:db8:5::1"), "{added}");
+    let list = ns.ok(&["list"]);
+    assert!(list.contains("[2001:db8:100::1]:80"), "{list}");
+    assert!(list.contains("[2001:db8:5::11]:8080"), "{list}");
+    assert!(list.contains("(source 2001:db8:5::1)"), "{list}");
+    assert!(ns.ok(&["status"]).contains("IPv6 forwarding OFF"));
+    run_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.forwarding=1",
+    ]);
+    assert!(!ns.ok(&["status"]).contains("IPv6 forwarding OFF"));
+}

@@ -1,14 +1,14 @@
 //! Real TCP and UDP connections through lbctl, across network namespaces,
 //! against real servers: connections keep their backend through every
-//! change an operator makes.
+//! change an operator makes, over IPv4 and over IPv6 (in a dual-stack lab,
+//! where IPv4 and IPv6 VIPs also share one balancer).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use lbctl_lab::balanced;
-use lbctl_lab::clients::{self, ClientError, LongConn};
-use lbctl_lab::lab::{Lab, Topology};
+use lbctl_lab::clients::{self, ClientError};
+use lbctl_lab::lab::{Family, Lab, Topology};
 
 const ECHO_PORT: u16 = 8080;
 /// Per request; see `clients::scaled` for emulated kernels.
@@ -18,12 +18,68 @@ fn timeout() -> Duration {
 
 /// lbctl, run in the lab's balancer namespace.
 fn lbctl(lab: &Lab, args: &[&str]) -> String {
-    balanced::lbctl(lab, env!("CARGO_BIN_EXE_lbctl"), args)
+    let mut argv = vec![env!("CARGO_BIN_EXE_lbctl")];
+    argv.extend_from_slice(args);
+    lab.exec(lab.balancer_ns(), &argv)
+        .unwrap_or_else(|e| panic!("lbctl {args:?}: {e}"))
 }
 
-/// A lab with lbctl attached, VIP 1 on port 80 and every backend behind it.
-fn balanced_lab(topology: Topology, backends: usize, weights: &[u32]) -> (Lab, Ipv4Addr) {
-    balanced::balanced_lab(env!("CARGO_BIN_EXE_lbctl"), topology, backends, weights)
+/// A lab with lbctl attached to every balancer interface, one VIP on port
+/// 80 (TCP and UDP) of `family` and every backend's echo server behind it.
+/// IPv4 runs in an IPv4-only lab, IPv6 in a dual-stack one.
+fn balanced_lab(
+    topology: Topology,
+    family: Family,
+    backends: usize,
+    weights: &[u32],
+) -> (Lab, IpAddr) {
+    let mut lab = match (topology, family) {
+        (Topology::TwoArm, Family::V4) => Lab::two_arm(backends),
+        (Topology::OneArm, Family::V4) => Lab::one_arm(backends),
+        (_, Family::V6) => Lab::dual_stack(topology, backends),
+    }
+    .expect("building the lab");
+    lab.start_servers().expect("starting servers");
+    for iface in lab.lb_ifaces() {
+        lbctl(&lab, &["attach", iface]);
+    }
+    let vip = add_vip(&lab, family, weights);
+    (lab, vip)
+}
+
+/// VIP 1 of `family` on port 80, TCP and UDP, in the topology's mode
+/// (two-arm dnat, one-arm fullnat), with every backend at its weight.
+fn add_vip(lab: &Lab, family: Family, weights: &[u32]) -> IpAddr {
+    let vip = lab.vip_ip(1, family);
+    let mode = if lab.topology() == Topology::TwoArm {
+        "dnat"
+    } else {
+        "fullnat"
+    };
+    for proto in ["tcp", "udp"] {
+        let v = SocketAddr::new(vip, 80).to_string();
+        lbctl(lab, &["vip", "add", &v, "--proto", proto, "--mode", mode]);
+        for i in lab.backend_ids() {
+            let b = SocketAddr::new(lab.backend_ip(i, family), ECHO_PORT).to_string();
+            let w = weights.get(i - 1).copied().unwrap_or(1).to_string();
+            lbctl(
+                lab,
+                &["backend", "add", &v, &b, "--proto", proto, "--weight", &w],
+            );
+        }
+    }
+    vip
+}
+
+/// `conntrack -L -p PROTO` of the balancer for the family (conntrack lists
+/// IPv4 unless told `-f ipv6`).
+fn conntrack_list(lab: &Lab, family: Family, proto: &str) -> String {
+    let f = if family == Family::V4 { "ipv4" } else { "ipv6" };
+    lab.exec(
+        lab.balancer_ns(),
+        &["conntrack", "-L", "-f", f, "-p", proto],
+    )
+    .unwrap()
 }
 
 /// What the balancer saw, for failure messages.
@@ -32,7 +88,9 @@ fn diagnose(lab: &Lab) -> String {
     out += &lbctl(lab, &["list", "--stats"]);
     for argv in [
         &["ip", "neigh"][..],
+        &["ip", "-6", "neigh"],
         &["conntrack", "-L"],
+        &["conntrack", "-L", "-f", "ipv6"],
         &["ip", "-s", "link"],
     ] {
         out += &format!(
@@ -45,24 +103,30 @@ fn diagnose(lab: &Lab) -> String {
 }
 
 /// Spread of `n` short TCP connections (each: connect, hello, echo, close).
-fn short_tcp(lab: &Lab, vip: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
-    lab.in_client(|| {
-        clients::answers_per_backend(n, |k| {
-            clients::tcp_echo(vip, 80, format!("req {k}").as_bytes(), timeout())
-                .map_err(|e| ClientError::Protocol(format!("connection {k} of {n}: {e}")))
-        })
+fn short_tcp(lab: &Lab, vip: IpAddr, n: usize) -> BTreeMap<String, usize> {
+    lab.in_client(|| -> Result<_, ClientError> {
+        let mut spread = BTreeMap::new();
+        for k in 0..n {
+            let name = clients::tcp_echo(vip, 80, format!("req {k}").as_bytes(), timeout())
+                .map_err(|e| ClientError::Protocol(format!("connection {k} of {n}: {e}")))?;
+            *spread.entry(name).or_insert(0) += 1;
+        }
+        Ok(spread)
     })
     .unwrap_or_else(|e| panic!("short TCP connections: {e}\n{}", diagnose(lab)))
 }
 
-fn short_udp(lab: &Lab, vip: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
-    lab.in_client(|| {
-        clients::answers_per_backend(n, |k| {
+fn short_udp(lab: &Lab, vip: IpAddr, n: usize) -> BTreeMap<String, usize> {
+    lab.in_client(|| -> Result<_, ClientError> {
+        let mut spread = BTreeMap::new();
+        for k in 0..n {
             // A fresh socket per query: a new source port, a new flow.
             let reply = clients::udp_ask(vip, 80, format!("q{k}").as_bytes(), timeout())
                 .map_err(|e| ClientError::Protocol(format!("datagram {k} of {n}: {e}")))?;
-            Ok::<_, ClientError>(reply.split(':').next().unwrap_or_default().to_string())
-        })
+            let name = reply.split(':').next().unwrap_or_default().to_string();
+            *spread.entry(name).or_insert(0) += 1;
+        }
+        Ok(spread)
     })
     .unwrap_or_else(|e| panic!("short UDP flows: {e}\n{}", diagnose(lab)))
 }
@@ -86,28 +150,53 @@ fn assert_spread(spread: &BTreeMap<String, usize>, lab: &Lab, weights: &[u32], w
     }
 }
 
-/// 500 short TCP connections and 500 short UDP flows through a balancer of
-/// `topology` whose 3 backends have `weights`: each spread as the weights
-/// say. Returns the lab, still up.
-fn short_flows_follow_the_weights(topology: Topology, weights: &[u32], what: &str) -> Lab {
-    let (lab, vip) = balanced_lab(topology, 3, weights);
+fn two_arm_dnat_balances_short_tcp_and_udp(family: Family) {
+    let weights = [1, 2, 1];
+    let (lab, vip) = balanced_lab(Topology::TwoArm, family, 3, &weights);
+    let what = format!("two-arm {}", family.name());
     let spread = short_tcp(&lab, vip, 500);
-    assert_spread(&spread, &lab, weights, &format!("{what} TCP"));
+    assert_spread(&spread, &lab, &weights, &format!("{what} TCP"));
     let spread = short_udp(&lab, vip, 500);
-    assert_spread(&spread, &lab, weights, &format!("{what} UDP"));
-    lab
-}
-
-#[test]
-fn two_arm_dnat_balances_short_tcp_and_udp() {
-    let lab = short_flows_follow_the_weights(Topology::TwoArm, &[1, 2, 1], "two-arm");
+    assert_spread(&spread, &lab, &weights, &format!("{what} UDP"));
     let status = lbctl(&lab, &["status"]);
     assert!(status.contains("xdp_redirect"), "{status}");
 }
 
+fn one_arm_fullnat_balances_short_tcp_and_udp(family: Family) {
+    let weights = [1, 1, 2];
+    let (lab, vip) = balanced_lab(Topology::OneArm, family, 3, &weights);
+    let what = format!("one-arm {}", family.name());
+    let spread = short_tcp(&lab, vip, 500);
+    assert_spread(&spread, &lab, &weights, &format!("{what} TCP"));
+    let spread = short_udp(&lab, vip, 500);
+    assert_spread(&spread, &lab, &weights, &format!("{what} UDP"));
+    // The backends saw the balancer's address: conntrack holds the NAT.
+    let entries = conntrack_list(&lab, family, "tcp");
+    let snat = lab.lb_backend_ip(family);
+    assert!(
+        entries.contains(&format!("dst={snat} ")),
+        "no entry NATed to {snat}:\n{entries}"
+    );
+}
+
 #[test]
-fn one_arm_fullnat_balances_short_tcp_and_udp() {
-    short_flows_follow_the_weights(Topology::OneArm, &[1, 1, 2], "one-arm");
+fn two_arm_dnat_balances_short_tcp_and_udp_ipv4() {
+    two_arm_dnat_balances_short_tcp_and_udp(Family::V4);
+}
+
+#[test]
+fn two_arm_dnat_balances_short_tcp_and_udp_ipv6() {
+    two_arm_dnat_balances_short_tcp_and_udp(Family::V6);
+}
+
+#[test]
+fn one_arm_fullnat_balances_short_tcp_and_udp_ipv4() {
+    one_arm_fullnat_balances_short_tcp_and_udp(Family::V4);
+}
+
+#[test]
+fn one_arm_fullnat_balances_short_tcp_and_udp_ipv6() {
+    one_arm_fullnat_balances_short_tcp_and_udp(Family::V6);
 }
 
 /// A UDP "flow": one socket (one 5-tuple) asking every `interval` and
@@ -119,9 +208,10 @@ struct UdpFlow {
 
 impl UdpFlow {
     /// Call from a thread inside the client namespace.
-    fn start(id: usize, vip: Ipv4Addr, interval: Duration) -> UdpFlow {
+    fn start(id: usize, vip: IpAddr, interval: Duration) -> UdpFlow {
         use std::sync::atomic::Ordering;
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let any = if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let socket = std::net::UdpSocket::bind(any).expect("bind");
         socket.connect((vip, 80)).expect("connect");
         socket.set_read_timeout(Some(timeout())).unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -173,11 +263,16 @@ fn kill_lbctl_during(lab: &Lab, args: &[&str], delay: Duration) {
     let _ = child.wait();
 }
 
-fn long_lived_connections_survive_every_change(topology: Topology) {
+/// 50 long TCP connections and 10 UDP flows through every operator change:
+/// add, drain, remove, reweight, `attach --replace`. IPv4 also has lbctl
+/// SIGKILLed ten times mid-change (the control plane does not depend on
+/// the family); IPv6 also has its conntrack table flushed under the
+/// connections first (IPv4 has its own flush test, below).
+fn long_lived_connections_survive_every_change(topology: Topology, family: Family) {
     // Four backends exist; b4 joins the VIP during the test.
-    let (lab, vip) = balanced_lab(topology, 4, &[1, 1, 1, 0]);
-    let v = format!("{vip}:80");
-    let be = |i: usize| format!("{}:{ECHO_PORT}", lab.backend_addr(i));
+    let (lab, vip) = balanced_lab(topology, family, 4, &[1, 1, 1, 0]);
+    let v = SocketAddr::new(vip, 80).to_string();
+    let be = |i: usize| SocketAddr::new(lab.backend_ip(i, family), ECHO_PORT).to_string();
     for proto in ["tcp", "udp"] {
         lbctl(&lab, &["backend", "del", &v, &be(4), "--proto", proto]);
     }
@@ -198,6 +293,18 @@ fn long_lived_connections_survive_every_change(topology: Topology) {
     let pause = || std::thread::sleep(Duration::from_millis(300));
     let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
     pause();
+    if family == Family::V6 {
+        // Every entry lost, twice, while the table is the one the flows
+        // were picked from: each flow's next packet rebuilds its entry for
+        // the same backend (dnat: from either side; fullnat: from the
+        // client's, the backend's packets dropped until then). After a
+        // table change a flow whose slot moved would go elsewhere.
+        for _ in 0..2 {
+            lab.exec(lab.balancer_ns(), &["conntrack", "-F", "-f", "ipv6"])
+                .unwrap();
+            pause();
+        }
+    }
 
     // The operator, in turn:
     for proto in ["tcp", "udp"] {
@@ -237,16 +344,18 @@ fn long_lived_connections_survive_every_change(topology: Topology) {
     pause();
     let list = lbctl(&lab, &["list", "--stats"]);
     assert!(list.contains("draining"), "{list}");
-    for k in 0..10u64 {
-        let weight = (k % 4 + 1).to_string();
-        kill_lbctl_during(
-            &lab,
-            &["backend", "set", &v, &be(3), "--weight", &weight],
-            Duration::from_millis(k * 3),
-        );
-        // Whatever the kill interrupted, the balancer serves and lbctl reads.
-        short_tcp(&lab, vip, 5);
-        lbctl(&lab, &["list"]);
+    if family == Family::V4 {
+        for k in 0..10u64 {
+            let weight = (k % 4 + 1).to_string();
+            kill_lbctl_during(
+                &lab,
+                &["backend", "set", &v, &be(3), "--weight", &weight],
+                Duration::from_millis(k * 3),
+            );
+            // Whatever the kill interrupted, the balancer serves and lbctl reads.
+            short_tcp(&lab, vip, 5);
+            lbctl(&lab, &["list"]);
+        }
     }
     lbctl(&lab, &["backend", "set", &v, &be(3), "--weight", "1"]);
     lbctl(&lab, &["attach", lab.lb_ifaces()[0], "--replace"]);
@@ -258,8 +367,20 @@ fn long_lived_connections_survive_every_change(topology: Topology) {
     );
 
     // Listed twice while every long connection is still open.
-    let dumps = tcp_listings(&lab, 2, Duration::ZERO, |_| false);
-    finish_on_their_backends(&lab, conns, &started, 50, "long connections broke");
+    let dumps = tcp_listings(&lab, family, 2, Duration::ZERO, |_| false);
+    let reports = clients::finish_all(conns);
+    if let Some(broken) = clients::broken_summary(&reports) {
+        panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
+    }
+    for (r, first) in reports.iter().zip(&started) {
+        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
+        assert!(
+            r.chunks_ok > 50,
+            "connection {} exchanged only {} chunks",
+            r.id,
+            r.chunks_ok
+        );
+    }
     for (i, f) in flows.into_iter().enumerate() {
         let seen = f
             .finish()
@@ -276,7 +397,8 @@ fn long_lived_connections_survive_every_change(topology: Topology) {
             entries
                 .lines()
                 .filter(|l| {
-                    l.contains(&format!("src={} ", lab.backend_addr(i))) && l.contains("dport=80 ")
+                    l.contains(&format!("src={} ", lab.backend_ip(i, family)))
+                        && l.contains("dport=80 ")
                 })
                 .count()
         };
@@ -296,18 +418,107 @@ fn long_lived_connections_survive_every_change(topology: Topology) {
 }
 
 #[test]
-fn two_arm_long_connections_survive_every_change() {
-    long_lived_connections_survive_every_change(Topology::TwoArm);
+fn two_arm_long_connections_survive_every_change_ipv4() {
+    long_lived_connections_survive_every_change(Topology::TwoArm, Family::V4);
 }
 
 #[test]
-fn one_arm_long_connections_survive_every_change() {
-    long_lived_connections_survive_every_change(Topology::OneArm);
+fn one_arm_long_connections_survive_every_change_ipv4() {
+    long_lived_connections_survive_every_change(Topology::OneArm, Family::V4);
+}
+
+#[test]
+fn two_arm_long_connections_survive_every_change_ipv6() {
+    long_lived_connections_survive_every_change(Topology::TwoArm, Family::V6);
+}
+
+#[test]
+fn one_arm_long_connections_survive_every_change_ipv6() {
+    long_lived_connections_survive_every_change(Topology::OneArm, Family::V6);
+}
+
+/// An IPv4 and an IPv6 VIP on one balancer (one-arm fullnat, dual-stack
+/// lab, each VIP's source the interface's address of its family): both
+/// balance at once, a change to one leaves the other alone, conntrack
+/// lists each family's flows with their NAT, and each backend's next hop
+/// has lbctl's managed neighbour entry in both families.
+#[test]
+fn ipv4_and_ipv6_vips_share_one_balancer() {
+    let (lab, vip6) = balanced_lab(Topology::OneArm, Family::V6, 3, &[]);
+    let vip4 = add_vip(&lab, Family::V4, &[]);
+    let cfg = clients::EchoConfig {
+        interval: Duration::from_millis(5),
+        max_duration: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let conns = lab
+        .in_client(|| -> Result<_, ClientError> {
+            let mut conns = clients::start_many(20, vip4, 80, &cfg)?;
+            conns.extend(clients::start_many(20, vip6, 80, &cfg)?);
+            Ok(conns)
+        })
+        .unwrap_or_else(|e| panic!("starting long connections: {e}\n{}", diagnose(&lab)));
+    for vip in [vip4, vip6] {
+        let spread = short_tcp(&lab, vip, 150);
+        assert_spread(&spread, &lab, &[], &format!("{vip} TCP"));
+    }
+    // Drain b1 in the IPv6 VIP only: the IPv4 VIP still sends it flows.
+    let b1 = SocketAddr::new(lab.backend_ip(1, Family::V6), ECHO_PORT).to_string();
+    let v6 = SocketAddr::new(vip6, 80).to_string();
+    lbctl(&lab, &["backend", "set", &v6, &b1, "--weight", "0"]);
+    let after6 = short_tcp(&lab, vip6, 60);
+    let after4 = short_tcp(&lab, vip4, 60);
+    assert!(!after6.contains_key("b1"), "drained in IPv6: {after6:?}");
+    assert!(after4.contains_key("b1"), "not drained in IPv4: {after4:?}");
+
+    let dumps: Vec<(Family, String)> = [Family::V4, Family::V6]
+        .into_iter()
+        .map(|f| (f, conntrack_list(&lab, f, "tcp")))
+        .collect();
+    let reports = clients::finish_all(conns);
+    if let Some(broken) = clients::broken_summary(&reports) {
+        panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
+    }
+    for (family, entries) in &dumps {
+        let snat = lab.lb_backend_ip(*family);
+        let natted = entries
+            .lines()
+            .filter(|l| l.contains("dport=80 ") && l.contains(&format!("dst={snat} ")))
+            .count();
+        assert!(
+            natted >= 20,
+            "{}: {natted} entries NATed to {snat} with 20 long connections open:\n{entries}",
+            family.name()
+        );
+    }
+    for family in [Family::V4, Family::V6] {
+        let flag = if family == Family::V4 { "-4" } else { "-6" };
+        let neigh = lab
+            .exec(
+                lab.balancer_ns(),
+                &["ip", "-N", flag, "neigh", "show", "nud", "all"],
+            )
+            .unwrap();
+        for i in lab.backend_ids() {
+            let addr = lab.backend_ip(i, family).to_string();
+            assert!(
+                neigh.lines().any(|l| l.starts_with(&format!("{addr} "))
+                    && l.contains("managed")
+                    && l.contains("proto 108")),
+                "{addr}: no managed neighbour entry of lbctl's:\n{neigh}"
+            );
+        }
+    }
+    let status = lbctl(&lab, &["status"]);
+    assert!(
+        !status.contains("OFF"),
+        "forwarding is on for both: {status}"
+    );
 }
 
 #[test]
 fn udp_flows_expire_after_their_timeout() {
-    let (lab, vip) = balanced_lab(Topology::OneArm, 2, &[]);
+    let (lab, vip) = balanced_lab(Topology::OneArm, Family::V4, 2, &[]);
     lbctl(&lab, &["timeouts", "--udp", "2"]);
     short_udp(&lab, vip, 1);
     let udp_entries = || {
@@ -328,7 +539,7 @@ fn udp_flows_expire_after_their_timeout() {
 
 #[test]
 fn detach_leaves_nothing_behind() {
-    let (lab, vip) = balanced_lab(Topology::TwoArm, 2, &[]);
+    let (lab, vip) = balanced_lab(Topology::TwoArm, Family::V4, 2, &[]);
     short_tcp(&lab, vip, 10);
     let status = lbctl(&lab, &["status"]);
     let prog_id = status
@@ -364,7 +575,7 @@ fn detach_leaves_nothing_behind() {
 
 #[test]
 fn two_arm_connections_survive_a_conntrack_flush() {
-    let (lab, vip) = balanced_lab(Topology::TwoArm, 3, &[]);
+    let (lab, vip) = balanced_lab(Topology::TwoArm, Family::V4, 3, &[]);
     let cfg = clients::EchoConfig {
         interval: Duration::from_millis(5),
         max_duration: Duration::from_secs(60),
@@ -380,16 +591,27 @@ fn two_arm_connections_survive_a_conntrack_flush() {
         lab.exec(lab.balancer_ns(), &["conntrack", "-F"]).unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
-    finish_on_their_backends(
-        &lab,
-        conns,
-        &started,
-        100,
-        "connections broke after conntrack -F",
-    );
+    let reports = clients::finish_all(conns);
+    if let Some(broken) = clients::broken_summary(&reports) {
+        panic!(
+            "connections broke after conntrack -F:\n{broken}\n{}",
+            diagnose(&lab)
+        );
+    }
+    for (r, first) in reports.iter().zip(&started) {
+        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
+        assert!(
+            r.chunks_ok > 100,
+            "connection {} exchanged only {} chunks",
+            r.id,
+            r.chunks_ok
+        );
+    }
     // A closing connection's last packets may still be on their way.
     let rebuilt = |entries: &str| entries.lines().filter(|l| l.contains("dport=80 ")).count();
-    let dumps = tcp_listings(&lab, 3, Duration::from_millis(500), |d| rebuilt(d) >= 50);
+    let dumps = tcp_listings(&lab, Family::V4, 3, Duration::from_millis(500), |d| {
+        rebuilt(d) >= 50
+    });
     let best = dumps.iter().max_by_key(|d| rebuilt(d)).unwrap();
     assert!(
         rebuilt(best) >= 50,
@@ -399,31 +621,6 @@ fn two_arm_connections_survive_a_conntrack_flush() {
     );
 }
 
-/// Ends the long connections and checks that none broke (else panics with
-/// `broke`), and that each stayed on the backend it `started` on and
-/// exchanged more than `min_chunks` chunks.
-fn finish_on_their_backends(
-    lab: &Lab,
-    conns: Vec<LongConn>,
-    started: &[String],
-    min_chunks: u64,
-    broke: &str,
-) {
-    let reports = clients::finish_all(conns);
-    if let Some(broken) = clients::broken_summary(&reports) {
-        panic!("{broke}:\n{broken}\n{}", diagnose(lab));
-    }
-    for (r, first) in reports.iter().zip(started) {
-        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
-        assert!(
-            r.chunks_ok > min_chunks,
-            "connection {} exchanged only {} chunks",
-            r.id,
-            r.chunks_ok
-        );
-    }
-}
-
 /// The balancer's TCP conntrack entries, listed up to `tries` times (with a
 /// pause between) until `enough` is satisfied. A dump is not a snapshot:
 /// one listing taken while flows come and go can miss entries (seen in 6.12
@@ -431,6 +628,7 @@ fn finish_on_their_backends(
 /// against several.
 fn tcp_listings(
     lab: &Lab,
+    family: Family,
     tries: usize,
     pause: Duration,
     enough: impl Fn(&str) -> bool,
@@ -440,9 +638,7 @@ fn tcp_listings(
         if i > 0 {
             std::thread::sleep(pause);
         }
-        let entries = lab
-            .exec(lab.balancer_ns(), &["conntrack", "-L", "-p", "tcp"])
-            .unwrap();
+        let entries = conntrack_list(lab, family, "tcp");
         let done = enough(&entries);
         dumps.push(entries);
         if done {
@@ -465,139 +661,4 @@ fn conntrack_census(lab: &Lab) -> String {
         );
     }
     out + &diagnose(lab)
-}
-
-/// A TCP connection to `vip`:80 from the client's own `port` (so flows to
-/// two VIPs never share a client port: in dnat a backend two VIPs share
-/// could not tell them apart, and conntrack refuses the second while the
-/// first's entry lives). Returns the stream and the backend's name.
-fn connect_from(port: u16, vip: Ipv4Addr) -> std::io::Result<(std::net::TcpStream, String)> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: plain socket calls on a fresh descriptor that the TcpStream
-    // then owns (or that is closed on error).
-    let stream = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = std::net::TcpStream::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        );
-        let sin = |addr: Ipv4Addr, port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(addr.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-        let local = sin(Ipv4Addr::UNSPECIFIED, port);
-        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let remote = sin(vip, 80);
-        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        stream
-    };
-    stream.set_read_timeout(Some(timeout()))?;
-    let mut stream = stream;
-    let name = clients::read_hello(&mut stream).map_err(std::io::Error::other)?;
-    Ok((stream, name))
-}
-
-/// One chunk sent and its echo checked.
-fn echo(stream: &mut std::net::TcpStream, chunk: &[u8]) -> std::io::Result<()> {
-    use std::io::{Read, Write};
-    stream.write_all(chunk)?;
-    let mut got = vec![0u8; chunk.len()];
-    stream.read_exact(&mut got)?;
-    if got != chunk {
-        return Err(std::io::Error::other(format!("echo {got:?} for {chunk:?}")));
-    }
-    Ok(())
-}
-
-/// Two dnat VIPs with the same three backends (same addresses and ports):
-/// connections to both go on through a conntrack flush. A reply whose entry
-/// was lost cannot say which VIP it belongs to, so it is not rebuilt (see
-/// tests/consistent_hashing.rs); the client's next packet rebuilds the entry
-/// through its own VIP's table, on the same backend.
-#[test]
-fn two_arm_backends_shared_by_two_vips_survive_a_conntrack_flush() {
-    let (lab, vip1) = balanced_lab(Topology::TwoArm, 3, &[]);
-    let vip2 = lab.vip(2);
-    let v2 = format!("{vip2}:80");
-    lbctl(&lab, &["vip", "add", &v2]);
-    for i in lab.backend_ids() {
-        lbctl(
-            &lab,
-            &[
-                "backend",
-                "add",
-                &v2,
-                &format!("{}:{ECHO_PORT}", lab.backend_addr(i)),
-            ],
-        );
-    }
-    let open = |vip: Ipv4Addr, first_port: u16| {
-        lab.in_client(|| {
-            (0..12u16)
-                .map(|k| connect_from(first_port + k, vip))
-                .collect::<std::io::Result<Vec<_>>>()
-        })
-        .unwrap_or_else(|e| panic!("connecting to {vip}: {e}\n{}", diagnose(&lab)))
-    };
-    let mut conns = open(vip1, 40100);
-    conns.extend(open(vip2, 40200));
-    let on: BTreeMap<String, usize> = conns.iter().fold(BTreeMap::new(), |mut m, (_, b)| {
-        *m.entry(b.clone()).or_default() += 1;
-        m
-    });
-    assert!(on.len() > 1, "24 connections all on one backend: {on:?}");
-    for (k, (s, b)) in conns.iter_mut().enumerate() {
-        echo(s, format!("before {k}").as_bytes())
-            .unwrap_or_else(|e| panic!("connection {k} ({b}): {e}\n{}", diagnose(&lab)));
-    }
-    // Every echo is in, delayed ACKs settle, and the flow cache's decisions
-    // (good for a second) run out. Then every entry is lost.
-    std::thread::sleep(Duration::from_millis(1100));
-    lab.exec(lab.balancer_ns(), &["conntrack", "-F"]).unwrap();
-    for (k, (s, b)) in conns.iter_mut().enumerate() {
-        echo(s, format!("after {k}").as_bytes()).unwrap_or_else(|e| {
-            panic!(
-                "connection {k} ({b}) after conntrack -F: {e}\n{}",
-                diagnose(&lab)
-            )
-        });
-    }
-    // Rebuilt for the VIP each connection was made to.
-    let entries = lab
-        .exec(lab.balancer_ns(), &["conntrack", "-L", "-p", "tcp"])
-        .unwrap();
-    for (vip, first) in [(vip1, 40100u16), (vip2, 40200)] {
-        for k in 0..12 {
-            let sport = format!("sport={} dport=80 ", first + k);
-            assert!(
-                entries
-                    .lines()
-                    .any(|l| l.contains(&format!("dst={vip} ")) && l.contains(&sport)),
-                "no entry to {vip} from port {}:\n{entries}",
-                first + k
-            );
-        }
-    }
-    // New connections to both still spread over all three backends.
-    for vip in [vip1, vip2] {
-        let spread = short_tcp(&lab, vip, 60);
-        assert_eq!(spread.len(), 3, "{vip}: {spread:?}");
-    }
 }

@@ -2,7 +2,7 @@
 //! real binary in a throwaway namespace: each is marked with lbctl's
 //! protocol, stays while any backend of any VIP goes through its hop, goes
 //! with `backend del`, `vip del` and the last `detach`, and an entry lbctl
-//! did not create is never changed.
+//! did not create is never changed. IPv6 next hops (NDP) work the same way.
 
 use std::ops::Deref;
 
@@ -251,4 +251,34 @@ fn entries_lbctl_did_not_create_are_left_alone() {
     ns.lbctl(&["backend", "add", V2, "198.18.5.13:80"]);
     ns.lbctl(&["detach", "e0"]);
     check("the last detach");
+}
+
+#[test]
+fn ipv6_backends_get_managed_entries_too() {
+    let ns = Ns::new();
+    ns.ip(&["addr", "add", "2001:db8:5::1/64", "dev", "e0", "nodad"]);
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:9::/64",
+        "via",
+        "2001:db8:5::2",
+        "dev",
+        "e0",
+    ]);
+    ns.sysctl("net.ipv6.conf.all.forwarding=1");
+    ns.lbctl(&["attach", "e0"]);
+    let vip = "[2001:db8:100::1]:80";
+    ns.lbctl(&["vip", "add", vip]);
+    // On the link: the backend itself; beyond it: its gateway.
+    ns.lbctl(&["backend", "add", vip, "[2001:db8:5::11]:8080"]);
+    ns.lbctl(&["backend", "add", vip, "[2001:db8:9::5]:8080"]);
+    ns.assert_lbctls("2001:db8:5::11");
+    ns.assert_lbctls("2001:db8:5::2");
+    ns.lbctl(&["backend", "del", vip, "[2001:db8:5::11]:8080"]);
+    ns.assert_none("2001:db8:5::11");
+    ns.assert_lbctls("2001:db8:5::2");
+    ns.lbctl(&["detach", "e0"]);
+    ns.assert_none("2001:db8:5::2");
 }

@@ -28,15 +28,18 @@ pub fn run(opts: &AttachOptions) -> Result<()> {
         return replace(iface, ifindex, running, opts.flow_cache_size);
     }
     refuse_if_taken(iface, ifindex, running.as_ref())?;
-    let prog_id = match running {
-        Some(b) => b.join(ifindex, opts)?,
-        None => balancer::start(ifindex, opts)?,
+    let (prog_id, has_ipv6_vips) = match running {
+        Some(b) => (b.join(ifindex, opts)?, b.maps.has_ipv6_vips()?),
+        None => (balancer::start(ifindex, opts)?, false),
     };
     println!("lbctl attached to {iface} (program id {prog_id})");
     if !iface::ipv4_forwarding(iface) {
         eprintln!(
             "lbctl: note: IPv4 forwarding is off on {iface}: balanced packets go to the stack, which drops them; enable it with sysctl -w net.ipv4.conf.{iface}.forwarding=1 (or net.ipv4.ip_forward=1)"
         );
+    }
+    if has_ipv6_vips && !iface::ipv6_forwarding(iface) {
+        eprintln!("lbctl: note: {}", iface::ipv6_forwarding_off(&[iface]));
     }
     drop(lock);
     if opts.foreground {

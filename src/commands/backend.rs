@@ -19,7 +19,7 @@ pub fn add(svc: &Service, backend: SocketAddr, weight: u32) -> Result<()> {
     }
     println!("added backend {backend} to {svc} (weight {weight})");
     if let Some(note) = note {
-        eprintln!("lbctl: note: {note}; first packets may wait for ARP");
+        eprintln!("lbctl: note: {note}; first packets may wait for ARP or neighbour discovery");
     }
     Ok(())
 }

@@ -16,12 +16,15 @@ pub fn run() -> Result<()> {
     };
     let cfg = b.maps.settings()?;
     println!("program id    {}", b.prog_id);
+    let ipv6 = b.maps.has_ipv6_vips()?;
     for a in &b.attachments {
-        let off = if iface::ipv4_forwarding(&a.ifname) {
-            ""
-        } else {
-            "; IPv4 forwarding OFF: nothing can be forwarded"
-        };
+        let mut off = String::new();
+        if !iface::ipv4_forwarding(&a.ifname) {
+            off += "; IPv4 forwarding OFF: nothing can be forwarded";
+        }
+        if ipv6 && !iface::ipv6_forwarding(&a.ifname) {
+            off += "; IPv6 forwarding OFF: IPv6 VIPs cannot be forwarded";
+        }
         println!(
             "attached      {} (ifindex {}, {} XDP, program {}{off})",
             a.ifname, a.ifindex, a.mode, a.prog_id

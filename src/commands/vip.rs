@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::{open_for_change, open_for_reading};
 use crate::datapath::balancer::Balancer;
@@ -15,13 +15,24 @@ pub fn add(spec: &VipSpec) -> Result<()> {
     let (_lock, b) = open_for_change()?;
     let mut spec = spec.clone();
     if spec.mode == NatMode::Fullnat && spec.snat.is_none() {
-        spec.snat = Some(default_snat(&b)?);
+        spec.snat = Some(default_snat(&b, &spec.service)?);
     }
     let vip = b.maps.add_vip(&spec)?;
     let svc = &spec.service;
     match vip.snat {
         Some(s) => println!("added VIP {svc} ({}, source {s})", spec.mode.name()),
         None => println!("added VIP {svc} ({})", spec.mode.name()),
+    }
+    if svc.addr.is_ipv6() {
+        let off: Vec<&str> = b
+            .attachments
+            .iter()
+            .map(|a| a.ifname.as_str())
+            .filter(|i| !iface::ipv6_forwarding(i))
+            .collect();
+        if !off.is_empty() {
+            eprintln!("lbctl: note: {}", iface::ipv6_forwarding_off(&off));
+        }
     }
     Ok(())
 }
@@ -35,14 +46,11 @@ pub fn del(svc: &Service) -> Result<()> {
     Ok(())
 }
 
-/// fullnat without --snat: the address of the first attached interface.
-fn default_snat(b: &Balancer) -> Result<IpAddr> {
-    for a in &b.attachments {
-        if let Some(ip) = iface::ipv4_address(&a.ifname)? {
-            return Ok(IpAddr::V4(ip));
-        }
-    }
-    bail!("fullnat needs a source address: no attached interface has an IPv4 address; give one with --snat")
+/// fullnat without --snat: the address of the first attached interface
+/// that has one of the VIP's family (IPv6: a global one).
+fn default_snat(b: &Balancer, svc: &Service) -> Result<IpAddr> {
+    let names = b.attachments.iter().map(|a| a.ifname.as_str());
+    iface::fullnat_source(names, svc.addr.is_ipv6())
 }
 
 pub fn show(svc: &Service) -> Result<()> {

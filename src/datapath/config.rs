@@ -40,7 +40,7 @@ use super::prefilter::Set;
 use super::reply::{key_of, Key};
 use super::tables::{moved_ppm, new_table, table_digest, table_ids, table_size_for};
 use super::types::{lb_backend, lb_config, lb_endpoint, lb_vip};
-use crate::model::{Health, Service, Timeouts, VipSpec};
+use crate::model::{check_same_family, Health, Service, Timeouts, VipSpec};
 use crate::table_size::Sizing;
 
 /// The settings of a new balancer.
@@ -103,6 +103,11 @@ impl Maps {
         }
         out.sort_by_key(|v| v.index);
         Ok(out)
+    }
+
+    /// Whether any VIP is IPv6 (then IPv6 forwarding matters).
+    pub fn has_ipv6_vips(&self) -> Result<bool> {
+        Ok(self.vips()?.iter().any(|v| v.service.addr.is_ipv6()))
     }
 
     pub fn find_vip(&self, service: &Service) -> Result<Option<VipEntry>> {
@@ -354,6 +359,7 @@ impl Maps {
             .map(|b| (b.addr, b.weight))
             .collect();
         for &(addr, weight) in new {
+            check_same_family(service.addr, addr).map_err(anyhow::Error::msg)?;
             if want.iter().any(|(a, _)| *a == addr) {
                 bail!("backend {addr} is already in VIP {service} (lbctl backend set to change its weight)");
             }

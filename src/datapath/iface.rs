@@ -3,7 +3,7 @@
 //! interface's own network namespace). Knows nothing of lbctl's program.
 
 use std::ffi::{CStr, CString};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use anyhow::{bail, Context, Result};
@@ -70,31 +70,71 @@ pub fn interfaces() -> Result<Vec<(u32, String)>> {
     Ok(out)
 }
 
-/// The first IPv4 address of an interface: fullnat's default source.
-pub fn ipv4_address(ifname: &str) -> Result<Option<Ipv4Addr>> {
+/// The addresses of an interface, in the kernel's order.
+pub fn addresses(ifname: &str) -> Result<Vec<IpAddr>> {
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list freed with freeifaddrs below.
     if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
         bail!("listing addresses: {}", std::io::Error::last_os_error());
     }
-    let mut found = None;
+    let mut found = Vec::new();
     let mut p = addrs;
+    // SAFETY: every node and the sockaddr it points to stay valid until
+    // freeifaddrs; the family says which sockaddr it is.
     unsafe {
         while !p.is_null() {
             let a = &*p;
-            if !a.ifa_addr.is_null()
-                && (*a.ifa_addr).sa_family as i32 == libc::AF_INET
-                && CStr::from_ptr(a.ifa_name).to_bytes() == ifname.as_bytes()
-            {
-                let sin = &*(a.ifa_addr as *const libc::sockaddr_in);
-                found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-                break;
+            if !a.ifa_addr.is_null() && CStr::from_ptr(a.ifa_name).to_bytes() == ifname.as_bytes() {
+                match (*a.ifa_addr).sa_family as i32 {
+                    libc::AF_INET => {
+                        let sin = &*(a.ifa_addr as *const libc::sockaddr_in);
+                        found.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(a.ifa_addr as *const libc::sockaddr_in6);
+                        found.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
             }
             p = a.ifa_next;
         }
         libc::freeifaddrs(addrs);
     }
     Ok(found)
+}
+
+/// fullnat's default source: the interface's first IPv4 address, or for
+/// IPv6 its first global one (not link-local, which backends off the link
+/// could not answer).
+pub fn source_address(ifname: &str, ipv6: bool) -> Result<Option<IpAddr>> {
+    Ok(addresses(ifname)?.into_iter().find(|a| match a {
+        IpAddr::V4(_) => !ipv6,
+        IpAddr::V6(v6) => ipv6 && is_global_v6(v6),
+    }))
+}
+
+/// fullnat's default source for a VIP of the family: the first such address
+/// of the first of `ifnames` that has one.
+pub fn fullnat_source<'a>(
+    ifnames: impl IntoIterator<Item = &'a str>,
+    ipv6: bool,
+) -> Result<IpAddr> {
+    for name in ifnames {
+        if let Some(ip) = source_address(name, ipv6)? {
+            return Ok(ip);
+        }
+    }
+    let family = if ipv6 { "a global IPv6" } else { "an IPv4" };
+    bail!("fullnat needs a source address: no attached interface has {family} address; give one with --snat (snat = \"...\" in a file)")
+}
+
+/// Not link-local (fe80::/10), loopback, multicast or unspecified.
+fn is_global_v6(a: &Ipv6Addr) -> bool {
+    let link_local = a.segments()[0] & 0xffc0 == 0xfe80;
+    !(link_local || a.is_loopback() || a.is_multicast() || a.is_unspecified())
 }
 
 /// The XDP program on an interface: (id, mode) or None.
@@ -158,7 +198,26 @@ pub fn attachments() -> Result<Vec<Attachment>> {
 /// Whether the interface forwards IPv4: the kernel's FIB refuses to route
 /// for one that does not, so the XDP program cannot forward either.
 pub fn ipv4_forwarding(iface: &str) -> bool {
-    let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+    sysctl_is_1(&format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"))
+}
+
+/// The same for IPv6 (`net.ipv6.conf.IFACE.forwarding`, which
+/// `net.ipv6.conf.all.forwarding=1` sets on every interface), and IPv6 must
+/// be enabled on it at all.
+pub fn ipv6_forwarding(iface: &str) -> bool {
+    sysctl_is_1(&format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"))
+        && !sysctl_is_1(&format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6"))
+}
+
+/// The note for interfaces that do not forward IPv6.
+pub fn ipv6_forwarding_off(ifaces: &[&str]) -> String {
+    format!(
+        "IPv6 forwarding is off (or IPv6 disabled) on {}: IPv6 VIPs cannot be forwarded; enable it with sysctl -w net.ipv6.conf.all.forwarding=1",
+        ifaces.join(", ")
+    )
+}
+
+fn sysctl_is_1(path: &str) -> bool {
     std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1")
 }
 

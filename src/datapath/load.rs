@@ -132,8 +132,13 @@ fn explain_load_error(err: libbpf_rs::Error, log: &str) -> anyhow::Error {
     if std::env::var_os("LBCTL_DEBUG").is_some() {
         eprintln!("{log}");
     }
+    // libbpf logs every kfunc it resolves too ("...: resolved to ..."): only
+    // one it could not find (or whose type differs) means a kernel without it.
     let kfunc = log.lines().find_map(|l| {
         let i = l.find("extern (func ksym) '")?;
+        if !(l.contains("not found") || l.contains("incompatible")) {
+            return None;
+        }
         l[i + 20..].split('\'').next().map(str::to_owned)
     });
     if let Some(kfunc) = kfunc {
@@ -206,6 +211,22 @@ pub fn load_sized<'obj>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verifier_rejection_is_not_called_a_missing_kfunc() {
+        let err = || libbpf_rs::Error::from_raw_os_error(libc::EACCES);
+        let resolved =
+            "libbpf: extern (func ksym) 'bpf_ct_release': resolved to nf_conntrack [1234]\n\
+                        invalid access to packet\nlibbpf: failed to load object 'lb_bpf'\n";
+        let msg = explain_load_error(err(), resolved).to_string();
+        assert!(msg.contains("refused lbctl's XDP program"), "{msg}");
+        let missing = "libbpf: extern (func ksym) 'bpf_ct_set_nat_info': not found in kernel or module BTFs\n";
+        let msg = explain_load_error(err(), missing).to_string();
+        assert!(
+            msg.contains("lacks the conntrack kfunc bpf_ct_set_nat_info"),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn release_versions() {

@@ -33,20 +33,25 @@ impl Set {
     }
 }
 
-/// The prefilter bit of an address; `None` for IPv6, which the data path
-/// does not prefilter.
-pub fn prefilter_bit(ip: IpAddr) -> Option<u32> {
-    match ip {
-        IpAddr::V4(a) => Some(
-            u32::from_ne_bytes(a.octets()).wrapping_mul(LB_PREFILTER_MULT) >> LB_PREFILTER_SHIFT,
-        ),
-        IpAddr::V6(_) => None,
-    }
+/// The prefilter bit of an address (`bpf/lb_abi.h`): the address's
+/// network-order bytes as native u32 words (IPv6: its four words XORed),
+/// times `LB_PREFILTER_MULT`, the top 16 bits.
+pub fn prefilter_bit(ip: IpAddr) -> u32 {
+    let word = match ip {
+        IpAddr::V4(a) => u32::from_ne_bytes(a.octets()),
+        IpAddr::V6(a) => a
+            .octets()
+            .chunks_exact(4)
+            .map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))
+            .fold(0, |acc, w| acc ^ w),
+    };
+    word.wrapping_mul(LB_PREFILTER_MULT) >> LB_PREFILTER_SHIFT
 }
 
 /// Word index and mask of an address in a set.
-fn slot(set: Set, ip: IpAddr) -> Option<(u32, u64)> {
-    prefilter_bit(ip).map(|bit| (set.first_word() + bit / 64, 1u64 << (bit % 64)))
+fn slot(set: Set, ip: IpAddr) -> (u32, u64) {
+    let bit = prefilter_bit(ip);
+    (set.first_word() + bit / 64, 1u64 << (bit % 64))
 }
 
 impl Maps {
@@ -67,9 +72,7 @@ impl Maps {
     /// Sets an address's bit; called before the address goes into the map
     /// the bit guards, so the data path never skips a lookup it needs.
     pub fn prefilter_mark(&self, set: Set, ip: IpAddr) -> Result<()> {
-        let Some((word, mask)) = slot(set, ip) else {
-            return Ok(());
-        };
+        let (word, mask) = slot(set, ip);
         let old = self.prefilter_word(word)?;
         if old & mask == 0 {
             self.set_prefilter_word(word, old | mask)?;
@@ -90,9 +93,8 @@ impl Maps {
             for (key, _) in map.entries(&"addresses for the prefilter")? {
                 let ep: lb_endpoint = super::codec::read(&key)?;
                 let (addr, _) = from_endpoint(&ep)?;
-                if let Some((word, mask)) = slot(set, addr.ip()) {
-                    want[word as usize] |= mask;
-                }
+                let (word, mask) = slot(set, addr.ip());
+                want[word as usize] |= mask;
             }
         }
         let have = self.prefilter_words()?;
@@ -106,13 +108,10 @@ impl Maps {
         Ok(changed)
     }
 
-    /// Whether an address's bit is set (always true for IPv6, which is not
-    /// prefiltered).
+    /// Whether an address's bit is set.
     pub fn prefilter_has(&self, set: Set, ip: IpAddr) -> Result<bool> {
-        match slot(set, ip) {
-            Some((word, mask)) => Ok(self.prefilter_word(word)? & mask != 0),
-            None => Ok(true),
-        }
+        let (word, mask) = slot(set, ip);
+        Ok(self.prefilter_word(word)? & mask != 0)
     }
 
     /// Both bitmaps as they are (for tests and `lbctl status`).

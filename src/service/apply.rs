@@ -104,13 +104,10 @@ pub fn resolve(
             running_cache.map_or("(none)".into(), |s| s.to_string())
         );
     }
-    let mut default_snat = None;
     for v in d.vips.iter_mut() {
         if v.spec.mode == NatMode::Fullnat && v.spec.snat.is_none() {
-            if default_snat.is_none() {
-                default_snat = Some(first_address(attached)?);
-            }
-            v.spec.snat = default_snat;
+            let names = attached.iter().map(String::as_str);
+            v.spec.snat = Some(iface::fullnat_source(names, v.spec.service.addr.is_ipv6())?);
         }
         let running = run.vip(&v.spec.service);
         if let Some(r) = running {
@@ -155,15 +152,6 @@ fn describe(mode: NatMode, snat: Option<IpAddr>, table_size: Option<u32>) -> Str
         Some(s) => format!("{} (snat {s}, {size})", mode.name()),
         None => format!("{} ({size})", mode.name()),
     }
-}
-
-fn first_address(attached: &[String]) -> Result<IpAddr> {
-    for name in attached {
-        if let Some(ip) = iface::ipv4_address(name)? {
-            return Ok(IpAddr::V4(ip));
-        }
-    }
-    bail!("fullnat needs a source address: no attached interface has an IPv4 address; give one with snat = \"...\"")
 }
 
 /// Checks, then applies `desired` to the balancer whose maps these are

@@ -31,11 +31,11 @@
 __u8 frame[HARNESS_MAX_FRAME];
 __u32 frame_len;
 
-/* New-flow mode. The frame must be Ethernet + IPv4 without options + TCP or
- * UDP (the benchmark builds only such frames; others are refused with
- * XDP_ABORTED). Flow number n becomes
+/* New-flow mode. The frame must be Ethernet + IPv4 without options or IPv6
+ * without extension headers, + TCP or UDP (the benchmark builds only such
+ * frames; others are refused with XDP_ABORTED). Flow number n becomes
  *   source port    1024 + n % 32768
- *   source address frame's + (n / 32768) % 65536
+ *   source address frame's + (n / 32768) % 65536 (IPv6: its last 32 bits)
  *   dest. address  frame's + n % vary_vips  (spreads flows over VIPs)
  * which is a distinct 5-tuple for every n below 2^31. */
 __u32 vary;       /* 0: the frame as is; 1: a new flow per repetition */
@@ -87,23 +87,43 @@ static __always_inline int vary_flow(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct ethhdr *eth = data;
+	struct iphdr *ip = NULL;
 	__u32 n = next_flow++, vips = vary_vips;
-	__be32 saddr, daddr;
+	__be32 *saddr, *daddr, new_saddr, new_daddr;
 	__be16 *ports, sport;
 	__sum16 *l4_check;
 	__u64 addrs = 0, port = 0;
+	__u8 proto;
 
-	if ((void *)(ip + 1) > data_end || ip->ihl != 5 || !vips)
+	if ((void *)(eth + 1) > data_end || !vips)
 		return -1;
-	ports = (void *)(ip + 1);
-	if (ip->protocol == IPPROTO_TCP) {
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		/* The last 32 bits of each address vary. */
+		saddr = &ip6->saddr.in6_u.u6_addr32[3];
+		daddr = &ip6->daddr.in6_u.u6_addr32[3];
+		proto = ip6->nexthdr;
+		ports = (void *)(ip6 + 1);
+	} else {
+		ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end || ip->ihl != 5)
+			return -1;
+		saddr = &ip->saddr;
+		daddr = &ip->daddr;
+		proto = ip->protocol;
+		ports = (void *)(ip + 1);
+	}
+	if (proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = (void *)ports;
 
 		if ((void *)(tcp + 1) > data_end)
 			return -1;
 		l4_check = &tcp->check;
-	} else if (ip->protocol == IPPROTO_UDP) {
+	} else if (proto == IPPROTO_UDP) {
 		struct udphdr *udp = (void *)ports;
 
 		if ((void *)(udp + 1) > data_end)
@@ -113,22 +133,23 @@ static __always_inline int vary_flow(struct xdp_md *ctx)
 		return -1;
 	}
 
-	saddr = bpf_htonl(bpf_ntohl(ip->saddr) + ((n >> 15) & 0xffff));
-	daddr = bpf_htonl(bpf_ntohl(ip->daddr) + n % vips);
+	new_saddr = bpf_htonl(bpf_ntohl(*saddr) + ((n >> 15) & 0xffff));
+	new_daddr = bpf_htonl(bpf_ntohl(*daddr) + n % vips);
 	sport = bpf_htons(1024 + (n & 0x7fff));
 
-	csum_delta32(&addrs, ip->saddr, saddr);
-	csum_delta32(&addrs, ip->daddr, daddr);
+	csum_delta32(&addrs, *saddr, new_saddr);
+	csum_delta32(&addrs, *daddr, new_daddr);
 	csum_delta16(&port, ports[0], sport);
-	ip->check = csum_apply(ip->check, addrs);
+	if (ip) /* IPv6 has no header checksum */
+		ip->check = csum_apply(ip->check, addrs);
 	/* The L4 checksum covers the addresses (pseudo-header) and the port.
 	 * A UDP checksum of 0 means "none" and stays 0. */
-	if (ip->protocol == IPPROTO_TCP)
+	if (proto == IPPROTO_TCP)
 		*l4_check = csum_apply(*l4_check, addrs + port);
 	else if (*l4_check)
 		*l4_check = csum_apply_udp(*l4_check, addrs + port);
-	ip->saddr = saddr;
-	ip->daddr = daddr;
+	*saddr = new_saddr;
+	*daddr = new_daddr;
 	ports[0] = sport;
 	return 0;
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -105,8 +105,13 @@ fn snippet(bytes: &[u8], offset: usize) -> String {
 // ----- TCP --------------------------------------------------------------------
 
 /// Connects with `timeout` for the handshake and for every later read and write.
-pub fn connect(addr: Ipv4Addr, port: u16, timeout: Duration) -> Result<TcpStream, ClientError> {
-    let target = SocketAddr::from((addr, port));
+/// Every client here takes an IPv4 or IPv6 address.
+pub fn connect(
+    addr: impl Into<IpAddr>,
+    port: u16,
+    timeout: Duration,
+) -> Result<TcpStream, ClientError> {
+    let target = SocketAddr::new(addr.into(), port);
     let stream = TcpStream::connect_timeout(&target, timeout).map_err(|e| match e.kind() {
         ErrorKind::WouldBlock | ErrorKind::TimedOut => {
             ClientError::Timeout(format!("connect to {target}"))
@@ -141,14 +146,18 @@ pub fn read_hello(stream: &mut TcpStream) -> Result<String, ClientError> {
 }
 
 /// Connects to a TCP echo server and returns the name of the backend that answered.
-pub fn tcp_hello(addr: Ipv4Addr, port: u16, timeout: Duration) -> Result<String, ClientError> {
+pub fn tcp_hello(
+    addr: impl Into<IpAddr>,
+    port: u16,
+    timeout: Duration,
+) -> Result<String, ClientError> {
     let mut stream = connect(addr, port, timeout)?;
     read_hello(&mut stream)
 }
 
 /// Like `tcp_hello`, then sends `payload` and checks the echo byte for byte.
 pub fn tcp_echo(
-    addr: Ipv4Addr,
+    addr: impl Into<IpAddr>,
     port: u16,
     payload: &[u8],
     timeout: Duration,
@@ -219,7 +228,7 @@ fn name_line(bytes: &[u8]) -> Option<String> {
 
 /// Sends one datagram and returns the backend name from the `<name>:<payload>` reply.
 pub fn udp_ask(
-    addr: Ipv4Addr,
+    addr: impl Into<IpAddr>,
     port: u16,
     payload: &[u8],
     timeout: Duration,
@@ -233,12 +242,17 @@ pub fn udp_ask(
 /// datagram then follows that entry to the earlier flow's backend.
 pub fn udp_ask_from(
     local_port: u16,
-    addr: Ipv4Addr,
+    addr: impl Into<IpAddr>,
     port: u16,
     payload: &[u8],
     timeout: Duration,
 ) -> Result<String, ClientError> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, local_port))?;
+    let addr = addr.into();
+    let any = match addr {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let socket = UdpSocket::bind((any, local_port))?;
     // Connected: only replies from addr:port are received, and an ICMP port
     // unreachable surfaces as ConnectionRefused.
     socket.connect((addr, port))?;
@@ -284,7 +298,12 @@ pub struct HttpReply {
 }
 
 /// `GET /` over HTTP/1.0; reads the whole response (the server closes).
-pub fn http_get(addr: Ipv4Addr, port: u16, timeout: Duration) -> Result<HttpReply, ClientError> {
+pub fn http_get(
+    addr: impl Into<IpAddr>,
+    port: u16,
+    timeout: Duration,
+) -> Result<HttpReply, ClientError> {
+    let addr = addr.into();
     let mut stream = connect(addr, port, timeout)?;
     stream.write_all(format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
     let raw = read_to_close(&mut stream, Instant::now() + timeout)?;
@@ -292,7 +311,11 @@ pub fn http_get(addr: Ipv4Addr, port: u16, timeout: Duration) -> Result<HttpRepl
 }
 
 /// `http_get` that insists on 200 and returns the backend name (the body).
-pub fn http_backend(addr: Ipv4Addr, port: u16, timeout: Duration) -> Result<String, ClientError> {
+pub fn http_backend(
+    addr: impl Into<IpAddr>,
+    port: u16,
+    timeout: Duration,
+) -> Result<String, ClientError> {
     let reply = http_get(addr, port, timeout)?;
     if reply.status != 200 {
         return Err(ClientError::Protocol(format!(
@@ -457,7 +480,7 @@ impl LongConn {
     /// starts the chunk loop. `id` appears in every chunk and in the report.
     pub fn start(
         id: usize,
-        addr: Ipv4Addr,
+        addr: impl Into<IpAddr>,
         port: u16,
         cfg: &EchoConfig,
     ) -> Result<LongConn, ClientError> {
@@ -546,10 +569,11 @@ impl Drop for LongConn {
 /// Starts `n` connections numbered 0..n (in the calling thread's namespace).
 pub fn start_many(
     n: usize,
-    addr: Ipv4Addr,
+    addr: impl Into<IpAddr>,
     port: u16,
     cfg: &EchoConfig,
 ) -> Result<Vec<LongConn>, ClientError> {
+    let addr = addr.into();
     (0..n)
         .map(|id| LongConn::start(id, addr, port, cfg))
         .collect()

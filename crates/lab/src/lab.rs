@@ -11,13 +11,19 @@
 //! The bridge lives in its own namespace `sw` because XDP cannot redirect into a
 //! bridge device: the balancer only ever sees plain veths.
 //! VIPs live in 198.18.100.0/24; the client routes that net via the balancer.
+//!
+//! A dual-stack lab (`Lab::dual_stack`) adds IPv6 to the same wiring: every
+//! IPv4 address 198.18.X.Y has the twin 2001:db8:0:X::Y (X and Y written
+//! as the same digits: 198.18.1.11 is 2001:db8:0:1::11, VIP 198.18.100.1 is
+//! 2001:db8:0:100::1), with the same routes. IPv4-only labs keep IPv6
+//! disabled, so their only traffic is the tests'.
 //! Every veth end has GRO on, the client's and backends' have TX checksum
 //! offload off, and the ends facing the balancer carry a native XDP_PASS
 //! program (see `tune_veths` and `attach_pass_to_balancer_peers` for why).
 
 use std::ffi::OsStr;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -30,6 +36,43 @@ use super::xdp_pass;
 
 /// The net that VIPs are taken from; the client routes it via the balancer.
 pub const VIP_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 100, 0), 24);
+
+/// An address family, for the labs' addresses and the tests that run in both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
+/// The lab's IPv6 twin of one of its IPv4 addresses: 198.18.X.Y is
+/// 2001:db8:0:X::Y, X and Y written with the same digits (read as hex).
+pub fn ipv6_twin(v4: Ipv4Addr) -> Ipv6Addr {
+    let [a, b, x, y] = v4.octets();
+    assert_eq!(
+        (a, b),
+        (198, 18),
+        "{v4}: the lab's IPv4 addresses are in 198.18.0.0/16"
+    );
+    let group = |n: u8| u16::from_str_radix(&n.to_string(), 16).expect("decimal digits are hex");
+    Ipv6Addr::new(0x2001, 0xdb8, 0, group(x), 0, 0, 0, group(y))
+}
+
+/// An address of the lab in `family`: the IPv4 address, or its twin.
+pub fn in_family(v4: Ipv4Addr, family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(v4),
+        Family::V6 => IpAddr::V6(ipv6_twin(v4)),
+    }
+}
 
 /// Most backends a lab builds (addresses .11 to .210, switch ports pb1..pb200).
 pub const MAX_BACKENDS: usize = 200;
@@ -93,6 +136,8 @@ impl Plan {
 /// test that owns it panics.
 pub struct Lab {
     topology: Topology,
+    /// IPv6 too (addresses, routes, forwarding, servers).
+    ipv6: bool,
     plan: Plan,
     /// `lbt-<pid>-<n>-`; every namespace name of this lab starts with it.
     prefix: String,
@@ -116,15 +161,22 @@ impl Lab {
     /// Client ↔ balancer ↔ switch ↔ backends, the balancer forwarding between
     /// 198.18.0.0/24 and 198.18.1.0/24.
     pub fn two_arm(n_backends: usize) -> io::Result<Lab> {
-        Lab::build(Topology::TwoArm, n_backends)
+        Lab::build(Topology::TwoArm, n_backends, false)
     }
 
     /// Client, balancer and backends on one bridge in 198.18.2.0/24.
     pub fn one_arm(n_backends: usize) -> io::Result<Lab> {
-        Lab::build(Topology::OneArm, n_backends)
+        Lab::build(Topology::OneArm, n_backends, false)
     }
 
-    fn build(topology: Topology, n_backends: usize) -> io::Result<Lab> {
+    /// Either topology with IPv6 beside IPv4: every address has its twin
+    /// (`ipv6_twin`), the routes and forwarding are the same, and the
+    /// servers answer on both.
+    pub fn dual_stack(topology: Topology, n_backends: usize) -> io::Result<Lab> {
+        Lab::build(topology, n_backends, true)
+    }
+
+    fn build(topology: Topology, n_backends: usize, ipv6: bool) -> io::Result<Lab> {
         if n_backends > MAX_BACKENDS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -137,6 +189,7 @@ impl Lab {
         // From here on every failure returns early and `lab`'s Drop cleans up.
         let mut lab = Lab {
             topology,
+            ipv6,
             plan: Plan::for_topology(topology),
             client_ns: format!("{prefix}c"),
             balancer_ns: format!("{prefix}lb"),
@@ -165,6 +218,11 @@ impl Lab {
 
     pub fn topology(&self) -> Topology {
         self.topology
+    }
+
+    /// Whether the lab has IPv6 (built with `dual_stack`).
+    pub fn has_ipv6(&self) -> bool {
+        self.ipv6
     }
 
     /// `lbt-<pid>-<n>-`: the start of every namespace name of this lab.
@@ -264,6 +322,33 @@ impl Lab {
         Ipv4Addr::new(a, b, c, k)
     }
 
+    /// VIP number `k` in `family`: 198.18.100.k or 2001:db8:0:100::k.
+    pub fn vip_ip(&self, k: u8, family: Family) -> IpAddr {
+        self.twin(self.vip(k), family)
+    }
+
+    /// Backend `i`'s address in `family`.
+    pub fn backend_ip(&self, i: usize, family: Family) -> IpAddr {
+        self.twin(self.backend_addr(i), family)
+    }
+
+    pub fn client_ip(&self, family: Family) -> IpAddr {
+        self.twin(self.client_addr(), family)
+    }
+
+    /// The balancer's address on the backend net (fullnat's source) in `family`.
+    pub fn lb_backend_ip(&self, family: Family) -> IpAddr {
+        self.twin(self.lb_backend_addr(), family)
+    }
+
+    fn twin(&self, v4: Ipv4Addr, family: Family) -> IpAddr {
+        assert!(
+            family == Family::V4 || self.ipv6,
+            "an IPv6 address of an IPv4-only lab: build it with Lab::dual_stack"
+        );
+        in_family(v4, family)
+    }
+
     fn check_backend(&self, i: usize) {
         assert!(
             (1..=self.backends).contains(&i),
@@ -315,7 +400,12 @@ impl Lab {
     pub fn start_server(&mut self, i: usize) -> io::Result<()> {
         self.check_backend(i);
         if self.servers[i - 1].is_none() {
-            let started = BackendServers::start(self.backend_ns(i), &self.backend_name(i))?;
+            let (ns, name) = (self.backend_ns(i), self.backend_name(i));
+            let started = if self.ipv6 {
+                BackendServers::start_dual_stack(ns, &name)?
+            } else {
+                BackendServers::start(ns, &name)?
+            };
             self.servers[i - 1] = Some(started);
         }
         Ok(())
@@ -335,10 +425,27 @@ impl Lab {
         for name in all {
             netns::add(&name)?;
             self.created.push(name.clone());
-            // IPv6 router/neighbour solicitations would be the only other traffic
-            // on these links; without them the balancer's counters stay exact.
-            netns::write_sysctl(&name, "net/ipv6/conf/all/disable_ipv6", "1")?;
-            netns::write_sysctl(&name, "net/ipv6/conf/default/disable_ipv6", "1")?;
+            if self.ipv6 {
+                // Addresses usable at once (no duplicate address detection),
+                // and no router solicitations: the balancer's counters then
+                // see little besides the tests' traffic and neighbour
+                // discovery.
+                for (key, value) in [
+                    ("accept_dad", "0"),
+                    ("router_solicitations", "0"),
+                    ("accept_ra", "0"),
+                ] {
+                    for conf in ["all", "default"] {
+                        netns::write_sysctl(&name, &format!("net/ipv6/conf/{conf}/{key}"), value)?;
+                    }
+                }
+            } else {
+                // IPv6 router/neighbour solicitations would be the only other
+                // traffic on these links; without them the balancer's counters
+                // stay exact.
+                netns::write_sysctl(&name, "net/ipv6/conf/all/disable_ipv6", "1")?;
+                netns::write_sysctl(&name, "net/ipv6/conf/default/disable_ipv6", "1")?;
+            }
         }
         Ok(())
     }
@@ -371,14 +478,36 @@ impl Lab {
         self.join_bridge("plb")?;
         self.set_addr(lb, p.lb_client_iface, p.lb_client_addr)?;
         self.set_addr(lb, p.lb_backend_iface, p.lb_backend_addr)?;
-        netns::write_sysctl(lb, "net/ipv4/ip_forward", "1")?;
+        self.enable_forwarding()?;
         self.setup_client()?;
         for i in self.backend_ids() {
             self.attach_backend(i)?;
-            let gw = p.lb_backend_addr.to_string();
-            self.ip(self.backend_ns(i), &["route", "add", "default", "via", &gw])?;
+            for gw in self.families(p.lb_backend_addr) {
+                let gw = gw.to_string();
+                self.ip(self.backend_ns(i), &["route", "add", "default", "via", &gw])?;
+            }
         }
         Ok(())
+    }
+
+    /// The balancer forwards like a router even on one arm: the FIB lookup
+    /// of its XDP program needs forwarding on the interface.
+    fn enable_forwarding(&self) -> io::Result<()> {
+        let lb = self.balancer_ns();
+        netns::write_sysctl(lb, "net/ipv4/ip_forward", "1")?;
+        if self.ipv6 {
+            netns::write_sysctl(lb, "net/ipv6/conf/all/forwarding", "1")?;
+        }
+        Ok(())
+    }
+
+    /// An IPv4 address of the plan, and its IPv6 twin in a dual-stack lab.
+    fn families(&self, v4: Ipv4Addr) -> Vec<IpAddr> {
+        let mut out = vec![IpAddr::V4(v4)];
+        if self.ipv6 {
+            out.push(IpAddr::V6(ipv6_twin(v4)));
+        }
+        out
     }
 
     fn wire_one_arm(&self) -> io::Result<()> {
@@ -389,9 +518,7 @@ impl Lab {
         self.veth(sw, "plb", lb, p.lb_client_iface)?;
         self.join_bridge("plb")?;
         self.set_addr(lb, p.lb_client_iface, p.lb_client_addr)?;
-        // The balancer forwards like a router even on one arm: the FIB lookup
-        // of its XDP program needs forwarding on the interface.
-        netns::write_sysctl(lb, "net/ipv4/ip_forward", "1")?;
+        self.enable_forwarding()?;
         self.setup_client()?;
         // No default routes on backends: with fullnat they answer the balancer's
         // own on-link address.
@@ -404,13 +531,18 @@ impl Lab {
     /// Client address, default route (two-arm) and the VIP route via the balancer.
     fn setup_client(&self) -> io::Result<()> {
         let c = self.client_ns();
-        let gw = self.plan.lb_client_addr.to_string();
         self.set_addr(c, HOST_IFACE, self.plan.client_addr)?;
-        if self.topology == Topology::TwoArm {
-            self.ip(c, &["route", "add", "default", "via", &gw])?;
+        let gws = self.families(self.plan.lb_client_addr);
+        let nets = self.families(VIP_NET.0);
+        for (gw, net) in gws.iter().zip(&nets) {
+            let gw = gw.to_string();
+            if self.topology == Topology::TwoArm {
+                self.ip(c, &["route", "add", "default", "via", &gw])?;
+            }
+            let prefix = if net.is_ipv4() { VIP_NET.1 } else { 64 };
+            self.ip(c, &["route", "add", &format!("{net}/{prefix}"), "via", &gw])?;
         }
-        let vip_net = format!("{}/{}", VIP_NET.0, VIP_NET.1);
-        self.ip(c, &["route", "add", &vip_net, "via", &gw])
+        Ok(())
     }
 
     /// Backend `i`'s veth into the switch, with its address.
@@ -446,9 +578,14 @@ impl Lab {
         self.ip(sw, &["link", "set", port, "up"])
     }
 
-    /// `addr`/24 on `iface`, which is brought up.
+    /// `addr`/24 on `iface` (and its twin/64 in a dual-stack lab), which is
+    /// brought up.
     fn set_addr(&self, ns: &str, iface: &str, addr: Ipv4Addr) -> io::Result<()> {
         self.ip(ns, &["addr", "add", &format!("{addr}/24"), "dev", iface])?;
+        if self.ipv6 {
+            let addr6 = format!("{}/64", ipv6_twin(addr));
+            self.ip(ns, &["addr", "add", &addr6, "dev", iface, "nodad"])?;
+        }
         self.ip(ns, &["link", "set", iface, "up"])
     }
 

@@ -9,7 +9,7 @@
 //! - HTTP 80: `HTTP/1.0 200 OK` with body `<name>\n`, then closes.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,7 +48,17 @@ type Session = fn(TcpStream, &str, &AtomicBool);
 impl BackendServers {
     /// Binds the servers inside namespace `ns` and starts answering as `name`.
     pub fn start(ns: &str, name: &str) -> io::Result<BackendServers> {
-        let (echo, udp, http) = netns::in_ns(ns, bind_all)??;
+        BackendServers::start_bound(ns, name, IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// The same on IPv4 and IPv6: one dual-stack socket per server, bound
+    /// to `[::]` (IPv4 clients appear as ::ffff:a.b.c.d to it).
+    pub fn start_dual_stack(ns: &str, name: &str) -> io::Result<BackendServers> {
+        BackendServers::start_bound(ns, name, IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+    }
+
+    fn start_bound(ns: &str, name: &str, any: IpAddr) -> io::Result<BackendServers> {
+        let (echo, udp, http) = netns::in_ns(ns, || bind_all(any))??;
         let mut servers = BackendServers {
             name: name.to_string(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -93,8 +103,9 @@ impl Drop for BackendServers {
 }
 
 /// Runs inside the backend namespace: only socket creation needs it.
-fn bind_all() -> io::Result<(TcpListener, UdpSocket, TcpListener)> {
-    let any = Ipv4Addr::UNSPECIFIED;
+/// `any` is 0.0.0.0, or [::] for dual-stack sockets (Linux's default,
+/// net.ipv6.bindv6only=0, in every new namespace).
+fn bind_all(any: IpAddr) -> io::Result<(TcpListener, UdpSocket, TcpListener)> {
     let echo = TcpListener::bind((any, ECHO_PORT))?;
     let udp = UdpSocket::bind((any, ECHO_PORT))?;
     let http = TcpListener::bind((any, HTTP_PORT))?;

@@ -3,7 +3,7 @@
 //! packets take XDP's forwarding path, lbctl's real program loaded and
 //! configured through its own `Maps` methods, and its conntrack table.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -23,6 +23,23 @@ pub const NEW_FLOW_SOURCE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 1
 /// Backend j of every VIP is on host 198.18.1.(11 + j); VIP i uses port
 /// 10000 + i, its UDP service port 20000.
 const FIRST_BACKEND_HOST: u8 = 11;
+
+/// IPv6: the client 2001:db8::2 and one VIP, 2001:db8:0:100::1 port 80, TCP
+/// and UDP, whose backend j is 2001:db8:0:1::(0x11 + j), ports 30000 (TCP)
+/// and 30001 (UDP); routes and neighbours as for IPv4.
+pub const CLIENT6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2), 40000, 0, 0);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0x100, 0, 0, 0, 1);
+pub const NOT_A_VIP6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0x200, 0, 0, 0, 1), 80, 0, 0);
+/// New IPv6 flows come from 2001:db8:1::/112 (the harness varies the last
+/// 16 bits and the port).
+pub const NEW_FLOW_SOURCE6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0), 1024, 0, 0);
+
+fn backend6(j: u32) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x11 + j as u16)
+}
 
 pub fn vip_addr(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(FIRST_VIP) + i)
@@ -110,20 +127,26 @@ pub fn sh(cmd: &str) -> Result<String> {
 }
 
 /// Routes and neighbours as tests/fixtures::Balancer::with_routes has them:
-/// clients in 198.18.0.0/24 and backends in 198.18.1.0/24 behind veth v0,
-/// fixed neighbours, forwarding on, v0 in lbctl's redirect map. Returns v0's
-/// ifindex.
+/// clients in 198.18.0.0/24 and 2001:db8::/64, backends in 198.18.1.0/24
+/// and 2001:db8:0:1::/64, behind veth v0, fixed neighbours, forwarding on,
+/// v0 in lbctl's redirect map. Returns v0's ifindex.
 pub fn routes(maps: &Maps, backend_hosts: u32) -> Result<u32> {
     sh(
         "ip link add v0 type veth peer name v1 && ip link set v0 address 02:00:00:00:00:aa \
         && ip addr add 198.18.0.1/24 dev v0 && ip addr add 198.18.1.1/24 dev v0 \
-        && ip link set v0 up && ip link set v1 up && sysctl -qw net.ipv4.ip_forward=1",
+        && ip addr add 2001:db8::1/64 dev v0 nodad && ip addr add 2001:db8:0:1::1/64 dev v0 nodad \
+        && ip link set v0 up && ip link set v1 up && sysctl -qw net.ipv4.ip_forward=1 \
+        && sysctl -qw net.ipv6.conf.all.forwarding=1",
     )?;
     let client = CLIENT.ip().octets()[3];
-    let hosts = std::iter::once(format!("198.18.0.{client}"))
-        .chain((0..backend_hosts).map(|j| format!("198.18.1.{}", FIRST_BACKEND_HOST as u32 + j)));
-    for host in hosts {
-        let last: u8 = host.rsplit('.').next().unwrap_or("0").parse()?;
+    let hosts =
+        std::iter::once((IpAddr::from(*CLIENT.ip()), client)).chain((0..backend_hosts).map(|j| {
+            let host = FIRST_BACKEND_HOST + j as u8;
+            (Ipv4Addr::new(198, 18, 1, host).into(), host)
+        }));
+    let hosts6 = std::iter::once((IpAddr::from(*CLIENT6.ip()), 2u8))
+        .chain((0..backend_hosts).map(|j| (backend6(j).into(), FIRST_BACKEND_HOST + j as u8)));
+    for (host, last) in hosts.chain(hosts6) {
         sh(&format!(
             "ip neigh replace {host} lladdr 02:00:00:00:01:{last:02x} dev v0 nud permanent"
         ))?;
@@ -153,7 +176,8 @@ pub fn udp_vip() -> Service {
 }
 
 /// Every VIP and backend of `cfg`, through lbctl's own `Maps` methods
-/// (default table size, weight 1, dnat; each VIP's backends in one call).
+/// (default table size, weight 1, dnat; each VIP's backends in one call),
+/// and the IPv6 VIP (TCP and UDP) beside them.
 pub fn configure(maps: &Maps, cfg: &Config) -> Result<()> {
     let backend = |j: u32, port: u32| -> SocketAddr {
         let host = Ipv4Addr::new(198, 18, 1, (FIRST_BACKEND_HOST as u32 + j) as u8);
@@ -171,6 +195,17 @@ pub fn configure(maps: &Maps, cfg: &Config) -> Result<()> {
         maps.add_vip(&VipSpec::new(vip, NatMode::Dnat, None, None).map_err(anyhow::Error::msg)?)?;
         let backends: Vec<(SocketAddr, u32)> = (0..cfg.backends_per_vip)
             .map(|j| (backend(j, port), 1))
+            .collect();
+        maps.add_backends(&vip, &backends)?;
+    }
+    for (proto, port) in [(Proto::Tcp, 30000), (Proto::Udp, 30001)] {
+        let vip = Service {
+            addr: SocketAddr::new(VIP6.into(), VIP_PORT),
+            proto,
+        };
+        maps.add_vip(&VipSpec::new(vip, NatMode::Dnat, None, None).map_err(anyhow::Error::msg)?)?;
+        let backends: Vec<(SocketAddr, u32)> = (0..cfg.backends_per_vip)
+            .map(|j| (SocketAddr::new(backend6(j).into(), port), 1))
             .collect();
         maps.add_backends(&vip, &backends)?;
     }

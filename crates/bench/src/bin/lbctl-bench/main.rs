@@ -13,6 +13,10 @@
 //! (addresses and checksums) and, for new flows, one new conntrack entry per
 //! repetition.
 //!
+//! Every forwarding class is measured in IPv4 and in IPv6 (one IPv6 VIP,
+//! TCP and UDP, beside the IPv4 ones); the goals compare each IPv6 row with
+//! its IPv4 twin.
+//!
 //! `make bench` runs the full benchmark; `make test` runs `--quick` once so
 //! this code keeps working (its figures are not for quoting).
 
@@ -23,7 +27,7 @@ mod maglev;
 mod report;
 
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,7 +99,9 @@ pub enum FwdPath {
 
 /// What is measured. The first four are the references: the harness's own
 /// cost and the baseline, once with the fixed frame and once varying the
-/// flow per repetition as the new-flow measurement does.
+/// flow per repetition as the new-flow measurement does. The `*6` classes
+/// are their IPv4 namesakes in IPv6 (frames 20 bytes longer), against the
+/// same baselines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Class {
     HarnessAlone,
@@ -104,22 +110,32 @@ pub enum Class {
     Established,
     Reply,
     Udp,
+    NonVip6,
+    Established6,
+    Reply6,
+    Udp6,
     HarnessAloneNewFlow,
     BaselineNewFlow,
     NewFlow,
+    NewFlow6,
 }
 
 impl Class {
-    pub const ALL: [Class; 9] = [
+    pub const ALL: [Class; 14] = [
         Class::HarnessAlone,
         Class::Baseline,
         Class::NonVip,
         Class::Established,
         Class::Reply,
         Class::Udp,
+        Class::NonVip6,
+        Class::Established6,
+        Class::Reply6,
+        Class::Udp6,
         Class::HarnessAloneNewFlow,
         Class::BaselineNewFlow,
         Class::NewFlow,
+        Class::NewFlow6,
     ];
 
     pub fn name(self) -> &'static str {
@@ -130,9 +146,14 @@ impl Class {
             Class::Established => "TCP established, original dir.",
             Class::Reply => "TCP established, reply dir.",
             Class::Udp => "UDP established",
+            Class::NonVip6 => "IPv6 non-VIP pass-through",
+            Class::Established6 => "IPv6 TCP established, orig. dir.",
+            Class::Reply6 => "IPv6 TCP established, reply dir.",
+            Class::Udp6 => "IPv6 UDP established",
             Class::HarnessAloneNewFlow => "harness alone, varying flow",
             Class::BaselineNewFlow => "baseline, varying flow",
             Class::NewFlow => "TCP new flow (SYN, distinct)",
+            Class::NewFlow6 => "IPv6 TCP new flow (SYN, distinct)",
         }
     }
 
@@ -144,9 +165,14 @@ impl Class {
             Class::Established => "tcp_established",
             Class::Reply => "tcp_reply",
             Class::Udp => "udp_established",
+            Class::NonVip6 => "non_vip_ipv6",
+            Class::Established6 => "tcp_established_ipv6",
+            Class::Reply6 => "tcp_reply_ipv6",
+            Class::Udp6 => "udp_established_ipv6",
             Class::HarnessAloneNewFlow => "harness_alone_varying",
             Class::BaselineNewFlow => "baseline_varying",
             Class::NewFlow => "tcp_new_flow",
+            Class::NewFlow6 => "tcp_new_flow_ipv6",
         }
     }
 
@@ -155,19 +181,35 @@ impl Class {
     pub fn baseline(self) -> Option<Class> {
         match self {
             Class::HarnessAlone | Class::Baseline => None,
-            Class::HarnessAloneNewFlow | Class::BaselineNewFlow | Class::NewFlow => {
-                Some(Class::BaselineNewFlow)
-            }
+            Class::HarnessAloneNewFlow
+            | Class::BaselineNewFlow
+            | Class::NewFlow
+            | Class::NewFlow6 => Some(Class::BaselineNewFlow),
             _ => Some(Class::Baseline),
         }
     }
 
     /// Measures lbctl's program (the others measure the references).
     pub fn is_lbctl(self) -> bool {
-        matches!(
+        !matches!(
             self,
-            Class::NonVip | Class::Established | Class::Reply | Class::Udp | Class::NewFlow
+            Class::HarnessAlone
+                | Class::Baseline
+                | Class::HarnessAloneNewFlow
+                | Class::BaselineNewFlow
         )
+    }
+
+    /// The IPv4 class an IPv6 class is compared with.
+    pub fn ipv4_twin(self) -> Option<Class> {
+        match self {
+            Class::NonVip6 => Some(Class::NonVip),
+            Class::Established6 => Some(Class::Established),
+            Class::Reply6 => Some(Class::Reply),
+            Class::Udp6 => Some(Class::Udp),
+            Class::NewFlow6 => Some(Class::NewFlow),
+            _ => None,
+        }
     }
 }
 
@@ -267,7 +309,9 @@ fn run(args: &Args) -> Result<()> {
         classes.retain(|c| {
             args.only.contains(c)
                 || matches!(c, Class::HarnessAlone | Class::Baseline)
-                || (*c == Class::BaselineNewFlow && args.only.contains(&Class::NewFlow))
+                || (*c == Class::BaselineNewFlow
+                    && (args.only.contains(&Class::NewFlow)
+                        || args.only.contains(&Class::NewFlow6)))
         });
     }
     let opts = Opts {
@@ -493,10 +537,19 @@ impl Bench<'_> {
         SocketAddrV4::new(lab::FIRST_VIP, lab::VIP_PORT)
     }
 
+    fn vip6() -> SocketAddrV6 {
+        SocketAddrV6::new(lab::VIP6, lab::VIP_PORT, 0, 0)
+    }
+
     /// The template of every new flow: a SYN from 198.19.0.0:1024 to the
     /// first VIP; the harness turns it into flow n.
     fn new_flow_frame() -> Vec<u8> {
         frames::frame(&Flow::tcp(lab::NEW_FLOW_SOURCE, Self::vip()), SYN)
+    }
+
+    /// The same in IPv6, from [2001:db8:1::]:1024 to the IPv6 VIP.
+    fn new_flow_frame6() -> Vec<u8> {
+        frames::frame(&Flow::tcp(lab::NEW_FLOW_SOURCE6, Self::vip6()), SYN)
     }
 
     /// The conntrack table as every measurement starts: emptied, then
@@ -548,12 +601,13 @@ impl Bench<'_> {
         let vip = Self::vip();
         let syn_flow = Flow::tcp(lab::CLIENT, vip);
         let udp = Flow::udp(lab::CLIENT, vip);
-        let wants = |c: Class| self.opts.classes.contains(&c);
+        let classes = self.opts.classes.clone();
+        let wants = |c: Class| classes.contains(&c);
         let (tcp_flow, udp_flow) = (
             wants(Class::Established) || wants(Class::Reply),
             wants(Class::Udp),
         );
-        let (mut backend, mut udp_backend) = (vip, vip);
+        let (mut backend, mut udp_backend) = (SocketAddr::V4(vip), SocketAddr::V4(vip));
         if tcp_flow {
             backend = self.once(&frames::frame(&syn_flow, SYN))?.dst;
             self.once(&frames::frame(&Flow::tcp(backend, lab::CLIENT), SYN | ACK))?;
@@ -561,11 +615,29 @@ impl Bench<'_> {
         if udp_flow {
             udp_backend = self.once(&frames::frame(&udp, 0))?.dst;
         }
+        // The same in IPv6.
+        let (vip6, client6) = (SocketAddr::V6(Self::vip6()), SocketAddr::V6(lab::CLIENT6));
+        let udp6 = Flow::udp(client6, vip6);
+        let (mut backend6, mut udp_backend6) = (vip6, vip6);
+        if wants(Class::Established6) || wants(Class::Reply6) {
+            backend6 = self
+                .once(&frames::frame(&Flow::tcp(client6, vip6), SYN))?
+                .dst;
+            self.once(&frames::frame(&Flow::tcp(backend6, client6), SYN | ACK))?;
+        }
+        if wants(Class::Udp6) {
+            udp_backend6 = self.once(&frames::frame(&udp6, 0))?.dst;
+        }
 
         let mut out = Vec::new();
         for class in self.opts.classes.clone() {
             if class == Class::NewFlow {
-                out.push((class, self.new_flows()?));
+                let frame = Self::new_flow_frame();
+                out.push((class, self.new_flows(&frame, self.cfg.tcp_vips)?));
+                continue;
+            }
+            if class == Class::NewFlow6 {
+                out.push((class, self.new_flows(&Self::new_flow_frame6(), 1)?));
                 continue;
             }
             let fixed = |f: Flow, flags: u8| (frames::frame(&f, flags), Vary::None);
@@ -579,6 +651,8 @@ impl Bench<'_> {
             let (fwd, fwd_reason) = self.forward_action();
             // What runs, on what, what it must return, which verdict
             // counter must count every repetition, where the frame must go.
+            let client = SocketAddr::V4(lab::CLIENT);
+            let vip = SocketAddr::V4(vip);
             let (target, (frame, vary), expect, reason, to) = match class {
                 Class::HarnessAlone => {
                     (Target::Empty, fixed(syn_flow, SYN), XDP_ABORTED, None, None)
@@ -593,28 +667,56 @@ impl Bench<'_> {
                 ),
                 Class::Established => (
                     Target::Lbctl,
-                    fixed(Flow::tcp(lab::CLIENT, vip), ACK),
+                    fixed(Flow::tcp(client, vip), ACK),
                     fwd,
                     Some(fwd_reason),
-                    Some((lab::CLIENT, backend)),
+                    Some((client, backend)),
                 ),
                 Class::Reply => (
                     Target::Lbctl,
-                    fixed(Flow::tcp(backend, lab::CLIENT), ACK),
+                    fixed(Flow::tcp(backend, client), ACK),
                     fwd,
                     Some(fwd_reason),
-                    Some((vip, lab::CLIENT)),
+                    Some((vip, client)),
                 ),
                 Class::Udp => (
                     Target::Lbctl,
                     fixed(udp, 0),
                     fwd,
                     Some(fwd_reason),
-                    Some((lab::CLIENT, udp_backend)),
+                    Some((client, udp_backend)),
+                ),
+                Class::NonVip6 => (
+                    Target::Lbctl,
+                    fixed(Flow::tcp(client6, lab::NOT_A_VIP6), ACK),
+                    XDP_PASS,
+                    Some("pass_not_vip"),
+                    None,
+                ),
+                Class::Established6 => (
+                    Target::Lbctl,
+                    fixed(Flow::tcp(client6, vip6), ACK),
+                    fwd,
+                    Some(fwd_reason),
+                    Some((client6, backend6)),
+                ),
+                Class::Reply6 => (
+                    Target::Lbctl,
+                    fixed(Flow::tcp(backend6, client6), ACK),
+                    fwd,
+                    Some(fwd_reason),
+                    Some((vip6, client6)),
+                ),
+                Class::Udp6 => (
+                    Target::Lbctl,
+                    fixed(udp6, 0),
+                    fwd,
+                    Some(fwd_reason),
+                    Some((client6, udp_backend6)),
                 ),
                 Class::HarnessAloneNewFlow => (Target::Empty, varying, XDP_ABORTED, None, None),
                 Class::BaselineNewFlow => (Target::Baseline, varying, XDP_TX, None, None),
-                Class::NewFlow => unreachable!("measured above"),
+                Class::NewFlow | Class::NewFlow6 => unreachable!("measured above"),
             };
             let repeat = self.opts.repeat;
             let (sample, frame_out) = self.measure(target, &frame, vary, repeat, expect, reason)?;
@@ -624,7 +726,8 @@ impl Bench<'_> {
                 .with_context(|| format!("{}: the frame that left", class.name()))?;
             let to = match (class, vary) {
                 (Class::BaselineNewFlow, Vary::NewFlows { first, vips }) => {
-                    Some(varied_flow(first + repeat - 1, vips))
+                    let (src, dst) = varied_flow(first + repeat - 1, vips);
+                    Some((src.into(), dst.into()))
                 }
                 _ => to,
             };
@@ -696,12 +799,12 @@ impl Bench<'_> {
         ))
     }
 
-    /// `repeat` distinct new flows, in test runs of at most `chunk`, each
-    /// starting from the configuration's table (emptied and refilled), each
-    /// checked to have made one conntrack entry per repetition.
-    fn new_flows(&mut self) -> Result<Sample> {
+    /// `repeat` distinct new flows made from `frame` over `vips` VIPs, in
+    /// test runs of at most `chunk`, each starting from the configuration's
+    /// table (emptied and refilled), each checked to have made one conntrack
+    /// entry per repetition.
+    fn new_flows(&mut self, frame: &[u8], vips: u32) -> Result<Sample> {
         let (fwd, reason) = self.forward_action();
-        let frame = Self::new_flow_frame();
         let mut left = self.opts.repeat;
         let mut total_ns = 0f64;
         while left > 0 {
@@ -713,11 +816,8 @@ impl Bench<'_> {
             self.reset()?;
             let entries = lab::conntrack_count()?;
             let first = self.next_flow;
-            let vary = Vary::NewFlows {
-                first,
-                vips: self.cfg.tcp_vips,
-            };
-            let (sample, out) = self.measure(Target::Lbctl, &frame, vary, n, fwd, Some(reason))?;
+            let vary = Vary::NewFlows { first, vips };
+            let (sample, out) = self.measure(Target::Lbctl, frame, vary, n, fwd, Some(reason))?;
             let made = lab::conntrack_count()? - entries;
             ensure!(
                 made == n as u64 && self.harness.next_flow() == first + n,

@@ -18,6 +18,8 @@ pub const GOALS: [(Class, f64); 3] = [
 /// No lbctl figure may grow more than this from the first configuration to
 /// the second.
 pub const MAX_DEGRADATION: f64 = 0.15;
+/// Nor an IPv6 figure over its IPv4 twin's (same class, same configuration).
+pub const MAX_IPV6_OVERHEAD: f64 = 0.15;
 
 pub struct Report {
     pub quick: bool,
@@ -116,7 +118,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "{:<36} {:<31} {:>8} {:>15} {:>10}  action",
+            "{:<36} {:<33} {:>8} {:>15} {:>10}  action",
             "config", "class", "ns/pkt", "min-max", "x base"
         );
         for (i, (cfg, _)) in self.configs.iter().enumerate() {
@@ -126,7 +128,7 @@ impl Report {
                     .map_or("-".to_string(), |r| format!("{r:.2}"));
                 let _ = writeln!(
                     s,
-                    "{:<36} {:<31} {:>8.0} {:>15} {:>10}  {}",
+                    "{:<36} {:<33} {:>8.0} {:>15} {:>10}  {}",
                     cfg.name,
                     f.class.name(),
                     f.median,
@@ -160,6 +162,28 @@ impl Report {
                         if r <= goal { "met" } else { "MISSED" }
                     ));
                 }
+            }
+        }
+        for (i, (cfg, _)) in self.configs.iter().enumerate() {
+            for f in self.figures(i) {
+                let Some(v4) = f.class.ipv4_twin().and_then(|c| self.find(i, c)) else {
+                    continue;
+                };
+                let over = f.median / v4.median - 1.0;
+                out.push(format!(
+                    "{}: {}: {:.0} ns, IPv4 {:.0} ns: {:+.1}%, goal <= +{:.0}%: {}",
+                    cfg.name,
+                    f.class.name(),
+                    f.median,
+                    v4.median,
+                    over * 100.0,
+                    MAX_IPV6_OVERHEAD * 100.0,
+                    if over <= MAX_IPV6_OVERHEAD {
+                        "met"
+                    } else {
+                        "MISSED"
+                    }
+                ));
             }
         }
         if self.configs.len() >= 2 {
