@@ -172,7 +172,7 @@ address = "198.18.1.11:53"
             (format!("{vip}snat = \"198.18.1.1\"\n"), 3, "snat only applies"),
             (format!("{vip}proto = \"sctp\"\n"), 3, "unknown protocol"),
             (format!("{vip}table_size = 65536\n"), 3, "must be a prime"),
-            ("[[vip]]\naddress = \"[2001:db8::1]:80\"\n".into(), 2, "IPv6"),
+            ("[[vip]]\naddress = \"[2001:db8::1]:80\"\nsnat = \"198.18.2.1\"\nmode = \"fullnat\"\n".into(), 2, "address family"),
             (format!("{vip}[vip.health]\nkind = \"icmp\"\n"), 4, "use tcp, http, udp or none"),
             (format!("{vip}[vip.health]\nkind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"2s\"\n"), 6, "at most the interval"),
             (format!("{vip}[vip.health]\nkind = \"tcp\"\ninterval = \"soon\"\n"), 5, "not a duration"),
