@@ -309,6 +309,11 @@ fn long_lived_connections_survive_every_change(topology: Topology, family: Famil
                 .unwrap();
             pause();
         }
+        // The flow cache serves a flow for up to a second without asking
+        // conntrack (bpf/flow_cache.h): only then is every lost entry
+        // rebuilt. A table change inside that second would re-pick a flow
+        // whose entry is still missing.
+        std::thread::sleep(Duration::from_millis(1200));
     }
 
     // The operator, in turn:
