@@ -14,7 +14,7 @@
 
 /* The FIB's question for the rewritten packet, by family. */
 static __always_inline void fib_params(const struct xdp_md *ctx, const struct packet *pkt,
-				       struct bpf_fib_lookup *fib)
+				       const struct flow *f, struct bpf_fib_lookup *fib)
 {
 	__builtin_memset(fib, 0, sizeof(*fib));
 	fib->l4_protocol = pkt->proto;
@@ -24,29 +24,42 @@ static __always_inline void fib_params(const struct xdp_md *ctx, const struct pa
 		fib->family = AF_INET6;
 		fib->flowinfo = *(__be32 *)pkt->ip6 & bpf_htonl(IPV6_FLOWINFO_MASK);
 		addr_store(fib->ipv6_src, pkt->saddr, LB_AF_INET6);
-		addr_store(fib->ipv6_dst, pkt->daddr, LB_AF_INET6);
+		addr_store(fib->ipv6_dst, f->via, LB_AF_INET6);
 	} else {
 		fib->family = AF_INET;
 		fib->tos = pkt->ip->tos;
 		fib->ipv4_src = pkt->saddr[0];
-		fib->ipv4_dst = pkt->daddr[0];
+		fib->ipv4_dst = f->via[0];
 	}
+}
+
+/* Whether the FIB reached f->via itself: it replaces the destination with
+ * the gateway's address when the route has one. */
+static __always_inline bool fib_on_link(const struct bpf_fib_lookup *fib, const struct flow *f,
+					__u8 family)
+{
+	if (family == LB_AF_INET6)
+		return ((fib->ipv6_dst[0] ^ f->via[0]) | (fib->ipv6_dst[1] ^ f->via[1]) |
+			(fib->ipv6_dst[2] ^ f->via[2]) | (fib->ipv6_dst[3] ^ f->via[3])) == 0;
+	return fib->ipv4_dst == f->via[0];
 }
 
 /* Returns LB_CONTINUE with hop filled in, or the reason to pass the
  * (rewritten) packet to the stack. */
 static __always_inline int route(struct xdp_md *ctx, const struct packet *pkt,
-				 struct next_hop *hop)
+				 const struct flow *f, struct next_hop *hop)
 {
 	struct bpf_fib_lookup fib;
 	int rc;
 
-	fib_params(ctx, pkt, &fib);
+	fib_params(ctx, pkt, f, &fib);
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return LB_PASS_NO_NEIGH;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS || pkt_ttl(pkt) <= 1)
 		return LB_PASS_FIB; /* the stack routes or answers ICMP */
+	if (f->dsr && !fib_on_link(&fib, f, pkt->family))
+		return LB_DROP_DSR_OFFLINK; /* a gateway would send it back: a loop */
 	hop->ifindex = fib.ifindex;
 	__builtin_memcpy(hop->smac, fib.smac, ETH_ALEN);
 	__builtin_memcpy(hop->dmac, fib.dmac, ETH_ALEN);

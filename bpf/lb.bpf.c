@@ -63,7 +63,7 @@ int lbctl_xdp(struct xdp_md *ctx)
 	rewrite_csum(&pkt, &flow); /* the flow cache keeps it with the decision */
 	rewrite_packet(&pkt, &flow);
 	count_flow(&flow, pkt.len);
-	reason = route(ctx, &pkt, &hop);
+	reason = route(ctx, &pkt, &flow, &hop);
 	if (reason != LB_CONTINUE)
 		return stop(reason);
 	reason = transmit(ctx, &pkt, &hop);

@@ -58,6 +58,10 @@ struct lb_endpoint {
 /* lbctl only: the operator chose table_size (--table-size); without it lbctl
  * sizes the table for the VIP's backends and grows it as they are added. */
 #define LB_VIP_FIXED_SIZE (1u << 1)
+/* Direct server return (IPVS -g): the packet keeps its addresses and ports,
+ * only its MACs change, to reach the backend, which holds the VIP itself and
+ * answers the client directly. Never with LB_VIP_FULLNAT. */
+#define LB_VIP_DSR (1u << 2)
 
 /* Value of `vips`, keyed by struct lb_endpoint. */
 struct lb_vip {
@@ -220,6 +224,7 @@ enum lb_reason {
 	LB_PASS_FOREIGN_CT,      /* conntrack entry not made by lbctl: not touched */
 	LB_DROP_REPLY_UNTRACKED, /* fullnat reply with no entry: the client is unknown */
 	LB_PASS_EXT_HEADERS,     /* IPv6: more than LB_MAX_EXT_HEADERS before TCP/UDP */
+	LB_DROP_DSR_OFFLINK,     /* dsr: the backend is behind a gateway, not on a link */
 	LB_REASON_MAX,
 };
 

@@ -93,6 +93,8 @@ struct flow {
 	__u16 csum_l4;  /* and in the L4 checksum (rewrite.h) */
 	__u32 mark;
 	bool created;
+	__be32 via[4];  /* where the FIB routes it: daddr, or dsr's backend */
+	bool dsr;       /* via is a backend that must be on a link */
 };
 
 /* Where a packet leaves and with which MACs: from the FIB, or from the flow

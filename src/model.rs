@@ -75,6 +75,10 @@ pub enum NatMode {
     Dnat,
     /// Destination and source: backends see the balancer and need no route.
     Fullnat,
+    /// Direct server return: only the destination MAC changes; backends on
+    /// a link of the balancer hold the VIP themselves and answer clients
+    /// directly. A backend's port must be the VIP's.
+    Dsr,
 }
 
 impl NatMode {
@@ -82,6 +86,7 @@ impl NatMode {
         match self {
             NatMode::Dnat => "dnat",
             NatMode::Fullnat => "fullnat",
+            NatMode::Dsr => "dsr",
         }
     }
 }
@@ -168,6 +173,21 @@ pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
         .map_err(|_| format!("{s:?} is not an IP address"))
 }
 
+/// dsr does not rewrite ports: a backend must listen on the VIP's.
+pub fn check_backend_port(
+    mode: NatMode,
+    vip: SocketAddr,
+    backend: SocketAddr,
+) -> Result<(), String> {
+    if mode == NatMode::Dsr && vip.port() != backend.port() {
+        return Err(format!(
+            "backend {backend}: VIP {vip} is dsr, which keeps the packet's port, so a backend's port must be {}",
+            vip.port()
+        ));
+    }
+    Ok(())
+}
+
 /// A backend must be of the VIP's address family: lbctl translates
 /// addresses, not protocols.
 pub fn check_same_family(vip: SocketAddr, backend: SocketAddr) -> Result<(), String> {
@@ -201,7 +221,7 @@ impl VipSpec {
         snat: Option<IpAddr>,
         table_size: Option<u32>,
     ) -> Result<VipSpec, String> {
-        if mode == NatMode::Dnat && snat.is_some() {
+        if mode != NatMode::Fullnat && snat.is_some() {
             return Err("--snat only applies to --mode fullnat".into());
         }
         if let Some(ip) = snat {

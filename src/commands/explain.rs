@@ -263,6 +263,18 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
             reach.dev
         ),
     );
+    if p.vip.mode == NatMode::Dsr {
+        let on_link = reach.hop == backend.ip();
+        checks.add(
+            "on-link",
+            on_link,
+            if on_link {
+                format!("backend {} is on a link of the balancer, as dsr needs", backend.ip())
+            } else {
+                format!("dsr needs backends on a link of the balancer, but {} is reached via gateway {}: packets are dropped (drop_dsr_offlink)", backend.ip(), reach.hop)
+            },
+        );
+    }
     let fullnat = p.vip.mode == NatMode::Fullnat;
     let egress_attached = b.attachments.iter().any(|a| a.ifname == reach.dev);
     checks.add(

@@ -11,8 +11,9 @@ use toml::Spanned;
 
 use super::defaults;
 use crate::model::{
-    check_same_family, parse_duration, parse_endpoint, parse_ip, CheckKind, Desired, DesiredVip,
-    HealthCheck, NatMode, Proto, Service, Timeouts, VipSpec, XdpMode, MAX_WEIGHT,
+    check_backend_port, check_same_family, parse_duration, parse_endpoint, parse_ip, CheckKind,
+    Desired, DesiredVip, HealthCheck, NatMode, Proto, Service, Timeouts, VipSpec, XdpMode,
+    MAX_WEIGHT,
 };
 
 /// What is wrong with a file, and where.
@@ -200,12 +201,18 @@ fn parse_vip(lines: &Lines, v: &RawVip) -> Result<DesiredVip, FileError> {
         Some(m) => match m.get_ref().as_str() {
             "dnat" => NatMode::Dnat,
             "fullnat" => NatMode::Fullnat,
-            other => return lines.err(m.span(), format!("mode {other:?}: use dnat or fullnat")),
+            "dsr" => NatMode::Dsr,
+            other => {
+                return lines.err(
+                    m.span(),
+                    format!("mode {other:?}: use dnat, fullnat or dsr"),
+                )
+            }
         },
         None => NatMode::Dnat,
     };
     let snat = match &v.snat {
-        Some(s) if mode == NatMode::Dnat => {
+        Some(s) if mode != NatMode::Fullnat => {
             return lines.err(s.span(), "snat only applies to mode = \"fullnat\"")
         }
         Some(s) => Some(parse_ip(s.get_ref()).or_else(|e| lines.err(s.span(), e))?),
@@ -235,6 +242,7 @@ fn parse_vip(lines: &Lines, v: &RawVip) -> Result<DesiredVip, FileError> {
         let addr =
             parse_endpoint(b.address.get_ref()).or_else(|e| lines.err(b.address.span(), e))?;
         check_same_family(service.addr, addr).or_else(|e| lines.err(b.address.span(), e))?;
+        check_backend_port(mode, service.addr, addr).or_else(|e| lines.err(b.address.span(), e))?;
         let weight = match &b.weight {
             Some(w) => lines.int(w, "weight", 0..MAX_WEIGHT as i64 + 1)?,
             None => 1,

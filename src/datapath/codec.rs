@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 
 use super::abi::{
     LB_AF_INET, LB_AF_INET6, LB_BACKEND_CHECKED, LB_BACKEND_DOWN, LB_BACKEND_IN_USE,
-    LB_BACKEND_LEAVING, LB_VIP_FIXED_SIZE, LB_VIP_FULLNAT,
+    LB_BACKEND_LEAVING, LB_VIP_DSR, LB_VIP_FIXED_SIZE, LB_VIP_FULLNAT,
 };
 use super::types::{lb_backend, lb_endpoint, lb_vip};
 use crate::model::{Health, NatMode, Proto, Service};
@@ -146,8 +146,10 @@ pub fn vip_row(
     fixed_size: bool,
 ) -> lb_vip {
     let mut flags = 0;
-    if mode == NatMode::Fullnat {
-        flags |= LB_VIP_FULLNAT;
+    match mode {
+        NatMode::Dnat => {}
+        NatMode::Fullnat => flags |= LB_VIP_FULLNAT,
+        NatMode::Dsr => flags |= LB_VIP_DSR,
     }
     if fixed_size {
         flags |= LB_VIP_FIXED_SIZE;
@@ -169,6 +171,8 @@ pub fn vip_entry(ep: &lb_endpoint, v: &lb_vip) -> Result<VipEntry> {
         index: v.index,
         mode: if fullnat {
             NatMode::Fullnat
+        } else if v.flags & LB_VIP_DSR != 0 {
+            NatMode::Dsr
         } else {
             NatMode::Dnat
         },

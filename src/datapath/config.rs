@@ -40,7 +40,7 @@ use super::prefilter::Set;
 use super::reply::{key_of, Key};
 use super::tables::{moved_ppm, new_table, table_digest, table_ids, table_size_for};
 use super::types::{lb_backend, lb_config, lb_endpoint, lb_vip};
-use crate::model::{check_same_family, Health, Service, Timeouts, VipSpec};
+use crate::model::{check_backend_port, check_same_family, Health, Service, Timeouts, VipSpec};
 use crate::table_size::Sizing;
 
 /// The settings of a new balancer.
@@ -360,6 +360,7 @@ impl Maps {
             .collect();
         for &(addr, weight) in new {
             check_same_family(service.addr, addr).map_err(anyhow::Error::msg)?;
+            check_backend_port(vip.mode, service.addr, addr).map_err(anyhow::Error::msg)?;
             if want.iter().any(|(a, _)| *a == addr) {
                 bail!("backend {addr} is already in VIP {service} (lbctl backend set to change its weight)");
             }

@@ -72,7 +72,8 @@ pub fn wanted(rows: &[(&BackendEntry, &VipEntry)]) -> lb_reply_source {
 fn rows_by_endpoint(run: &Running) -> BTreeMap<Key, Vec<(&BackendEntry, &VipEntry)>> {
     let mut out: BTreeMap<Key, Vec<(&BackendEntry, &VipEntry)>> = BTreeMap::new();
     for b in &run.backends {
-        if let Some(v) = run.vip_of(b) {
+        // A dsr backend answers from the VIP, never from its own address.
+        if let Some(v) = run.vip_of(b).filter(|v| v.mode != NatMode::Dsr) {
             out.entry(key_of(b)).or_default().push((b, v));
         }
     }

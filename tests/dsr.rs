@@ -1,0 +1,297 @@
+//! Direct server return (`--mode dsr`) through the real, verifier-loaded
+//! program (BPF_PROG_TEST_RUN), both families: only the MACs and the hop
+//! limit change, conntrack still holds each flow's backend, and a backend
+//! the FIB reaches through a gateway is refused rather than looped.
+
+use lbctl::datapath::types::lb_reason;
+use lbctl::model::{NatMode, Proto};
+use lbctl_lab::fixtures::packet::*;
+use lbctl_lab::fixtures::*;
+
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
+
+/// The fixed neighbours of `Balancer::with_routes`.
+fn backend_mac(host: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x01, host]
+}
+
+struct Family {
+    vip: &'static str,
+    client: &'static str,
+    backends: [&'static str; 2],
+    /// The host number of each backend (its MAC's last byte).
+    hosts: [u8; 2],
+    conntrack: &'static str,
+}
+
+const V4: Family = Family {
+    vip: "198.18.100.1:8080",
+    client: "198.18.0.2:40000",
+    backends: ["198.18.1.11:8080", "198.18.1.12:8080"],
+    hosts: [11, 12],
+    conntrack: "conntrack -L -p tcp 2>/dev/null",
+};
+
+const V6: Family = Family {
+    vip: "[2001:db8:0:100::1]:8080",
+    client: "[2001:db8::2]:40000",
+    backends: ["[2001:db8:0:1::11]:8080", "[2001:db8:0:1::12]:8080"],
+    hosts: [11, 12],
+    conntrack: "conntrack -L -f ipv6 -p tcp 2>/dev/null",
+};
+
+/// What a dsr balancer sends for `p`: the same frame from the router's MAC
+/// to the backend's, one hop less (checksums recomputed by the builder).
+fn expected(p: Packet, host: u8) -> Vec<u8> {
+    p.src_mac(ROUTER_MAC)
+        .dst_mac(backend_mac(host))
+        .ttl(63)
+        .build()
+}
+
+fn dsr_keeps_the_packet_and_its_backend(f: &Family) {
+    let lb = Balancer::load().with_routes();
+    let vip = lb.vip(f.vip, Proto::Tcp, NatMode::Dsr, None);
+    for b in f.backends {
+        lb.backend(&vip, b, 1);
+    }
+    let packet = |flags: u8| Packet::tcp(f.client, f.vip, flags).payload(b"hello");
+
+    let (action, out) = lb.run(&packet(SYN).build());
+    assert_eq!(action, XDP_REDIRECT, "to a backend through the devmap");
+    let picked = f
+        .hosts
+        .iter()
+        .position(|&h| parse(&out).dst_mac == backend_mac(h))
+        .unwrap_or_else(|| panic!("to no backend's MAC: {:?}", parse(&out)));
+    if let Some(diff) = frame_diff(&out, &expected(packet(SYN), f.hosts[picked])) {
+        panic!("dsr changed more than the MACs and the hop limit:\n{diff}");
+    }
+
+    // The entry names the backend (as its NAT destination, which the
+    // program never applies): conntrack -L shows where the flow goes.
+    let entries = sh(f.conntrack);
+    let backend_ip = addr(f.backends[picked]).ip().to_string();
+    assert!(
+        entries.contains(&format!("src={backend_ip} ")),
+        "the entry names backend {backend_ip}: {entries}"
+    );
+
+    // Drained, the backend keeps its flow: slow path, then the flow cache.
+    lb.maps
+        .set_weight(&vip, addr(f.backends[picked]), 0)
+        .unwrap();
+    for _ in 0..3 {
+        let (action, out) = lb.run(&packet(ACK).build());
+        assert_eq!(action, XDP_REDIRECT);
+        if let Some(diff) = frame_diff(&out, &expected(packet(ACK), f.hosts[picked])) {
+            panic!("a later packet left otherwise:\n{diff}");
+        }
+    }
+    assert!(lb.cache().0 > 0, "the flow cache served dsr packets");
+    // A new flow goes to the other backend.
+    let other = Packet::tcp(&f.client.replace("40000", "40001"), f.vip, SYN);
+    let (_, out) = lb.run(&other.build());
+    assert_eq!(parse(&out).dst_mac, backend_mac(f.hosts[1 - picked]));
+    assert_eq!(lb.reason(lb_reason::LB_XDP_REDIRECT), 5);
+}
+
+#[test]
+fn dsr_changes_only_the_macs_ipv4() {
+    in_fresh_netns(|| dsr_keeps_the_packet_and_its_backend(&V4));
+}
+
+#[test]
+fn dsr_changes_only_the_macs_ipv6() {
+    in_fresh_netns(|| dsr_keeps_the_packet_and_its_backend(&V6));
+}
+
+#[test]
+fn a_dsr_backend_behind_a_gateway_is_dropped_not_looped() {
+    in_fresh_netns(|| {
+        let lb = Balancer::load().with_routes();
+        // 198.18.5.0/24 is reached through the router 198.18.1.11: the frame
+        // would go to that router with the VIP as its destination.
+        sh("ip route add 198.18.5.0/24 via 198.18.1.11");
+        let vip = lb.vip(V4.vip, Proto::Tcp, NatMode::Dsr, None);
+        lb.backend(&vip, "198.18.5.5:8080", 1);
+        let (action, _) = lb.run(&Packet::tcp(V4.client, V4.vip, SYN).build());
+        assert_eq!(action, XDP_DROP, "{:?}", lb.reasons());
+        assert_eq!(lb.reason(lb_reason::LB_DROP_DSR_OFFLINK), 1);
+    });
+}
+
+#[test]
+fn a_dsr_backend_must_listen_on_the_vips_port() {
+    in_fresh_netns(|| {
+        let lb = Balancer::load().with_routes();
+        let vip = lb.vip(V4.vip, Proto::Tcp, NatMode::Dsr, None);
+        let err = lb
+            .maps
+            .add_backend(&vip, addr("198.18.1.11:80"), 1)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("port must be 8080"), "{err:#}");
+        assert!(lb.maps.running().unwrap().backends.is_empty());
+    });
+}
+
+// ----- In the lab: real connections, backends answering clients directly -----
+
+mod lab {
+    use std::collections::BTreeMap;
+    use std::net::{IpAddr, SocketAddr};
+    use std::time::Duration;
+
+    use lbctl_lab::clients::{self, ClientError};
+    use lbctl_lab::lab::{Family, Lab, Topology};
+    use lbctl_lab::servers::ECHO_PORT;
+
+    fn lbctl(lab: &Lab, args: &[&str]) -> String {
+        let mut argv = vec![env!("CARGO_BIN_EXE_lbctl")];
+        argv.extend_from_slice(args);
+        lab.exec(lab.balancer_ns(), &argv)
+            .unwrap_or_else(|e| panic!("lbctl {args:?}: {e}"))
+    }
+
+    /// A one-arm lab whose backends hold the VIP on their loopback, as a
+    /// dsr backend must (and answer ARP only for their own addresses), with
+    /// VIP 1 of `family` on the echo port in dsr, backends weighted 1, 2, 1.
+    fn dsr_lab(family: Family) -> (Lab, IpAddr) {
+        let mut lab = Lab::dual_stack(Topology::OneArm, 3).expect("building the lab");
+        lab.start_servers().expect("starting servers");
+        let vip = lab.vip_ip(1, family);
+        let host_prefix = if vip.is_ipv4() { 32 } else { 128 };
+        for i in lab.backend_ids() {
+            let ns = lab.backend_ns(i).to_string();
+            for argv in [
+                vec![
+                    "ip".to_string(),
+                    "addr".into(),
+                    "add".into(),
+                    format!("{vip}/{host_prefix}"),
+                    "dev".into(),
+                    "lo".into(),
+                ],
+                vec![
+                    "sysctl".into(),
+                    "-qw".into(),
+                    "net.ipv4.conf.all.arp_ignore=1".into(),
+                ],
+                vec![
+                    "sysctl".into(),
+                    "-qw".into(),
+                    "net.ipv4.conf.all.arp_announce=2".into(),
+                ],
+            ] {
+                lab.exec(&ns, &argv).unwrap();
+            }
+        }
+        for iface in lab.lb_ifaces() {
+            lbctl(&lab, &["attach", iface]);
+        }
+        let v = SocketAddr::new(vip, ECHO_PORT).to_string();
+        lbctl(&lab, &["vip", "add", &v, "--mode", "dsr"]);
+        for (i, w) in lab.backend_ids().zip(["1", "2", "1"]) {
+            let b = SocketAddr::new(lab.backend_ip(i, family), ECHO_PORT).to_string();
+            lbctl(&lab, &["backend", "add", &v, &b, "--weight", w]);
+        }
+        (lab, vip)
+    }
+
+    fn diagnose(lab: &Lab) -> String {
+        let mut out = lbctl(lab, &["status"]);
+        out += &lbctl(lab, &["list", "--stats"]);
+        out
+    }
+
+    fn short_tcp(lab: &Lab, vip: IpAddr, n: usize) -> BTreeMap<String, usize> {
+        lab.in_client(|| -> Result<_, ClientError> {
+            let mut spread = BTreeMap::new();
+            for k in 0..n {
+                let t = clients::scaled(Duration::from_secs(3));
+                let name = clients::tcp_echo(vip, ECHO_PORT, format!("req {k}").as_bytes(), t)
+                    .map_err(|e| ClientError::Protocol(format!("connection {k} of {n}: {e}")))?;
+                *spread.entry(name).or_insert(0) += 1;
+            }
+            Ok(spread)
+        })
+        .unwrap_or_else(|e| panic!("short TCP connections: {e}\n{}", diagnose(lab)))
+    }
+
+    /// Short connections spread by weight; 20 long ones keep their backend
+    /// byte for byte while a backend is drained, another reweighted and the
+    /// program replaced; the replies never pass the balancer (its counters
+    /// see only the clients' packets).
+    fn connections_through_dsr(family: Family) {
+        let (lab, vip) = dsr_lab(family);
+        let spread = short_tcp(&lab, vip, 300);
+        let share = |i: usize| *spread.get(&lab.backend_name(i)).unwrap_or(&0) as f64 / 300.0;
+        for (i, want) in [(1, 0.25), (2, 0.5), (3, 0.25)] {
+            assert!(
+                (share(i) - want).abs() < 0.12,
+                "b{i} got {:.2} of new connections, its weight says {want}: {spread:?}",
+                share(i)
+            );
+        }
+
+        let cfg = clients::EchoConfig {
+            max_duration: clients::scaled(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let conns = lab
+            .in_client(|| clients::start_many(20, vip, ECHO_PORT, &cfg))
+            .unwrap_or_else(|e| panic!("long connections: {e}\n{}", diagnose(&lab)));
+        let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
+        let v = SocketAddr::new(vip, ECHO_PORT).to_string();
+        let be = |i: usize| SocketAddr::new(lab.backend_ip(i, family), ECHO_PORT).to_string();
+        let pause = || std::thread::sleep(Duration::from_millis(300));
+        pause();
+        lbctl(&lab, &["backend", "set", &v, &be(1), "--weight", "0"]);
+        pause();
+        lbctl(&lab, &["backend", "set", &v, &be(2), "--weight", "1"]);
+        pause();
+        lbctl(&lab, &["attach", lab.lb_ifaces()[0], "--replace"]);
+        pause();
+        let after = short_tcp(&lab, vip, 40);
+        assert!(
+            !after.contains_key(&lab.backend_name(1)),
+            "a drained backend got new connections: {after:?}"
+        );
+        let reports = clients::finish_all(conns);
+        if let Some(broken) = clients::broken_summary(&reports) {
+            panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
+        }
+        for (r, first) in reports.iter().zip(&started) {
+            assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
+        }
+        // The backends' answers went straight to the client: lbctl saw no
+        // packet from any backend address.
+        let list = lbctl(&lab, &["list", "--stats", "--json"]);
+        assert!(list.contains("\"dsr\""), "{list}");
+        let entries = lab
+            .exec(
+                lab.balancer_ns(),
+                &[
+                    "conntrack",
+                    "-L",
+                    "-f",
+                    if family == Family::V4 { "ipv4" } else { "ipv6" },
+                ],
+            )
+            .unwrap();
+        assert!(
+            !entries.contains("ASSURED"),
+            "no reply passed the balancer, so no entry saw one: {entries}"
+        );
+    }
+
+    #[test]
+    fn connections_through_dsr_ipv4() {
+        connections_through_dsr(Family::V4);
+    }
+
+    #[test]
+    fn connections_through_dsr_ipv6() {
+        connections_through_dsr(Family::V6);
+    }
+}
