@@ -173,19 +173,23 @@ static __always_inline void ct_nat_target(const struct nf_conn *ct, __u8 dir, __
 	f->sport = other->dst.u.all;
 	ct_addr(f->daddr, &other->src.u3, family);
 	f->dport = other->src.u.all;
-	__builtin_memcpy(f->via, f->daddr, sizeof(f->via));
+	f->keep_dst = false;
 	f->dsr = false;
+	f->encap = 0;
 }
 
-/* dsr: the entry records the backend as its destination NAT, so that it
- * holds the flow's backend whatever later happens to the backend's row, and
- * conntrack -L and lbctl conns show it; but the packet keeps the VIP and its
- * port (the backend holds the VIP): only the route goes to the backend. */
-static __always_inline void dsr_keep_destination(const struct packet *pkt, struct flow *f)
+/* dsr and tunnel: the entry records the backend as its destination NAT,
+ * so that it holds the flow's backend whatever later happens to the
+ * backend's row, and conntrack -L and lbctl conns show it; but the packet
+ * keeps the VIP and its port (the backend holds the VIP): only the route
+ * (dsr) or the outer header (tunnel) goes to the backend. */
+static __always_inline void keep_destination(const struct packet *pkt, const struct lb_vip *vip,
+					     struct flow *f)
 {
-	addr_load(f->daddr, pkt->daddr, pkt->family);
-	f->dport = pkt->ports[1];
-	f->dsr = true;
+	f->keep_dst = true;
+	f->dsr = vip->flags & LB_VIP_DSR;
+	if (vip->flags & LB_VIP_TUNNEL)
+		f->encap = pkt->family == LB_AF_INET6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
 }
 
 /* Keep the entry alive and honest: packets forwarded in XDP never reach
@@ -307,8 +311,8 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 		return LB_PASS_FOREIGN_CT;
 	}
 	ct_nat_target(ct, dir, pkt->family, f);
-	if (vip && (vip->flags & LB_VIP_DSR))
-		dsr_keep_destination(pkt, f);
+	if (vip && (vip->flags & (LB_VIP_DSR | LB_VIP_TUNNEL)))
+		keep_destination(pkt, vip, f);
 	ct_refresh(ct, dir, pkt, f, cfg);
 	bpf_ct_release(ct);
 	return LB_CONTINUE;

@@ -104,6 +104,7 @@ static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct pac
 	f->csum_l4 = e->csum_l4;
 	f->mark = e->mark;
 	f->created = false;
+	f->keep_dst = e->keep_dst;
 	hop->ifindex = e->egress_ifindex;
 	__builtin_memcpy(hop->smac, e->smac, ETH_ALEN);
 	__builtin_memcpy(hop->dmac, e->dmac, ETH_ALEN);
@@ -145,6 +146,7 @@ static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct pa
 	e.dport = f->dport;
 	e.csum_ip = f->csum_ip;
 	e.csum_l4 = f->csum_l4;
+	e.keep_dst = f->keep_dst;
 	e.ingress_ifindex = ctx->ingress_ifindex;
 	e.egress_ifindex = hop->ifindex;
 	e.max_len = pkt_ip_len(pkt);

@@ -18,30 +18,32 @@ static __always_inline void fib_params(const struct xdp_md *ctx, const struct pa
 {
 	__builtin_memset(fib, 0, sizeof(*fib));
 	fib->l4_protocol = pkt->proto;
-	fib->tot_len = pkt_ip_len(pkt);
+	fib->tot_len = pkt_ip_len(pkt) + f->encap;
 	fib->ifindex = ctx->ingress_ifindex;
 	if (pkt->family == LB_AF_INET6) {
 		fib->family = AF_INET6;
 		fib->flowinfo = *(__be32 *)pkt->ip6 & bpf_htonl(IPV6_FLOWINFO_MASK);
 		addr_store(fib->ipv6_src, pkt->saddr, LB_AF_INET6);
-		addr_store(fib->ipv6_dst, f->via, LB_AF_INET6);
+		addr_store(fib->ipv6_dst, f->daddr, LB_AF_INET6);
 	} else {
 		fib->family = AF_INET;
 		fib->tos = pkt->ip->tos;
 		fib->ipv4_src = pkt->saddr[0];
-		fib->ipv4_dst = f->via[0];
+		fib->ipv4_dst = f->daddr[0];
 	}
 }
 
-/* Whether the FIB reached f->via itself: it replaces the destination with
- * the gateway's address when the route has one. */
+/* Whether the FIB reached f->daddr itself: it replaces the destination
+ * with the gateway's address when the route has one. */
 static __always_inline bool fib_on_link(const struct bpf_fib_lookup *fib, const struct flow *f,
 					__u8 family)
 {
+	const __be32 *d = f->daddr;
+
 	if (family == LB_AF_INET6)
-		return ((fib->ipv6_dst[0] ^ f->via[0]) | (fib->ipv6_dst[1] ^ f->via[1]) |
-			(fib->ipv6_dst[2] ^ f->via[2]) | (fib->ipv6_dst[3] ^ f->via[3])) == 0;
-	return fib->ipv4_dst == f->via[0];
+		return ((fib->ipv6_dst[0] ^ d[0]) | (fib->ipv6_dst[1] ^ d[1]) |
+			(fib->ipv6_dst[2] ^ d[2]) | (fib->ipv6_dst[3] ^ d[3])) == 0;
+	return fib->ipv4_dst == d[0];
 }
 
 /* Returns LB_CONTINUE with hop filled in, or the reason to pass the
@@ -56,6 +58,8 @@ static __always_inline int route(struct xdp_md *ctx, const struct packet *pkt,
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return LB_PASS_NO_NEIGH;
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && f->encap)
+		return LB_DROP_TUNNEL_MTU;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS || pkt_ttl(pkt) <= 1)
 		return LB_PASS_FIB; /* the stack routes or answers ICMP */
 	if (f->dsr && !fib_on_link(&fib, f, pkt->family))

@@ -19,6 +19,7 @@
 #include "conntrack.h"
 #include "rewrite.h"
 #include "forward.h"
+#include "tunnel.h"
 #include "stats.h"
 
 SEC("xdp")
@@ -66,6 +67,12 @@ int lbctl_xdp(struct xdp_md *ctx)
 	reason = route(ctx, &pkt, &flow, &hop);
 	if (reason != LB_CONTINUE)
 		return stop(reason);
+	if (flow.encap && vip) { /* tunnel: not cached, every packet is encapsulated here */
+		reason = encapsulate(ctx, &pkt, &flow, vip);
+		if (reason != LB_CONTINUE)
+			return stop(reason);
+		return stop(transmit(ctx, &pkt, &hop));
+	}
 	reason = transmit(ctx, &pkt, &hop);
 	if (reason != LB_PASS_FIB)
 		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation);

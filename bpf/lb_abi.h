@@ -62,6 +62,9 @@ struct lb_endpoint {
  * only its MACs change, to reach the backend, which holds the VIP itself and
  * answers the client directly. Never with LB_VIP_FULLNAT. */
 #define LB_VIP_DSR (1u << 2)
+/* Tunnel (IPVS -i): the packet, unchanged, inside an outer header (IPIP,
+ * ip6ip6) from snat_addr to the backend, which may be anywhere routable. */
+#define LB_VIP_TUNNEL (1u << 3)
 
 /* Value of `vips`, keyed by struct lb_endpoint. */
 struct lb_vip {
@@ -179,7 +182,7 @@ struct lb_flow_cache_entry {
 	__u32  egress_ifindex;   /* == ingress_ifindex: XDP_TX; else devmap redirect */
 	__u16  max_len;          /* IP length (IPv4 total, IPv6 40 + payload) the FIB checked against the MTU */
 	__u8   tos;              /* IPv4 TOS or IPv6 traffic class the FIB lookup was made with */
-	__u8   pad;              /* zero */
+	__u8   keep_dst;         /* dsr: the rewrite keeps the destination (daddr: the backend) */
 	__u8   smac[6];          /* the next hop's MACs, from the FIB */
 	__u8   dmac[6];
 	__be32 match_saddr[4];   /* IPv6: the packet's own addresses, which the */
@@ -225,6 +228,7 @@ enum lb_reason {
 	LB_DROP_REPLY_UNTRACKED, /* fullnat reply with no entry: the client is unknown */
 	LB_PASS_EXT_HEADERS,     /* IPv6: more than LB_MAX_EXT_HEADERS before TCP/UDP */
 	LB_DROP_DSR_OFFLINK,     /* dsr: the backend is behind a gateway, not on a link */
+	LB_DROP_TUNNEL_MTU,      /* tunnel: with the outer header, larger than the path's MTU */
 	LB_REASON_MAX,
 };
 

@@ -82,7 +82,9 @@ static __always_inline __u16 pkt_ip_len(const struct packet *pkt)
 /* Where a packet goes, read from its conntrack entry (or from the flow
  * cache, which remembers it): the other direction's tuple, reversed.
  * Original direction: to the backend (from the SNAT address in fullnat).
- * Reply direction: from the VIP to the client. Addresses as the maps hold
+ * Reply direction: from the VIP to the client. dsr and tunnel keep the
+ * packet's destination (keep_dst) and route to daddr, the backend.
+ * Addresses as the maps hold
  * them: IPv4 in word 0, words 1-3 zero. */
 struct flow {
 	__be32 saddr[4];
@@ -93,8 +95,9 @@ struct flow {
 	__u16 csum_l4;  /* and in the L4 checksum (rewrite.h) */
 	__u32 mark;
 	bool created;
-	__be32 via[4];  /* where the FIB routes it: daddr, or dsr's backend */
-	bool dsr;       /* via is a backend that must be on a link */
+	bool keep_dst;  /* dsr, tunnel: daddr is the backend, for the FIB only */
+	bool dsr;       /* daddr is a backend that must be on a link */
+	__u8 encap;     /* tunnel: bytes of outer header to add, else 0 */
 };
 
 /* Where a packet leaves and with which MACs: from the FIB, or from the flow

@@ -18,9 +18,11 @@ static __always_inline void rewrite_csum(const struct packet *pkt, struct flow *
 	__u64 addrs = 0, ports = 0;
 
 	csum_delta_addr(&addrs, pkt->saddr, f->saddr, pkt->family);
-	csum_delta_addr(&addrs, pkt->daddr, f->daddr, pkt->family);
 	csum_delta16(&ports, pkt->ports[0], f->sport);
-	csum_delta16(&ports, pkt->ports[1], f->dport);
+	if (!f->keep_dst) {
+		csum_delta_addr(&addrs, pkt->daddr, f->daddr, pkt->family);
+		csum_delta16(&ports, pkt->ports[1], f->dport);
+	}
 	f->csum_ip = csum_fold(addrs);
 	f->csum_l4 = csum_fold(addrs + ports);
 }
@@ -29,9 +31,11 @@ static __always_inline void rewrite_csum(const struct packet *pkt, struct flow *
 static __always_inline void rewrite_packet(struct packet *pkt, const struct flow *f)
 {
 	addr_store(pkt->saddr, f->saddr, pkt->family);
-	addr_store(pkt->daddr, f->daddr, pkt->family);
 	pkt->ports[0] = f->sport;
-	pkt->ports[1] = f->dport;
+	if (!f->keep_dst) { /* dsr, tunnel: the backend holds the VIP */
+		addr_store(pkt->daddr, f->daddr, pkt->family);
+		pkt->ports[1] = f->dport;
+	}
 	if (pkt->family == LB_AF_INET) /* IPv6 has no header checksum */
 		pkt->ip->check = csum_apply(pkt->ip->check, f->csum_ip);
 	/* A UDP checksum of 0 means "none" and stays 0, in IPv6 too, where it

@@ -36,6 +36,7 @@ static __always_inline int stop(enum lb_reason reason)
 	case LB_DROP_CT_FAILED:
 	case LB_DROP_REPLY_UNTRACKED:
 	case LB_DROP_DSR_OFFLINK:
+	case LB_DROP_TUNNEL_MTU:
 		return verdict(reason, XDP_DROP);
 	default:
 		return verdict(reason, XDP_PASS);

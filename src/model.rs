@@ -79,6 +79,11 @@ pub enum NatMode {
     /// a link of the balancer hold the VIP themselves and answer clients
     /// directly. A backend's port must be the VIP's.
     Dsr,
+    /// IPIP (IPv4) or ip6ip6 (IPv6) to the backend, from --snat or the
+    /// attached interface's address; backends anywhere routable decapsulate,
+    /// hold the VIP and answer clients directly. A backend's port must be the
+    /// VIP's.
+    Tunnel,
 }
 
 impl NatMode {
@@ -87,7 +92,20 @@ impl NatMode {
             NatMode::Dnat => "dnat",
             NatMode::Fullnat => "fullnat",
             NatMode::Dsr => "dsr",
+            NatMode::Tunnel => "tunnel",
         }
+    }
+
+    /// fullnat's rewritten source and tunnel's outer source: `--snat`, or
+    /// the attached interface's address.
+    pub fn has_source(self) -> bool {
+        matches!(self, NatMode::Fullnat | NatMode::Tunnel)
+    }
+
+    /// dsr and tunnel do not rewrite the packet: backends hold the VIP and
+    /// answer clients directly, on the VIP's port.
+    pub fn keeps_destination(self) -> bool {
+        matches!(self, NatMode::Dsr | NatMode::Tunnel)
     }
 }
 
@@ -179,9 +197,10 @@ pub fn check_backend_port(
     vip: SocketAddr,
     backend: SocketAddr,
 ) -> Result<(), String> {
-    if mode == NatMode::Dsr && vip.port() != backend.port() {
+    if mode.keeps_destination() && vip.port() != backend.port() {
         return Err(format!(
-            "backend {backend}: VIP {vip} is dsr, which keeps the packet's port, so a backend's port must be {}",
+            "backend {backend}: VIP {vip} is {}, which keeps the packet's port, so a backend's port must be {}",
+            mode.name(),
             vip.port()
         ));
     }
@@ -221,8 +240,8 @@ impl VipSpec {
         snat: Option<IpAddr>,
         table_size: Option<u32>,
     ) -> Result<VipSpec, String> {
-        if mode != NatMode::Fullnat && snat.is_some() {
-            return Err("--snat only applies to --mode fullnat".into());
+        if !mode.has_source() && snat.is_some() {
+            return Err("--snat only applies to --mode fullnat and --mode tunnel".into());
         }
         if let Some(ip) = snat {
             if ip.is_ipv4() != service.addr.is_ipv4() {

@@ -8,13 +8,13 @@ use anyhow::Result;
 use super::{open_for_change, open_for_reading};
 use crate::datapath::balancer::Balancer;
 use crate::datapath::iface;
-use crate::model::{NatMode, Service, VipSpec};
+use crate::model::{Service, VipSpec};
 use crate::neighbour;
 
 pub fn add(spec: &VipSpec) -> Result<()> {
     let (_lock, b) = open_for_change()?;
     let mut spec = spec.clone();
-    if spec.mode == NatMode::Fullnat && spec.snat.is_none() {
+    if spec.mode.has_source() && spec.snat.is_none() {
         spec.snat = Some(default_snat(&b, &spec.service)?);
     }
     let vip = b.maps.add_vip(&spec)?;

@@ -168,7 +168,7 @@ address = "198.18.1.11:53"
             (format!("{vip}[[vip.backend]]\naddress = \"198.18.1.1:80\"\n[[vip.backend]]\naddress = \"198.18.1.1:80\"\n"), 6, "listed twice"),
             (format!("{vip}[[vip.backend]]\naddress = \"198.18.1.1:80\"\nweight = 70000\n"), 5, "weight = 70000 is out of range"),
             (format!("{vip}[[vip.backend]]\naddress = \"[2001:db8::1]:80\"\n"), 4, "address family"),
-            (format!("{vip}mode = \"dsr\"\n"), 3, "use dnat or fullnat"),
+            (format!("{vip}mode = \"masq\"\n"), 3, "use dnat, fullnat, dsr or tunnel"),
             (format!("{vip}snat = \"198.18.1.1\"\n"), 3, "snat only applies"),
             (format!("{vip}proto = \"sctp\"\n"), 3, "unknown protocol"),
             (format!("{vip}table_size = 65536\n"), 3, "must be a prime"),

@@ -202,18 +202,22 @@ fn parse_vip(lines: &Lines, v: &RawVip) -> Result<DesiredVip, FileError> {
             "dnat" => NatMode::Dnat,
             "fullnat" => NatMode::Fullnat,
             "dsr" => NatMode::Dsr,
+            "tunnel" => NatMode::Tunnel,
             other => {
                 return lines.err(
                     m.span(),
-                    format!("mode {other:?}: use dnat, fullnat or dsr"),
+                    format!("mode {other:?}: use dnat, fullnat, dsr or tunnel"),
                 )
             }
         },
         None => NatMode::Dnat,
     };
     let snat = match &v.snat {
-        Some(s) if mode != NatMode::Fullnat => {
-            return lines.err(s.span(), "snat only applies to mode = \"fullnat\"")
+        Some(s) if !mode.has_source() => {
+            return lines.err(
+                s.span(),
+                "snat only applies to mode = \"fullnat\" and mode = \"tunnel\"",
+            )
         }
         Some(s) => Some(parse_ip(s.get_ref()).or_else(|e| lines.err(s.span(), e))?),
         None => None,

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{format_duration, CheckKind, Desired, NatMode, XdpMode};
+use crate::model::{format_duration, CheckKind, Desired, XdpMode};
 
 /// A TOML string literal.
 fn quote(s: &str) -> String {
@@ -44,7 +44,7 @@ pub fn render(d: &Desired) -> String {
         let _ = writeln!(s, "address = {}", quote(&spec.service.addr.to_string()));
         let _ = writeln!(s, "proto = {}", quote(spec.service.proto.name()));
         let _ = writeln!(s, "mode = {}", quote(spec.mode.name()));
-        if let (NatMode::Fullnat, Some(snat)) = (spec.mode, spec.snat) {
+        if let (true, Some(snat)) = (spec.mode.has_source(), spec.snat) {
             let _ = writeln!(s, "snat = {}", quote(&snat.to_string()));
         }
         match (spec.table_size, v.table_in_use) {

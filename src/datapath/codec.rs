@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 
 use super::abi::{
     LB_AF_INET, LB_AF_INET6, LB_BACKEND_CHECKED, LB_BACKEND_DOWN, LB_BACKEND_IN_USE,
-    LB_BACKEND_LEAVING, LB_VIP_DSR, LB_VIP_FIXED_SIZE, LB_VIP_FULLNAT,
+    LB_BACKEND_LEAVING, LB_VIP_DSR, LB_VIP_FIXED_SIZE, LB_VIP_FULLNAT, LB_VIP_TUNNEL,
 };
 use super::types::{lb_backend, lb_endpoint, lb_vip};
 use crate::model::{Health, NatMode, Proto, Service};
@@ -150,6 +150,7 @@ pub fn vip_row(
         NatMode::Dnat => {}
         NatMode::Fullnat => flags |= LB_VIP_FULLNAT,
         NatMode::Dsr => flags |= LB_VIP_DSR,
+        NatMode::Tunnel => flags |= LB_VIP_TUNNEL,
     }
     if fixed_size {
         flags |= LB_VIP_FIXED_SIZE;
@@ -165,18 +166,20 @@ pub fn vip_row(
 
 pub fn vip_entry(ep: &lb_endpoint, v: &lb_vip) -> Result<VipEntry> {
     let (addr, proto) = from_endpoint(ep)?;
-    let fullnat = v.flags & LB_VIP_FULLNAT != 0;
+    let mode = if v.flags & LB_VIP_FULLNAT != 0 {
+        NatMode::Fullnat
+    } else if v.flags & LB_VIP_DSR != 0 {
+        NatMode::Dsr
+    } else if v.flags & LB_VIP_TUNNEL != 0 {
+        NatMode::Tunnel
+    } else {
+        NatMode::Dnat
+    };
     Ok(VipEntry {
         service: Service { addr, proto },
         index: v.index,
-        mode: if fullnat {
-            NatMode::Fullnat
-        } else if v.flags & LB_VIP_DSR != 0 {
-            NatMode::Dsr
-        } else {
-            NatMode::Dnat
-        },
-        snat: fullnat.then(|| ip_of(&v.snat_addr, ep.family)),
+        mode,
+        snat: mode.has_source().then(|| ip_of(&v.snat_addr, ep.family)),
         table_size: v.table_size,
         fixed_size: v.flags & LB_VIP_FIXED_SIZE != 0,
         moved: v.moved_ppm as f64 / 1e6,

@@ -128,7 +128,7 @@ pub fn fullnat_source<'a>(
         }
     }
     let family = if ipv6 { "a global IPv6" } else { "an IPv4" };
-    bail!("fullnat needs a source address: no attached interface has {family} address; give one with --snat (snat = \"...\" in a file)")
+    bail!("fullnat and tunnel VIPs need a source address: no attached interface has {family} address; give one with --snat (snat = \"...\" in a file)")
 }
 
 /// Not link-local (fe80::/10), loopback, multicast or unspecified.

@@ -72,8 +72,9 @@ pub fn wanted(rows: &[(&BackendEntry, &VipEntry)]) -> lb_reply_source {
 fn rows_by_endpoint(run: &Running) -> BTreeMap<Key, Vec<(&BackendEntry, &VipEntry)>> {
     let mut out: BTreeMap<Key, Vec<(&BackendEntry, &VipEntry)>> = BTreeMap::new();
     for b in &run.backends {
-        // A dsr backend answers from the VIP, never from its own address.
-        if let Some(v) = run.vip_of(b).filter(|v| v.mode != NatMode::Dsr) {
+        // A dsr or tunnel backend answers from the VIP, never from its own
+        // address.
+        if let Some(v) = run.vip_of(b).filter(|v| !v.mode.keeps_destination()) {
             out.entry(key_of(b)).or_default().push((b, v));
         }
     }

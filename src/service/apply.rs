@@ -105,7 +105,7 @@ pub fn resolve(
         );
     }
     for v in d.vips.iter_mut() {
-        if v.spec.mode == NatMode::Fullnat && v.spec.snat.is_none() {
+        if v.spec.mode.has_source() && v.spec.snat.is_none() {
             let names = attached.iter().map(String::as_str);
             v.spec.snat = Some(iface::fullnat_source(names, v.spec.service.addr.is_ipv6())?);
         }

@@ -8,6 +8,7 @@
 
 pub mod balanced;
 pub mod clients;
+pub mod decap;
 pub mod fixtures;
 pub mod lab;
 pub mod lbctl_ns;
@@ -22,6 +23,13 @@ pub use clients::{
 pub use lab::{Lab, Topology, VIP_NET};
 pub use netns::{in_ns, try_in_ns};
 pub use servers::{BackendServers, ECHO_PORT, HTTP_PORT};
+
+lbctl::include_skeleton!(
+    /// A test-only XDP program that strips an IPIP or ip6ip6 outer header,
+    /// as a backend's tunnel device would (`decap.rs`).
+    decap_prog,
+    "decap.skel.rs"
+);
 
 lbctl::include_skeleton!(
     /// A test-only BPF program that runs the data path's flow hash

@@ -1,7 +1,11 @@
-//! Direct server return (`--mode dsr`) through the real, verifier-loaded
-//! program (BPF_PROG_TEST_RUN), both families: only the MACs and the hop
-//! limit change, conntrack still holds each flow's backend, and a backend
-//! the FIB reaches through a gateway is refused rather than looped.
+//! The modes whose backends answer clients directly: direct server return
+//! (`--mode dsr`) and tunnel (`--mode tunnel`), through the real,
+//! verifier-loaded program (BPF_PROG_TEST_RUN) in both families, then with
+//! real connections in the lab. dsr changes only the MACs and the hop
+//! limit; tunnel puts the packet, one hop older, inside an IPIP or ip6ip6
+//! header to the backend. Conntrack holds each flow's backend in both.
+
+use std::net::IpAddr;
 
 use lbctl::datapath::types::lb_reason;
 use lbctl::model::{NatMode, Proto};
@@ -17,6 +21,8 @@ fn backend_mac(host: u8) -> [u8; 6] {
 
 struct Family {
     vip: &'static str,
+    /// The tunnel's outer source (`--snat`).
+    source: &'static str,
     client: &'static str,
     backends: [&'static str; 2],
     /// The host number of each backend (its MAC's last byte).
@@ -26,6 +32,7 @@ struct Family {
 
 const V4: Family = Family {
     vip: "198.18.100.1:8080",
+    source: "198.18.1.1",
     client: "198.18.0.2:40000",
     backends: ["198.18.1.11:8080", "198.18.1.12:8080"],
     hosts: [11, 12],
@@ -34,6 +41,7 @@ const V4: Family = Family {
 
 const V6: Family = Family {
     vip: "[2001:db8:0:100::1]:8080",
+    source: "2001:db8:0:1::1",
     client: "[2001:db8::2]:40000",
     backends: ["[2001:db8:0:1::11]:8080", "[2001:db8:0:1::12]:8080"],
     hosts: [11, 12],
@@ -135,6 +143,118 @@ fn a_dsr_backend_must_listen_on_the_vips_port() {
     });
 }
 
+/// The outer header of a tunnelled frame: (source, destination, length of
+/// the outer header), checked field by field.
+fn outer_header(out: &[u8], inner_len: usize) -> (IpAddr, IpAddr, usize) {
+    if out[14] >> 4 == 4 {
+        let h = &out[14..34];
+        assert_eq!(h[0], 0x45, "outer IPv4 header without options");
+        assert_eq!(
+            u16::from_be_bytes([h[2], h[3]]) as usize,
+            inner_len + 20,
+            "outer total length"
+        );
+        assert_eq!(h[9], 4, "protocol IPIP");
+        assert_eq!(h[8], 64, "outer TTL");
+        assert_eq!(checksum(h), 0, "outer header checksum");
+        let a = |o: usize| IpAddr::from(<[u8; 4]>::try_from(&h[o..o + 4]).unwrap());
+        (a(12), a(16), 20)
+    } else {
+        let h = &out[14..54];
+        assert_eq!(h[0] >> 4, 6);
+        assert_eq!(
+            u16::from_be_bytes([h[4], h[5]]) as usize,
+            inner_len,
+            "outer payload length"
+        );
+        assert_eq!(h[6], 41, "next header ip6ip6");
+        assert_eq!(h[7], 64, "outer hop limit");
+        let a = |o: usize| IpAddr::from(<[u8; 16]>::try_from(&h[o..o + 16]).unwrap());
+        (a(8), a(24), 40)
+    }
+}
+
+fn tunnel_carries_the_packet_to_its_backend(f: &Family) {
+    let lb = Balancer::load().with_routes();
+    let vip = lb.vip(f.vip, Proto::Tcp, NatMode::Tunnel, Some(f.source));
+    for b in f.backends {
+        lb.backend(&vip, b, 1);
+    }
+    let packet = |flags: u8| Packet::tcp(f.client, f.vip, flags).payload(b"hello");
+    let mut picked = None;
+    for flags in [SYN, ACK, ACK | PSH, ACK] {
+        let sent = packet(flags).build();
+        let (action, out) = lb.run(&sent);
+        assert_eq!(action, XDP_REDIRECT, "{:?}", lb.reasons());
+        // The client's packet, one hop older, whole inside.
+        let inner_want = packet(flags).ttl(63).build();
+        let inner_len = inner_want.len() - 14;
+        let (src, dst, outer) = outer_header(&out, inner_len);
+        assert_eq!(out.len(), sent.len() + outer);
+        assert_eq!(
+            &out[..12],
+            &[backend_mac_of(&dst, f), ROUTER_MAC].concat()[..]
+        );
+        assert_eq!(&out[12..14], &sent[12..14], "EtherType of the family");
+        if let Some(diff) = frame_diff(&[&sent[..14], &out[14 + outer..]].concat(), &inner_want) {
+            panic!("the inner packet changed:\n{diff}");
+        }
+        assert_eq!(src.to_string(), f.source, "from the VIP's source");
+        // Every packet of the flow to the backend conntrack chose.
+        assert_eq!(*picked.get_or_insert(dst), dst, "the flow moved");
+        if flags == SYN {
+            lb.maps
+                .set_weight(&vip, std::net::SocketAddr::new(dst, 8080), 0)
+                .unwrap();
+        }
+    }
+    let entries = sh(f.conntrack);
+    assert!(
+        entries.contains(&format!("src={} ", picked.unwrap())),
+        "the entry names the backend: {entries}"
+    );
+}
+
+/// The MAC `Balancer::with_routes` gives the backend at `addr`.
+fn backend_mac_of(addr: &IpAddr, f: &Family) -> [u8; 6] {
+    let i = f
+        .backends
+        .iter()
+        .position(|b| lbctl_lab::fixtures::addr(b).ip() == *addr)
+        .unwrap_or_else(|| panic!("{addr} is no backend"));
+    backend_mac(f.hosts[i])
+}
+
+#[test]
+fn tunnel_carries_the_packet_to_its_backend_ipv4() {
+    in_fresh_netns(|| tunnel_carries_the_packet_to_its_backend(&V4));
+}
+
+#[test]
+fn tunnel_carries_the_packet_to_its_backend_ipv6() {
+    in_fresh_netns(|| tunnel_carries_the_packet_to_its_backend(&V6));
+}
+
+/// A full-size packet plus the outer header does not fit the 1,500-byte
+/// link: dropped and counted (the client's MSS must leave room: README).
+#[test]
+fn a_tunnelled_packet_larger_than_the_path_is_dropped_and_counted() {
+    in_fresh_netns(|| {
+        let lb = Balancer::load().with_routes();
+        let vip = lb.vip(V4.vip, Proto::Tcp, NatMode::Tunnel, Some(V4.source));
+        lb.backend(&vip, V4.backends[0], 1);
+        let fits = Packet::tcp(V4.client, V4.vip, SYN)
+            .payload(&[0; 1440])
+            .build();
+        assert_eq!(lb.run(&fits).0, XDP_REDIRECT, "1,480 + 20 bytes fit");
+        let full = Packet::tcp(V4.client, V4.vip, ACK)
+            .payload(&[0; 1460])
+            .build();
+        assert_eq!(lb.run(&full).0, XDP_DROP);
+        assert_eq!(lb.reason(lb_reason::LB_DROP_TUNNEL_MTU), 1);
+    });
+}
+
 // ----- In the lab: real connections, backends answering clients directly -----
 
 mod lab {
@@ -143,7 +263,7 @@ mod lab {
     use std::time::Duration;
 
     use lbctl_lab::clients::{self, ClientError};
-    use lbctl_lab::lab::{Family, Lab, Topology};
+    use lbctl_lab::lab::{Family, Lab, Topology, HOST_IFACE};
     use lbctl_lab::servers::ECHO_PORT;
 
     fn lbctl(lab: &Lab, args: &[&str]) -> String {
@@ -153,10 +273,11 @@ mod lab {
             .unwrap_or_else(|e| panic!("lbctl {args:?}: {e}"))
     }
 
-    /// A one-arm lab whose backends hold the VIP on their loopback, as a
-    /// dsr backend must (and answer ARP only for their own addresses), with
-    /// VIP 1 of `family` on the echo port in dsr, backends weighted 1, 2, 1.
-    fn dsr_lab(family: Family) -> (Lab, IpAddr) {
+    /// A one-arm lab whose backends hold the VIP on their loopback, as dsr
+    /// and tunnel backends must (and answer ARP only for their own
+    /// addresses; in tunnel mode they also decapsulate), with VIP 1 of
+    /// `family` on the echo port in `mode`, backends weighted 1, 2, 1.
+    fn direct_lab(family: Family, mode: &str) -> (Lab, IpAddr) {
         let mut lab = Lab::dual_stack(Topology::OneArm, 3).expect("building the lab");
         lab.start_servers().expect("starting servers");
         let vip = lab.vip_ip(1, family);
@@ -185,12 +306,15 @@ mod lab {
             ] {
                 lab.exec(&ns, &argv).unwrap();
             }
+            if mode == "tunnel" {
+                lbctl_lab::decap::attach(&ns, HOST_IFACE).unwrap();
+            }
         }
         for iface in lab.lb_ifaces() {
             lbctl(&lab, &["attach", iface]);
         }
         let v = SocketAddr::new(vip, ECHO_PORT).to_string();
-        lbctl(&lab, &["vip", "add", &v, "--mode", "dsr"]);
+        lbctl(&lab, &["vip", "add", &v, "--mode", mode]);
         for (i, w) in lab.backend_ids().zip(["1", "2", "1"]) {
             let b = SocketAddr::new(lab.backend_ip(i, family), ECHO_PORT).to_string();
             lbctl(&lab, &["backend", "add", &v, &b, "--weight", w]);
@@ -222,8 +346,8 @@ mod lab {
     /// byte for byte while a backend is drained, another reweighted and the
     /// program replaced; the replies never pass the balancer (its counters
     /// see only the clients' packets).
-    fn connections_through_dsr(family: Family) {
-        let (lab, vip) = dsr_lab(family);
+    fn connections_through(family: Family, mode: &str) {
+        let (lab, vip) = direct_lab(family, mode);
         let spread = short_tcp(&lab, vip, 300);
         let share = |i: usize| *spread.get(&lab.backend_name(i)).unwrap_or(&0) as f64 / 300.0;
         for (i, want) in [(1, 0.25), (2, 0.5), (3, 0.25)] {
@@ -267,7 +391,7 @@ mod lab {
         // The backends' answers went straight to the client: lbctl saw no
         // packet from any backend address.
         let list = lbctl(&lab, &["list", "--stats", "--json"]);
-        assert!(list.contains("\"dsr\""), "{list}");
+        assert!(list.contains(&format!("\"{mode}\"")), "{list}");
         let entries = lab
             .exec(
                 lab.balancer_ns(),
@@ -287,11 +411,21 @@ mod lab {
 
     #[test]
     fn connections_through_dsr_ipv4() {
-        connections_through_dsr(Family::V4);
+        connections_through(Family::V4, "dsr");
     }
 
     #[test]
     fn connections_through_dsr_ipv6() {
-        connections_through_dsr(Family::V6);
+        connections_through(Family::V6, "dsr");
+    }
+
+    #[test]
+    fn connections_through_a_tunnel_ipv4() {
+        connections_through(Family::V4, "tunnel");
+    }
+
+    #[test]
+    fn connections_through_a_tunnel_ipv6() {
+        connections_through(Family::V6, "tunnel");
     }
 }
