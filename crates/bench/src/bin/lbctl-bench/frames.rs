@@ -131,6 +131,23 @@ fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> u16 {
 
 /// The addresses of a frame that left the program, after checking that its
 /// IPv4 and L4 checksums are right.
+/// A tunnel-mode frame: its outer IPv4 header checked (IPIP, checksum,
+/// length), then the inner packet as `parse_checked` sees it. Returns the
+/// outer destination and the inner flow.
+pub fn parse_tunnelled(frame: &[u8]) -> Result<(IpAddr, Flow)> {
+    ensure!(frame.len() >= 34 + 20, "frame too short: {frame:02x?}");
+    let outer = &frame[14..34];
+    ensure!(outer[0] == 0x45 && outer[9] == 4, "not IPIP: {frame:02x?}");
+    ensure!(checksum(outer) == 0, "outer checksum wrong: {frame:02x?}");
+    ensure!(
+        u16::from_be_bytes([outer[2], outer[3]]) as usize == frame.len() - 14,
+        "outer length is not the frame's"
+    );
+    let to = IpAddr::from([outer[16], outer[17], outer[18], outer[19]]);
+    let inner = [&frame[..14], &frame[34..]].concat();
+    Ok((to, parse_checked(&inner)?))
+}
+
 pub fn parse_checked(frame: &[u8]) -> Result<Flow> {
     ensure!(frame.len() >= 42, "frame too short: {frame:02x?}");
     let ip = &frame[14..];

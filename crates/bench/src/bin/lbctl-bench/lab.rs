@@ -37,6 +37,13 @@ pub const NOT_A_VIP6: SocketAddrV6 =
 pub const NEW_FLOW_SOURCE6: SocketAddrV6 =
     SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0), 1024, 0, 0);
 
+/// A dsr VIP and a tunnel VIP (TCP, port 80, beyond the 1,000 dnat VIPs),
+/// each with the same backend hosts as the dnat VIPs on port 80 (dsr and
+/// tunnel keep the VIP's port); the tunnel's outer source is v0's address.
+pub const DSR_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 150, 1), 80);
+pub const TUNNEL_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 150, 2), 80);
+pub const TUNNEL_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+
 fn backend6(j: u32) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x11 + j as u16)
 }
@@ -177,7 +184,7 @@ pub fn udp_vip() -> Service {
 
 /// Every VIP and backend of `cfg`, through lbctl's own `Maps` methods
 /// (default table size, weight 1, dnat; each VIP's backends in one call),
-/// and the IPv6 VIP (TCP and UDP) beside them.
+/// the dsr and tunnel VIPs and the IPv6 VIP (TCP and UDP) beside them.
 pub fn configure(maps: &Maps, cfg: &Config) -> Result<()> {
     let backend = |j: u32, port: u32| -> SocketAddr {
         let host = Ipv4Addr::new(198, 18, 1, (FIRST_BACKEND_HOST as u32 + j) as u8);
@@ -195,6 +202,20 @@ pub fn configure(maps: &Maps, cfg: &Config) -> Result<()> {
         maps.add_vip(&VipSpec::new(vip, NatMode::Dnat, None, None).map_err(anyhow::Error::msg)?)?;
         let backends: Vec<(SocketAddr, u32)> = (0..cfg.backends_per_vip)
             .map(|j| (backend(j, port), 1))
+            .collect();
+        maps.add_backends(&vip, &backends)?;
+    }
+    for (vip, mode, source) in [
+        (DSR_VIP, NatMode::Dsr, None),
+        (TUNNEL_VIP, NatMode::Tunnel, Some(TUNNEL_SOURCE.into())),
+    ] {
+        let vip = Service {
+            addr: vip.into(),
+            proto: Proto::Tcp,
+        };
+        maps.add_vip(&VipSpec::new(vip, mode, source, None).map_err(anyhow::Error::msg)?)?;
+        let backends: Vec<(SocketAddr, u32)> = (0..cfg.backends_per_vip)
+            .map(|j| (backend(j, VIP_PORT as u32), 1))
             .collect();
         maps.add_backends(&vip, &backends)?;
     }

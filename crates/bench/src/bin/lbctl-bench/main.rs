@@ -118,10 +118,12 @@ pub enum Class {
     BaselineNewFlow,
     NewFlow,
     NewFlow6,
+    Dsr,
+    Tunnel,
 }
 
 impl Class {
-    pub const ALL: [Class; 14] = [
+    pub const ALL: [Class; 16] = [
         Class::HarnessAlone,
         Class::Baseline,
         Class::NonVip,
@@ -136,6 +138,8 @@ impl Class {
         Class::BaselineNewFlow,
         Class::NewFlow,
         Class::NewFlow6,
+        Class::Dsr,
+        Class::Tunnel,
     ];
 
     pub fn name(self) -> &'static str {
@@ -154,6 +158,8 @@ impl Class {
             Class::BaselineNewFlow => "baseline, varying flow",
             Class::NewFlow => "TCP new flow (SYN, distinct)",
             Class::NewFlow6 => "IPv6 TCP new flow (SYN, distinct)",
+            Class::Dsr => "dsr TCP established (MACs only)",
+            Class::Tunnel => "tunnel TCP established (IPIP)",
         }
     }
 
@@ -173,6 +179,8 @@ impl Class {
             Class::BaselineNewFlow => "baseline_varying",
             Class::NewFlow => "tcp_new_flow",
             Class::NewFlow6 => "tcp_new_flow_ipv6",
+            Class::Dsr => "tcp_established_dsr",
+            Class::Tunnel => "tcp_established_tunnel",
         }
     }
 
@@ -582,6 +590,12 @@ impl Bench<'_> {
 
     /// Runs `frame` once through lbctl and returns where it went.
     fn once(&mut self, frame: &[u8]) -> Result<Flow> {
+        frames::parse_checked(&self.once_raw(frame)?)
+    }
+
+    /// Runs `frame` once through lbctl, which must forward it: the frame
+    /// that left.
+    fn once_raw(&mut self, frame: &[u8]) -> Result<Vec<u8>> {
         self.harness.set_target(Target::Lbctl)?;
         let run = self.harness.run(frame, Vary::None, 1)?;
         ensure!(
@@ -589,7 +603,7 @@ impl Bench<'_> {
             "priming a flow: {}",
             harness::action_name(run.action)
         );
-        frames::parse_checked(&run.out)
+        Ok(run.out)
     }
 
     /// One measurement of every class.
@@ -627,6 +641,18 @@ impl Bench<'_> {
         }
         if wants(Class::Udp6) {
             udp_backend6 = self.once(&frames::frame(&udp6, 0))?.dst;
+        }
+        // dsr and tunnel: the client's SYN makes the entry; their backends
+        // answer the client directly, so no reply ever marks it.
+        let (dsr, tunnel) = (lab::DSR_VIP.into(), lab::TUNNEL_VIP.into());
+        if wants(Class::Dsr) {
+            let to = self.once(&frames::frame(&Flow::tcp(lab::CLIENT, dsr), SYN))?;
+            ensure!(to.dst == dsr, "dsr changed the destination to {}", to.dst);
+        }
+        let mut tunnel_backend = None;
+        if wants(Class::Tunnel) {
+            let out = self.once_raw(&frames::frame(&Flow::tcp(lab::CLIENT, tunnel), SYN))?;
+            tunnel_backend = Some(frames::parse_tunnelled(&out)?.0);
         }
 
         let mut out = Vec::new();
@@ -714,12 +740,41 @@ impl Bench<'_> {
                     Some(fwd_reason),
                     Some((client6, udp_backend6)),
                 ),
+                Class::Dsr => (
+                    Target::Lbctl,
+                    fixed(Flow::tcp(client, dsr), ACK),
+                    fwd,
+                    Some(fwd_reason),
+                    Some((client, dsr)),
+                ),
+                // Checked below: the inner packet keeps its addresses.
+                Class::Tunnel => (
+                    Target::Lbctl,
+                    fixed(Flow::tcp(client, tunnel), ACK),
+                    fwd,
+                    Some(fwd_reason),
+                    None,
+                ),
                 Class::HarnessAloneNewFlow => (Target::Empty, varying, XDP_ABORTED, None, None),
                 Class::BaselineNewFlow => (Target::Baseline, varying, XDP_TX, None, None),
                 Class::NewFlow | Class::NewFlow6 => unreachable!("measured above"),
             };
             let repeat = self.opts.repeat;
-            let (sample, frame_out) = self.measure(target, &frame, vary, repeat, expect, reason)?;
+            // Tunnelled flows are not cached: every packet takes the slow path.
+            let cached = class != Class::Tunnel;
+            let (sample, frame_out) =
+                self.measure(target, &frame, vary, repeat, expect, reason, cached)?;
+            if class == Class::Tunnel {
+                let (to, inner) = frames::parse_tunnelled(&frame_out)?;
+                ensure!(
+                    Some(to) == tunnel_backend && inner.src == client && inner.dst == tunnel,
+                    "tunnel: {} -> {} inside a header to {to}",
+                    inner.src,
+                    inner.dst
+                );
+                out.push((class, sample));
+                continue;
+            }
             // Every frame leaves with valid checksums; the varying ones as
             // the last flow the harness made (the MAC swap keeps addresses).
             let seen = frames::parse_checked(&frame_out)
@@ -746,7 +801,10 @@ impl Bench<'_> {
     }
 
     /// One test run of `repeat` repetitions, checked: the action of the last
-    /// repetition, and lbctl's verdict counter grown by one per repetition.
+    /// repetition, lbctl's verdict counter grown by one per repetition, and
+    /// the flow cache serving a repeated forwarded flow if it can be
+    /// (`cached`).
+    #[allow(clippy::too_many_arguments)]
     fn measure(
         &mut self,
         target: Target,
@@ -755,6 +813,7 @@ impl Bench<'_> {
         repeat: u32,
         expect: u32,
         reason: Option<&str>,
+        cached: bool,
     ) -> Result<(Sample, Vec<u8>)> {
         self.harness.set_target(target)?;
         let before = reason.map(|r| self.reason(r)).transpose()?;
@@ -776,7 +835,8 @@ impl Bench<'_> {
         // A repeated forwarded flow is served by the flow cache (but for
         // the packet that stores the entry, and one a second after that).
         let hits = self.cache_hits()? - hits_before;
-        if matches!(target, Target::Lbctl)
+        if cached
+            && matches!(target, Target::Lbctl)
             && matches!(vary, Vary::None)
             && expect == self.forward_action().0
         {
@@ -817,7 +877,8 @@ impl Bench<'_> {
             let entries = lab::conntrack_count()?;
             let first = self.next_flow;
             let vary = Vary::NewFlows { first, vips };
-            let (sample, out) = self.measure(Target::Lbctl, frame, vary, n, fwd, Some(reason))?;
+            let (sample, out) =
+                self.measure(Target::Lbctl, frame, vary, n, fwd, Some(reason), false)?;
             let made = lab::conntrack_count()? - entries;
             ensure!(
                 made == n as u64 && self.harness.next_flow() == first + n,
