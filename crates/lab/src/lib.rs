@@ -9,6 +9,7 @@
 pub mod balanced;
 pub mod clients;
 pub mod decap;
+pub mod ecmp;
 pub mod fixtures;
 pub mod lab;
 pub mod lbctl_ns;
