@@ -131,33 +131,39 @@ static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct pa
 					     const struct flow *f, const struct next_hop *hop,
 					     __u32 generation)
 {
-	struct lb_flow_cache_entry e = {};
 	struct lb_flow_cache_counters *c;
+	struct lb_flow_cache_entry *e;
+	struct lb_scratch *s;
 	__u32 zero = 0;
 
 	if (f->created || (pkt->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST)))
 		return;
-	e.validated = bpf_jiffies64();
-	e.generation = generation;
-	e.mark = f->mark;
-	__builtin_memcpy(e.saddr, f->saddr, sizeof(e.saddr));
-	__builtin_memcpy(e.daddr, f->daddr, sizeof(e.daddr));
-	e.sport = f->sport;
-	e.dport = f->dport;
-	e.csum_ip = f->csum_ip;
-	e.csum_l4 = f->csum_l4;
-	e.keep_dst = f->keep_dst;
-	e.ingress_ifindex = ctx->ingress_ifindex;
-	e.egress_ifindex = hop->ifindex;
-	e.max_len = pkt_ip_len(pkt);
-	e.tos = pkt_tos(pkt);
-	__builtin_memcpy(e.smac, hop->smac, ETH_ALEN);
-	__builtin_memcpy(e.dmac, hop->dmac, ETH_ALEN);
+	s = get_scratch();
+	if (!s)
+		return;
+	e = &s->entry;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->validated = bpf_jiffies64();
+	e->generation = generation;
+	e->mark = f->mark;
+	__builtin_memcpy(e->saddr, f->saddr, sizeof(e->saddr));
+	__builtin_memcpy(e->daddr, f->daddr, sizeof(e->daddr));
+	e->sport = f->sport;
+	e->dport = f->dport;
+	e->csum_ip = f->csum_ip;
+	e->csum_l4 = f->csum_l4;
+	e->keep_dst = f->keep_dst;
+	e->ingress_ifindex = ctx->ingress_ifindex;
+	e->egress_ifindex = hop->ifindex;
+	e->max_len = pkt_ip_len(pkt);
+	e->tos = pkt_tos(pkt);
+	__builtin_memcpy(e->smac, hop->smac, ETH_ALEN);
+	__builtin_memcpy(e->dmac, hop->dmac, ETH_ALEN);
 	if (pkt->family == LB_AF_INET6) {
-		__builtin_memcpy(e.match_saddr, probe->saddr, sizeof(e.match_saddr));
-		__builtin_memcpy(e.match_daddr, probe->daddr, sizeof(e.match_daddr));
+		__builtin_memcpy(e->match_saddr, probe->saddr, sizeof(e->match_saddr));
+		__builtin_memcpy(e->match_daddr, probe->daddr, sizeof(e->match_daddr));
 	}
-	if (bpf_map_update_elem(&flow_cache, &probe->key, &e, BPF_ANY))
+	if (bpf_map_update_elem(&flow_cache, &probe->key, e, BPF_ANY))
 		return;
 	c = bpf_map_lookup_elem(&flow_cache_stats, &zero);
 	if (c)

@@ -51,22 +51,27 @@ static __always_inline bool fib_on_link(const struct bpf_fib_lookup *fib, const 
 static __always_inline int route(struct xdp_md *ctx, const struct packet *pkt,
 				 const struct flow *f, struct next_hop *hop)
 {
-	struct bpf_fib_lookup fib;
+	struct bpf_fib_lookup *fib;
+	struct lb_scratch *s;
 	int rc;
 
-	fib_params(ctx, pkt, f, &fib);
-	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	s = get_scratch();
+	if (!s)
+		return LB_PASS_FIB;
+	fib = &s->fib;
+	fib_params(ctx, pkt, f, fib);
+	rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return LB_PASS_NO_NEIGH;
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && f->encap)
 		return LB_DROP_TUNNEL_MTU;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS || pkt_ttl(pkt) <= 1)
 		return LB_PASS_FIB; /* the stack routes or answers ICMP */
-	if (f->dsr && !fib_on_link(&fib, f, pkt->family))
+	if (f->dsr && !fib_on_link(fib, f, pkt->family))
 		return LB_DROP_DSR_OFFLINK; /* a gateway would send it back: a loop */
-	hop->ifindex = fib.ifindex;
-	__builtin_memcpy(hop->smac, fib.smac, ETH_ALEN);
-	__builtin_memcpy(hop->dmac, fib.dmac, ETH_ALEN);
+	hop->ifindex = fib->ifindex;
+	__builtin_memcpy(hop->smac, fib->smac, ETH_ALEN);
+	__builtin_memcpy(hop->dmac, fib->dmac, ETH_ALEN);
 	return LB_CONTINUE;
 }
 

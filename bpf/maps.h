@@ -79,4 +79,21 @@ struct {
 
 LB_PERCPU_ARRAY(struct lb_flow_cache_counters, 1) flow_cache_stats SEC(".maps");
 
+/* Room for the steps' largest structures, which would not fit on the
+ * program's 512-byte stack beside each other: the FIB's question and
+ * answer (forward.h) and the entry flow_cache_store builds. Per CPU, so no
+ * two packets share it; the data path's only, lbctl never reads it. */
+struct lb_scratch {
+	struct bpf_fib_lookup fib;
+	struct lb_flow_cache_entry entry;
+};
+LB_PERCPU_ARRAY(struct lb_scratch, 1) scratch SEC(".maps");
+
+static __always_inline struct lb_scratch *get_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&scratch, &zero);
+}
+
 #endif /* LB_MAPS_H */
