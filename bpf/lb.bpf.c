@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /* lbctl's data path: parse -> classify -> conntrack -> rewrite -> forward,
  * the same five steps for IPv4 and IPv6 (each step takes the family from
- * the parsed packet), with a fast path after the first, cheap, half of classify (the address
+ * the parsed packet), ICMP errors about a flow sent on to its host
+ * (icmp.h), with a fast path after the first, cheap, half of classify (the address
  * prefilter): a flow cache that stands in for classify's lookups,
  * conntrack and the FIB for established flows. Packets that are not for a
  * VIP and not replies of balanced flows leave untouched with XDP_PASS. */
@@ -19,10 +20,15 @@
 #include "conntrack.h"
 #include "rewrite.h"
 #include "forward.h"
+#include "icmp.h"
 #include "stats.h"
 
-SEC("xdp")
-int lbctl_xdp(struct xdp_md *ctx)
+/* TCP and UDP: the five steps. Returns the verdict reason; for
+ * LB_TX_ICMP_TOO_BIG the egress MTU in *mtu, the packet not rewritten.
+ * A function of its own so that the ICMP functions are called beside it,
+ * not from it: a call's stack adds to its caller's, and this one's
+ * leaves no room under the 512-byte limit. */
+static __noinline int balance(struct xdp_md *ctx, __u32 *mtu)
 {
 	struct lb_reply_source *src = NULL;
 	struct flow_cache_probe probe;
@@ -35,11 +41,11 @@ int lbctl_xdp(struct xdp_md *ctx)
 
 	reason = parse_packet(ctx, &pkt);
 	if (reason != LB_CONTINUE)
-		return stop(reason);
+		return reason;
 
 	generation = config_generation(); /* before any configuration is read */
 	if (!maybe_ours(&pkt))
-		return stop(LB_PASS_NOT_VIP);
+		return LB_PASS_NOT_VIP;
 
 	/* Fast path: this direction of the flow was decided less than a
 	 * second ago, under the current configuration. */
@@ -47,28 +53,46 @@ int lbctl_xdp(struct xdp_md *ctx)
 	    flow_cache_find(ctx, &pkt, generation, &probe, &flow, &hop)) {
 		rewrite_packet(&pkt, &flow);
 		count_flow(&flow, pkt.len);
-		return stop(transmit(ctx, &pkt, &hop));
+		return transmit(ctx, &pkt, &hop);
 	}
 
 	vip = find_vip(&pkt);
 	if (!vip && !(src = from_backend(&pkt)))
-		return stop(LB_PASS_NOT_VIP);
+		return LB_PASS_NOT_VIP;
 	if (pkt.first_fragment) /* lbctl does not reassemble */
-		return stop(vip ? LB_DROP_FRAGMENT : LB_PASS_FRAGMENT);
+		return vip ? LB_DROP_FRAGMENT : LB_PASS_FRAGMENT;
 
 	reason = conntrack(ctx, &pkt, vip, src, &flow);
 	if (reason != LB_CONTINUE)
-		return stop(reason);
+		return reason;
 
 	rewrite_csum(&pkt, &flow); /* the flow cache keeps it with the decision */
+	reason = route(ctx, &pkt, &flow, &hop);
+	if (reason == LB_TX_ICMP_TOO_BIG) { /* not rewritten: the error quotes it as sent */
+		*mtu = hop.mtu;
+		return reason;
+	}
 	rewrite_packet(&pkt, &flow);
 	count_flow(&flow, pkt.len);
-	reason = route(ctx, &pkt, &hop);
 	if (reason != LB_CONTINUE)
-		return stop(reason);
+		return reason;
 	reason = transmit(ctx, &pkt, &hop);
 	if (reason != LB_PASS_FIB)
 		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation);
+	return reason;
+}
+
+SEC("xdp")
+int lbctl_xdp(struct xdp_md *ctx)
+{
+	__u32 mtu = 0;
+	int reason;
+
+	reason = balance(ctx, &mtu);
+	if (reason == LB_PASS_OTHER_PROTO) /* maybe an ICMP error about a flow */
+		reason = icmp_error(ctx);
+	else if (reason == LB_TX_ICMP_TOO_BIG) /* tell the sender */
+		reason = icmp_too_big(ctx, mtu);
 	return stop(reason);
 }
 

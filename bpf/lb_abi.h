@@ -206,7 +206,7 @@ struct lb_flow_cache_counters {
 enum lb_reason {
 	LB_PASS_NOT_IP = 0,      /* neither IPv4 nor IPv6 (ARP, VLAN, ...) */
 	LB_PASS_NOT_VIP,         /* TCP/UDP not for a VIP and not a reply */
-	LB_PASS_OTHER_PROTO,     /* IP, but neither TCP nor UDP (ICMP, ICMPv6, ESP, AH, ...) */
+	LB_PASS_OTHER_PROTO,     /* IP, but neither TCP nor UDP nor an ICMP error (echo, ESP, AH, ...) */
 	LB_PASS_MALFORMED,       /* truncated or invalid headers: the stack drops them */
 	LB_DROP_FRAGMENT,        /* first fragment of a datagram to a VIP */
 	LB_PASS_FRAGMENT,        /* later fragment: no ports, cannot be classified */
@@ -220,6 +220,10 @@ enum lb_reason {
 	LB_PASS_FOREIGN_CT,      /* conntrack entry not made by lbctl: not touched */
 	LB_DROP_REPLY_UNTRACKED, /* fullnat reply with no entry: the client is unknown */
 	LB_PASS_EXT_HEADERS,     /* IPv6: more than LB_MAX_EXT_HEADERS before TCP/UDP */
+	LB_ICMP_XDP_TX,          /* ICMP error about a flow, rewritten for its host, out the same interface */
+	LB_ICMP_XDP_REDIRECT,    /* ICMP error about a flow, rewritten for its host, out another attached interface */
+	LB_PASS_ICMP_NO_FLOW,    /* ICMP error about no lbctl flow (or not about TCP/UDP, or cut before the ports): untouched */
+	LB_TX_ICMP_TOO_BIG,      /* too big for the egress MTU, DF set (IPv6: always): frag needed / packet too big sent back */
 	LB_REASON_MAX,
 };
 
