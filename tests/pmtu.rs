@@ -173,3 +173,34 @@ fn a_smaller_egress_tells_both_senders_dnat() {
 fn a_smaller_egress_tells_both_senders_fullnat() {
     smaller_egress(Topology::OneArm);
 }
+
+/// A ping to a VIP goes to the balancer's stack untouched
+/// (`pass_other_proto`): unanswered while the VIP is not one of the
+/// balancer's addresses, answered by its kernel once it is.
+#[test]
+fn a_ping_to_a_vip_is_answered_by_the_balancers_stack() {
+    let mut lab = Lab::dual_stack(Topology::TwoArm, 1).expect("building the lab");
+    serve(&mut lab);
+    let ping = |lab: &Lab, family: Family| {
+        let vip = lab.vip_ip(1, family).to_string();
+        lab.exec(lab.client_ns(), &["ping", "-c", "1", "-W", "2", &vip])
+    };
+    for family in [Family::V4, Family::V6] {
+        let before = verdict(&lab, "pass_other_proto");
+        assert!(
+            ping(&lab, family).is_err(),
+            "{}: no address, no answer",
+            family.name()
+        );
+        assert!(verdict(&lab, "pass_other_proto") > before);
+        let len = if family == Family::V4 { 32 } else { 128 };
+        let vip = format!("{}/{len}", lab.vip_ip(1, family));
+        lab.exec(lab.balancer_ns(), &["ip", "addr", "add", &vip, "dev", "lo"])
+            .expect("the VIP on the balancer's lo");
+        if let Err(e) = ping(&lab, family) {
+            panic!("{}: the balancer's stack answers: {e}", family.name());
+        }
+        // Its TCP service is still lbctl's.
+        echo(&lab, family).unwrap_or_else(|e| panic!("{}: echo: {e}", family.name()));
+    }
+}
