@@ -23,12 +23,20 @@
 #include "icmp.h"
 #include "stats.h"
 
-/* TCP and UDP: the five steps. Returns the verdict reason; for
- * LB_TX_ICMP_TOO_BIG the egress MTU in *mtu, the packet not rewritten.
- * A function of its own so that the ICMP functions are called beside it,
- * not from it: a call's stack adds to its caller's, and this one's
- * leaves no room under the 512-byte limit. */
-static __noinline int balance(struct xdp_md *ctx, __u32 *mtu)
+/* balance() hands the entry function a packet too big for its egress as
+ * LB_TX_ICMP_TOO_BIG with the egress MTU above the reason's 8 bits. */
+#define TOO_BIG_WITH_MTU(mtu) (LB_TX_ICMP_TOO_BIG | (mtu) << 8)
+#define REASON_OF(r)          ((r) & 0xff)
+#define MTU_OF(r)             ((__u32)(r) >> 8)
+
+/* TCP and UDP: the five steps. Returns the verdict reason.
+ *
+ * A function of its own so that the ICMP functions and the IPv6 extension
+ * header walk are called beside it by the entry function, not from it: a
+ * call's stack adds to its caller's, the BPF stack is 512 bytes for the
+ * whole chain, and these steps use most of it. So parse gets the walk's
+ * result (ext_walk) instead of calling it. */
+static __noinline int balance(struct xdp_md *ctx, int ext_walk)
 {
 	struct lb_reply_source *src = NULL;
 	struct flow_cache_probe probe;
@@ -39,7 +47,7 @@ static __noinline int balance(struct xdp_md *ctx, __u32 *mtu)
 	__u32 generation;
 	int reason;
 
-	reason = parse_packet(ctx, &pkt);
+	reason = parse_packet(ctx, &pkt, ext_walk);
 	if (reason != LB_CONTINUE)
 		return reason;
 
@@ -68,10 +76,8 @@ static __noinline int balance(struct xdp_md *ctx, __u32 *mtu)
 
 	rewrite_csum(&pkt, &flow); /* the flow cache keeps it with the decision */
 	reason = route(ctx, &pkt, &flow, &hop);
-	if (reason == LB_TX_ICMP_TOO_BIG) { /* not rewritten: the error quotes it as sent */
-		*mtu = hop.mtu;
-		return reason;
-	}
+	if (reason == LB_TX_ICMP_TOO_BIG) /* not rewritten: the error quotes it as sent */
+		return TOO_BIG_WITH_MTU(hop.mtu);
 	rewrite_packet(&pkt, &flow);
 	count_flow(&flow, pkt.len);
 	if (reason != LB_CONTINUE)
@@ -85,14 +91,13 @@ static __noinline int balance(struct xdp_md *ctx, __u32 *mtu)
 SEC("xdp")
 int lbctl_xdp(struct xdp_md *ctx)
 {
-	__u32 mtu = 0;
 	int reason;
 
-	reason = balance(ctx, &mtu);
+	reason = balance(ctx, ipv6_ext_walk(ctx));
 	if (reason == LB_PASS_OTHER_PROTO) /* maybe an ICMP error about a flow */
 		reason = icmp_error(ctx);
-	else if (reason == LB_TX_ICMP_TOO_BIG) /* tell the sender */
-		reason = icmp_too_big(ctx, mtu);
+	else if (REASON_OF(reason) == LB_TX_ICMP_TOO_BIG) /* tell the sender */
+		reason = icmp_too_big(ctx, MTU_OF(reason));
 	return stop(reason);
 }
 
