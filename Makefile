@@ -7,8 +7,9 @@ CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
 DEMO_ARGS ?=
 # Debian packages the build and the tests need.
 # strace: tests/crash.rs kills lbctl before each bpf() write (strace -e inject).
+# iputils-ping: tests/pmtu.rs pings a VIP.
 APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
-	ethtool conntrack nftables util-linux kmod haproxy strace
+	ethtool conntrack nftables util-linux kmod haproxy strace iputils-ping
 
 .PHONY: all deps kernel-deps build vmlinux lint test test-kernel test-kernels demo bench install clean
 

@@ -12,7 +12,9 @@
 #include "packet.h"
 #include "csum.h"
 
-/* The FIB's question for the rewritten packet, by family. */
+/* The FIB's question for the packet once rewritten to f's addresses, by
+ * family: asked before the rewrite, so that a packet too big for the egress
+ * is still as its sender sent it (icmp.h quotes it). */
 static __always_inline void fib_params(const struct xdp_md *ctx, const struct packet *pkt,
 				       const struct flow *f, struct bpf_fib_lookup *fib)
 {
@@ -23,12 +25,12 @@ static __always_inline void fib_params(const struct xdp_md *ctx, const struct pa
 	if (pkt->family == LB_AF_INET6) {
 		fib->family = AF_INET6;
 		fib->flowinfo = *(__be32 *)pkt->ip6 & bpf_htonl(IPV6_FLOWINFO_MASK);
-		addr_store(fib->ipv6_src, pkt->saddr, LB_AF_INET6);
+		addr_store(fib->ipv6_src, f->saddr, LB_AF_INET6);
 		addr_store(fib->ipv6_dst, f->daddr, LB_AF_INET6);
 	} else {
 		fib->family = AF_INET;
 		fib->tos = pkt->ip->tos;
-		fib->ipv4_src = pkt->saddr[0];
+		fib->ipv4_src = f->saddr[0];
 		fib->ipv4_dst = f->daddr[0];
 	}
 }
@@ -46,8 +48,20 @@ static __always_inline bool fib_on_link(const struct bpf_fib_lookup *fib, const 
 	return fib->ipv4_dst == d[0];
 }
 
-/* Returns LB_CONTINUE with hop filled in, or the reason to pass the
- * (rewritten) packet to the stack. */
+/* A TCP/UDP packet a router may not fragment: IPv6, or IPv4 with DF. An
+ * IPv4 packet without DF goes to the stack, which fragments it; an ICMP
+ * error is never answered with another. */
+static __always_inline bool must_not_fragment(const struct packet *pkt)
+{
+	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
+		return false;
+	return pkt->family == LB_AF_INET6 || (pkt->ip->frag_off & bpf_htons(IP_DF));
+}
+
+/* Where the packet goes once rewritten to f's addresses. Returns
+ * LB_CONTINUE with hop filled in; LB_TX_ICMP_TOO_BIG with hop->mtu when it
+ * is too big for the egress and may not be fragmented (icmp.h answers the
+ * sender); or the reason to pass the (rewritten) packet to the stack. */
 static __always_inline int route(struct xdp_md *ctx, const struct packet *pkt,
 				 const struct flow *f, struct next_hop *hop)
 {
@@ -63,8 +77,13 @@ static __always_inline int route(struct xdp_md *ctx, const struct packet *pkt,
 	rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return LB_PASS_NO_NEIGH;
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && must_not_fragment(pkt)) {
+		/* tunnel: the sender must leave room for the outer header */
+		hop->mtu = fib->mtu_result - f->encap;
+		return LB_TX_ICMP_TOO_BIG;
+	}
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && f->encap)
-		return LB_DROP_TUNNEL_MTU;
+		return LB_DROP_TUNNEL_MTU; /* XDP cannot fragment it */
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS || pkt_ttl(pkt) <= 1)
 		return LB_PASS_FIB; /* the stack routes or answers ICMP */
 	if (f->dsr && !fib_on_link(fib, f, pkt->family))

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /* lbctl's data path: parse -> classify -> conntrack -> rewrite -> forward,
  * the same five steps for IPv4 and IPv6 (each step takes the family from
- * the parsed packet), with a fast path after the first, cheap, half of classify (the address
+ * the parsed packet), ICMP errors about a flow sent on to its host
+ * (icmp.h), with a fast path after the first, cheap, half of classify (the address
  * prefilter): a flow cache that stands in for classify's lookups,
  * conntrack and the FIB for established flows. Packets that are not for a
  * VIP and not replies of balanced flows leave untouched with XDP_PASS. */
@@ -20,10 +21,23 @@
 #include "rewrite.h"
 #include "forward.h"
 #include "tunnel.h"
+#include "icmp.h"
 #include "stats.h"
 
-SEC("xdp")
-int lbctl_xdp(struct xdp_md *ctx)
+/* balance() hands the entry function a packet too big for its egress as
+ * LB_TX_ICMP_TOO_BIG with the egress MTU above the reason's 8 bits. */
+#define TOO_BIG_WITH_MTU(mtu) (LB_TX_ICMP_TOO_BIG | (mtu) << 8)
+#define REASON_OF(r)          ((r) & 0xff)
+#define MTU_OF(r)             ((__u32)(r) >> 8)
+
+/* TCP and UDP: the five steps. Returns the verdict reason.
+ *
+ * A function of its own so that the ICMP functions and the IPv6 extension
+ * header walk are called beside it by the entry function, not from it: a
+ * call's stack adds to its caller's, the BPF stack is 512 bytes for the
+ * whole chain, and these steps use most of it. So parse gets the walk's
+ * result (ext_walk) instead of calling it. */
+static __noinline int balance(struct xdp_md *ctx, int ext_walk)
 {
 	struct lb_reply_source *src = NULL;
 	struct flow_cache_probe probe;
@@ -34,13 +48,13 @@ int lbctl_xdp(struct xdp_md *ctx)
 	__u32 generation;
 	int reason;
 
-	reason = parse_packet(ctx, &pkt);
+	reason = parse_packet(ctx, &pkt, ext_walk);
 	if (reason != LB_CONTINUE)
-		return stop(reason);
+		return reason;
 
 	generation = config_generation(); /* before any configuration is read */
 	if (!maybe_ours(&pkt))
-		return stop(LB_PASS_NOT_VIP);
+		return LB_PASS_NOT_VIP;
 
 	/* Fast path: this direction of the flow was decided less than a
 	 * second ago, under the current configuration. */
@@ -48,34 +62,49 @@ int lbctl_xdp(struct xdp_md *ctx)
 	    flow_cache_find(ctx, &pkt, generation, &probe, &flow, &hop)) {
 		rewrite_packet(&pkt, &flow);
 		count_flow(&flow, pkt.len);
-		return stop(transmit(ctx, &pkt, &hop));
+		return transmit(ctx, &pkt, &hop);
 	}
 
 	vip = find_vip(&pkt);
 	if (!vip && !(src = from_backend(&pkt)))
-		return stop(LB_PASS_NOT_VIP);
+		return LB_PASS_NOT_VIP;
 	if (pkt.first_fragment) /* lbctl does not reassemble */
-		return stop(vip ? LB_DROP_FRAGMENT : LB_PASS_FRAGMENT);
+		return vip ? LB_DROP_FRAGMENT : LB_PASS_FRAGMENT;
 
 	reason = conntrack(ctx, &pkt, vip, src, &flow);
 	if (reason != LB_CONTINUE)
-		return stop(reason);
+		return reason;
 
 	rewrite_csum(&pkt, &flow); /* the flow cache keeps it with the decision */
+	reason = route(ctx, &pkt, &flow, &hop);
+	if (reason == LB_TX_ICMP_TOO_BIG) /* not rewritten: the error quotes it as sent */
+		return TOO_BIG_WITH_MTU(hop.mtu);
 	rewrite_packet(&pkt, &flow);
 	count_flow(&flow, pkt.len);
-	reason = route(ctx, &pkt, &flow, &hop);
 	if (reason != LB_CONTINUE)
-		return stop(reason);
+		return reason;
 	if (flow.encap && vip) { /* tunnel: not cached, every packet is encapsulated here */
 		reason = encapsulate(ctx, &pkt, &flow, vip);
 		if (reason != LB_CONTINUE)
-			return stop(reason);
-		return stop(transmit(ctx, &pkt, &hop));
+			return reason;
+		return transmit(ctx, &pkt, &hop);
 	}
 	reason = transmit(ctx, &pkt, &hop);
 	if (reason != LB_PASS_FIB)
 		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation);
+	return reason;
+}
+
+SEC("xdp")
+int lbctl_xdp(struct xdp_md *ctx)
+{
+	int reason;
+
+	reason = balance(ctx, ipv6_ext_walk(ctx));
+	if (reason == LB_PASS_OTHER_PROTO) /* maybe an ICMP error about a flow */
+		reason = icmp_error(ctx);
+	else if (REASON_OF(reason) == LB_TX_ICMP_TOO_BIG) /* tell the sender */
+		reason = icmp_too_big(ctx, MTU_OF(reason));
 	return stop(reason);
 }
 

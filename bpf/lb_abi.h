@@ -213,7 +213,7 @@ struct lb_flow_cache_counters {
 enum lb_reason {
 	LB_PASS_NOT_IP = 0,      /* neither IPv4 nor IPv6 (ARP, VLAN, ...) */
 	LB_PASS_NOT_VIP,         /* TCP/UDP not for a VIP and not a reply */
-	LB_PASS_OTHER_PROTO,     /* IP, but neither TCP nor UDP (ICMP, ICMPv6, ESP, AH, ...) */
+	LB_PASS_OTHER_PROTO,     /* IP, but neither TCP nor UDP nor an ICMP error (echo, ESP, AH, ...) */
 	LB_PASS_MALFORMED,       /* truncated or invalid headers: the stack drops them */
 	LB_DROP_FRAGMENT,        /* first fragment of a datagram to a VIP */
 	LB_PASS_FRAGMENT,        /* later fragment: no ports, cannot be classified */
@@ -229,6 +229,10 @@ enum lb_reason {
 	LB_PASS_EXT_HEADERS,     /* IPv6: more than LB_MAX_EXT_HEADERS before TCP/UDP */
 	LB_DROP_DSR_OFFLINK,     /* dsr: the backend is behind a gateway, not on a link */
 	LB_DROP_TUNNEL_MTU,      /* tunnel: with the outer header, larger than the path's MTU */
+	LB_ICMP_XDP_TX,          /* ICMP error about a flow, rewritten for its host, out the same interface */
+	LB_ICMP_XDP_REDIRECT,    /* ICMP error about a flow, rewritten for its host, out another attached interface */
+	LB_PASS_ICMP_NO_FLOW,    /* ICMP error about no lbctl flow (or not about TCP/UDP, or cut before the ports): untouched */
+	LB_TX_ICMP_TOO_BIG,      /* too big for the egress MTU, DF set (IPv6: always): frag needed / packet too big sent back */
 	LB_REASON_MAX,
 };
 

@@ -15,6 +15,7 @@
 #define ETH_P_IPV6 0x86DD
 #define AF_INET    2
 #define AF_INET6   10
+#define IP_DF      0x4000
 #define IP_MF      0x2000
 #define IP_OFFSET  0x1fff
 #define IP6_MF     0x0001 /* fragment header: more fragments */
@@ -106,6 +107,7 @@ struct next_hop {
 	__u32 ifindex;
 	__u8 smac[ETH_ALEN];
 	__u8 dmac[ETH_ALEN];
+	__u16 mtu;        /* the egress MTU, when the packet is too big for it */
 };
 
 /* An address of the packet (1 or 4 words) into the 4 words the maps and

@@ -114,14 +114,31 @@ __noinline int ipv6_walk_ext(struct xdp_md *ctx)
 	return LB_PASS_OTHER_PROTO;
 }
 
+/* ipv6_walk_ext's answer for an IPv6 packet without TCP/UDP right after
+ * its header (0 for any other packet), asked by the entry function and
+ * handed to parse_packet: called from deeper, its stack frame would add
+ * to the steps'. */
+static __always_inline int ipv6_ext_walk(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+	if ((void *)(ip6 + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IPV6) ||
+	    ip6->nexthdr == IPPROTO_TCP || ip6->nexthdr == IPPROTO_UDP)
+		return 0;
+	return ipv6_walk_ext(ctx);
+}
+
 /* IPv6: TCP or UDP right after the header, or after the extension headers
- * ipv6_walk_ext finds. Returns where TCP/UDP starts in *l4. */
+ * ipv6_walk_ext found (its answer in walk). Returns where TCP/UDP starts
+ * in *l4. */
 static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *pkt,
-				      struct ipv6hdr *ip6, void *data_end, void **l4)
+				      struct ipv6hdr *ip6, void *data_end, void **l4, int walk)
 {
 	__u32 payload_len;
 	__u8 next;
-	int walk;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return LB_PASS_MALFORMED;
@@ -138,7 +155,6 @@ static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *pkt,
 	*l4 = ip6 + 1;
 	pkt->first_fragment = false;
 	if (next != IPPROTO_TCP && next != IPPROTO_UDP) {
-		walk = ipv6_walk_ext(ctx);
 		if (!(walk & LB_WALK_FOUND))
 			return walk & 0xff; /* a reason */
 		next = LB_WALK_PROTO(walk);
@@ -177,8 +193,8 @@ static __always_inline int parse_l4(struct packet *pkt, void *l4, void *data_end
 }
 
 /* Returns LB_CONTINUE with pkt filled in, or the reason to pass the packet
- * on untouched. */
-static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+ * on untouched. ext_walk: ipv6_ext_walk's answer. */
+static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt, int ext_walk)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -191,7 +207,7 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
 		reason = parse_ipv4(pkt, (void *)(eth + 1), data_end, &l4);
 	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		reason = parse_ipv6(ctx, pkt, (void *)(eth + 1), data_end, &l4);
+		reason = parse_ipv6(ctx, pkt, (void *)(eth + 1), data_end, &l4, ext_walk);
 	else
 		return LB_PASS_NOT_IP;
 	if (reason != LB_CONTINUE)

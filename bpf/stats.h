@@ -28,8 +28,11 @@ static __always_inline int stop(enum lb_reason reason)
 {
 	switch (reason) {
 	case LB_XDP_TX:
+	case LB_ICMP_XDP_TX:
+	case LB_TX_ICMP_TOO_BIG:
 		return verdict(reason, XDP_TX);
 	case LB_XDP_REDIRECT:
+	case LB_ICMP_XDP_REDIRECT:
 		return verdict(reason, XDP_REDIRECT);
 	case LB_DROP_FRAGMENT:
 	case LB_DROP_NO_BACKEND:

@@ -211,11 +211,191 @@ fn odd_packets() -> Vec<Case> {
             out: Untouched,
         },
         Case {
-            row: "IPv4 or IPv6, neither TCP nor UDP (e.g. ICMP or ICMPv6 to a VIP address; IPv6 ESP, AH, no next header)",
+            row: "IPv4 or IPv6, neither TCP nor UDP nor an ICMP error (e.g. ICMP or ICMPv6 echo request to a VIP address; IPv6 ESP, AH, no next header)",
             example: "ICMP echo request to the VIP's address",
             frame: Packet::icmp_echo("198.18.0.2", "198.18.100.1").build(),
             action: XDP_PASS,
             reason: lb_reason::LB_PASS_OTHER_PROTO,
+            out: Untouched,
+        },
+        Case {
+            row: ICMP_ABOUT_A_FLOW,
+            example: "client side: fragmentation needed to the VIP about a reply (dnat)",
+            frame: Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::FragNeeded(1280), &reply_as_sent())
+                .build(),
+            action: XDP_REDIRECT,
+            reason: lb_reason::LB_ICMP_XDP_REDIRECT,
+            out: Becomes(
+                Packet::icmp_error(
+                    "198.18.0.2",
+                    "198.18.1.11",
+                    IcmpError::FragNeeded(1280),
+                    &reply_from_backend(),
+                )
+                .ttl(63)
+                .src_mac(ROUTER_MAC)
+                .dst_mac(backend_mac(11))
+                .build(),
+            ),
+        },
+        Case {
+            row: ICMP_ABOUT_A_FLOW,
+            example: "client side, the quote cut after 8 bytes of TCP (no checksum in it)",
+            frame: Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::FragNeeded(1280), &reply_as_sent())
+                .quote_cut(28)
+                .build(),
+            action: XDP_REDIRECT,
+            reason: lb_reason::LB_ICMP_XDP_REDIRECT,
+            out: Becomes(
+                Packet::icmp_error(
+                    "198.18.0.2",
+                    "198.18.1.11",
+                    IcmpError::FragNeeded(1280),
+                    &reply_from_backend(),
+                )
+                .quote_cut(28)
+                .ttl(63)
+                .src_mac(ROUTER_MAC)
+                .dst_mac(backend_mac(11))
+                .build(),
+            ),
+        },
+        Case {
+            row: ICMP_ABOUT_A_FLOW,
+            example: "backend side: time exceeded to the client about its packet (dnat)",
+            frame: Packet::icmp_error(
+                ROUTER_B,
+                "198.18.0.2",
+                IcmpError::TimeExceeded,
+                &Packet::tcp(ICMP_CLIENT, "198.18.1.11:8080", ACK).ttl(1),
+            )
+            .build(),
+            action: XDP_REDIRECT,
+            reason: lb_reason::LB_ICMP_XDP_REDIRECT,
+            out: Becomes(
+                Packet::icmp_error(
+                    VIP_IP,
+                    "198.18.0.2",
+                    IcmpError::TimeExceeded,
+                    &Packet::tcp(ICMP_CLIENT, VIP, ACK).ttl(1),
+                )
+                .ttl(63)
+                .src_mac(ROUTER_MAC)
+                .dst_mac(backend_mac(2))
+                .build(),
+            ),
+        },
+        Case {
+            row: ICMP_ABOUT_A_FLOW,
+            example: "backend's port unreachable about a UDP datagram (dnat)",
+            frame: Packet::icmp_error(
+                "198.18.1.11",
+                "198.18.0.2",
+                IcmpError::PortUnreachable,
+                &Packet::udp(UDP_CLIENT, UDP_BACKEND, b"query").ttl(63),
+            )
+            .build(),
+            action: XDP_REDIRECT,
+            reason: lb_reason::LB_ICMP_XDP_REDIRECT,
+            out: Becomes(
+                Packet::icmp_error(
+                    "198.18.100.6",
+                    "198.18.0.2",
+                    IcmpError::PortUnreachable,
+                    &Packet::udp(UDP_CLIENT, UDP_VIP, b"query").ttl(63),
+                )
+                .ttl(63)
+                .src_mac(ROUTER_MAC)
+                .dst_mac(backend_mac(2))
+                .build(),
+            ),
+        },
+        Case {
+            row: ICMP_ABOUT_A_FLOW,
+            example: "client side: fragmentation needed to the VIP about a reply (fullnat)",
+            frame: Packet::icmp_error(
+                ROUTER_C,
+                "198.18.100.5",
+                IcmpError::FragNeeded(1400),
+                &Packet::tcp(FULLNAT_VIP, FULLNAT_CLIENT, ACK).ttl(63).payload(b"r"),
+            )
+            .build(),
+            action: XDP_REDIRECT,
+            reason: lb_reason::LB_ICMP_XDP_REDIRECT,
+            out: Becomes(
+                Packet::icmp_error(
+                    "198.18.1.1",
+                    "198.18.1.11",
+                    IcmpError::FragNeeded(1400),
+                    &Packet::tcp(FULLNAT_BACKEND, SNAT_SIDE, ACK).ttl(63).payload(b"r"),
+                )
+                .ttl(63)
+                .src_mac(ROUTER_MAC)
+                .dst_mac(backend_mac(11))
+                .build(),
+            ),
+        },
+        Case {
+            row: ICMP_ABOUT_A_FLOW,
+            example: "backend side: time exceeded to the fullnat source address",
+            frame: Packet::icmp_error(
+                ROUTER_B,
+                "198.18.1.1",
+                IcmpError::TimeExceeded,
+                &Packet::tcp(SNAT_SIDE, FULLNAT_BACKEND, ACK).ttl(1),
+            )
+            .build(),
+            action: XDP_REDIRECT,
+            reason: lb_reason::LB_ICMP_XDP_REDIRECT,
+            out: Becomes(
+                Packet::icmp_error(
+                    "198.18.100.5",
+                    "198.18.0.2",
+                    IcmpError::TimeExceeded,
+                    &Packet::tcp(FULLNAT_CLIENT, FULLNAT_VIP, ACK).ttl(1),
+                )
+                .ttl(63)
+                .src_mac(ROUTER_MAC)
+                .dst_mac(backend_mac(2))
+                .build(),
+            ),
+        },
+        Case {
+            row: ICMP_NO_FLOW,
+            example: "fragmentation needed to the VIP about a reply of no flow",
+            frame: Packet::icmp_error(
+                ROUTER_C,
+                VIP_IP,
+                IcmpError::FragNeeded(1280),
+                &Packet::tcp(VIP, "198.18.0.2:40999", ACK),
+            )
+            .build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_ICMP_NO_FLOW,
+            out: Untouched,
+        },
+        Case {
+            row: ICMP_NO_FLOW,
+            example: "time exceeded quoting an ICMP echo from the VIP's address",
+            frame: Packet::icmp_error(
+                ROUTER_C,
+                VIP_IP,
+                IcmpError::TimeExceeded,
+                &Packet::icmp_echo(VIP_IP, "198.18.0.2"),
+            )
+            .build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_ICMP_NO_FLOW,
+            out: Untouched,
+        },
+        Case {
+            row: ICMP_NO_FLOW,
+            example: "fragmentation needed about a reply, quote cut inside the ports",
+            frame: Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::FragNeeded(1280), &reply_as_sent())
+                .quote_cut(22)
+                .build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_ICMP_NO_FLOW,
             out: Untouched,
         },
         Case {
@@ -278,6 +458,34 @@ fn odd_packets() -> Vec<Case> {
             out: Untouched,
         },
         Case {
+            row: "TCP/UDP too big for the egress MTU, IPv4 with DF set or IPv6",
+            example: "a 1586-byte ACK with DF to the VIP, egress MTU 1500",
+            frame: too_big(true).build(),
+            action: XDP_TX,
+            reason: lb_reason::LB_TX_ICMP_TOO_BIG,
+            out: Becomes(
+                Packet::icmp_error(VIP_IP, "198.18.0.2", IcmpError::FragNeeded(1500), &too_big(true))
+                    .quote_cut(548)
+                    .tos(0xc0)
+                    .ip_id(0)
+                    .src_mac(too_big(true).dst_mac)
+                    .dst_mac(too_big(true).src_mac)
+                    .build(),
+            ),
+        },
+        Case {
+            row: "IPv4 too big for the egress MTU, DF clear",
+            example: "a 1586-byte ACK without DF to the VIP, egress MTU 1500",
+            frame: too_big(false).build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_FIB,
+            out: Becomes(
+                Packet::tcp(ICMP_CLIENT, "198.18.1.11:8080", ACK)
+                    .payload(&[0x55; 1546])
+                    .build(),
+            ),
+        },
+        Case {
             row: "new flow to a VIP with no backend of weight > 0",
             example: "SYN to a VIP without backends",
             frame: Packet::tcp(CLIENT, NO_BACKENDS_VIP, SYN).build(),
@@ -302,6 +510,20 @@ fn odd_packets() -> Vec<Case> {
             out: Untouched,
         },
         Case {
+            row: "conntrack entry that lbctl did not create",
+            example: "fragmentation needed about a reply of a flow netfilter tracks",
+            frame: Packet::icmp_error(
+                ROUTER_C,
+                VIP_IP,
+                IcmpError::FragNeeded(1280),
+                &Packet::tcp(VIP, FOREIGN_CLIENT, ACK),
+            )
+            .build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_FOREIGN_CT,
+            out: Untouched,
+        },
+        Case {
             row: "from a backend but no entry",
             example: "SYN-ACK from a removed backend (its reply source stays)",
             frame: Packet::tcp(REMOVED_BACKEND, CLIENT, SYN | ACK).build(),
@@ -312,6 +534,49 @@ fn odd_packets() -> Vec<Case> {
     ]
 }
 
+const ICMP_ABOUT_A_FLOW: &str = "ICMP or ICMPv6 error (destination unreachable, fragmentation needed, time exceeded; packet too big) about a balanced flow, from either side";
+const ICMP_NO_FLOW: &str =
+    "ICMP or ICMPv6 error about no lbctl flow, quoting neither TCP nor UDP, or cut before the ports";
+const VIP_IP: &str = "198.18.100.1";
+/// Routers on the client's and on the backends' side.
+const ROUTER_C: &str = "198.18.0.9";
+const ROUTER_B: &str = "198.18.1.9";
+/// The flows ICMP errors are about (`odd_packet_balancer`): dnat TCP, fullnat
+/// TCP (the client's port kept as the source port), dnat UDP.
+const ICMP_CLIENT: &str = "198.18.0.2:40100";
+const FULLNAT_VIP: &str = "198.18.100.5:80";
+const FULLNAT_CLIENT: &str = "198.18.0.2:40200";
+const FULLNAT_BACKEND: &str = "198.18.1.11:9090";
+const SNAT_SIDE: &str = "198.18.1.1:40200";
+const UDP_VIP: &str = "198.18.100.6:53";
+const UDP_CLIENT: &str = "198.18.0.2:40300";
+const UDP_BACKEND: &str = "198.18.1.11:5353";
+
+/// The dnat flow's reply as lbctl sent it on (from the VIP, one hop less),
+/// and as its backend sent it.
+fn reply_as_sent() -> Packet {
+    Packet::tcp(VIP, ICMP_CLIENT, ACK)
+        .ttl(63)
+        .dont_fragment()
+        .payload(&[b'r'; 100])
+}
+fn reply_from_backend() -> Packet {
+    Packet::tcp("198.18.1.11:8080", ICMP_CLIENT, ACK)
+        .ttl(63)
+        .dont_fragment()
+        .payload(&[b'r'; 100])
+}
+
+/// A packet of the dnat flow longer than v0's MTU (1500): IP length 1586.
+fn too_big(dont_fragment: bool) -> Packet {
+    let p = Packet::tcp(ICMP_CLIENT, VIP, ACK).payload(&[0x55; 1546]);
+    if dont_fragment {
+        p.dont_fragment()
+    } else {
+        p
+    }
+}
+
 const NO_BACKENDS_VIP: &str = "198.18.100.3:80";
 const DRAINED_VIP: &str = "198.18.100.4:80";
 const FOREIGN_CLIENT: &str = "198.18.0.2:40700";
@@ -320,7 +585,9 @@ const REMOVED_BACKEND: &str = "198.18.1.13:8080";
 /// The world of the odd packets: VIP 198.18.100.1:80/tcp (dnat) with
 /// backend 198.18.1.11:8080, and REMOVED_BACKEND added and removed again;
 /// NO_BACKENDS_VIP; DRAINED_VIP with one backend of weight 0; and an entry
-/// netfilter made (`conntrack -I`, mark 0) for FOREIGN_CLIENT to the VIP.
+/// netfilter made (`conntrack -I`, mark 0) for FOREIGN_CLIENT to the VIP;
+/// the flows ICMP errors are about: ICMP_CLIENT's to the VIP, FULLNAT_VIP
+/// (source 198.18.1.1) with one flow, UDP_VIP with one flow.
 fn odd_packet_balancer() -> Balancer {
     let (lb, vip) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080", REMOVED_BACKEND]);
     lb.maps.del_backend(&vip, addr(REMOVED_BACKEND)).unwrap();
@@ -332,6 +599,26 @@ fn odd_packet_balancer() -> Balancer {
         "conntrack -I -p tcp -s {ip} -d 198.18.100.1 --sport {port} --dport 80 \
          --timeout 120 --state ESTABLISHED 2>&1"
     ));
+    let fullnat = lb.vip(
+        FULLNAT_VIP,
+        Proto::Tcp,
+        NatMode::Fullnat,
+        Some("198.18.1.1"),
+    );
+    lb.backend(&fullnat, FULLNAT_BACKEND, 1);
+    let udp = lb.vip(UDP_VIP, Proto::Udp, NatMode::Dnat, None);
+    lb.backend(&udp, UDP_BACKEND, 1);
+    for flow in [
+        Packet::tcp(ICMP_CLIENT, VIP, SYN),
+        Packet::tcp(FULLNAT_CLIENT, FULLNAT_VIP, SYN),
+        Packet::udp(UDP_CLIENT, UDP_VIP, b"query"),
+    ] {
+        assert_eq!(
+            lb.run(&flow.build()).0,
+            XDP_REDIRECT,
+            "the flows ICMP is about"
+        );
+    }
     lb
 }
 

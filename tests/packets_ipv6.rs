@@ -638,3 +638,242 @@ fn ipv6_flows_whose_addresses_fold_alike_never_share_a_decision() {
         assert_eq!(parse(&again).src, CLIENT);
     });
 }
+
+/// The IPv6 rows of the README's ICMP entries: ICMPv6 errors about a
+/// balanced flow from either side, dnat and fullnat, TCP and UDP, a quote
+/// cut short; errors about no flow; an echo request to a VIP; and packets
+/// too big for the egress MTU. Every expected frame is built from scratch
+/// (checksums with the ICMPv6 pseudo-header), compared byte for byte.
+#[test]
+fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
+    const VIP_IP: &str = "2001:db8:0:100::1";
+    const CLIENT_IP: &str = "2001:db8::2";
+    const ROUTER_C: &str = "2001:db8::9";
+    const ROUTER_B: &str = "2001:db8:0:1::9";
+    const FULLNAT_VIP: &str = "[2001:db8:0:100::5]:80";
+    const FULLNAT_CLIENT: &str = "[2001:db8::2]:40200";
+    const FULLNAT_BACKEND: &str = "[2001:db8:0:1::11]:9090";
+    const SNAT_SIDE: &str = "[2001:db8:0:1::1]:40200";
+    const UDP_VIP: &str = "[2001:db8:0:100::6]:53";
+    const UDP_CLIENT: &str = "[2001:db8::2]:40300";
+    const UDP_BACKEND: &str = "[2001:db8:0:1::11]:5353";
+    let reply_as_sent = || Packet::tcp(VIP, CLIENT, ACK).ttl(63).payload(&[b'r'; 100]);
+    let reply_from_backend = || {
+        Packet::tcp(BACKEND, CLIENT, ACK)
+            .ttl(63)
+            .payload(&[b'r'; 100])
+    };
+    let forwarded = |p: Packet, to_host: u8| {
+        Some(
+            p.ttl(63)
+                .src_mac([0x02, 0, 0, 0, 0, 0xaa])
+                .dst_mac(backend_mac(to_host))
+                .build(),
+        )
+    };
+    let too_big = || Packet::tcp(CLIENT, VIP, ACK).payload(&[0x55; 1500]);
+    type Row = (&'static str, Vec<u8>, u32, &'static str, Option<Vec<u8>>);
+    let cases: Vec<Row> = vec![
+        (
+            "client side: packet too big to the VIP about a reply (dnat)",
+            Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::TooBig(1280), &reply_as_sent()).build(),
+            XDP_REDIRECT,
+            "icmp_xdp_redirect",
+            forwarded(
+                Packet::icmp_error(
+                    CLIENT_IP,
+                    "2001:db8:0:1::11",
+                    IcmpError::TooBig(1280),
+                    &reply_from_backend(),
+                ),
+                11,
+            ),
+        ),
+        (
+            "client side, the quote cut after 8 bytes of TCP",
+            Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::TooBig(1280), &reply_as_sent())
+                .quote_cut(48)
+                .build(),
+            XDP_REDIRECT,
+            "icmp_xdp_redirect",
+            forwarded(
+                Packet::icmp_error(
+                    CLIENT_IP,
+                    "2001:db8:0:1::11",
+                    IcmpError::TooBig(1280),
+                    &reply_from_backend(),
+                )
+                .quote_cut(48),
+                11,
+            ),
+        ),
+        (
+            "backend side: time exceeded to the client about its packet (dnat)",
+            Packet::icmp_error(
+                ROUTER_B,
+                CLIENT_IP,
+                IcmpError::TimeExceeded,
+                &Packet::tcp(CLIENT, BACKEND, ACK).ttl(1),
+            )
+            .build(),
+            XDP_REDIRECT,
+            "icmp_xdp_redirect",
+            forwarded(
+                Packet::icmp_error(
+                    VIP_IP,
+                    CLIENT_IP,
+                    IcmpError::TimeExceeded,
+                    &Packet::tcp(CLIENT, VIP, ACK).ttl(1),
+                ),
+                2,
+            ),
+        ),
+        (
+            "backend's port unreachable about a UDP datagram (dnat)",
+            Packet::icmp_error(
+                "2001:db8:0:1::11",
+                CLIENT_IP,
+                IcmpError::PortUnreachable,
+                &Packet::udp(UDP_CLIENT, UDP_BACKEND, b"query").ttl(63),
+            )
+            .build(),
+            XDP_REDIRECT,
+            "icmp_xdp_redirect",
+            forwarded(
+                Packet::icmp_error(
+                    "2001:db8:0:100::6",
+                    CLIENT_IP,
+                    IcmpError::PortUnreachable,
+                    &Packet::udp(UDP_CLIENT, UDP_VIP, b"query").ttl(63),
+                ),
+                2,
+            ),
+        ),
+        (
+            "client side: packet too big to the VIP about a reply (fullnat)",
+            Packet::icmp_error(
+                ROUTER_C,
+                "2001:db8:0:100::5",
+                IcmpError::TooBig(1400),
+                &Packet::tcp(FULLNAT_VIP, FULLNAT_CLIENT, ACK).ttl(63),
+            )
+            .build(),
+            XDP_REDIRECT,
+            "icmp_xdp_redirect",
+            forwarded(
+                Packet::icmp_error(
+                    SNAT,
+                    "2001:db8:0:1::11",
+                    IcmpError::TooBig(1400),
+                    &Packet::tcp(FULLNAT_BACKEND, SNAT_SIDE, ACK).ttl(63),
+                ),
+                11,
+            ),
+        ),
+        (
+            "backend side: time exceeded to the fullnat source address",
+            Packet::icmp_error(
+                ROUTER_B,
+                SNAT,
+                IcmpError::TimeExceeded,
+                &Packet::tcp(SNAT_SIDE, FULLNAT_BACKEND, ACK).ttl(1),
+            )
+            .build(),
+            XDP_REDIRECT,
+            "icmp_xdp_redirect",
+            forwarded(
+                Packet::icmp_error(
+                    "2001:db8:0:100::5",
+                    CLIENT_IP,
+                    IcmpError::TimeExceeded,
+                    &Packet::tcp(FULLNAT_CLIENT, FULLNAT_VIP, ACK).ttl(1),
+                ),
+                2,
+            ),
+        ),
+        (
+            "packet too big about a reply of no flow",
+            Packet::icmp_error(
+                ROUTER_C,
+                VIP_IP,
+                IcmpError::TooBig(1280),
+                &Packet::tcp(VIP, "[2001:db8::2]:40999", ACK),
+            )
+            .build(),
+            XDP_PASS,
+            "pass_icmp_no_flow",
+            None,
+        ),
+        (
+            "packet too big about a reply, quote cut inside the ports",
+            Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::TooBig(1280), &reply_as_sent())
+                .quote_cut(42)
+                .build(),
+            XDP_PASS,
+            "pass_icmp_no_flow",
+            None,
+        ),
+        (
+            "echo request to the VIP's address",
+            Packet::icmp_echo(CLIENT_IP, VIP_IP).build(),
+            XDP_PASS,
+            "pass_other_proto",
+            None,
+        ),
+        (
+            "a 1554-byte ACK to the VIP, egress MTU 1500",
+            too_big().build(),
+            XDP_TX,
+            "tx_icmp_too_big",
+            Some(
+                Packet::icmp_error(VIP_IP, CLIENT_IP, IcmpError::TooBig(1500), &too_big())
+                    .quote_cut(1232)
+                    .flow_label(0)
+                    .src_mac(too_big().dst_mac)
+                    .dst_mac(too_big().src_mac)
+                    .build(),
+            ),
+        ),
+    ];
+    in_fresh_netns(move || {
+        let (lb, _) = dnat_lb();
+        let fullnat = lb.vip(FULLNAT_VIP, Proto::Tcp, NatMode::Fullnat, Some(SNAT));
+        lb.backend(&fullnat, FULLNAT_BACKEND, 1);
+        let udp = lb.vip(UDP_VIP, Proto::Udp, NatMode::Dnat, None);
+        lb.backend(&udp, UDP_BACKEND, 1);
+        for flow in [
+            Packet::tcp(CLIENT, VIP, SYN),
+            Packet::tcp(FULLNAT_CLIENT, FULLNAT_VIP, SYN),
+            Packet::udp(UDP_CLIENT, UDP_VIP, b"query"),
+        ] {
+            assert_eq!(
+                lb.run(&flow.build()).0,
+                XDP_REDIRECT,
+                "the flows ICMP is about"
+            );
+        }
+        let mut failures = Vec::new();
+        for (what, frame, action, reason, want) in cases {
+            let before = lb.reason_named(reason);
+            let (got_action, out) = lb.run(&frame);
+            let mut wrong = Vec::new();
+            if got_action != action {
+                wrong.push(format!(
+                    "action {}, want {}",
+                    action_name(got_action),
+                    action_name(action)
+                ));
+            }
+            if lb.reason_named(reason) != before + 1 {
+                wrong.push(format!("not counted as {reason}"));
+            }
+            if let Some(diff) = frame_diff(&out, want.as_ref().unwrap_or(&frame)) {
+                wrong.push(diff);
+            }
+            if !wrong.is_empty() {
+                failures.push(format!("{what}:\n  {}", wrong.join("\n  ")));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    });
+}

@@ -12,6 +12,19 @@
 //! bridge device: the balancer only ever sees plain veths.
 //! VIPs live in 198.18.100.0/24; the client routes that net via the balancer.
 //!
+//! A lab behind a router (`Lab::behind_router`, for path MTU tests) puts a
+//! router namespace `r` between the client and the balancer's side:
+//!
+//! ```text
+//! two-arm:  c:eth0 ─── r:rc  r:rl ─── lba:lb ...      c 198.18.3.2, r .3.1
+//!                                                     r:rl 198.18.0.3
+//! one-arm:  c:eth0 ─── r:rc  r:rl ─── sw:pr (bridge)  r:rl 198.18.2.3
+//! ```
+//! The client's link (c:eth0, r:rc) has a smaller MTU, and the client's
+//! route to the VIPs advertises a larger MSS than that link allows, as a
+//! host behind a tunnel without MSS clamping does: full-size segments from
+//! the backends reach the router, which answers them with ICMP errors.
+//!
 //! A dual-stack lab (`Lab::dual_stack`) adds IPv6 to the same wiring: every
 //! IPv4 address 198.18.X.Y has the twin 2001:db8:0:X::Y (X and Y written
 //! as the same digits: 198.18.1.11 is 2001:db8:0:1::11, VIP 198.18.100.1 is
@@ -82,6 +95,10 @@ pub const HOST_IFACE: &str = "eth0";
 
 const BRIDGE: &str = "br0";
 
+/// The router's interfaces: towards the client, towards the balancer.
+const ROUTER_CLIENT_IFACE: &str = "rc";
+const ROUTER_LB_IFACE: &str = "rl";
+
 /// How long a new lab may take for all its links to come up.
 const LINK_UP_WAIT: Duration = Duration::from_secs(3);
 
@@ -96,6 +113,22 @@ pub enum Topology {
     OneArm,
 }
 
+/// The router between the client and the balancer's side, and its link
+/// to the client.
+#[derive(Clone, Debug)]
+struct RouterPlan {
+    /// Its address on the client's link (the client's gateway).
+    client_side: Ipv4Addr,
+    /// Its address on the balancer's link (two-arm) or the bridge (one-arm).
+    lb_side: Ipv4Addr,
+    /// MTU of the client's link, both ends.
+    client_link_mtu: u32,
+}
+
+/// MSS the client's route to the VIPs advertises (IPv4, IPv6): a 1500-byte
+/// link's, whatever its own link's MTU.
+const ROUTER_CLIENT_ADVMSS: (u32, u32) = (1460, 1440);
+
 /// Addresses and interface names of one topology.
 #[derive(Clone, Debug)]
 struct Plan {
@@ -106,6 +139,8 @@ struct Plan {
     backend_net: u8,
     lb_client_iface: &'static str,
     lb_backend_iface: &'static str,
+    /// A router between the client and the balancer's side.
+    router: Option<RouterPlan>,
 }
 
 impl Plan {
@@ -118,6 +153,7 @@ impl Plan {
                 backend_net: 1,
                 lb_client_iface: "lba",
                 lb_backend_iface: "lbb",
+                router: None,
             },
             Topology::OneArm => Plan {
                 client_addr: Ipv4Addr::new(198, 18, 2, 2),
@@ -126,8 +162,26 @@ impl Plan {
                 backend_net: 2,
                 lb_client_iface: "lb0",
                 lb_backend_iface: "lb0",
+                router: None,
             },
         }
+    }
+
+    /// The same with the client in 198.18.3.0/24 behind a router, the
+    /// client's link of MTU `client_link_mtu`.
+    fn behind_router(topology: Topology, client_link_mtu: u32) -> Plan {
+        let mut plan = Plan::for_topology(topology);
+        let lb_side = match topology {
+            Topology::TwoArm => Ipv4Addr::new(198, 18, 0, 3),
+            Topology::OneArm => Ipv4Addr::new(198, 18, 2, 3),
+        };
+        plan.client_addr = Ipv4Addr::new(198, 18, 3, 2);
+        plan.router = Some(RouterPlan {
+            client_side: Ipv4Addr::new(198, 18, 3, 1),
+            lb_side,
+            client_link_mtu,
+        });
+        plan
     }
 }
 
@@ -144,6 +198,8 @@ pub struct Lab {
     client_ns: String,
     balancer_ns: String,
     switch_ns: String,
+    /// The router's namespace (`behind_router`), else empty.
+    router_ns: String,
     /// Index 0 is b1.
     backend_ns: Vec<String>,
     backends: usize,
@@ -161,22 +217,44 @@ impl Lab {
     /// Client ↔ balancer ↔ switch ↔ backends, the balancer forwarding between
     /// 198.18.0.0/24 and 198.18.1.0/24.
     pub fn two_arm(n_backends: usize) -> io::Result<Lab> {
-        Lab::build(Topology::TwoArm, n_backends, false)
+        Lab::build(
+            Plan::for_topology(Topology::TwoArm),
+            Topology::TwoArm,
+            n_backends,
+            false,
+        )
     }
 
     /// Client, balancer and backends on one bridge in 198.18.2.0/24.
     pub fn one_arm(n_backends: usize) -> io::Result<Lab> {
-        Lab::build(Topology::OneArm, n_backends, false)
+        Lab::build(
+            Plan::for_topology(Topology::OneArm),
+            Topology::OneArm,
+            n_backends,
+            false,
+        )
     }
 
     /// Either topology with IPv6 beside IPv4: every address has its twin
     /// (`ipv6_twin`), the routes and forwarding are the same, and the
     /// servers answer on both.
     pub fn dual_stack(topology: Topology, n_backends: usize) -> io::Result<Lab> {
-        Lab::build(topology, n_backends, true)
+        Lab::build(Plan::for_topology(topology), topology, n_backends, true)
     }
 
-    fn build(topology: Topology, n_backends: usize, ipv6: bool) -> io::Result<Lab> {
+    /// A dual-stack lab whose client sits behind a router, on a link of MTU
+    /// `client_link_mtu` while advertising the MSS of a 1500-byte link (see
+    /// the module's comment): for path MTU discovery through lbctl.
+    pub fn behind_router(
+        topology: Topology,
+        n_backends: usize,
+        client_link_mtu: u32,
+    ) -> io::Result<Lab> {
+        let plan = Plan::behind_router(topology, client_link_mtu);
+        Lab::build(plan, topology, n_backends, true)
+    }
+
+    fn build(plan: Plan, topology: Topology, n_backends: usize, ipv6: bool) -> io::Result<Lab> {
         if n_backends > MAX_BACKENDS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -190,10 +268,14 @@ impl Lab {
         let mut lab = Lab {
             topology,
             ipv6,
-            plan: Plan::for_topology(topology),
             client_ns: format!("{prefix}c"),
             balancer_ns: format!("{prefix}lb"),
             switch_ns: format!("{prefix}sw"),
+            router_ns: match plan.router {
+                Some(_) => format!("{prefix}r"),
+                None => String::new(),
+            },
+            plan,
             backend_ns: (1..=n_backends).map(|i| format!("{prefix}b{i}")).collect(),
             prefix,
             backends: n_backends,
@@ -208,6 +290,7 @@ impl Lab {
             Topology::TwoArm => lab.wire_two_arm()?,
             Topology::OneArm => lab.wire_one_arm()?,
         }
+        lab.wire_router()?;
         lab.tune_veths()?;
         lab.attach_pass_to_balancer_peers()?;
         lab.wait_links_up()?;
@@ -246,6 +329,11 @@ impl Lab {
     /// The namespace holding the bridge.
     pub fn switch_ns(&self) -> &str {
         &self.switch_ns
+    }
+
+    /// The router's namespace, in a lab built `behind_router`.
+    pub fn router_ns(&self) -> Option<&str> {
+        self.plan.router.as_ref().map(|_| self.router_ns.as_str())
     }
 
     /// Namespace of backend `i` (1-based: b1..bN).
@@ -421,7 +509,13 @@ impl Lab {
 
     fn create_namespaces(&mut self) -> io::Result<()> {
         let fixed = [&self.client_ns, &self.balancer_ns, &self.switch_ns];
-        let all: Vec<String> = fixed.into_iter().chain(&self.backend_ns).cloned().collect();
+        let router = self.router_ns().map(str::to_string);
+        let all: Vec<String> = fixed
+            .into_iter()
+            .chain(&self.backend_ns)
+            .cloned()
+            .chain(router)
+            .collect();
         for name in all {
             netns::add(&name)?;
             self.created.push(name.clone());
@@ -473,7 +567,10 @@ impl Lab {
     fn wire_two_arm(&self) -> io::Result<()> {
         let (c, lb, sw) = (self.client_ns(), self.balancer_ns(), self.switch_ns());
         let p = self.plan.clone();
-        self.veth(lb, p.lb_client_iface, c, HOST_IFACE)?;
+        match self.router_ns() {
+            Some(r) => self.veth(lb, p.lb_client_iface, r, ROUTER_LB_IFACE)?,
+            None => self.veth(lb, p.lb_client_iface, c, HOST_IFACE)?,
+        }
         self.veth(sw, "plb", lb, p.lb_backend_iface)?;
         self.join_bridge("plb")?;
         self.set_addr(lb, p.lb_client_iface, p.lb_client_addr)?;
@@ -513,8 +610,16 @@ impl Lab {
     fn wire_one_arm(&self) -> io::Result<()> {
         let (c, lb, sw) = (self.client_ns(), self.balancer_ns(), self.switch_ns());
         let p = self.plan.clone();
-        self.veth(sw, "pc", c, HOST_IFACE)?;
-        self.join_bridge("pc")?;
+        match self.router_ns() {
+            Some(r) => {
+                self.veth(sw, "pr", r, ROUTER_LB_IFACE)?;
+                self.join_bridge("pr")?;
+            }
+            None => {
+                self.veth(sw, "pc", c, HOST_IFACE)?;
+                self.join_bridge("pc")?;
+            }
+        }
         self.veth(sw, "plb", lb, p.lb_client_iface)?;
         self.join_bridge("plb")?;
         self.set_addr(lb, p.lb_client_iface, p.lb_client_addr)?;
@@ -528,8 +633,12 @@ impl Lab {
         Ok(())
     }
 
-    /// Client address, default route (two-arm) and the VIP route via the balancer.
+    /// Client address, default route (two-arm) and the VIP route via the
+    /// balancer, or via the router (which then advertises a larger MSS).
     fn setup_client(&self) -> io::Result<()> {
+        if self.plan.router.is_some() {
+            return Ok(()); // wire_router, once the router's links exist
+        }
         let c = self.client_ns();
         self.set_addr(c, HOST_IFACE, self.plan.client_addr)?;
         let gws = self.families(self.plan.lb_client_addr);
@@ -541,6 +650,83 @@ impl Lab {
             }
             let prefix = if net.is_ipv4() { VIP_NET.1 } else { 64 };
             self.ip(c, &["route", "add", &format!("{net}/{prefix}"), "via", &gw])?;
+        }
+        Ok(())
+    }
+
+    /// The router of a `behind_router` lab: its two links, forwarding, the
+    /// client's link MTU on both ends, the client's routes through it (the
+    /// VIPs' advertising a 1500-byte link's MSS), its route to the VIPs, and
+    /// the balancer's route back to the client's net.
+    fn wire_router(&self) -> io::Result<()> {
+        let (Some(r), Some(rp)) = (self.router_ns(), self.plan.router.clone()) else {
+            return Ok(());
+        };
+        let (c, lb) = (self.client_ns(), self.balancer_ns());
+        self.veth(r, ROUTER_CLIENT_IFACE, c, HOST_IFACE)?;
+        let mtu = rp.client_link_mtu.to_string();
+        self.ip(r, &["link", "set", ROUTER_CLIENT_IFACE, "mtu", &mtu])?;
+        self.ip(c, &["link", "set", HOST_IFACE, "mtu", &mtu])?;
+        self.set_addr(r, ROUTER_CLIENT_IFACE, rp.client_side)?;
+        self.set_addr(r, ROUTER_LB_IFACE, rp.lb_side)?;
+        self.set_addr(c, HOST_IFACE, self.plan.client_addr)?;
+        netns::write_sysctl(r, "net/ipv4/ip_forward", "1")?;
+        if self.ipv6 {
+            netns::write_sysctl(r, "net/ipv6/conf/all/forwarding", "1")?;
+        }
+        let client_net = Ipv4Addr::new(198, 18, 3, 0);
+        let routes = self
+            .families(rp.client_side)
+            .into_iter()
+            .zip(self.families(rp.lb_side))
+            .zip(self.families(self.plan.lb_client_addr))
+            .zip(self.families(VIP_NET.0))
+            .zip(self.families(client_net));
+        for ((((r_client, r_lb), lb_addr), vips), clients) in routes {
+            let v4 = vips.is_ipv4();
+            let (r_client, r_lb, lb_addr) =
+                (r_client.to_string(), r_lb.to_string(), lb_addr.to_string());
+            let vips = format!("{vips}/{}", if v4 { VIP_NET.1 } else { 64 });
+            let clients = format!("{clients}/{}", if v4 { 24 } else { 64 });
+            let advmss = if v4 {
+                ROUTER_CLIENT_ADVMSS.0
+            } else {
+                ROUTER_CLIENT_ADVMSS.1
+            }
+            .to_string();
+            self.ip(c, &["route", "add", "default", "via", &r_client])?;
+            self.ip(
+                c,
+                &["route", "add", &vips, "via", &r_client, "advmss", &advmss],
+            )?;
+            self.ip(r, &["route", "add", &vips, "via", &lb_addr])?;
+            self.ip(lb, &["route", "add", &clients, "via", &r_lb])?;
+        }
+        Ok(())
+    }
+
+    /// Caps, with a locked route MTU, what the balancer may send towards
+    /// the client and every backend (both families): the balancer's egress
+    /// smaller than its ingress, which neither end knows of.
+    pub fn limit_balancer_egress(&self, mtu: u32) -> io::Result<()> {
+        let lb = self.balancer_ns();
+        let mtu = mtu.to_string();
+        let mut towards = vec![(self.plan.client_addr, self.plan.lb_client_iface)];
+        if let Some(rp) = &self.plan.router {
+            towards[0].0 = rp.lb_side; // the client's next hop
+        }
+        for i in self.backend_ids() {
+            towards.push((self.backend_addr(i), self.plan.lb_backend_iface));
+        }
+        for (host, iface) in towards {
+            for addr in self.families(host) {
+                let len = if addr.is_ipv4() { 32 } else { 128 };
+                let dst = format!("{addr}/{len}");
+                self.ip(
+                    lb,
+                    &["route", "add", &dst, "dev", iface, "mtu", "lock", &mtu],
+                )?;
+            }
         }
         Ok(())
     }
@@ -617,7 +803,10 @@ impl Lab {
     fn attach_pass_to_balancer_peers(&mut self) -> io::Result<()> {
         let mut peers = vec![(self.switch_ns.clone(), "plb")];
         if self.topology == Topology::TwoArm {
-            peers.push((self.client_ns.clone(), HOST_IFACE));
+            match self.router_ns() {
+                Some(r) => peers.push((r.to_string(), ROUTER_LB_IFACE)),
+                None => peers.push((self.client_ns.clone(), HOST_IFACE)),
+            }
         }
         for (ns, iface) in peers {
             let link = xdp_pass::attach(&ns, iface)?;
@@ -651,8 +840,17 @@ impl Lab {
         for iface in self.lb_ifaces() {
             ends.push((lb, iface.to_string()));
         }
+        if let Some(r) = self.router_ns() {
+            ends.push((r, ROUTER_CLIENT_IFACE.to_string()));
+            ends.push((r, ROUTER_LB_IFACE.to_string()));
+        }
         if self.topology == Topology::OneArm {
-            ends.push((sw, "pc".to_string()));
+            let port = if self.router_ns().is_some() {
+                "pr"
+            } else {
+                "pc"
+            };
+            ends.push((sw, port.to_string()));
         }
         ends.push((sw, "plb".to_string()));
         for i in self.backend_ids() {
