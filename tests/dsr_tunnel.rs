@@ -246,16 +246,29 @@ fn a_tunnelled_packet_larger_than_the_path_gets_the_tunnels_mtu_back() {
         let lb = Balancer::load().with_routes();
         let vip = lb.vip(V4.vip, Proto::Tcp, NatMode::Tunnel, Some(V4.source));
         lb.backend(&vip, V4.backends[0], 1);
-        let fits = Packet::tcp(V4.client, V4.vip, SYN).payload(&[0; 1440]).build();
+        let fits = Packet::tcp(V4.client, V4.vip, SYN)
+            .payload(&[0; 1440])
+            .build();
         assert_eq!(lb.run(&fits).0, XDP_REDIRECT, "1,480 + 20 bytes fit");
 
         let full = Packet::tcp(V4.client, V4.vip, ACK).payload(&[0; 1460]);
         let (action, out) = lb.run(&full.clone().dont_fragment().build());
-        assert_eq!(action, XDP_TX, "the error goes back where the packet came from");
+        assert_eq!(
+            action, XDP_TX,
+            "the error goes back where the packet came from"
+        );
         assert_eq!(lb.reason(lb_reason::LB_TX_ICMP_TOO_BIG), 1);
         let ip = &out[14..];
-        assert_eq!((ip[9], ip[20], ip[21]), (1, 3, 4), "ICMP fragmentation needed");
-        assert_eq!(u16::from_be_bytes([ip[26], ip[27]]), 1480, "the MTU inside the tunnel");
+        assert_eq!(
+            (ip[9], ip[20], ip[21]),
+            (1, 3, 4),
+            "ICMP fragmentation needed"
+        );
+        assert_eq!(
+            u16::from_be_bytes([ip[26], ip[27]]),
+            1480,
+            "the MTU inside the tunnel"
+        );
         assert_eq!(&ip[16..20], &[198, 18, 0, 2], "to the client");
 
         assert_eq!(lb.run(&full.build()).0, XDP_DROP);
