@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 
@@ -107,13 +107,21 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     svc.start_checks();
     notify::notify("READY=1");
 
+    // Health results arrive more often than once a second: the resync
+    // keeps its own clock.
+    let mut resync_at = Instant::now() + ROUTE_RESYNC;
     let stopped_by = loop {
-        match rx.recv_timeout(ROUTE_RESYNC) {
+        let wait = resync_at.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
             Ok(Event::Signal(Signal::Hangup)) => svc.reload(),
             Ok(Event::Signal(Signal::Terminate(name))) => break name,
             Ok(Event::Check(r)) => svc.on_result(r),
-            Err(RecvTimeoutError::Timeout) => resync_routes(),
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break "a lost channel",
+        }
+        if Instant::now() >= resync_at {
+            resync_routes();
+            resync_at = Instant::now() + ROUTE_RESYNC;
         }
     };
     notify::notify("STOPPING=1");
