@@ -10,7 +10,6 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::ops::Deref;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -489,7 +488,7 @@ fn lbctl_run_publishes_by_health_and_withdraws_on_exit() {
             text += &format!("\n[[vip.backend]]\naddress = \"{be}\"\nweight = 1\n");
         }
     }
-    let dir = PathBuf::from(std::env::temp_dir()).join(format!("{}routes", lab.prefix()));
+    let dir = std::env::temp_dir().join(format!("{}routes", lab.prefix()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("lbctl.toml");
     std::fs::write(&file, text).unwrap();
