@@ -7,8 +7,9 @@ CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
 DEMO_ARGS ?=
 # Debian packages the build and the tests need.
 # strace: tests/crash.rs kills lbctl before each bpf() write (strace -e inject).
+# bird2, frr: tests/bgp.rs runs BIRD in its namespaces and checks contrib/'s FRR snippet.
 APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
-	ethtool conntrack nftables util-linux kmod haproxy strace
+	ethtool conntrack nftables util-linux kmod haproxy strace bird2 frr
 
 .PHONY: all deps kernel-deps build vmlinux lint test test-kernel test-kernels demo bench install clean
 
