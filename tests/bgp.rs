@@ -4,11 +4,12 @@
 //! as shipped. The router's kernel table gets each VIP the balancer can
 //! serve, via the balancer, and loses it when the balancer drains, its
 //! VIP's backends are drained, or it detaches; it comes back on undrain.
-//! `contrib/frr/lbctl-bgp.conf` is checked by FRR's own parser (`vtysh
-//! --dryrun`), and a broken copy of it must fail that check.
+//! The same with FRR (zebra and bgpd) running `contrib/frr/lbctl-bgp.conf`
+//! in the balancer's namespace; that file is also checked by FRR's own
+//! parser (`vtysh --dryrun`), and a broken copy of it must fail the check.
 //!
-//! Both BIRDs run in the foreground as this test's children, with their
-//! files in a temporary directory; both are stopped, and the directory and
+//! Every daemon runs in the foreground as this test's child, with its files
+//! in a temporary directory; all are stopped, and the directory and
 //! namespaces removed, even when the test fails.
 
 use std::path::{Path, PathBuf};
@@ -33,7 +34,7 @@ router id 198.18.5.2;
 protocol device { scan time 10; }
 protocol kernel { ipv4 { import none; export all; }; }
 protocol kernel { ipv6 { import none; export all; }; }
-template bgp balancer { local as 65000; hold time 3; keepalive time 1; connect retry time 2; }
+template bgp balancer { local as 65000; hold time 3; keepalive time 1; connect retry time 2; error wait time 1, 5; }
 protocol bgp lb4 from balancer { neighbor 198.18.5.1 as 65001; ipv4 { import all; export none; }; }
 protocol bgp lb6 from balancer { neighbor 2001:db8:0:5::1 as 65001; ipv6 { import all; export none; }; }
 "#;
@@ -96,6 +97,72 @@ impl Drop for Bird {
     }
 }
 
+/// Any daemon run in the foreground as this test's child; stopped on drop.
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(ns: &str, argv: &[&str], log: &Path) -> Daemon {
+        let log = std::fs::File::create(log).unwrap();
+        let child = netns::command(ns, argv)
+            .unwrap()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {argv:?}: {e} (make deps installs it)"));
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// FRR's zebra and bgpd with contrib's configuration, their sockets and
+/// pid files in `dir` (they run as the `frr` user the package makes, which
+/// must be able to write there).
+fn start_frr(ns: &str, dir: &Path) -> Vec<Daemon> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let d = dir.to_str().unwrap();
+    let zebra_conf = dir.join("zebra.conf");
+    std::fs::write(&zebra_conf, "hostname lbctl-balancer\n").unwrap();
+    let (zserv, zpid, bpid) = (
+        format!("{d}/zserv.api"),
+        format!("{d}/zebra.pid"),
+        format!("{d}/bgpd.pid"),
+    );
+    let common = |pid: &str| -> Vec<String> {
+        ["-i", pid, "-z", &zserv, "--vty_socket", d, "-P", "0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let mut zebra = vec![
+        "/usr/lib/frr/zebra".to_string(),
+        "-f".into(),
+        zebra_conf.to_str().unwrap().into(),
+    ];
+    zebra.extend(common(&zpid));
+    let mut bgpd = vec![
+        "/usr/lib/frr/bgpd".to_string(),
+        "-f".into(),
+        CONTRIB_FRR.into(),
+    ];
+    bgpd.extend(common(&bpid));
+    let z = Daemon::start(ns, &strs(&zebra), &dir.join("zebra.log"));
+    // bgpd connects to zebra's socket, retrying until it is there.
+    let b = Daemon::start(ns, &strs(&bgpd), &dir.join("bgpd.log"));
+    vec![b, z]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// A temporary directory, removed on drop.
 struct TempDir(PathBuf);
 
@@ -126,9 +193,23 @@ fn wait(
 
 #[test]
 fn bird_announces_lbctls_vips_to_a_router_and_withdraws_them() {
+    bgp_lab("bgp", |ns, dir| {
+        Box::new(Bird::start(ns, Path::new(CONTRIB_BIRD), dir, "balancer"))
+    });
+}
+
+#[test]
+fn frr_announces_lbctls_vips_to_a_router_and_withdraws_them() {
+    bgp_lab("frr", |ns, dir| Box::new(start_frr(ns, dir)));
+}
+
+/// The lab with BIRD on the router and, on the balancer, whatever
+/// `balancer_daemons` starts (kept running until the end, stopped when
+/// what it returns is dropped).
+fn bgp_lab(tag: &str, balancer_daemons: impl FnOnce(&str, &Path) -> Box<dyn std::any::Any>) {
     // The balancer (e0: 198.18.5.1, 2001:db8:0:5::1) and the router (e1,
     // moved into its own namespace: .2, ::2) on one link.
-    let bal = LbctlNs::new("bgp", LBCTL);
+    let bal = LbctlNs::new(tag, LBCTL);
     let router = RouterNs(format!("{}r", bal.name));
     run_ok(&["ip", "netns", "add", &router.0]);
     bal.ip(&["link", "set", "e1", "netns", &router.0]);
@@ -167,15 +248,16 @@ fn bird_announces_lbctls_vips_to_a_router_and_withdraws_them() {
     let router_conf = dir.0.join("router.conf");
     std::fs::write(&router_conf, ROUTER_CONF).unwrap();
     let rb = Bird::start(&router.0, &router_conf, &dir.0, "router");
-    let bb = Bird::start(&bal.name, Path::new(CONTRIB_BIRD), &dir.0, "balancer");
+    let daemons = balancer_daemons(&bal.name, &dir.0);
     let logs = || {
         let read = |n: &str| std::fs::read_to_string(dir.0.join(n)).unwrap_or_default();
         format!(
-            "router:\n{}\n{}\nbalancer:\n{}\n{}",
+            "router:\n{}\n{}\nbalancer:\n{}{}{}",
             rb.birdc("show protocols"),
             read("router.log"),
-            bb.birdc("show route all"),
-            read("balancer.log")
+            read("balancer.log"),
+            read("zebra.log"),
+            read("bgpd.log")
         )
     };
     let up = wait(
@@ -211,7 +293,7 @@ fn bird_announces_lbctls_vips_to_a_router_and_withdraws_them() {
         format!("{V4} via 198.18.5.1"),
         format!("{V6} via 2001:db8:0:5::1"),
     ];
-    let limit = Duration::from_secs(10);
+    let limit = Duration::from_secs(20);
 
     lbctl(&["attach", "e0"]);
     let (v4, v6) = (format!("{V4}:80"), format!("[{V6}]:80"));
@@ -260,7 +342,7 @@ fn bird_announces_lbctls_vips_to_a_router_and_withdraws_them() {
         logs,
     );
     eprintln!("withdrawn at the router {t:?} after the last detach");
-    drop(bb);
+    drop(daemons);
     drop(rb);
 }
 
