@@ -488,9 +488,9 @@ fn lbctl_run_publishes_by_health_and_withdraws_on_exit() {
             text += &format!("\n[[vip.backend]]\naddress = \"{be}\"\nweight = 1\n");
         }
     }
-    let dir = std::env::temp_dir().join(format!("{}routes", lab.prefix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("lbctl.toml");
+    let dir = TempDir(std::env::temp_dir().join(format!("{}routes", lab.prefix())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let file = dir.0.join("lbctl.toml");
     std::fs::write(&file, text).unwrap();
     let svc = Service::start(&lb, file.to_str().unwrap(), &["--withdraw-on-exit"]);
     let (s4, s6) = (v4.to_string(), v6.to_string());
@@ -559,5 +559,13 @@ fn lbctl_run_publishes_by_health_and_withdraws_on_exit() {
     for iface in lab.lb_ifaces() {
         lab.exec(&lb, &[LBCTL, "detach", iface]).unwrap();
     }
-    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A temporary directory, removed on drop (also when the test fails).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
