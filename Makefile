@@ -8,8 +8,9 @@ DEMO_ARGS ?=
 # Debian packages the build and the tests need.
 # strace: tests/crash.rs kills lbctl before each bpf() write (strace -e inject).
 # iputils-ping: tests/pmtu.rs pings a VIP.
+# bird2, frr: tests/bgp.rs runs BIRD and FRR in its namespaces with contrib/'s snippets.
 APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
-	ethtool conntrack nftables util-linux kmod haproxy strace iputils-ping
+	ethtool conntrack nftables util-linux kmod haproxy strace iputils-ping bird2 frr
 
 .PHONY: all deps kernel-deps build vmlinux lint test test-kernel test-kernels demo bench install clean
 

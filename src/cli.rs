@@ -32,6 +32,10 @@ pub enum Command {
         /// Interface name, e.g. eth0.
         iface: String,
     },
+    /// Take this balancer out of service: withdraw every VIP route (BGP), keep forwarding what arrives.
+    Drain,
+    /// Announce this balancer's VIP routes again after `lbctl drain`.
+    Undrain,
     /// Add, delete or show virtual services (VIPs).
     #[command(subcommand)]
     Vip(VipCommand),
@@ -161,6 +165,9 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT detach from the file's interfaces (default: leave the data path running).
     #[arg(long)]
     pub detach_on_exit: bool,
+    /// On SIGTERM/SIGINT withdraw every VIP route (BGP) even if the data path keeps running.
+    #[arg(long)]
+    pub withdraw_on_exit: bool,
 }
 
 #[derive(Args, Debug)]

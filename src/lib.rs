@@ -11,6 +11,8 @@
 //! | `maglev`, `hash` | Maglev tables and the flow hash (pure) |
 //! | `conntrack` | the kernel's conntrack table, read through ctnetlink |
 //! | `neighbour` | managed neighbour entries for backends' next hops |
+//! | `routes`, `drain` | VIP host routes for BGP (`ip route show proto 108`); node drain |
+//! | `iproute` | runs `ip` (iproute2) for `neighbour` and `routes` |
 //! | `config_file` | the configuration file: TOML ⇄ `model::Desired` (pure) |
 //! | `service` | `apply`, `save`, and `lbctl run`: the loop, health checks, metrics |
 //! | `snapshot` | a balancer at one moment (list, save, metrics read it) |
@@ -22,12 +24,15 @@ pub mod commands;
 pub mod config_file;
 pub mod conntrack;
 pub mod datapath;
+pub mod drain;
 pub mod hash;
+mod iproute;
 pub mod json;
 pub mod lock;
 pub mod maglev;
 pub mod model;
 pub mod neighbour;
+pub mod routes;
 pub mod service;
 mod skeleton;
 pub mod snapshot;

@@ -32,6 +32,8 @@ fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Attach(args) => commands::attach::run(&attach_options(args)),
         Command::Detach { iface } => commands::attach::detach(&iface),
+        Command::Drain => commands::drain::drain(),
+        Command::Undrain => commands::drain::undrain(),
         Command::Vip(VipCommand::Add {
             service,
             mode,
@@ -120,6 +122,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
         file: args.file,
         metrics: args.metrics,
         detach_on_exit: args.detach_on_exit,
+        withdraw_on_exit: args.withdraw_on_exit,
     })
 }
 

@@ -10,13 +10,12 @@
 //! once no backend of any VIP needs their next hop. An entry that was there
 //! before (static, learned, or managed by someone else) is never changed.
 //!
-//! This module is the only place that runs `ip` (iproute2). It runs it in
-//! the C locale and decides on exit codes and on what `ip -o` prints on
-//! stdout, never on the text of an error.
+//! `ip` (iproute2) runs through `iproute::ip`, shared with `routes.rs`.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::process::Command;
+
+use crate::iproute::ip;
 
 /// The protocol lbctl's neighbour entries carry (`NDA_PROTOCOL`, shown as
 /// `proto 108` by `ip neigh`), and the one lbctl's routes will carry: one
@@ -150,26 +149,6 @@ pub fn release_unused(gone: &[IpAddr], still_needed: &[IpAddr]) {
     }
     for hop in candidates {
         let _ = ip(&["neigh", "del", &hop.addr.to_string(), "dev", &hop.dev]);
-    }
-}
-
-/// Runs `ip ARGS` in the C locale. Its stdout on success; otherwise a line
-/// to show a person (the exit status and what `ip` said), never to decide on.
-fn ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(args)
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| format!("could not run ip (iproute2): {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "ip {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
     }
 }
 

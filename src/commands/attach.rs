@@ -11,7 +11,7 @@ use crate::datapath::balancer::{self, Balancer};
 use crate::datapath::{iface, load};
 use crate::lock::lock_netns;
 use crate::model::AttachOptions;
-use crate::neighbour;
+use crate::{neighbour, routes};
 
 pub fn run(opts: &AttachOptions) -> Result<()> {
     load::require_privileges()?;
@@ -23,6 +23,10 @@ pub fn run(opts: &AttachOptions) -> Result<()> {
     let running = Balancer::find()?;
     if let Some(b) = &running {
         b.repair()?;
+    } else {
+        // A fresh balancer serves nothing yet: no route of an earlier one
+        // may be left announced.
+        routes::sync_none();
     }
     if opts.replace {
         return replace(iface, ifindex, running, opts.flow_cache_size);

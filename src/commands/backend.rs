@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::Result;
 
-use super::open_for_change;
+use super::{open_for_change, publish_routes};
 use crate::model::Service;
 use crate::neighbour;
 
@@ -15,8 +15,10 @@ pub fn add(svc: &Service, backend: SocketAddr, weight: u32) -> Result<()> {
     let note = neighbour::keep_resolved(backend.ip());
     if let Err(e) = b.maps.add_backend(svc, backend, weight) {
         neighbour::release_unused(&[backend.ip()], &b.maps.backend_addrs()?);
+        publish_routes(&b);
         return Err(e);
     }
+    publish_routes(&b);
     println!("added backend {backend} to {svc} (weight {weight})");
     if let Some(note) = note {
         eprintln!("lbctl: note: {note}; first packets may wait for ARP or neighbour discovery");
@@ -26,7 +28,9 @@ pub fn add(svc: &Service, backend: SocketAddr, weight: u32) -> Result<()> {
 
 pub fn set(svc: &Service, backend: SocketAddr, weight: u32) -> Result<()> {
     let (_lock, b) = open_for_change()?;
-    b.maps.set_weight(svc, backend, weight)?;
+    let set = b.maps.set_weight(svc, backend, weight);
+    publish_routes(&b);
+    set?;
     let note = if weight == 0 {
         ": draining, live flows stay"
     } else {
@@ -38,7 +42,9 @@ pub fn set(svc: &Service, backend: SocketAddr, weight: u32) -> Result<()> {
 
 pub fn del(svc: &Service, backend: SocketAddr) -> Result<()> {
     let (_lock, b) = open_for_change()?;
-    b.maps.del_backend(svc, backend)?;
+    let del = b.maps.del_backend(svc, backend);
+    publish_routes(&b);
+    del?;
     println!("removed backend {backend} from {svc}");
     neighbour::release_unused(&[backend.ip()], &b.maps.backend_addrs()?);
     Ok(())

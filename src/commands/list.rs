@@ -3,7 +3,7 @@
 //! ipvsadm's CPS/PPS/BPS columns), as a table (ipvsadm -L -n style) or JSON
 //! (docs/JSON.md).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -16,6 +16,7 @@ use crate::datapath::counters::Counters;
 use crate::datapath::repair;
 use crate::model::{Health, ListOptions, NatMode, Proto};
 use crate::snapshot::{BackendView, FlowCacheStats, Snapshot};
+use crate::{drain, routes};
 
 /// Packets, bytes and new flows per second over an interval.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -68,6 +69,8 @@ struct VipJson {
     mode: NatMode,
     snat: Option<IpAddr>,
     table_size: u32,
+    /// lbctl's route for the VIP's address is in the kernel (announced).
+    route: bool,
     stats: StatsJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate: Option<Rate>,
@@ -76,6 +79,8 @@ struct VipJson {
 
 #[derive(Serialize)]
 struct ListJson {
+    /// The node is drained (`lbctl drain`): no VIP route is announced.
+    drained: bool,
     vips: Vec<VipJson>,
     /// Every verdict counter by name (--stats).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,12 +115,19 @@ pub fn run(opts: &ListOptions) -> Result<()> {
             (after, Some(rates))
         }
     };
+    let published = Published {
+        drained: drain::is_drained(b.maps.balancer_id()?),
+        routes: routes::installed()?,
+    };
     let out = if opts.json {
-        serde_json::to_string(&list_json(&snap, opts.stats, rates.as_ref()))? + "\n"
+        serde_json::to_string(&list_json(&snap, opts.stats, rates.as_ref(), &published))? + "\n"
     } else {
         render_table(&snap, opts.stats, rates.as_ref(), unix_now())
     };
     print!("{out}");
+    if published.drained && !opts.json {
+        println!("Node drained: every VIP route withdrawn, forwarding goes on (lbctl undrain)");
+    }
     // list changes nothing: what an lbctl killed halfway left is finished
     // by the next change, and until then the data path may lag the list.
     let pending = repair::pending(&b.maps.running()?);
@@ -166,7 +178,19 @@ fn stats_json(c: &Counters, active_flows: Option<u64>) -> StatsJson {
     }
 }
 
-fn list_json(snap: &Snapshot, stats: bool, rates: Option<&Rates>) -> ListJson {
+/// What this balancer tells the routers (`routes.rs`).
+struct Published {
+    drained: bool,
+    /// lbctl's routes in the kernel.
+    routes: BTreeSet<IpAddr>,
+}
+
+fn list_json(
+    snap: &Snapshot,
+    stats: bool,
+    rates: Option<&Rates>,
+    published: &Published,
+) -> ListJson {
     let vips = snap
         .vips
         .iter()
@@ -176,6 +200,7 @@ fn list_json(snap: &Snapshot, stats: bool, rates: Option<&Rates>) -> ListJson {
             mode: r.vip.mode,
             snat: r.vip.snat,
             table_size: r.vip.table_size,
+            route: published.routes.contains(&r.vip.service.addr.ip()),
             stats: stats_json(&r.stats, None),
             rate: rates.and_then(|x| x.vips.get(&r.vip.index).copied()),
             backends: r
@@ -193,6 +218,7 @@ fn list_json(snap: &Snapshot, stats: bool, rates: Option<&Rates>) -> ListJson {
         })
         .collect();
     ListJson {
+        drained: published.drained,
         vips,
         verdicts: stats.then(|| snap.verdicts.iter().copied().collect()),
         flow_cache: if stats { snap.flow_cache } else { None },

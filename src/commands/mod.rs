@@ -7,6 +7,7 @@ pub mod attach;
 pub mod backend;
 pub mod conns;
 pub mod docs;
+pub mod drain;
 pub mod explain;
 pub mod list;
 pub mod run;
@@ -20,6 +21,7 @@ use anyhow::Result;
 use crate::datapath::balancer::Balancer;
 use crate::datapath::load;
 use crate::lock::{lock_netns, NetnsLock};
+use crate::routes;
 
 /// For commands that change a running balancer: privileges, the lock, the
 /// balancer, and whatever an interrupted lbctl left half-done finished
@@ -27,9 +29,19 @@ use crate::lock::{lock_netns, NetnsLock};
 pub fn open_for_change() -> Result<(NetnsLock, Balancer)> {
     load::require_privileges()?;
     let lock = lock_netns()?;
-    let balancer = Balancer::require()?;
+    let Some(balancer) = Balancer::find()? else {
+        // No balancer (its last interface went away under it): it serves
+        // no VIP, so no route may be left announcing one.
+        routes::sync_none();
+        return Balancer::require().map(|b| (lock, b));
+    };
     balancer.repair()?;
     Ok((lock, balancer))
+}
+
+/// After a change: the VIP routes the maps now call for (`routes.rs`).
+pub fn publish_routes(b: &Balancer) {
+    routes::sync(&b.maps);
 }
 
 /// For commands that only read a running balancer.

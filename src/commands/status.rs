@@ -6,6 +6,7 @@ use anyhow::Result;
 use crate::datapath::balancer::Balancer;
 use crate::datapath::memory::mib;
 use crate::datapath::{iface, load};
+use crate::{drain, routes};
 
 pub fn run() -> Result<()> {
     load::require_privileges()?;
@@ -46,6 +47,20 @@ pub fn run() -> Result<()> {
             cfg.generation
         );
     }
+    let routes = routes::installed()?;
+    let shown: Vec<String> = routes.iter().map(|a| a.to_string()).collect();
+    let drained = if drain::is_drained(b.maps.balancer_id()?) {
+        "node DRAINED (lbctl undrain): "
+    } else {
+        ""
+    };
+    println!(
+        "VIP routes    {drained}{} announced (ip route show proto {}){}{}",
+        routes.len(),
+        routes::RTPROT_LBCTL,
+        if shown.is_empty() { "" } else { ": " },
+        shown.join(", ")
+    );
     let mem = b.maps.locked_memory()?;
     println!(
         "memory        {} locked in {} maps ({} in {} VIP tables)",

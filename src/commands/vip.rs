@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use anyhow::Result;
 
-use super::{open_for_change, open_for_reading};
+use super::{open_for_change, open_for_reading, publish_routes};
 use crate::datapath::balancer::Balancer;
 use crate::datapath::iface;
 use crate::model::{Service, VipSpec};
@@ -18,6 +18,7 @@ pub fn add(spec: &VipSpec) -> Result<()> {
         spec.snat = Some(default_snat(&b, &spec.service)?);
     }
     let vip = b.maps.add_vip(&spec)?;
+    publish_routes(&b);
     let svc = &spec.service;
     match vip.snat {
         Some(s) => println!("added VIP {svc} ({}, source {s})", spec.mode.name()),
@@ -40,6 +41,7 @@ pub fn add(spec: &VipSpec) -> Result<()> {
 pub fn del(svc: &Service) -> Result<()> {
     let (_lock, b) = open_for_change()?;
     let gone = b.maps.del_vip(svc)?;
+    publish_routes(&b);
     println!("deleted VIP {svc}");
     let gone: Vec<IpAddr> = gone.iter().map(|g| g.addr.ip()).collect();
     neighbour::release_unused(&gone, &b.maps.backend_addrs()?);

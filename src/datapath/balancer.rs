@@ -17,6 +17,7 @@ use super::load;
 use super::maps::{u32_of, Maps};
 use super::repair::Repaired;
 use crate::model::{AttachOptions, DEFAULT_HASH_SEED};
+use crate::{drain, routes};
 
 /// The program's name as the kernel reports it (BPF names are 15 bytes).
 pub const PROG_NAME: &str = "lbctl_xdp";
@@ -100,7 +101,17 @@ impl Balancer {
         } else {
             None
         };
+        if last {
+            // Withdrawn first: killed before the detach, the next command's
+            // repair announces them again; killed after it, no balancer is
+            // left to repair and announced routes would draw traffic to a
+            // node that serves nothing.
+            routes::sync_none();
+        }
         iface::detach(a.ifindex, &a.ifname, a.mode)?;
+        if last {
+            let _ = drain::clear();
+        }
         if !last {
             self.maps.remove_tx_port(a.ifindex)?;
             self.maps.bump_generation()?;
@@ -111,7 +122,8 @@ impl Balancer {
     /// Finishes what an interrupted lbctl left (`Maps::repair`), and makes
     /// the redirect map hold exactly the interfaces lbctl is attached to (an
     /// attach or detach killed between its netlink change and its map
-    /// write). Call with the namespace's lock held.
+    /// write), then reconciles the VIP routes (`routes.rs`). Call with the
+    /// namespace's lock held.
     pub fn repair(&self) -> Result<Repaired> {
         let mut done = self.maps.repair()?;
         let attached: Vec<u32> = self.attachments.iter().map(|a| a.ifindex).collect();
@@ -136,6 +148,8 @@ impl Balancer {
             self.maps.bump_generation()?;
             done.ports = true;
         }
+        // Routes are derived from the maps, like everything above.
+        routes::sync(&self.maps);
         Ok(done)
     }
 

@@ -10,7 +10,11 @@
 //! 4. SIGTERM or SIGINT: stop, leaving the data path running with its
 //!    configuration (a new `lbctl run` picks it up with no connection
 //!    reset), or with `--detach-on-exit` detach from the file's
-//!    interfaces.
+//!    interfaces, and with `--withdraw-on-exit` withdraw every VIP route;
+//! 5. VIP routes (`routes.rs`): reconciled after every change it makes
+//!    (apply, reload, health change) and once a second, which puts right
+//!    what a killed lbctl or someone else's `ip route` left, and honours a
+//!    node drain (`lbctl drain`).
 //!
 //! Changes take the namespace's lock only while they are made, so `lbctl`
 //! commands keep working beside the service.
@@ -18,8 +22,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Sender};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 
@@ -34,7 +38,11 @@ use crate::datapath::balancer::{self, Balancer};
 use crate::datapath::{iface, load};
 use crate::lock::lock_netns;
 use crate::model::{AttachOptions, Desired, Health, Service, XdpMode};
-use crate::neighbour;
+use crate::routes::{self, Reconciled};
+use crate::{drain, neighbour};
+
+/// How often the routes are reconciled without a change of lbctl's.
+const ROUTE_RESYNC: Duration = Duration::from_secs(1);
 
 /// What `lbctl run` is asked to do.
 #[derive(Clone, Debug)]
@@ -44,6 +52,7 @@ pub struct RunOptions {
     pub desired: Desired,
     pub metrics: Option<SocketAddr>,
     pub detach_on_exit: bool,
+    pub withdraw_on_exit: bool,
 }
 
 enum Event {
@@ -98,16 +107,33 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     svc.start_checks();
     notify::notify("READY=1");
 
+    // Health results arrive more often than once a second: the resync
+    // keeps its own clock.
+    let mut resync_at = Instant::now() + ROUTE_RESYNC;
     let stopped_by = loop {
-        match rx.recv() {
+        let wait = resync_at.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
             Ok(Event::Signal(Signal::Hangup)) => svc.reload(),
             Ok(Event::Signal(Signal::Terminate(name))) => break name,
             Ok(Event::Check(r)) => svc.on_result(r),
-            Err(_) => break "a lost channel",
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break "a lost channel",
+        }
+        if Instant::now() >= resync_at {
+            resync_routes();
+            resync_at = Instant::now() + ROUTE_RESYNC;
         }
     };
     notify::notify("STOPPING=1");
     svc.checker = None; // joins the probe threads
+    if opts.withdraw_on_exit && !opts.detach_on_exit {
+        let _lock = lock_netns()?;
+        let r = routes::sync_none();
+        log_routes(&r);
+        log(format_args!(
+            "{stopped_by}: withdrew every VIP route (--withdraw-on-exit); the next lbctl change or lbctl run announces them again unless the node is drained"
+        ));
+    }
     if opts.detach_on_exit {
         detach_interfaces(&svc.desired)?;
         log(format_args!(
@@ -180,8 +206,13 @@ fn apply_locked(d: &Desired) -> Result<apply::Applied> {
     let b = Balancer::require()?;
     b.repair()?;
     let attached: Vec<String> = b.attachments.iter().map(|a| a.ifname.clone()).collect();
-    let done = apply::apply(&b.maps, &attached, d)?;
+    let done = apply::apply(&b.maps, &attached, d);
+    log_routes(&routes::sync(&b.maps));
+    let done = done?;
     record::write(b.maps.balancer_id()?, d)?;
+    if drain::is_drained(b.maps.balancer_id()?) {
+        log("this node is drained: its VIP routes stay withdrawn (lbctl undrain)");
+    }
     for note in &done.notes {
         log(format_args!("note: {note}; first packets may wait for ARP"));
     }
@@ -342,6 +373,33 @@ fn record_health(service: Service, backend: SocketAddr, health: Health) -> Resul
     let mut run = b.maps.running()?;
     let done = b
         .maps
-        .set_health(&mut run, &[(service, backend, health)], unix_now())?;
-    Ok(!done.is_empty())
+        .set_health(&mut run, &[(service, backend, health)], unix_now());
+    log_routes(&routes::sync(&b.maps));
+    Ok(!done?.is_empty())
+}
+
+/// Reconciles the routes with what the maps call for now (no balancer: none).
+fn resync_routes() {
+    let Ok(_lock) = lock_netns() else {
+        return;
+    };
+    let r = match Balancer::find() {
+        Ok(Some(b)) => routes::sync(&b.maps),
+        Ok(None) => routes::sync_none(),
+        Err(e) => {
+            log(format_args!("routes: finding the balancer: {e:#}"));
+            return;
+        }
+    };
+    log_routes(&r);
+}
+
+/// One line per route announced or withdrawn.
+fn log_routes(r: &Reconciled) {
+    for a in &r.announced {
+        log(format_args!("routes: announced VIP {a}"));
+    }
+    for a in &r.withdrawn {
+        log(format_args!("routes: withdrew VIP {a}"));
+    }
 }
