@@ -112,7 +112,7 @@ fn spread_over_balancers_and_backends(balancers: usize) {
         let got = *spread.get(&lab.backend_name(i)).unwrap_or(&0) as f64 / 500.0;
         let want = weight(i) as f64 / total as f64;
         assert!(
-            (got - want).abs() < 0.08,
+            (got - want).abs() < 0.1,
             "b{i} got {got:.2} of the connections, its weight says {want:.2}: {spread:?}"
         );
     }
