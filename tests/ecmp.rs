@@ -207,3 +207,209 @@ fn long_connections_survive_a_balancer_leaving_and_coming_back_dsr() {
 fn long_connections_survive_a_balancer_leaving_and_coming_back_dnat() {
     long_connections_survive_a_balancer_leaving_and_coming_back("dnat");
 }
+
+/// The same balancers announced by BGP instead of a static route: a BIRD in
+/// each balancer runs `contrib/bird/lbctl-bgp.conf` (this lab's addresses
+/// filled in) and a BIRD in the router installs what it learns as one ECMP
+/// route (`merge paths`). Detaching a balancer, or draining every backend
+/// of the VIP on one, withdraws it from the router within a few seconds;
+/// attaching and configuring it again brings it back; 30 long connections
+/// go on through all of it.
+mod bgp {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use lbctl_lab::netns;
+
+    const CONTRIB_BIRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/bird/lbctl-bgp.conf");
+
+    /// A BIRD in the foreground, its files in the test's directory; killed
+    /// on drop.
+    struct Bird(Child);
+
+    impl Bird {
+        fn start(ns: &str, conf: &str, dir: &Path, name: &str) -> Bird {
+            let path = dir.join(format!("{name}.conf"));
+            std::fs::write(&path, conf).unwrap();
+            let file = |ext: &str| dir.join(format!("{name}.{ext}"));
+            let log = std::fs::File::create(file("log")).unwrap();
+            let (sock, pid) = (file("sock"), file("pid"));
+            let argv = [
+                "bird",
+                "-f",
+                "-c",
+                path.to_str().unwrap(),
+                "-s",
+                sock.to_str().unwrap(),
+                "-P",
+                pid.to_str().unwrap(),
+            ];
+            let child = netns::command(ns, &argv)
+                .unwrap()
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("running bird (Debian package bird2: make deps)");
+            Bird(child)
+        }
+    }
+
+    impl Drop for Bird {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// contrib's file as shipped, with this balancer's router id and the
+    /// router as its neighbour; the lab is IPv4 only, so no IPv6 session.
+    fn balancer_conf(lab: &EcmpLab, k: usize) -> String {
+        let conf = std::fs::read_to_string(CONTRIB_BIRD).unwrap();
+        let conf = conf
+            .replace(
+                "router id 198.18.5.1;",
+                &format!("router id {};", lab.balancer_addr(k)),
+            )
+            .replace(
+                "neighbor 198.18.5.2 as 65000;",
+                "neighbor 198.18.2.1 as 65000;",
+            );
+        let cut = conf
+            .find("protocol bgp router6")
+            .expect("contrib's IPv6 session");
+        conf[..cut].to_string()
+    }
+
+    /// The router: one session per balancer, what it learns merged into one
+    /// ECMP route in its kernel table.
+    fn router_conf(lab: &EcmpLab) -> String {
+        let mut conf = String::from(
+            "log stderr all;\nrouter id 198.18.2.1;\nprotocol device { scan time 10; }\n\
+             protocol kernel { merge paths on; ipv4 { import none; export all; }; }\n\
+             template bgp balancer { local as 65000; hold time 3; keepalive time 1; \
+             connect retry time 2; error wait time 1, 5; }\n",
+        );
+        for k in 1..=lab.balancers() {
+            conf += &format!(
+                "protocol bgp lb{k} from balancer {{ neighbor {} as 65001; ipv4 {{ import all; export none; }}; }}\n",
+                lab.balancer_addr(k)
+            );
+        }
+        conf
+    }
+
+    /// The balancers the router's route to the VIP goes through.
+    fn next_hops(lab: &EcmpLab) -> Vec<String> {
+        let route = lab
+            .exec(
+                &lab.router_ns(),
+                &["ip", "route", "show", &lab.vip().to_string()],
+            )
+            .unwrap_or_default();
+        let mut hops: Vec<String> = route
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_string())
+            .collect();
+        hops.sort();
+        hops
+    }
+
+    /// Waits (at most 15 s) until the route goes through exactly the
+    /// balancers `which`; how long it took.
+    fn wait_for_hops(lab: &EcmpLab, which: &[usize]) -> Duration {
+        let mut want: Vec<String> = which
+            .iter()
+            .map(|k| lab.balancer_addr(*k).to_string())
+            .collect();
+        want.sort();
+        let started = Instant::now();
+        while next_hops(lab) != want {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "the router's route goes via {:?}, not {want:?} after 15 s\n{}",
+                next_hops(lab),
+                diagnose(lab)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        started.elapsed()
+    }
+
+    #[test]
+    fn bgp_announces_every_balancer_and_withdraws_one_that_cannot_serve() {
+        let lab = EcmpLab::new(3, 4).expect("building the ECMP lab");
+        lab.announce(&[]).unwrap(); // BGP's job from here on
+        let dir =
+            TempDir(std::env::temp_dir().join(format!("lbctl-ecmp-bgp-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let mut birds = vec![Bird::start(
+            &lab.router_ns(),
+            &router_conf(&lab),
+            &dir.0,
+            "router",
+        )];
+        for k in 1..=3 {
+            configure(&lab, k, "dsr");
+            let name = format!("lb{k}");
+            birds.push(Bird::start(
+                &lab.balancer_ns(k),
+                &balancer_conf(&lab, k),
+                &dir.0,
+                &name,
+            ));
+        }
+        wait_for_hops(&lab, &[1, 2, 3]);
+
+        let cfg = clients::EchoConfig {
+            max_duration: clients::scaled(Duration::from_secs(90)),
+            ..Default::default()
+        };
+        let vip: IpAddr = lab.vip().into();
+        let conns = lab
+            .in_client(|| clients::start_many(30, vip, ECHO_PORT, &cfg))
+            .unwrap_or_else(|e| panic!("long connections: {e}\n{}", diagnose(&lab)));
+        let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
+
+        // The last detach withdraws lb2's route before its program goes.
+        lbctl(&lab, 2, &["detach", LB_IFACE]);
+        let took = wait_for_hops(&lab, &[1, 3]);
+        eprintln!("lb2 withdrawn from the router {took:?} after its detach");
+        assert_eq!(short_tcp(&lab, ECHO_PORT, 30).values().sum::<usize>(), 30);
+
+        configure(&lab, 2, "dsr");
+        wait_for_hops(&lab, &[1, 2, 3]);
+
+        // Every backend of the VIP drained on lb3: it can serve no new flow.
+        let v = SocketAddr::new(vip, ECHO_PORT).to_string();
+        for i in 1..=lab.backends() {
+            let b = SocketAddr::new(lab.backend_addr(i).into(), ECHO_PORT).to_string();
+            lbctl(&lab, 3, &["backend", "set", &v, &b, "--weight", "0"]);
+        }
+        let took = wait_for_hops(&lab, &[1, 2]);
+        eprintln!("lb3 withdrawn from the router {took:?} after its last backend's drain");
+        assert_eq!(short_tcp(&lab, ECHO_PORT, 30).values().sum::<usize>(), 30);
+
+        let reports = clients::finish_all(conns);
+        if let Some(broken) = clients::broken_summary(&reports) {
+            panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
+        }
+        for (r, first) in reports.iter().zip(&started) {
+            assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
+        }
+        drop(birds);
+    }
+}
