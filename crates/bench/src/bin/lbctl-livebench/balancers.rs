@@ -1,6 +1,8 @@
 //! The balancers under test, each set up in the lab's balancer namespace and
 //! torn down again, so the same lab, clients and servers serve them all:
 //! - lbctl: `lbctl attach` on both arms, one VIP per protocol, dnat mode.
+//! - lbctl-dsr: the same with the UDP VIP in dsr mode (backends on its port;
+//!   only the MACs change, the sinks count on the VIP's port).
 //! - reflector: the bench's own XDP program (no conntrack), UDP only.
 //! - nft: nftables DNAT with conntrack, `numgen inc mod N`, no XDP.
 //! - haproxy: `mode tcp`, roundrobin, TCP only, the VIP on the balancer's lo.
@@ -27,6 +29,7 @@ pub const VIP_PORT: u16 = 80;
 pub enum Balancer {
     Reflector,
     Lbctl,
+    LbctlDsr,
     Nft,
     Haproxy,
 }
@@ -36,6 +39,7 @@ impl Balancer {
         match self {
             Balancer::Reflector => "reflector",
             Balancer::Lbctl => "lbctl",
+            Balancer::LbctlDsr => "lbctl-dsr",
             Balancer::Nft => "nft",
             Balancer::Haproxy => "haproxy",
         }
@@ -83,7 +87,8 @@ impl Running {
             stopped: false,
         };
         let started = match kind {
-            Balancer::Lbctl => run.start_lbctl(t),
+            Balancer::Lbctl => run.start_lbctl(t, "dnat"),
+            Balancer::LbctlDsr => run.start_lbctl(t, "dsr"),
             Balancer::Reflector => progs.attach_reflector(
                 &run.ns,
                 &run.ifaces,
@@ -118,13 +123,16 @@ impl Running {
 
     /// UDP VIP:80 to the backends' UDP echo port (the sinks count it there),
     /// TCP VIP:80 to their HTTP servers.
-    fn start_lbctl(&mut self, t: &Target) -> Result<()> {
+    fn start_lbctl(&mut self, t: &Target, mode: &str) -> Result<()> {
         for iface in self.ifaces.clone() {
             self.lbctl(&["attach", iface])?;
         }
         let vip = format!("{}:{VIP_PORT}", t.vip);
-        for (proto, port) in [("udp", ECHO_PORT), ("tcp", HTTP_PORT)] {
-            self.lbctl(&["vip", "add", &vip, "--proto", proto, "--mode", "dnat"])?;
+        // dsr keeps the VIP's port: its backends are on it (the sinks count
+        // there); the TCP VIP stays dnat for the connection part.
+        let udp_port = if mode == "dsr" { VIP_PORT } else { ECHO_PORT };
+        for (proto, port, mode) in [("udp", udp_port, mode), ("tcp", HTTP_PORT, "dnat")] {
+            self.lbctl(&["vip", "add", &vip, "--proto", proto, "--mode", mode])?;
             for b in &t.backends {
                 self.lbctl(&[
                     "backend",
@@ -204,7 +212,7 @@ impl Running {
             return Ok(());
         }
         let result = match self.kind {
-            Balancer::Lbctl => {
+            Balancer::Lbctl | Balancer::LbctlDsr => {
                 let mut r = Ok(());
                 for iface in self.ifaces.clone().into_iter().rev() {
                     r = r.and(self.lbctl(&["detach", iface]).map(|_| ()));

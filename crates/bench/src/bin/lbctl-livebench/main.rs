@@ -34,6 +34,7 @@ use clap::Parser;
 use balancers::{Balancer, Running, Target, VIP_PORT};
 use conns::ConnLoad;
 use lbctl_lab::lab::Lab;
+use lbctl_lab::servers::ECHO_PORT;
 use progs::Progs;
 use report::{ConnResult, PpsResult, Results};
 use traffic::{Case, Load, Mix, Rig, Sample, Sink};
@@ -207,8 +208,8 @@ fn run(args: &Args) -> Result<ExitCode> {
         plan.new_flow_cap = ct_room.max(1000);
     }
     for o in &plan.only {
-        if !["reflector", "lbctl", "nft", "haproxy"].contains(&o.as_str()) {
-            bail!("--only {o}: not one of reflector, lbctl, nft, haproxy");
+        if !["reflector", "lbctl", "lbctl-dsr", "nft", "haproxy"].contains(&o.as_str()) {
+            bail!("--only {o}: not one of reflector, lbctl, lbctl-dsr, nft, haproxy");
         }
     }
     let exe = std::env::current_exe()?;
@@ -286,6 +287,7 @@ fn pps_part(rig: &mut Rig, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<
     let cases = [
         (Balancer::Reflector, vec![Mix::Established]),
         (Balancer::Lbctl, vec![Mix::Established, Mix::NewFlows]),
+        (Balancer::LbctlDsr, vec![Mix::Established]),
         (Balancer::Nft, vec![Mix::Established, Mix::NewFlows]),
     ];
     let mut results: Vec<PpsResult> = Vec::new();
@@ -293,7 +295,14 @@ fn pps_part(rig: &mut Rig, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<
         for (balancer, mixes) in cases.iter().filter(|(b, _)| plan.wants(*b)) {
             check_interrupt()?;
             let mut running = start(rig, *balancer, lbctl, scratch)?;
-            rig.lbctl = (*balancer == Balancer::Lbctl).then(|| lbctl.to_path_buf());
+            let is_lbctl = matches!(balancer, Balancer::Lbctl | Balancer::LbctlDsr);
+            rig.lbctl = is_lbctl.then(|| lbctl.to_path_buf());
+            // dsr's frames reach the backends on the VIP's port.
+            rig.set_sink_port(if *balancer == Balancer::LbctlDsr {
+                VIP_PORT
+            } else {
+                ECHO_PORT
+            })?;
             let measured = mixes
                 .iter()
                 .map(|&mix| {

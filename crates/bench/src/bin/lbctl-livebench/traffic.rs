@@ -167,6 +167,8 @@ pub struct Rig {
     switch_port: u32,
     backend_ports: Vec<u32>,
     sink: Option<Sink>,
+    /// The UDP port the sinks count (the backends' echo port; dsr: the VIP's).
+    sink_port: u16,
     switch_sink: Option<XdpSwap>,
     /// Set while lbctl is the balancer: its verdicts are recorded per run.
     pub lbctl: Option<std::path::PathBuf>,
@@ -202,6 +204,7 @@ impl Rig {
             switch_port,
             backend_ports,
             sink: None,
+            sink_port: ECHO_PORT,
             switch_sink: None,
             lbctl: None,
         })
@@ -240,6 +243,18 @@ impl Rig {
         result
     }
 
+    /// The port the sinks count from the next `set_sink` on.
+    pub fn set_sink_port(&mut self, port: u16) -> Result<()> {
+        if port != self.sink_port {
+            self.sink_port = port;
+            let sink = self.sink.take();
+            self.switch_sink = None;
+            self.progs.detach_sinks();
+            self.set_sink(sink)?;
+        }
+        Ok(())
+    }
+
     /// Counts arrivals at `sink` from now on (None: no counting, no drops).
     pub fn set_sink(&mut self, sink: Option<Sink>) -> Result<()> {
         if self.sink == sink {
@@ -251,14 +266,14 @@ impl Rig {
             Some(Sink::Switch) => {
                 let swap = self
                     .progs
-                    .swap_in_sink(self.lab.switch_ns(), "plb", ECHO_PORT)?;
+                    .swap_in_sink(self.lab.switch_ns(), "plb", self.sink_port)?;
                 self.switch_sink = Some(swap);
             }
             Some(Sink::Backends) => {
                 for i in self.lab.backend_ids() {
                     let ns = self.lab.backend_ns(i).to_string();
                     self.progs
-                        .attach_sink(&ns, self.lab.client_iface(), ECHO_PORT)?;
+                        .attach_sink(&ns, self.lab.client_iface(), self.sink_port)?;
                 }
             }
             None => {}
