@@ -514,3 +514,50 @@ fn compare_metrics(lab: &Lab, quiet: bool) -> u64 {
     }
     active
 }
+
+/// IPv6 backends are health-checked like IPv4 ones (a TCP check from the
+/// balancer's namespace under its own conntrack hold): both up, one down
+/// when its server stops, up again when it is back.
+#[test]
+fn ipv6_backends_are_checked_too() {
+    use lbctl_lab::lab::{Family, Topology};
+    let mut lab = Lab::dual_stack(Topology::TwoArm, 2).expect("lab");
+    lab.start_servers().unwrap();
+    let addrs: Vec<String> = (1..=2)
+        .map(|i| format!("[{}]:{PORT}", lab.backend_ip(i, Family::V6)))
+        .collect();
+    let mut text = format!(
+        "interfaces = {:?}\n\n[[vip]]\naddress = \"[{}]:80\"\nproto = \"tcp\"\nmode = \"dnat\"\n{TCP_CHECK}",
+        lab.lb_ifaces(),
+        lab.vip_ip(1, Family::V6)
+    );
+    for a in &addrs {
+        text += &format!("\n[[vip.backend]]\naddress = \"{a}\"\n");
+    }
+    let file = ConfigFile::new(&lab, &text);
+    let svc = Service::start(&lab, &file, &[]);
+    let health = |lab: &Lab, i: usize| {
+        backend_field(&lbctl(lab, &["list", "--json"]), &addrs[i - 1], "health")
+    };
+    let wait = |lab: &Lab, i: usize, want: &str| {
+        let started = Instant::now();
+        while health(lab, i) != want {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{} not {want}:\n{}",
+                addrs[i - 1],
+                lbctl(lab, &["list"])
+            );
+            thread::sleep(Duration::from_millis(25));
+        }
+    };
+    wait(&lab, 1, "up");
+    wait(&lab, 2, "up");
+    lab.stop_server(2);
+    wait(&lab, 2, "down");
+    assert_eq!(health(&lab, 1), "up");
+    lab.start_server(2).unwrap();
+    wait(&lab, 2, "up");
+    let (ok, log) = svc.stop();
+    assert!(ok, "lbctl run exits 0 on SIGTERM:\n{}", log.join("\n"));
+}

@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::mem::size_of;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -19,9 +19,6 @@ pub type Failure = String;
 
 /// Runs one check of `kind` against `addr` within `timeout`.
 pub fn probe(kind: &CheckKind, addr: SocketAddr, timeout: Duration) -> Result<(), Failure> {
-    let SocketAddr::V4(addr) = addr else {
-        return Err("IPv6 backends are not checked yet".into());
-    };
     let deadline = Instant::now() + timeout;
     let hold_s = timeout.as_secs() as u32 + 3;
     match kind {
@@ -63,25 +60,64 @@ fn io_failure(e: std::io::Error) -> Failure {
     }
 }
 
-/// The address this namespace would send from to reach `dst`.
-fn source_for(dst: SocketAddrV4) -> Result<Ipv4Addr, Failure> {
-    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(io_failure)?;
-    s.connect(dst).map_err(|e| format!("no route: {e}"))?;
-    match s.local_addr().map_err(io_failure)?.ip() {
-        IpAddr::V4(ip) => Ok(ip),
-        IpAddr::V6(_) => Err("no IPv4 source address".into()),
+/// The unspecified address of `dst`'s family, to bind to.
+fn any_of(dst: SocketAddr) -> IpAddr {
+    match dst {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
     }
 }
 
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(a.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    }
+/// The address this namespace would send from to reach `dst`.
+fn source_for(dst: SocketAddr) -> Result<IpAddr, Failure> {
+    let s = UdpSocket::bind((any_of(dst), 0)).map_err(io_failure)?;
+    s.connect(dst).map_err(|e| format!("no route: {e}"))?;
+    Ok(s.local_addr().map_err(io_failure)?.ip())
+}
+
+/// `a` as a sockaddr_in or sockaddr_in6 in a sockaddr_storage, and its
+/// length.
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// The port of a sockaddr_in or sockaddr_in6 in `storage`.
+fn port_of(storage: &libc::sockaddr_storage) -> u16 {
+    // Both keep the port, in network order, right after the family.
+    // SAFETY: sockaddr_in and sockaddr_in6 share that layout.
+    let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+    u16::from_be(sin.sin_port)
 }
 
 fn os_err<T>() -> Result<T, Failure> {
@@ -90,16 +126,17 @@ fn os_err<T>() -> Result<T, Failure> {
 
 /// A TCP connection to `dst` from a port bound first, so the hold for
 /// its 5-tuple is in place before the SYN leaves.
-fn connect(
-    dst: SocketAddrV4,
-    deadline: Instant,
-    hold_s: u32,
-) -> Result<(TcpStream, Hold), Failure> {
+fn connect(dst: SocketAddr, deadline: Instant, hold_s: u32) -> Result<(TcpStream, Hold), Failure> {
     let src_ip = source_for(dst)?;
+    let domain = if dst.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: socket(2); the fd is owned at once.
     let fd = unsafe {
         libc::socket(
-            libc::AF_INET,
+            domain,
             libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
             0,
         )
@@ -109,9 +146,8 @@ fn connect(
     }
     // SAFETY: fd was just returned by socket(2).
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    let mut local = sockaddr(SocketAddrV4::new(src_ip, 0));
-    // SAFETY: a valid sockaddr_in of `len` bytes, for bind and getsockname.
+    let (mut local, len) = sockaddr(SocketAddr::new(src_ip, 0));
+    // SAFETY: a valid sockaddr of `len` bytes, for bind and getsockname.
     unsafe {
         if libc::bind(
             fd.as_raw_fd(),
@@ -131,11 +167,11 @@ fn connect(
             return os_err();
         }
     }
-    let src = SocketAddrV4::new(src_ip, u16::from_be(local.sin_port));
+    let src = SocketAddr::new(src_ip, port_of(&local));
     let hold = Hold::new(Proto::Tcp, src, dst, hold_s)
         .map_err(|e| format!("conntrack hold for {src} -> {dst}: {e}"))?;
-    let remote = sockaddr(dst);
-    // SAFETY: a valid sockaddr_in of `len` bytes.
+    let (remote, len) = sockaddr(dst);
+    // SAFETY: a valid sockaddr of `len` bytes.
     let r = unsafe {
         libc::connect(
             fd.as_raw_fd(),
@@ -198,7 +234,7 @@ fn reset(stream: &TcpStream) {
 /// Sends `GET path` and reads the status code of the answer.
 fn http_status(
     stream: &mut TcpStream,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     path: &str,
     deadline: Instant,
 ) -> Result<u16, Failure> {
@@ -235,17 +271,15 @@ fn http_status(
 }
 
 fn udp(
-    dst: SocketAddrV4,
+    dst: SocketAddr,
     send: &str,
     expect: &str,
     deadline: Instant,
     hold_s: u32,
 ) -> Result<(), Failure> {
-    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(io_failure)?;
+    let s = UdpSocket::bind((any_of(dst), 0)).map_err(io_failure)?;
     s.connect(dst).map_err(|e| format!("no route: {e}"))?;
-    let SocketAddr::V4(src) = s.local_addr().map_err(io_failure)? else {
-        return Err("no IPv4 source address".into());
-    };
+    let src = s.local_addr().map_err(io_failure)?;
     let _hold = Hold::new(Proto::Udp, src, dst, hold_s)
         .map_err(|e| format!("conntrack hold for {src} -> {dst}: {e}"))?;
     s.send(send.as_bytes()).map_err(io_failure)?;
