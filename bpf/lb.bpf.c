@@ -18,6 +18,7 @@
 #include "flow_cache.h"
 #include "conntrack.h"
 #include "rewrite.h"
+#include "partial_csum.h"
 #include "forward.h"
 #include "stats.h"
 
@@ -45,9 +46,12 @@ int lbctl_xdp(struct xdp_md *ctx)
 	 * second ago, under the current configuration. */
 	if (!pkt.first_fragment &&
 	    flow_cache_find(ctx, &pkt, generation, &probe, &flow, &hop)) {
+		partial_csum_find(ctx, &pkt);
 		rewrite_packet(&pkt, &flow);
 		count_flow(&flow, pkt.len);
-		return stop(transmit(ctx, &pkt, &hop));
+		reason = transmit(ctx, &pkt, &hop);
+		partial_csum_finish(&pkt, &flow, reason);
+		return stop(reason);
 	}
 
 	vip = find_vip(&pkt);
@@ -61,14 +65,16 @@ int lbctl_xdp(struct xdp_md *ctx)
 		return stop(reason);
 
 	rewrite_csum(&pkt, &flow); /* the flow cache keeps it with the decision */
+	partial_csum_find(ctx, &pkt);
 	rewrite_packet(&pkt, &flow);
 	count_flow(&flow, pkt.len);
 	reason = route(ctx, &pkt, &hop);
-	if (reason != LB_CONTINUE)
-		return stop(reason);
-	reason = transmit(ctx, &pkt, &hop);
-	if (reason != LB_PASS_FIB)
-		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation);
+	if (reason == LB_CONTINUE) {
+		reason = transmit(ctx, &pkt, &hop);
+		if (reason != LB_PASS_FIB)
+			flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation);
+	}
+	partial_csum_finish(&pkt, &flow, reason);
 	return stop(reason);
 }
 

@@ -79,4 +79,10 @@ struct {
 
 LB_PERCPU_ARRAY(struct lb_flow_cache_counters, 1) flow_cache_stats SEC(".maps");
 
+LB_PERCPU_ARRAY(struct lb_datapath_counters, 1) datapath_stats SEC(".maps");
+
+/* Room for the reverse-path FIB lookup (conntrack.h): the program's stack
+ * has no 64 bytes left for a second struct bpf_fib_lookup. */
+LB_PERCPU_ARRAY(struct bpf_fib_lookup, 1) scratch_fib SEC(".maps");
+
 #endif /* LB_MAPS_H */

@@ -38,6 +38,15 @@ pub struct FlowCacheStats {
     pub stores: u64,
 }
 
+/// What the data path repaired besides its verdicts (None for a program
+/// from before these counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DatapathStats {
+    /// TCP/UDP checksums that arrived partial (TX checksum offload) and
+    /// were completed.
+    pub partial_csums: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     /// By VIP index.
@@ -45,6 +54,7 @@ pub struct Snapshot {
     /// Every verdict reason by its printed name, in enum order.
     pub verdicts: Vec<(&'static str, u64)>,
     pub flow_cache: Option<FlowCacheStats>,
+    pub datapath: Option<DatapathStats>,
 }
 
 impl Snapshot {
@@ -84,10 +94,14 @@ impl Snapshot {
             misses: c.misses,
             stores: c.stores,
         });
+        let datapath = maps.datapath_counters()?.map(|c| DatapathStats {
+            partial_csums: c.partial_csums,
+        });
         Ok(Snapshot {
             vips,
             verdicts: maps.reason_counts()?,
             flow_cache,
+            datapath,
         })
     }
 }
