@@ -174,7 +174,7 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
         match rng.below(8) {
             // BPF_PROG_TEST_RUN wants an Ethernet header at least.
             0 => f.truncate(14 + rng.below(len.saturating_sub(14) + 1)),
-            1 if len > 18 => {
+            1 if len > 19 => {
                 // IPv4 total length / IPv6 payload length (bytes 16-19)
                 let at = if f[12..14] == [0x86, 0xdd] { 18 } else { 16 };
                 let v = (rng.next() % 1600) as u16;
