@@ -12,6 +12,9 @@
 #include "hash.h"
 #include "martian.h"
 
+/* ct_rebuild_from_reply: forwarded without an entry, f filled in. */
+#define LB_STATELESS (-2)
+
 /* 6.0-6.10 accept only this 12-byte layout (6.11+ also accept it); the
  * 16-byte struct in a vmlinux.h from a new kernel fails on 6.1 with EINVAL.
  * A fixed layout, not CO-RE: the kernel reads it by opts__sz, and 6.11+
@@ -225,6 +228,69 @@ static __always_inline __u32 flow_mark(__u32 vip_index, __u32 backend_id)
 	       ((vip_index & LB_MARK_VIP_MASK) << LB_MARK_VIP_SHIFT);
 }
 
+/* Flood mode: the table was full (an entry could not be made) less than
+ * LB_UNPROVEN_TIMEOUT_S ago. Then a SYN, or a backend's SYN-ACK, makes no
+ * entry: a dnat flow is forwarded statelessly (the VIP's Maglev table picks
+ * the backend, the reply is NATed back from its backend row) until the
+ * client's handshake-completing ACK makes the entry. Spoofed SYNs then take
+ * no room, and their unproven entries expire within the timeout. */
+static __always_inline bool in_flood(void)
+{
+	__u64 hz = CONFIG_HZ ? CONFIG_HZ : 1000, *since;
+	__u32 zero = 0;
+
+	since = bpf_map_lookup_elem(&ct_full_since, &zero);
+	return since && *since && bpf_jiffies64() - *since < LB_UNPROVEN_TIMEOUT_S * hz;
+}
+
+/* An entry could not be made: count it, and enter (or stay in) flood mode. */
+static __always_inline void ct_full(void)
+{
+	struct lb_datapath_counters *c;
+	__u32 zero = 0;
+	__u64 *since;
+
+	since = bpf_map_lookup_elem(&ct_full_since, &zero);
+	if (since)
+		*since = bpf_jiffies64();
+	c = bpf_map_lookup_elem(&datapath_stats, &zero);
+	if (c)
+		c->ct_full += 1;
+}
+
+/* A dnat packet forwarded without an entry: f from its backend row, to the
+ * backend (original direction) or back from the VIP (reply). */
+static __always_inline void stateless_flow(const struct packet *pkt, const struct lb_backend *be,
+					   bool reply, __u32 mark, struct flow *f)
+{
+	struct lb_datapath_counters *c;
+	__u32 zero = 0;
+
+	if (reply) {
+		__builtin_memcpy(f->saddr, be->vip.addr, sizeof(f->saddr));
+		f->sport = be->vip.port;
+		addr_load(f->daddr, pkt->daddr, pkt->family);
+		f->dport = pkt->ports[1];
+	} else {
+		addr_load(f->saddr, pkt->saddr, pkt->family);
+		f->sport = pkt->ports[0];
+		__builtin_memcpy(f->daddr, be->ep.addr, sizeof(f->daddr));
+		f->dport = be->ep.port;
+	}
+	f->mark = mark;
+	c = bpf_map_lookup_elem(&datapath_stats, &zero);
+	if (c)
+		c->stateless += 1;
+}
+
+/* A SYN (client's) or SYN-ACK (backend's): what flood mode forwards
+ * without an entry. */
+static __always_inline bool handshake_opening(const struct packet *pkt)
+{
+	return pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & TCP_SYN) &&
+	       !(pkt->tcp_flags & (TCP_RST | TCP_FIN));
+}
+
 /* Would the kernel send a packet to this source out of the interface it
  * arrived on? A backend's packets arrive where the route to it leads (its
  * reverse path); one claiming a backend's address from elsewhere (the
@@ -269,7 +335,7 @@ static __always_inline bool arrived_by_its_route(struct xdp_md *ctx, const struc
 static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struct packet *pkt,
 						 const struct lb_reply_source *src,
 						 const struct lb_config *cfg, struct nf_conn **ct,
-						 __u8 *dir)
+						 __u8 *dir, struct flow *f)
 {
 	struct bpf_sock_tuple orig;
 	const struct lb_backend *be;
@@ -290,6 +356,10 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 		return LB_DROP_MARTIAN;
 	if (!arrived_by_its_route(ctx, pkt))
 		return LB_DROP_REPLY_WRONG_IFACE;
+	if (handshake_opening(pkt) && in_flood()) {
+		stateless_flow(pkt, be, true, flow_mark(vip->index, backend_id), f);
+		return LB_STATELESS;
+	}
 	/* The original direction: from the client (the reply's destination)
 	 * to the VIP the backend serves. */
 	tuple_sz = ct_tuple(&orig, pkt->family, pkt->daddr, (const __be32 *)be->vip.addr,
@@ -297,8 +367,11 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 	*ct = ct_create(ctx, &orig, tuple_sz, pkt->proto, vip, be,
 			flow_mark(vip->index, backend_id) | LB_MARK_UNPROVEN, LB_UNPROVEN_TIMEOUT_S,
 			dir);
-	if (!*ct)
-		return LB_DROP_CT_FAILED;
+	if (!*ct) {
+		ct_full();
+		stateless_flow(pkt, be, true, flow_mark(vip->index, backend_id), f);
+		return LB_STATELESS;
+	}
 	*dir = IP_CT_DIR_REPLY; /* this packet travels the entry's reply way */
 	return LB_CONTINUE;
 }
@@ -328,7 +401,9 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 
 		if (!src)
 			return LB_PASS_REPLY_UNTRACKED;
-		reason = ct_rebuild_from_reply(ctx, pkt, src, cfg, &ct, &dir);
+		reason = ct_rebuild_from_reply(ctx, pkt, src, cfg, &ct, &dir, f);
+		if (reason == LB_STATELESS)
+			return LB_CONTINUE;
 		if (reason != LB_CONTINUE)
 			return reason;
 		f->created = true;
@@ -344,10 +419,24 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 		 * take until the client completes it (ct_refresh). */
 		if (pkt->tcp_flags & TCP_SYN)
 			f->mark |= LB_MARK_UNPROVEN;
+		if (!(vip->flags & LB_VIP_FULLNAT) && handshake_opening(pkt) && in_flood()) {
+			stateless_flow(pkt, be, false, f->mark & ~LB_MARK_UNPROVEN, f);
+			f->created = true; /* a new flow (a SYN: no flow cache entry) */
+			return LB_CONTINUE;
+		}
 		ct = ct_create(ctx, &tuple, tuple_sz, pkt->proto, vip, be, f->mark,
 			       flow_timeout_s(cfg, pkt->proto, f->mark), &dir);
-		if (!ct)
-			return LB_DROP_CT_FAILED;
+		if (!ct) {
+			ct_full();
+			/* fullnat needs the entry: its source port is the
+			 * kernel's choice, and replies find the client by it. */
+			if (vip->flags & LB_VIP_FULLNAT)
+				return LB_DROP_CT_FAILED;
+			stateless_flow(pkt, be, false, f->mark & ~LB_MARK_UNPROVEN, f);
+			/* Counted as new once, at its SYN. */
+			f->created = (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+			return LB_CONTINUE;
+		}
 		f->created = true;
 	}
 	f->mark = ct->mark;

@@ -197,6 +197,8 @@ struct lb_flow_cache_counters {
 struct lb_datapath_counters {
 	__u64 partial_csums;  /* TCP/UDP checksums completed: the sender left them
 			       * partial (TX checksum offload: veths, containers) */
+	__u64 ct_full;        /* conntrack entries that could not be made (table full) */
+	__u64 stateless;      /* dnat packets forwarded without an entry (flood mode) */
 };
 
 /* The conntrack mark lbctl puts on its flows, so a later packet (either

@@ -81,6 +81,11 @@ LB_PERCPU_ARRAY(struct lb_flow_cache_counters, 1) flow_cache_stats SEC(".maps");
 
 LB_PERCPU_ARRAY(struct lb_datapath_counters, 1) datapath_stats SEC(".maps");
 
+/* Row 0: bpf_jiffies64() when a conntrack entry last could not be made
+ * (the table was full): flood mode for LB_UNPROVEN_TIMEOUT_S after it
+ * (conntrack.h). */
+LB_ARRAY(__u64, 1) ct_full_since SEC(".maps");
+
 /* Room for the reverse-path FIB lookup (conntrack.h): the program's stack
  * has no 64 bytes left for a second struct bpf_fib_lookup. */
 LB_PERCPU_ARRAY(struct bpf_fib_lookup, 1) scratch_fib SEC(".maps");

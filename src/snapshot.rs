@@ -45,6 +45,10 @@ pub struct DatapathStats {
     /// TCP/UDP checksums that arrived partial (TX checksum offload) and
     /// were completed.
     pub partial_csums: u64,
+    /// Conntrack entries that could not be made: the table was full.
+    pub ct_full: u64,
+    /// dnat packets forwarded without an entry (flood mode).
+    pub stateless: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +100,8 @@ impl Snapshot {
         });
         let datapath = maps.datapath_counters()?.map(|c| DatapathStats {
             partial_csums: c.partial_csums,
+            ct_full: c.ct_full,
+            stateless: c.stateless,
         });
         Ok(Snapshot {
             vips,

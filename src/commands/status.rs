@@ -51,6 +51,10 @@ pub fn run() -> Result<()> {
             "checksums     {} partial (TX offload) completed",
             d.partial_csums
         );
+        println!(
+            "table full    {} entries could not be made (ct_full); {} dnat packets forwarded without one (flood mode)",
+            d.ct_full, d.stateless
+        );
     }
     if let Some((count, max)) = conntrack_fill() {
         // New flows fail (`drop_ct_failed`) once the table is full; the

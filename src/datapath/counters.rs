@@ -94,6 +94,8 @@ impl Maps {
         let mut sum = lb_datapath_counters::default();
         for c in map.per_cpu::<lb_datapath_counters>(0, &"data path counters")? {
             sum.partial_csums += c.partial_csums;
+            sum.ct_full += c.ct_full;
+            sum.stateless += c.stateless;
         }
         Ok(Some(sum))
     }

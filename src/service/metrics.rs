@@ -12,7 +12,7 @@
 //! `lbctl_health_check_duration_seconds` (histogram),
 //! `lbctl_verdicts_total{reason}` (reason: the C enum name without `LB_`,
 //! lower case), `lbctl_flow_cache_{hits,misses,stores}_total`,
-//! `lbctl_partial_csums_total`.
+//! `lbctl_partial_csums_total`, `lbctl_ct_full_total`, `lbctl_stateless_total`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -299,6 +299,20 @@ impl Collector for SnapshotCollector {
                 "TCP/UDP checksums that arrived partial (TX checksum offload) and were completed",
                 c,
                 vec![(Labels::new(), ConstCounter::new(d.partial_csums))],
+            )?;
+            family(
+                &mut enc,
+                "lbctl_ct_full",
+                "Conntrack entries that could not be made: the table was full",
+                c,
+                vec![(Labels::new(), ConstCounter::new(d.ct_full))],
+            )?;
+            family(
+                &mut enc,
+                "lbctl_stateless",
+                "dnat packets forwarded without a conntrack entry (flood mode)",
+                c,
+                vec![(Labels::new(), ConstCounter::new(d.stateless))],
             )?;
         }
         Ok(())
