@@ -3,11 +3,13 @@
 //! keeps opening new ones.
 //!
 //! A raw (AF_PACKET) socket in the client namespace sends SYNs to the VIP
-//! from spoofed sources in 198.19.0.0/16 (no route leads back there), paced
-//! at `--rate` per second for `--seconds`; the achieved rate is what it
-//! could send. Meanwhile the client opens a TCP connection to the VIP every
-//! 20 ms (3 s to connect and read the backend's name line); afterwards 200
-//! more, one after another. Prints the results and lbctl's counters.
+//! from spoofed sources in 198.19.0.0/16 (4 million of them; the backends'
+//! SYN-ACKs to them are routed back to the client side, which drops them),
+//! paced at `--rate` per second for `--seconds`; the achieved rate is what
+//! it could send. Meanwhile 8 client threads open TCP connections to the
+//! VIP one after another, 50 ms apart (3 s to connect and read the
+//! backend's name line), counted after the flood's first 2 s; afterwards
+//! 200 more, one after another. Prints the results and lbctl's counters.
 //!
 //! Run as root; it builds and removes its own namespaces.
 
@@ -20,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use lbctl_lab::clients::{self, EchoConfig};
-use lbctl_lab::fixtures::packet::{Packet, SYN};
+use lbctl_lab::fixtures::packet::{parse, Packet, SYN};
 use lbctl_lab::lab::Lab;
 use lbctl_lab::netns;
 use lbctl_lab::servers::ECHO_PORT;
@@ -31,6 +33,11 @@ struct Args {
     /// Target SYNs per second.
     #[arg(long, default_value_t = 100_000)]
     rate: u64,
+    /// Distinct spoofed flows, cycled (at most 4,194,304). Fewer than
+    /// nf_conntrack_max never fill the table: the same load without table
+    /// pressure, for comparison.
+    #[arg(long, default_value_t = 1 << 22)]
+    flows: u64,
     /// Seconds of flood.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
@@ -73,6 +80,7 @@ fn flood(
     frame_dst: [u8; 6],
     vip: Ipv4Addr,
     rate: u64,
+    flows: u64,
     stop: &AtomicBool,
     sent: &AtomicU64,
 ) -> Result<()> {
@@ -88,16 +96,13 @@ fn flood(
     addr.sll_ifindex = ifindex as i32;
     addr.sll_halen = 6;
     addr.sll_addr[..6].copy_from_slice(&frame_dst);
-    // Frames for 4096 spoofed sources x 16 ports, built once (checksums right).
-    let mut frames = Vec::new();
-    for i in 0..65536u32 {
-        let src = Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8);
-        let from = format!("{src}:{}", 1024 + (i * 7919) % 60000);
-        let p = Packet::tcp(&from, &format!("{vip}:80"), SYN)
-            .src_mac(frame_src)
-            .dst_mac(frame_dst);
-        frames.push(p.build());
-    }
+    // One template; each frame gets its own source (65,536 addresses x 64
+    // ports: more flows than any table holds), checksums updated (RFC 1624).
+    let template = Packet::tcp("198.19.0.0:1024", &format!("{vip}:80"), SYN)
+        .src_mac(frame_src)
+        .dst_mac(frame_dst)
+        .build();
+    let mut f = template.clone();
     let start = Instant::now();
     let mut n: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -106,7 +111,24 @@ fn flood(
             std::thread::sleep(Duration::from_micros(200));
             continue;
         }
-        let f = &frames[(n % frames.len() as u64) as usize];
+        let flow = n % flows.clamp(1, 1 << 22);
+        let (host, port) = ((flow & 0xffff) as u16, 1024 + ((flow >> 16) & 63) as u16);
+        // saddr 198.19.0.0 + host: only its low word changes (bytes 28-29).
+        f[28..30].copy_from_slice(&host.to_be_bytes());
+        f[34..36].copy_from_slice(&port.to_be_bytes());
+        let ip_check = adjust(
+            u16::from_be_bytes([template[24], template[25]]),
+            &[(0, host)],
+        );
+        f[24..26].copy_from_slice(&ip_check.to_be_bytes());
+        let tcp_check = adjust(
+            u16::from_be_bytes([template[50], template[51]]),
+            &[(0, host), (1024, port)],
+        );
+        f[50..52].copy_from_slice(&tcp_check.to_be_bytes());
+        if n % 1_000_003 == 0 {
+            parse(&f); // panics on a wrong checksum
+        }
         // SAFETY: f and addr outlive the call.
         let r = unsafe {
             libc::sendto(
@@ -130,7 +152,19 @@ fn flood(
     Ok(())
 }
 
-/// (ok, tried) connections to the VIP that got the backend's name line.
+/// A checksum after 16-bit words changed from old to new (RFC 1624).
+fn adjust(check: u16, changes: &[(u16, u16)]) -> u16 {
+    let mut sum = u32::from(!check);
+    for &(old, new) in changes {
+        sum += u32::from(!old) + u32::from(new);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Whether a connection to the VIP got the backend's name line.
 fn connect_once(vip: Ipv4Addr) -> bool {
     clients::tcp_hello(vip, 80, Duration::from_secs(3)).is_ok()
 }
@@ -168,6 +202,14 @@ fn main() -> Result<()> {
     let long = lab
         .in_client(|| clients::start_many(args.long, vip, 80, &cfg))
         .map_err(|e| anyhow::anyhow!("starting long connections: {e}"))?;
+    // The backends' SYN-ACKs to the spoofed sources leave the balancer
+    // towards the client side, as a real flood's backscatter leaves for the
+    // Internet (the client namespace drops them: not its addresses).
+    let client = lab.client_addr().to_string();
+    lab.exec(
+        lab.balancer_ns(),
+        &["ip", "route", "add", "198.19.0.0/16", "via", &client],
+    )?;
     let client_mac = mac_of(&lab, lab.client_ns(), "eth0")?;
     let lb_mac = mac_of(&lab, lab.balancer_ns(), lab.lb_client_iface())?;
 
@@ -178,19 +220,35 @@ fn main() -> Result<()> {
             let (stop, sent, ns) = (stop.clone(), sent.clone(), lab.client_ns().to_string());
             s.spawn(move || {
                 netns::in_ns(&ns, || {
-                    flood(client_mac, lb_mac, vip, args.rate, &stop, &sent)
+                    flood(client_mac, lb_mac, vip, args.rate, args.flows, &stop, &sent)
                 })
             })
         };
         let start = Instant::now();
-        let (mut ok, mut tried) = (0u64, 0u64);
-        // The first 2 s fill the table; count from then on.
+        // The first 2 s fill the table; count from then on, from 8 clients
+        // (each its own connections, one after another).
         std::thread::sleep(Duration::from_secs(2));
-        while start.elapsed() < Duration::from_secs(args.seconds) {
-            let good = lab.in_client(|| Ok::<_, std::io::Error>(connect_once(vip)))?;
-            ok += good as u64;
-            tried += 1;
-            std::thread::sleep(Duration::from_millis(20));
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                let ns = lab.client_ns().to_string();
+                s.spawn(move || {
+                    netns::in_ns(&ns, || {
+                        let (mut ok, mut tried) = (0u64, 0u64);
+                        while start.elapsed() < Duration::from_secs(args.seconds) {
+                            ok += connect_once(vip) as u64;
+                            tried += 1;
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        (ok, tried)
+                    })
+                })
+            })
+            .collect();
+        let (mut ok, mut tried) = (0u64, 0u64);
+        for w in workers {
+            let (o, t) = w.join().expect("client thread")?;
+            ok += o;
+            tried += t;
         }
         stop.store(true, Ordering::Relaxed);
         let secs = start.elapsed().as_secs_f64();
