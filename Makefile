@@ -12,7 +12,7 @@ DEMO_ARGS ?=
 APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
 	ethtool conntrack nftables util-linux kmod haproxy strace iputils-ping bird2 frr
 
-.PHONY: all deps kernel-deps build vmlinux lint test test-kernel test-kernels demo bench install clean
+.PHONY: all deps kernel-deps build vmlinux lint test test-kernel test-kernels demo bench fuzz install clean
 
 # make install [PREFIX=/usr/local] [DESTDIR=...]: the binary and the systemd unit.
 PREFIX ?= /usr/local
@@ -77,6 +77,11 @@ test: deps lint
 
 # docs/BENCHMARKS.md: the per-packet cost of the data path, then live
 # forwarding and connection rates in the lab beside nftables and HAProxy.
+# The fuzz test of `make test` (tests/fuzz.rs) with 10 million frames
+# instead of 50,000; about 25 minutes here (docs/BENCHMARKS.md).
+fuzz: deps
+	FUZZ_FRAMES=10000000 $(CARGO) test --release --test fuzz -- --nocapture
+
 # Tables on the terminal, JSON in target/bench/; about 15 minutes.
 bench: deps
 	$(CARGO) run --release -p lbctl-bench --bin lbctl-bench

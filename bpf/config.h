@@ -30,10 +30,13 @@ static __always_inline __u32 config_generation(void)
 	return cfg ? cfg->generation : 0;
 }
 
-/* The conntrack timeout of a flow: UDP, TCP, or TCP after FIN or RST. */
+/* The conntrack timeout of a flow: unproven (made from a backend's packet,
+ * the client not yet seen), UDP, TCP, or TCP after FIN or RST. */
 static __always_inline __u32 flow_timeout_s(const struct lb_config *cfg,
 					    __u8 proto, __u32 mark)
 {
+	if (mark & LB_MARK_UNPROVEN)
+		return LB_UNPROVEN_TIMEOUT_S;
 	if (proto == IPPROTO_UDP)
 		return cfg->udp_timeout_s;
 	return (mark & LB_MARK_CLOSING) ? cfg->tcp_fin_timeout_s : cfg->tcp_timeout_s;

@@ -10,6 +10,10 @@
 #include "packet.h"
 #include "config.h"
 #include "hash.h"
+#include "martian.h"
+
+/* ct_rebuild_from_reply: forwarded without an entry, f filled in. */
+#define LB_STATELESS (-2)
 
 /* 6.0-6.10 accept only this 12-byte layout (6.11+ also accept it); the
  * 16-byte struct in a vmlinux.h from a new kernel fails on 6.1 with EINVAL.
@@ -198,10 +202,15 @@ static __always_inline void ct_refresh(struct nf_conn *ct, __u8 dir,
 				       const struct packet *pkt, struct flow *f,
 				       const struct lb_config *cfg)
 {
-	__u32 mark = f->mark, timeout_s;
+	__u32 mark = f->mark, timeout_s, status;
 	bool force = false;
 	__s32 left;
 
+	/* The client's packet proves the flow, but for a SYN: anyone can send
+	 * one from any address (a SYN flood); the ACK that completes the
+	 * handshake can only come from a client that got the SYN-ACK. */
+	if (dir == IP_CT_DIR_ORIGINAL && !(pkt->tcp_flags & TCP_SYN))
+		mark &= ~LB_MARK_UNPROVEN;
 	if (pkt->proto == IPPROTO_TCP) {
 		if (pkt->tcp_flags & (TCP_FIN | TCP_RST))
 			mark |= LB_MARK_CLOSING;
@@ -219,8 +228,15 @@ static __always_inline void ct_refresh(struct nf_conn *ct, __u8 dir,
 	left = (__s32)(ct->timeout - (__u32)bpf_jiffies64());
 	if (force || !CONFIG_HZ || left < (__s32)((timeout_s - 1) * CONFIG_HZ))
 		bpf_ct_change_timeout(ct, timeout_s * 1000);
-	if (dir == IP_CT_DIR_REPLY && !(ct->status & IPS_SEEN_REPLY))
-		bpf_ct_change_status(ct, (__u32)ct->status | IPS_SEEN_REPLY | IPS_ASSURED);
+	/* Replied once the backend's packet is seen; assured (what the
+	 * kernel's early drop spares) only once the flow is proven too. */
+	status = ct->status;
+	if (dir == IP_CT_DIR_REPLY)
+		status |= IPS_SEEN_REPLY;
+	if ((status & IPS_SEEN_REPLY) && !(mark & LB_MARK_UNPROVEN))
+		status |= IPS_ASSURED;
+	if (status != ct->status)
+		bpf_ct_change_status(ct, status);
 }
 
 static __always_inline __u32 flow_mark(__u32 vip_index, __u32 backend_id)
@@ -229,21 +245,126 @@ static __always_inline __u32 flow_mark(__u32 vip_index, __u32 backend_id)
 	       ((vip_index & LB_MARK_VIP_MASK) << LB_MARK_VIP_SHIFT);
 }
 
+/* Flood mode: the table was full (an entry could not be made) less than
+ * LB_UNPROVEN_TIMEOUT_S ago. Then a SYN, or a backend's SYN-ACK, makes no
+ * entry: a dnat flow is forwarded statelessly (the VIP's Maglev table picks
+ * the backend, the reply is NATed back from its backend row) until the
+ * client's handshake-completing ACK makes the entry. Spoofed SYNs then take
+ * no room, and their unproven entries expire within the timeout. */
+static __always_inline bool in_flood(void)
+{
+	__u64 hz = CONFIG_HZ ? CONFIG_HZ : 1000, *since;
+	__u32 zero = 0;
+
+	since = bpf_map_lookup_elem(&ct_full_since, &zero);
+	return since && *since && bpf_jiffies64() - *since < LB_UNPROVEN_TIMEOUT_S * hz;
+}
+
+/* An entry could not be made: count it, and enter (or stay in) flood mode. */
+static __always_inline void ct_full(void)
+{
+	struct lb_datapath_counters *c;
+	__u32 zero = 0;
+	__u64 *since;
+
+	since = bpf_map_lookup_elem(&ct_full_since, &zero);
+	if (since)
+		*since = bpf_jiffies64();
+	c = bpf_map_lookup_elem(&datapath_stats, &zero);
+	if (c)
+		c->ct_full += 1;
+}
+
+/* A dnat packet forwarded without an entry: f from its backend row, to the
+ * backend (original direction) or back from the VIP (reply). */
+static __always_inline void stateless_flow(const struct packet *pkt, const struct lb_backend *be,
+					   bool reply, __u32 mark, struct flow *f)
+{
+	struct lb_datapath_counters *c;
+	__u32 zero = 0;
+
+	if (reply) {
+		__builtin_memcpy(f->saddr, be->vip.addr, sizeof(f->saddr));
+		f->sport = be->vip.port;
+		addr_load(f->daddr, pkt->daddr, pkt->family);
+		f->dport = pkt->ports[1];
+	} else {
+		addr_load(f->saddr, pkt->saddr, pkt->family);
+		f->sport = pkt->ports[0];
+		__builtin_memcpy(f->daddr, be->ep.addr, sizeof(f->daddr));
+		f->dport = be->ep.port;
+	}
+	f->mark = mark;
+	f->keep_dst = false;
+	f->dsr = false;
+	f->encap = 0;
+	c = bpf_map_lookup_elem(&datapath_stats, &zero);
+	if (c)
+		c->stateless += 1;
+}
+
+/* A SYN (client's) or SYN-ACK (backend's): what flood mode forwards
+ * without an entry. */
+static __always_inline bool handshake_opening(const struct packet *pkt)
+{
+	return pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & TCP_SYN) &&
+	       !(pkt->tcp_flags & (TCP_RST | TCP_FIN));
+}
+
+/* Would the kernel send a packet to this source out of the interface it
+ * arrived on? A backend's packets arrive where the route to it leads (its
+ * reverse path); one claiming a backend's address from elsewhere (the
+ * clients' side) is spoofed, and rebuilding an entry for it would let anyone
+ * fill the table and reflect packets off the balancer. */
+static __always_inline bool arrived_by_its_route(struct xdp_md *ctx, const struct packet *pkt)
+{
+	struct bpf_fib_lookup *fib;
+	struct lb_scratch *s;
+	int rc;
+
+	s = get_scratch();
+	if (!s)
+		return false;
+	fib = &s->fib;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->ifindex = ctx->ingress_ifindex;
+	fib->l4_protocol = pkt->proto;
+	if (pkt->family == LB_AF_INET6) {
+		fib->family = AF_INET6;
+		addr_store(fib->ipv6_src, pkt->daddr, LB_AF_INET6);
+		addr_store(fib->ipv6_dst, pkt->saddr, LB_AF_INET6);
+	} else {
+		fib->family = AF_INET;
+		fib->ipv4_src = pkt->daddr[0];
+		fib->ipv4_dst = pkt->saddr[0];
+	}
+	rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	/* NO_NEIGH has found the route (and its interface) too. */
+	return (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) &&
+	       fib->ifindex == ctx->ingress_ifindex;
+}
+
 /* A reply from a backend whose entry is gone (conntrack was flushed, the
  * balancer restarted, or ECMP moved the flow here). In dnat the reply names
  * both ends, so the entry is rebuilt for the backend that answered and the
- * flow goes on. In fullnat the client is not in the packet: drop it rather
- * than leak it un-NATed; the client's next packet rebuilds the entry. */
+ * flow goes on. In fullnat the client is not in the packet, and a backend
+ * shared by VIPs does not say which VIP it answers for: drop it rather than
+ * leak it un-NATed; the client's next packet rebuilds the entry. Only if it
+ * arrived where that backend's packets arrive, to a client that can exist;
+ * the entry stays unproven (short-lived, not assured) until the client's
+ * packet is seen. */
 static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struct packet *pkt,
 						 const struct lb_reply_source *src,
 						 const struct lb_config *cfg, struct nf_conn **ct,
-						 __u8 *dir)
+						 __u8 *dir, struct flow *f)
 {
 	struct bpf_sock_tuple orig;
 	const struct lb_backend *be;
 	const struct lb_vip *vip;
 	__u32 backend_id = src->backend_id, tuple_sz;
 
+	if (backend_id == LB_NO_BACKEND && src->users > 1)
+		return LB_DROP_REPLY_UNTRACKED; /* which VIP's? */
 	be = bpf_map_lookup_elem(&backends, &backend_id);
 	if (!be || !(be->flags & LB_BACKEND_IN_USE))
 		return LB_PASS_REPLY_UNTRACKED;
@@ -252,14 +373,26 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 		return LB_PASS_REPLY_UNTRACKED;
 	if (vip->flags & LB_VIP_FULLNAT)
 		return LB_DROP_REPLY_UNTRACKED;
+	if (martian(pkt->daddr, pkt->family))
+		return LB_DROP_MARTIAN;
+	if (!arrived_by_its_route(ctx, pkt))
+		return LB_DROP_REPLY_WRONG_IFACE;
+	if (handshake_opening(pkt) && in_flood()) {
+		stateless_flow(pkt, be, true, flow_mark(vip->index, backend_id), f);
+		return LB_STATELESS;
+	}
 	/* The original direction: from the client (the reply's destination)
 	 * to the VIP the backend serves. */
 	tuple_sz = ct_tuple(&orig, pkt->family, pkt->daddr, (const __be32 *)be->vip.addr,
 			    pkt->ports[1], be->vip.port);
 	*ct = ct_create(ctx, &orig, tuple_sz, pkt->proto, vip, be,
-			flow_mark(vip->index, backend_id), flow_timeout_s(cfg, pkt->proto, 0), dir);
-	if (!*ct)
-		return LB_DROP_CT_FAILED;
+			flow_mark(vip->index, backend_id) | LB_MARK_UNPROVEN, LB_UNPROVEN_TIMEOUT_S,
+			dir);
+	if (!*ct) {
+		ct_full();
+		stateless_flow(pkt, be, true, flow_mark(vip->index, backend_id), f);
+		return LB_STATELESS;
+	}
 	*dir = IP_CT_DIR_REPLY; /* this packet travels the entry's reply way */
 	return LB_CONTINUE;
 }
@@ -289,20 +422,46 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 
 		if (!src)
 			return LB_PASS_REPLY_UNTRACKED;
-		reason = ct_rebuild_from_reply(ctx, pkt, src, cfg, &ct, &dir);
+		reason = ct_rebuild_from_reply(ctx, pkt, src, cfg, &ct, &dir, f);
+		if (reason == LB_STATELESS)
+			return LB_CONTINUE;
 		if (reason != LB_CONTINUE)
 			return reason;
 		f->created = true;
 	}
 	if (!ct) {
+		if (martian(pkt->saddr, pkt->family) || to_itself(pkt))
+			return LB_DROP_MARTIAN;
 		be = pick_backend(pkt, vip, cfg->hash_seed, &backend_id);
 		if (!be || !(be->flags & LB_BACKEND_IN_USE))
 			return LB_DROP_NO_BACKEND;
 		f->mark = flow_mark(vip->index, backend_id);
+		/* A TCP flow begun by a SYN lives as long as a handshake may
+		 * take until the client completes it (ct_refresh). */
+		if (pkt->tcp_flags & TCP_SYN)
+			f->mark |= LB_MARK_UNPROVEN;
+		if (!(vip->flags & LB_VIP_FULLNAT) && handshake_opening(pkt) && in_flood()) {
+			stateless_flow(pkt, be, false, f->mark & ~LB_MARK_UNPROVEN, f);
+			if (vip->flags & (LB_VIP_DSR | LB_VIP_TUNNEL))
+				keep_destination(pkt, vip, f);
+			f->created = true; /* a new flow (a SYN: no flow cache entry) */
+			return LB_CONTINUE;
+		}
 		ct = ct_create(ctx, &tuple, tuple_sz, pkt->proto, vip, be, f->mark,
-			       flow_timeout_s(cfg, pkt->proto, 0), &dir);
-		if (!ct)
-			return LB_DROP_CT_FAILED;
+			       flow_timeout_s(cfg, pkt->proto, f->mark), &dir);
+		if (!ct) {
+			ct_full();
+			/* fullnat needs the entry: its source port is the
+			 * kernel's choice, and replies find the client by it. */
+			if (vip->flags & LB_VIP_FULLNAT)
+				return LB_DROP_CT_FAILED;
+			stateless_flow(pkt, be, false, f->mark & ~LB_MARK_UNPROVEN, f);
+			if (vip->flags & (LB_VIP_DSR | LB_VIP_TUNNEL))
+				keep_destination(pkt, vip, f);
+			/* Counted as new once, at its SYN. */
+			f->created = (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+			return LB_CONTINUE;
+		}
 		f->created = true;
 	}
 	f->mark = ct->mark;

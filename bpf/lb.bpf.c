@@ -19,6 +19,7 @@
 #include "flow_cache.h"
 #include "conntrack.h"
 #include "rewrite.h"
+#include "partial_csum.h"
 #include "forward.h"
 #include "tunnel.h"
 #include "icmp.h"
@@ -60,9 +61,12 @@ static __noinline int balance(struct xdp_md *ctx, int ext_walk)
 	 * second ago, under the current configuration. */
 	if (!pkt.first_fragment &&
 	    flow_cache_find(ctx, &pkt, generation, &probe, &flow, &hop)) {
+		partial_csum_find(ctx, &pkt);
 		rewrite_packet(&pkt, &flow);
 		count_flow(&flow, pkt.len);
-		return transmit(ctx, &pkt, &hop);
+		reason = transmit(ctx, &pkt, &hop);
+		partial_csum_finish(&pkt, &flow, reason);
+		return reason;
 	}
 
 	vip = find_vip(&pkt);
@@ -79,11 +83,16 @@ static __noinline int balance(struct xdp_md *ctx, int ext_walk)
 	reason = route(ctx, &pkt, &flow, &hop);
 	if (reason == LB_TX_ICMP_TOO_BIG) /* not rewritten: the error quotes it as sent */
 		return TOO_BIG_WITH_MTU(hop.mtu);
+	partial_csum_find(ctx, &pkt);
 	rewrite_packet(&pkt, &flow);
 	count_flow(&flow, pkt.len);
-	if (reason != LB_CONTINUE)
+	if (reason != LB_CONTINUE) {
+		partial_csum_finish(&pkt, &flow, reason);
 		return reason;
+	}
 	if (flow.encap && vip) { /* tunnel: not cached, every packet is encapsulated here */
+		/* Completed before the frame moves: XDP sends it on. */
+		partial_csum_finish(&pkt, &flow, LB_XDP_TX);
 		reason = encapsulate(ctx, &pkt, &flow, vip);
 		if (reason != LB_CONTINUE)
 			return reason;
@@ -92,6 +101,7 @@ static __noinline int balance(struct xdp_md *ctx, int ext_walk)
 	reason = transmit(ctx, &pkt, &hop);
 	if (reason != LB_PASS_FIB)
 		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation);
+	partial_csum_finish(&pkt, &flow, reason);
 	return reason;
 }
 

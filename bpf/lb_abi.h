@@ -198,16 +198,34 @@ struct lb_flow_cache_counters {
 	__u64 stores;  /* entries stored or refreshed by the slow path */
 };
 
+/* Per-CPU counters of what the data path repaired or refused outside the
+ * verdicts (`datapath_stats`, one row): a packet is counted here besides
+ * its one verdict. */
+struct lb_datapath_counters {
+	__u64 partial_csums;  /* TCP/UDP checksums completed: the sender left them
+			       * partial (TX checksum offload: veths, containers) */
+	__u64 ct_full;        /* conntrack entries that could not be made (table full) */
+	__u64 stateless;      /* dnat packets forwarded without an entry (flood mode) */
+};
+
 /* The conntrack mark lbctl puts on its flows, so a later packet (either
  * direction) finds its counters without another lookup, and entries not made
  * by lbctl (mark 0) are never touched:
  *   bits  0..16  backend id + 1
  *   bits 17..27  VIP index
+ *   bit  30      unproven: begun by a SYN, or made from a backend's packet,
+ *                and the client's (non-SYN) packet not yet seen; the entry
+ *                keeps the short LB_UNPROVEN_TIMEOUT_S and is not assured
  *   bit  31      FIN or RST seen: keep the short timeout */
 #define LB_MARK_BACKEND_MASK 0x0001ffffu
 #define LB_MARK_VIP_SHIFT    17
 #define LB_MARK_VIP_MASK     0x7ffu
+#define LB_MARK_UNPROVEN     0x40000000u
 #define LB_MARK_CLOSING      0x80000000u
+/* How long an unproven entry lives without the client's packet: a
+ * handshake's time (a retransmitted SYN makes the entry again, for the same
+ * backend while the Maglev table is unchanged). */
+#define LB_UNPROVEN_TIMEOUT_S 10
 
 /* Why the program returned what it returned: one counter each. */
 enum lb_reason {
@@ -225,7 +243,7 @@ enum lb_reason {
 	LB_PASS_NO_NEIGH,        /* rewritten; the stack resolves the neighbour */
 	LB_PASS_FIB,             /* rewritten; no XDP route, the stack forwards it */
 	LB_PASS_FOREIGN_CT,      /* conntrack entry not made by lbctl: not touched */
-	LB_DROP_REPLY_UNTRACKED, /* fullnat reply with no entry: the client is unknown */
+	LB_DROP_REPLY_UNTRACKED, /* reply with no entry that cannot be rebuilt: fullnat, or a backend shared by VIPs */
 	LB_PASS_EXT_HEADERS,     /* IPv6: more than LB_MAX_EXT_HEADERS before TCP/UDP */
 	LB_DROP_DSR_OFFLINK,     /* dsr: the backend is behind a gateway, not on a link */
 	LB_DROP_TUNNEL_MTU,      /* tunnel: with the outer header, larger than the path's MTU */
@@ -233,6 +251,8 @@ enum lb_reason {
 	LB_ICMP_XDP_REDIRECT,    /* ICMP error about a flow, rewritten for its host, out another attached interface */
 	LB_PASS_ICMP_NO_FLOW,    /* ICMP error about no lbctl flow (or not about TCP/UDP, or cut before the ports): untouched */
 	LB_TX_ICMP_TOO_BIG,      /* too big for the egress MTU, DF set (IPv6: always): frag needed / packet too big sent back */
+	LB_DROP_MARTIAN,         /* to a VIP from a martian source, or a reply to one: no entry made */
+	LB_DROP_REPLY_WRONG_IFACE, /* from a backend, no entry, arrived where that backend's packets do not */
 	LB_REASON_MAX,
 };
 

@@ -96,4 +96,11 @@ static __always_inline struct lb_scratch *get_scratch(void)
 	return bpf_map_lookup_elem(&scratch, &zero);
 }
 
+LB_PERCPU_ARRAY(struct lb_datapath_counters, 1) datapath_stats SEC(".maps");
+
+/* Row 0: bpf_jiffies64() when a conntrack entry last could not be made
+ * (the table was full): flood mode for LB_UNPROVEN_TIMEOUT_S after it
+ * (conntrack.h). */
+LB_ARRAY(__u64, 1) ct_full_since SEC(".maps");
+
 #endif /* LB_MAPS_H */

@@ -51,6 +51,10 @@ struct packet {
 	__be16 *ports;     /* sport, dport: the first 4 bytes of TCP and UDP */
 	__sum16 *l4_check; /* TCP or UDP checksum field */
 	__u32 len;         /* frame length, for the byte counters */
+	__u32 l4_len;      /* TCP/UDP header and payload, as the IP header counts them */
+	__u16 l4_sum;      /* with csum_partial: the segment's folded sum (partial_csum.h) */
+	__u16 l4_pseudo;   /* with csum_partial: the field as found, the pseudo-header's sum */
+	bool csum_partial; /* the L4 checksum field holds only the pseudo-header sum */
 	__u8 family;       /* LB_AF_INET or LB_AF_INET6 */
 	__u8 proto;        /* TCP or UDP (IPv6: after the extension headers) */
 	__u8 tcp_flags;    /* byte 13 of the TCP header; 0 for UDP */

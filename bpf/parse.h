@@ -38,6 +38,7 @@ static __always_inline int parse_ipv4(struct packet *pkt, struct iphdr *ip, void
 	pkt->family = LB_AF_INET;
 	pkt->proto = ip->protocol;
 	pkt->first_fragment = ip->frag_off & bpf_htons(IP_MF);
+	pkt->l4_len = tot_len - ihl_bytes;
 	*l4 = (void *)ip + ihl_bytes;
 	return LB_CONTINUE;
 }
@@ -154,12 +155,20 @@ static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *pkt,
 	next = ip6->nexthdr;
 	*l4 = ip6 + 1;
 	pkt->first_fragment = false;
+	pkt->l4_len = payload_len;
 	if (next != IPPROTO_TCP && next != IPPROTO_UDP) {
+		__u32 ext_len;
+
 		if (!(walk & LB_WALK_FOUND))
 			return walk & 0xff; /* a reason */
 		next = LB_WALK_PROTO(walk);
 		pkt->first_fragment = walk & LB_WALK_FIRST_FRAG;
 		*l4 = (void *)(long)ctx->data + LB_WALK_OFFSET(walk);
+		/* The extension headers must fit in the payload length too. */
+		ext_len = LB_WALK_OFFSET(walk) - sizeof(struct ethhdr) - sizeof(*ip6);
+		if (ext_len > payload_len)
+			return LB_PASS_MALFORMED;
+		pkt->l4_len = payload_len - ext_len;
 	}
 
 	pkt->ip6 = ip6;
@@ -170,22 +179,34 @@ static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *pkt,
 	return LB_CONTINUE;
 }
 
-/* TCP or UDP: the ports, the checksum field, TCP's flags. */
+/* TCP or UDP: the ports, the checksum field, TCP's flags. The header must
+ * lie within the IP length as well as within the frame: bytes after the IP
+ * length are the link's padding, never ports. */
 static __always_inline int parse_l4(struct packet *pkt, void *l4, void *data_end)
 {
+	int cut = pkt->first_fragment ? LB_PASS_FRAGMENT : LB_PASS_MALFORMED;
+
 	pkt->ports = l4;
+	pkt->csum_partial = false;
 	if (pkt->proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = l4;
 
-		if ((void *)(tcp + 1) > data_end)
-			return pkt->first_fragment ? LB_PASS_FRAGMENT : LB_PASS_MALFORMED;
+		if ((void *)(tcp + 1) > data_end || sizeof(*tcp) > pkt->l4_len)
+			return cut;
+		/* A data offset below the header's size or past the IP length is
+		 * no TCP segment any receiver accepts. */
+		if (tcp->doff < 5 || (!pkt->first_fragment && tcp->doff * 4 > pkt->l4_len))
+			return LB_PASS_MALFORMED;
 		pkt->l4_check = &tcp->check;
 		pkt->tcp_flags = ((__u8 *)tcp)[13];
 	} else {
 		struct udphdr *udp = l4;
 
-		if ((void *)(udp + 1) > data_end)
-			return pkt->first_fragment ? LB_PASS_FRAGMENT : LB_PASS_MALFORMED;
+		if ((void *)(udp + 1) > data_end || sizeof(*udp) > pkt->l4_len)
+			return cut;
+		if (!pkt->first_fragment &&
+		    (bpf_ntohs(udp->len) < sizeof(*udp) || bpf_ntohs(udp->len) > pkt->l4_len))
+			return LB_PASS_MALFORMED;
 		pkt->l4_check = &udp->check;
 		pkt->tcp_flags = 0;
 	}

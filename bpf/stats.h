@@ -40,6 +40,8 @@ static __always_inline int stop(enum lb_reason reason)
 	case LB_DROP_REPLY_UNTRACKED:
 	case LB_DROP_DSR_OFFLINK:
 	case LB_DROP_TUNNEL_MTU:
+	case LB_DROP_MARTIAN:
+	case LB_DROP_REPLY_WRONG_IFACE:
 		return verdict(reason, XDP_DROP);
 	default:
 		return verdict(reason, XDP_PASS);

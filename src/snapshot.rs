@@ -38,6 +38,19 @@ pub struct FlowCacheStats {
     pub stores: u64,
 }
 
+/// What the data path repaired besides its verdicts (None for a program
+/// from before these counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DatapathStats {
+    /// TCP/UDP checksums that arrived partial (TX checksum offload) and
+    /// were completed.
+    pub partial_csums: u64,
+    /// Conntrack entries that could not be made: the table was full.
+    pub ct_full: u64,
+    /// dnat packets forwarded without an entry (flood mode).
+    pub stateless: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     /// By VIP index.
@@ -45,6 +58,7 @@ pub struct Snapshot {
     /// Every verdict reason by its printed name, in enum order.
     pub verdicts: Vec<(&'static str, u64)>,
     pub flow_cache: Option<FlowCacheStats>,
+    pub datapath: Option<DatapathStats>,
 }
 
 impl Snapshot {
@@ -84,10 +98,16 @@ impl Snapshot {
             misses: c.misses,
             stores: c.stores,
         });
+        let datapath = maps.datapath_counters()?.map(|c| DatapathStats {
+            partial_csums: c.partial_csums,
+            ct_full: c.ct_full,
+            stateless: c.stateless,
+        });
         Ok(Snapshot {
             vips,
             verdicts: maps.reason_counts()?,
             flow_cache,
+            datapath,
         })
     }
 }

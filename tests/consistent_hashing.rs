@@ -188,9 +188,11 @@ fn a_flow_that_lost_its_entry_comes_back_to_its_backend_dnat() {
             "flushed"
         );
 
-        // The backend's reply arrives first: rebuilt, not leaked un-NATed.
-        let (action, out) = lb.run(&Packet::tcp(&backend, client, ACK).payload(b"r").build());
-        assert_eq!(action, XDP_REDIRECT);
+        // The backend's reply arrives first, where its packets arrive (v0,
+        // the way to the backend): rebuilt, not leaked un-NATed; out of v0.
+        let reply = Packet::tcp(&backend, client, ACK).payload(b"r").build();
+        let (action, out) = lb.run_on(&reply, "v0");
+        assert_eq!(action, XDP_TX);
         assert_eq!(parse(&out).src, VIP);
         assert!(sh("conntrack -L 2>/dev/null")
             .contains(&format!("src={}", backend.split(':').next().unwrap())));
@@ -229,8 +231,9 @@ fn a_fullnat_reply_without_entry_is_dropped_not_leaked() {
 /// A backend two dnat VIPs share: a reply whose entry was lost names the
 /// client and the backend, not the VIP the client asked for. It is not
 /// rebuilt (before, it was rebuilt for the VIP added last, so the client
-/// saw its connection answered from the wrong address); the client's next
-/// packet rebuilds the entry through its VIP's table.
+/// saw its connection answered from the wrong address), and dropped rather
+/// than leaked un-NATed; the client's next packet rebuilds the entry
+/// through its VIP's table.
 #[test]
 fn a_lost_reply_from_a_backend_two_dnat_vips_share_is_not_rebuilt_for_either() {
     in_fresh_netns(|| {
@@ -247,10 +250,13 @@ fn a_lost_reply_from_a_backend_two_dnat_vips_share_is_not_rebuilt_for_either() {
         sh("conntrack -F 2>/dev/null");
 
         let reply = Packet::tcp(shared, client, ACK).payload(b"r").build();
-        let (action, out) = lb.run(&reply);
-        assert_eq!(action, XDP_PASS, "not rebuilt for either VIP");
+        let (action, out) = lb.run_on(&reply, "v0");
+        assert_eq!(
+            action, XDP_DROP,
+            "not rebuilt for either VIP, nor leaked un-NATed"
+        );
         assert_eq!(out, reply, "untouched");
-        assert_eq!(lb.reason(lb_reason::LB_PASS_REPLY_UNTRACKED), 1);
+        assert_eq!(lb.reason(lb_reason::LB_DROP_REPLY_UNTRACKED), 1);
         assert!(
             !sh("conntrack -L 2>/dev/null").contains("dport=80"),
             "no entry made"

@@ -166,6 +166,29 @@ fn two_arm_dnat_balances_short_tcp_and_udp(family: Family) {
     assert_spread(&spread, &lab, &weights, &format!("{what} UDP"));
     let status = lbctl(&lab, &["status"]);
     assert!(status.contains("xdp_redirect"), "{status}");
+    // The lab's veths keep TX checksum offload on: their partial checksums
+    // were completed (or no connection would have got through).
+    let partial = status
+        .lines()
+        .find_map(|l| l.strip_prefix("checksums"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no checksums line: {status}"));
+    assert!(partial > 0, "no partial checksum completed: {status}");
+}
+
+/// The same with TX checksum offload off on the client and backends: full
+/// checksums, updated incrementally, none completed.
+#[test]
+fn two_arm_dnat_with_tx_checksum_offload_off_ipv4() {
+    let weights = [1, 1];
+    let (lab, vip) = balanced_lab(Topology::TwoArm, Family::V4, 2, &weights);
+    lab.set_tx_checksum_offload(false).expect("ethtool tx off");
+    let spread = short_tcp(&lab, vip, 200);
+    assert_spread(&spread, &lab, &weights, "two-arm tx off TCP");
+    let spread = short_udp(&lab, vip, 200);
+    assert_spread(&spread, &lab, &weights, "two-arm tx off UDP");
+    let status = lbctl(&lab, &["status"]);
+    assert!(status.contains("checksums     0 partial"), "{status}");
 }
 
 fn one_arm_fullnat_balances_short_tcp_and_udp(family: Family) {

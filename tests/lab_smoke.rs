@@ -113,7 +113,7 @@ fn addresses_and_names_follow_the_plan() {
     assert_output(
         one.backend_ns(1),
         &["ethtool", "-k", "eth0"],
-        &["tx-checksumming: off", "generic-receive-offload: on"],
+        &["tx-checksumming: on", "generic-receive-offload: on"],
     );
 }
 

@@ -87,11 +87,19 @@ fn replies_are_rewritten_back_to_the_vip_dnat() {
         assert_eq!(seen.src, VIP, "the client sees the VIP answer");
         assert_eq!(seen.dst, CLIENT);
         assert_eq!(seen.dst_mac, backend_mac(2));
+        // A SYN's entry lives a handshake's time, not assured, until the
+        // client completes the handshake (a SYN flood's entries go soon).
+        let entries = sh("conntrack -L -p tcp 2>/dev/null");
+        assert!(!entries.contains("ASSURED"), "half-open: {entries}");
+        let timeout = |e: &str| -> u32 { e.split_whitespace().nth(2).unwrap().parse().unwrap() };
+        assert!(timeout(&entries) <= 10, "handshake timeout: {entries}");
+        lb.run(&Packet::tcp(CLIENT, VIP, ACK).build());
         let entries = sh("conntrack -L -p tcp 2>/dev/null");
         assert!(
             entries.contains("ASSURED"),
-            "a reply marks the entry assured: {entries}"
+            "the client's ACK after the reply marks the entry assured: {entries}"
         );
+        assert!(timeout(&entries) > 800, "established timeout: {entries}");
     });
 }
 
@@ -315,7 +323,7 @@ fn odd_packets() -> Vec<Case> {
             example: "client side: fragmentation needed to the VIP about a reply (fullnat)",
             frame: Packet::icmp_error(
                 ROUTER_C,
-                "198.18.100.5",
+                "198.18.100.7",
                 IcmpError::FragNeeded(1400),
                 &Packet::tcp(FULLNAT_VIP, FULLNAT_CLIENT, ACK).ttl(63).payload(b"r"),
             )
@@ -349,7 +357,7 @@ fn odd_packets() -> Vec<Case> {
             reason: lb_reason::LB_ICMP_XDP_REDIRECT,
             out: Becomes(
                 Packet::icmp_error(
-                    "198.18.100.5",
+                    "198.18.100.7",
                     "198.18.0.2",
                     IcmpError::TimeExceeded,
                     &Packet::tcp(FULLNAT_CLIENT, FULLNAT_VIP, ACK).ttl(1),
@@ -423,6 +431,30 @@ fn odd_packets() -> Vec<Case> {
             out: Untouched,
         },
         Case {
+            row: L4_LENGTH_ROW,
+            example: "SYN to the VIP whose total length (30) leaves 10 bytes for its TCP header",
+            frame: Packet::tcp(CLIENT, VIP, SYN).total_len(30).build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_MALFORMED,
+            out: Untouched,
+        },
+        Case {
+            row: L4_LENGTH_ROW,
+            example: "SYN to the VIP with TCP data offset 4",
+            frame: with_byte(Packet::tcp(CLIENT, VIP, SYN).build(), 14 + 20 + 12, 4 << 4),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_MALFORMED,
+            out: Untouched,
+        },
+        Case {
+            row: L4_LENGTH_ROW,
+            example: "UDP to the VIP whose UDP length (200) is beyond the total length",
+            frame: with_byte(Packet::udp(CLIENT, "198.18.100.1:53", b"query").build(), 14 + 20 + 5, 200),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_MALFORMED,
+            out: Untouched,
+        },
+        Case {
             row: "IP options",
             example: "SYN to the VIP with NOP NOP NOP EOL: balanced, options kept",
             frame: Packet::tcp(CLIENT, VIP, SYN)
@@ -458,6 +490,24 @@ fn odd_packets() -> Vec<Case> {
             out: Untouched,
         },
         Case {
+            row: "partial TCP/UDP checksum (the sender's TX checksum offload: veths, containers)",
+            example: "SYN to the VIP with a payload, its checksum field the pseudo-header's sum",
+            frame: Packet::tcp("198.18.0.2:40900", VIP, SYN)
+                .payload(b"partial")
+                .partial()
+                .build(),
+            action: XDP_REDIRECT,
+            reason: lb_reason::LB_XDP_REDIRECT,
+            out: Becomes(
+                Packet::tcp("198.18.0.2:40900", "198.18.1.11:8080", SYN)
+                    .payload(b"partial")
+                    .ttl(63)
+                    .src_mac(ROUTER_MAC)
+                    .dst_mac(backend_mac(11))
+                    .build(),
+            ),
+        },
+        Case {
             row: "TCP/UDP too big for the egress MTU, IPv4 with DF set or IPv6",
             example: "a 1586-byte ACK with DF to the VIP, egress MTU 1500",
             frame: too_big(true).build(),
@@ -484,6 +534,54 @@ fn odd_packets() -> Vec<Case> {
                     .payload(&[0x55; 1546])
                     .build(),
             ),
+        },
+        Case {
+            row: MARTIAN_ROW,
+            example: "SYN to the VIP from 127.0.0.1 (loopback)",
+            frame: Packet::tcp("127.0.0.1:40000", VIP, SYN).build(),
+            action: XDP_DROP,
+            reason: lb_reason::LB_DROP_MARTIAN,
+            out: Untouched,
+        },
+        Case {
+            row: MARTIAN_ROW,
+            example: "SYN to the VIP from 0.0.0.0",
+            frame: Packet::tcp("0.0.0.0:40000", VIP, SYN).build(),
+            action: XDP_DROP,
+            reason: lb_reason::LB_DROP_MARTIAN,
+            out: Untouched,
+        },
+        Case {
+            row: MARTIAN_ROW,
+            example: "SYN to the VIP from 255.255.255.255",
+            frame: Packet::tcp("255.255.255.255:40000", VIP, SYN).build(),
+            action: XDP_DROP,
+            reason: lb_reason::LB_DROP_MARTIAN,
+            out: Untouched,
+        },
+        Case {
+            row: MARTIAN_ROW,
+            example: "SYN to the VIP from 224.0.0.5 (multicast)",
+            frame: Packet::tcp("224.0.0.5:40000", VIP, SYN).build(),
+            action: XDP_DROP,
+            reason: lb_reason::LB_DROP_MARTIAN,
+            out: Untouched,
+        },
+        Case {
+            row: MARTIAN_ROW,
+            example: "SYN to the VIP from 240.0.0.1 (reserved)",
+            frame: Packet::tcp("240.0.0.1:40000", VIP, SYN).build(),
+            action: XDP_DROP,
+            reason: lb_reason::LB_DROP_MARTIAN,
+            out: Untouched,
+        },
+        Case {
+            row: MARTIAN_ROW,
+            example: "SYN to the VIP from the VIP's own address",
+            frame: Packet::tcp("198.18.100.1:40000", VIP, SYN).build(),
+            action: XDP_DROP,
+            reason: lb_reason::LB_DROP_MARTIAN,
+            out: Untouched,
         },
         Case {
             row: "new flow to a VIP with no backend of weight > 0",
@@ -531,6 +629,22 @@ fn odd_packets() -> Vec<Case> {
             reason: lb_reason::LB_PASS_REPLY_UNTRACKED,
             out: Untouched,
         },
+        Case {
+            row: "from a backend, no entry, arriving where that backend's packets do not (its address spoofed on the clients' side)",
+            example: "SYN-ACK from the VIP's backend, on the loopback device (its route leads out of v0)",
+            frame: Packet::tcp("198.18.1.11:8080", "198.18.0.3:41000", SYN | ACK).build(),
+            action: XDP_DROP,
+            reason: lb_reason::LB_DROP_REPLY_WRONG_IFACE,
+            out: Untouched,
+        },
+        Case {
+            row: "from a backend shared by VIPs (dnat), no entry",
+            example: "ACK from a backend of two VIPs: which VIP it answers for is unknown",
+            frame: Packet::tcp(SHARED_BACKEND, "198.18.0.3:41000", ACK).build(),
+            action: XDP_DROP,
+            reason: lb_reason::LB_DROP_REPLY_UNTRACKED,
+            out: Untouched,
+        },
     ]
 }
 
@@ -544,7 +658,7 @@ const ROUTER_B: &str = "198.18.1.9";
 /// The flows ICMP errors are about (`odd_packet_balancer`): dnat TCP, fullnat
 /// TCP (the client's port kept as the source port), dnat UDP.
 const ICMP_CLIENT: &str = "198.18.0.2:40100";
-const FULLNAT_VIP: &str = "198.18.100.5:80";
+const FULLNAT_VIP: &str = "198.18.100.7:80";
 const FULLNAT_CLIENT: &str = "198.18.0.2:40200";
 const FULLNAT_BACKEND: &str = "198.18.1.11:9090";
 const SNAT_SIDE: &str = "198.18.1.1:40200";
@@ -577,6 +691,16 @@ fn too_big(dont_fragment: bool) -> Packet {
     }
 }
 
+const MARTIAN_ROW: &str = "to a VIP from a martian source (0.0.0.0/8, 127/8, 224/4, 240/4 and 255.255.255.255; IPv6 ::, ::1, IPv4-mapped, fe80::/10, ff00::/8) or from the VIP's own address";
+const L4_LENGTH_ROW: &str = "TCP/UDP header beyond the IP total length (IPv6: payload length), TCP data offset < 5 or beyond it, UDP length beyond it";
+const SHARED_BACKEND: &str = "198.18.1.14:8080";
+
+/// The frame with byte `at` set to `value`.
+fn with_byte(mut frame: Vec<u8>, at: usize, value: u8) -> Vec<u8> {
+    frame[at] = value;
+    frame
+}
+
 const NO_BACKENDS_VIP: &str = "198.18.100.3:80";
 const DRAINED_VIP: &str = "198.18.100.4:80";
 const FOREIGN_CLIENT: &str = "198.18.0.2:40700";
@@ -594,6 +718,12 @@ fn odd_packet_balancer() -> Balancer {
     lb.vip(NO_BACKENDS_VIP, Proto::Tcp, NatMode::Dnat, None);
     let drained = lb.vip(DRAINED_VIP, Proto::Tcp, NatMode::Dnat, None);
     lb.backend(&drained, "198.18.1.12:8080", 0);
+    for shared in ["198.18.100.5:80", "198.18.100.6:80"] {
+        let vip = lb.vip(shared, Proto::Tcp, NatMode::Dnat, None);
+        lb.backend(&vip, SHARED_BACKEND, 1);
+    }
+    let udp = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
+    lb.backend(&udp, "198.18.1.11:5353", 1);
     let (ip, port) = FOREIGN_CLIENT.split_once(':').unwrap();
     sh(&format!(
         "conntrack -I -p tcp -s {ip} -d 198.18.100.1 --sport {port} --dport 80 \
@@ -832,5 +962,102 @@ fn the_address_prefilter_follows_vips_and_backends() {
             XDP_REDIRECT,
             "rebuilt, the VIP is balanced again"
         );
+    });
+}
+
+/// Payload lengths around bpf_csum_diff's chunks (256 bytes, then halves
+/// down to 4, then 2 and 1) and up to a full 1500-byte frame.
+const PARTIAL_LENGTHS: [usize; 12] = [0, 1, 2, 3, 5, 127, 255, 256, 257, 511, 1000, 1446];
+
+#[test]
+fn partial_checksums_from_tx_offload_are_completed() {
+    in_fresh_netns(|| {
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
+        let udp = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
+        lb.backend(&udp, "198.18.1.11:5353", 1);
+        let mut completed = 0;
+        for (i, len) in PARTIAL_LENGTHS.into_iter().enumerate() {
+            let payload: Vec<u8> = (0..len).map(|b| (b * 7 + i) as u8).collect();
+            let client = format!("198.18.0.2:{}", 42000 + i);
+            // SYN (slow path, new entry), reply, then ACKs: slow path once
+            // more, then the flow cache.
+            let frames = [
+                Packet::tcp(&client, VIP, SYN).payload(&payload),
+                Packet::tcp("198.18.1.11:8080", &client, SYN | ACK).payload(&payload),
+                Packet::tcp(&client, VIP, ACK).payload(&payload),
+                Packet::tcp(&client, VIP, ACK).payload(&payload),
+                Packet::tcp(&client, VIP, ACK).payload(&payload),
+                Packet::udp(&client, "198.18.100.1:53", &payload),
+                Packet::udp("198.18.1.11:5353", &client, &payload),
+            ];
+            for p in frames {
+                let frame = p.partial().build();
+                let (action, out) = lb.run(&frame);
+                assert_eq!(action, XDP_REDIRECT, "{len}-byte payload");
+                completed += 1;
+                let seen = parse(&out); // panics on a wrong checksum
+                assert_eq!(seen.payload, payload);
+                assert_eq!(lb.partial_csums(), completed, "counted, {len}-byte payload");
+            }
+        }
+        let (hits, _, _) = lb.cache();
+        assert!(hits > 0, "the fast path completed some too");
+
+        // Full checksums are left to the incremental update, and not counted.
+        lb.run(&Packet::tcp("198.18.0.2:43000", VIP, SYN).build());
+        lb.run(&Packet::udp("198.18.0.2:43000", "198.18.100.1:53", b"q").build());
+        assert_eq!(lb.partial_csums(), completed);
+
+        // A full checksum that happens to equal the pseudo-header's sum:
+        // its full sum verifies, so it is not taken for a partial one.
+        let (w, frame) = (0..=u16::MAX)
+            .map(|w| {
+                (
+                    w,
+                    Packet::tcp("198.18.0.2:43001", VIP, ACK)
+                        .payload(&w.to_be_bytes())
+                        .build(),
+                )
+            })
+            .find(|(_, f)| {
+                f[14 + 20 + 16..14 + 20 + 18]
+                    == Packet::tcp("198.18.0.2:43001", VIP, ACK)
+                        .payload(&[0, 0])
+                        .partial()
+                        .build()[14 + 20 + 16..14 + 20 + 18]
+            })
+            .expect("a payload word that makes the checksum the pseudo-header's sum");
+        let (action, out) = lb.run(&frame);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(parse(&out).payload, w.to_be_bytes());
+        assert_eq!(
+            lb.partial_csums(),
+            completed,
+            "not counted: it was complete"
+        );
+    });
+}
+
+#[test]
+fn a_partial_checksum_passed_to_the_stack_stays_partial_for_the_new_addresses() {
+    in_fresh_netns(|| {
+        let lb = Balancer::load(); // no routes: the stack forwards it
+        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
+        lb.backend(&vip, "198.18.1.11:8080", 1);
+        let (action, out) = lb.run(
+            &Packet::tcp(CLIENT, VIP, SYN)
+                .payload(b"abc")
+                .partial()
+                .build(),
+        );
+        assert_eq!(action, XDP_PASS);
+        // The skb still says CHECKSUM_PARTIAL: the stack completes the field
+        // from the new pseudo-header's sum.
+        let want = Packet::tcp(CLIENT, "198.18.1.11:8080", SYN)
+            .payload(b"abc")
+            .partial()
+            .build();
+        assert_eq!(frame_diff(&out, &want), None);
+        assert_eq!(lb.partial_csums(), 1);
     });
 }

@@ -67,6 +67,8 @@ fn replies_are_rewritten_back_to_the_vip_dnat() {
         let seen = parse(&out);
         assert_eq!((seen.src.as_str(), seen.dst.as_str()), (VIP, CLIENT));
         assert_eq!(seen.dst_mac, backend_mac(2));
+        // The client's ACK completes the handshake: assured.
+        lb.run(&Packet::tcp(CLIENT, VIP, ACK).build());
         let entries = conntrack6();
         let line = entries
             .lines()
@@ -291,6 +293,24 @@ fn odd_ipv6_packets_have_one_documented_behaviour_each() {
                 "pass_not_vip",
             ),
         ];
+        // The payload length leaves no room for the TCP header: the ports
+        // would be the link's padding.
+        let mut short_payload = full.clone();
+        short_payload[18..20].copy_from_slice(&10u16.to_be_bytes());
+        let mut bad_udp_len = Packet::udp(CLIENT, VIP, b"hello").build();
+        bad_udp_len[14 + 40 + 4..14 + 40 + 6].copy_from_slice(&200u16.to_be_bytes());
+        let cases = cases.into_iter().chain([
+            (
+                "TCP header beyond the payload length",
+                short_payload,
+                "pass_malformed",
+            ),
+            (
+                "UDP length beyond the payload length",
+                bad_udp_len,
+                "pass_malformed",
+            ),
+        ]);
         for (what, frame, reason) in cases {
             let before = lb.reason_named(reason);
             let (action, out) = lb.run(&frame);
@@ -302,6 +322,26 @@ fn odd_ipv6_packets_have_one_documented_behaviour_each() {
                 "{what} counted as {reason}"
             );
         }
+
+        // Martian sources: dropped before any entry is made.
+        for from in [
+            "[::]:40000",
+            "[::1]:40000",
+            "[::ffff:198.18.0.2]:40000",
+            "[fe80::2]:40000",
+            "[ff02::1]:40000",
+            VIP, // the VIP's own address
+        ] {
+            let before = lb.reason(lb_reason::LB_DROP_MARTIAN);
+            let frame = Packet::tcp(from, VIP, SYN).build();
+            assert_eq!(lb.run(&frame), (XDP_DROP, frame.clone()), "from {from}");
+            assert_eq!(
+                lb.reason(lb_reason::LB_DROP_MARTIAN),
+                before + 1,
+                "from {from}"
+            );
+        }
+        assert_eq!(lb.vip_counters(&svc(VIP, Proto::Tcp)).new_flows, 0);
 
         // Hop limit 1: rewritten, and the stack answers (time exceeded).
         let mut last_hop = syn();
@@ -475,9 +515,17 @@ fn a_flow_that_lost_its_entry_comes_back_to_its_backend_dnat() {
         sh("conntrack -F 2>/dev/null");
         assert!(!conntrack6().contains("dport=80"), "flushed");
 
-        // The backend's reply arrives first: the entry is rebuilt for it.
-        let (action, out) = lb.run(&Packet::tcp(&backend, CLIENT, ACK).payload(b"r").build());
-        assert_eq!(action, XDP_REDIRECT);
+        // The backend's reply arrives first, but not where the route to
+        // the backend leads (the loopback device): no entry for it.
+        let reply = Packet::tcp(&backend, CLIENT, ACK).payload(b"r").build();
+        let (action, _) = lb.run(&reply);
+        assert_eq!(action, XDP_DROP);
+        assert_eq!(lb.reason(lb_reason::LB_DROP_REPLY_WRONG_IFACE), 1);
+        assert!(!conntrack6().contains("dport=80"), "no entry made");
+        // Where its packets arrive (v0): the entry is rebuilt for it, back
+        // out of v0.
+        let (action, out) = lb.run_on(&reply, "v0");
+        assert_eq!(action, XDP_TX);
         assert_eq!(parse(&out).src, VIP);
         let host = backend.trim_start_matches('[').split(']').next().unwrap();
         assert!(conntrack6().contains(&format!("src={host} ")), "rebuilt");

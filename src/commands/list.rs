@@ -15,7 +15,7 @@ use super::open_for_reading;
 use crate::datapath::counters::Counters;
 use crate::datapath::repair;
 use crate::model::{Health, ListOptions, NatMode, Proto};
-use crate::snapshot::{BackendView, FlowCacheStats, Snapshot};
+use crate::snapshot::{BackendView, DatapathStats, FlowCacheStats, Snapshot};
 use crate::{drain, routes};
 
 /// Packets, bytes and new flows per second over an interval.
@@ -88,6 +88,9 @@ struct ListJson {
     /// The flow cache's counters (--stats).
     #[serde(skip_serializing_if = "Option::is_none")]
     flow_cache: Option<FlowCacheStats>,
+    /// What the data path repaired: `partial_csums` (--stats).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    datapath: Option<DatapathStats>,
     /// Seconds the rates were measured over (--rate).
     #[serde(skip_serializing_if = "Option::is_none")]
     interval_s: Option<f64>,
@@ -222,6 +225,7 @@ fn list_json(
         vips,
         verdicts: stats.then(|| snap.verdicts.iter().copied().collect()),
         flow_cache: if stats { snap.flow_cache } else { None },
+        datapath: if stats { snap.datapath } else { None },
         interval_s: rates.map(|r| r.interval_s),
     }
 }

@@ -61,6 +61,28 @@ pub fn run() -> Result<()> {
         if shown.is_empty() { "" } else { ": " },
         shown.join(", ")
     );
+    if let Some(d) = b.maps.datapath_counters()? {
+        println!(
+            "checksums     {} partial (TX offload) completed",
+            d.partial_csums
+        );
+        println!(
+            "table full    {} entries could not be made (ct_full); {} dnat packets forwarded without one (flood mode)",
+            d.ct_full, d.stateless
+        );
+    }
+    if let Some((count, max)) = conntrack_fill() {
+        // New flows fail (`drop_ct_failed`) once the table is full; the
+        // kernel's early drop finds no victims among lbctl's entries.
+        let warn = if max > 0 && count * 10 >= max * 9 {
+            "; NEAR FULL: new flows fail when it is full (raise nf_conntrack_max on the host)"
+        } else {
+            ""
+        };
+        println!(
+            "conntrack     {count} of {max} entries (nf_conntrack_count, nf_conntrack_max){warn}"
+        );
+    }
     let mem = b.maps.locked_memory()?;
     println!(
         "memory        {} locked in {} maps ({} in {} VIP tables)",
@@ -74,4 +96,17 @@ pub fn run() -> Result<()> {
         println!("  {name:<24} {count}");
     }
     Ok(())
+}
+
+/// This namespace's conntrack entries and the (host-wide) limit, from
+/// /proc/sys/net/netfilter; None where they cannot be read.
+fn conntrack_fill() -> Option<(u64, u64)> {
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((read("nf_conntrack_count")?, read("nf_conntrack_max")?))
 }

@@ -18,6 +18,7 @@ unsafe impl plain::Plain for types::lb_counters {}
 unsafe impl plain::Plain for types::lb_flow_cache_key {}
 unsafe impl plain::Plain for types::lb_flow_cache_entry {}
 unsafe impl plain::Plain for types::lb_flow_cache_counters {}
+unsafe impl plain::Plain for types::lb_datapath_counters {}
 
 // The C side asserts nothing about Rust's view: these catch a skeleton that
 // laid a struct out differently from the header's intent.

@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::abi::{reason_name, LB_REASON_MAX};
 use super::maps::{Map, Maps};
-use super::types::{lb_counters, lb_flow_cache_counters, lb_reason};
+use super::types::{lb_counters, lb_datapath_counters, lb_flow_cache_counters, lb_reason};
 
 /// Summed per-CPU counters of a VIP or a backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -81,6 +81,21 @@ impl Maps {
             sum.hits += c.hits;
             sum.misses += c.misses;
             sum.stores += c.stores;
+        }
+        Ok(Some(sum))
+    }
+
+    /// What the data path repaired besides its verdicts (None for a running
+    /// program from before these counters).
+    pub fn datapath_counters(&self) -> Result<Option<lb_datapath_counters>> {
+        let Some(map) = &self.datapath_stats else {
+            return Ok(None);
+        };
+        let mut sum = lb_datapath_counters::default();
+        for c in map.per_cpu::<lb_datapath_counters>(0, &"data path counters")? {
+            sum.partial_csums += c.partial_csums;
+            sum.ct_full += c.ct_full;
+            sum.stateless += c.stateless;
         }
         Ok(Some(sum))
     }

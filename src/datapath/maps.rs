@@ -194,6 +194,9 @@ balancer_maps! {
         flow_cache_stats,
         /// The flow cache itself; None as above.
         flow_cache,
+        /// What the data path repaired (`lb_datapath_counters`); None for a
+        /// running program from before it.
+        datapath_stats,
     ],
 }
 

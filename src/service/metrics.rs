@@ -11,7 +11,8 @@
 //! checked backends), `lbctl_backend_active_flows`,
 //! `lbctl_health_check_duration_seconds` (histogram),
 //! `lbctl_verdicts_total{reason}` (reason: the C enum name without `LB_`,
-//! lower case), `lbctl_flow_cache_{hits,misses,stores}_total`.
+//! lower case), `lbctl_flow_cache_{hits,misses,stores}_total`,
+//! `lbctl_partial_csums_total`, `lbctl_ct_full_total`, `lbctl_stateless_total`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -290,6 +291,29 @@ impl Collector for SnapshotCollector {
                     vec![(Labels::new(), ConstCounter::new(v))],
                 )?;
             }
+        }
+        if let Some(d) = s.datapath {
+            family(
+                &mut enc,
+                "lbctl_partial_csums",
+                "TCP/UDP checksums that arrived partial (TX checksum offload) and were completed",
+                c,
+                vec![(Labels::new(), ConstCounter::new(d.partial_csums))],
+            )?;
+            family(
+                &mut enc,
+                "lbctl_ct_full",
+                "Conntrack entries that could not be made: the table was full",
+                c,
+                vec![(Labels::new(), ConstCounter::new(d.ct_full))],
+            )?;
+            family(
+                &mut enc,
+                "lbctl_stateless",
+                "dnat packets forwarded without a conntrack entry (flood mode)",
+                c,
+                vec![(Labels::new(), ConstCounter::new(d.stateless))],
+            )?;
         }
         Ok(())
     }

@@ -30,9 +30,10 @@
 //! as the same digits: 198.18.1.11 is 2001:db8:0:1::11, VIP 198.18.100.1 is
 //! 2001:db8:0:100::1), with the same routes. IPv4-only labs keep IPv6
 //! disabled, so their only traffic is the tests'.
-//! Every veth end has GRO on, the client's and backends' have TX checksum
-//! offload off, and the ends facing the balancer carry a native XDP_PASS
-//! program (see `tune_veths` and `attach_pass_to_balancer_peers` for why).
+//! Every veth end has GRO on, TX checksum offload is left on as the kernel
+//! sets it (`set_tx_checksum_offload` turns it off), and the ends facing the
+//! balancer carry a native XDP_PASS program (see `tune_veths` and
+//! `attach_pass_to_balancer_peers` for why).
 
 use std::ffi::OsStr;
 use std::io;
@@ -784,15 +785,20 @@ impl Lab {
             // (XDP_TX needs the native program: `attach_pass_to_balancer_peers`.)
             netns::exec(ns, &["ethtool", "-K", &iface, "gro", "on"])?;
         }
+        Ok(())
+    }
+
+    /// TX checksum offload on the client's and backends' veths: on by
+    /// default, as on every veth (and so every container). On, they hand
+    /// packets on with partial checksums (CHECKSUM_PARTIAL: the field holds
+    /// the pseudo-header's sum), which the balancer completes; off, they
+    /// write full checksums, as a physical NIC's receiver sees them.
+    pub fn set_tx_checksum_offload(&self, on: bool) -> io::Result<()> {
         let hosts =
             std::iter::once(self.client_ns()).chain(self.backend_ids().map(|i| self.backend_ns(i)));
+        let state = if on { "on" } else { "off" };
         for ns in hosts {
-            // With TX checksum offload a veth hands packets on with only a partial
-            // checksum (CHECKSUM_PARTIAL: the field holds the pseudo-header sum);
-            // XDP sees those bytes, cannot update them incrementally, and a frame
-            // it sends on arrives with a bad checksum (the receiver counts
-            // InCsumErrors and drops it). Off, the sender writes full checksums.
-            netns::exec(ns, &["ethtool", "-K", HOST_IFACE, "tx", "off"])?;
+            netns::exec(ns, &["ethtool", "-K", HOST_IFACE, "tx", state])?;
         }
         Ok(())
     }

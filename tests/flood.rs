@@ -1,0 +1,105 @@
+//! A full conntrack table (issue 13): the namespace's table filled to
+//! nf_conntrack_max through the real program (UDP flows, which keep their
+//! entries 300 s), then new TCP flows to a dnat VIP are forwarded without an
+//! entry (flood mode) both ways, and a fullnat VIP, which needs its entry,
+//! drops them (`drop_ct_failed`). The kernel's table limit is global, its
+//! count per namespace: filling this namespace's table leaves others alone.
+
+use lbctl::datapath::types::lb_reason;
+use lbctl::model::{NatMode, Proto};
+use lbctl_lab::fixtures::packet::*;
+use lbctl_lab::fixtures::*;
+
+const VIP: &str = "198.18.100.1:80";
+const FULLNAT_VIP: &str = "198.18.100.2:80";
+const BACKENDS: [&str; 3] = ["198.18.1.11:8080", "198.18.1.12:8080", "198.18.1.13:8080"];
+
+fn stats(lb: &Balancer) -> (u64, u64) {
+    let d = lb.maps.datapath_counters().unwrap().unwrap();
+    (d.ct_full, d.stateless)
+}
+
+#[test]
+fn a_full_table_forwards_dnat_flows_without_entries_and_drops_fullnat() {
+    in_fresh_netns(|| {
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &BACKENDS);
+        let udp = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
+        lb.backend(&udp, "198.18.1.11:5353", 1);
+        let full = lb.vip(
+            FULLNAT_VIP,
+            Proto::Tcp,
+            NatMode::Fullnat,
+            Some("198.18.1.1"),
+        );
+        lb.backend(&full, "198.18.1.14:8080", 1); // not shared with the dnat VIP
+
+        // Fill: one UDP flow per client port until an entry cannot be made.
+        let max: u64 = sh("cat /proc/sys/net/netfilter/nf_conntrack_max")
+            .trim()
+            .parse()
+            .unwrap();
+        let mut sent = 0u64;
+        'fill: for host in 2..=250u8 {
+            for port in 1024..=65535u16 {
+                let from = format!("198.18.0.{host}:{port}");
+                lb.run(&Packet::udp(&from, "198.18.100.1:53", b"q").build());
+                sent += 1;
+                if sent % 1024 == 0 && stats(&lb).0 > 0 {
+                    break 'fill;
+                }
+                assert!(
+                    sent < max + 100_000,
+                    "{sent} flows and the table is not full"
+                );
+            }
+        }
+        let (full_before, stateless_before) = stats(&lb);
+        assert!(
+            full_before > 0,
+            "the table filled after {sent} flows (max {max})"
+        );
+
+        // New TCP flows to the dnat VIP: the SYN goes to a backend, the
+        // SYN-ACK back from the VIP, the ACK to the same backend.
+        for port in 50000..50020u16 {
+            let client = format!("198.18.0.3:{port}");
+            let (action, out) = lb.run(&Packet::tcp(&client, VIP, SYN).build());
+            assert_eq!(action, XDP_REDIRECT, "SYN from {client}");
+            let backend = parse(&out).dst;
+            assert!(BACKENDS.contains(&backend.as_str()), "{backend}");
+            let syn_ack = Packet::tcp(&backend, &client, SYN | ACK).build();
+            let (action, out) = lb.run_on(&syn_ack, "v0");
+            assert_eq!(action, XDP_TX, "SYN-ACK to {client}");
+            let seen = parse(&out);
+            assert_eq!(
+                (seen.src.as_str(), seen.dst.as_str()),
+                (VIP, client.as_str())
+            );
+            let (action, out) = lb.run(&Packet::tcp(&client, VIP, ACK).payload(b"x").build());
+            assert_eq!(action, XDP_REDIRECT, "ACK from {client}");
+            assert_eq!(parse(&out).dst, backend, "the ACK follows the SYN");
+        }
+        let (_, stateless) = stats(&lb);
+        assert!(
+            stateless >= stateless_before + 40,
+            "SYNs and SYN-ACKs went without entries: {stateless_before} -> {stateless}"
+        );
+        let entries = sh("conntrack -L -p tcp 2>/dev/null | grep -c 'sport=50' || true");
+        assert!(
+            entries.trim().parse::<u32>().unwrap_or(0) <= 20,
+            "no SYN made an entry (at most the ACKs did): {entries}"
+        );
+
+        // A fullnat VIP needs its entry (the source port is the kernel's
+        // choice): dropped while the table is full.
+        let before = lb.reason(lb_reason::LB_DROP_CT_FAILED);
+        let mut dropped = 0;
+        for port in 51000..51020u16 {
+            let from = format!("198.18.0.3:{port}");
+            let (action, _) = lb.run(&Packet::tcp(&from, FULLNAT_VIP, SYN).build());
+            dropped += (action == XDP_DROP) as u64;
+        }
+        assert!(dropped > 0, "fullnat SYNs dropped while the table is full");
+        assert_eq!(lb.reason(lb_reason::LB_DROP_CT_FAILED), before + dropped);
+    });
+}
