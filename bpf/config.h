@@ -32,11 +32,22 @@ static __always_inline __u32 config_generation(void)
 
 /* The conntrack timeout of a flow: unproven (made from a backend's packet,
  * the client not yet seen), UDP, TCP, or TCP after FIN or RST. */
+/* How long an unproven entry (a handshake not yet completed, or a rebuilt
+ * one the client has not confirmed) lives: `lbctl timeouts --syn`. */
+static __always_inline __u32 handshake_timeout_s(void)
+{
+	const struct lb_handshake *h;
+	__u32 zero = 0;
+
+	h = bpf_map_lookup_elem(&handshake, &zero);
+	return h && h->timeout_s ? h->timeout_s : LB_UNPROVEN_TIMEOUT_S;
+}
+
 static __always_inline __u32 flow_timeout_s(const struct lb_config *cfg,
 					    __u8 proto, __u32 mark)
 {
 	if (mark & LB_MARK_UNPROVEN)
-		return LB_UNPROVEN_TIMEOUT_S;
+		return handshake_timeout_s();
 	if (proto == IPPROTO_UDP)
 		return cfg->udp_timeout_s;
 	return (mark & LB_MARK_CLOSING) ? cfg->tcp_fin_timeout_s : cfg->tcp_timeout_s;

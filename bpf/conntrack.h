@@ -386,7 +386,7 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 	tuple_sz = ct_tuple(&orig, pkt->family, pkt->daddr, (const __be32 *)be->vip.addr,
 			    pkt->ports[1], be->vip.port);
 	*ct = ct_create(ctx, &orig, tuple_sz, pkt->proto, vip, be,
-			flow_mark(vip->index, backend_id) | LB_MARK_UNPROVEN, LB_UNPROVEN_TIMEOUT_S,
+			flow_mark(vip->index, backend_id) | LB_MARK_UNPROVEN, handshake_timeout_s(),
 			dir);
 	if (!*ct) {
 		ct_full();

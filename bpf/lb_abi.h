@@ -131,6 +131,15 @@ struct lb_config {
 				   * stored under another generation are not used */
 };
 
+/* Value of `handshake` (row 0): how long a TCP flow's entry lives until the
+ * client completes its handshake (seconds; 0: LB_UNPROVEN_TIMEOUT_S). A map
+ * of its own, not a field of lb_config: `attach --replace` reuses the
+ * running program's settings map, whose value size is fixed. */
+struct lb_handshake {
+	__u32 timeout_s;
+	__u32 reserved;
+};
+
 /* Per-CPU counters of a VIP or a backend. */
 struct lb_counters {
 	__u64 packets;
@@ -215,7 +224,8 @@ struct lb_datapath_counters {
  *   bits 17..27  VIP index
  *   bit  30      unproven: begun by a SYN, or made from a backend's packet,
  *                and the client's (non-SYN) packet not yet seen; the entry
- *                keeps the short LB_UNPROVEN_TIMEOUT_S and is not assured
+ *                keeps the short handshake timeout (`handshake`) and is
+ *                not assured
  *   bit  31      FIN or RST seen: keep the short timeout */
 #define LB_MARK_BACKEND_MASK 0x0001ffffu
 #define LB_MARK_VIP_SHIFT    17

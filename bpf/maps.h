@@ -56,6 +56,7 @@ struct {
 } vip_tables SEC(".maps");
 
 LB_ARRAY(struct lb_config, 1) settings SEC(".maps");
+LB_ARRAY(struct lb_handshake, 1) handshake SEC(".maps");
 
 LB_PERCPU_ARRAY(struct lb_counters, LB_MAX_VIPS) vip_stats SEC(".maps");
 LB_PERCPU_ARRAY(struct lb_counters, LB_MAX_BACKENDS) backend_stats SEC(".maps");

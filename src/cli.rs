@@ -121,6 +121,10 @@ pub enum Command {
         /// UDP flows.
         #[arg(long)]
         udp: Option<u32>,
+        /// A TCP flow until the client completes its handshake (1-600;
+        /// default 10): short, so a SYN flood cannot fill the table.
+        #[arg(long)]
+        syn: Option<u32>,
     },
 }
 

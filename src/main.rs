@@ -99,9 +99,12 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Apply { file } => commands::apply::run(&file, &config_file::read(&file)?),
         Command::Save => commands::save::run(),
         Command::Run(args) => commands::run::run(&run_options(args)?),
-        Command::Timeouts { tcp, tcpfin, udp } => {
-            commands::timeouts::run(&Timeouts::new(tcp, tcpfin, udp).map_err(Error::msg)?)
-        }
+        Command::Timeouts {
+            tcp,
+            tcpfin,
+            udp,
+            syn,
+        } => commands::timeouts::run(&Timeouts::new(tcp, tcpfin, udp, syn).map_err(Error::msg)?),
     }
 }
 

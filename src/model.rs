@@ -276,13 +276,21 @@ pub struct Timeouts {
     pub tcp: Option<u32>,
     pub tcpfin: Option<u32>,
     pub udp: Option<u32>,
+    /// A TCP flow's entry until the client completes its handshake (like
+    /// netfilter's SYN_SENT/SYN_RECV, IPVS's SYN_RECV).
+    pub syn: Option<u32>,
 }
+
+/// The longest handshake timeout: a handshake that takes longer is an
+/// attack, and a long one is what lets a SYN flood fill the table.
+pub const MAX_SYN_TIMEOUT: u32 = 600;
 
 impl Timeouts {
     pub fn new(
         tcp: Option<u32>,
         tcpfin: Option<u32>,
         udp: Option<u32>,
+        syn: Option<u32>,
     ) -> Result<Timeouts, String> {
         for (name, v) in [("tcp", tcp), ("tcpfin", tcpfin), ("udp", udp)] {
             if let Some(v) = v {
@@ -291,11 +299,23 @@ impl Timeouts {
                 }
             }
         }
-        Ok(Timeouts { tcp, tcpfin, udp })
+        if let Some(v) = syn {
+            if v == 0 || v > MAX_SYN_TIMEOUT {
+                return Err(format!(
+                    "--syn {v}: the handshake timeout is 1 to {MAX_SYN_TIMEOUT} seconds"
+                ));
+            }
+        }
+        Ok(Timeouts {
+            tcp,
+            tcpfin,
+            udp,
+            syn,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tcp.is_none() && self.tcpfin.is_none() && self.udp.is_none()
+        self.tcp.is_none() && self.tcpfin.is_none() && self.udp.is_none() && self.syn.is_none()
     }
 }
 
@@ -644,11 +664,24 @@ mod tests {
 
     #[test]
     fn timeouts() {
-        assert!(Timeouts::new(None, None, None).unwrap().is_empty());
-        assert_eq!(Timeouts::new(Some(60), None, None).unwrap().tcp, Some(60));
-        assert!(Timeouts::new(None, Some(0), None)
+        assert!(Timeouts::new(None, None, None, None).unwrap().is_empty());
+        assert_eq!(
+            Timeouts::new(Some(60), None, None, None).unwrap().tcp,
+            Some(60)
+        );
+        assert!(Timeouts::new(None, Some(0), None, None)
             .unwrap_err()
             .contains("--tcpfin 0"));
+        assert_eq!(
+            Timeouts::new(None, None, None, Some(3)).unwrap().syn,
+            Some(3)
+        );
+        assert!(!Timeouts::new(None, None, None, Some(3)).unwrap().is_empty());
+        for bad in [0, MAX_SYN_TIMEOUT + 1] {
+            assert!(Timeouts::new(None, None, None, Some(bad))
+                .unwrap_err()
+                .contains("--syn"));
+        }
     }
 
     #[test]

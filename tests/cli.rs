@@ -251,6 +251,7 @@ fn address_and_value_errors() {
     );
     ns.fails(&["vip", "del", "198.18.100.2:80"], "does not exist");
     ns.fails(&["timeouts", "--udp", "0"], "1 to 4000000 seconds");
+    ns.fails(&["timeouts", "--syn", "601"], "1 to 600 seconds");
     ns.ok(&["detach", "e0"]);
 }
 
@@ -295,6 +296,12 @@ fn configuration_round_trips_through_separate_invocations() {
         "udp",
     ]);
     ns.ok(&["timeouts", "--udp", "30"]);
+    let set = ns.ok(&["timeouts", "--syn", "5"]);
+    assert!(
+        set.contains("Timeout (tcp tcpfin udp syn): 900 120 30 5"),
+        "{set}"
+    );
+    assert!(ns.ok(&["status"]).contains("syn 5s (handshake)"));
     let list = ns.ok(&["list", "--stats"]);
     for want in [
         "TCP  198.18.100.1:80",

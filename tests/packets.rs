@@ -103,6 +103,27 @@ fn replies_are_rewritten_back_to_the_vip_dnat() {
     });
 }
 
+/// `lbctl timeouts --syn`: a SYN's entry lives the handshake timeout set
+/// (here 3 s instead of the default 10), then the established one once the
+/// client completes the handshake.
+#[test]
+fn the_handshake_timeout_is_the_operators() {
+    in_fresh_netns(|| {
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
+        let t = lbctl::model::Timeouts::new(None, None, None, Some(3)).unwrap();
+        assert_eq!(lb.maps.set_timeouts(&t).unwrap().syn, Some(3));
+        lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
+        let timeout = || -> u32 {
+            let entries = sh("conntrack -L -p tcp 2>/dev/null");
+            entries.split_whitespace().nth(2).unwrap().parse().unwrap()
+        };
+        assert!(timeout() <= 3, "the handshake timeout set");
+        lb.run(&Packet::tcp("198.18.1.11:8080", CLIENT, SYN | ACK).build());
+        lb.run(&Packet::tcp(CLIENT, VIP, ACK).build());
+        assert!(timeout() > 800, "established after the handshake");
+    });
+}
+
 #[test]
 fn fullnat_rewrites_the_source_both_ways() {
     in_fresh_netns(|| {

@@ -8,7 +8,7 @@
 //!
 //! ```toml
 //! interfaces = ["eth0"]                 # attached by `lbctl run`
-//! [timeouts]                            # optional: tcp, tcpfin, udp seconds
+//! [timeouts]                            # optional: tcp, tcpfin, udp, syn seconds
 //! [[vip]]
 //! address = "198.18.100.1:80"
 //! proto = "tcp"                         # tcp | udp

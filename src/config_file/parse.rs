@@ -13,7 +13,7 @@ use super::defaults;
 use crate::model::{
     check_backend_port, check_same_family, parse_duration, parse_endpoint, parse_ip, CheckKind,
     Desired, DesiredVip, HealthCheck, NatMode, Proto, Service, Timeouts, VipSpec, XdpMode,
-    MAX_WEIGHT,
+    MAX_SYN_TIMEOUT, MAX_WEIGHT,
 };
 
 /// What is wrong with a file, and where.
@@ -54,6 +54,7 @@ struct RawTimeouts {
     tcp: Option<Spanned<i64>>,
     tcpfin: Option<Spanned<i64>>,
     udp: Option<Spanned<i64>>,
+    syn: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +173,11 @@ pub fn parse(text: &str) -> Result<Desired, FileError> {
             tcp: one(&t.tcp, "tcp")?,
             tcpfin: one(&t.tcpfin, "tcpfin")?,
             udp: one(&t.udp, "udp")?,
+            syn: t
+                .syn
+                .as_ref()
+                .map(|v| lines.int(v, "syn", 1..MAX_SYN_TIMEOUT as i64 + 1))
+                .transpose()?,
         };
     }
     for v in &raw.vip {

@@ -32,7 +32,12 @@ pub fn render(d: &Desired) -> String {
     let t = &d.timeouts;
     if !t.is_empty() {
         let _ = writeln!(s, "\n[timeouts]");
-        for (name, v) in [("tcp", t.tcp), ("tcpfin", t.tcpfin), ("udp", t.udp)] {
+        for (name, v) in [
+            ("tcp", t.tcp),
+            ("tcpfin", t.tcpfin),
+            ("udp", t.udp),
+            ("syn", t.syn),
+        ] {
             if let Some(v) = v {
                 let _ = writeln!(s, "{name} = {v}");
             }

@@ -14,6 +14,7 @@ unsafe impl plain::Plain for types::lb_vip {}
 unsafe impl plain::Plain for types::lb_backend {}
 unsafe impl plain::Plain for types::lb_reply_source {}
 unsafe impl plain::Plain for types::lb_config {}
+unsafe impl plain::Plain for types::lb_handshake {}
 unsafe impl plain::Plain for types::lb_counters {}
 unsafe impl plain::Plain for types::lb_flow_cache_key {}
 unsafe impl plain::Plain for types::lb_flow_cache_entry {}
@@ -27,6 +28,7 @@ const _: () = assert!(std::mem::size_of::<types::lb_vip>() == 40);
 // 56 with `health_since` where `reserved` was: the row keeps its layout.
 const _: () = assert!(std::mem::size_of::<types::lb_backend>() == 56);
 const _: () = assert!(std::mem::size_of::<types::lb_config>() == 24);
+const _: () = assert!(std::mem::size_of::<types::lb_handshake>() == 8);
 const _: () = assert!(std::mem::size_of::<types::lb_counters>() == 24);
 const _: () = assert!(std::mem::size_of::<types::lb_flow_cache_key>() == 16);
 const _: () = assert!(std::mem::size_of::<types::lb_flow_cache_entry>() == 112);

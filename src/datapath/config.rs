@@ -29,7 +29,7 @@ use libbpf_rs::{MapFlags, MapHandle};
 
 use super::abi::{
     LB_DEFAULT_TCP_FIN_TIMEOUT_S, LB_DEFAULT_TCP_TIMEOUT_S, LB_DEFAULT_UDP_TIMEOUT_S,
-    LB_MAX_BACKENDS, LB_MAX_VIPS,
+    LB_MAX_BACKENDS, LB_MAX_VIPS, LB_UNPROVEN_TIMEOUT_S,
 };
 use super::codec::{
     backend_entry, bytes_of, read, row_of, service_endpoint, vip_entry, vip_row, BackendEntry,
@@ -39,7 +39,7 @@ use super::maps::{u32_of, Maps, ROW0};
 use super::prefilter::Set;
 use super::reply::{key_of, Key};
 use super::tables::{moved_ppm, new_table, table_digest, table_ids, table_size_for};
-use super::types::{lb_backend, lb_config, lb_endpoint, lb_vip};
+use super::types::{lb_backend, lb_config, lb_endpoint, lb_handshake, lb_vip};
 use crate::model::{check_backend_port, check_same_family, Health, Service, Timeouts, VipSpec};
 use crate::table_size::Sizing;
 
@@ -75,10 +75,20 @@ impl Maps {
         self.set_settings(&cfg)
     }
 
-    /// Sets the timeouts given and returns all three as they now are.
+    /// Sets the timeouts given and returns all four as they now are.
     pub fn set_timeouts(&self, t: &Timeouts) -> Result<Timeouts> {
+        if let Some(syn) = t.syn {
+            let Some(map) = &self.handshake else {
+                bail!("the running program predates the handshake timeout: upgrade it with lbctl attach IFACE --replace");
+            };
+            let row = lb_handshake {
+                timeout_s: syn,
+                ..Default::default()
+            };
+            map.put(&ROW0, &row, MapFlags::ANY, &"the handshake timeout")?;
+        }
         let mut cfg = self.settings()?;
-        if !t.is_empty() {
+        if t.tcp.is_some() || t.tcpfin.is_some() || t.udp.is_some() {
             cfg.tcp_timeout_s = t.tcp.unwrap_or(cfg.tcp_timeout_s);
             cfg.tcp_fin_timeout_s = t.tcpfin.unwrap_or(cfg.tcp_fin_timeout_s);
             cfg.udp_timeout_s = t.udp.unwrap_or(cfg.udp_timeout_s);
@@ -90,7 +100,20 @@ impl Maps {
             tcp: Some(cfg.tcp_timeout_s),
             tcpfin: Some(cfg.tcp_fin_timeout_s),
             udp: Some(cfg.udp_timeout_s),
+            syn: Some(self.handshake_timeout()?),
         })
+    }
+
+    /// The handshake timeout in force (LB_UNPROVEN_TIMEOUT_S unless set).
+    pub fn handshake_timeout(&self) -> Result<u32> {
+        let Some(map) = &self.handshake else {
+            return Ok(LB_UNPROVEN_TIMEOUT_S);
+        };
+        let row = map.get::<lb_handshake>(&ROW0, &"the handshake timeout")?;
+        Ok(row
+            .map(|r| r.timeout_s)
+            .filter(|s| *s != 0)
+            .unwrap_or(LB_UNPROVEN_TIMEOUT_S))
     }
 
     /// Every VIP, by index.

@@ -197,6 +197,9 @@ balancer_maps! {
         /// What the data path repaired (`lb_datapath_counters`); None for a
         /// running program from before it.
         datapath_stats,
+        /// Row 0: `lb_handshake`, the handshake timeout; None for a running
+        /// program from before it (its handshake timeout is fixed).
+        handshake,
     ],
 }
 

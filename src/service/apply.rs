@@ -182,11 +182,17 @@ pub fn apply(maps: &Maps, attached: &[String], desired: &Desired) -> Result<Appl
 
     let cfg = maps.settings()?;
     let t = &d.timeouts;
-    let now = (cfg.tcp_timeout_s, cfg.tcp_fin_timeout_s, cfg.udp_timeout_s);
+    let now = (
+        cfg.tcp_timeout_s,
+        cfg.tcp_fin_timeout_s,
+        cfg.udp_timeout_s,
+        maps.handshake_timeout()?,
+    );
     let want = (
         t.tcp.unwrap_or(now.0),
         t.tcpfin.unwrap_or(now.1),
         t.udp.unwrap_or(now.2),
+        t.syn.unwrap_or(now.3),
     );
     if want != now {
         maps.set_timeouts(t)?;

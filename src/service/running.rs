@@ -54,6 +54,12 @@ pub fn running(b: &Balancer) -> Result<Desired> {
             tcp: Some(cfg.tcp_timeout_s),
             tcpfin: Some(cfg.tcp_fin_timeout_s),
             udp: Some(cfg.udp_timeout_s),
+            // Only where the running program has the setting: a file saved
+            // from an older one must apply to it again.
+            syn: match b.maps.handshake {
+                Some(_) => Some(b.maps.handshake_timeout()?),
+                None => None,
+            },
         },
         vips,
     })
