@@ -52,13 +52,12 @@ static __always_inline void flow_cache_count(bool hit)
 		c->misses += 1;
 }
 
-/* What flow_cache_find leaves for flow_cache_store on a miss: the key, and
- * for IPv6 the packet's addresses as they arrived (the key holds them
- * folded, and the packet is rewritten before the store). */
+/* What flow_cache_find leaves for flow_cache_store on a miss: the key (the
+ * packet's addresses as they arrived, for IPv6, wait in the per-CPU scratch:
+ * the key holds them folded, and the packet is rewritten before the store;
+ * 32 bytes the stack cannot spare on 6.1). */
 struct flow_cache_probe {
 	struct lb_flow_cache_key key;
-	__be32 saddr[4];
-	__be32 daddr[4];
 };
 
 static __always_inline bool addr6_equal(const __be32 *a, const __be32 *b)
@@ -111,11 +110,16 @@ static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct pac
 	flow_cache_count(true);
 	return true;
 miss:
-	/* For the store, before the slow path rewrites the packet. Written in
-	 * either family: the store reads them for IPv6 only, but the verifier
-	 * cannot tell the two family checks apart. */
-	addr_load(probe->saddr, pkt->saddr, pkt->family);
-	addr_load(probe->daddr, pkt->daddr, pkt->family);
+	/* For the store, before the slow path rewrites the packet (IPv6 only:
+	 * IPv4's key holds the addresses whole). */
+	if (pkt->family == LB_AF_INET6) {
+		struct lb_scratch *s = get_scratch();
+
+		if (s) {
+			addr_load(s->match_saddr, pkt->saddr, pkt->family);
+			addr_load(s->match_daddr, pkt->daddr, pkt->family);
+		}
+	}
 	flow_cache_count(false);
 	return false;
 }
@@ -160,8 +164,8 @@ static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct pa
 	__builtin_memcpy(e->smac, hop->smac, ETH_ALEN);
 	__builtin_memcpy(e->dmac, hop->dmac, ETH_ALEN);
 	if (pkt->family == LB_AF_INET6) {
-		__builtin_memcpy(e->match_saddr, probe->saddr, sizeof(e->match_saddr));
-		__builtin_memcpy(e->match_daddr, probe->daddr, sizeof(e->match_daddr));
+		__builtin_memcpy(e->match_saddr, s->match_saddr, sizeof(e->match_saddr));
+		__builtin_memcpy(e->match_daddr, s->match_daddr, sizeof(e->match_daddr));
 	}
 	if (bpf_map_update_elem(&flow_cache, &probe->key, e, BPF_ANY))
 		return;

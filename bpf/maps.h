@@ -87,6 +87,8 @@ LB_PERCPU_ARRAY(struct lb_flow_cache_counters, 1) flow_cache_stats SEC(".maps");
 struct lb_scratch {
 	struct bpf_fib_lookup fib;
 	struct lb_flow_cache_entry entry;
+	__be32 match_saddr[4]; /* flow_cache_find's miss: an IPv6 packet's */
+	__be32 match_daddr[4]; /* addresses before the rewrite, for the store */
 };
 LB_PERCPU_ARRAY(struct lb_scratch, 1) scratch SEC(".maps");
 

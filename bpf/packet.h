@@ -61,6 +61,18 @@ struct packet {
 	bool first_fragment;
 };
 
+/* Sets pkt->family to a constant the compiler cannot see through. Left to
+ * itself, clang derives a later `family == LB_AF_INET6` from the EtherType
+ * it was set from; 6.1's verifier cannot link that value to the packet
+ * pointers of its path and then walks the IPv6 branch with an IPv4 packet
+ * (reading addr[1] past a short header) and refuses the program. A constant
+ * it tracks exactly. */
+static __always_inline void set_family(struct packet *pkt, __u8 family)
+{
+	asm volatile("" : "+r"(family));
+	pkt->family = family;
+}
+
 /* IPv4 TTL or IPv6 hop limit. */
 static __always_inline __u8 pkt_ttl(const struct packet *pkt)
 {

@@ -35,7 +35,7 @@ static __always_inline int parse_ipv4(struct packet *pkt, struct iphdr *ip, void
 	pkt->ip = ip;
 	pkt->saddr = &ip->saddr;
 	pkt->daddr = &ip->daddr;
-	pkt->family = LB_AF_INET;
+	set_family(pkt, LB_AF_INET);
 	pkt->proto = ip->protocol;
 	pkt->first_fragment = ip->frag_off & bpf_htons(IP_MF);
 	pkt->l4_len = tot_len - ihl_bytes;
@@ -174,7 +174,7 @@ static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *pkt,
 	pkt->ip6 = ip6;
 	pkt->saddr = ip6->saddr.in6_u.u6_addr32;
 	pkt->daddr = ip6->daddr.in6_u.u6_addr32;
-	pkt->family = LB_AF_INET6;
+	set_family(pkt, LB_AF_INET6);
 	pkt->proto = next;
 	return LB_CONTINUE;
 }
