@@ -121,14 +121,35 @@ struct {
 	__type(value, __u64);
 } arrivals SEC(".maps");
 
+/* The UDP header inside an IPIP frame (lbctl's tunnel mode): Ethernet,
+ * outer IPv4 (protocol 4, no options), inner IPv4 without options, UDP. */
+static __always_inline struct udphdr *ipip_udp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *outer = (void *)(eth + 1);
+	struct iphdr *inner = outer + 1;
+	struct udphdr *udp = (void *)(inner + 1);
+
+	if ((void *)(udp + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
+	    outer->ihl != 5 || outer->protocol != 4 || inner->ihl != 5 ||
+	    inner->protocol != IPPROTO_UDP)
+		return NULL;
+	return udp;
+}
+
 SEC("xdp")
 int sink(struct xdp_md *ctx)
 {
 	__u32 key = ctx->ingress_ifindex % MAX_IFINDEX;
 	struct udp_frame f;
+	struct udphdr *udp;
 	__u64 *count;
 
-	if (!parse_udp_frame(ctx, &f) || f.udp->dest != bpf_htons(sink_port))
+	/* Plain UDP, or UDP inside IPIP (counted as it arrives, encapsulated). */
+	udp = parse_udp_frame(ctx, &f) ? f.udp : ipip_udp(ctx);
+	if (!udp || udp->dest != bpf_htons(sink_port))
 		return XDP_PASS;
 	count = bpf_map_lookup_elem(&arrivals, &key);
 	if (count)

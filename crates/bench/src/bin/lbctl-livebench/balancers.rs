@@ -3,6 +3,8 @@
 //! - lbctl: `lbctl attach` on both arms, one VIP per protocol, dnat mode.
 //! - lbctl-dsr: the same with the UDP VIP in dsr mode (backends on its port;
 //!   only the MACs change, the sinks count on the VIP's port).
+//! - lbctl-tunnel: the UDP VIP in tunnel mode (IPIP to the backends, which
+//!   the sinks count encapsulated, on the VIP's port).
 //! - reflector: the bench's own XDP program (no conntrack), UDP only.
 //! - nft: nftables DNAT with conntrack, `numgen inc mod N`, no XDP.
 //! - haproxy: `mode tcp`, roundrobin, TCP only, the VIP on the balancer's lo.
@@ -30,6 +32,7 @@ pub enum Balancer {
     Reflector,
     Lbctl,
     LbctlDsr,
+    LbctlTunnel,
     Nft,
     Haproxy,
 }
@@ -40,6 +43,7 @@ impl Balancer {
             Balancer::Reflector => "reflector",
             Balancer::Lbctl => "lbctl",
             Balancer::LbctlDsr => "lbctl-dsr",
+            Balancer::LbctlTunnel => "lbctl-tunnel",
             Balancer::Nft => "nft",
             Balancer::Haproxy => "haproxy",
         }
@@ -89,6 +93,7 @@ impl Running {
         let started = match kind {
             Balancer::Lbctl => run.start_lbctl(t, "dnat"),
             Balancer::LbctlDsr => run.start_lbctl(t, "dsr"),
+            Balancer::LbctlTunnel => run.start_lbctl(t, "tunnel"),
             Balancer::Reflector => progs.attach_reflector(
                 &run.ns,
                 &run.ifaces,
@@ -130,7 +135,7 @@ impl Running {
         let vip = format!("{}:{VIP_PORT}", t.vip);
         // dsr keeps the VIP's port: its backends are on it (the sinks count
         // there); the TCP VIP stays dnat for the connection part.
-        let udp_port = if mode == "dsr" { VIP_PORT } else { ECHO_PORT };
+        let udp_port = if mode == "dnat" { ECHO_PORT } else { VIP_PORT };
         for (proto, port, mode) in [("udp", udp_port, mode), ("tcp", HTTP_PORT, "dnat")] {
             self.lbctl(&["vip", "add", &vip, "--proto", proto, "--mode", mode])?;
             for b in &t.backends {
@@ -212,7 +217,7 @@ impl Running {
             return Ok(());
         }
         let result = match self.kind {
-            Balancer::Lbctl | Balancer::LbctlDsr => {
+            Balancer::Lbctl | Balancer::LbctlDsr | Balancer::LbctlTunnel => {
                 let mut r = Ok(());
                 for iface in self.ifaces.clone().into_iter().rev() {
                     r = r.and(self.lbctl(&["detach", iface]).map(|_| ()));

@@ -208,8 +208,17 @@ fn run(args: &Args) -> Result<ExitCode> {
         plan.new_flow_cap = ct_room.max(1000);
     }
     for o in &plan.only {
-        if !["reflector", "lbctl", "lbctl-dsr", "nft", "haproxy"].contains(&o.as_str()) {
-            bail!("--only {o}: not one of reflector, lbctl, lbctl-dsr, nft, haproxy");
+        if ![
+            "reflector",
+            "lbctl",
+            "lbctl-dsr",
+            "lbctl-tunnel",
+            "nft",
+            "haproxy",
+        ]
+        .contains(&o.as_str())
+        {
+            bail!("--only {o}: not one of reflector, lbctl, lbctl-dsr, lbctl-tunnel, nft, haproxy");
         }
     }
     let exe = std::env::current_exe()?;
@@ -288,6 +297,7 @@ fn pps_part(rig: &mut Rig, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<
         (Balancer::Reflector, vec![Mix::Established]),
         (Balancer::Lbctl, vec![Mix::Established, Mix::NewFlows]),
         (Balancer::LbctlDsr, vec![Mix::Established]),
+        (Balancer::LbctlTunnel, vec![Mix::Established]),
         (Balancer::Nft, vec![Mix::Established, Mix::NewFlows]),
     ];
     let mut results: Vec<PpsResult> = Vec::new();
@@ -295,14 +305,19 @@ fn pps_part(rig: &mut Rig, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<
         for (balancer, mixes) in cases.iter().filter(|(b, _)| plan.wants(*b)) {
             check_interrupt()?;
             let mut running = start(rig, *balancer, lbctl, scratch)?;
-            let is_lbctl = matches!(balancer, Balancer::Lbctl | Balancer::LbctlDsr);
+            let is_lbctl = matches!(
+                balancer,
+                Balancer::Lbctl | Balancer::LbctlDsr | Balancer::LbctlTunnel
+            );
             rig.lbctl = is_lbctl.then(|| lbctl.to_path_buf());
-            // dsr's frames reach the backends on the VIP's port.
-            rig.set_sink_port(if *balancer == Balancer::LbctlDsr {
-                VIP_PORT
-            } else {
-                ECHO_PORT
-            })?;
+            // dsr's and tunnel's frames reach the backends on the VIP's port.
+            rig.set_sink_port(
+                if matches!(balancer, Balancer::LbctlDsr | Balancer::LbctlTunnel) {
+                    VIP_PORT
+                } else {
+                    ECHO_PORT
+                },
+            )?;
             let measured = mixes
                 .iter()
                 .map(|&mix| {
