@@ -131,6 +131,8 @@ pub fn detach(iface: &str) -> Result<()> {
         .with_context(|| format!("lbctl is not attached to {iface}"))?;
     if let Some(backends) = b.detach(a)? {
         neighbour::release_unused(&backends, &[]);
+        // The health checks recorded for `save` belong to the balancer gone.
+        let _ = crate::service::record::clear();
         println!(
             "lbctl detached from {iface}; that was the last interface: all lbctl state is gone"
         );

@@ -46,6 +46,17 @@ pub fn write(id: u32, desired: &Desired) -> Result<()> {
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Removes this namespace's record (the last detach: the balancer is gone).
+pub fn clear() -> Result<()> {
+    let path = path()?;
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The recorded health checks of balancer `id`, by VIP (none if there is
 /// no record, or it belongs to another balancer).
 pub fn read(id: u32) -> Result<Vec<(Service, HealthCheck)>> {

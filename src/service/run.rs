@@ -229,6 +229,7 @@ fn detach_interfaces(d: &Desired) -> Result<()> {
         if let Some(a) = b.attachment(ifindex) {
             if let Some(backends) = b.detach(a)? {
                 neighbour::release_unused(&backends, &[]);
+                let _ = super::record::clear();
             }
         }
     }
