@@ -102,6 +102,10 @@ fn replace(
     // running a packet: neither uses a decision from before the upgrade.
     b.maps.bump_generation()?;
     new_maps.record_tables(&rebuilt)?;
+    // What an interrupted lbctl left that the tables did not finish (rows
+    // of removed backends; the repair before was skipped for an older
+    // program's tables, which it cannot write).
+    new_maps.repair()?;
     let id = iface::xdp_program(ifindex)?.map(|p| p.0).unwrap_or(0);
     let names: Vec<&str> = b.attachments.iter().map(|a| a.ifname.as_str()).collect();
     println!(

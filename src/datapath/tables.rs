@@ -127,6 +127,32 @@ impl Maps {
         Ok(ids)
     }
 
+    /// Whether the running program keeps its tables in the format of an
+    /// lbctl before slots were packed (one 4-byte id an element): this lbctl
+    /// cannot put a table in its `vip_tables` (the kernel refuses an inner
+    /// map of another value size), only read them, until `attach --replace`
+    /// upgrades the program. (A program without any table takes the format
+    /// of the first one put in; every VIP has one, so that is one without
+    /// VIPs, which `vip add` tells by the kernel's refusal.)
+    pub fn legacy_tables(&self) -> Result<bool> {
+        let Some((_, value)) = self.vip_tables.entries(&"VIP tables")?.into_iter().next() else {
+            return Ok(false);
+        };
+        let id = u32_of(&value, &"a VIP table's map id")?;
+        let table = MapHandle::from_map_id(id)
+            .with_context(|| format!("opening a VIP table (map id {id})"))?;
+        Ok(table.value_size() == LEGACY_VALUE_SIZE)
+    }
+
+    /// Refuses, with one line, a change this lbctl cannot make to an older
+    /// program's tables.
+    pub fn require_current_tables(&self) -> Result<()> {
+        if self.legacy_tables()? {
+            bail!("the running program keeps its Maglev tables in an older format than this lbctl writes: upgrade it first with lbctl attach IFACE --replace (nothing was changed)");
+        }
+        Ok(())
+    }
+
     /// A new inner map holding [size, ids...], put in place with one update.
     pub(super) fn swap_table(&self, index: u32, ids: &[u32]) -> Result<()> {
         let table = new_table(index, ids)?;
@@ -146,6 +172,9 @@ impl Maps {
 
     fn install_tables_once(&self, tables: &[(u32, &MapHandle)]) -> Result<()> {
         let what = |i: u32| format!("the table of VIP index {i}");
+        if tables.is_empty() {
+            return Ok(()); // (a batch of none divides by zero in libbpf-rs)
+        }
         if let [(index, table)] = tables {
             let fd = table.as_fd().as_raw_fd() as u32;
             return self.vip_tables.put_bytes(
