@@ -4,7 +4,8 @@
 //! alone. Each history runs in a fresh namespace with the real program; the
 //! same 10,000 new flows (SYNs) go through each, and the backends they were
 //! sent to are compared with those of a balancer given the configuration
-//! from scratch.
+//! from scratch (and, for 100 of them, with what `lbctl explain`
+//! predicts from the table as the kernel holds it).
 
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
@@ -100,7 +101,18 @@ where
             size,
             "the row says the table's size"
         );
-        tx.send((choices(&lb), size)).unwrap();
+        let picked = choices(&lb);
+        // `lbctl explain` reads the packed table as the program does.
+        for (c, got) in clients().iter().zip(&picked).take(100) {
+            let pick = lb.maps.predict(&service, *c).unwrap().unwrap();
+            assert_eq!(pick.table_size, size);
+            assert_eq!(
+                pick.backend.unwrap().addr.to_string(),
+                *got,
+                "explain for {c}"
+            );
+        }
+        tx.send((picked, size)).unwrap();
     });
     rx.recv().unwrap()
 }
