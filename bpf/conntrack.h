@@ -81,15 +81,19 @@ pick_backend(const struct packet *pkt, const struct lb_vip *vip, __u32 seed,
 	     __u32 *backend_id)
 {
 	struct lb_flow_key key = {};
-	__u32 zero = 0, slot, *size, *id;
+	__u32 zero = 0, slot, elem, size, id;
+	__u16 *blk;
 	__be32 addr[4];
 	void *table;
 
 	table = bpf_map_lookup_elem(&vip_tables, &vip->index);
 	if (!table)
 		return NULL;
-	size = bpf_map_lookup_elem(table, &zero);
-	if (!size || !*size)
+	blk = bpf_map_lookup_elem(table, &zero);
+	if (!blk)
+		return NULL;
+	size = *(__u32 *)blk; /* the header element: the slot count */
+	if (!size)
 		return NULL;
 	/* Through a word array: the key is only 2-byte aligned. */
 	addr_load(addr, pkt->saddr, pkt->family);
@@ -99,12 +103,15 @@ pick_backend(const struct packet *pkt, const struct lb_vip *vip, __u32 seed,
 	key.sport = pkt->ports[0];
 	key.dport = pkt->ports[1];
 	key.proto = pkt->proto;
-	slot = LB_TABLE_HDR + lb_maglev_slot(lb_flow_hash(&key, seed), *size);
-	id = bpf_map_lookup_elem(table, &slot);
-	if (!id)
+	slot = lb_maglev_slot(lb_flow_hash(&key, seed), size);
+	/* 32 two-byte slots to an element (lb_abi.h). */
+	elem = LB_TABLE_HDR + slot / LB_TABLE_SLOTS_PER_BLOCK;
+	blk = bpf_map_lookup_elem(table, &elem);
+	if (!blk)
 		return NULL;
-	*backend_id = *id;
-	return bpf_map_lookup_elem(&backends, id);
+	id = blk[slot & (LB_TABLE_SLOTS_PER_BLOCK - 1)];
+	*backend_id = id;
+	return bpf_map_lookup_elem(&backends, &id);
 }
 
 /* Create the entry with its NAT and insert it. Returns the inserted entry,

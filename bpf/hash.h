@@ -97,11 +97,12 @@ static __always_inline __u32 lb_flow_hash(const struct lb_flow_key *key, __u32 s
 /*
  * The Maglev slot of a flow: hash % table_size. lbctl builds every table
  * with a prime number of slots, far more than backends (src/maglev.rs), and
- * the remainder of a well-mixed 32-bit hash spreads flows evenly: at 131071
- * slots a slot gets at most 1/32768 more of the hash space than another.
- * table_size must be non-zero (x % 0 is undefined in C); the caller reads it
- * from element 0 of the VIP's table and checks it first. The result indexes
- * the slots, which follow the header (LB_TABLE_HDR + slot).
+ * the remainder of a well-mixed 32-bit hash spreads flows evenly: at the
+ * largest, 2097143 slots, a slot gets at most 1/2048 more of the hash space
+ * than another. table_size must be non-zero (x % 0 is undefined in C); the
+ * caller reads it from element 0 of the VIP's table and checks it first. The
+ * result indexes the slots, which follow the header, 32 to an element
+ * (lb_abi.h).
  */
 static __always_inline __u32 lb_maglev_slot(__u32 hash, __u32 table_size)
 {

@@ -17,11 +17,20 @@
 /* IPv6 extension headers (hop-by-hop, routing, destination options,
  * fragment) the parser walks past, at most, to reach TCP or UDP. */
 #define LB_MAX_EXT_HEADERS 8
-/* Largest Maglev table a VIP may have (a prime). Element 0 of a VIP's table
- * holds its slot count, so a packet always sees a size and the slots that go
- * with it: the table is swapped as one inner map. */
-#define LB_MAX_TABLE_SIZE 131071
+/* Largest Maglev table a VIP may have (a prime). A VIP's table is an array
+ * whose values are 32 __u16 (64 bytes): element 0 holds its slot count (its
+ * first 4 bytes), so a packet always sees a size and the slots that go with
+ * it (the table is swapped as one inner map); slot s is __u16 number s % 32
+ * of element LB_TABLE_HDR + s / 32. A slot is a backend id in 16 bits (ids
+ * are below LB_MAX_BACKENDS): 2 bytes a slot, where a 4-byte array value
+ * would take 8 (the kernel rounds values to 8 bytes). */
+#define LB_MAX_TABLE_SIZE 2097143
 #define LB_TABLE_HDR      1
+#define LB_TABLE_SLOTS_PER_BLOCK 32
+
+_Static_assert(LB_MAX_BACKENDS <= 65536, "a table slot holds a backend id in 16 bits");
+_Static_assert((LB_TABLE_SLOTS_PER_BLOCK & (LB_TABLE_SLOTS_PER_BLOCK - 1)) == 0,
+	       "slot % LB_TABLE_SLOTS_PER_BLOCK is a mask");
 
 /* The address prefilter (`addr_filter`): two bitmaps of 1 << 16 bits, one
  * for VIP addresses (as destinations), one for backend addresses (as

@@ -37,15 +37,16 @@ LB_HASH(struct lb_endpoint, struct lb_reply_source, LB_MAX_BACKENDS) reply_sourc
 /* Prefilter bitmaps (lb_abi.h): VIP addresses, then backend addresses. */
 LB_ARRAY(__u64, 2 * LB_PREFILTER_WORDS) addr_filter SEC(".maps");
 
-/* One lookup table per VIP index: element 0 = slot count N, elements 1..N =
- * backend ids. lbctl builds a new inner map and swaps it in with one update,
- * so a packet sees the old table or the new one, never a mix. */
+/* One lookup table per VIP index: element 0 = slot count N, then the N
+ * slots' backend ids, 32 to an element (lb_abi.h). lbctl builds a new inner
+ * map and swaps it in with one update, so a packet sees the old table or the
+ * new one, never a mix. */
 struct lb_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_INNER_MAP); /* inner maps of any size */
 	__uint(max_entries, LB_TABLE_HDR + 1);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u16[LB_TABLE_SLOTS_PER_BLOCK]);
 };
 
 struct {

@@ -576,18 +576,22 @@ fn a_fixed_table_too_small_for_its_backends_is_refused() {
             .parse::<u32>()
             .unwrap()
     };
-    assert_eq!(size(&ns), 101);
+    assert_eq!(size(&ns), 16381);
     for h in 11..=15 {
         ns.ok(&["backend", "add", auto, &format!("198.18.5.{h}:8080")]);
     }
-    assert_eq!(
-        size(&ns),
-        863,
-        "five backends: the first ladder size of 500 or more"
-    );
+    assert_eq!(size(&ns), 16381, "five backends: the smallest size");
+    for h in 16..=24 {
+        ns.ok(&["backend", "add", auto, &format!("198.18.5.{h}:8080")]);
+    }
+    assert_eq!(size(&ns), 32749, "fourteen backends: the second size");
+    for h in 16..=24 {
+        ns.ok(&["backend", "del", auto, &format!("198.18.5.{h}:8080")]);
+    }
+    assert_eq!(size(&ns), 16381, "five again: the size of five");
     let save = ns.ok(&["save"]);
     assert!(save.contains("table_size = 3\n"), "{save}");
-    assert!(save.contains("# table_size: 863 in use"), "{save}");
+    assert!(save.contains("# table_size: 16381 in use"), "{save}");
 }
 
 #[test]

@@ -208,6 +208,76 @@ fn long_connections_survive_a_balancer_leaving_and_coming_back_dnat() {
     long_connections_survive_a_balancer_leaving_and_coming_back("dnat");
 }
 
+/// Two balancers configured alike by different histories (issue 19, item
+/// 1): lb1 had a fifth backend added and removed again; lb2 was detached
+/// and rebuilt from its saved file (`lbctl save`, `attach`, `apply -f`).
+/// 50 long connections spread over both; then each balancer in turn is
+/// withdrawn from the router, so its flows move to the other, which has no
+/// entry for them and places them by its table: none breaks or changes
+/// backend. (Before sizes were a function of the configuration, lb1 kept
+/// the table it grew for five backends, lb2 had the smaller one for four,
+/// and most moved flows went to another backend, which reset them.)
+#[test]
+fn long_connections_move_between_balancers_with_different_histories() {
+    let lab = ecmp_lab(2, 4, "dsr");
+    let v = SocketAddr::new(lab.vip().into(), ECHO_PORT).to_string();
+    let extra = format!("198.18.2.30:{ECHO_PORT}");
+    lbctl(&lab, 1, &["backend", "add", &v, &extra]);
+    lbctl(&lab, 1, &["backend", "del", &v, &extra]);
+
+    let file = std::env::temp_dir().join(format!("lbctl-ecmp-lb2-{}.toml", std::process::id()));
+    std::fs::write(&file, lbctl(&lab, 2, &["save"])).unwrap();
+    lbctl(&lab, 2, &["detach", LB_IFACE]);
+    lbctl(&lab, 2, &["attach", LB_IFACE]);
+    lbctl(&lab, 2, &["apply", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    let size = |k: usize| {
+        let show = lbctl(&lab, k, &["vip", "show", &v]);
+        show.lines()
+            .find(|l| l.contains("table size"))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "lb1: {}
+lb2: {}",
+        size(1),
+        size(2)
+    );
+
+    let cfg = clients::EchoConfig {
+        max_duration: clients::scaled(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let vip: IpAddr = lab.vip().into();
+    let conns = lab
+        .in_client(|| clients::start_many(50, vip, ECHO_PORT, &cfg))
+        .unwrap_or_else(|e| panic!("long connections: {e}\n{}", diagnose(&lab)));
+    let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
+    let pause = || std::thread::sleep(Duration::from_millis(500));
+    pause();
+    assert!(
+        forwarded(&lab, 1) > 0 && forwarded(&lab, 2) > 0,
+        "ECMP did not spread\n{}",
+        diagnose(&lab)
+    );
+
+    // lb2's flows to lb1, back, then lb1's flows to lb2, back.
+    for which in [&[1][..], &[1, 2], &[2], &[1, 2]] {
+        lab.announce(which).unwrap();
+        pause();
+        pause();
+    }
+
+    let reports = clients::finish_all(conns);
+    if let Some(broken) = clients::broken_summary(&reports) {
+        panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
+    }
+    for (r, first) in reports.iter().zip(&started) {
+        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
+    }
+}
+
 /// The same balancers announced by BGP instead of a static route: a BIRD in
 /// each balancer runs `contrib/bird/lbctl-bgp.conf` (this lab's addresses
 /// filled in) and a BIRD in the router installs what it learns as one ECMP

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::datapath::abi::LB_FLOW_CACHE_ENTRIES;
 use crate::datapath::balancer::{self, Balancer};
+use crate::datapath::maps::Maps;
 use crate::datapath::{iface, load};
 use crate::lock::lock_netns;
 use crate::model::AttachOptions;
@@ -86,6 +87,10 @@ fn replace(
         .unwrap_or(LB_FLOW_CACHE_ENTRIES);
     let skel = load::load_sized(&mut storage, Some(&b.maps), cache)?;
     b.maps.rebuild_prefilter()?;
+    // The new program's tables, from the configuration (not reused: the
+    // running program's may be in an older format or of an older size).
+    let new_maps = Maps::from_skel(&skel)?;
+    let rebuilt = new_maps.build_all_tables(&b.maps)?;
     let new = skel.progs.lbctl_xdp.as_fd();
     for a in &b.attachments {
         let old = libbpf_rs::Program::fd_from_id(a.prog_id).with_context(|| {
@@ -96,6 +101,11 @@ fn replace(
     // The new program has a cache of its own; the old one may still be
     // running a packet: neither uses a decision from before the upgrade.
     b.maps.bump_generation()?;
+    new_maps.record_tables(&rebuilt)?;
+    // What an interrupted lbctl left that the tables did not finish (rows
+    // of removed backends; the repair before was skipped for an older
+    // program's tables, which it cannot write).
+    new_maps.repair()?;
     let id = iface::xdp_program(ifindex)?.map(|p| p.0).unwrap_or(0);
     let names: Vec<&str> = b.attachments.iter().map(|a| a.ifname.as_str()).collect();
     println!(

@@ -35,6 +35,7 @@ pub fn open_for_change() -> Result<(NetnsLock, Balancer)> {
         routes::sync_none();
         return Balancer::require().map(|b| (lock, b));
     };
+    balancer.maps.require_current_tables()?;
     balancer.repair()?;
     Ok((lock, balancer))
 }

@@ -69,7 +69,7 @@ pub fn show(svc: &Service) -> Result<()> {
         "fixed (--table-size)".to_string()
     } else {
         format!(
-            "sized by lbctl: at least {} slots per backend, grows with them",
+            "sized by lbctl from the backend count alone: about {} slots or more per backend",
             crate::table_size::SLOTS_PER_BACKEND
         )
     };

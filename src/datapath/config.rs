@@ -576,7 +576,7 @@ impl Maps {
         members: &[BackendEntry],
     ) -> Result<bool> {
         let digest = table_digest(members);
-        if digest == vip.table_digest {
+        if digest == vip.table_digest && size_for(vip, members) == vip.table_size {
             return Ok(false);
         }
         let (size, moved) = self.rebuild_table(vip, members)?;
@@ -594,9 +594,7 @@ impl Maps {
     /// A fixed size too small for them (refused before any write, so only
     /// met in maps an older lbctl wrote) is kept.
     fn rebuild_table(&self, vip: &VipEntry, members: &[BackendEntry]) -> Result<(u32, f64)> {
-        let want: Vec<(SocketAddr, u32)> = members.iter().map(|b| (b.addr, b.weight)).collect();
-        let size =
-            table_size_for(&vip.service, sizing_of_vip(vip), &want).unwrap_or(vip.table_size);
+        let size = size_for(vip, members);
         let ids = table_ids(members, size)?;
         let old = self.table(vip.index).unwrap_or_default();
         self.swap_table(vip.index, &ids)?;
@@ -636,6 +634,78 @@ impl Maps {
     }
 }
 
+/// The size a running VIP's table should have for these members (their
+/// configured weights). A fixed size too small for them (refused before any
+/// write, so only met in maps an older lbctl wrote) is kept.
+fn size_for(vip: &VipEntry, members: &[BackendEntry]) -> u32 {
+    let want: Vec<(SocketAddr, u32)> = members.iter().map(|b| (b.addr, b.weight)).collect();
+    table_size_for(&vip.service, sizing_of_vip(vip), &want).unwrap_or(vip.table_size)
+}
+
+impl Maps {
+    /// Builds every VIP's table from its rows into this program's own
+    /// `vip_tables` (an upgrade in place: `attach --replace` gives the new
+    /// program fresh tables, in its format and at the size the backends
+    /// call for, rather than the running program's). `old` is the running
+    /// program's maps, for what each rebuild moved. Returns what to record
+    /// in each VIP's row once the new program runs ([`Maps::record_tables`]).
+    pub fn build_all_tables(&self, old: &Maps) -> Result<Vec<RebuiltTable>> {
+        let run = self.running()?;
+        let members: Vec<(VipEntry, Vec<BackendEntry>)> = run
+            .vips
+            .iter()
+            .map(|v| (v.clone(), run.members(v)))
+            .collect();
+        let jobs: Vec<(u32, u32, &[BackendEntry])> = members
+            .iter()
+            .map(|(v, m)| (v.index, size_for(v, m), m.as_slice()))
+            .collect();
+        let tables = build_tables(&jobs)?;
+        let installed: Vec<(u32, &MapHandle)> = jobs
+            .iter()
+            .zip(&tables)
+            .map(|((index, _, _), (t, _))| (*index, t))
+            .collect();
+        self.install_tables(&installed)?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for (((vip, m), (_, size, _)), (_, digest)) in members.iter().zip(&jobs).zip(&tables) {
+            let new = table_ids(m, *size)?;
+            let before = old.table(vip.index).unwrap_or_default();
+            out.push(RebuiltTable {
+                service: vip.service,
+                size: *size,
+                digest: *digest,
+                moved_ppm: moved_ppm(&before, &new),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records in each VIP's row the table [`Maps::build_all_tables`] built.
+    pub fn record_tables(&self, rebuilt: &[RebuiltTable]) -> Result<()> {
+        for t in rebuilt {
+            let ep = service_endpoint(&t.service);
+            let what = format_args!("VIP {}", t.service);
+            if let Some(mut row) = self.vips.get::<lb_vip>(bytes_of(&ep), &what)? {
+                row.moved_ppm = t.moved_ppm;
+                row.table_digest = t.digest;
+                row.table_size = t.size;
+                self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A VIP's table built anew by [`Maps::build_all_tables`].
+#[derive(Clone, Copy, Debug)]
+pub struct RebuiltTable {
+    pub service: Service,
+    pub size: u32,
+    pub digest: u32,
+    pub moved_ppm: u32,
+}
+
 /// Whether a row belongs to this VIP: its index and the VIP it names
 /// (a row left by a VIP deleted halfway names another VIP than the one
 /// that later took its index).
@@ -655,7 +725,7 @@ fn members_of(all: &[BackendEntry], vip: &VipEntry) -> Vec<BackendEntry> {
 fn sizing_of(spec: &VipSpec) -> Sizing {
     match spec.table_size {
         Some(size) => Sizing::Fixed(size),
-        None => Sizing::Auto { current: None },
+        None => Sizing::Auto,
     }
 }
 
@@ -664,9 +734,7 @@ fn sizing_of_vip(vip: &VipEntry) -> Sizing {
     if vip.fixed_size {
         Sizing::Fixed(vip.table_size)
     } else {
-        Sizing::Auto {
-            current: Some(vip.table_size),
-        }
+        Sizing::Auto
     }
 }
 

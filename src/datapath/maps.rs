@@ -204,8 +204,11 @@ balancer_maps! {
 }
 
 /// Maps a new program never takes over from a running one: the flow cache
-/// starts empty, so no decision of the old program outlives it.
-const NOT_REUSED: &[&str] = &["flow_cache"];
+/// starts empty, so no decision of the old program outlives it; the VIP
+/// tables are built anew from the VIP and backend rows before the new
+/// program runs (`Maps::build_all_tables`), in the new program's format and
+/// at the size the configuration calls for, whatever the old program had.
+const NOT_REUSED: &[&str] = &["flow_cache", "vip_tables"];
 
 impl Maps {
     /// The maps of a freshly loaded skeleton.

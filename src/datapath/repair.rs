@@ -49,6 +49,11 @@ impl Maps {
     /// Finishes what an interrupted change left (see the module's doc).
     /// Writes nothing when there is nothing to finish.
     pub fn repair(&self) -> Result<Repaired> {
+        if self.legacy_tables()? {
+            // An older program's tables cannot be written: its upgrade
+            // (attach --replace) builds them all anew, then repairs.
+            return Ok(Repaired::default());
+        }
         let mut run = self.running()?;
         let mut done = Repaired {
             reply_sources: self.sync_reply_sources(&run, None)?,

@@ -1,6 +1,10 @@
 //! Maglev tables in the data path: a VIP's table is a fresh inner map
 //! holding [size, backend ids...], put in `vip_tables` with one update, so a
-//! packet sees the old table or the new one, never a mix. Built from the
+//! packet sees the old table or the new one, never a mix. Element 0 holds
+//! the size; the slots follow, 32 two-byte backend ids to an element
+//! (bpf/lb_abi.h). Tables an lbctl before this
+//! format wrote (one 4-byte id an element) are still read, for `explain`
+//! and for the upgrade (`attach --replace`), which rebuilds every table. Built from the
 //! VIP's backend rows; the digest of those rows, recorded in the VIP by
 //! `config.rs`, tells a table that missed a change (lbctl killed between the
 //! two writes) from a current one.
@@ -11,7 +15,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
-use super::abi::{LB_MAX_TABLE_SIZE, LB_TABLE_HDR};
+use super::abi::{LB_MAX_BACKENDS, LB_MAX_TABLE_SIZE, LB_TABLE_HDR, LB_TABLE_SLOTS_PER_BLOCK};
 use super::codec::{endpoint_key, to_endpoint, BackendEntry};
 use super::maps::{u32_of, Maps};
 use crate::maglev::{self, MaglevBackend};
@@ -90,7 +94,7 @@ impl Maps {
         let inner =
             MapHandle::from_map_id(id).with_context(|| format!("opening {what} (map id {id})"))?;
         let size = match inner.lookup(&0u32.to_ne_bytes(), MapFlags::ANY) {
-            Ok(Some(v)) => u32_of(&v, &what)?,
+            Ok(Some(v)) => u32_of(&v[..4.min(v.len())], &what)?,
             Ok(None) => 0,
             Err(e) => return Err(e).with_context(|| format!("reading the size of {what}")),
         };
@@ -101,13 +105,52 @@ impl Maps {
         let rows = inner
             .lookup_batch(8192, MapFlags::ANY, MapFlags::ANY)
             .with_context(|| format!("reading {what}"))?;
+        let legacy = inner.value_size() == LEGACY_VALUE_SIZE;
         for (key, value) in rows {
-            let slot = u32_of(&key, &what)?.wrapping_sub(LB_TABLE_HDR) as usize;
-            if let Some(id) = ids.get_mut(slot) {
-                *id = u32_of(&value, &what)?;
+            let elem = u32_of(&key, &what)?;
+            if elem < LB_TABLE_HDR {
+                continue;
+            }
+            if legacy {
+                if let Some(id) = ids.get_mut((elem - LB_TABLE_HDR) as usize) {
+                    *id = u32_of(&value, &what)?;
+                }
+                continue;
+            }
+            let first = ((elem - LB_TABLE_HDR) * LB_TABLE_SLOTS_PER_BLOCK) as usize;
+            for (i, pair) in value.chunks_exact(2).enumerate() {
+                if let Some(id) = ids.get_mut(first + i) {
+                    *id = u32::from(u16::from_ne_bytes([pair[0], pair[1]]));
+                }
             }
         }
         Ok(ids)
+    }
+
+    /// Whether the running program keeps its tables in the format of an
+    /// lbctl before slots were packed (one 4-byte id an element): this lbctl
+    /// cannot put a table in its `vip_tables` (the kernel refuses an inner
+    /// map of another value size), only read them, until `attach --replace`
+    /// upgrades the program. (A program without any table takes the format
+    /// of the first one put in; every VIP has one, so that is one without
+    /// VIPs, which `vip add` tells by the kernel's refusal.)
+    pub fn legacy_tables(&self) -> Result<bool> {
+        let Some((_, value)) = self.vip_tables.entries(&"VIP tables")?.into_iter().next() else {
+            return Ok(false);
+        };
+        let id = u32_of(&value, &"a VIP table's map id")?;
+        let table = MapHandle::from_map_id(id)
+            .with_context(|| format!("opening a VIP table (map id {id})"))?;
+        Ok(table.value_size() == LEGACY_VALUE_SIZE)
+    }
+
+    /// Refuses, with one line, a change this lbctl cannot make to an older
+    /// program's tables.
+    pub fn require_current_tables(&self) -> Result<()> {
+        if self.legacy_tables()? {
+            bail!("the running program keeps its Maglev tables in an older format than this lbctl writes: upgrade it first with lbctl attach IFACE --replace (nothing was changed)");
+        }
+        Ok(())
     }
 
     /// A new inner map holding [size, ids...], put in place with one update.
@@ -122,7 +165,16 @@ impl Maps {
     /// 10-15 ms here) once per call on 6.7 and later, rather than once per
     /// table; where the batch is refused, one update each.
     pub(super) fn install_tables(&self, tables: &[(u32, &MapHandle)]) -> Result<()> {
+        self.install_tables_once(tables).context(
+            "putting the new table in place (a program older than this lbctl keeps its tables in another format: upgrade it first with lbctl attach IFACE --replace)",
+        )
+    }
+
+    fn install_tables_once(&self, tables: &[(u32, &MapHandle)]) -> Result<()> {
         let what = |i: u32| format!("the table of VIP index {i}");
+        if tables.is_empty() {
+            return Ok(()); // (a batch of none divides by zero in libbpf-rs)
+        }
         if let [(index, table)] = tables {
             let fd = table.as_fd().as_raw_fd() as u32;
             return self.vip_tables.put_bytes(
@@ -161,24 +213,51 @@ impl Maps {
     }
 }
 
+/// Bytes of a table element: 32 slots of 2 bytes (bpf/lb_abi.h).
+const BLOCK_BYTES: u32 = 2 * LB_TABLE_SLOTS_PER_BLOCK;
+
+/// Bytes of an element of the tables lbctl wrote before slots were packed.
+const LEGACY_VALUE_SIZE: u32 = 4;
+
+// A slot holds a backend id in 16 bits.
+const _: () = assert!(LB_MAX_BACKENDS <= 1 << 16);
+
+/// The elements of a table of these ids: the header (the slot count), then
+/// the ids, 32 to an element.
+fn table_elements(ids: &[u32]) -> Result<Vec<u8>> {
+    let per = LB_TABLE_SLOTS_PER_BLOCK as usize;
+    let blocks = LB_TABLE_HDR as usize + ids.len().div_ceil(per);
+    let mut values = vec![0u8; blocks * BLOCK_BYTES as usize];
+    values[..4].copy_from_slice(&(ids.len() as u32).to_ne_bytes());
+    let slots = &mut values[LB_TABLE_HDR as usize * BLOCK_BYTES as usize..];
+    for (slot, &id) in slots.chunks_exact_mut(2).zip(ids) {
+        let id =
+            u16::try_from(id).with_context(|| format!("backend id {id} does not fit a slot"))?;
+        slot.copy_from_slice(&id.to_ne_bytes());
+    }
+    Ok(values)
+}
+
 /// A new inner map holding [size, ids...] for VIP index `index`, not yet
 /// in use.
 pub(super) fn new_table(index: u32, ids: &[u32]) -> Result<MapHandle> {
-    let entries = LB_TABLE_HDR + ids.len() as u32;
+    let values = table_elements(ids)?;
+    let entries = (values.len() / BLOCK_BYTES as usize) as u32;
     let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
         sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
         map_flags: libbpf_rs::libbpf_sys::BPF_F_INNER_MAP,
         ..Default::default()
     };
-    let inner = MapHandle::create(MapType::Array, Some("lb_table"), 4, 4, entries, &opts)
-        .with_context(|| format!("creating a {entries}-entry table for VIP index {index}"))?;
-    let mut keys = Vec::with_capacity(entries as usize * 4);
-    let mut values = Vec::with_capacity(entries as usize * 4);
-    let size = ids.len() as u32;
-    for (k, v) in std::iter::once(size).chain(ids.iter().copied()).enumerate() {
-        keys.extend_from_slice(&(k as u32).to_ne_bytes());
-        values.extend_from_slice(&v.to_ne_bytes());
-    }
+    let inner = MapHandle::create(
+        MapType::Array,
+        Some("lb_table"),
+        4,
+        BLOCK_BYTES,
+        entries,
+        &opts,
+    )
+    .with_context(|| format!("creating a {}-slot table for VIP index {index}", ids.len()))?;
+    let keys: Vec<u8> = (0..entries).flat_map(u32::to_ne_bytes).collect();
     inner
         .update_batch(&keys, &values, entries, MapFlags::ANY, MapFlags::ANY)
         .with_context(|| format!("filling the new table of VIP index {index}"))?;

@@ -123,11 +123,9 @@ pub fn resolve(
         }
         // Every backend must get a slot of its VIP's table: checked for the
         // whole file before anything changes.
-        let sizing = match (v.spec.table_size, running) {
-            (Some(size), _) => Sizing::Fixed(size),
-            (None, r) => Sizing::Auto {
-                current: r.map(|r| r.table_size),
-            },
+        let sizing = match v.spec.table_size {
+            Some(size) => Sizing::Fixed(size),
+            None => Sizing::Auto,
         };
         table_size_for(&v.spec.service, sizing, &v.backends)?;
     }

@@ -204,6 +204,7 @@ fn attach_interfaces(d: &Desired) -> Result<String> {
 fn apply_locked(d: &Desired) -> Result<apply::Applied> {
     let _lock = lock_netns()?;
     let b = Balancer::require()?;
+    b.maps.require_current_tables()?;
     b.repair()?;
     let attached: Vec<String> = b.attachments.iter().map(|a| a.ifname.clone()).collect();
     let done = apply::apply(&b.maps, &attached, d);
@@ -370,6 +371,7 @@ impl Runner {
 fn record_health(service: Service, backend: SocketAddr, health: Health) -> Result<bool> {
     let _lock = lock_netns()?;
     let b = Balancer::require()?;
+    b.maps.require_current_tables()?;
     b.repair()?;
     let mut run = b.maps.running()?;
     let done = b
