@@ -138,7 +138,7 @@ ct_create(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u32 tuple_sz, __u8 pro
 		mark = 0;
 		timeout_s = 0;
 	}
-	bpf_ct_set_timeout(init, timeout_s ? timeout_s * 1000 : 1);
+	bpf_ct_set_timeout(init, timeout_s ? ct_timeout_ms(timeout_s) : 1);
 	((struct nf_conn *)init)->mark = mark;
 	ct = bpf_ct_insert_entry(init);
 	*dir = IP_CT_DIR_ORIGINAL;
@@ -226,8 +226,8 @@ static __always_inline void ct_refresh(struct nf_conn *ct, __u8 dir,
 	timeout_s = flow_timeout_s(cfg, pkt->proto, mark);
 	/* At most once a second per flow: the write dirties a shared line. */
 	left = (__s32)(ct->timeout - (__u32)bpf_jiffies64());
-	if (force || !CONFIG_HZ || left < (__s32)((timeout_s - 1) * CONFIG_HZ))
-		bpf_ct_change_timeout(ct, timeout_s * 1000);
+	if (force || ct_timeout_due(left, timeout_s))
+		bpf_ct_change_timeout(ct, ct_timeout_ms(timeout_s));
 	/* Replied once the backend's packet is seen; assured (what the
 	 * kernel's early drop spares) only once the flow is proven too. */
 	status = ct->status;
