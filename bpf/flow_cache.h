@@ -17,8 +17,10 @@
  *  - lbctl bumps lb_config.generation on every change, and entries of
  *    another generation are not used: operator changes are seen at once;
  *  - only the inputs of the FIB lookup that the packet brings are checked
- *    again: the interface it arrived on, its TOS (IPv6: traffic class), and
- *    its length (no longer than the packet the FIB checked against the MTU).
+ *    again: the interface it arrived on, its DSCP (IPv4 TOS, IPv6 traffic
+ *    class, but the two ECN bits, which the FIB ignores and an ECN flow's
+ *    packets change: ECT, CE), and its length (no longer than the packet the
+ *    FIB checked against the MTU).
  * The key is the packet's 5-tuple with its family, an IPv6 address folded
  * into one word; the entry then also holds the full addresses, and a hit
  * must match them (lb_abi.h).
@@ -31,6 +33,9 @@
 #include "maps.h"
 #include "packet.h"
 #include "config.h"
+
+/* The ECN field of the TOS byte (RFC 3168): not the flow's to choose. */
+#define LB_TOS_ECN_MASK 0x03
 
 /* One second in jiffies. Where the kernel config is unreadable, 100: at
  * most a second for any HZ (100..1000). */
@@ -88,7 +93,8 @@ static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct pac
 	if (!e || e->generation != generation ||
 	    bpf_jiffies64() - e->validated >= flow_cache_max_age())
 		goto miss;
-	if (e->ingress_ifindex != ctx->ingress_ifindex || e->tos != pkt_tos(pkt) ||
+	if (e->ingress_ifindex != ctx->ingress_ifindex ||
+	    ((e->tos ^ pkt_tos(pkt)) & ~LB_TOS_ECN_MASK) ||
 	    pkt_ip_len(pkt) > e->max_len || pkt_ttl(pkt) <= 1)
 		goto miss; /* the FIB might say otherwise: ask it */
 	if (pkt->family == LB_AF_INET6 &&

@@ -307,3 +307,41 @@ fn a_longer_packet_than_the_fib_checked_takes_the_slow_path() {
         assert_eq!(lb.cache().0, hits + 2, "up to that length from the cache");
     });
 }
+
+/// ECN (RFC 3168) changes the TOS byte's two low bits from packet to packet
+/// (ECT(0), ECT(1), CE); the FIB looks at the DSCP only. An ECN flow stays
+/// in the cache; another DSCP asks the FIB again.
+#[test]
+fn an_ecn_flow_stays_cached() {
+    for (client, vip, backend) in [
+        (CLIENT, VIP, BACKEND),
+        (
+            "[2001:db8::2]:40000",
+            "[2001:db8:0:100::1]:80",
+            "[2001:db8:0:1::11]:8080",
+        ),
+    ] {
+        in_fresh_netns(move || {
+            let (lb, _) = Balancer::dnat(vip, Proto::Tcp, &[backend]);
+            lb.run(&Packet::tcp(client, vip, SYN).build());
+            lb.run(&Packet::tcp(backend, client, SYN | ACK).build());
+            let ack = |tos: u8| Packet::tcp(client, vip, ACK).tos(tos).build();
+            let (_, first) = lb.run(&ack(0x02)); // ECT(0): stores
+            let (hits, misses, stores) = lb.cache();
+            assert_eq!(stores, 1, "{vip}");
+            for tos in [0x02, 0x01, 0x03, 0x00, 0x03] {
+                let (action, out) = lb.run(&ack(tos));
+                assert_eq!(action, XDP_REDIRECT);
+                assert_eq!(parse(&out).dst, backend);
+                assert_eq!(out.len(), first.len());
+            }
+            assert_eq!(
+                lb.cache(),
+                (hits + 5, misses, stores),
+                "{vip}: ECT(0), ECT(1), CE, not-ECT: all from the cache"
+            );
+            lb.run(&ack(0xb8 | 0x02)); // DSCP EF
+            assert_eq!(lb.cache().1, misses + 1, "{vip}: another DSCP: the FIB");
+        });
+    }
+}
