@@ -11,6 +11,7 @@
 #include "config.h"
 #include "hash.h"
 #include "martian.h"
+#include "tcp_seq.h"
 
 /* ct_rebuild_from_reply: forwarded without an entry, f filled in. */
 #define LB_STATELESS (-2)
@@ -213,7 +214,7 @@ static __always_inline void ct_refresh(struct nf_conn *ct, __u8 dir,
 		mark &= ~LB_MARK_UNPROVEN;
 	if (pkt->proto == IPPROTO_TCP) {
 		if (pkt->tcp_flags & (TCP_FIN | TCP_RST))
-			mark |= LB_MARK_CLOSING;
+			mark = tcp_seq_close(pkt, mark); /* not a blind one */
 		else if ((pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
 			 dir == IP_CT_DIR_ORIGINAL)
 			mark &= ~LB_MARK_CLOSING; /* the client reuses the tuple */

@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 
+use lbctl::datapath::abi::LB_MARK_CLOSING;
 use lbctl::datapath::types::lb_reason;
 use lbctl::model::{NatMode, Proto};
 use lbctl_lab::fixtures::packet::*;
@@ -448,5 +449,57 @@ mod lab {
     #[test]
     fn connections_through_a_tunnel_ipv6() {
         connections_through(Family::V6, "tunnel");
+    }
+}
+
+const RST: u8 = 0x04;
+
+/// dsr and tunnel flows (only the client's direction passes lbctl; tunnel
+/// flows are not served from the flow cache, whose entry keeps only their
+/// sequence): an RST at a guessed number is forwarded but leaves the
+/// established timeout; the client's RST at its stream's end closes.
+fn a_blind_rst_leaves_the_flow_alone(f: &Family, mode: NatMode) {
+    let lb = Balancer::load().with_routes();
+    let source = (mode == NatMode::Tunnel).then_some(f.source);
+    let vip = lb.vip(f.vip, Proto::Tcp, mode, source);
+    lb.backend(&vip, f.backends[0], 1);
+    let run = |flags: u8, seq: u32, len: usize| {
+        let p = Packet::tcp(f.client, f.vip, flags)
+            .seq(seq)
+            .payload(&vec![5; len])
+            .build();
+        let (action, _) = lb.run(&p);
+        assert_eq!(action, XDP_REDIRECT, "{mode:?} {:?}", lb.reasons());
+    };
+    let entry = || -> (u32, u32) {
+        let entries = sh(f.conntrack);
+        let w: Vec<&str> = entries.split_whitespace().collect();
+        let mark = w.iter().find_map(|x| x.strip_prefix("mark=")).unwrap();
+        (w[2].parse().unwrap(), mark.parse().unwrap())
+    };
+    run(SYN, 999, 0);
+    run(ACK, 1000, 0);
+    run(ACK | PSH, 1000, 300);
+    run(ACK, 1300, 0);
+    run(RST, 77_777, 0);
+    let (timeout, mark) = entry();
+    assert!(timeout > 800, "{mode:?}: blind RST: timeout {timeout}");
+    assert_eq!(mark & LB_MARK_CLOSING, 0, "{mode:?}");
+    assert_eq!(lb.unverified_closes(), 1, "{mode:?}");
+    run(RST, 1300, 0);
+    let (timeout, mark) = entry();
+    assert!(
+        timeout <= 120,
+        "{mode:?}: the client's RST: timeout {timeout}"
+    );
+    assert_ne!(mark & LB_MARK_CLOSING, 0, "{mode:?}");
+}
+
+#[test]
+fn a_blind_rst_leaves_dsr_and_tunnel_flows_alone() {
+    for f in [&V4, &V6] {
+        for mode in [NatMode::Dsr, NatMode::Tunnel] {
+            in_fresh_netns(move || a_blind_rst_leaves_the_flow_alone(f, mode));
+        }
     }
 }
