@@ -141,6 +141,10 @@ static __always_inline void tcp_seq_track(struct xdp_md *ctx, struct packet *pkt
 	/* Forward, by at most the window. */
 	if (end - e->seq_next - 1 < LB_SEQ_WINDOW)
 		e->seq_next = end;
+	/* A tunnel flow's entry is stored once, never again: its packets keep
+	 * it from looking stale (tcp_seq_stale) here. */
+	if (!e->max_len)
+		e->validated = bpf_jiffies64();
 	pkt->seq_next = e->seq_next;
 	pkt->seq_state = e->seq_state;
 }

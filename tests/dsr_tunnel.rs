@@ -503,3 +503,42 @@ fn a_blind_rst_leaves_dsr_and_tunnel_flows_alone() {
         }
     }
 }
+
+/// A tunnel flow's sequence entry is stored once; its packets must keep it
+/// from looking older than the TCP timeout, else a SYN on the live flow
+/// would start its number over (and an RST at that SYN's number close it).
+#[test]
+fn a_live_tunnel_flow_keeps_its_sequence_past_the_tcp_timeout() {
+    in_fresh_netns(|| {
+        let f = &V4;
+        let lb = Balancer::load().with_routes();
+        let vip = lb.vip(f.vip, Proto::Tcp, NatMode::Tunnel, Some(f.source));
+        lb.backend(&vip, f.backends[0], 1);
+        let t = lbctl::model::Timeouts::new(Some(1), None, None, None).unwrap();
+        lb.maps.set_timeouts(&t).unwrap();
+        let run = |flags: u8, seq: u32| {
+            let (action, _) = lb.run(&Packet::tcp(f.client, f.vip, flags).seq(seq).build());
+            assert_eq!(action, XDP_REDIRECT, "{:?}", lb.reasons());
+        };
+        run(SYN, 999);
+        run(ACK, 1000);
+        run(ACK, 1000); // the sequence entry is stored
+        for _ in 0..5 {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            run(ACK, 1000);
+        }
+        run(SYN, 5_000_000); // on the live flow: 2 s after the store
+        run(RST, 5_000_001);
+        let entries = sh(f.conntrack);
+        let mark: u32 = entries
+            .split_whitespace()
+            .find_map(|x| x.strip_prefix("mark="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(mark & LB_MARK_CLOSING, 0, "{entries}");
+        assert_eq!(lb.unverified_closes(), 1);
+        run(RST, 1000);
+        assert_eq!(lb.unverified_closes(), 1, "the flow's own RST");
+    });
+}
