@@ -76,7 +76,7 @@ static __always_inline bool addr6_equal(const __be32 *a, const __be32 *b)
 /* Fills in the probe (for a later store) and, on a hit, where the packet
  * goes and the next hop; TCP: moves the sender's sequence on (tcp_seq.h).
  * Returns true on a hit. */
-static __always_inline bool flow_cache_find(struct xdp_md *ctx, struct packet *pkt,
+static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct packet *pkt,
 					    __u32 generation, struct flow_cache_probe *probe,
 					    struct flow *f, struct next_hop *hop)
 {
@@ -117,11 +117,11 @@ static __always_inline bool flow_cache_find(struct xdp_md *ctx, struct packet *p
 	hop->ifindex = e->egress_ifindex;
 	__builtin_memcpy(hop->smac, e->smac, ETH_ALEN);
 	__builtin_memcpy(hop->dmac, e->dmac, ETH_ALEN);
-	tcp_seq_advance(ctx, pkt, e);
+	tcp_seq_advance(pkt, e);
 	flow_cache_count(true);
 	return true;
 miss:
-	tcp_seq_track(ctx, pkt, e);
+	tcp_seq_track(pkt, e);
 	/* For the store, before the slow path rewrites the packet (IPv6 only:
 	 * IPv4's key holds the addresses whole). */
 	if (pkt->family == LB_AF_INET6) {
@@ -160,6 +160,9 @@ static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct pa
 	s = get_scratch();
 	if (!s)
 		return;
+	/* A tunnel flow: once, for its sequence (TCP only). */
+	if (!serve && (pkt->proto != IPPROTO_TCP || s->seq_state != LB_SEQ_NONE))
+		return;
 	e = &s->entry;
 	__builtin_memset(e, 0, sizeof(*e));
 	e->validated = bpf_jiffies64();
@@ -181,8 +184,8 @@ static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct pa
 	if (pkt->proto == IPPROTO_TCP) {
 		/* What flow_cache_find moved on, or this packet's end (the
 		 * direction had no entry: learnt here). */
-		e->seq_next = pkt->seq_next;
-		e->seq_state = pkt->seq_state == LB_SEQ_NONE ? LB_SEQ_TRACKED : pkt->seq_state;
+		e->seq_next = s->seq_next;
+		e->seq_state = s->seq_state == LB_SEQ_NONE ? LB_SEQ_TRACKED : s->seq_state;
 	}
 	if (pkt->family == LB_AF_INET6) {
 		__builtin_memcpy(e->match_saddr, s->match_saddr, sizeof(e->match_saddr));

@@ -91,9 +91,8 @@ static __noinline int balance(struct xdp_md *ctx, int ext_walk)
 		return reason;
 	}
 	if (flow.encap && vip) { /* tunnel: not cached, every packet is encapsulated here */
-		/* An entry for the sender's sequence only, once (tcp_seq.h). */
-		if (pkt.proto == IPPROTO_TCP && pkt.seq_state == LB_SEQ_NONE)
-			flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation, false);
+		/* An entry for the sender's sequence only (tcp_seq.h). */
+		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation, false);
 		/* Completed before the frame moves: XDP sends it on. */
 		partial_csum_finish(&pkt, &flow, LB_XDP_TX);
 		reason = encapsulate(ctx, &pkt, &flow, vip);

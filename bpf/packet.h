@@ -59,10 +59,8 @@ struct packet {
 	__u8 proto;        /* TCP or UDP (IPv6: after the extension headers) */
 	__u8 tcp_flags;    /* byte 13 of the TCP header; 0 for UDP */
 	bool first_fragment;
-	/* TCP, from flow_cache_find (tcp_seq.h), in the struct's padding: */
-	bool close_ok;     /* a FIN or RST with the sequence its peer expects, or unchecked */
-	__u8 seq_state;    /* enum lb_seq_state: what the direction's entry knows */
-	__u32 seq_next;    /* the sender's next sequence number, for flow_cache_store */
+	__u8 tcp_hdr_len;  /* TCP: data offset in bytes; 0 for UDP */
+	__be32 tcp_seq;    /* TCP: sequence number (network order); 0 for UDP */
 };
 
 /* Sets pkt->family to a constant the compiler cannot see through. Left to

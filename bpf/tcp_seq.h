@@ -30,6 +30,11 @@
  *    gone: the entry saw its close, or has not been stored for longer than
  *    the TCP timeout. A SYN on a live flow (the receiver answers it with a
  *    challenge ACK) changes nothing.
+ * Cost: parse_l4 keeps the segment's sequence number and header length
+ * (where the header is known to be in the frame); a hit does one compare
+ * and one store; a miss leaves its findings in the per-CPU scratch, not on
+ * the stack, where values written on some paths only kept 6.1's verifier
+ * from merging paths.
  */
 #ifndef LB_TCP_SEQ_H
 #define LB_TCP_SEQ_H
@@ -44,21 +49,12 @@
  * segment lands in it once in 2^15 tries. */
 #define LB_SEQ_WINDOW (1u << 17)
 
-/* The segment's sequence number and the one after it (seq + payload, + 1
- * for SYN and FIN). False if the header is not there: parse_l4 checked it,
- * but the verifier cannot tell a TCP packet's path from a UDP one's here. */
-static __always_inline bool tcp_seq_of(struct xdp_md *ctx, const struct packet *pkt,
-				       __u32 *seq, __u32 *end)
+/* The sequence number after the segment: seq + payload (+ 1 for SYN and
+ * FIN; parse_l4 checked that the data offset lies within l4_len). */
+static __always_inline __u32 tcp_seq_end(const struct packet *pkt, __u32 seq)
 {
-	const struct tcphdr *tcp = (const void *)pkt->ports;
-
-	if ((void *)(tcp + 1) > (void *)(long)ctx->data_end)
-		return false;
-	*seq = bpf_ntohl(tcp->seq);
-	/* parse_l4 checked that the data offset lies within l4_len. */
-	*end = *seq + pkt->l4_len - tcp->doff * 4 + !!(pkt->tcp_flags & TCP_SYN) +
+	return seq + pkt->l4_len - pkt->tcp_hdr_len + !!(pkt->tcp_flags & TCP_SYN) +
 	       !!(pkt->tcp_flags & TCP_FIN);
-	return true;
 }
 
 /* Has this direction's entry gone unstored for longer than a TCP flow
@@ -73,90 +69,98 @@ static __always_inline bool tcp_seq_stale(const struct lb_flow_cache_entry *e)
 }
 
 /* A SYN, FIN or RST, with this direction's entry: what it does to the
- * tracked sequence, and whether a FIN or RST is the peer's. */
-static __always_inline void tcp_seq_flags(struct packet *pkt, struct lb_flow_cache_entry *e,
-					  __u32 seq, __u32 end)
+ * tracked sequence (next, state), and whether a FIN or RST is the peer's. */
+static __always_inline bool tcp_seq_flags(struct lb_flow_cache_entry *e, __u8 flags, __u32 seq,
+					  __u32 end, __u32 *next, __u8 *state)
 {
-	__u32 next = e->seq_next;
-	__u8 state = e->seq_state;
+	bool close_ok = true;
 
-	if (pkt->tcp_flags & TCP_SYN) {
-		if (state == LB_SEQ_CLOSED || tcp_seq_stale(e)) {
-			next = end;
-			state = LB_SEQ_TRACKED;
+	if (flags & TCP_SYN) {
+		if (*state == LB_SEQ_CLOSED || tcp_seq_stale(e)) {
+			*next = end;
+			*state = LB_SEQ_TRACKED;
 		}
-	} else if (pkt->tcp_flags & TCP_RST) {
+		return true;
+	}
+	if (flags & TCP_RST) {
 		/* Takes no sequence space: it moves nothing (else a blind RST
 		 * in the window would set the number for the next one). */
-		pkt->close_ok = seq == next;
+		close_ok = seq == *next;
 	} else { /* FIN */
-		pkt->close_ok = end - next <= LB_SEQ_WINDOW;
-		if (end - next - 1 < LB_SEQ_WINDOW)
-			next = end;
+		close_ok = end - *next <= LB_SEQ_WINDOW;
+		if (end - *next - 1 < LB_SEQ_WINDOW)
+			*next = end;
 	}
-	if (pkt->close_ok && !(pkt->tcp_flags & TCP_SYN))
-		state = LB_SEQ_CLOSED;
-	e->seq_next = next;
-	e->seq_state = state;
-	pkt->seq_next = next;
-	pkt->seq_state = state;
+	if (close_ok)
+		*state = LB_SEQ_CLOSED;
+	return close_ok;
 }
 
 /* A hit (no SYN, FIN, RST): the fast path's share, one store into the entry
  * the lookup just read. */
-static __always_inline void tcp_seq_advance(struct xdp_md *ctx, const struct packet *pkt,
+static __always_inline void tcp_seq_advance(const struct packet *pkt,
 					    struct lb_flow_cache_entry *e)
 {
-	const struct tcphdr *tcp = (const void *)pkt->ports;
 	__u32 end;
 
-	if (pkt->proto != IPPROTO_TCP || (void *)(tcp + 1) > (void *)(long)ctx->data_end)
+	if (pkt->proto != IPPROTO_TCP)
 		return;
-	end = bpf_ntohl(tcp->seq) + pkt->l4_len - tcp->doff * 4;
+	end = bpf_ntohl(pkt->tcp_seq) + pkt->l4_len - pkt->tcp_hdr_len;
 	if (end - e->seq_next - 1 < LB_SEQ_WINDOW)
 		e->seq_next = end;
 }
 
-/* A miss: every packet that looked its direction's entry up (e may be NULL); UDP
- * only gets the fields set (nothing to track):
- * move the tracked sequence on, and leave in pkt what a store keeps and
- * what ct_refresh asks (tcp_seq_close). */
-static __always_inline void tcp_seq_track(struct xdp_md *ctx, struct packet *pkt,
+/* A miss: every packet that looked its direction's entry up (e may be
+ * NULL). Moves the tracked sequence on and leaves in the scratch what a
+ * store keeps and what ct_refresh asks (tcp_seq_close); UDP only gets
+ * those set (nothing to track). */
+static __always_inline void tcp_seq_track(const struct packet *pkt,
 					  struct lb_flow_cache_entry *e)
 {
-	__u32 seq, end;
+	struct lb_scratch *s = get_scratch();
+	__u32 seq, end, next;
+	__u8 state;
 
-	pkt->close_ok = true;
-	pkt->seq_state = LB_SEQ_NONE;
-	pkt->seq_next = 0;
-	if (pkt->proto != IPPROTO_TCP || !tcp_seq_of(ctx, pkt, &seq, &end))
+	if (!s)
 		return;
-	pkt->seq_next = end; /* no entry: a store learns the sequence here */
+	s->close_ok = true;
+	s->seq_state = LB_SEQ_NONE;
+	s->seq_next = 0;
+	if (pkt->proto != IPPROTO_TCP)
+		return;
+	seq = bpf_ntohl(pkt->tcp_seq);
+	end = tcp_seq_end(pkt, seq);
+	s->seq_next = end; /* no entry: a store learns the sequence here */
 	if (!e || e->seq_state == LB_SEQ_NONE)
 		return;
+	next = e->seq_next;
+	state = e->seq_state;
 	if (pkt->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST)) {
-		tcp_seq_flags(pkt, e, seq, end);
-		return;
+		s->close_ok = tcp_seq_flags(e, pkt->tcp_flags, seq, end, &next, &state);
+	} else {
+		/* Forward, by at most the window. */
+		if (end - next - 1 < LB_SEQ_WINDOW)
+			next = end;
+		/* A tunnel flow's entry is stored once, never again: its
+		 * packets keep it from looking stale (tcp_seq_stale) here. */
+		if (!e->max_len)
+			e->validated = bpf_jiffies64();
 	}
-	/* Forward, by at most the window. */
-	if (end - e->seq_next - 1 < LB_SEQ_WINDOW)
-		e->seq_next = end;
-	/* A tunnel flow's entry is stored once, never again: its packets keep
-	 * it from looking stale (tcp_seq_stale) here. */
-	if (!e->max_len)
-		e->validated = bpf_jiffies64();
-	pkt->seq_next = e->seq_next;
-	pkt->seq_state = e->seq_state;
+	e->seq_next = next;
+	e->seq_state = state;
+	s->seq_next = next;
+	s->seq_state = state;
 }
 
 /* ct_refresh, on a FIN or RST: the closing bit if its sequence was the
  * peer's (or could not be checked), else a count and the mark unchanged. */
 static __always_inline __u32 tcp_seq_close(const struct packet *pkt, __u32 mark)
 {
+	struct lb_scratch *s = get_scratch();
 	struct lb_datapath_counters *c;
 	__u32 zero = 0;
 
-	if (pkt->close_ok)
+	if (!s || s->close_ok)
 		return mark | LB_MARK_CLOSING;
 	c = bpf_map_lookup_elem(&datapath_stats, &zero);
 	if (c)
