@@ -53,4 +53,34 @@ static __always_inline __u32 flow_timeout_s(const struct lb_config *cfg,
 	return (mark & LB_MARK_CLOSING) ? cfg->tcp_fin_timeout_s : cfg->tcp_timeout_s;
 }
 
+/* The longest timeout the kernel can give an entry through the kfuncs:
+ * they take milliseconds, and msecs_to_jiffies() takes 2^31 ms or more for
+ * "infinite" (which the kernel then clamps to INT_MAX jiffies: 99 days at
+ * HZ 250, longer than any timeout asked for). 2,147,483 s (24.8 days) is
+ * below 2^31 ms and, at HZ up to 1000, below INT_MAX jiffies. The CLI
+ * accepts up to 4,000,000 s: an entry keeps at most this. */
+#define LB_MAX_CT_TIMEOUT_S 2147483u
+
+static __always_inline __u32 ct_timeout_s(__u32 timeout_s)
+{
+	return timeout_s < LB_MAX_CT_TIMEOUT_S ? timeout_s : LB_MAX_CT_TIMEOUT_S;
+}
+
+/* A timeout for bpf_ct_set_timeout / bpf_ct_change_timeout, in ms. */
+static __always_inline __u32 ct_timeout_ms(__u32 timeout_s)
+{
+	return ct_timeout_s(timeout_s) * 1000;
+}
+
+/* Should an entry with `left` jiffies to live get its timeout (timeout_s)
+ * set again? Once it has lost a second of it. In 64 bits: (timeout - 1) *
+ * HZ passes 2^31 for long timeouts at HZ 1000, which the signed comparison
+ * once took as negative (and then never refreshed). */
+static __always_inline bool ct_timeout_due(__s32 left, __u32 timeout_s)
+{
+	__s64 hz = CONFIG_HZ;
+
+	return !hz || left < ((__s64)ct_timeout_s(timeout_s) - 1) * hz;
+}
+
 #endif /* LB_CONFIG_H */

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "hash.h"
 #include "martian.h"
+#include "tcp_seq.h"
 
 /* ct_rebuild_from_reply: forwarded without an entry, f filled in. */
 #define LB_STATELESS (-2)
@@ -145,7 +146,7 @@ ct_create(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u32 tuple_sz, __u8 pro
 		mark = 0;
 		timeout_s = 0;
 	}
-	bpf_ct_set_timeout(init, timeout_s ? timeout_s * 1000 : 1);
+	bpf_ct_set_timeout(init, timeout_s ? ct_timeout_ms(timeout_s) : 1);
 	((struct nf_conn *)init)->mark = mark;
 	ct = bpf_ct_insert_entry(init);
 	*dir = IP_CT_DIR_ORIGINAL;
@@ -220,7 +221,7 @@ static __always_inline void ct_refresh(struct nf_conn *ct, __u8 dir,
 		mark &= ~LB_MARK_UNPROVEN;
 	if (pkt->proto == IPPROTO_TCP) {
 		if (pkt->tcp_flags & (TCP_FIN | TCP_RST))
-			mark |= LB_MARK_CLOSING;
+			mark = tcp_seq_close(pkt, mark); /* not a blind one */
 		else if ((pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
 			 dir == IP_CT_DIR_ORIGINAL)
 			mark &= ~LB_MARK_CLOSING; /* the client reuses the tuple */
@@ -233,8 +234,8 @@ static __always_inline void ct_refresh(struct nf_conn *ct, __u8 dir,
 	timeout_s = flow_timeout_s(cfg, pkt->proto, mark);
 	/* At most once a second per flow: the write dirties a shared line. */
 	left = (__s32)(ct->timeout - (__u32)bpf_jiffies64());
-	if (force || !CONFIG_HZ || left < (__s32)((timeout_s - 1) * CONFIG_HZ))
-		bpf_ct_change_timeout(ct, timeout_s * 1000);
+	if (force || ct_timeout_due(left, timeout_s))
+		bpf_ct_change_timeout(ct, ct_timeout_ms(timeout_s));
 	/* Replied once the backend's packet is seen; assured (what the
 	 * kernel's early drop spares) only once the flow is proven too. */
 	status = ct->status;

@@ -14,11 +14,15 @@
  *  - TCP SYN, FIN and RST never use it: they change the entry's state
  *    (closing bit, tuple reuse); the first packet of each direction has no
  *    entry yet, so the first reply marks the conntrack entry replied;
+ *    they still look the entry up, for the sender's sequence number it
+ *    keeps (tcp_seq.h: is a FIN or RST the peer's or a blind one?);
  *  - lbctl bumps lb_config.generation on every change, and entries of
  *    another generation are not used: operator changes are seen at once;
  *  - only the inputs of the FIB lookup that the packet brings are checked
- *    again: the interface it arrived on, its TOS (IPv6: traffic class), and
- *    its length (no longer than the packet the FIB checked against the MTU).
+ *    again: the interface it arrived on, its DSCP (IPv4 TOS, IPv6 traffic
+ *    class, but the two ECN bits, which the FIB ignores and an ECN flow's
+ *    packets change: ECT, CE), and its length (no longer than the packet the
+ *    FIB checked against the MTU).
  * The key is the packet's 5-tuple with its family, an IPv6 address folded
  * into one word; the entry then also holds the full addresses, and a hit
  * must match them (lb_abi.h).
@@ -31,6 +35,10 @@
 #include "maps.h"
 #include "packet.h"
 #include "config.h"
+#include "tcp_seq.h"
+
+/* The ECN field of the TOS byte (RFC 3168): not the flow's to choose. */
+#define LB_TOS_ECN_MASK 0x03
 
 /* One second in jiffies. Where the kernel config is unreadable, 100: at
  * most a second for any HZ (100..1000). */
@@ -66,13 +74,14 @@ static __always_inline bool addr6_equal(const __be32 *a, const __be32 *b)
 }
 
 /* Fills in the probe (for a later store) and, on a hit, where the packet
- * goes and the next hop. Returns true on a hit. */
+ * goes and the next hop; TCP: moves the sender's sequence on (tcp_seq.h).
+ * Returns true on a hit. */
 static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct packet *pkt,
 					    __u32 generation, struct flow_cache_probe *probe,
 					    struct flow *f, struct next_hop *hop)
 {
 	struct lb_flow_cache_key *key = &probe->key;
-	const struct lb_flow_cache_entry *e;
+	struct lb_flow_cache_entry *e;
 
 	__builtin_memset(key, 0, sizeof(*key));
 	key->saddr = addr_fold(pkt->saddr, pkt->family);
@@ -82,13 +91,14 @@ static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct pac
 	key->proto = pkt->proto;
 	key->family = pkt->family;
 
+	e = bpf_map_lookup_elem(&flow_cache, key);
 	if (pkt->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST))
 		goto miss; /* conntrack must see them */
-	e = bpf_map_lookup_elem(&flow_cache, key);
 	if (!e || e->generation != generation ||
 	    bpf_jiffies64() - e->validated >= flow_cache_max_age())
 		goto miss;
-	if (e->ingress_ifindex != ctx->ingress_ifindex || e->tos != pkt_tos(pkt) ||
+	if (e->ingress_ifindex != ctx->ingress_ifindex ||
+	    ((e->tos ^ pkt_tos(pkt)) & ~LB_TOS_ECN_MASK) ||
 	    pkt_ip_len(pkt) > e->max_len || pkt_ttl(pkt) <= 1)
 		goto miss; /* the FIB might say otherwise: ask it */
 	if (pkt->family == LB_AF_INET6 &&
@@ -107,9 +117,11 @@ static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct pac
 	hop->ifindex = e->egress_ifindex;
 	__builtin_memcpy(hop->smac, e->smac, ETH_ALEN);
 	__builtin_memcpy(hop->dmac, e->dmac, ETH_ALEN);
+	tcp_seq_advance(pkt, e);
 	flow_cache_count(true);
 	return true;
 miss:
+	tcp_seq_track(pkt, e);
 	/* For the store, before the slow path rewrites the packet (IPv6 only:
 	 * IPv4's key holds the addresses whole). */
 	if (pkt->family == LB_AF_INET6) {
@@ -129,11 +141,14 @@ miss:
  * had a conntrack entry: storing for a SYN, or for the packet that created
  * the entry, would be a store (and an eviction) for every new flow, and a
  * SYN flood or a stream of one-packet UDP flows (DNS) would push live flows
- * out of the cache. A flow's second packet in a direction stores. */
+ * out of the cache. A flow's second packet in a direction stores. serve:
+ * false for a tunnel flow, whose packets the slow path encapsulates: the
+ * entry (max_len 0, which no packet fits) keeps only the sender's sequence,
+ * stored once and then moved on by flow_cache_find. */
 static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct packet *pkt,
 					     const struct flow_cache_probe *probe,
 					     const struct flow *f, const struct next_hop *hop,
-					     __u32 generation)
+					     __u32 generation, bool serve)
 {
 	struct lb_flow_cache_counters *c;
 	struct lb_flow_cache_entry *e;
@@ -144,6 +159,9 @@ static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct pa
 		return;
 	s = get_scratch();
 	if (!s)
+		return;
+	/* A tunnel flow: once, for its sequence (TCP only). */
+	if (!serve && (pkt->proto != IPPROTO_TCP || s->seq_state != LB_SEQ_NONE))
 		return;
 	e = &s->entry;
 	__builtin_memset(e, 0, sizeof(*e));
@@ -159,10 +177,16 @@ static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct pa
 	e->keep_dst = f->keep_dst;
 	e->ingress_ifindex = ctx->ingress_ifindex;
 	e->egress_ifindex = hop->ifindex;
-	e->max_len = pkt_ip_len(pkt);
+	e->max_len = serve ? pkt_ip_len(pkt) : 0;
 	e->tos = pkt_tos(pkt);
 	__builtin_memcpy(e->smac, hop->smac, ETH_ALEN);
 	__builtin_memcpy(e->dmac, hop->dmac, ETH_ALEN);
+	if (pkt->proto == IPPROTO_TCP) {
+		/* What flow_cache_find moved on, or this packet's end (the
+		 * direction had no entry: learnt here). */
+		e->seq_next = s->seq_next;
+		e->seq_state = s->seq_state == LB_SEQ_NONE ? LB_SEQ_TRACKED : s->seq_state;
+	}
 	if (pkt->family == LB_AF_INET6) {
 		__builtin_memcpy(e->match_saddr, s->match_saddr, sizeof(e->match_saddr));
 		__builtin_memcpy(e->match_daddr, s->match_daddr, sizeof(e->match_daddr));

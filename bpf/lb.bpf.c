@@ -91,6 +91,8 @@ static __noinline int balance(struct xdp_md *ctx, int ext_walk)
 		return reason;
 	}
 	if (flow.encap && vip) { /* tunnel: not cached, every packet is encapsulated here */
+		/* An entry for the sender's sequence only (tcp_seq.h). */
+		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation, false);
 		/* Completed before the frame moves: XDP sends it on. */
 		partial_csum_finish(&pkt, &flow, LB_XDP_TX);
 		reason = encapsulate(ctx, &pkt, &flow, vip);
@@ -100,7 +102,7 @@ static __noinline int balance(struct xdp_md *ctx, int ext_walk)
 	}
 	reason = transmit(ctx, &pkt, &hop);
 	if (reason != LB_PASS_FIB)
-		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation);
+		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation, true);
 	partial_csum_finish(&pkt, &flow, reason);
 	return reason;
 }

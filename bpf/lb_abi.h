@@ -186,8 +186,12 @@ struct lb_flow_cache_key {
 
 /* Value of `flow_cache`: what the slow path (conntrack, FIB) decided for one
  * direction of a flow, valid for packets of the same generation arriving on
- * the same interface with the same TOS, at most max_len long, within a
- * second of `validated` (bpf/flow_cache.h). */
+ * the same interface with the same DSCP (the TOS byte but its two ECN bits),
+ * at most max_len long, within a second of `validated` (bpf/flow_cache.h).
+ * An entry with max_len 0 serves no packet: a tunnel flow's, kept for its
+ * sequence number alone. TCP: it also keeps the sender's next sequence
+ * number, which tells a FIN or RST from its peer from a blind one
+ * (bpf/tcp_seq.h). */
 struct lb_flow_cache_entry {
 	__u64  validated;        /* bpf_jiffies64() when the slow path stored it */
 	__u32  generation;       /* lb_config.generation the decision was made under */
@@ -207,6 +211,16 @@ struct lb_flow_cache_entry {
 	__be32 match_daddr[4];   /* key holds folded (IPv4: zero, unused) */
 	__u16  csum_ip;          /* what the rewrite changes in the IPv4 header */
 	__u16  csum_l4;          /* and the L4 checksum (folded sums, bpf/rewrite.h) */
+	__u32  seq_next;         /* TCP: the sender's next sequence number as lbctl saw it (host order) */
+	__u8   seq_state;        /* enum lb_seq_state */
+	__u8   reserved[3];      /* zero */
+};
+
+/* What a flow cache entry knows of its sender's sequence (bpf/tcp_seq.h). */
+enum lb_seq_state {
+	LB_SEQ_NONE = 0,     /* nothing (UDP; or no entry: a FIN or RST cannot be checked) */
+	LB_SEQ_TRACKED,      /* seq_next follows the sender's segments */
+	LB_SEQ_CLOSED,       /* as TRACKED, and a FIN or RST matched it: a SYN may start over */
 };
 
 /* Per-CPU counters of the flow cache (`flow_cache_stats`, one row). */
@@ -224,6 +238,9 @@ struct lb_datapath_counters {
 			       * partial (TX checksum offload: veths, containers) */
 	__u64 ct_full;        /* conntrack entries that could not be made (table full) */
 	__u64 stateless;      /* dnat packets forwarded without an entry (flood mode) */
+	__u64 unverified_closes; /* TCP FIN or RST whose sequence number was not the one its
+				  * sender's peer expects (blind): forwarded, the flow's timeout
+				  * left alone */
 };
 
 /* The conntrack mark lbctl puts on its flows, so a later packet (either
@@ -235,7 +252,8 @@ struct lb_datapath_counters {
  *                and the client's (non-SYN) packet not yet seen; the entry
  *                keeps the short handshake timeout (`handshake`) and is
  *                not assured
- *   bit  31      FIN or RST seen: keep the short timeout */
+ *   bit  31      FIN or RST seen (with the sequence number the sender's
+ *                peer expects, bpf/tcp_seq.h): keep the short timeout */
 #define LB_MARK_BACKEND_MASK 0x0001ffffu
 #define LB_MARK_VIP_SHIFT    17
 #define LB_MARK_VIP_MASK     0x7ffu

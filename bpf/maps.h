@@ -90,6 +90,14 @@ struct lb_scratch {
 	struct lb_flow_cache_entry entry;
 	__be32 match_saddr[4]; /* flow_cache_find's miss: an IPv6 packet's */
 	__be32 match_daddr[4]; /* addresses before the rewrite, for the store */
+	/* flow_cache_find's miss, TCP (tcp_seq.h): the sender's next sequence
+	 * number and what the entry knows of it, for the store; whether a FIN
+	 * or RST counts, for ct_refresh. Here, not in struct packet: constants
+	 * written to the stack on some paths and not others keep the verifier
+	 * from merging them (6.1 ran out of its million instructions). */
+	__u32 seq_next;
+	__u8 seq_state;        /* enum lb_seq_state */
+	__u8 close_ok;
 };
 LB_PERCPU_ARRAY(struct lb_scratch, 1) scratch SEC(".maps");
 

@@ -59,6 +59,8 @@ struct packet {
 	__u8 proto;        /* TCP or UDP (IPv6: after the extension headers) */
 	__u8 tcp_flags;    /* byte 13 of the TCP header; 0 for UDP */
 	bool first_fragment;
+	__u8 tcp_hdr_len;  /* TCP: data offset in bytes; 0 for UDP */
+	__be32 tcp_seq;    /* TCP: sequence number (network order); 0 for UDP */
 };
 
 /* Sets pkt->family to a constant the compiler cannot see through. Left to

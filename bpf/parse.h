@@ -199,6 +199,10 @@ static __always_inline int parse_l4(struct packet *pkt, void *l4, void *data_end
 			return LB_PASS_MALFORMED;
 		pkt->l4_check = &tcp->check;
 		pkt->tcp_flags = ((__u8 *)tcp)[13];
+		/* For tcp_seq.h, read here where the header is known to be in
+		 * the frame. */
+		pkt->tcp_hdr_len = tcp->doff * 4;
+		pkt->tcp_seq = tcp->seq;
 	} else {
 		struct udphdr *udp = l4;
 
@@ -209,6 +213,8 @@ static __always_inline int parse_l4(struct packet *pkt, void *l4, void *data_end
 			return LB_PASS_MALFORMED;
 		pkt->l4_check = &udp->check;
 		pkt->tcp_flags = 0;
+		pkt->tcp_hdr_len = 0;
+		pkt->tcp_seq = 0;
 	}
 	return LB_CONTINUE;
 }

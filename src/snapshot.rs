@@ -49,6 +49,9 @@ pub struct DatapathStats {
     pub ct_full: u64,
     /// dnat packets forwarded without an entry (flood mode).
     pub stateless: u64,
+    /// TCP FINs and RSTs whose sequence number was not the one the
+    /// sender's peer expects (blind): forwarded, the flow's timeout kept.
+    pub unverified_closes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +105,7 @@ impl Snapshot {
             partial_csums: c.partial_csums,
             ct_full: c.ct_full,
             stateless: c.stateless,
+            unverified_closes: c.unverified_closes,
         });
         Ok(Snapshot {
             vips,

@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 
+use lbctl::datapath::abi::LB_MARK_CLOSING;
 use lbctl::datapath::types::lb_reason;
 use lbctl::model::{NatMode, Proto};
 use lbctl_lab::fixtures::packet::*;
@@ -449,4 +450,95 @@ mod lab {
     fn connections_through_a_tunnel_ipv6() {
         connections_through(Family::V6, "tunnel");
     }
+}
+
+const RST: u8 = 0x04;
+
+/// dsr and tunnel flows (only the client's direction passes lbctl; tunnel
+/// flows are not served from the flow cache, whose entry keeps only their
+/// sequence): an RST at a guessed number is forwarded but leaves the
+/// established timeout; the client's RST at its stream's end closes.
+fn a_blind_rst_leaves_the_flow_alone(f: &Family, mode: NatMode) {
+    let lb = Balancer::load().with_routes();
+    let source = (mode == NatMode::Tunnel).then_some(f.source);
+    let vip = lb.vip(f.vip, Proto::Tcp, mode, source);
+    lb.backend(&vip, f.backends[0], 1);
+    let run = |flags: u8, seq: u32, len: usize| {
+        let p = Packet::tcp(f.client, f.vip, flags)
+            .seq(seq)
+            .payload(&vec![5; len])
+            .build();
+        let (action, _) = lb.run(&p);
+        assert_eq!(action, XDP_REDIRECT, "{mode:?} {:?}", lb.reasons());
+    };
+    let entry = || -> (u32, u32) {
+        let entries = sh(f.conntrack);
+        let w: Vec<&str> = entries.split_whitespace().collect();
+        let mark = w.iter().find_map(|x| x.strip_prefix("mark=")).unwrap();
+        (w[2].parse().unwrap(), mark.parse().unwrap())
+    };
+    run(SYN, 999, 0);
+    run(ACK, 1000, 0);
+    run(ACK | PSH, 1000, 300);
+    run(ACK, 1300, 0);
+    run(RST, 77_777, 0);
+    let (timeout, mark) = entry();
+    assert!(timeout > 800, "{mode:?}: blind RST: timeout {timeout}");
+    assert_eq!(mark & LB_MARK_CLOSING, 0, "{mode:?}");
+    assert_eq!(lb.unverified_closes(), 1, "{mode:?}");
+    run(RST, 1300, 0);
+    let (timeout, mark) = entry();
+    assert!(
+        timeout <= 120,
+        "{mode:?}: the client's RST: timeout {timeout}"
+    );
+    assert_ne!(mark & LB_MARK_CLOSING, 0, "{mode:?}");
+}
+
+#[test]
+fn a_blind_rst_leaves_dsr_and_tunnel_flows_alone() {
+    for f in [&V4, &V6] {
+        for mode in [NatMode::Dsr, NatMode::Tunnel] {
+            in_fresh_netns(move || a_blind_rst_leaves_the_flow_alone(f, mode));
+        }
+    }
+}
+
+/// A tunnel flow's sequence entry is stored once; its packets must keep it
+/// from looking older than the TCP timeout, else a SYN on the live flow
+/// would start its number over (and an RST at that SYN's number close it).
+#[test]
+fn a_live_tunnel_flow_keeps_its_sequence_past_the_tcp_timeout() {
+    in_fresh_netns(|| {
+        let f = &V4;
+        let lb = Balancer::load().with_routes();
+        let vip = lb.vip(f.vip, Proto::Tcp, NatMode::Tunnel, Some(f.source));
+        lb.backend(&vip, f.backends[0], 1);
+        let t = lbctl::model::Timeouts::new(Some(1), None, None, None).unwrap();
+        lb.maps.set_timeouts(&t).unwrap();
+        let run = |flags: u8, seq: u32| {
+            let (action, _) = lb.run(&Packet::tcp(f.client, f.vip, flags).seq(seq).build());
+            assert_eq!(action, XDP_REDIRECT, "{:?}", lb.reasons());
+        };
+        run(SYN, 999);
+        run(ACK, 1000);
+        run(ACK, 1000); // the sequence entry is stored
+        for _ in 0..5 {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            run(ACK, 1000);
+        }
+        run(SYN, 5_000_000); // on the live flow: 2 s after the store
+        run(RST, 5_000_001);
+        let entries = sh(f.conntrack);
+        let mark: u32 = entries
+            .split_whitespace()
+            .find_map(|x| x.strip_prefix("mark="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(mark & LB_MARK_CLOSING, 0, "{entries}");
+        assert_eq!(lb.unverified_closes(), 1);
+        run(RST, 1000);
+        assert_eq!(lb.unverified_closes(), 1, "the flow's own RST");
+    });
 }

@@ -307,3 +307,199 @@ fn a_longer_packet_than_the_fib_checked_takes_the_slow_path() {
         assert_eq!(lb.cache().0, hits + 2, "up to that length from the cache");
     });
 }
+
+/// The client's data segment of `len` bytes at `seq`.
+fn data(seq: u32, len: usize) -> Vec<u8> {
+    Packet::tcp(CLIENT, VIP, ACK | PSH)
+        .seq(seq)
+        .payload(&vec![7; len])
+        .build()
+}
+
+/// Asserts the flow's conntrack entry is still established: not closing,
+/// its timeout the TCP one (900 s).
+fn assert_open(what: &str) {
+    let (mark, timeout) = entry().expect("an entry");
+    assert_eq!(mark & LB_MARK_CLOSING, 0, "{what}: not closing");
+    assert!(timeout > 800, "{what}: established timeout, got {timeout}");
+}
+
+fn assert_closing(what: &str) {
+    let (mark, timeout) = entry().expect("an entry");
+    assert_ne!(mark & LB_MARK_CLOSING, 0, "{what}: closing");
+    assert!(timeout <= 120, "{what}: closing timeout, got {timeout}");
+}
+
+/// RFC 5961: an RST counts only at exactly the sequence number the peer
+/// expects next; a FIN where a segment would move the stream on. lbctl
+/// knows that number from the client's packets it forwarded (ACK at 1000,
+/// then 100 bytes: 1100). Blind ones are forwarded (the receiver decides)
+/// and counted, and leave the flow its established timeout; the real ones
+/// close it.
+#[test]
+fn a_blind_rst_or_fin_leaves_the_timeout_alone() {
+    in_fresh_netns(|| {
+        let (lb, _) = open_flow();
+        assert_eq!(lb.run(&data(1000, 100)).0, XDP_REDIRECT);
+        assert_open("after data");
+
+        let blind = [
+            (RST, 5000u32, "an RST far off"),
+            (
+                RST,
+                1000,
+                "an RST at an old number (in the window, not exact)",
+            ),
+            (RST | ACK, 1101, "an RST one past"),
+            (FIN | ACK, 1100 + (1 << 20), "a FIN beyond the window"),
+            (FIN | ACK, 900, "a FIN behind the stream"),
+        ];
+        for (i, (flags, seq, what)) in blind.into_iter().enumerate() {
+            let (action, out) = lb.run(&Packet::tcp(CLIENT, VIP, flags).seq(seq).build());
+            assert_eq!(action, XDP_REDIRECT, "{what}: forwarded");
+            assert_eq!(parse(&out).dst, BACKEND, "{what}");
+            assert_open(what);
+            assert_eq!(lb.unverified_closes(), i as u64 + 1, "{what}: counted");
+        }
+        // The flow goes on from the cache.
+        let hits = lb.cache().0;
+        lb.run(&data(1100, 10));
+        assert_eq!(lb.cache().0, hits + 1);
+
+        // The real client's RST, at 1110.
+        let (action, _) = lb.run(&Packet::tcp(CLIENT, VIP, RST).seq(1110).build());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_closing("the client's own RST");
+        assert_eq!(lb.unverified_closes(), blind.len() as u64);
+    });
+}
+
+/// The client's FIN, with its last bytes, where its stream stands: closing.
+#[test]
+fn the_real_fin_closes_the_flow() {
+    in_fresh_netns(|| {
+        let (lb, _) = open_flow();
+        lb.run(&data(1000, 100));
+        let fin = Packet::tcp(CLIENT, VIP, FIN | ACK | PSH)
+            .seq(1100)
+            .payload(&[1; 50])
+            .build();
+        assert_eq!(lb.run(&fin).0, XDP_REDIRECT);
+        assert_closing("the client's FIN");
+        assert_eq!(lb.unverified_closes(), 0);
+    });
+}
+
+/// A segment far from the stream does not move lbctl's idea of it: an
+/// attacker cannot first send an ACK at a number of his choice, then an
+/// RST at that number.
+#[test]
+fn a_forged_segment_far_off_does_not_teach_the_sequence() {
+    in_fresh_netns(|| {
+        let (lb, _) = open_flow();
+        let far = 1000u32.wrapping_add(1 << 31);
+        lb.run(&Packet::tcp(CLIENT, VIP, ACK).seq(far).build());
+        lb.run(&data(far, 100));
+        lb.run(&Packet::tcp(CLIENT, VIP, RST).seq(far + 100).build());
+        assert_open("RST at the forged segments' end");
+        assert_eq!(lb.unverified_closes(), 1);
+        lb.run(&Packet::tcp(CLIENT, VIP, RST).seq(1000).build());
+        assert_closing("the real RST");
+    });
+}
+
+/// The backend's direction has its own number: its RST counts at the end
+/// of what it sent, not at the client's.
+#[test]
+fn the_backends_rst_is_checked_against_its_own_stream() {
+    in_fresh_netns(|| {
+        let (lb, _) = open_flow();
+        let reply = |flags: u8, seq: u32, len: usize| {
+            Packet::tcp(BACKEND, CLIENT, flags)
+                .seq(seq)
+                .payload(&vec![3; len])
+                .build()
+        };
+        lb.run(&reply(ACK, 70_000, 0)); // stores the backend's direction
+        lb.run(&reply(ACK | PSH, 70_000, 500));
+        lb.run(&reply(RST, 1000, 0)); // the client's number: blind here
+        assert_open("the backend's RST at the client's number");
+        assert_eq!(lb.unverified_closes(), 1);
+        let (action, out) = lb.run(&reply(RST, 70_500, 0));
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(parse(&out).src, VIP);
+        assert_closing("the backend's RST at its own next number");
+    });
+}
+
+/// A SYN starts the number over only for a flow known to be over: after its
+/// close, the client's new connection on the same ports (another initial
+/// sequence number) is checked against its own stream. A SYN on a live
+/// flow changes nothing.
+#[test]
+fn a_new_connection_on_the_same_ports_gets_its_own_sequence() {
+    in_fresh_netns(|| {
+        let (lb, _) = open_flow();
+        lb.run(&data(1000, 100));
+        // A SYN on the live flow: no new number.
+        lb.run(&Packet::tcp(CLIENT, VIP, SYN).seq(5_000_000).build());
+        lb.run(&Packet::tcp(CLIENT, VIP, RST).seq(5_000_001).build());
+        assert_eq!(
+            lb.unverified_closes(),
+            1,
+            "an RST at a live flow's SYN's number"
+        );
+        let (mark, _) = entry().expect("an entry");
+        assert_eq!(mark & LB_MARK_CLOSING, 0, "not closing");
+        lb.run(&Packet::tcp(CLIENT, VIP, RST).seq(1100).build());
+        assert_closing("the real RST");
+
+        // The client reuses its port: new SYN, new number.
+        lb.run(&Packet::tcp(CLIENT, VIP, SYN).seq(9_000_000).build());
+        lb.run(&Packet::tcp(BACKEND, CLIENT, SYN | ACK).seq(77).build());
+        lb.run(&Packet::tcp(CLIENT, VIP, ACK).seq(9_000_001).build());
+        lb.run(&data(9_000_001, 10));
+        lb.run(&Packet::tcp(CLIENT, VIP, RST).seq(1100).build());
+        assert_eq!(lb.unverified_closes(), 2, "the old connection's number");
+        lb.run(&Packet::tcp(CLIENT, VIP, RST).seq(9_000_011).build());
+        assert_closing("the new connection's RST");
+    });
+}
+
+/// ECN (RFC 3168) changes the TOS byte's two low bits from packet to packet
+/// (ECT(0), ECT(1), CE); the FIB looks at the DSCP only. An ECN flow stays
+/// in the cache; another DSCP asks the FIB again.
+#[test]
+fn an_ecn_flow_stays_cached() {
+    for (client, vip, backend) in [
+        (CLIENT, VIP, BACKEND),
+        (
+            "[2001:db8::2]:40000",
+            "[2001:db8:0:100::1]:80",
+            "[2001:db8:0:1::11]:8080",
+        ),
+    ] {
+        in_fresh_netns(move || {
+            let (lb, _) = Balancer::dnat(vip, Proto::Tcp, &[backend]);
+            lb.run(&Packet::tcp(client, vip, SYN).build());
+            lb.run(&Packet::tcp(backend, client, SYN | ACK).build());
+            let ack = |tos: u8| Packet::tcp(client, vip, ACK).tos(tos).build();
+            let (_, first) = lb.run(&ack(0x02)); // ECT(0): stores
+            let (hits, misses, stores) = lb.cache();
+            assert_eq!(stores, 1, "{vip}");
+            for tos in [0x02, 0x01, 0x03, 0x00, 0x03] {
+                let (action, out) = lb.run(&ack(tos));
+                assert_eq!(action, XDP_REDIRECT);
+                assert_eq!(parse(&out).dst, backend);
+                assert_eq!(out.len(), first.len());
+            }
+            assert_eq!(
+                lb.cache(),
+                (hits + 5, misses, stores),
+                "{vip}: ECT(0), ECT(1), CE, not-ECT: all from the cache"
+            );
+            lb.run(&ack(0xb8 | 0x02)); // DSCP EF
+            assert_eq!(lb.cache().1, misses + 1, "{vip}: another DSCP: the FIB");
+        });
+    }
+}

@@ -124,6 +124,52 @@ fn the_handshake_timeout_is_the_operators() {
     });
 }
 
+/// The longest TCP timeout the CLI accepts (4,000,000 s) is refreshed like
+/// any other. The kfuncs take milliseconds, and the kernel takes 2^31 ms or
+/// more for "infinite" (99 days here): an entry keeps at most 2,147,483 s
+/// (24.8 days), never more than asked. Two seconds on, a packet through
+/// conntrack sets it whole again. Also as a kernel with HZ 1000 would run
+/// the program (libbpf's kconfig override): there (timeout - 1) * HZ passes
+/// 2^31, which the refresh check once took as negative.
+#[test]
+fn the_longest_timeout_is_refreshed() {
+    const KEPT: u32 = 2_147_483;
+    for kconfig in [None, Some("CONFIG_HZ=1000")] {
+        in_fresh_netns(move || {
+            let lb = Balancer::load_with_kconfig(kconfig).with_routes();
+            let vip = lb.vip(VIP, Proto::Tcp, lbctl::model::NatMode::Dnat, None);
+            lb.backend(&vip, "198.18.1.11:8080", 1);
+            let t = lbctl::model::Timeouts::new(Some(4_000_000), None, None, None).unwrap();
+            lb.maps.set_timeouts(&t).unwrap();
+            let timeout = || -> u32 {
+                let entries = sh("conntrack -L -p tcp 2>/dev/null");
+                entries.split_whitespace().nth(2).unwrap().parse().unwrap()
+            };
+            lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
+            lb.run(&Packet::tcp("198.18.1.11:8080", CLIENT, SYN | ACK).build());
+            lb.run(&Packet::tcp(CLIENT, VIP, ACK).build());
+            let set = timeout();
+            assert!(
+                (KEPT - 1..=KEPT).contains(&set),
+                "{kconfig:?}: set at the handshake's end, got {set}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2500));
+            let gone = timeout();
+            assert!(
+                gone <= KEPT - 2,
+                "{kconfig:?}: two seconds gone, got {gone}"
+            );
+            lb.maps.bump_generation().unwrap(); // past the flow cache: through conntrack
+            lb.run(&Packet::tcp(CLIENT, VIP, ACK).build());
+            let refreshed = timeout();
+            assert!(
+                (KEPT - 1..=KEPT).contains(&refreshed),
+                "{kconfig:?}: refreshed, got {refreshed}"
+            );
+        });
+    }
+}
+
 #[test]
 fn fullnat_rewrites_the_source_both_ways() {
     in_fresh_netns(|| {

@@ -73,6 +73,10 @@ pub fn run() -> Result<()> {
             "table full    {} entries could not be made (ct_full); {} dnat packets forwarded without one (flood mode)",
             d.ct_full, d.stateless
         );
+        println!(
+            "blind closes  {} TCP FIN/RST with a sequence number the peer does not expect: forwarded, timeout kept (unverified_closes)",
+            d.unverified_closes
+        );
     }
     if let Some((count, max)) = conntrack_fill() {
         // New flows fail (`drop_ct_failed`) once the table is full; the

@@ -31,7 +31,7 @@ const _: () = assert!(std::mem::size_of::<types::lb_config>() == 24);
 const _: () = assert!(std::mem::size_of::<types::lb_handshake>() == 8);
 const _: () = assert!(std::mem::size_of::<types::lb_counters>() == 24);
 const _: () = assert!(std::mem::size_of::<types::lb_flow_cache_key>() == 16);
-const _: () = assert!(std::mem::size_of::<types::lb_flow_cache_entry>() == 112);
+const _: () = assert!(std::mem::size_of::<types::lb_flow_cache_entry>() == 120);
 const _: () = assert!(std::mem::size_of::<types::lb_flow_cache_counters>() == 24);
 const _: () = assert!(REASON_NAMES.len() == types::lb_reason::LB_REASON_MAX.0 as usize);
 

@@ -96,6 +96,7 @@ impl Maps {
             sum.partial_csums += c.partial_csums;
             sum.ct_full += c.ct_full;
             sum.stateless += c.stateless;
+            sum.unverified_closes += c.unverified_closes;
         }
         Ok(Some(sum))
     }

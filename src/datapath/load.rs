@@ -178,10 +178,43 @@ pub fn load_sized<'obj>(
     reuse: Option<&Maps>,
     flow_cache_entries: u32,
 ) -> Result<LbSkel<'obj>> {
+    load_opts(storage, reuse, flow_cache_entries, None)
+}
+
+/// For tests: as `load`, with kernel config values (`"CONFIG_HZ=1000"`)
+/// that override the running kernel's for the program's `__kconfig`
+/// externs, so a test can run the program as a kernel so configured would.
+pub fn load_with_kconfig<'obj>(
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    kconfig: Option<&str>,
+) -> Result<LbSkel<'obj>> {
+    load_opts(storage, None, LB_FLOW_CACHE_ENTRIES, kconfig)
+}
+
+fn load_opts<'obj>(
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    reuse: Option<&Maps>,
+    flow_cache_entries: u32,
+    kconfig: Option<&str>,
+) -> Result<LbSkel<'obj>> {
     capture_libbpf_log();
-    let mut open = LbSkelBuilder::default()
-        .open(storage)
-        .context("opening lbctl's BPF object")?;
+    let kconfig = kconfig
+        .map(std::ffi::CString::new)
+        .transpose()
+        .context("kernel config values with a NUL byte")?;
+    let builder = LbSkelBuilder::default();
+    let open = match &kconfig {
+        None => builder.open(storage),
+        Some(values) => {
+            let opts = libbpf_rs::libbpf_sys::bpf_object_open_opts {
+                sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_object_open_opts>() as _,
+                kconfig: values.as_ptr(),
+                ..Default::default()
+            };
+            builder.open_opts(opts, storage)
+        }
+    };
+    let mut open = open.context("opening lbctl's BPF object")?;
     open.maps
         .flow_cache
         .set_max_entries(flow_cache_entries)

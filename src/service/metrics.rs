@@ -12,7 +12,8 @@
 //! `lbctl_health_check_duration_seconds` (histogram),
 //! `lbctl_verdicts_total{reason}` (reason: the C enum name without `LB_`,
 //! lower case), `lbctl_flow_cache_{hits,misses,stores}_total`,
-//! `lbctl_partial_csums_total`, `lbctl_ct_full_total`, `lbctl_stateless_total`.
+//! `lbctl_partial_csums_total`, `lbctl_ct_full_total`, `lbctl_stateless_total`,
+//! `lbctl_unverified_closes_total`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -313,6 +314,13 @@ impl Collector for SnapshotCollector {
                 "dnat packets forwarded without a conntrack entry (flood mode)",
                 c,
                 vec![(Labels::new(), ConstCounter::new(d.stateless))],
+            )?;
+            family(
+                &mut enc,
+                "lbctl_unverified_closes",
+                "TCP FINs and RSTs whose sequence number was not the one the peer expects: forwarded, the flow's timeout kept",
+                c,
+                vec![(Labels::new(), ConstCounter::new(d.unverified_closes))],
             )?;
         }
         Ok(())
