@@ -256,6 +256,7 @@ fn address_and_value_errors() {
         "the kernel keeps no entry longer",
     );
     ns.fails(&["timeouts", "--syn", "601"], "1 to 600 seconds");
+    ns.fails(&["timeouts", "--udp-unreplied", "0"], "1 to 600 seconds");
     ns.ok(&["detach", "e0"]);
 }
 
