@@ -43,11 +43,22 @@ static __always_inline __u32 handshake_timeout_s(void)
 	return h && h->timeout_s ? h->timeout_s : LB_UNPROVEN_TIMEOUT_S;
 }
 
+/* How long a UDP entry lives until the backend answers: `lbctl timeouts
+ * --udp-unreplied`. */
+static __always_inline __u32 udp_unreplied_timeout_s(void)
+{
+	const struct lb_handshake *h;
+	__u32 zero = 0;
+
+	h = bpf_map_lookup_elem(&handshake, &zero);
+	return h && h->udp_unreplied_s ? h->udp_unreplied_s : LB_UDP_UNREPLIED_TIMEOUT_S;
+}
+
 static __always_inline __u32 flow_timeout_s(const struct lb_config *cfg,
 					    __u8 proto, __u32 mark)
 {
 	if (mark & LB_MARK_UNPROVEN)
-		return handshake_timeout_s();
+		return proto == IPPROTO_UDP ? udp_unreplied_timeout_s() : handshake_timeout_s();
 	if (proto == IPPROTO_UDP)
 		return cfg->udp_timeout_s;
 	return (mark & LB_MARK_CLOSING) ? cfg->tcp_fin_timeout_s : cfg->tcp_timeout_s;

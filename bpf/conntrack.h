@@ -116,11 +116,15 @@ pick_backend(const struct packet *pkt, const struct lb_vip *vip, __u32 seed,
 }
 
 /* Create the entry with its NAT and insert it. Returns the inserted entry,
- * or the one another CPU inserted first for the same tuple. */
+ * or the one another CPU inserted first for the same tuple; else NULL and in
+ * *why: LB_DROP_CT_FAILED when the kernel could not allocate one (the table
+ * is full: flood mode), LB_DROP_CT_CLASH when the insert was refused because
+ * another entry owns the reply tuple (a client port reused toward two VIPs
+ * that share a backend): the table has room, so no flood mode. */
 static __always_inline struct nf_conn *
 ct_create(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u32 tuple_sz, __u8 proto,
 	  const struct lb_vip *vip, const struct lb_backend *be, __u32 mark,
-	  __u32 timeout_s, __u8 *dir)
+	  __u32 timeout_s, __u8 *dir, int *why)
 {
 	struct bpf_ct_opts___local opts = { .netns_id = -1, .l4proto = proto };
 	union nf_inet_addr addr = {};
@@ -128,6 +132,7 @@ ct_create(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u32 tuple_sz, __u8 pro
 	struct nf_conn *ct;
 	int err;
 
+	*why = LB_DROP_CT_FAILED;
 	init = bpf_xdp_ct_alloc(ctx, t, tuple_sz, &opts, sizeof(opts));
 	if (!init)
 		return NULL;
@@ -150,8 +155,10 @@ ct_create(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u32 tuple_sz, __u8 pro
 	((struct nf_conn *)init)->mark = mark;
 	ct = bpf_ct_insert_entry(init);
 	*dir = IP_CT_DIR_ORIGINAL;
-	if (!ct)
+	if (!ct) {
 		ct = ct_lookup(ctx, t, tuple_sz, proto, dir);
+		*why = LB_DROP_CT_CLASH;
+	}
 	return ct;
 }
 
@@ -216,9 +223,16 @@ static __always_inline void ct_refresh(struct nf_conn *ct, __u8 dir,
 
 	/* The client's packet proves the flow, but for a SYN: anyone can send
 	 * one from any address (a SYN flood); the ACK that completes the
-	 * handshake can only come from a client that got the SYN-ACK. */
-	if (dir == IP_CT_DIR_ORIGINAL && !(pkt->tcp_flags & TCP_SYN))
+	 * handshake can only come from a client that got the SYN-ACK. An
+	 * entry made from no SYN (a lone ACK, a UDP datagram: unreplied)
+	 * vouches for nothing its client sends: the backend's answer, not an
+	 * RST (what a backend says to a stranger), proves it. */
+	if (dir == IP_CT_DIR_ORIGINAL && !(pkt->tcp_flags & TCP_SYN) &&
+	    !(mark & LB_MARK_UNREPLIED))
 		mark &= ~LB_MARK_UNPROVEN;
+	else if (dir == IP_CT_DIR_REPLY && (mark & LB_MARK_UNREPLIED) &&
+		 !(pkt->tcp_flags & TCP_RST))
+		mark &= ~(LB_MARK_UNPROVEN | LB_MARK_UNREPLIED);
 	if (pkt->proto == IPPROTO_TCP) {
 		if (pkt->tcp_flags & (TCP_FIN | TCP_RST))
 			mark = tcp_seq_close(pkt, mark); /* not a blind one */
@@ -370,6 +384,7 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 	const struct lb_backend *be;
 	const struct lb_vip *vip;
 	__u32 backend_id = src->backend_id, tuple_sz;
+	int why;
 
 	if (backend_id == LB_NO_BACKEND && src->users > 1)
 		return LB_DROP_REPLY_UNTRACKED; /* which VIP's? */
@@ -394,9 +409,11 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 	tuple_sz = ct_tuple(&orig, pkt->family, pkt->daddr, (const __be32 *)be->vip.addr,
 			    pkt->ports[1], be->vip.port);
 	*ct = ct_create(ctx, &orig, tuple_sz, pkt->proto, vip, be,
-			flow_mark(vip->index, backend_id) | LB_MARK_UNPROVEN, handshake_timeout_s(),
-			dir);
+			flow_mark(vip->index, backend_id) | LB_MARK_UNPROVEN,
+			flow_timeout_s(cfg, pkt->proto, LB_MARK_UNPROVEN), dir, &why);
 	if (!*ct) {
+		if (why == LB_DROP_CT_CLASH)
+			return why;
 		ct_full();
 		stateless_flow(pkt, be, true, flow_mark(vip->index, backend_id), f);
 		return LB_STATELESS;
@@ -417,6 +434,7 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 	__u32 backend_id = 0, tuple_sz;
 	struct nf_conn *ct;
 	__u8 dir = IP_CT_DIR_ORIGINAL;
+	int why;
 
 	f->created = false;
 	cfg = read_config();
@@ -445,9 +463,12 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 			return LB_DROP_NO_BACKEND;
 		f->mark = flow_mark(vip->index, backend_id);
 		/* A TCP flow begun by a SYN lives as long as a handshake may
-		 * take until the client completes it (ct_refresh). */
-		if (pkt->tcp_flags & TCP_SYN)
-			f->mark |= LB_MARK_UNPROVEN;
+		 * take until the client completes it; one begun otherwise (a
+		 * lone ACK, a UDP datagram) until the backend answers
+		 * (ct_refresh). */
+		f->mark |= LB_MARK_UNPROVEN;
+		if (!(pkt->tcp_flags & TCP_SYN))
+			f->mark |= LB_MARK_UNREPLIED;
 		if (!(vip->flags & LB_VIP_FULLNAT) && handshake_opening(pkt) && in_flood()) {
 			stateless_flow(pkt, be, false, f->mark & ~LB_MARK_UNPROVEN, f);
 			if (vip->flags & (LB_VIP_DSR | LB_VIP_TUNNEL))
@@ -456,14 +477,19 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 			return LB_CONTINUE;
 		}
 		ct = ct_create(ctx, &tuple, tuple_sz, pkt->proto, vip, be, f->mark,
-			       flow_timeout_s(cfg, pkt->proto, f->mark), &dir);
+			       flow_timeout_s(cfg, pkt->proto, f->mark), &dir, &why);
 		if (!ct) {
+			/* Sent on anyway, it would reach the backend on the
+			 * live flow's 4-tuple: dropped, named. */
+			if (why == LB_DROP_CT_CLASH)
+				return why;
 			ct_full();
 			/* fullnat needs the entry: its source port is the
 			 * kernel's choice, and replies find the client by it. */
 			if (vip->flags & LB_VIP_FULLNAT)
 				return LB_DROP_CT_FAILED;
-			stateless_flow(pkt, be, false, f->mark & ~LB_MARK_UNPROVEN, f);
+			stateless_flow(pkt, be, false,
+				       f->mark & ~(LB_MARK_UNPROVEN | LB_MARK_UNREPLIED), f);
 			if (vip->flags & (LB_VIP_DSR | LB_VIP_TUNNEL))
 				keep_destination(pkt, vip, f);
 			/* Counted as new once, at its SYN. */

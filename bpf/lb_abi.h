@@ -147,12 +147,14 @@ struct lb_config {
 };
 
 /* Value of `handshake` (row 0): how long a TCP flow's entry lives until the
- * client completes its handshake (seconds; 0: LB_UNPROVEN_TIMEOUT_S). A map
- * of its own, not a field of lb_config: `attach --replace` reuses the
- * running program's settings map, whose value size is fixed. */
+ * client completes its handshake (seconds; 0: LB_UNPROVEN_TIMEOUT_S), and a
+ * UDP flow's until the backend answers (seconds; 0:
+ * LB_UDP_UNREPLIED_TIMEOUT_S). A map of its own, not a field of lb_config:
+ * `attach --replace` reuses the running program's settings map, whose value
+ * size is fixed. */
 struct lb_handshake {
 	__u32 timeout_s;
-	__u32 reserved;
+	__u32 udp_unreplied_s;
 };
 
 /* Per-CPU counters of a VIP or a backend. */
@@ -258,17 +260,26 @@ struct lb_datapath_counters {
  *                and the client's (non-SYN) packet not yet seen; the entry
  *                keeps the short handshake timeout (`handshake`) and is
  *                not assured
+ *   bit  29      unreplied: made from a client's packet that is not a SYN
+ *                (TCP) or from a UDP datagram: anyone can send one from any
+ *                address, and no handshake lbctl saw vouches for it. With
+ *                bit 30: only the backend's answer (not an RST) proves it;
+ *                the client's packets do not
  *   bit  31      FIN or RST seen (with the sequence number the sender's
  *                peer expects, bpf/tcp_seq.h): keep the short timeout */
 #define LB_MARK_BACKEND_MASK 0x0001ffffu
 #define LB_MARK_VIP_SHIFT    17
 #define LB_MARK_VIP_MASK     0x7ffu
+#define LB_MARK_UNREPLIED    0x20000000u
 #define LB_MARK_UNPROVEN     0x40000000u
 #define LB_MARK_CLOSING      0x80000000u
 /* How long an unproven entry lives without the client's packet: a
  * handshake's time (a retransmitted SYN makes the entry again, for the same
  * backend while the Maglev table is unchanged). */
 #define LB_UNPROVEN_TIMEOUT_S 10
+/* How long a UDP entry lives until the backend answers (netfilter's
+ * unreplied UDP timeout): `lbctl timeouts --udp-unreplied`. */
+#define LB_UDP_UNREPLIED_TIMEOUT_S 30
 
 /* Why the program returned what it returned: one counter each. */
 enum lb_reason {
@@ -296,6 +307,7 @@ enum lb_reason {
 	LB_TX_ICMP_TOO_BIG,      /* too big for the egress MTU, DF set (IPv6: always): frag needed / packet too big sent back */
 	LB_DROP_MARTIAN,         /* to a VIP from a martian source, or a reply to one: no entry made */
 	LB_DROP_REPLY_WRONG_IFACE, /* from a backend, no entry, arrived where that backend's packets do not */
+	LB_DROP_CT_CLASH,        /* new flow whose entry clashes with a live one (same reply tuple: a client port reused toward VIPs sharing a backend) */
 	LB_REASON_MAX,
 };
 

@@ -42,6 +42,7 @@ static __always_inline int stop(enum lb_reason reason)
 	case LB_DROP_TUNNEL_MTU:
 	case LB_DROP_MARTIAN:
 	case LB_DROP_REPLY_WRONG_IFACE:
+	case LB_DROP_CT_CLASH:
 		return verdict(reason, XDP_DROP);
 	default:
 		return verdict(reason, XDP_PASS);

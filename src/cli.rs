@@ -125,6 +125,10 @@ pub enum Command {
         /// default 10): short, so a SYN flood cannot fill the table.
         #[arg(long)]
         syn: Option<u32>,
+        /// A UDP flow until the backend answers (1-600; default 30): short,
+        /// so spoofed datagrams cannot hold the table.
+        #[arg(long)]
+        udp_unreplied: Option<u32>,
     },
 }
 

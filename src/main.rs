@@ -104,7 +104,12 @@ fn dispatch(command: Command) -> Result<()> {
             tcpfin,
             udp,
             syn,
-        } => commands::timeouts::run(&Timeouts::new(tcp, tcpfin, udp, syn).map_err(Error::msg)?),
+            udp_unreplied,
+        } => commands::timeouts::run(
+            &Timeouts::new(tcp, tcpfin, udp, syn)
+                .and_then(|t| t.with_udp_unreplied(udp_unreplied))
+                .map_err(Error::msg)?,
+        ),
     }
 }
 

@@ -279,11 +279,18 @@ pub struct Timeouts {
     /// A TCP flow's entry until the client completes its handshake (like
     /// netfilter's SYN_SENT/SYN_RECV, IPVS's SYN_RECV).
     pub syn: Option<u32>,
+    /// A UDP flow's entry until the backend answers (like netfilter's
+    /// unreplied UDP): short, so spoofed datagrams cannot hold the table.
+    pub udp_unreplied: Option<u32>,
 }
 
 /// The longest handshake timeout: a handshake that takes longer is an
 /// attack, and a long one is what lets a SYN flood fill the table.
 pub const MAX_SYN_TIMEOUT: u32 = 600;
+
+/// The longest unreplied UDP timeout: as long as the handshake's, for the
+/// same reason (a stranger's datagram must not hold an entry long).
+pub const MAX_UDP_UNREPLIED_TIMEOUT: u32 = 600;
 
 impl Timeouts {
     pub fn new(
@@ -314,11 +321,29 @@ impl Timeouts {
             tcpfin,
             udp,
             syn,
+            udp_unreplied: None,
         })
     }
 
+    /// The same with the unreplied UDP timeout (`--udp-unreplied`).
+    pub fn with_udp_unreplied(mut self, v: Option<u32>) -> Result<Timeouts, String> {
+        if let Some(v) = v {
+            if v == 0 || v > MAX_UDP_UNREPLIED_TIMEOUT {
+                return Err(format!(
+                    "--udp-unreplied {v}: the unreplied UDP timeout is 1 to {MAX_UDP_UNREPLIED_TIMEOUT} seconds"
+                ));
+            }
+        }
+        self.udp_unreplied = v;
+        Ok(self)
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.tcp.is_none() && self.tcpfin.is_none() && self.udp.is_none() && self.syn.is_none()
+        self.tcp.is_none()
+            && self.tcpfin.is_none()
+            && self.udp.is_none()
+            && self.syn.is_none()
+            && self.udp_unreplied.is_none()
     }
 }
 

@@ -256,6 +256,7 @@ fn address_and_value_errors() {
         "the kernel keeps no entry longer",
     );
     ns.fails(&["timeouts", "--syn", "601"], "1 to 600 seconds");
+    ns.fails(&["timeouts", "--udp-unreplied", "0"], "1 to 600 seconds");
     ns.ok(&["detach", "e0"]);
 }
 
@@ -302,10 +303,17 @@ fn configuration_round_trips_through_separate_invocations() {
     ns.ok(&["timeouts", "--udp", "30"]);
     let set = ns.ok(&["timeouts", "--syn", "5"]);
     assert!(
-        set.contains("Timeout (tcp tcpfin udp syn): 900 120 30 5"),
+        set.contains("Timeout (tcp tcpfin udp syn udp-unreplied): 900 120 30 5 30"),
         "{set}"
     );
-    assert!(ns.ok(&["status"]).contains("syn 5s (handshake)"));
+    // One row holds both: setting one keeps the other.
+    let set = ns.ok(&["timeouts", "--udp-unreplied", "12"]);
+    assert!(set.contains("): 900 120 30 5 12"), "{set}");
+    let status = ns.ok(&["status"]);
+    assert!(
+        status.contains("syn 5s (handshake), udp-unreplied 12s"),
+        "{status}"
+    );
     let list = ns.ok(&["list", "--stats"]);
     for want in [
         "TCP  198.18.100.1:80",

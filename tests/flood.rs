@@ -103,3 +103,44 @@ fn a_full_table_forwards_dnat_flows_without_entries_and_drops_fullnat() {
         assert_eq!(lb.reason(lb_reason::LB_DROP_CT_FAILED), before + dropped);
     });
 }
+
+/// Issue 19: 10,000 spoofed ACKs (each answered by the backend's RST, as a
+/// backend answers a packet of no connection it knows) and 10,000 spoofed
+/// UDP datagrams, each from its own address in 198.19.0.0/16: no entry is
+/// ASSURED, and none outlives the short timeouts (the handshake's for TCP,
+/// the unreplied UDP one), so strangers cannot hold the table.
+#[test]
+fn spoofed_acks_and_datagrams_make_no_lasting_entries() {
+    in_fresh_netns(|| {
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &BACKENDS);
+        let udp = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
+        lb.backend(&udp, "198.18.1.11:5353", 1);
+        const N: u32 = 10_000;
+        let source = |i: u32| format!("198.19.{}.{}:{}", i / 250, i % 250 + 1, 1024 + i % 60_000);
+        for i in 0..N {
+            let client = source(i);
+            let (action, out) = lb.run(&Packet::tcp(&client, VIP, ACK).build());
+            assert_eq!(
+                action, XDP_REDIRECT,
+                "forwarded, as a flow that lost its entry"
+            );
+            let backend = parse(&out).dst;
+            lb.run(&Packet::tcp(&backend, &client, 0x04).build());
+            lb.run(&Packet::udp(&client, "198.18.100.1:53", b"x").build());
+        }
+        let entries = sh("conntrack -L 2>/dev/null");
+        let (mut tcp, mut udp) = (0, 0);
+        for e in entries.lines() {
+            let left: u32 = e.split_whitespace().nth(2).unwrap().parse().unwrap();
+            assert!(!e.contains("ASSURED"), "{e}");
+            if e.starts_with("tcp") {
+                tcp += 1;
+                assert!(left <= 10, "the handshake timeout at most: {e}");
+            } else {
+                udp += 1;
+                assert!(left <= 30, "the unreplied UDP timeout at most: {e}");
+            }
+        }
+        assert_eq!((tcp, udp), (N, N), "one short-lived entry each");
+    });
+}

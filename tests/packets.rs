@@ -150,6 +150,7 @@ fn the_longest_timeout_is_refreshed() {
                 tcpfin: None,
                 udp: None,
                 syn: None,
+                udp_unreplied: None,
             };
             lb.maps.set_timeouts(&t).unwrap();
             let timeout = || -> u32 {
@@ -1137,5 +1138,108 @@ fn a_partial_checksum_passed_to_the_stack_stays_partial_for_the_new_addresses() 
             .build();
         assert_eq!(frame_diff(&out, &want), None);
         assert_eq!(lb.partial_csums(), 1);
+    });
+}
+
+/// The conntrack entry of the flow to `to` (`conntrack -L`), if any.
+fn entry_to(to: &str) -> Option<String> {
+    let (ip, port) = to.rsplit_once(':').unwrap();
+    sh("conntrack -L 2>/dev/null")
+        .lines()
+        .find(|l| l.contains(&format!("dst={ip} ")) && l.contains(&format!("dport={port} ")))
+        .map(str::to_string)
+}
+
+/// Seconds an entry has left (`conntrack -L`'s third field).
+fn seconds_left(entry: &str) -> u32 {
+    entry.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// One client port toward two dnat VIPs that share a backend: the second
+/// entry's reply tuple is the first's, so the kernel refuses its insert. A
+/// clash, not a full table: its own verdict, no `ct_full`, no flood mode
+/// (the next SYN to either VIP still gets an entry), and the SYN never
+/// reaches the backend on the live flow's 4-tuple.
+#[test]
+fn a_reused_client_port_is_a_clash_not_a_full_table() {
+    in_fresh_netns(|| {
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
+        let b = lb.vip("198.18.100.2:80", Proto::Tcp, NatMode::Dnat, None);
+        lb.backend(&b, "198.18.1.11:8080", 1);
+        let (action, _) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
+        assert_eq!(action, XDP_REDIRECT);
+        let (action, _) = lb.run(&Packet::tcp(CLIENT, "198.18.100.2:80", SYN).build());
+        assert_eq!(action, XDP_DROP, "not sent on the live flow's 4-tuple");
+        assert_eq!(lb.reason_named("drop_ct_clash"), 1);
+        let c = lb.maps.datapath_counters().unwrap().unwrap();
+        assert_eq!(c.ct_full, 0, "a clash is not a full table");
+        // Not in flood mode: new SYNs to either VIP make entries.
+        lb.run(&Packet::tcp("198.18.0.2:40001", VIP, SYN).build());
+        lb.run(&Packet::tcp("198.18.0.2:40002", "198.18.100.2:80", SYN).build());
+        let c = lb.maps.datapath_counters().unwrap().unwrap();
+        assert_eq!(c.stateless, 0, "no flood mode");
+        assert_eq!(sh("conntrack -L 2>/dev/null").lines().count(), 3);
+    });
+}
+
+/// A TCP entry made from a packet that is not a SYN (a spoofed ACK) stays
+/// unproven, the handshake timeout and not assured, whatever the client
+/// sends and through the backend's RST; the backend's other answer proves it.
+#[test]
+fn a_non_syn_entry_stays_unproven_until_a_non_rst_reply() {
+    in_fresh_netns(|| {
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
+        for _ in 0..3 {
+            let (action, _) = lb.run(&Packet::tcp(CLIENT, VIP, ACK).payload(b"x").build());
+            assert_eq!(action, XDP_REDIRECT, "a flow that lost its entry goes on");
+        }
+        let e = entry_to(VIP).expect("an entry");
+        assert!(
+            !e.contains("ASSURED") && seconds_left(&e) <= 10,
+            "unproven: {e}"
+        );
+        lb.run(&Packet::tcp("198.18.1.11:8080", CLIENT, 0x04).build());
+        let e = entry_to(VIP).expect("an entry");
+        assert!(
+            !e.contains("ASSURED") && seconds_left(&e) <= 10,
+            "an RST proves nothing: {e}"
+        );
+        // Another such flow, which the backend answers (not with an RST).
+        let other = "198.18.0.3:40000";
+        lb.run(&Packet::tcp(other, VIP, ACK).payload(b"x").build());
+        lb.run(&Packet::tcp("198.18.1.11:8080", other, ACK).build());
+        let conns = sh("conntrack -L 2>/dev/null");
+        let e = conns
+            .lines()
+            .find(|l| l.contains("src=198.18.0.3 "))
+            .unwrap_or_else(|| panic!("an entry: {conns}"));
+        assert!(
+            e.contains("ASSURED") && seconds_left(e) > 800,
+            "the backend answered: {e}"
+        );
+    });
+}
+
+/// A UDP entry lives the unreplied timeout (30 s by default), however many
+/// datagrams the client sends, until the backend answers; then the UDP one.
+#[test]
+fn udp_lives_the_unreplied_timeout_until_the_backend_answers() {
+    in_fresh_netns(|| {
+        let (lb, _) = Balancer::dnat(VIP, Proto::Udp, &["198.18.1.11:8080"]);
+        for _ in 0..3 {
+            let (action, _) = lb.run(&Packet::udp(CLIENT, VIP, b"q").build());
+            assert_eq!(action, XDP_REDIRECT);
+        }
+        let e = entry_to(VIP).expect("an entry");
+        assert!(
+            !e.contains("ASSURED") && seconds_left(&e) <= 30,
+            "unreplied: {e}"
+        );
+        lb.run(&Packet::udp("198.18.1.11:8080", CLIENT, b"a").build());
+        let e = entry_to(VIP).expect("an entry");
+        assert!(seconds_left(&e) > 200, "replied: the UDP timeout: {e}");
+        lb.run(&Packet::udp(CLIENT, VIP, b"q").build());
+        let e = entry_to(VIP).expect("an entry");
+        assert!(e.contains("ASSURED") && seconds_left(&e) > 200, "{e}");
     });
 }

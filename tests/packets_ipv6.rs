@@ -925,3 +925,44 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     });
 }
+
+/// IPv6 twins of packets.rs's unreplied entries and clash: an entry made
+/// from an ACK or a datagram stays short-lived and not assured until the
+/// backend answers (not with an RST); a client port reused toward two dnat
+/// VIPs sharing a backend is `drop_ct_clash`, not a full table.
+#[test]
+fn ipv6_unreplied_entries_and_clashes() {
+    in_fresh_netns(|| {
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &[BACKEND]);
+        let udp = lb.vip("[2001:db8:0:100::1]:53", Proto::Udp, NatMode::Dnat, None);
+        lb.backend(&udp, "[2001:db8:0:1::11]:5353", 1);
+        let left = |proto: &str| -> (u32, bool) {
+            let l = sh(&format!("conntrack -L -f ipv6 -p {proto} 2>/dev/null"));
+            let e = l.lines().next().unwrap_or_else(|| panic!("an entry: {l}"));
+            (
+                e.split_whitespace().nth(2).unwrap().parse().unwrap(),
+                e.contains("ASSURED"),
+            )
+        };
+        lb.run(&Packet::tcp(CLIENT, VIP, ACK).build());
+        lb.run(&Packet::tcp(CLIENT, VIP, ACK).build());
+        lb.run(&Packet::tcp(BACKEND, CLIENT, 0x04).build());
+        let (s, assured) = left("tcp");
+        assert!(
+            s <= 10 && !assured,
+            "unproven after the client's ACKs and an RST"
+        );
+        lb.run(&Packet::udp(CLIENT, "[2001:db8:0:100::1]:53", b"q").build());
+        let (s, assured) = left("udp");
+        assert!(s <= 30 && !assured, "unreplied UDP");
+        lb.run(&Packet::udp("[2001:db8:0:1::11]:5353", CLIENT, b"a").build());
+        assert!(left("udp").0 > 200, "replied: the UDP timeout");
+
+        let b = lb.vip("[2001:db8:0:100::2]:80", Proto::Tcp, NatMode::Dnat, None);
+        lb.backend(&b, BACKEND, 1);
+        let (action, _) = lb.run(&Packet::tcp(CLIENT, "[2001:db8:0:100::2]:80", SYN).build());
+        assert_eq!(action, XDP_DROP);
+        assert_eq!(lb.reason_named("drop_ct_clash"), 1);
+        assert_eq!(lb.maps.datapath_counters().unwrap().unwrap().ct_full, 0);
+    });
+}

@@ -34,11 +34,12 @@ pub fn run() -> Result<()> {
     println!("features      conntrack kfuncs and NAT: present (the program loaded)");
     println!("hash seed     {:#x}", cfg.hash_seed);
     println!(
-        "timeouts      tcp {}s, tcpfin {}s, udp {}s, syn {}s (handshake)",
+        "timeouts      tcp {}s, tcpfin {}s, udp {}s, syn {}s (handshake), udp-unreplied {}s",
         cfg.tcp_timeout_s,
         cfg.tcp_fin_timeout_s,
         cfg.udp_timeout_s,
-        b.maps.handshake_timeout()?
+        b.maps.handshake_timeout()?,
+        b.maps.udp_unreplied_timeout()?
     );
     if let Some(c) = b.maps.flow_cache_counters()? {
         println!(

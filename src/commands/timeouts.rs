@@ -9,11 +9,12 @@ pub fn run(t: &Timeouts) -> Result<()> {
     let (_lock, b) = open_for_change()?;
     let now = b.maps.set_timeouts(t)?;
     println!(
-        "Timeout (tcp tcpfin udp syn): {} {} {} {}",
+        "Timeout (tcp tcpfin udp syn udp-unreplied): {} {} {} {} {}",
         now.tcp.unwrap_or(0),
         now.tcpfin.unwrap_or(0),
         now.udp.unwrap_or(0),
-        now.syn.unwrap_or(0)
+        now.syn.unwrap_or(0),
+        now.udp_unreplied.unwrap_or(0)
     );
     Ok(())
 }

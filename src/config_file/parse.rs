@@ -55,6 +55,7 @@ struct RawTimeouts {
     tcpfin: Option<Spanned<i64>>,
     udp: Option<Spanned<i64>>,
     syn: Option<Spanned<i64>>,
+    udp_unreplied: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +178,17 @@ pub fn parse(text: &str) -> Result<Desired, FileError> {
                 .syn
                 .as_ref()
                 .map(|v| lines.int(v, "syn", 1..MAX_SYN_TIMEOUT as i64 + 1))
+                .transpose()?,
+            udp_unreplied: t
+                .udp_unreplied
+                .as_ref()
+                .map(|v| {
+                    lines.int(
+                        v,
+                        "udp_unreplied",
+                        1..crate::model::MAX_UDP_UNREPLIED_TIMEOUT as i64 + 1,
+                    )
+                })
                 .transpose()?,
         };
     }

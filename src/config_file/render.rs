@@ -37,6 +37,7 @@ pub fn render(d: &Desired) -> String {
             ("tcpfin", t.tcpfin),
             ("udp", t.udp),
             ("syn", t.syn),
+            ("udp_unreplied", t.udp_unreplied),
         ] {
             if let Some(v) = v {
                 let _ = writeln!(s, "{name} = {v}");

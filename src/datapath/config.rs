@@ -29,7 +29,7 @@ use libbpf_rs::{MapFlags, MapHandle};
 
 use super::abi::{
     LB_DEFAULT_TCP_FIN_TIMEOUT_S, LB_DEFAULT_TCP_TIMEOUT_S, LB_DEFAULT_UDP_TIMEOUT_S,
-    LB_MAX_BACKENDS, LB_MAX_VIPS, LB_UNPROVEN_TIMEOUT_S,
+    LB_MAX_BACKENDS, LB_MAX_VIPS, LB_UDP_UNREPLIED_TIMEOUT_S, LB_UNPROVEN_TIMEOUT_S,
 };
 use super::codec::{
     backend_entry, bytes_of, read, row_of, service_endpoint, vip_entry, vip_row, BackendEntry,
@@ -77,14 +77,16 @@ impl Maps {
 
     /// Sets the timeouts given and returns all four as they now are.
     pub fn set_timeouts(&self, t: &Timeouts) -> Result<Timeouts> {
-        if let Some(syn) = t.syn {
+        if t.syn.is_some() || t.udp_unreplied.is_some() {
             let Some(map) = &self.handshake else {
-                bail!("the running program predates the handshake timeout: upgrade it with lbctl attach IFACE --replace");
+                bail!("the running program predates the handshake and unreplied UDP timeouts: upgrade it with lbctl attach IFACE --replace");
             };
-            let row = lb_handshake {
-                timeout_s: syn,
-                ..Default::default()
-            };
+            // One row holds both: keep the one not given.
+            let mut row = map
+                .get::<lb_handshake>(&ROW0, &"the handshake timeout")?
+                .unwrap_or_default();
+            row.timeout_s = t.syn.unwrap_or(row.timeout_s);
+            row.udp_unreplied_s = t.udp_unreplied.unwrap_or(row.udp_unreplied_s);
             map.put(&ROW0, &row, MapFlags::ANY, &"the handshake timeout")?;
         }
         let mut cfg = self.settings()?;
@@ -101,7 +103,21 @@ impl Maps {
             tcpfin: Some(cfg.tcp_fin_timeout_s),
             udp: Some(cfg.udp_timeout_s),
             syn: Some(self.handshake_timeout()?),
+            udp_unreplied: Some(self.udp_unreplied_timeout()?),
         })
+    }
+
+    /// The unreplied UDP timeout in force (LB_UDP_UNREPLIED_TIMEOUT_S
+    /// unless set).
+    pub fn udp_unreplied_timeout(&self) -> Result<u32> {
+        let Some(map) = &self.handshake else {
+            return Ok(LB_UDP_UNREPLIED_TIMEOUT_S);
+        };
+        let row = map.get::<lb_handshake>(&ROW0, &"the handshake timeout")?;
+        Ok(row
+            .map(|r| r.udp_unreplied_s)
+            .filter(|s| *s != 0)
+            .unwrap_or(LB_UDP_UNREPLIED_TIMEOUT_S))
     }
 
     /// The handshake timeout in force (LB_UNPROVEN_TIMEOUT_S unless set).

@@ -185,12 +185,14 @@ pub fn apply(maps: &Maps, attached: &[String], desired: &Desired) -> Result<Appl
         cfg.tcp_fin_timeout_s,
         cfg.udp_timeout_s,
         maps.handshake_timeout()?,
+        maps.udp_unreplied_timeout()?,
     );
     let want = (
         t.tcp.unwrap_or(now.0),
         t.tcpfin.unwrap_or(now.1),
         t.udp.unwrap_or(now.2),
         t.syn.unwrap_or(now.3),
+        t.udp_unreplied.unwrap_or(now.4),
     );
     if want != now {
         maps.set_timeouts(t)?;

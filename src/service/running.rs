@@ -60,6 +60,10 @@ pub fn running(b: &Balancer) -> Result<Desired> {
                 Some(_) => Some(b.maps.handshake_timeout()?),
                 None => None,
             },
+            udp_unreplied: match b.maps.handshake {
+                Some(_) => Some(b.maps.udp_unreplied_timeout()?),
+                None => None,
+            },
         },
         vips,
     })

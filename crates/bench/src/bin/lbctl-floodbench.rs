@@ -11,6 +11,11 @@
 //! backend's name line), counted after the flood's first 2 s; afterwards
 //! 200 more, one after another. Prints the results and lbctl's counters.
 //!
+//! `--ack`: spoofed ACKs instead of SYNs (issue 19: strangers' non-SYN
+//! packets must not make lasting entries); the backends answer them with
+//! RSTs. Also prints how many entries the spoofed sources hold at the end,
+//! how many are ASSURED and the longest time one has left.
+//!
 //! Run as root; it builds and removes its own namespaces.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -22,7 +27,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use lbctl_lab::clients::{self, EchoConfig};
-use lbctl_lab::fixtures::packet::{parse, Packet, SYN};
+use lbctl_lab::fixtures::packet::{parse, Packet, ACK, SYN};
 use lbctl_lab::lab::Lab;
 use lbctl_lab::netns;
 use lbctl_lab::servers::ECHO_PORT;
@@ -47,6 +52,9 @@ struct Args {
     /// Connections opened one after another after the flood.
     #[arg(long, default_value_t = 200)]
     after: usize,
+    /// Spoofed ACKs instead of SYNs.
+    #[arg(long)]
+    ack: bool,
     /// The lbctl binary (default: `lbctl` beside this one).
     #[arg(long)]
     lbctl: Option<String>,
@@ -75,12 +83,14 @@ fn mac_of(lab: &Lab, ns: &str, iface: &str) -> Result<[u8; 6]> {
 
 /// Sends spoofed SYNs from a raw socket on the client's eth0 until `stop`,
 /// paced in 1 ms steps; returns the frames sent.
+#[allow(clippy::too_many_arguments)] // the flood's parameters, each a plain value
 fn flood(
     frame_src: [u8; 6],
     frame_dst: [u8; 6],
     vip: Ipv4Addr,
     rate: u64,
     flows: u64,
+    flags: u8,
     stop: &AtomicBool,
     sent: &AtomicU64,
 ) -> Result<()> {
@@ -98,7 +108,7 @@ fn flood(
     addr.sll_addr[..6].copy_from_slice(&frame_dst);
     // One template; each frame gets its own source (65,536 addresses x 64
     // ports: more flows than any table holds), checksums updated (RFC 1624).
-    let template = Packet::tcp("198.19.0.0:1024", &format!("{vip}:80"), SYN)
+    let template = Packet::tcp("198.19.0.0:1024", &format!("{vip}:80"), flags)
         .src_mac(frame_src)
         .dst_mac(frame_dst)
         .build();
@@ -220,7 +230,10 @@ fn main() -> Result<()> {
             let (stop, sent, ns) = (stop.clone(), sent.clone(), lab.client_ns().to_string());
             s.spawn(move || {
                 netns::in_ns(&ns, || {
-                    flood(client_mac, lb_mac, vip, args.rate, args.flows, &stop, &sent)
+                    let flags = if args.ack { ACK } else { SYN };
+                    flood(
+                        client_mac, lb_mac, vip, args.rate, args.flows, flags, &stop, &sent,
+                    )
                 })
             })
         };
@@ -256,6 +269,18 @@ fn main() -> Result<()> {
         Ok((ok, tried, secs))
     })?;
     let status_flood = lbctl(&lab, &bin, &["status"])?;
+    // What the spoofed sources hold in the table as the flood ends.
+    let entries = lab.exec(lab.balancer_ns(), &["conntrack", "-L"])?;
+    let spoofed: Vec<&str> = entries
+        .lines()
+        .filter(|l| l.contains("src=198.19."))
+        .collect();
+    let assured = spoofed.iter().filter(|l| l.contains("ASSURED")).count();
+    let longest = spoofed
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
     let mut after_ok = 0;
     for _ in 0..args.after {
         after_ok += lab.in_client(|| Ok::<_, std::io::Error>(connect_once(vip)))? as usize;
@@ -264,9 +289,14 @@ fn main() -> Result<()> {
     let long_ok = reports.iter().filter(|r| r.is_ok()).count();
     let sent = sent.load(Ordering::Relaxed);
     println!(
-        "flood: {sent} spoofed SYNs in {flood_secs:.1} s = {:.0} SYN/s (target {})",
+        "flood: {sent} spoofed {kind}s in {flood_secs:.1} s = {:.0} {kind}/s (target {})",
         sent as f64 / flood_secs,
-        args.rate
+        args.rate,
+        kind = if args.ack { "ACK" } else { "SYN" }
+    );
+    println!(
+        "entries of spoofed sources at its end: {}, ASSURED {assured}, longest left {longest} s",
+        spoofed.len()
     );
     println!(
         "during the flood (after its first 2 s): {during_ok}/{during_tried} new connections ({:.1}%)",
