@@ -53,13 +53,7 @@ static __always_inline __u32 flow_timeout_s(const struct lb_config *cfg,
 	return (mark & LB_MARK_CLOSING) ? cfg->tcp_fin_timeout_s : cfg->tcp_timeout_s;
 }
 
-/* The longest timeout the kernel can give an entry through the kfuncs:
- * they take milliseconds, and msecs_to_jiffies() takes 2^31 ms or more for
- * "infinite" (which the kernel then clamps to INT_MAX jiffies: 99 days at
- * HZ 250, longer than any timeout asked for). 2,147,483 s (24.8 days) is
- * below 2^31 ms and, at HZ up to 1000, below INT_MAX jiffies. The CLI
- * accepts up to 4,000,000 s: an entry keeps at most this. */
-#define LB_MAX_CT_TIMEOUT_S 2147483u
+/* LB_MAX_CT_TIMEOUT_S (lb_abi.h): the longest timeout an entry can keep. */
 
 static __always_inline __u32 ct_timeout_s(__u32 timeout_s)
 {

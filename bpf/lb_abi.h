@@ -128,6 +128,12 @@ struct lb_reply_source {
 #define LB_DEFAULT_TCP_TIMEOUT_S     900
 #define LB_DEFAULT_TCP_FIN_TIMEOUT_S 120
 #define LB_DEFAULT_UDP_TIMEOUT_S     300
+/* The longest timeout the kernel can give an entry through the kfuncs:
+ * they take milliseconds, and msecs_to_jiffies() takes 2^31 ms or more for
+ * "infinite". 2,147,483 s (24.8 days) is below 2^31 ms and, at HZ up to
+ * 1000, below INT_MAX jiffies. lbctl accepts no longer timeout; the data
+ * path clamps to it all the same. */
+#define LB_MAX_CT_TIMEOUT_S 2147483
 
 /* Global settings, row 0 of `settings`. */
 struct lb_config {

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::datapath::abi::LB_MAX_TABLE_SIZE;
+use crate::datapath::abi::{LB_MAX_CT_TIMEOUT_S, LB_MAX_TABLE_SIZE};
 use crate::maglev::is_prime;
 
 /// Balancers that were not given a seed agree with each other.
@@ -294,8 +294,11 @@ impl Timeouts {
     ) -> Result<Timeouts, String> {
         for (name, v) in [("tcp", tcp), ("tcpfin", tcpfin), ("udp", udp)] {
             if let Some(v) = v {
-                if v == 0 || v > 4_000_000 {
-                    return Err(format!("--{name} {v}: a timeout is 1 to 4000000 seconds"));
+                // The kernel keeps an entry at most LB_MAX_CT_TIMEOUT_S.
+                if v == 0 || v > LB_MAX_CT_TIMEOUT_S {
+                    return Err(format!(
+                        "--{name} {v}: a timeout is 1 to {LB_MAX_CT_TIMEOUT_S} seconds (the kernel keeps no entry longer)"
+                    ));
                 }
             }
         }

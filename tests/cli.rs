@@ -250,7 +250,8 @@ fn address_and_value_errors() {
         "is not in VIP",
     );
     ns.fails(&["vip", "del", "198.18.100.2:80"], "does not exist");
-    ns.fails(&["timeouts", "--udp", "0"], "1 to 4000000 seconds");
+    ns.fails(&["timeouts", "--udp", "0"], "1 to 2147483 seconds");
+    ns.fails(&["timeouts", "--tcp", "2147484"], "the kernel keeps no entry longer");
     ns.fails(&["timeouts", "--syn", "601"], "1 to 600 seconds");
     ns.ok(&["detach", "e0"]);
 }

@@ -124,13 +124,14 @@ fn the_handshake_timeout_is_the_operators() {
     });
 }
 
-/// The longest TCP timeout the CLI accepts (4,000,000 s) is refreshed like
-/// any other. The kfuncs take milliseconds, and the kernel takes 2^31 ms or
-/// more for "infinite" (99 days here): an entry keeps at most 2,147,483 s
-/// (24.8 days), never more than asked. Two seconds on, a packet through
-/// conntrack sets it whole again. Also as a kernel with HZ 1000 would run
-/// the program (libbpf's kconfig override): there (timeout - 1) * HZ passes
-/// 2^31, which the refresh check once took as negative.
+/// The longest TCP timeout lbctl accepts is the longest the kernel keeps
+/// (the kfuncs take milliseconds, and the kernel takes 2^31 ms or more for
+/// "infinite"): 2,147,483 s (24.8 days); one more is refused. A settings
+/// row holding more (written by an older lbctl: 4,000,000 s) is clamped to
+/// it, never more than asked. Two seconds on, a packet through conntrack
+/// sets it whole again. Also as a kernel with HZ 1000 would run the program
+/// (libbpf's kconfig override): there (timeout - 1) * HZ passes 2^31, which
+/// the refresh check once took as negative.
 #[test]
 fn the_longest_timeout_is_refreshed() {
     const KEPT: u32 = 2_147_483;
@@ -139,7 +140,17 @@ fn the_longest_timeout_is_refreshed() {
             let lb = Balancer::load_with_kconfig(kconfig).with_routes();
             let vip = lb.vip(VIP, Proto::Tcp, lbctl::model::NatMode::Dnat, None);
             lb.backend(&vip, "198.18.1.11:8080", 1);
-            let t = lbctl::model::Timeouts::new(Some(4_000_000), None, None, None).unwrap();
+            let max = lbctl::datapath::abi::LB_MAX_CT_TIMEOUT_S;
+            assert_eq!(KEPT, max);
+            assert!(lbctl::model::Timeouts::new(Some(max), None, None, None).is_ok());
+            assert!(lbctl::model::Timeouts::new(Some(max + 1), None, None, None).is_err());
+            // As an older lbctl wrote it, past the model's check.
+            let t = lbctl::model::Timeouts {
+                tcp: Some(4_000_000),
+                tcpfin: None,
+                udp: None,
+                syn: None,
+            };
             lb.maps.set_timeouts(&t).unwrap();
             let timeout = || -> u32 {
                 let entries = sh("conntrack -L -p tcp 2>/dev/null");
