@@ -56,6 +56,9 @@ static __noinline int balance(struct xdp_md *ctx, int ext_walk)
 	generation = config_generation(); /* before any configuration is read */
 	if (!maybe_ours(&pkt))
 		return LB_PASS_NOT_VIP;
+	/* Before the fast path and conntrack: no entry, no rewrite. */
+	if (ext_walk & LB_WALK_SOURCE_ROUTED)
+		return LB_PASS_SOURCE_ROUTED;
 
 	/* Fast path: this direction of the flow was decided less than a
 	 * second ago, under the current configuration. */
@@ -112,7 +115,7 @@ int lbctl_xdp(struct xdp_md *ctx)
 {
 	int reason;
 
-	reason = balance(ctx, ipv6_ext_walk(ctx));
+	reason = balance(ctx, walk_headers(ctx));
 	if (reason == LB_PASS_OTHER_PROTO) /* maybe an ICMP error about a flow */
 		reason = icmp_error(ctx);
 	else if (REASON_OF(reason) == LB_TX_ICMP_TOO_BIG) /* tell the sender */
