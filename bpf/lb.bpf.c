@@ -33,8 +33,9 @@
 
 /* TCP and UDP: the five steps. Returns the verdict reason.
  *
- * A function of its own so that the ICMP functions and the IPv6 extension
- * header walk are called beside it by the entry function, not from it: a
+ * A function of its own so that the ICMP functions and the header walk
+ * (IPv6 extension headers, IPv4 options) are called beside it by the entry
+ * function, not from it: a
  * call's stack adds to its caller's, the BPF stack is 512 bytes for the
  * whole chain, and these steps use most of it. So parse gets the walk's
  * result (ext_walk) instead of calling it. */
