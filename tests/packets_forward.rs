@@ -132,3 +132,44 @@ fn ipv6_too_big_never_advertises_less_than_1280() {
         assert_eq!(lb.reason(lb_reason::LB_TX_ICMP_TOO_BIG), 1);
     });
 }
+
+/// Item B of issue #19, confirmed and NOT fixed on this branch (on main the
+/// error leaves rewritten as if the flow were dnat: outer 198.18.0.2 ->
+/// 198.18.1.11, the quote from the backend's address, which the backend
+/// never sent from, so its socket never learns the MTU). A router on
+/// the client's path sends "fragmentation needed" about a dsr backend's
+/// direct answer (quoting VIP -> client) to the VIP, i.e. to the balancer.
+/// It should reach the backend as the client's packets do (dsr: the same
+/// frame, the backend's MAC, destination still the VIP). Ignored until the
+/// fix; `cargo test --test packets_forward -- --ignored` shows what happens.
+#[test]
+#[ignore = "issue #19 item B: ICMP about dsr flows is rewritten as dnat"]
+fn icmp_about_a_dsr_flow_reaches_the_backend_as_the_clients_packets_do() {
+    in_fresh_netns(|| {
+        let lb = Balancer::load().with_routes();
+        let vip = "198.18.100.1:8080";
+        let service = lb.vip(vip, Proto::Tcp, NatMode::Dsr, None);
+        lb.backend(&service, "198.18.1.11:8080", 1);
+        let syn = Packet::tcp(CLIENT4, vip, SYN).build();
+        assert_eq!(lb.run(&syn).0, XDP_REDIRECT, "{:?}", lb.reasons());
+        // The backend's answer as it left (from the VIP), quoted by a
+        // router at 198.18.0.3 that has a 1,280-byte link to the client.
+        let answer = Packet::tcp(vip, CLIENT4, SYN | ACK).payload(&[0; 1400]);
+        let error = Packet::icmp_error(
+            "198.18.0.3",
+            "198.18.100.1",
+            IcmpError::FragNeeded(1280),
+            &answer,
+        )
+        .build();
+        let (action, out) = lb.run(&error);
+        assert_eq!(action, XDP_REDIRECT, "{:?}", lb.reasons());
+        assert_eq!(&out[..6], &[2, 0, 0, 0, 1, 11], "to the backend's MAC");
+        assert_eq!(
+            &out[14 + 12..14 + 20],
+            &error[14 + 12..14 + 20],
+            "outer addresses kept (main: client -> backend, as if dnat)"
+        );
+        assert_eq!(&out[14 + 20..], &error[14 + 20..], "ICMP and quote kept");
+    });
+}
