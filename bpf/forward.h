@@ -58,6 +58,26 @@ static __always_inline bool must_not_fragment(const struct packet *pkt)
 	return pkt->family == LB_AF_INET6 || (pkt->ip->frag_off & bpf_htons(IP_DF));
 }
 
+/* IPv6's minimum MTU: no "packet too big" may advertise less (RFC 8200
+ * 5), and a sender told less uses 1,280 anyway. */
+#define IPV6_MIN_MTU 1280
+
+/* The too-big answer for an IPv6 packet whose room (an ip6ip6 tunnel's MTU
+ * minus its outer header, on a link below 1,320) is under 1,280: a packet
+ * over 1,280 is told 1,280; one of 1,280 or less cannot be made to fit (RFC
+ * 2473 would fragment the outer packet, which XDP cannot), so it is dropped
+ * and counted (drop_tunnel_mtu), not answered with a figure the sender
+ * would ignore. IPv4 keeps the egress figure. */
+static __always_inline int ipv6_min_mtu(const struct packet *pkt, struct next_hop *hop)
+{
+	if (pkt->family != LB_AF_INET6 || hop->mtu >= IPV6_MIN_MTU)
+		return LB_TX_ICMP_TOO_BIG;
+	if (pkt_ip_len(pkt) <= IPV6_MIN_MTU)
+		return LB_DROP_TUNNEL_MTU;
+	hop->mtu = IPV6_MIN_MTU;
+	return LB_TX_ICMP_TOO_BIG;
+}
+
 /* Where the packet goes once rewritten to f's addresses. Returns
  * LB_CONTINUE with hop filled in; LB_TX_ICMP_TOO_BIG with hop->mtu when it
  * is too big for the egress and may not be fragmented (icmp.h answers the
@@ -80,7 +100,7 @@ static __always_inline int route(struct xdp_md *ctx, const struct packet *pkt,
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && must_not_fragment(pkt)) {
 		/* tunnel: the sender must leave room for the outer header */
 		hop->mtu = fib->mtu_result - f->encap;
-		return LB_TX_ICMP_TOO_BIG;
+		return ipv6_min_mtu(pkt, hop);
 	}
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && f->encap)
 		return LB_DROP_TUNNEL_MTU; /* XDP cannot fragment it */
@@ -105,19 +125,26 @@ static __always_inline void decrement_hop_limit(struct packet *pkt)
 }
 
 /* One hop less, the next hop's MACs, and out: the same interface (LB_XDP_TX) or
- * another attached one (LB_XDP_REDIRECT); LB_PASS_FIB if that one is not in
- * tx_ports. The caller has checked TTL (hop limit) > 1. */
+ * another attached one (LB_XDP_REDIRECT). The caller has checked TTL (hop
+ * limit) > 1. If the egress is not in tx_ports (not attached: the other arm
+ * of a half-attached balancer, a VLAN, bond or bridge), LB_PASS_FIB with the
+ * MACs and TTL as they came: the frame is still addressed to this host, so
+ * the stack accepts it, forwards it and takes the hop itself. Rewritten for
+ * the next hop, the stack would drop it as another host's. */
 static __always_inline int transmit(struct xdp_md *ctx, struct packet *pkt,
 				    const struct next_hop *hop)
 {
+	int reason = LB_XDP_TX;
+
+	if (hop->ifindex != ctx->ingress_ifindex) {
+		if (bpf_redirect_map(&tx_ports, hop->ifindex, XDP_PASS) != XDP_REDIRECT)
+			return LB_PASS_FIB;
+		reason = LB_XDP_REDIRECT;
+	}
 	decrement_hop_limit(pkt);
 	__builtin_memcpy(pkt->eth->h_dest, hop->dmac, ETH_ALEN);
 	__builtin_memcpy(pkt->eth->h_source, hop->smac, ETH_ALEN);
-	if (hop->ifindex == ctx->ingress_ifindex)
-		return LB_XDP_TX;
-	if (bpf_redirect_map(&tx_ports, hop->ifindex, XDP_PASS) == XDP_REDIRECT)
-		return LB_XDP_REDIRECT;
-	return LB_PASS_FIB;
+	return reason;
 }
 
 #endif /* LB_FORWARD_H */

@@ -33,8 +33,9 @@
 
 /* TCP and UDP: the five steps. Returns the verdict reason.
  *
- * A function of its own so that the ICMP functions and the IPv6 extension
- * header walk are called beside it by the entry function, not from it: a
+ * A function of its own so that the ICMP functions and the header walk
+ * (IPv6 extension headers, IPv4 options) are called beside it by the entry
+ * function, not from it: a
  * call's stack adds to its caller's, the BPF stack is 512 bytes for the
  * whole chain, and these steps use most of it. So parse gets the walk's
  * result (ext_walk) instead of calling it. */
@@ -56,6 +57,9 @@ static __noinline int balance(struct xdp_md *ctx, int ext_walk)
 	generation = config_generation(); /* before any configuration is read */
 	if (!maybe_ours(&pkt))
 		return LB_PASS_NOT_VIP;
+	/* Before the fast path and conntrack: no entry, no rewrite. */
+	if (ext_walk & LB_WALK_SOURCE_ROUTED)
+		return LB_PASS_SOURCE_ROUTED;
 
 	/* Fast path: this direction of the flow was decided less than a
 	 * second ago, under the current configuration. */
@@ -112,7 +116,7 @@ int lbctl_xdp(struct xdp_md *ctx)
 {
 	int reason;
 
-	reason = balance(ctx, ipv6_ext_walk(ctx));
+	reason = balance(ctx, walk_headers(ctx));
 	if (reason == LB_PASS_OTHER_PROTO) /* maybe an ICMP error about a flow */
 		reason = icmp_error(ctx);
 	else if (REASON_OF(reason) == LB_TX_ICMP_TOO_BIG) /* tell the sender */

@@ -308,6 +308,7 @@ enum lb_reason {
 	LB_DROP_MARTIAN,         /* to a VIP from a martian source, or a reply to one: no entry made */
 	LB_DROP_REPLY_WRONG_IFACE, /* from a backend, no entry, arrived where that backend's packets do not */
 	LB_DROP_CT_CLASH,        /* new flow whose entry clashes with a live one (same reply tuple: a client port reused toward VIPs sharing a backend) */
+	LB_PASS_SOURCE_ROUTED,   /* source-routed (IPv4 LSRR/SSRR, IPv6 routing header with segments left): its checksum covers another destination; the kernel's source-route policy decides */
 	LB_REASON_MAX,
 };
 

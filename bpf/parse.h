@@ -53,6 +53,11 @@ static __always_inline int parse_ipv4(struct packet *pkt, struct iphdr *ip, void
 #define LB_WALK_FIRST_FRAG (1 << 24)
 #define LB_WALK_MAX_OFFSET 0xfff
 #define LB_WALK_OFFSET(w)  ((w) & LB_WALK_MAX_OFFSET)
+/* Also set (with LB_WALK_FOUND, or alone for IPv4) when the packet is source
+ * routed: an IPv6 routing header with segments left, an IPv4 loose or strict
+ * source route option. Its destination is not its final one, and its
+ * TCP/UDP checksum covers the final one: lbctl does not balance it. */
+#define LB_WALK_SOURCE_ROUTED (1 << 29)
 
 /* The IPv6 extension headers before TCP/UDP, at most LB_MAX_EXT_HEADERS of
  * them: hop-by-hop, routing and destination options (wherever they appear;
@@ -74,6 +79,7 @@ __noinline int ipv6_walk_ext(struct xdp_md *ctx)
 	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
 	void *cursor = ip6 + 1;
 	int first_fragment = 0;
+	int routed = 0;
 	__u8 next;
 
 	if ((void *)(ip6 + 1) > data_end)
@@ -87,6 +93,14 @@ __noinline int ipv6_walk_ext(struct xdp_md *ctx)
 
 			if ((void *)(opt + 1) > data_end)
 				return LB_PASS_MALFORMED;
+			if (next == IPPROTO_ROUTING) {
+				struct ipv6_rt_hdr *rt = cursor;
+
+				if ((void *)(rt + 1) > data_end)
+					return LB_PASS_MALFORMED;
+				if (rt->segments_left)
+					routed = LB_WALK_SOURCE_ROUTED;
+			}
 			next = opt->nexthdr;
 			cursor += (opt->hdrlen + 1) * 8;
 		} else if (next == IPPROTO_FRAGMENT) {
@@ -107,7 +121,8 @@ __noinline int ipv6_walk_ext(struct xdp_md *ctx)
 	if (next == IPPROTO_TCP || next == IPPROTO_UDP) {
 		if (cursor > data_end || cursor - data > LB_WALK_MAX_OFFSET)
 			return LB_PASS_MALFORMED;
-		return LB_WALK_FOUND | first_fragment | next << 16 | (int)(cursor - data);
+		return LB_WALK_FOUND | routed | first_fragment | next << 16 |
+		       (int)(cursor - data);
 	}
 	if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING ||
 	    next == IPPROTO_DSTOPTS || next == IPPROTO_FRAGMENT)
@@ -115,17 +130,74 @@ __noinline int ipv6_walk_ext(struct xdp_md *ctx)
 	return LB_PASS_OTHER_PROTO;
 }
 
-/* ipv6_walk_ext's answer for an IPv6 packet without TCP/UDP right after
- * its header (0 for any other packet), asked by the entry function and
- * handed to parse_packet: called from deeper, its stack frame would add
- * to the steps'. */
-static __always_inline int ipv6_ext_walk(struct xdp_md *ctx)
+#define IPOPT_END_  0
+#define IPOPT_NOP_  1
+#define IPOPT_LSRR_ 0x83
+#define IPOPT_SSRR_ 0x89
+
+/* The options ipv4_walk_options looks at: each path through the walk is a
+ * verifier state, and 40 one-byte NOPs would take it past its limit. A
+ * sender that source-routes puts the route first or after a NOP or two. */
+#define LB_MAX_IPV4_OPTIONS 8
+
+/* LB_WALK_SOURCE_ROUTED if the IPv4 header's first LB_MAX_IPV4_OPTIONS
+ * options hold a loose or strict source route, else 0 (a malformed option
+ * list too: the parser and the receiver judge the rest). A global function,
+ * as ipv6_walk_ext; called only for headers with options, which are rare. */
+__noinline int ipv4_walk_options(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	__u8 *opts = (void *)(ip + 1);
+	__u32 len, off = 0;
+
+	if ((void *)(ip + 1) > data_end)
+		return 0;
+	len = ip->ihl * 4;
+	if (len <= sizeof(*ip))
+		return 0;
+	len -= sizeof(*ip); /* at most 40 bytes of options */
+	for (int i = 0; i < LB_MAX_IPV4_OPTIONS && off < len; i++) {
+		__u8 *o = opts + (off & 0x3f);
+
+		if ((void *)(o + 2) > data_end)
+			return 0;
+		if (o[0] == IPOPT_END_)
+			return 0;
+		if (o[0] == IPOPT_NOP_) {
+			off++;
+			continue;
+		}
+		if (o[0] == IPOPT_LSRR_ || o[0] == IPOPT_SSRR_)
+			return LB_WALK_SOURCE_ROUTED;
+		if (o[1] < 2)
+			return 0;
+		off += o[1];
+	}
+	return 0;
+}
+
+/* The walk of the headers between IP and TCP/UDP, asked by the entry
+ * function and handed to parse_packet (called from deeper, its stack frame
+ * would add to the steps'): ipv6_walk_ext's answer for an IPv6 packet
+ * without TCP/UDP right after its header, ipv4_walk_options' for an IPv4
+ * header with options, 0 for any other packet. */
+static __always_inline int walk_headers(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	struct iphdr *ip = (void *)(eth + 1);
 
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		if ((void *)(ip + 1) > data_end || ip->ihl <= 5)
+			return 0;
+		return ipv4_walk_options(ctx);
+	}
 	if ((void *)(ip6 + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IPV6) ||
 	    ip6->nexthdr == IPPROTO_TCP || ip6->nexthdr == IPPROTO_UDP)
 		return 0;
@@ -220,7 +292,7 @@ static __always_inline int parse_l4(struct packet *pkt, void *l4, void *data_end
 }
 
 /* Returns LB_CONTINUE with pkt filled in, or the reason to pass the packet
- * on untouched. ext_walk: ipv6_ext_walk's answer. */
+ * on untouched. ext_walk: walk_headers' answer. */
 static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt, int ext_walk)
 {
 	void *data = (void *)(long)ctx->data;

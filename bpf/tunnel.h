@@ -21,7 +21,12 @@ static __always_inline __u16 tunnel_overhead(__u8 family)
 }
 
 /* The outer IPv4 header: from src to the backend (f->daddr), TOS and DF as the
- * inner packet has them (DF: the path MTU is the client's to learn). */
+ * inner packet has them (DF: the path MTU is the client's to learn). Its ID
+ * varies (RFC 6864: without DF a fragment is reassembled by source,
+ * destination, protocol and ID, so a constant ID splices the fragments of
+ * different packets together; with DF any ID will do). A random one: no
+ * state to share between CPUs, and no counter an observer could read the
+ * balancer's rate from. */
 static __always_inline void tunnel_ipv4_header(struct iphdr *outer, const struct iphdr *inner,
 					       __be32 src, const struct flow *f)
 {
@@ -29,7 +34,7 @@ static __always_inline void tunnel_ipv4_header(struct iphdr *outer, const struct
 	outer->ihl = 5;
 	outer->tos = inner->tos;
 	outer->tot_len = bpf_htons(bpf_ntohs(inner->tot_len) + sizeof(struct iphdr));
-	outer->id = 0;
+	outer->id = (__be16)bpf_get_prandom_u32();
 	outer->frag_off = inner->frag_off & bpf_htons(0x4000 /* DF */);
 	outer->ttl = 64;
 	outer->protocol = IPPROTO_IPIP_;
@@ -64,7 +69,9 @@ static __always_inline int encapsulate(struct xdp_md *ctx, struct packet *pkt,
 	__u16 overhead = tunnel_overhead(pkt->family);
 	void *data, *data_end;
 
-	/* The MACs are transmit()'s to write; only the EtherType is kept. */
+	/* The MACs are transmit()'s to write; until then they are the
+	 * client's frame's (copied below), so that a frame that goes to the
+	 * stack instead (egress not attached) is still addressed to it. */
 	if (bpf_xdp_adjust_head(ctx, -(int)overhead))
 		return LB_PASS_MALFORMED;
 	data = (void *)(long)ctx->data;
@@ -76,6 +83,7 @@ static __always_inline int encapsulate(struct xdp_md *ctx, struct packet *pkt,
 
 		if ((void *)(inner + 1) > data_end)
 			return LB_PASS_MALFORMED;
+		__builtin_memcpy(e, (void *)inner - sizeof(*e), 2 * ETH_ALEN);
 		e->h_proto = bpf_htons(ETH_P_IPV6);
 		tunnel_ipv6_header(outer, inner, src, f);
 		pkt->eth = e;
@@ -87,6 +95,7 @@ static __always_inline int encapsulate(struct xdp_md *ctx, struct packet *pkt,
 
 		if ((void *)(inner + 1) > data_end)
 			return LB_PASS_MALFORMED;
+		__builtin_memcpy(e, (void *)inner - sizeof(*e), 2 * ETH_ALEN);
 		e->h_proto = bpf_htons(ETH_P_IP);
 		tunnel_ipv4_header(outer, inner, src[0], f);
 		pkt->eth = e;

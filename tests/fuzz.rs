@@ -288,7 +288,7 @@ fn judge(f: &[u8]) -> Sum {
 }
 
 /// Verdicts after which the frame leaves exactly as it came.
-const UNTOUCHED: [lb_reason; 8] = [
+const UNTOUCHED: [lb_reason; 9] = [
     lb_reason::LB_PASS_NOT_IP,
     lb_reason::LB_PASS_NOT_VIP,
     lb_reason::LB_PASS_OTHER_PROTO,
@@ -297,6 +297,7 @@ const UNTOUCHED: [lb_reason; 8] = [
     lb_reason::LB_PASS_REPLY_UNTRACKED,
     lb_reason::LB_PASS_FOREIGN_CT,
     lb_reason::LB_PASS_EXT_HEADERS,
+    lb_reason::LB_PASS_SOURCE_ROUTED,
 ];
 
 fn action_of(r: lb_reason) -> u32 {

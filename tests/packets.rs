@@ -553,6 +553,26 @@ fn odd_packets() -> Vec<Case> {
             ),
         },
         Case {
+            row: SOURCE_ROUTED_ROW,
+            example: "SYN to the VIP with a loose source route on to 198.18.1.50",
+            frame: Packet::tcp(CLIENT, VIP, SYN)
+                .ip_options(&[0x83, 7, 4, 198, 18, 1, 50, IPOPT_EOL])
+                .build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_SOURCE_ROUTED,
+            out: Untouched,
+        },
+        Case {
+            row: SOURCE_ROUTED_ROW,
+            example: "SYN to the VIP with a strict source route after a NOP",
+            frame: Packet::tcp(CLIENT, VIP, SYN)
+                .ip_options(&[IPOPT_NOP, 0x89, 7, 4, 198, 18, 1, 50])
+                .build(),
+            action: XDP_PASS,
+            reason: lb_reason::LB_PASS_SOURCE_ROUTED,
+            out: Untouched,
+        },
+        Case {
             row: "first fragment to a VIP (IPv4 MF; IPv6 fragment header, offset 0, M set)",
             example: "SYN to the VIP with more fragments set, offset 0",
             frame: Packet::tcp(CLIENT, VIP, SYN).more_fragments().build(),
@@ -771,6 +791,7 @@ fn too_big(dont_fragment: bool) -> Packet {
 }
 
 const MARTIAN_ROW: &str = "to a VIP from a martian source (0.0.0.0/8, 127/8, 224/4, 240/4 and 255.255.255.255; IPv6 ::, ::1, IPv4-mapped, fe80::/10, ff00::/8) or from the VIP's own address";
+const SOURCE_ROUTED_ROW: &str = "source-routed (IPv4 loose or strict source route option; IPv6 routing header with segments left > 0)";
 const L4_LENGTH_ROW: &str = "TCP/UDP header beyond the IP total length (IPv6: payload length), TCP data offset < 5 or beyond it, UDP length beyond it";
 const SHARED_BACKEND: &str = "198.18.1.14:8080";
 

@@ -286,6 +286,15 @@ fn odd_ipv6_packets_have_one_documented_behaviour_each() {
                 full[..14 + 40 + 10].to_vec(),
                 "pass_malformed",
             ),
+            (
+                "routing header with a segment left (source routed)",
+                syn()
+                    .ext(vec![ExtHeader::SourceRoute {
+                        segments: vec!["2001:db8:0:1::50".parse().unwrap()],
+                    }])
+                    .build(),
+                "pass_source_routed",
+            ),
             ("ARP", arp, "pass_not_ip"),
             (
                 "other address",

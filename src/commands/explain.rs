@@ -277,13 +277,22 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
     }
     let fullnat = p.vip.mode == NatMode::Fullnat;
     let egress_attached = b.attachments.iter().any(|a| a.ifname == reach.dev);
+    // Not attached: the packet goes to the kernel (pass_fib), still
+    // addressed to the balancer, and the kernel forwards it; but whatever
+    // comes back through that interface never meets lbctl (tests/half_attached.rs).
+    let dev = &reach.dev;
     checks.add(
         "egress",
-        egress_attached || !fullnat,
-        match (egress_attached, fullnat) {
-            (true, _) => format!("{} is attached: packets leave from XDP", reach.dev),
-            (false, false) => format!("{} is not attached: packets go through the kernel's forwarding (pass_fib), slower but delivered", reach.dev),
-            (false, true) => format!("{} is not attached: fullnat packets go to the kernel (pass_fib), which drops them as martian (lbctl attach {})", reach.dev, reach.dev),
+        egress_attached,
+        if egress_attached {
+            format!("{dev} is attached: packets leave from XDP")
+        } else {
+            match p.vip.mode {
+                NatMode::Fullnat => format!("{dev} is not attached: fullnat packets go to the kernel (pass_fib), which drops them as martian (lbctl attach {dev})"),
+                NatMode::Dsr => format!("{dev} is not attached: dsr packets go to the kernel (pass_fib), which routes them by the VIP, not to the backend: not delivered (lbctl attach {dev})"),
+                NatMode::Tunnel => format!("{dev} is not attached: tunnel packets go to the kernel (pass_fib) already encapsulated, from the VIP's source address: lbctl does not promise their delivery from there (lbctl attach {dev})"),
+                NatMode::Dnat => format!("{dev} is not attached: packets go to the kernel (pass_fib), which forwards them to the backend, but the backend's replies come back through {dev}, where lbctl cannot rewrite them back to the VIP: connections fail (lbctl attach {dev})"),
+            }
         },
     );
     checks.add(
