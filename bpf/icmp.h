@@ -15,8 +15,12 @@
  *   client -> backend            reply         client -> VIP      the client
  *   (fullnat: SNAT -> backend)
  *
- * Then the forward step sends it on (FIB, XDP_TX or redirect). Anything
- * else (no entry, not lbctl's, not TCP/UDP inside) passes untouched. */
+ * dsr and tunnel flows are the exception: their backends answer from the
+ * VIP itself, so an error about an answer (quoting VIP -> client, found as
+ * original) goes to the backend unchanged, the way the client's packets
+ * go (quoted_vip). Then the forward step sends it on (FIB, XDP_TX or
+ * redirect). Anything else (no entry, not lbctl's, not TCP/UDP inside)
+ * passes untouched. */
 #ifndef LB_ICMP_H
 #define LB_ICMP_H
 
@@ -26,6 +30,7 @@
 #include "classify.h"
 #include "conntrack.h"
 #include "forward.h"
+#include "tunnel.h"
 
 /* Not in vmlinux.h (macros in the kernel's headers). */
 #define IPPROTO_ICMPV6      58
@@ -173,6 +178,22 @@ static __always_inline void icmp_rewrite(struct packet *pkt, struct quote *q,
 	addr_store(pkt->daddr, f->daddr, pkt->family);
 }
 
+/* The dsr or tunnel VIP a quoted packet came from, or NULL. A dsr or
+ * tunnel backend answers the client from the VIP itself, past the
+ * balancer, so an error about such an answer (a router on the client's
+ * path that cannot forward it: "fragmentation needed", "packet too big")
+ * comes to the VIP, i.e. here. It must reach the backend as the client's
+ * packets do, unchanged (dsr: the backend's MAC; tunnel: encapsulated):
+ * the backend holds the VIP, and its socket is the quoted one. Rewritten
+ * as for dnat, it would quote an address the backend never sent from. */
+static __always_inline struct lb_vip *quoted_vip(const struct quote *q, __u8 family)
+{
+	struct lb_endpoint key;
+
+	endpoint_of(&key, q->saddr, q->ports[0], q->proto, family);
+	return bpf_map_lookup_elem(&vips, &key);
+}
+
 /* Called for what parse passed as neither TCP nor UDP. An ICMP or ICMPv6
  * error about a flow of lbctl's: rewritten and forwarded to the host that
  * sent the quoted packet. Anything else: the reason to pass it untouched.
@@ -189,6 +210,7 @@ __noinline int icmp_error(struct xdp_md *ctx)
 	struct packet pkt = {};
 	struct quote q = {};
 	struct next_hop hop;
+	struct lb_vip *vip = NULL;
 	struct nf_conn *ct;
 	struct flow f = {};
 	__u8 dir = IP_CT_DIR_ORIGINAL;
@@ -242,10 +264,20 @@ __noinline int icmp_error(struct xdp_md *ctx)
 	ct_nat_target(ct, dir, pkt.family, &f);
 	bpf_ct_release(ct);
 
-	icmp_rewrite(&pkt, &q, icmp_check, &f);
+	if (dir == IP_CT_DIR_ORIGINAL)
+		vip = quoted_vip(&q, pkt.family);
+	if (vip && (vip->flags & (LB_VIP_DSR | LB_VIP_TUNNEL)))
+		keep_destination(&pkt, vip, &f); /* as the client's packets go */
+	else
+		icmp_rewrite(&pkt, &q, icmp_check, &f);
 	reason = route(ctx, &pkt, &f, &hop);
 	if (reason != LB_CONTINUE)
 		return reason; /* rewritten; the stack forwards it */
+	if (f.encap) {
+		reason = encapsulate(ctx, &pkt, &f, vip);
+		if (reason != LB_CONTINUE)
+			return reason;
+	}
 	reason = transmit(ctx, &pkt, &hop);
 	if (reason == LB_XDP_TX)
 		return LB_ICMP_XDP_TX;

@@ -133,43 +133,118 @@ fn ipv6_too_big_never_advertises_less_than_1280() {
     });
 }
 
-/// Item B of issue #19, confirmed and NOT fixed on this branch (on main the
-/// error leaves rewritten as if the flow were dnat: outer 198.18.0.2 ->
-/// 198.18.1.11, the quote from the backend's address, which the backend
-/// never sent from, so its socket never learns the MTU). A router on
-/// the client's path sends "fragmentation needed" about a dsr backend's
-/// direct answer (quoting VIP -> client) to the VIP, i.e. to the balancer.
-/// It should reach the backend as the client's packets do (dsr: the same
-/// frame, the backend's MAC, destination still the VIP). Ignored until the
-/// fix; `cargo test --test packets_forward -- --ignored` shows what happens.
+/// A router on the client's path sends "fragmentation needed" / "packet
+/// too big" about a dsr or tunnel backend's direct answer (quoting VIP ->
+/// client) to the VIP, i.e. to the balancer. It reaches the backend as the
+/// client's packets do: dsr, the same frame to the backend's MAC (outer
+/// addresses, ICMP and quote unchanged: the backend holds the VIP and its
+/// socket is the quoted one); tunnel, that frame inside an outer header to
+/// the backend. Before: rewritten as if dnat (outer client -> backend, the
+/// quote from the backend's own address, which its socket never sent from),
+/// so the backend never learnt the path MTU.
 #[test]
-#[ignore = "issue #19 item B: ICMP about dsr flows is rewritten as dnat"]
-fn icmp_about_a_dsr_flow_reaches_the_backend_as_the_clients_packets_do() {
-    in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = "198.18.100.1:8080";
-        let service = lb.vip(vip, Proto::Tcp, NatMode::Dsr, None);
-        lb.backend(&service, "198.18.1.11:8080", 1);
-        let syn = Packet::tcp(CLIENT4, vip, SYN).build();
-        assert_eq!(lb.run(&syn).0, XDP_REDIRECT, "{:?}", lb.reasons());
-        // The backend's answer as it left (from the VIP), quoted by a
-        // router at 198.18.0.3 that has a 1,280-byte link to the client.
-        let answer = Packet::tcp(vip, CLIENT4, SYN | ACK).payload(&[0; 1400]);
-        let error = Packet::icmp_error(
+fn icmp_about_dsr_and_tunnel_flows_reaches_the_backend_as_the_clients_packets_do() {
+    let cases = [
+        (
+            NatMode::Dsr,
+            "198.18.100.1:8080",
+            CLIENT4,
+            "198.18.1.11:8080",
             "198.18.0.3",
-            "198.18.100.1",
-            IcmpError::FragNeeded(1280),
-            &answer,
-        )
-        .build();
-        let (action, out) = lb.run(&error);
-        assert_eq!(action, XDP_REDIRECT, "{:?}", lb.reasons());
-        assert_eq!(&out[..6], &[2, 0, 0, 0, 1, 11], "to the backend's MAC");
-        assert_eq!(
-            &out[14 + 12..14 + 20],
-            &error[14 + 12..14 + 20],
-            "outer addresses kept (main: client -> backend, as if dnat)"
-        );
-        assert_eq!(&out[14 + 20..], &error[14 + 20..], "ICMP and quote kept");
-    });
+        ),
+        (
+            NatMode::Dsr,
+            "[2001:db8:0:100::1]:8080",
+            CLIENT6,
+            "[2001:db8:0:1::11]:8080",
+            "2001:db8::3",
+        ),
+        (
+            NatMode::Tunnel,
+            "198.18.100.1:8080",
+            CLIENT4,
+            "198.18.1.11:8080",
+            "198.18.0.3",
+        ),
+        (
+            NatMode::Tunnel,
+            "[2001:db8:0:100::1]:8080",
+            CLIENT6,
+            "[2001:db8:0:1::11]:8080",
+            "2001:db8::3",
+        ),
+    ];
+    for (mode, vip, client, backend, router) in cases {
+        in_fresh_netns(move || {
+            let lb = Balancer::load().with_routes();
+            let ipv6 = vip.starts_with('[');
+            let source = match (mode, ipv6) {
+                (NatMode::Tunnel, false) => Some("198.18.1.1"),
+                (NatMode::Tunnel, true) => Some("2001:db8:0:1::1"),
+                _ => None,
+            };
+            let service = lb.vip(vip, Proto::Tcp, mode, source);
+            lb.backend(&service, backend, 1);
+            let syn = Packet::tcp(client, vip, SYN).build();
+            let (action, first) = lb.run(&syn);
+            assert_eq!(action, XDP_REDIRECT, "{mode:?} {vip}: {:?}", lb.reasons());
+            // The backend's answer as it left (from the VIP), quoted by a
+            // router with a 1,280-byte link to the client.
+            // (Quoted whole: 1,000 bytes keep the IPv6 error within 1,280.)
+            let answer = Packet::tcp(vip, client, SYN | ACK).payload(&[0; 1000]);
+            let vip_addr = addr(vip).ip().to_string();
+            let error = if ipv6 {
+                Packet::icmp_error(router, &vip_addr, IcmpError::TooBig(1280), &answer)
+            } else {
+                Packet::icmp_error(router, &vip_addr, IcmpError::FragNeeded(1280), &answer)
+            }
+            .build();
+            let (action, out) = lb.run(&error);
+            assert_eq!(action, XDP_REDIRECT, "{mode:?} {vip}: {:?}", lb.reasons());
+            assert_eq!(
+                lb.reason(lb_reason::LB_ICMP_XDP_REDIRECT),
+                1,
+                "{mode:?} {vip}"
+            );
+            assert_eq!(
+                &out[..12],
+                &first[..12],
+                "{mode:?} {vip}: MACs as the client's packet got"
+            );
+            // What follows the Ethernet header: the outer header a tunnel
+            // adds (as on the client's packet), then the error as it came
+            // but one hop less.
+            let outer = first.len() - syn.len();
+            assert_eq!(out.len(), error.len() + outer, "{mode:?} {vip}");
+            if outer > 0 {
+                // The tunnel's outer header: the one the client's packet
+                // got, from the VIP's source to the backend.
+                let (proto, addrs) = if ipv6 { (6, 8..40) } else { (9, 12..20) };
+                let (o, f) = (&out[14..14 + outer], &first[14..14 + outer]);
+                assert_eq!(o[proto], f[proto], "{mode:?} {vip}: IPIP / ip6ip6");
+                assert_eq!(
+                    o[addrs.clone()],
+                    f[addrs],
+                    "{mode:?} {vip}: outer addresses"
+                );
+            }
+            let (sent, got) = (&error[14..], &out[14 + outer..]);
+            let ttl = if ipv6 { 7 } else { 8 };
+            assert_eq!(got[ttl], sent[ttl] - 1, "{mode:?} {vip}: one hop");
+            if ipv6 {
+                assert_eq!(&got[..7], &sent[..7], "{mode:?} {vip}");
+                assert_eq!(
+                    &got[8..],
+                    &sent[8..],
+                    "{mode:?} {vip}: addresses, ICMP, quote kept"
+                );
+            } else {
+                assert_eq!(
+                    &got[12..],
+                    &sent[12..],
+                    "{mode:?} {vip}: addresses, ICMP, quote kept"
+                );
+            }
+        });
+    }
 }

@@ -1,5 +1,6 @@
 //! Path MTU discovery through lbctl, with real TCP in the lab, IPv4 and
-//! IPv6, two-arm dnat and one-arm fullnat:
+//! IPv6, two-arm dnat and one-arm fullnat (and dsr and tunnel for the
+//! router's errors):
 //! - a router between the client and the balancer, whose link to the client
 //!   is 1280 bytes while the client advertises a 1500-byte link's MSS: the
 //!   backends' full-size segments reach the router, whose ICMP errors go to
@@ -15,7 +16,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use lbctl_lab::clients::{self, ClientError};
-use lbctl_lab::lab::{Family, Lab, Topology};
+use lbctl_lab::lab::{Family, Lab, Topology, HOST_IFACE};
 
 const ECHO_PORT: u16 = 8080;
 const SMALL_MTU: u32 = 1280;
@@ -131,6 +132,68 @@ fn a_routers_icmp_errors_reach_the_backend_dnat() {
 #[test]
 fn a_routers_icmp_errors_reach_the_backend_fullnat() {
     through_a_router(Topology::OneArm);
+}
+
+/// dsr and tunnel: backend 1 holds VIP 1 (both families) on its loopback
+/// and answers the client directly, through the router's 1,280-byte link.
+/// The router's errors about those answers quote VIP -> client and go to
+/// the VIP, i.e. through lbctl, which must hand them to the backend as it
+/// hands it the client's packets (dsr: its MAC; tunnel: encapsulated, and
+/// the backend's test decapsulator unwraps them too). 20 kB echoes complete
+/// and the backend learned the path MTU towards the client.
+fn direct_through_a_router(mode: &str) {
+    let mut lab = Lab::behind_router(Topology::TwoArm, 1, SMALL_MTU).expect("building the lab");
+    lab.start_servers().expect("starting servers");
+    let ns = lab.backend_ns(1).to_string();
+    for family in [Family::V4, Family::V6] {
+        let len = if family == Family::V4 { 32 } else { 128 };
+        let vip = format!("{}/{len}", lab.vip_ip(1, family));
+        lab.exec(&ns, &["ip", "addr", "add", &vip, "dev", "lo", "nodad"])
+            .expect("the VIP on the backend's lo");
+    }
+    for sysctl in [
+        "net.ipv4.conf.all.arp_ignore=1",
+        "net.ipv4.conf.all.arp_announce=2",
+    ] {
+        lab.exec(&ns, &["sysctl", "-qw", sysctl]).unwrap();
+    }
+    if mode == "tunnel" {
+        lbctl_lab::decap::attach(&ns, HOST_IFACE).unwrap();
+    }
+    for iface in lab.lb_ifaces() {
+        lbctl(&lab, &["attach", iface]);
+    }
+    for family in [Family::V4, Family::V6] {
+        let vip = std::net::SocketAddr::new(lab.vip_ip(1, family), ECHO_PORT).to_string();
+        let backend = std::net::SocketAddr::new(lab.backend_ip(1, family), ECHO_PORT);
+        lbctl(&lab, &["vip", "add", &vip, "--mode", mode]);
+        lbctl(&lab, &["backend", "add", &vip, &backend.to_string()]);
+    }
+    for family in [Family::V4, Family::V6] {
+        let what = format!("{mode} {}", family.name());
+        let vip = lab.vip_ip(1, family);
+        let payload: Vec<u8> = (0..ECHO_BYTES).map(|i| (i % 251) as u8).collect();
+        if let Err(e) = lab.in_client(|| clients::tcp_echo(vip, ECHO_PORT, &payload, timeout())) {
+            panic!("{what}: 20 kB echo: {e}\n{}", diagnose(&lab, family));
+        }
+        assert!(
+            learned(&lab, &ns, lab.client_ip(family)),
+            "{what}: the backend learned no path MTU\n{}",
+            diagnose(&lab, family)
+        );
+    }
+    let forwarded = verdict(&lab, "icmp_xdp_redirect") + verdict(&lab, "icmp_xdp_tx");
+    assert!(forwarded >= 2, "one error per family at least: {forwarded}");
+}
+
+#[test]
+fn a_routers_icmp_errors_reach_the_backend_dsr() {
+    direct_through_a_router("dsr");
+}
+
+#[test]
+fn a_routers_icmp_errors_reach_the_backend_tunnel() {
+    direct_through_a_router("tunnel");
 }
 
 /// The balancer's own egress is smaller: lbctl answers both senders with
