@@ -152,6 +152,12 @@ pub fn release_unused(gone: &[IpAddr], still_needed: &[IpAddr]) {
     }
 }
 
+/// The interface packets to `addr` leave by (`ip route get`); `None`
+/// without a route, or for an address of this host.
+pub fn egress(addr: IpAddr) -> Option<String> {
+    next_hop(addr).map(|hop| hop.dev)
+}
+
 /// The next hop toward `addr` and its interface (`ip route get`); `None`
 /// without a route, or for an address of this host.
 fn next_hop(addr: IpAddr) -> Option<Hop> {

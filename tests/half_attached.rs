@@ -50,6 +50,15 @@ fn two_arm_with_only_the_client_arm_attached_says_so_and_works_once_attached() {
         !egress.trim_start().starts_with("ok") && egress.contains("connections fail"),
         "explain must not promise delivery: {egress}"
     );
+    // So does status, for every backend behind the unattached arm.
+    let status = lbctl(&lab, &["status"]);
+    let backend_iface = lab.lb_backend_iface();
+    assert!(
+        status.lines().any(|l| l.starts_with("egress")
+            && l.contains("NOT ATTACHED")
+            && l.contains(&format!("lbctl attach {backend_iface}"))),
+        "status must say the backends' interface is not attached:\n{status}"
+    );
     let vip_ip = lab.vip_ip(1, lbctl_lab::lab::Family::V4);
     let timeout = clients::scaled(Duration::from_secs(3));
     let connect = |n: usize| -> (usize, Vec<String>) {
@@ -104,6 +113,11 @@ fn two_arm_with_only_the_client_arm_attached_says_so_and_works_once_attached() {
     // Attached as the explain line says: 20/20.
     lbctl(&lab, &["attach", lab.lb_backend_iface()]);
     let explain = lbctl(&lab, &["explain", &client, &vip, "--proto", "tcp"]);
+    let status = lbctl(&lab, &["status"]);
+    assert!(
+        status.contains("every backend is reached through an attached interface"),
+        "status once both arms are attached:\n{status}"
+    );
     let (ok, errors) = connect(20);
     assert_eq!(
         ok,

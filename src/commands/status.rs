@@ -6,7 +6,7 @@ use anyhow::Result;
 use crate::datapath::balancer::Balancer;
 use crate::datapath::memory::mib;
 use crate::datapath::{iface, load};
-use crate::{drain, routes};
+use crate::{drain, neighbour, routes};
 
 pub fn run() -> Result<()> {
     load::require_privileges()?;
@@ -65,6 +65,7 @@ pub fn run() -> Result<()> {
         if shown.is_empty() { "" } else { ": " },
         shown.join(", ")
     );
+    egress_check(&b)?;
     if let Some(d) = b.maps.datapath_counters()? {
         println!(
             "checksums     {} partial (TX offload) completed",
@@ -102,6 +103,51 @@ pub fn run() -> Result<()> {
     println!("verdicts");
     for (name, count) in b.maps.reason_counts()? {
         println!("  {name:<24} {count}");
+    }
+    Ok(())
+}
+
+/// Backend addresses checked for their egress, at most: one `ip route get`
+/// each.
+const EGRESS_CHECKS: usize = 256;
+
+/// Whether every backend is reached through an interface lbctl is attached
+/// to. Through another one (the other arm of a half-attached two-arm
+/// balancer, a VLAN, bond or bridge) packets go to the kernel, which
+/// forwards them, but what comes back through that interface never meets
+/// lbctl: connections fail (`lbctl explain` says the same per flow).
+fn egress_check(b: &Balancer) -> Result<()> {
+    let mut addrs: Vec<std::net::IpAddr> = b.maps.backends()?.iter().map(|e| e.addr.ip()).collect();
+    addrs.sort();
+    addrs.dedup();
+    let total = addrs.len();
+    let mut unattached: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for addr in addrs.into_iter().take(EGRESS_CHECKS) {
+        let Some(dev) = neighbour::egress(addr) else {
+            continue;
+        };
+        if !b.attachments.iter().any(|a| a.ifname == dev) {
+            unattached.entry(dev).or_default().push(addr.to_string());
+        }
+    }
+    let checked = if total > EGRESS_CHECKS {
+        format!(" (the first {EGRESS_CHECKS} of {total} backend addresses checked)")
+    } else {
+        String::new()
+    };
+    if unattached.is_empty() {
+        if total > 0 {
+            println!(
+                "egress        every backend is reached through an attached interface{checked}"
+            );
+        }
+        return Ok(());
+    }
+    for (dev, addrs) in unattached {
+        println!(
+            "egress        NOT ATTACHED: backends {} are reached through {dev}, which lbctl is not attached to: their packets go through the kernel and what comes back through {dev} never meets lbctl, so connections fail (lbctl attach {dev}){checked}",
+            addrs.join(", ")
+        );
     }
     Ok(())
 }
