@@ -309,7 +309,10 @@ fn action_of(r: lb_reason) -> u32 {
         | lb_reason::LB_DROP_CT_FAILED
         | lb_reason::LB_DROP_REPLY_UNTRACKED
         | lb_reason::LB_DROP_MARTIAN
-        | lb_reason::LB_DROP_REPLY_WRONG_IFACE => XDP_DROP,
+        | lb_reason::LB_DROP_REPLY_WRONG_IFACE
+        | lb_reason::LB_DROP_CT_CLASH
+        | lb_reason::LB_DROP_DSR_OFFLINK
+        | lb_reason::LB_DROP_TUNNEL_MTU => XDP_DROP,
         _ => XDP_PASS,
     }
 }
