@@ -8,7 +8,7 @@
 //! predicts from the table as the kernel holds it).
 
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use lbctl::datapath::load;
 use lbctl::datapath::maps::Maps;
@@ -55,16 +55,7 @@ fn add_final(lb: &Balancer, service: &Service) {
 
 /// `FLOWS` distinct clients over 198.18.0.0/16 and ports.
 fn clients() -> Vec<SocketAddr> {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..FLOWS)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let ip = [198, 18, (x >> 8) as u8, (x >> 16) as u8 | 1];
-            SocketAddr::new(IpAddr::from(ip), 1024 + (x >> 32) as u16 % 60000)
-        })
-        .collect()
+    lbctl_lab::configs::spread_clients(FLOWS, 0x2545_f491_4f6c_dd1d)
 }
 
 /// The backend each new flow is sent to, through `lb`'s program (`skel`:

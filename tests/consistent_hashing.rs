@@ -4,7 +4,7 @@
 //! lost lands on the same backend in both directions.
 
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use lbctl::datapath::codec::ip_bytes;
 use lbctl::datapath::predict::hash_and_slot;
@@ -99,16 +99,7 @@ impl Predictor {
 
 /// 10,000 distinct clients, spread over 198.18.0.0/16 and ports.
 fn clients(n: u32) -> Vec<SocketAddr> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let ip = [198, 18, (x >> 8) as u8, (x >> 16) as u8 | 1];
-            SocketAddr::new(IpAddr::from(ip), 1024 + (x >> 32) as u16 % 60000)
-        })
-        .collect()
+    lbctl_lab::configs::spread_clients(n, 0x9e37_79b9_7f4a_7c15)
 }
 
 fn sixteen_backends(lb: &Balancer, service: &Service, reverse: bool) {

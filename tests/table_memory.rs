@@ -3,53 +3,17 @@
 //! larger tables for less disruption must still fit). Measured as `lbctl
 //! status` and lbctl-applybench measure it: the `memlock` of every map and
 //! every VIP table of the real program, after `lbctl apply` of the file.
-
-use std::net::{Ipv4Addr, SocketAddr};
-
-use lbctl::model::{Desired, DesiredVip, NatMode, Proto, Service, VipSpec};
 use lbctl::service::apply;
 use lbctl::table_size;
 use lbctl_lab::fixtures::*;
 
 const MIB: u64 = 1024 * 1024;
 
-fn thousand_vips_of_sixteen() -> Desired {
-    let vips = (0..1000u32)
-        .map(|i| DesiredVip {
-            table_in_use: None,
-            spec: VipSpec::new(
-                Service {
-                    addr: SocketAddr::new(
-                        Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 100, 1)) + i).into(),
-                        80,
-                    ),
-                    proto: Proto::Tcp,
-                },
-                NatMode::Dnat,
-                None,
-                None,
-            )
-            .unwrap(),
-            health: None,
-            backends: (0..16u8)
-                .map(|j| {
-                    let host = Ipv4Addr::new(198, 18, 1, 11 + j);
-                    (SocketAddr::new(host.into(), 10000 + i as u16), 1)
-                })
-                .collect(),
-        })
-        .collect();
-    Desired {
-        vips,
-        ..Default::default()
-    }
-}
-
 #[test]
 fn a_thousand_vips_of_sixteen_backends_lock_under_100_mib() {
     in_fresh_netns(|| {
         let lb = Balancer::load();
-        let d = thousand_vips_of_sixteen();
+        let d = lbctl_lab::configs::many_vips(1000, 16, None);
         let applied = apply::apply(&lb.maps, &[], &d).unwrap();
         assert_eq!(applied.vips_added, 1000);
         let run = lb.maps.running().unwrap();

@@ -8,6 +8,7 @@
 
 pub mod balanced;
 pub mod clients;
+pub mod configs;
 pub mod decap;
 pub mod ecmp;
 pub mod fixtures;

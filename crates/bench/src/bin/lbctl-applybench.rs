@@ -11,7 +11,6 @@
 //! `make bench` runs it; `make test` runs `--quick` (100 VIPs) once.
 
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -22,7 +21,7 @@ use lbctl::datapath::config::initial_settings;
 use lbctl::datapath::load;
 use lbctl::datapath::maps::Maps;
 use lbctl::datapath::memory::{mib, Memory};
-use lbctl::model::{Desired, DesiredVip, NatMode, Proto, Service, VipSpec, DEFAULT_HASH_SEED};
+use lbctl::model::{Desired, DEFAULT_HASH_SEED};
 use lbctl::service::apply;
 use lbctl::table_size;
 
@@ -44,43 +43,11 @@ struct Args {
     table_size: Option<u32>,
 }
 
-fn desired(vips: u32, backends: u32, table_size: Option<u32>) -> Desired {
-    let vips = (0..vips)
-        .map(|i| DesiredVip {
-            table_in_use: None,
-            spec: VipSpec::new(
-                Service {
-                    addr: SocketAddr::new(
-                        Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 100, 1)) + i).into(),
-                        80,
-                    ),
-                    proto: Proto::Tcp,
-                },
-                NatMode::Dnat,
-                None,
-                table_size,
-            )
-            .expect("a valid VIP"),
-            health: None,
-            backends: (0..backends)
-                .map(|j| {
-                    let host = Ipv4Addr::new(198, 18, 1, 11 + j as u8);
-                    (SocketAddr::new(host.into(), 10000 + i as u16), 1)
-                })
-                .collect(),
-        })
-        .collect();
-    Desired {
-        vips,
-        ..Default::default()
-    }
-}
-
 fn run(args: &Args) -> Result<()> {
     load::require_privileges()?;
     let vips = args.vips.unwrap_or(if args.quick { 100 } else { 1000 });
     ensure!(args.backends <= 200, "at most 200 backends per VIP here");
-    let d = desired(vips, args.backends, args.table_size);
+    let d = lbctl_lab::configs::many_vips(vips, args.backends, args.table_size);
     let fixed = args.table_size;
     // Through the file format, as an operator's file would come.
     let text = config_file::render(&d);
