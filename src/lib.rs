@@ -17,22 +17,18 @@
 //! | `service` | `apply`, `save`, and `lbctl run`: the loop, health checks, metrics |
 //! | `snapshot` | a balancer at one moment (list, save, metrics read it) |
 //! | `conntrack` | the kernel's conntrack table through ctnetlink |
-//! | `lock`, `json` | the per-namespace lock; JSON string quoting |
+//! | `json` | JSON string quoting |
 
 pub mod cli;
 pub mod commands;
 pub mod config_file;
 pub mod conntrack;
 pub mod datapath;
-pub mod drain;
 pub mod hash;
-mod iproute;
+pub mod host;
 pub mod json;
-pub mod lock;
 pub mod maglev;
 pub mod model;
-pub mod neighbour;
-pub mod routes;
 pub mod service;
 mod skeleton;
 pub mod snapshot;

@@ -6,7 +6,7 @@
 
 use std::ops::Deref;
 
-use lbctl::neighbour::RTPROT_LBCTL;
+use lbctl::host::neighbour::RTPROT_LBCTL;
 use lbctl_lab::lbctl_ns::LbctlNs;
 
 const V1: &str = "198.18.100.1:80";

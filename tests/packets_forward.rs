@@ -26,7 +26,7 @@ fn a_packet_for_an_egress_not_attached_goes_to_the_stack_addressed_to_the_balanc
     ] {
         in_fresh_netns(move || {
             let (lb, _) = Balancer::dnat(vip, Proto::Tcp, &[backend]);
-            let v0 = lbctl::datapath::iface::ifindex("v0").unwrap();
+            let v0 = lbctl::host::iface::ifindex("v0").unwrap();
             lb.maps.remove_tx_port(v0).unwrap();
             let sent = Packet::tcp(client, vip, SYN).payload(b"hi").build();
             let (action, out) = lb.run(&sent);

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use lbctl::routes::RTPROT_LBCTL;
+use lbctl::host::routes::RTPROT_LBCTL;
 use lbctl_lab::lab::Family;
 use lbctl_lab::lbctl_ns::LbctlNs;
 use lbctl_lab::{netns, Lab, Topology};

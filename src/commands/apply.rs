@@ -6,8 +6,9 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::{open_for_change, publish_routes};
+use crate::host::record;
 use crate::model::Desired;
-use crate::service::{apply, record};
+use crate::service::apply;
 
 pub fn run(path: &Path, desired: &Desired) -> Result<()> {
     let (_lock, b) = open_for_change()?;

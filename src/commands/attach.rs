@@ -8,11 +8,12 @@ use anyhow::{bail, Context, Result};
 
 use crate::datapath::abi::LB_FLOW_CACHE_ENTRIES;
 use crate::datapath::balancer::{self, Balancer};
+use crate::datapath::load;
 use crate::datapath::maps::Maps;
-use crate::datapath::{iface, load};
-use crate::lock::lock_netns;
+use crate::host::iface;
+use crate::host::lock::lock_netns;
+use crate::host::{neighbour, routes};
 use crate::model::AttachOptions;
-use crate::{neighbour, routes};
 
 pub fn run(opts: &AttachOptions) -> Result<()> {
     load::require_privileges()?;
@@ -142,7 +143,7 @@ pub fn detach(iface: &str) -> Result<()> {
     if let Some(backends) = b.detach(a)? {
         neighbour::release_unused(&backends, &[]);
         // The health checks recorded for `save` belong to the balancer gone.
-        let _ = crate::service::record::clear();
+        let _ = crate::host::record::clear();
         println!(
             "lbctl detached from {iface}; that was the last interface: all lbctl state is gone"
         );

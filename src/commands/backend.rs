@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use anyhow::Result;
 
 use super::{open_for_change, publish_routes};
+use crate::host::neighbour;
 use crate::model::Service;
-use crate::neighbour;
 
 pub fn add(svc: &Service, backend: SocketAddr, weight: u32) -> Result<()> {
     let (_lock, b) = open_for_change()?;

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use anyhow::Result;
 
 use super::open_for_change;
-use crate::{drain, routes};
+use crate::host::{drain, routes};
 
 pub fn drain() -> Result<()> {
     let (_lock, b) = open_for_change()?;

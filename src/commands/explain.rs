@@ -15,11 +15,12 @@ use serde::Serialize;
 use super::conns::state;
 use crate::conntrack::{self, Entry};
 use crate::datapath::balancer::Balancer;
+use crate::datapath::load;
 use crate::datapath::predict::Pick;
 use crate::datapath::prefilter::Set;
-use crate::datapath::{iface, load};
+use crate::host::iface;
+use crate::host::neighbour;
 use crate::model::{FlowQuery, NatMode, Proto};
-use crate::neighbour;
 
 /// `explain --json` (docs/JSON.md).
 #[derive(Serialize)]

@@ -14,9 +14,9 @@ use serde::Serialize;
 use super::open_for_reading;
 use crate::datapath::counters::Counters;
 use crate::datapath::repair;
+use crate::host::{drain, routes};
 use crate::model::{Health, ListOptions, NatMode, Proto};
 use crate::snapshot::{BackendView, DatapathStats, FlowCacheStats, Snapshot};
-use crate::{drain, routes};
 
 /// Packets, bytes and new flows per second over an interval.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]

@@ -20,8 +20,8 @@ use anyhow::Result;
 
 use crate::datapath::balancer::Balancer;
 use crate::datapath::load;
-use crate::lock::{lock_netns, NetnsLock};
-use crate::routes;
+use crate::host::lock::{lock_netns, NetnsLock};
+use crate::host::routes;
 
 /// For commands that change a running balancer: privileges, the lock, the
 /// balancer, and whatever an interrupted lbctl left half-done finished

@@ -4,9 +4,10 @@
 use anyhow::Result;
 
 use crate::datapath::balancer::Balancer;
+use crate::datapath::load;
 use crate::datapath::memory::mib;
-use crate::datapath::{iface, load};
-use crate::{drain, neighbour, routes};
+use crate::host::iface;
+use crate::host::{drain, neighbour, routes};
 
 pub fn run() -> Result<()> {
     load::require_privileges()?;

@@ -7,9 +7,9 @@ use anyhow::Result;
 
 use super::{open_for_change, open_for_reading, publish_routes};
 use crate::datapath::balancer::Balancer;
-use crate::datapath::iface;
+use crate::host::iface;
+use crate::host::neighbour;
 use crate::model::{Service, VipSpec};
-use crate::neighbour;
 
 pub fn add(spec: &VipSpec) -> Result<()> {
     let (_lock, b) = open_for_change()?;

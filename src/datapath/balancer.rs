@@ -12,12 +12,12 @@ use anyhow::{bail, Context, Result};
 
 use super::abi::LB_FLOW_CACHE_ENTRIES;
 use super::config::initial_settings;
-use super::iface::{self, Attachment};
 use super::load;
 use super::maps::{u32_of, Maps};
 use super::repair::Repaired;
+use crate::host::iface::{self, Attachment};
+use crate::host::{drain, routes};
 use crate::model::{AttachOptions, DEFAULT_HASH_SEED};
-use crate::{drain, routes};
 
 /// The program's name as the kernel reports it (BPF names are 15 bytes).
 pub const PROG_NAME: &str = "lbctl_xdp";

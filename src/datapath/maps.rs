@@ -12,8 +12,8 @@ use libbpf_rs::skel::Skel;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::codec::{bytes_of, read};
-use super::iface::prog_info;
 use super::skel::LbSkel;
+use crate::host::iface::prog_info;
 
 /// One map of the program, with its name for error messages.
 pub struct Map {

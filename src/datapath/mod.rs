@@ -15,7 +15,6 @@
 //! | `counters.rs` | per-CPU counters: VIPs, backends, verdicts, flow cache |
 //! | `predict.rs` | the backend the data path would pick for a new flow now |
 //! | `load.rs` | checks before loading, loading with useful errors |
-//! | `iface.rs` | interfaces and XDP attachment (netlink) |
 //! | `balancer.rs` | finding the balancer running in this network namespace |
 
 pub mod abi;
@@ -23,7 +22,6 @@ pub mod balancer;
 pub mod codec;
 pub mod config;
 pub mod counters;
-pub mod iface;
 pub mod load;
 pub mod maps;
 pub mod memory;

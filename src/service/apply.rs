@@ -15,11 +15,11 @@ use anyhow::{bail, Result};
 
 use crate::datapath::abi::{LB_MAX_BACKENDS, LB_MAX_VIPS};
 use crate::datapath::config::Running;
-use crate::datapath::iface;
 use crate::datapath::maps::Maps;
 use crate::datapath::tables::table_size_for;
+use crate::host::iface;
+use crate::host::neighbour;
 use crate::model::{Desired, DesiredVip, Health, NatMode, Service, VipSpec};
-use crate::neighbour;
 use crate::table_size::Sizing;
 
 /// What an apply changed.

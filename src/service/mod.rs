@@ -7,7 +7,6 @@
 //! |---|---|
 //! | `apply.rs` | a `Desired` → the maps, changing only what differs |
 //! | `running.rs` | the maps → a `Desired` (`lbctl save`) |
-//! | `record.rs` | the health checks last applied, kept for `save` |
 //! | `run.rs` | `lbctl run`: the loop, reloads, exit |
 //! | `health/` | health checks: probes, rise/fall, the schedule |
 //! | `metrics.rs` | `GET /metrics`: Prometheus text from a `Snapshot` |
@@ -18,7 +17,6 @@ pub mod apply;
 pub mod health;
 pub mod metrics;
 pub mod notify;
-pub mod record;
 pub mod run;
 pub mod running;
 pub mod signals;

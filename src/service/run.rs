@@ -32,14 +32,16 @@ use super::health::tracker::Tracker;
 use super::health::Target;
 use super::metrics::{self, Metrics};
 use super::signals::{self, Signal};
-use super::{apply, notify, record};
+use super::{apply, notify};
 use crate::config_file;
 use crate::datapath::balancer::{self, Balancer};
-use crate::datapath::{iface, load};
-use crate::lock::lock_netns;
+use crate::datapath::load;
+use crate::host::iface;
+use crate::host::lock::lock_netns;
+use crate::host::record;
+use crate::host::routes::{self, Reconciled};
+use crate::host::{drain, neighbour};
 use crate::model::{AttachOptions, Desired, Health, Service, XdpMode};
-use crate::routes::{self, Reconciled};
-use crate::{drain, neighbour};
 
 /// How often the routes are reconciled without a change of lbctl's.
 const ROUTE_RESYNC: Duration = Duration::from_secs(1);
@@ -230,7 +232,7 @@ fn detach_interfaces(d: &Desired) -> Result<()> {
         if let Some(a) = b.attachment(ifindex) {
             if let Some(backends) = b.detach(a)? {
                 neighbour::release_unused(&backends, &[]);
-                let _ = super::record::clear();
+                let _ = crate::host::record::clear();
             }
         }
     }

@@ -4,8 +4,8 @@
 
 use anyhow::Result;
 
-use super::record;
 use crate::datapath::balancer::Balancer;
+use crate::host::record;
 use crate::model::{Desired, DesiredVip, Timeouts, VipSpec, XdpMode};
 
 pub fn running(b: &Balancer) -> Result<Desired> {

@@ -26,7 +26,7 @@ pub fn attach(ns: &str, iface: &str) -> io::Result<()> {
     // Interface indexes and the attachment belong to the calling thread's
     // namespace; the attached program holds its own reference.
     netns::in_ns(ns, move || -> io::Result<()> {
-        let ifindex = lbctl::datapath::iface::ifindex(&ifname).map_err(io::Error::other)?;
+        let ifindex = lbctl::host::iface::ifindex(&ifname).map_err(io::Error::other)?;
         // SAFETY: the skeleton, which owns fd, outlives this call.
         let prog = unsafe { BorrowedFd::borrow_raw(fd) };
         Xdp::new(prog)

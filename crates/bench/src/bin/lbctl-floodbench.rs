@@ -99,7 +99,7 @@ fn flood(
     if fd < 0 {
         bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
     }
-    let ifindex = lbctl::datapath::iface::ifindex("eth0")?;
+    let ifindex = lbctl::host::iface::ifindex("eth0")?;
     // SAFETY: zeroed sockaddr_ll, filled in, passed with its size.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;

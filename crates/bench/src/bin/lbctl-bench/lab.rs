@@ -158,7 +158,7 @@ pub fn routes(maps: &Maps, backend_hosts: u32) -> Result<u32> {
             "ip neigh replace {host} lladdr 02:00:00:00:01:{last:02x} dev v0 nud permanent"
         ))?;
     }
-    let ifindex = lbctl::datapath::iface::ifindex("v0")?;
+    let ifindex = lbctl::host::iface::ifindex("v0")?;
     maps.add_tx_port(ifindex)?;
     Ok(ifindex)
 }

@@ -454,7 +454,7 @@ fn worker(
     let setup_s = started.elapsed().as_secs_f64();
     let ingress = match opts.path {
         FwdPath::Tx => v0,
-        FwdPath::Redirect => lbctl::datapath::iface::ifindex("lo")?,
+        FwdPath::Redirect => lbctl::host::iface::ifindex("lo")?,
     };
     let mut h_storage = MaybeUninit::uninit();
     let harness = Harness::load(&mut h_storage, lb.progs.lbctl_xdp.as_fd(), ingress)?;

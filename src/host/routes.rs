@@ -30,9 +30,9 @@ use anyhow::Result;
 
 use crate::datapath::config::Running;
 use crate::datapath::maps::Maps;
-use crate::drain;
-use crate::iproute::ip;
-pub use crate::neighbour::RTPROT_LBCTL;
+use crate::host::drain;
+use crate::host::iproute::ip;
+pub use crate::host::neighbour::RTPROT_LBCTL;
 
 /// What a reconcile did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

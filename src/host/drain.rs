@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::service::record::DIR;
+use crate::host::record::DIR;
 
 /// This network namespace's drain record.
 fn path() -> Result<PathBuf> {

@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::iproute::ip;
+use crate::host::iproute::ip;
 
 /// The protocol lbctl's neighbour entries carry (`NDA_PROTOCOL`, shown as
 /// `proto 108` by `ip neigh`), and the one lbctl's routes will carry: one

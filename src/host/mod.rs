@@ -1,0 +1,20 @@
+//! The host around the balancer: everything lbctl changes or reads outside
+//! the BPF objects. Nothing here imports `datapath`: callers pass plain values.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `iface.rs` | interfaces, forwarding sysctls, XDP attachment (netlink) |
+//! | `neighbour.rs` | managed neighbour entries for backends' next hops |
+//! | `routes.rs` | VIP host routes for BGP (`ip route show proto 108`) |
+//! | `iproute.rs` | runs `ip` (iproute2) for `neighbour` and `routes` |
+//! | `lock.rs` | the per-namespace lock |
+//! | `drain.rs` | the node-drain record |
+//! | `record.rs` | the service's health records under /run |
+
+pub mod drain;
+pub mod iface;
+mod iproute;
+pub mod lock;
+pub mod neighbour;
+pub mod record;
+pub mod routes;
