@@ -36,6 +36,8 @@ pub enum Proto {
 }
 
 impl Proto {
+    pub const ALL: [Proto; 2] = [Proto::Tcp, Proto::Udp];
+
     pub fn number(self) -> u8 {
         match self {
             Proto::Tcp => 6,
@@ -605,6 +607,8 @@ pub enum Health {
 }
 
 impl Health {
+    pub const ALL: [Health; 3] = [Health::Unchecked, Health::Up, Health::Down];
+
     pub fn name(self) -> &'static str {
         match self {
             Health::Unchecked => "unchecked",

@@ -8,11 +8,11 @@
 //!
 //! ```toml
 //! interfaces = ["eth0"]                 # attached by `lbctl run`
-//! [timeouts]                            # optional: tcp, tcpfin, udp, syn seconds
+//! [timeouts]                            # optional: tcp, tcpfin, udp, syn, udp_unreplied seconds
 //! [[vip]]
 //! address = "198.18.100.1:80"
 //! proto = "tcp"                         # tcp | udp
-//! mode = "dnat"                         # dnat | fullnat (snat = "...")
+//! mode = "dnat"                         # dnat | fullnat | dsr | tunnel (fullnat, tunnel: snat = "...")
 //! [vip.health]                          # optional; no section = no checks
 //! kind = "tcp"                          # tcp | http (path, expect) | udp (send, expect) | none
 //! interval = "500ms"
