@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::model::{
     parse_endpoint, parse_ip, parse_listen, parse_weight, NatMode, Proto, Service, XdpMode,
+    FLOW_CACHE_SIZES,
 };
 
 #[derive(Parser, Debug)]
@@ -158,7 +159,7 @@ pub struct AttachArgs {
     pub hash_seed: Option<u32>,
     /// Flow cache entries, one per direction of an active flow [default: 65536]. Above that,
     /// flows still work but more packets take the slow path (conntrack and FIB lookups).
-    #[arg(long, value_name = "ENTRIES", value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    #[arg(long, value_name = "ENTRIES", value_parser = clap::value_parser!(u32).range(*FLOW_CACHE_SIZES.start() as i64..=*FLOW_CACHE_SIZES.end() as i64))]
     pub flow_cache_size: Option<u32>,
 }
 
@@ -210,11 +211,17 @@ pub enum VipCommand {
     Add {
         #[command(flatten)]
         service: ServiceArg,
-        /// dnat keeps the client address (backends route replies through lbctl);
-        /// fullnat also rewrites the source (backends need no route back).
+        /// How packets reach backends: dnat keeps the client address (backends
+        /// route replies through lbctl); fullnat also rewrites the source
+        /// (backends need no route back); dsr changes only the MAC (backends
+        /// on a link of the balancer hold the VIP and answer clients
+        /// directly); tunnel encapsulates in IPIP or ip6ip6 (backends anywhere
+        /// routable decapsulate, hold the VIP and answer directly). dsr and
+        /// tunnel backends listen on the VIP's port.
         #[arg(long, value_enum, default_value_t = NatMode::Dnat)]
         mode: NatMode,
-        /// Source address for fullnat (default: the attached interface's address).
+        /// Source address for fullnat, and tunnel's outer source (default: the
+        /// attached interface's address).
         #[arg(long, value_parser = parse_ip)]
         snat: Option<IpAddr>,
         /// Maglev table size, a prime, kept whatever the backends (default:
@@ -305,6 +312,18 @@ mod tests {
         ));
         assert!(parse("backend add 198.18.100.1:80 198.18.1.11:8080 --weight 70000").is_err());
         assert!(parse("vip add 198.18.100.1").is_err());
+        for mode in NatMode::ALL {
+            let cli = parse(&format!("vip add 198.18.100.1:80 --mode {mode}")).unwrap();
+            assert!(
+                matches!(cli.command, Command::Vip(VipCommand::Add { mode: m, .. }) if m == mode)
+            );
+        }
+        // The flow cache's range is model's, as the file's is.
+        let (lo, hi) = (FLOW_CACHE_SIZES.start(), FLOW_CACHE_SIZES.end());
+        assert!(parse(&format!("attach eth0 --flow-cache-size {lo}")).is_ok());
+        assert!(parse(&format!("attach eth0 --flow-cache-size {hi}")).is_ok());
+        assert!(parse(&format!("attach eth0 --flow-cache-size {}", lo - 1)).is_err());
+        assert!(parse(&format!("attach eth0 --flow-cache-size {}", hi + 1)).is_err());
         let cli = parse("attach eth0 --mode generic --foreground").unwrap();
         assert!(matches!(
             cli.command,

@@ -1,10 +1,13 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Error, Result};
 use clap::Parser;
-use lbctl::cli::{AttachArgs, BackendCommand, Cli, Command, RunArgs, VipCommand};
+use lbctl::cli::{AttachArgs, BackendCommand, Cli, Command, RunArgs, Shell, VipCommand};
 use lbctl::model::{
-    check_same_family, AttachOptions, FlowFilter, FlowQuery, ListOptions, Timeouts, VipSpec,
+    check_same_family, AttachOptions, Desired, FlowFilter, FlowQuery, ListOptions, Service,
+    Timeouts, VipSpec,
 };
 use lbctl::service::run::RunOptions;
 use lbctl::{commands, config_file};
@@ -17,7 +20,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    match dispatch(cli.command) {
+    match request(cli.command).and_then(dispatch) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lbctl: {e:#}");
@@ -26,26 +29,47 @@ fn main() -> ExitCode {
     }
 }
 
-/// Turns a parsed command into its request (validated by `model`) and runs
-/// the command module that serves it.
-fn dispatch(command: Command) -> Result<()> {
-    match command {
-        Command::Attach(args) => commands::attach::run(&attach_options(args)),
-        Command::Detach { iface } => commands::attach::detach(&iface),
-        Command::Drain => commands::drain::drain(),
-        Command::Undrain => commands::drain::undrain(),
+/// A command with its values checked by `model` (and its file read):
+/// everything a command module needs, nothing left to validate.
+enum Request {
+    Attach(AttachOptions),
+    Detach(String),
+    Drain,
+    Undrain,
+    VipAdd(VipSpec),
+    VipDel(Service),
+    VipShow(Service),
+    BackendAdd(Service, SocketAddr, u32),
+    BackendSet(Service, SocketAddr, u32),
+    BackendDel(Service, SocketAddr),
+    List(ListOptions),
+    Status,
+    Completions(Shell),
+    Manpage(Option<PathBuf>),
+    Explain(FlowQuery, bool),
+    Conns(FlowFilter, bool),
+    Apply(PathBuf, Desired),
+    Save,
+    Run(RunOptions),
+    Timeouts(Timeouts),
+}
+
+/// Checks a parsed command's values and reads what it names; the first
+/// problem is the error.
+fn request(command: Command) -> Result<Request> {
+    Ok(match command {
+        Command::Attach(args) => Request::Attach(attach_options(args)),
+        Command::Detach { iface } => Request::Detach(iface),
+        Command::Drain => Request::Drain,
+        Command::Undrain => Request::Undrain,
         Command::Vip(VipCommand::Add {
             service,
             mode,
             snat,
             table_size,
-        }) => {
-            let spec =
-                VipSpec::new(service.service(), mode, snat, table_size).map_err(Error::msg)?;
-            commands::vip::add(&spec)
-        }
-        Command::Vip(VipCommand::Del { service }) => commands::vip::del(&service.service()),
-        Command::Vip(VipCommand::Show { service }) => commands::vip::show(&service.service()),
+        }) => Request::VipAdd(VipSpec::new(service.service(), mode, snat, table_size)?),
+        Command::Vip(VipCommand::Del { service }) => Request::VipDel(service.service()),
+        Command::Vip(VipCommand::Show { service }) => Request::VipShow(service.service()),
         Command::Backend(cmd) => {
             let (BackendCommand::Add { target, .. }
             | BackendCommand::Set { target, .. }
@@ -54,13 +78,9 @@ fn dispatch(command: Command) -> Result<()> {
             let backend = target.backend;
             check_same_family(service.addr, backend).map_err(Error::msg)?;
             match cmd {
-                BackendCommand::Add { weight, .. } => {
-                    commands::backend::add(&service, backend, weight)
-                }
-                BackendCommand::Set { weight, .. } => {
-                    commands::backend::set(&service, backend, weight)
-                }
-                BackendCommand::Del { .. } => commands::backend::del(&service, backend),
+                BackendCommand::Add { weight, .. } => Request::BackendAdd(service, backend, weight),
+                BackendCommand::Set { weight, .. } => Request::BackendSet(service, backend, weight),
+                BackendCommand::Del { .. } => Request::BackendDel(service, backend),
             }
         }
         Command::List {
@@ -68,19 +88,17 @@ fn dispatch(command: Command) -> Result<()> {
             rate,
             interval,
             json,
-        } => {
-            commands::list::run(&ListOptions::new(stats, rate, interval, json).map_err(Error::msg)?)
-        }
-        Command::Status => commands::status::run(),
-        Command::Completions { shell } => commands::docs::completions(shell),
-        Command::Manpage { dir } => commands::docs::manpage(dir.as_deref()),
+        } => Request::List(ListOptions::new(stats, rate, interval, json).map_err(Error::msg)?),
+        Command::Status => Request::Status,
+        Command::Completions { shell } => Request::Completions(shell),
+        Command::Manpage { dir } => Request::Manpage(dir),
         Command::Explain {
             client,
             vip,
             proto,
             json,
-        } => commands::explain::run(
-            &FlowQuery::new(client, vip, proto).map_err(Error::msg)?,
+        } => Request::Explain(
+            FlowQuery::new(client, vip, proto).map_err(Error::msg)?,
             json,
         ),
         Command::Conns {
@@ -88,28 +106,61 @@ fn dispatch(command: Command) -> Result<()> {
             backend,
             proto,
             json,
-        } => commands::conns::run(
-            &FlowFilter {
+        } => Request::Conns(
+            FlowFilter {
                 vip,
                 backend,
                 proto,
             },
             json,
         ),
-        Command::Apply { file } => commands::apply::run(&file, &config_file::read(&file)?),
-        Command::Save => commands::save::run(),
-        Command::Run(args) => commands::run::run(&run_options(args)?),
+        Command::Apply { file } => {
+            let desired = config_file::read(&file)?;
+            Request::Apply(file, desired)
+        }
+        Command::Save => Request::Save,
+        Command::Run(args) => Request::Run(run_options(args)?),
         Command::Timeouts {
             tcp,
             tcpfin,
             udp,
             syn,
             udp_unreplied,
-        } => commands::timeouts::run(
-            &Timeouts::new(tcp, tcpfin, udp, syn)
+        } => Request::Timeouts(
+            Timeouts::new(tcp, tcpfin, udp, syn)
                 .and_then(|t| t.with_udp_unreplied(udp_unreplied))
                 .map_err(Error::msg)?,
         ),
+    })
+}
+
+/// Runs the command module that serves a checked request.
+fn dispatch(request: Request) -> Result<()> {
+    match request {
+        Request::Attach(opts) => commands::attach::run(&opts),
+        Request::Detach(iface) => commands::attach::detach(&iface),
+        Request::Drain => commands::drain::drain(),
+        Request::Undrain => commands::drain::undrain(),
+        Request::VipAdd(spec) => commands::vip::add(&spec),
+        Request::VipDel(service) => commands::vip::del(&service),
+        Request::VipShow(service) => commands::vip::show(&service),
+        Request::BackendAdd(service, backend, weight) => {
+            commands::backend::add(&service, backend, weight)
+        }
+        Request::BackendSet(service, backend, weight) => {
+            commands::backend::set(&service, backend, weight)
+        }
+        Request::BackendDel(service, backend) => commands::backend::del(&service, backend),
+        Request::List(opts) => commands::list::run(&opts),
+        Request::Status => commands::status::run(),
+        Request::Completions(shell) => commands::docs::completions(shell),
+        Request::Manpage(dir) => commands::docs::manpage(dir.as_deref()),
+        Request::Explain(query, json) => commands::explain::run(&query, json),
+        Request::Conns(filter, json) => commands::conns::run(&filter, json),
+        Request::Apply(file, desired) => commands::apply::run(&file, &desired),
+        Request::Save => commands::save::run(),
+        Request::Run(opts) => commands::run::run(&opts),
+        Request::Timeouts(t) => commands::timeouts::run(&t),
     }
 }
 

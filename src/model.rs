@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,6 +19,15 @@ pub const DEFAULT_HASH_SEED: u32 = 0x6c62_6374;
 /// resolution far finer than any Maglev table).
 pub const MAX_WEIGHT: u32 = 65535;
 
+/// Weights an operator may give (0 drains).
+pub const WEIGHTS: RangeInclusive<u32> = 0..=MAX_WEIGHT;
+
+/// Flow cache entries `attach --flow-cache-size` and `flow_cache_size` take.
+pub const FLOW_CACHE_SIZES: RangeInclusive<u32> = 1024..=16_777_216;
+
+/// Ports a service, a backend or a health check may name.
+pub const PORTS: RangeInclusive<u32> = 1..=65535;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
@@ -26,6 +36,8 @@ pub enum Proto {
 }
 
 impl Proto {
+    pub const ALL: [Proto; 2] = [Proto::Tcp, Proto::Udp];
+
     pub fn number(self) -> u8 {
         match self {
             Proto::Tcp => 6,
@@ -87,6 +99,14 @@ pub enum NatMode {
 }
 
 impl NatMode {
+    /// Every mode, in the order help and docs list them.
+    pub const ALL: [NatMode; 4] = [
+        NatMode::Dnat,
+        NatMode::Fullnat,
+        NatMode::Dsr,
+        NatMode::Tunnel,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             NatMode::Dnat => "dnat",
@@ -109,6 +129,22 @@ impl NatMode {
     }
 }
 
+impl fmt::Display for NatMode {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for NatMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NatMode, String> {
+        NatMode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("mode {s:?}: use dnat, fullnat, dsr or tunnel"))
+    }
+}
+
 /// How the program runs on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpMode {
@@ -118,6 +154,34 @@ pub enum XdpMode {
     Native,
     /// In the generic network stack (slow, works everywhere).
     Generic,
+}
+
+impl XdpMode {
+    pub const ALL: [XdpMode; 3] = [XdpMode::Auto, XdpMode::Native, XdpMode::Generic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for XdpMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<XdpMode, String> {
+        XdpMode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("xdp_mode {s:?}: use auto, native or generic"))
+    }
 }
 
 /// A VIP: address, port and protocol.
@@ -176,7 +240,7 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 
 pub fn parse_weight(s: &str) -> Result<u32, String> {
     match s.parse::<u64>() {
-        Ok(w) if w <= MAX_WEIGHT as u64 => Ok(w as u32),
+        Ok(w) if w <= *WEIGHTS.end() as u64 => Ok(w as u32),
         Ok(_) => Err(format!(
             "weight {s} is out of range (0-{MAX_WEIGHT}; 0 drains)"
         )),
@@ -233,23 +297,52 @@ pub struct VipSpec {
     pub table_size: Option<u32>,
 }
 
+/// Why a `VipSpec` cannot be. Displayed as the command line words it; the
+/// configuration file words `SnatNotApplicable` its own way and places each
+/// on its line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpecError {
+    /// A source address for a mode that has none (dnat, dsr).
+    SnatNotApplicable,
+    /// A source address of the other family than the VIP's.
+    SnatFamily(IpAddr),
+    /// Not a table size `check_table_size` accepts.
+    TableSize(String),
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            SpecError::SnatNotApplicable => {
+                f.write_str("--snat only applies to --mode fullnat and --mode tunnel")
+            }
+            SpecError::SnatFamily(ip) => {
+                write!(f, "--snat {ip} must have the VIP's address family")
+            }
+            SpecError::TableSize(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
 impl VipSpec {
     pub fn new(
         service: Service,
         mode: NatMode,
         snat: Option<IpAddr>,
         table_size: Option<u32>,
-    ) -> Result<VipSpec, String> {
-        if !mode.has_source() && snat.is_some() {
-            return Err("--snat only applies to --mode fullnat and --mode tunnel".into());
+    ) -> Result<VipSpec, SpecError> {
+        if snat.is_some() {
+            check_snat_applies(mode)?;
         }
         if let Some(ip) = snat {
             if ip.is_ipv4() != service.addr.is_ipv4() {
-                return Err(format!("--snat {ip} must have the VIP's address family"));
+                return Err(SpecError::SnatFamily(ip));
             }
         }
         if let Some(size) = table_size {
-            check_table_size(size)?;
+            check_table_size(size).map_err(SpecError::TableSize)?;
         }
         Ok(VipSpec {
             service,
@@ -257,6 +350,16 @@ impl VipSpec {
             snat,
             table_size,
         })
+    }
+}
+
+/// A source address is given only to a mode that has one (fullnat's
+/// rewritten source, tunnel's outer source).
+pub fn check_snat_applies(mode: NatMode) -> Result<(), SpecError> {
+    if mode.has_source() {
+        Ok(())
+    } else {
+        Err(SpecError::SnatNotApplicable)
     }
 }
 
@@ -292,6 +395,67 @@ pub const MAX_SYN_TIMEOUT: u32 = 600;
 /// same reason (a stranger's datagram must not hold an entry long).
 pub const MAX_UDP_UNREPLIED_TIMEOUT: u32 = 600;
 
+/// One of the flow idle timeouts: its name (the file's key; the flag is
+/// the same with `-` for `_`) and the seconds it may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeout {
+    Tcp,
+    Tcpfin,
+    Udp,
+    Syn,
+    UdpUnreplied,
+}
+
+impl Timeout {
+    pub const ALL: [Timeout; 5] = [
+        Timeout::Tcp,
+        Timeout::Tcpfin,
+        Timeout::Udp,
+        Timeout::Syn,
+        Timeout::UdpUnreplied,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Timeout::Tcp => "tcp",
+            Timeout::Tcpfin => "tcpfin",
+            Timeout::Udp => "udp",
+            Timeout::Syn => "syn",
+            Timeout::UdpUnreplied => "udp_unreplied",
+        }
+    }
+
+    /// Seconds it may be set to. The kernel keeps an entry at most
+    /// LB_MAX_CT_TIMEOUT_S; the handshake's and the unreplied UDP's are
+    /// kept short on purpose.
+    pub fn range(self) -> RangeInclusive<u32> {
+        match self {
+            Timeout::Tcp | Timeout::Tcpfin | Timeout::Udp => 1..=LB_MAX_CT_TIMEOUT_S,
+            Timeout::Syn => 1..=MAX_SYN_TIMEOUT,
+            Timeout::UdpUnreplied => 1..=MAX_UDP_UNREPLIED_TIMEOUT,
+        }
+    }
+
+    /// `v` if it is in range, else the command line's message.
+    pub fn check(self, v: u32) -> Result<u32, String> {
+        let range = self.range();
+        if range.contains(&v) {
+            return Ok(v);
+        }
+        let flag = self.name().replace('_', "-");
+        let max = range.end();
+        Err(match self {
+            Timeout::Tcp | Timeout::Tcpfin | Timeout::Udp => format!(
+                "--{flag} {v}: a timeout is 1 to {max} seconds (the kernel keeps no entry longer)"
+            ),
+            Timeout::Syn => format!("--{flag} {v}: the handshake timeout is 1 to {max} seconds"),
+            Timeout::UdpUnreplied => {
+                format!("--{flag} {v}: the unreplied UDP timeout is 1 to {max} seconds")
+            }
+        })
+    }
+}
+
 impl Timeouts {
     pub fn new(
         tcp: Option<u32>,
@@ -299,43 +463,45 @@ impl Timeouts {
         udp: Option<u32>,
         syn: Option<u32>,
     ) -> Result<Timeouts, String> {
-        for (name, v) in [("tcp", tcp), ("tcpfin", tcpfin), ("udp", udp)] {
-            if let Some(v) = v {
-                // The kernel keeps an entry at most LB_MAX_CT_TIMEOUT_S.
-                if v == 0 || v > LB_MAX_CT_TIMEOUT_S {
-                    return Err(format!(
-                        "--{name} {v}: a timeout is 1 to {LB_MAX_CT_TIMEOUT_S} seconds (the kernel keeps no entry longer)"
-                    ));
-                }
-            }
+        let mut t = Timeouts::default();
+        for (which, v) in [
+            (Timeout::Tcp, tcp),
+            (Timeout::Tcpfin, tcpfin),
+            (Timeout::Udp, udp),
+            (Timeout::Syn, syn),
+        ] {
+            t.set(which, v.map(|v| which.check(v)).transpose()?);
         }
-        if let Some(v) = syn {
-            if v == 0 || v > MAX_SYN_TIMEOUT {
-                return Err(format!(
-                    "--syn {v}: the handshake timeout is 1 to {MAX_SYN_TIMEOUT} seconds"
-                ));
-            }
-        }
-        Ok(Timeouts {
-            tcp,
-            tcpfin,
-            udp,
-            syn,
-            udp_unreplied: None,
-        })
+        Ok(t)
     }
 
     /// The same with the unreplied UDP timeout (`--udp-unreplied`).
     pub fn with_udp_unreplied(mut self, v: Option<u32>) -> Result<Timeouts, String> {
-        if let Some(v) = v {
-            if v == 0 || v > MAX_UDP_UNREPLIED_TIMEOUT {
-                return Err(format!(
-                    "--udp-unreplied {v}: the unreplied UDP timeout is 1 to {MAX_UDP_UNREPLIED_TIMEOUT} seconds"
-                ));
-            }
-        }
-        self.udp_unreplied = v;
+        let which = Timeout::UdpUnreplied;
+        self.set(which, v.map(|v| which.check(v)).transpose()?);
         Ok(self)
+    }
+
+    pub fn get(&self, which: Timeout) -> Option<u32> {
+        match which {
+            Timeout::Tcp => self.tcp,
+            Timeout::Tcpfin => self.tcpfin,
+            Timeout::Udp => self.udp,
+            Timeout::Syn => self.syn,
+            Timeout::UdpUnreplied => self.udp_unreplied,
+        }
+    }
+
+    /// Sets one timeout, unchecked (the caller checked it against
+    /// `which.range()`).
+    pub fn set(&mut self, which: Timeout, v: Option<u32>) {
+        *match which {
+            Timeout::Tcp => &mut self.tcp,
+            Timeout::Tcpfin => &mut self.tcpfin,
+            Timeout::Udp => &mut self.udp,
+            Timeout::Syn => &mut self.syn,
+            Timeout::UdpUnreplied => &mut self.udp_unreplied,
+        } = v;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -441,6 +607,8 @@ pub enum Health {
 }
 
 impl Health {
+    pub const ALL: [Health; 3] = [Health::Unchecked, Health::Up, Health::Down];
+
     pub fn name(self) -> &'static str {
         match self {
             Health::Unchecked => "unchecked",
@@ -497,6 +665,10 @@ pub struct HealthCheck {
 pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 pub const MAX_RISE_FALL: u32 = 100;
+/// Checks in a row for `rise` and `fall`.
+pub const RISE_FALL: RangeInclusive<u32> = 1..=MAX_RISE_FALL;
+/// What an HTTP check may expect.
+pub const HTTP_STATUSES: RangeInclusive<u16> = 100..=599;
 
 impl HealthCheck {
     /// Checks the numbers as a whole; the message names the field.
@@ -514,7 +686,7 @@ impl HealthCheck {
             ));
         }
         for (name, v) in [("rise", self.rise), ("fall", self.fall)] {
-            if !(1..=MAX_RISE_FALL).contains(&v) {
+            if !RISE_FALL.contains(&v) {
                 return Err(format!("{name} {v} is out of range (1-{MAX_RISE_FALL})"));
             }
         }
@@ -527,7 +699,7 @@ impl HealthCheck {
                     "path {path:?} must start with / and hold no spaces"
                 ));
             }
-            if !(100..=599).contains(expect) {
+            if !HTTP_STATUSES.contains(expect) {
                 return Err(format!("expect {expect} is not an HTTP status (100-599)"));
             }
         }
@@ -664,6 +836,7 @@ mod tests {
         let snat = Some(parse_ip("198.18.2.1").unwrap());
         assert!(VipSpec::new(v4, NatMode::Dnat, snat, None)
             .unwrap_err()
+            .to_string()
             .contains("only applies to --mode fullnat"));
         assert!(VipSpec::new(
             v4,
@@ -672,9 +845,11 @@ mod tests {
             None
         )
         .unwrap_err()
+        .to_string()
         .contains("address family"));
         assert!(VipSpec::new(v4, NatMode::Dnat, None, Some(65536))
             .unwrap_err()
+            .to_string()
             .contains("must be a prime"));
         let v6 = svc("[2001:db8::1]:80");
         assert!(VipSpec::new(v6, NatMode::Dnat, None, None).is_ok());
@@ -687,6 +862,7 @@ mod tests {
         );
         assert!(VipSpec::new(v6, NatMode::Fullnat, snat, None)
             .unwrap_err()
+            .to_string()
             .contains("address family"));
     }
 
@@ -710,6 +886,68 @@ mod tests {
                 .unwrap_err()
                 .contains("--syn"));
         }
+    }
+
+    #[test]
+    fn modes_parse_as_they_print() {
+        for m in NatMode::ALL {
+            assert_eq!(m.to_string().parse::<NatMode>(), Ok(m));
+            // clap's spelling is the same as model's.
+            let clap_name = clap::ValueEnum::to_possible_value(&m).unwrap();
+            assert_eq!(clap_name.get_name(), m.name());
+        }
+        assert_eq!(
+            "masq".parse::<NatMode>().unwrap_err(),
+            "mode \"masq\": use dnat, fullnat, dsr or tunnel"
+        );
+        assert!(
+            "DNAT".parse::<NatMode>().is_err(),
+            "the file's values are lower case"
+        );
+        for m in XdpMode::ALL {
+            assert_eq!(m.to_string().parse::<XdpMode>(), Ok(m));
+            let clap_name = clap::ValueEnum::to_possible_value(&m).unwrap();
+            assert_eq!(clap_name.get_name(), m.name());
+        }
+        assert!("fast"
+            .parse::<XdpMode>()
+            .unwrap_err()
+            .contains("auto, native or generic"));
+        assert_eq!(
+            check_snat_applies(NatMode::Dsr),
+            Err(SpecError::SnatNotApplicable)
+        );
+        assert!(check_snat_applies(NatMode::Tunnel).is_ok());
+    }
+
+    #[test]
+    fn timeout_ranges() {
+        for which in Timeout::ALL {
+            let range = which.range();
+            assert_eq!(*range.start(), 1, "{which:?}");
+            assert_eq!(which.check(*range.end()), Ok(*range.end()));
+            for bad in [0, range.end() + 1] {
+                let e = which.check(bad).unwrap_err();
+                let flag = format!("--{} {bad}:", which.name().replace('_', "-"));
+                assert!(e.starts_with(&flag), "{e}");
+                assert!(e.contains(&format!("1 to {} seconds", range.end())), "{e}");
+            }
+            let mut t = Timeouts::default();
+            t.set(which, Some(5));
+            assert_eq!(t.get(which), Some(5));
+            assert!(!t.is_empty());
+        }
+        assert_eq!(*Timeout::Tcp.range().end(), LB_MAX_CT_TIMEOUT_S);
+        assert_eq!(*Timeout::Syn.range().end(), MAX_SYN_TIMEOUT);
+        let t = Timeouts::new(Some(1), Some(2), Some(3), Some(4))
+            .and_then(|t| t.with_udp_unreplied(Some(5)))
+            .unwrap();
+        let got: Vec<_> = Timeout::ALL.iter().map(|w| t.get(*w)).collect();
+        assert_eq!(got, [Some(1), Some(2), Some(3), Some(4), Some(5)]);
+        assert!(Timeouts::default()
+            .with_udp_unreplied(Some(601))
+            .unwrap_err()
+            .starts_with("--udp-unreplied 601"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! backends, the interface its packets arrive on, forwarding, and the route
 //! and neighbour toward the backend.
 
-use std::fmt::Write;
+use std::fmt::{self, Write};
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +20,10 @@ use crate::datapath::predict::Pick;
 use crate::datapath::prefilter::Set;
 use crate::host::iface;
 use crate::host::neighbour;
+// Verdict names in details come from the header's enum, so a renamed
+// verdict cannot leave a stale name here.
+use crate::datapath::abi::reason_name;
+use crate::datapath::types::lb_reason;
 use crate::model::{FlowQuery, NatMode, Proto};
 
 /// `explain --json` (docs/JSON.md).
@@ -62,9 +66,62 @@ struct NewFlow {
     seed: u32,
 }
 
+/// A condition on a flow's way, in the order its packets meet them
+/// (docs/JSON.md lists them by these names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckName {
+    Attached,
+    Vip,
+    Prefilter,
+    Backend,
+    Ingress,
+    Forwarding,
+    Route,
+    OnLink,
+    Egress,
+    Neighbour,
+}
+
+impl CheckName {
+    pub const ALL: [CheckName; 10] = [
+        CheckName::Attached,
+        CheckName::Vip,
+        CheckName::Prefilter,
+        CheckName::Backend,
+        CheckName::Ingress,
+        CheckName::Forwarding,
+        CheckName::Route,
+        CheckName::OnLink,
+        CheckName::Egress,
+        CheckName::Neighbour,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckName::Attached => "attached",
+            CheckName::Vip => "vip",
+            CheckName::Prefilter => "prefilter",
+            CheckName::Backend => "backend",
+            CheckName::Ingress => "ingress",
+            CheckName::Forwarding => "forwarding",
+            CheckName::Route => "route",
+            CheckName::OnLink => "on-link",
+            CheckName::Egress => "egress",
+            CheckName::Neighbour => "neighbour",
+        }
+    }
+}
+
+impl fmt::Display for CheckName {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Serialize)]
 struct Check {
-    check: &'static str,
+    check: CheckName,
     ok: bool,
     detail: String,
 }
@@ -72,7 +129,7 @@ struct Check {
 struct Checks(Vec<Check>);
 
 impl Checks {
-    fn add(&mut self, check: &'static str, ok: bool, detail: String) -> bool {
+    fn add(&mut self, check: CheckName, ok: bool, detail: String) -> bool {
         self.0.push(Check { check, ok, detail });
         ok
     }
@@ -91,6 +148,7 @@ pub fn run(q: &FlowQuery, json: bool) -> Result<()> {
 }
 
 fn explain(q: &FlowQuery) -> Result<Explanation> {
+    let pass_not_vip = reason_name(lb_reason::LB_PASS_NOT_VIP);
     let (client, svc) = (q.client, &q.service);
     let entry = conntrack::find(svc.proto, client, svc.addr)?;
     let held = entry.as_ref().map(held);
@@ -100,7 +158,7 @@ fn explain(q: &FlowQuery) -> Result<Explanation> {
         Some(b) => {
             let names: Vec<&str> = b.attachments.iter().map(|a| a.ifname.as_str()).collect();
             checks.add(
-                "attached",
+                CheckName::Attached,
                 true,
                 format!(
                     "lbctl runs here (program {}) on {}",
@@ -112,7 +170,7 @@ fn explain(q: &FlowQuery) -> Result<Explanation> {
         }
         None => {
             checks.add(
-                "attached",
+                CheckName::Attached,
                 false,
                 "lbctl is not attached to any interface in this network namespace".into(),
             );
@@ -123,9 +181,9 @@ fn explain(q: &FlowQuery) -> Result<Explanation> {
         path_checks(&mut checks, b, q, p)?;
     } else if balancer.is_some() {
         checks.add(
-            "vip",
+            CheckName::Vip,
             false,
-            format!("no VIP {svc}: the packet passes untouched (pass_not_vip)"),
+            format!("no VIP {svc}: the packet passes untouched ({pass_not_vip})"),
         );
     }
     let new_flow = pick.as_ref().map(|p| NewFlow {
@@ -172,11 +230,19 @@ fn held(e: &Entry) -> Held {
 /// next hop, each checked against the maps, the routes, the neighbours and
 /// the sysctls as they are now.
 fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Result<()> {
+    let drop_no_backend = reason_name(lb_reason::LB_DROP_NO_BACKEND);
+    let pass_fib = reason_name(lb_reason::LB_PASS_FIB);
+    let drop_dsr_offlink = reason_name(lb_reason::LB_DROP_DSR_OFFLINK);
+    let pass_no_neigh = reason_name(lb_reason::LB_PASS_NO_NEIGH);
     let (client, svc) = (q.client, &q.service);
-    checks.add("vip", true, format!("VIP {svc} ({})", p.vip.mode.name()));
+    checks.add(
+        CheckName::Vip,
+        true,
+        format!("VIP {svc} ({})", p.vip.mode.name()),
+    );
     let bit = b.maps.prefilter_has(Set::Vips, svc.addr.ip())?;
     checks.add(
-        "prefilter",
+        CheckName::Prefilter,
         bit,
         if bit {
             "the VIP address's prefilter bit is set".into()
@@ -187,7 +253,7 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
     let backend = match &p.backend {
         Some(be) => {
             checks.add(
-                "backend",
+                CheckName::Backend,
                 true,
                 format!(
                     "slot {} of {} holds backend {} (weight {})",
@@ -198,9 +264,9 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
         }
         None => {
             checks.add(
-                "backend",
+                CheckName::Backend,
                 false,
-                format!("VIP {svc} has no backend of weight > 0: new flows are dropped (drop_no_backend)"),
+                format!("VIP {svc} has no backend of weight > 0: new flows are dropped ({drop_no_backend})"),
             );
             return Ok(());
         }
@@ -212,7 +278,7 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
         Some(dev) => {
             let attached = b.attachments.iter().any(|a| a.ifname == dev);
             checks.add(
-                "ingress",
+                CheckName::Ingress,
                 attached,
                 if attached {
                     format!("packets from {} arrive on {dev}, where lbctl is attached", client.ip())
@@ -224,7 +290,7 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
         }
         None => {
             checks.add(
-                "ingress",
+                CheckName::Ingress,
                 false,
                 format!(
                     "no route back to {}: replies cannot reach the client",
@@ -237,7 +303,7 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
     if let Some(dev) = &ingress {
         let on = iface::ipv4_forwarding(dev);
         checks.add(
-            "forwarding",
+            CheckName::Forwarding,
             on,
             if on {
                 format!("IPv4 forwarding is on on {dev}")
@@ -248,14 +314,14 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
     }
     let Some(reach) = neighbour::reach(backend.ip()) else {
         checks.add(
-            "route",
+            CheckName::Route,
             false,
-            format!("no route to backend {}: packets go to the kernel (pass_fib), which cannot forward them", backend.ip()),
+            format!("no route to backend {}: packets go to the kernel ({pass_fib}), which cannot forward them", backend.ip()),
         );
         return Ok(());
     };
     checks.add(
-        "route",
+        CheckName::Route,
         true,
         format!(
             "backend {} is reached via {} on {}",
@@ -267,12 +333,12 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
     if p.vip.mode == NatMode::Dsr {
         let on_link = reach.hop == backend.ip();
         checks.add(
-            "on-link",
+            CheckName::OnLink,
             on_link,
             if on_link {
                 format!("backend {} is on a link of the balancer, as dsr needs", backend.ip())
             } else {
-                format!("dsr needs backends on a link of the balancer, but {} is reached via gateway {}: packets are dropped (drop_dsr_offlink)", backend.ip(), reach.hop)
+                format!("dsr needs backends on a link of the balancer, but {} is reached via gateway {}: packets are dropped ({drop_dsr_offlink})", backend.ip(), reach.hop)
             },
         );
     }
@@ -283,37 +349,38 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
     // comes back through that interface never meets lbctl (tests/half_attached.rs).
     let dev = &reach.dev;
     checks.add(
-        "egress",
+        CheckName::Egress,
         egress_attached,
         if egress_attached {
             format!("{dev} is attached: packets leave from XDP")
         } else {
             match p.vip.mode {
-                NatMode::Fullnat => format!("{dev} is not attached: fullnat packets go to the kernel (pass_fib), which drops them as martian (lbctl attach {dev})"),
-                NatMode::Dsr => format!("{dev} is not attached: dsr packets go to the kernel (pass_fib), which routes them by the VIP, not to the backend: not delivered (lbctl attach {dev})"),
-                NatMode::Tunnel => format!("{dev} is not attached: tunnel packets go to the kernel (pass_fib) already encapsulated, from the VIP's source address: lbctl does not promise their delivery from there (lbctl attach {dev})"),
-                NatMode::Dnat => format!("{dev} is not attached: packets go to the kernel (pass_fib), which forwards them to the backend, but the backend's replies come back through {dev}, where lbctl cannot rewrite them back to the VIP: connections fail (lbctl attach {dev})"),
+                NatMode::Fullnat => format!("{dev} is not attached: fullnat packets go to the kernel ({pass_fib}), which drops them as martian (lbctl attach {dev})"),
+                NatMode::Dsr => format!("{dev} is not attached: dsr packets go to the kernel ({pass_fib}), which routes them by the VIP, not to the backend: not delivered (lbctl attach {dev})"),
+                NatMode::Tunnel => format!("{dev} is not attached: tunnel packets go to the kernel ({pass_fib}) already encapsulated, from the VIP's source address: lbctl does not promise their delivery from there (lbctl attach {dev})"),
+                NatMode::Dnat => format!("{dev} is not attached: packets go to the kernel ({pass_fib}), which forwards them to the backend, but the backend's replies come back through {dev}, where lbctl cannot rewrite them back to the VIP: connections fail (lbctl attach {dev})"),
             }
         },
     );
     checks.add(
-        "neighbour",
+        CheckName::Neighbour,
         reach.resolved,
         if reach.resolved {
             format!("next hop {} on {} is resolved ({})", reach.hop, reach.dev, reach.state)
         } else if fullnat {
-            format!("next hop {} on {} has no MAC ({}): the first packet goes to the kernel to resolve it (pass_no_neigh), which drops it in fullnat; the client retransmits", reach.hop, reach.dev, reach.state)
+            format!("next hop {} on {} has no MAC ({}): the first packet goes to the kernel to resolve it ({pass_no_neigh}), which drops it in fullnat; the client retransmits", reach.hop, reach.dev, reach.state)
         } else {
-            format!("next hop {} on {} has no MAC ({}): the first packet goes to the kernel to resolve it (pass_no_neigh)", reach.hop, reach.dev, reach.state)
+            format!("next hop {} on {} has no MAC ({}): the first packet goes to the kernel to resolve it ({pass_no_neigh})", reach.hop, reach.dev, reach.state)
         },
     );
     Ok(())
 }
 
 fn summary(held: Option<&Held>, new: Option<&NewFlow>, checks: &[Check]) -> String {
-    let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.check).collect();
+    let pass_foreign_ct = reason_name(lb_reason::LB_PASS_FOREIGN_CT);
+    let failed: Vec<CheckName> = checks.iter().filter(|c| !c.ok).map(|c| c.check).collect();
     let new_backend = new.and_then(|n| n.backend);
-    if failed.contains(&"attached") {
+    if failed.contains(&CheckName::Attached) {
         let entry = held.map_or(String::new(), |h| {
             format!(" (its conntrack entry names backend {})", h.backend)
         });
@@ -323,7 +390,7 @@ fn summary(held: Option<&Held>, new: Option<&NewFlow>, checks: &[Check]) -> Stri
     }
     match held {
         Some(h) if !h.lbctl => format!(
-            "conntrack holds an entry lbctl did not make (mark {:#x}): lbctl passes this flow untouched (pass_foreign_ct)",
+            "conntrack holds an entry lbctl did not make (mark {:#x}): lbctl passes this flow untouched ({pass_foreign_ct})",
             h.mark
         ),
         Some(h) => {
@@ -339,10 +406,15 @@ fn summary(held: Option<&Held>, new: Option<&NewFlow>, checks: &[Check]) -> Stri
         }
         None => match (new_backend, failed.is_empty()) {
             (Some(n), true) => format!("a new flow goes to {n}"),
-            (Some(n), false) => format!("a new flow would go to {n}, but: {}", failed.join(", ")),
-            (None, _) => format!("a new flow goes nowhere: {}", failed.join(", ")),
+            (Some(n), false) => format!("a new flow would go to {n}, but: {}", names(&failed)),
+            (None, _) => format!("a new flow goes nowhere: {}", names(&failed)),
         },
     }
+}
+
+fn names(checks: &[CheckName]) -> String {
+    let names: Vec<&str> = checks.iter().map(|c| c.name()).collect();
+    names.join(", ")
 }
 
 fn render(e: &Explanation) -> String {
@@ -391,8 +463,21 @@ fn render(e: &Explanation) -> String {
     let _ = writeln!(s, "checks");
     for c in &e.checks {
         let mark = if c.ok { "ok  " } else { "FAIL" };
-        let _ = writeln!(s, "  {mark}  {:<11} {}", c.check, c.detail);
+        let _ = writeln!(s, "  {mark}  {:<11} {}", c.check.name(), c.detail);
     }
     let _ = writeln!(s, "so         {}", e.summary);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_names_print_as_they_serialize() {
+        for c in CheckName::ALL {
+            assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{c}\""));
+        }
+        assert_eq!(CheckName::OnLink.to_string(), "on-link");
+    }
 }

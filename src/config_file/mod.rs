@@ -8,11 +8,11 @@
 //!
 //! ```toml
 //! interfaces = ["eth0"]                 # attached by `lbctl run`
-//! [timeouts]                            # optional: tcp, tcpfin, udp, syn seconds
+//! [timeouts]                            # optional: tcp, tcpfin, udp, syn, udp_unreplied seconds
 //! [[vip]]
 //! address = "198.18.100.1:80"
 //! proto = "tcp"                         # tcp | udp
-//! mode = "dnat"                         # dnat | fullnat (snat = "...")
+//! mode = "dnat"                         # dnat | fullnat | dsr | tunnel (fullnat, tunnel: snat = "...")
 //! [vip.health]                          # optional; no section = no checks
 //! kind = "tcp"                          # tcp | http (path, expect) | udp (send, expect) | none
 //! interval = "500ms"
@@ -135,6 +135,21 @@ address = "198.18.1.11:53"
     }
 
     #[test]
+    fn every_mode_and_timeout_reads_back() {
+        for mode in NatMode::ALL {
+            let text = format!("[[vip]]\naddress = \"198.18.100.1:80\"\nmode = \"{mode}\"\n");
+            assert_eq!(parse(&text).unwrap().vips[0].spec.mode, mode);
+        }
+        for which in crate::model::Timeout::ALL {
+            let max = *which.range().end();
+            let text = format!("[timeouts]\n{} = {max}\n", which.name());
+            let d = parse(&text).unwrap();
+            assert_eq!(d.timeouts.get(which), Some(max));
+            assert_eq!(parse(&render(&d)).unwrap(), d);
+        }
+    }
+
+    #[test]
     fn render_then_parse_is_the_same_configuration() {
         let d = parse(EXAMPLE).unwrap();
         let text = render(&d);
@@ -181,6 +196,18 @@ address = "198.18.1.11:53"
             (format!("{vip}[vip.health]\nkind = \"http\"\nexpect = \"ok\"\n"), 5, "HTTP status"),
             (format!("{vip}[vip.health]\nkind = \"tcp\"\nrise = 0\n"), 5, "rise = 0 is out of range"),
             ("[timeouts]\nudp = 0\n".into(), 2, "udp = 0 is out of range"),
+            // The kernel's limit, as `lbctl timeouts` has it (the file took
+            // up to 4000000 before).
+            ("[timeouts]\ntcp = 2147484\n".into(), 2, "tcp = 2147484 is out of range (1-2147483)"),
+            ("[timeouts]\nsyn = 601\n".into(), 2, "syn = 601 is out of range (1-600)"),
+            ("[timeouts]\nudp_unreplied = 601\n".into(), 2, "out of range (1-600)"),
+            ("flow_cache_size = 1023\n".into(), 1, "flow_cache_size = 1023 is out of range (1024-16777216)"),
+            ("hash_seed = -1\n".into(), 1, "hash_seed = -1 is out of range (0-4294967295)"),
+            (format!("{vip}[vip.health]\nkind = \"tcp\"\nfall = 101\n"), 5, "fall = 101 is out of range (1-100)"),
+            (format!("{vip}[vip.health]\nkind = \"tcp\"\nport = 65536\n"), 5, "port = 65536 is out of range (1-65535)"),
+            (format!("{vip}[vip.health]\nkind = \"http\"\nexpect = 600\n"), 5, "HTTP status code (100-599)"),
+            (format!("{vip}mode = \"dsr\"\nsnat = \"not an address\"\n"), 4, "snat only applies to mode = \"fullnat\""),
+            ("[[vip]]\naddress = \"[2001:db8::1]:80\"\nmode = \"tunnel\"\nsnat = \"198.18.2.1\"\n".into(), 2, "snat 198.18.2.1 must have the VIP's address family"),
             ("interfaces = [\"eth0\", \"eth0\"]\n".into(), 1, "listed twice"),
             ("xdp_mode = \"fast\"\n".into(), 1, "auto, native or generic"),
             ("[[vip]\n".into(), 1, ""),

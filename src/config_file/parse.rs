@@ -4,16 +4,16 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::defaults;
 use crate::model::{
-    check_backend_port, check_same_family, parse_duration, parse_endpoint, parse_ip, CheckKind,
-    Desired, DesiredVip, HealthCheck, NatMode, Proto, Service, Timeouts, VipSpec, XdpMode,
-    MAX_SYN_TIMEOUT, MAX_WEIGHT,
+    check_backend_port, check_same_family, check_snat_applies, parse_duration, parse_endpoint,
+    parse_ip, CheckKind, Desired, DesiredVip, HealthCheck, NatMode, Proto, Service, SpecError,
+    Timeout, VipSpec, XdpMode, FLOW_CACHE_SIZES, HTTP_STATUSES, PORTS, RISE_FALL, WEIGHTS,
 };
 
 /// What is wrong with a file, and where.
@@ -108,20 +108,33 @@ impl Lines<'_> {
         })
     }
 
-    /// An integer field within `range`, or an error naming `name`.
-    fn int(&self, v: &Spanned<i64>, name: &str, range: Range<i64>) -> Result<u32, FileError> {
+    /// An integer field within `range` (model's), or an error naming `name`.
+    fn int(
+        &self,
+        v: &Spanned<i64>,
+        name: &str,
+        range: RangeInclusive<u32>,
+    ) -> Result<u32, FileError> {
         let n = *v.get_ref();
-        if !range.contains(&n) {
-            return self.err(
+        match u32::try_from(n) {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => self.err(
                 v.span(),
                 format!(
                     "{name} = {n} is out of range ({}-{})",
-                    range.start,
-                    range.end - 1
+                    range.start(),
+                    range.end()
                 ),
-            );
+            ),
         }
-        Ok(n as u32)
+    }
+
+    /// A string field parsed by `model`, its error placed on its line.
+    fn parsed<T: std::str::FromStr<Err = String>>(
+        &self,
+        v: &Spanned<String>,
+    ) -> Result<T, FileError> {
+        v.get_ref().parse().or_else(|e| self.err(v.span(), e))
     }
 }
 
@@ -146,51 +159,28 @@ pub fn parse(text: &str) -> Result<Desired, FileError> {
         desired.interfaces.push(n.clone());
     }
     if let Some(m) = &raw.xdp_mode {
-        desired.xdp_mode = Some(match m.get_ref().as_str() {
-            "auto" => XdpMode::Auto,
-            "native" => XdpMode::Native,
-            "generic" => XdpMode::Generic,
-            other => {
-                return lines.err(
-                    m.span(),
-                    format!("xdp_mode {other:?}: use auto, native or generic"),
-                )
-            }
-        });
+        desired.xdp_mode = Some(lines.parsed::<XdpMode>(m)?);
     }
     if let Some(seed) = &raw.hash_seed {
-        desired.hash_seed = Some(lines.int(seed, "hash_seed", 0..1 << 32)?);
+        desired.hash_seed = Some(lines.int(seed, "hash_seed", 0..=u32::MAX)?);
     }
     if let Some(size) = &raw.flow_cache_size {
-        desired.flow_cache_size = Some(lines.int(size, "flow_cache_size", 1024..16_777_217)?);
+        desired.flow_cache_size = Some(lines.int(size, "flow_cache_size", FLOW_CACHE_SIZES)?);
     }
     if let Some(t) = &raw.timeouts {
-        let one = |v: &Option<Spanned<i64>>, name: &str| -> Result<Option<u32>, FileError> {
-            v.as_ref()
-                .map(|v| lines.int(v, name, 1..4_000_001))
-                .transpose()
-        };
-        desired.timeouts = Timeouts {
-            tcp: one(&t.tcp, "tcp")?,
-            tcpfin: one(&t.tcpfin, "tcpfin")?,
-            udp: one(&t.udp, "udp")?,
-            syn: t
-                .syn
+        for (which, v) in [
+            (Timeout::Tcp, &t.tcp),
+            (Timeout::Tcpfin, &t.tcpfin),
+            (Timeout::Udp, &t.udp),
+            (Timeout::Syn, &t.syn),
+            (Timeout::UdpUnreplied, &t.udp_unreplied),
+        ] {
+            let v = v
                 .as_ref()
-                .map(|v| lines.int(v, "syn", 1..MAX_SYN_TIMEOUT as i64 + 1))
-                .transpose()?,
-            udp_unreplied: t
-                .udp_unreplied
-                .as_ref()
-                .map(|v| {
-                    lines.int(
-                        v,
-                        "udp_unreplied",
-                        1..crate::model::MAX_UDP_UNREPLIED_TIMEOUT as i64 + 1,
-                    )
-                })
-                .transpose()?,
-        };
+                .map(|v| lines.int(v, which.name(), which.range()))
+                .transpose()?;
+            desired.timeouts.set(which, v);
+        }
     }
     for v in &raw.vip {
         let vip = parse_vip(&lines, v)?;
@@ -216,42 +206,29 @@ fn parse_vip(lines: &Lines, v: &RawVip) -> Result<DesiredVip, FileError> {
     };
     let service = Service { addr, proto };
     let mode = match &v.mode {
-        Some(m) => match m.get_ref().as_str() {
-            "dnat" => NatMode::Dnat,
-            "fullnat" => NatMode::Fullnat,
-            "dsr" => NatMode::Dsr,
-            "tunnel" => NatMode::Tunnel,
-            other => {
-                return lines.err(
-                    m.span(),
-                    format!("mode {other:?}: use dnat, fullnat, dsr or tunnel"),
-                )
-            }
-        },
+        Some(m) => lines.parsed::<NatMode>(m)?,
         None => NatMode::Dnat,
     };
     let snat = match &v.snat {
-        Some(s) if !mode.has_source() => {
-            return lines.err(
-                s.span(),
-                "snat only applies to mode = \"fullnat\" and mode = \"tunnel\"",
-            )
+        Some(s) => {
+            // Before the address is read: a dnat VIP's snat is wrong
+            // whatever it holds.
+            check_snat_applies(mode).or_else(|e| lines.err(s.span(), file_wording(&e)))?;
+            Some(parse_ip(s.get_ref()).or_else(|e| lines.err(s.span(), e))?)
         }
-        Some(s) => Some(parse_ip(s.get_ref()).or_else(|e| lines.err(s.span(), e))?),
         None => None,
     };
     let table_size = v
         .table_size
         .as_ref()
-        .map(|t| lines.int(t, "table_size", 0..1 << 32))
+        .map(|t| lines.int(t, "table_size", 0..=u32::MAX))
         .transpose()?;
     let spec = VipSpec::new(service, mode, snat, table_size).or_else(|e| {
-        let span = v
-            .table_size
-            .as_ref()
-            .filter(|_| e.contains("table size"))
-            .map_or(v.address.span(), |t| t.span());
-        lines.err(span, e)
+        let span = match (&e, &v.table_size) {
+            (SpecError::TableSize(_), Some(t)) => t.span(),
+            _ => v.address.span(),
+        };
+        lines.err(span, file_wording(&e))
     })?;
     let health = v
         .health
@@ -266,7 +243,7 @@ fn parse_vip(lines: &Lines, v: &RawVip) -> Result<DesiredVip, FileError> {
         check_same_family(service.addr, addr).or_else(|e| lines.err(b.address.span(), e))?;
         check_backend_port(mode, service.addr, addr).or_else(|e| lines.err(b.address.span(), e))?;
         let weight = match &b.weight {
-            Some(w) => lines.int(w, "weight", 0..MAX_WEIGHT as i64 + 1)?,
+            Some(w) => lines.int(w, "weight", WEIGHTS)?,
             None => 1,
         };
         if backends.iter().any(|(a, _)| *a == addr) {
@@ -314,12 +291,16 @@ fn parse_health(lines: &Lines, h: &RawHealth) -> Result<Option<HealthCheck>, Fil
         "tcp" => CheckKind::Tcp,
         "http" => {
             let expect = match &h.expect {
-                Some(e) => match e.get_ref().as_integer() {
-                    Some(n) if (100..=599).contains(&n) => n as u16,
+                Some(e) => match e.get_ref().as_integer().map(u16::try_from) {
+                    Some(Ok(n)) if HTTP_STATUSES.contains(&n) => n,
                     _ => {
                         return lines.err(
                             e.span(),
-                            "expect: an HTTP status code (100-599), e.g. expect = 200",
+                            format!(
+                                "expect: an HTTP status code ({}-{}), e.g. expect = 200",
+                                HTTP_STATUSES.start(),
+                                HTTP_STATUSES.end()
+                            ),
                         )
                     }
                 },
@@ -371,15 +352,15 @@ fn parse_health(lines: &Lines, h: &RawHealth) -> Result<Option<HealthCheck>, Fil
         rise: h
             .rise
             .as_ref()
-            .map_or(Ok(defaults::RISE), |r| lines.int(r, "rise", 1..101))?,
+            .map_or(Ok(defaults::RISE), |r| lines.int(r, "rise", RISE_FALL))?,
         fall: h
             .fall
             .as_ref()
-            .map_or(Ok(defaults::FALL), |f| lines.int(f, "fall", 1..101))?,
+            .map_or(Ok(defaults::FALL), |f| lines.int(f, "fall", RISE_FALL))?,
         port: h
             .port
             .as_ref()
-            .map(|p| lines.int(p, "port", 1..65536).map(|p| p as u16))
+            .map(|p| lines.int(p, "port", PORTS).map(|p| p as u16))
             .transpose()?,
     };
     // Whatever is wrong is named by the message; the line is the kind's,
@@ -393,4 +374,15 @@ fn parse_health(lines: &Lines, h: &RawHealth) -> Result<Option<HealthCheck>, Fil
         lines.err(span, e)
     })?;
     Ok(Some(check))
+}
+
+/// A `SpecError` as a file states it: keys, not flags.
+fn file_wording(e: &SpecError) -> String {
+    match e {
+        SpecError::SnatNotApplicable => {
+            "snat only applies to mode = \"fullnat\" and mode = \"tunnel\"".into()
+        }
+        SpecError::SnatFamily(ip) => format!("snat {ip} must have the VIP's address family"),
+        SpecError::TableSize(e) => e.clone(),
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{format_duration, CheckKind, Desired, XdpMode};
+use crate::model::{format_duration, CheckKind, Desired, Timeout};
 
 /// A TOML string literal.
 fn quote(s: &str) -> String {
@@ -16,12 +16,7 @@ pub fn render(d: &Desired) -> String {
     let list: Vec<String> = d.interfaces.iter().map(|i| quote(i)).collect();
     let _ = writeln!(s, "interfaces = [{}]", list.join(", "));
     if let Some(mode) = d.xdp_mode {
-        let name = match mode {
-            XdpMode::Auto => "auto",
-            XdpMode::Native => "native",
-            XdpMode::Generic => "generic",
-        };
-        let _ = writeln!(s, "xdp_mode = {}", quote(name));
+        let _ = writeln!(s, "xdp_mode = {}", quote(mode.name()));
     }
     if let Some(seed) = d.hash_seed {
         let _ = writeln!(s, "hash_seed = {seed}");
@@ -32,15 +27,9 @@ pub fn render(d: &Desired) -> String {
     let t = &d.timeouts;
     if !t.is_empty() {
         let _ = writeln!(s, "\n[timeouts]");
-        for (name, v) in [
-            ("tcp", t.tcp),
-            ("tcpfin", t.tcpfin),
-            ("udp", t.udp),
-            ("syn", t.syn),
-            ("udp_unreplied", t.udp_unreplied),
-        ] {
-            if let Some(v) = v {
-                let _ = writeln!(s, "{name} = {v}");
+        for which in Timeout::ALL {
+            if let Some(v) = t.get(which) {
+                let _ = writeln!(s, "{} = {v}", which.name());
             }
         }
     }

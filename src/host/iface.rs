@@ -20,12 +20,56 @@ fn mode_flags(mode: XdpMode) -> XdpFlags {
     }
 }
 
-/// The flags that name the mode an attachment reports.
-fn reported_mode_flags(mode: &str) -> XdpFlags {
-    match mode {
-        "native" => XdpFlags::DRV_MODE,
-        "generic" => XdpFlags::SKB_MODE,
-        _ => XdpFlags::NONE,
+/// The mode an attached program runs in, as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    Native,
+    Generic,
+    Offload,
+    /// Programs attached in more than one mode.
+    Multi,
+}
+
+impl AttachedMode {
+    fn from_kernel(attach_mode: u32) -> Option<AttachedMode> {
+        use libbpf_rs::libbpf_sys as sys;
+        Some(match attach_mode {
+            sys::XDP_ATTACHED_DRV => AttachedMode::Native,
+            sys::XDP_ATTACHED_SKB => AttachedMode::Generic,
+            sys::XDP_ATTACHED_HW => AttachedMode::Offload,
+            sys::XDP_ATTACHED_NONE => return None,
+            _ => AttachedMode::Multi,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachedMode::Native => "native",
+            AttachedMode::Generic => "generic",
+            AttachedMode::Offload => "offload",
+            AttachedMode::Multi => "multi",
+        }
+    }
+
+    /// The mode to ask for to attach the same way again; None: the kernel
+    /// chooses (`XdpMode::Auto`'s flags).
+    pub fn xdp_mode(self) -> Option<XdpMode> {
+        match self {
+            AttachedMode::Native => Some(XdpMode::Native),
+            AttachedMode::Generic => Some(XdpMode::Generic),
+            AttachedMode::Offload | AttachedMode::Multi => None,
+        }
+    }
+
+    /// The flags that name this mode to replace or detach.
+    fn flags(self) -> XdpFlags {
+        self.xdp_mode().map_or(XdpFlags::NONE, mode_flags)
+    }
+}
+
+impl std::fmt::Display for AttachedMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -35,8 +79,7 @@ pub struct Attachment {
     pub ifname: String,
     pub ifindex: u32,
     pub prog_id: u32,
-    /// "native", "generic" or "offload", as the kernel reports it.
-    pub mode: &'static str,
+    pub mode: AttachedMode,
 }
 
 pub fn ifindex(name: &str) -> Result<u32> {
@@ -138,20 +181,13 @@ fn is_global_v6(a: &Ipv6Addr) -> bool {
 }
 
 /// The XDP program on an interface: (id, mode) or None.
-pub fn xdp_program(ifindex: u32) -> Result<Option<(u32, &'static str)>> {
+pub fn xdp_program(ifindex: u32) -> Result<Option<(u32, AttachedMode)>> {
     // Xdp needs some fd to be built; queries do not use it.
     let stdin = std::io::stdin();
     let opts = Xdp::new(stdin.as_fd())
         .query(ifindex as i32, XdpFlags::NONE)
         .with_context(|| format!("querying XDP on interface index {ifindex}"))?;
-    let mode = match u32::from(opts.attach_mode) {
-        libbpf_rs::libbpf_sys::XDP_ATTACHED_DRV => "native",
-        libbpf_rs::libbpf_sys::XDP_ATTACHED_SKB => "generic",
-        libbpf_rs::libbpf_sys::XDP_ATTACHED_HW => "offload",
-        libbpf_rs::libbpf_sys::XDP_ATTACHED_NONE => return Ok(None),
-        _ => "multi",
-    };
-    Ok(Some((opts.prog_id, mode)))
+    Ok(AttachedMode::from_kernel(u32::from(opts.attach_mode)).map(|mode| (opts.prog_id, mode)))
 }
 
 /// BPF_OBJ_GET_INFO_BY_FD on a program: fills `info` as far as it asks.
@@ -238,9 +274,9 @@ pub fn replace(
     old: BorrowedFd,
     ifindex: u32,
     ifname: &str,
-    mode: &str,
+    mode: AttachedMode,
 ) -> Result<()> {
-    let flags = reported_mode_flags(mode);
+    let flags = mode.flags();
     // libbpf-rs's Xdp::replace does not take the mode flags; call libbpf.
     let ret = unsafe {
         let opts = libbpf_rs::libbpf_sys::bpf_xdp_attach_opts {
@@ -264,8 +300,8 @@ pub fn replace(
     Ok(())
 }
 
-pub fn detach(ifindex: u32, ifname: &str, mode: &str) -> Result<()> {
-    let flags = reported_mode_flags(mode);
+pub fn detach(ifindex: u32, ifname: &str, mode: AttachedMode) -> Result<()> {
+    let flags = mode.flags();
     let stdin = std::io::stdin();
     Xdp::new(stdin.as_fd())
         .detach(ifindex as i32, flags)

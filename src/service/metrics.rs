@@ -31,6 +31,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::datapath::balancer::Balancer;
+use crate::datapath::counters::Counters;
 use crate::model::{Health, Service};
 use crate::snapshot::Snapshot;
 
@@ -188,16 +189,13 @@ impl Collector for SnapshotCollector {
         };
         let c = MetricType::Counter;
         let g = MetricType::Gauge;
-        for (name, help, pick) in [
-            ("packets", "Packets", 0usize),
-            ("bytes", "Bytes", 1),
-            ("new_flows", "New flows", 2),
-        ] {
-            let get = |c: &crate::datapath::counters::Counters| match pick {
-                0 => c.packets,
-                1 => c.bytes,
-                _ => c.new_flows,
-            };
+        type Field = fn(&Counters) -> u64;
+        let fields: [(&str, &str, Field); 3] = [
+            ("packets", "Packets", |c| c.packets),
+            ("bytes", "Bytes", |c| c.bytes),
+            ("new_flows", "New flows", |c| c.new_flows),
+        ];
+        for (name, help, get) in fields {
             let items = vips()
                 .map(|v| (vip_labels(&v.vip.service), ConstCounter::new(get(&v.stats))))
                 .collect();

@@ -6,19 +6,15 @@ use anyhow::Result;
 
 use crate::datapath::balancer::Balancer;
 use crate::host::record;
-use crate::model::{Desired, DesiredVip, Timeouts, VipSpec, XdpMode};
+use crate::model::{Desired, DesiredVip, Timeouts, VipSpec};
 
 pub fn running(b: &Balancer) -> Result<Desired> {
     let cfg = b.maps.settings()?;
     let run = b.maps.running()?;
     let checks = record::read(b.maps.balancer_id()?)?;
-    let modes: Vec<&str> = b.attachments.iter().map(|a| a.mode).collect();
+    let modes: Vec<_> = b.attachments.iter().map(|a| a.mode).collect();
     let xdp_mode = match modes.first() {
-        Some(&m) if modes.iter().all(|x| *x == m) => match m {
-            "native" => Some(XdpMode::Native),
-            "generic" => Some(XdpMode::Generic),
-            _ => None,
-        },
+        Some(&m) if modes.iter().all(|x| *x == m) => m.xdp_mode(),
         _ => None,
     };
     let vips = run
