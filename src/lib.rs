@@ -19,6 +19,7 @@
 //! | `conntrack` | the kernel's conntrack table through ctnetlink |
 //! | `json` | JSON string quoting |
 
+pub mod change;
 pub mod cli;
 pub mod commands;
 pub mod config_file;
