@@ -9,8 +9,8 @@ use std::net::IpAddr;
 
 use anyhow::Result;
 
-use crate::datapath::config::Running;
 use crate::datapath::maps::Maps;
+use crate::datapath::running::Running;
 use crate::host::drain;
 use crate::host::routes::{self, Reconciled};
 

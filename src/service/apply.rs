@@ -17,8 +17,8 @@ use anyhow::{bail, Result};
 
 use crate::change::Effects;
 use crate::datapath::abi::{LB_MAX_BACKENDS, LB_MAX_VIPS};
-use crate::datapath::config::Running;
 use crate::datapath::maps::Maps;
+use crate::datapath::running::Running;
 use crate::datapath::tables::table_size_for;
 use crate::host::iface;
 use crate::host::neighbour;
