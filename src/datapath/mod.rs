@@ -10,7 +10,7 @@
 //! | `codec.rs` | map keys and values ⇄ addresses, VIPs and backends |
 //! | `config.rs` | settings: the settings row, timeouts, generation, redirect map |
 //! | `running.rs` | reading the VIPs and backend rows (`Running`: all of them, once) |
-//! | `vips.rs` | adding and deleting VIPs |
+//! | `vips.rs` | adding (one path, with or without backends) and deleting VIPs |
 //! | `backends.rs` | a VIP's backend rows: add, weight, remove, health |
 //! | `rebuild.rs` | a VIP's table built from its rows and recorded in the VIP |
 //! | `reply.rs` | reply sources: derived from the backend rows |

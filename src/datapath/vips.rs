@@ -1,4 +1,5 @@
-//! Adding and deleting VIPs, in a crash-safe order (see `mod.rs`).
+//! Adding and deleting VIPs, in a crash-safe order (see `mod.rs`). One add
+//! path: a VIP alone (`vip add`) is a VIP with no backends.
 
 use std::net::SocketAddr;
 
@@ -12,45 +13,18 @@ use super::prefilter::Set;
 use super::rebuild::build_tables;
 use super::reply::{key_of, Key};
 use super::running::Running;
-use super::tables::{table_digest, table_size_for};
+use super::tables::table_size_for;
 use crate::model::{Service, VipSpec};
 use crate::table_size::Sizing;
 
 impl Maps {
+    /// Adds a VIP with no backends: an empty table, then the VIP that
+    /// refers to it (killed before the VIP, a table at an index no VIP has
+    /// is left, which the repair removes). The one add path, with no rows.
     pub fn add_vip(&self, spec: &VipSpec) -> Result<VipEntry> {
-        self.add_vip_to(&mut self.running()?, spec)
-    }
-
-    /// Adds a VIP with no backends (an empty table, then the VIP that
-    /// refers to it) and records it in `run`.
-    pub fn add_vip_to(&self, run: &mut Running, spec: &VipSpec) -> Result<VipEntry> {
-        let service = &spec.service;
-        if run.vip(service).is_some() {
-            bail!("VIP {service} already exists (lbctl vip del first to change its mode)");
-        }
-        let index = (0..LB_MAX_VIPS)
-            .find(|i| !run.vips.iter().any(|v| v.index == *i))
-            .with_context(|| format!("no room for another VIP (at most {LB_MAX_VIPS})"))?;
-        let size = table_size_for(service, sizing_of(spec), &[])?;
-        self.reset_vip_counters(index)?;
-        // The table first (empty), then the VIP that refers to it: killed
-        // before the VIP, a table at an index no VIP has is left, which
-        // the repair removes.
-        self.swap_table(index, &[])?;
-        let mut vip = vip_row(spec.mode, spec.snat, index, size, spec.table_size.is_some());
-        vip.table_digest = table_digest(&[]);
-        let ep = service_endpoint(service);
-        self.prefilter_mark(Set::Vips, service.addr.ip())?;
-        self.vips.put(
-            bytes_of(&ep),
-            &vip,
-            MapFlags::NO_EXIST,
-            &format_args!("VIP {service}"),
-        )?;
-        self.bump_generation()?;
-        let entry = vip_entry(&ep, &vip)?;
-        run.vips.push(entry.clone());
-        Ok(entry)
+        let mut run = self.running()?;
+        self.add_vips_with_backends(&mut run, &[(spec.clone(), Vec::new())])?;
+        run.require_vip(&spec.service)
     }
 
     /// Adds new VIPs with their backends: every backend row first, then one
@@ -75,7 +49,10 @@ impl Maps {
                     .iter()
                     .any(|(s, _, _, _): &(&VipSpec, _, _, _)| s.service == spec.service)
             {
-                bail!("VIP {} already exists", spec.service);
+                bail!(
+                    "VIP {} already exists (lbctl vip del first to change its mode)",
+                    spec.service
+                );
             }
             let index = free
                 .next()
@@ -126,11 +103,12 @@ impl Maps {
             .map(|((_, index, _, _), (t, _))| (*index, t))
             .collect();
         self.install_tables(&installed)?;
-        for ((spec, index, _, size), (_, digest)) in placed.iter().zip(&tables) {
+        for ((spec, index, backends, size), (_, digest)) in placed.iter().zip(&tables) {
             let fixed = spec.table_size.is_some();
             let mut vip = vip_row(spec.mode, spec.snat, *index, *size, fixed);
             vip.table_digest = *digest;
-            vip.moved_ppm = 1_000_000;
+            // A first table moved every slot it fills; an empty one none.
+            vip.moved_ppm = if backends.is_empty() { 0 } else { 1_000_000 };
             let ep = service_endpoint(&spec.service);
             self.prefilter_mark(Set::Vips, spec.service.addr.ip())?;
             self.vips.put(
