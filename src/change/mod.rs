@@ -72,7 +72,8 @@ pub fn begin(o: Opening) -> Result<Session> {
             }
             Step::PublishRoutes => s.opened = routes::publish(&s.running()?.maps),
             Step::WithdrawRoutes => s.opened = routes::withdraw(),
-            other => unreachable!("{other:?} does not open a change"),
+            // `plan::tests` check that no other step opens a change.
+            other => bail!("internal: {other:?} does not open a change"),
         }
     }
     Ok(s)
@@ -163,10 +164,10 @@ impl Session {
                         record::write(self.running()?.maps.balancer_id()?, d)?;
                     }
                 }
-                other => unreachable!("{other:?} is not part of a change"),
+                other => bail!("internal: {other:?} is not part of a change"),
             }
         }
-        let out = out.expect("every change plan has Step::Change");
+        let out = out.unwrap_or_else(|| Err(anyhow::anyhow!("internal: {k:?} made no change")));
         Ok((out, followed))
     }
 

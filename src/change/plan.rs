@@ -31,6 +31,18 @@ pub enum Step {
 }
 
 impl Step {
+    /// Steps a change may begin with (`opening`); the others follow it.
+    pub fn opens(self) -> bool {
+        matches!(
+            self,
+            Step::Find
+                | Step::RequireCurrentTables
+                | Step::Repair
+                | Step::PublishRoutes
+                | Step::WithdrawRoutes
+        )
+    }
+
     /// Steps that only follow a change that succeeded. The others follow
     /// a failed one too: a change that fails halfway may have written part
     /// of itself, and routes and neighbours follow what the maps hold.
@@ -179,6 +191,24 @@ mod tests {
         );
         // Another interface leaving keeps every route and record.
         assert_eq!(change(Kind::Attach), [Step::Change]);
+    }
+
+    #[test]
+    fn every_plan_is_one_the_executor_runs() {
+        for o in [Opening::Configure, Opening::Attach, Opening::Resync] {
+            for found in [false, true] {
+                assert!(opening(o, found).iter().all(|s| s.opens()), "{o:?}");
+            }
+        }
+        for k in [Kind::Configure, Kind::Apply, Kind::Attach, Kind::LastDetach] {
+            let s = change(k);
+            let changes = s.iter().filter(|s| **s == Step::Change).count();
+            assert_eq!(changes, 1, "{k:?} makes its change once");
+            assert!(
+                !s.contains(&Step::Find) && !s.contains(&Step::Repair),
+                "{k:?}"
+            );
+        }
     }
 
     #[test]
