@@ -33,9 +33,7 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr as NlAddr};
 
-use crate::datapath::abi::{
-    LB_MARK_BACKEND_MASK, LB_MARK_CLOSING, LB_MARK_VIP_MASK, LB_MARK_VIP_SHIFT,
-};
+use crate::abi::{LB_MARK_BACKEND_MASK, LB_MARK_CLOSING, LB_MARK_VIP_MASK, LB_MARK_VIP_SHIFT};
 use crate::model::Proto;
 
 /// CTA_TIMESTAMP and its CTA_TIMESTAMP_START: when the entry was made, if

@@ -6,19 +6,29 @@
 //! |---|---|
 //! | `cli` | clap definitions only |
 //! | `model` | operator input: parsing, validation, requests (pure) |
-//! | `commands` | one module per command |
-//! | `datapath` | everything that touches BPF (see its module docs) |
-//! | `maglev`, `hash` | Maglev tables and the flow hash (pure) |
-//! | `conntrack` | the kernel's conntrack table, read through ctnetlink |
-//! | `neighbour` | managed neighbour entries for backends' next hops |
-//! | `routes`, `drain` | VIP host routes for BGP (`ip route show proto 108`); node drain |
-//! | `iproute` | runs `ip` (iproute2) for `neighbour` and `routes` |
+//! | `abi` | the constants of `bpf/lb_abi.h` (generated) |
+//! | `maglev`, `hash`, `table_size` | Maglev tables, the flow hash, table sizes (pure) |
 //! | `config_file` | the configuration file: TOML ⇄ `model::Desired` (pure) |
-//! | `service` | `apply`, `save`, and `lbctl run`: the loop, health checks, metrics |
+//! | `host` | the host around the balancer: interfaces, neighbours, VIP routes, lock, records under /run |
+//! | `conntrack` | the kernel's conntrack table, read through ctnetlink |
+//! | `datapath` | typed access to the BPF objects (see its module docs) |
+//! | `change` | a change to a running balancer: lock, repair, the change, what follows |
 //! | `snapshot` | a balancer at one moment (list, save, metrics read it) |
-//! | `conntrack` | the kernel's conntrack table through ctnetlink |
+//! | `commands` | one module per command |
+//! | `service` | `apply`, `save`, and `lbctl run`: the loop, health checks, metrics |
 //! | `json` | JSON string quoting |
+//!
+//! Layers, each importing only those below it (`grep -rn "use crate::"`):
+//!
+//! 1. `abi`, `json`, `hash`, `maglev`; then `table_size`, `model`, `config_file`;
+//! 2. `host` and `conntrack` (plain values in and out: never `datapath`);
+//! 3. `datapath` (uses `host::iface` for the interfaces its program is on);
+//! 4. `change` and `snapshot`;
+//! 5. `commands` and `service` (`commands` runs `service::apply`, the
+//!    service never a command); `cli` beside them, used by `main.rs`.
 
+pub mod abi;
+pub mod change;
 pub mod cli;
 pub mod commands;
 pub mod config_file;

@@ -9,7 +9,7 @@ use std::ops::RangeInclusive;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::datapath::abi::{LB_MAX_CT_TIMEOUT_S, LB_MAX_TABLE_SIZE};
+use crate::abi::{LB_MAX_CT_TIMEOUT_S, LB_MAX_TABLE_SIZE};
 use crate::maglev::is_prime;
 
 /// Balancers that were not given a seed agree with each other.

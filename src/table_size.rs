@@ -25,7 +25,7 @@
 //! takes the next size of [`ladder`] until it does (still a function of the
 //! weights); a fixed one that is too small is refused.
 
-use crate::datapath::abi::LB_MAX_TABLE_SIZE;
+use crate::abi::LB_MAX_TABLE_SIZE;
 use crate::maglev::{build_table, is_prime, slot_counts, MaglevBackend};
 
 /// Slots per backend an automatic table has at least (just under: the

@@ -6,13 +6,13 @@ use std::sync::mpsc;
 
 use anyhow::{bail, Context, Result};
 
+use crate::change::plan::{Kind, Opening};
+use crate::change::{self, Session};
 use crate::datapath::abi::LB_FLOW_CACHE_ENTRIES;
-use crate::datapath::balancer::{self, Balancer};
+use crate::datapath::balancer::Balancer;
 use crate::datapath::load;
 use crate::datapath::maps::Maps;
 use crate::host::iface;
-use crate::host::lock::lock_netns;
-use crate::host::{neighbour, routes};
 use crate::model::AttachOptions;
 
 pub fn run(opts: &AttachOptions) -> Result<()> {
@@ -21,33 +21,21 @@ pub fn run(opts: &AttachOptions) -> Result<()> {
     load::require_kernel()?;
     let iface = opts.iface.as_str();
     let ifindex = iface::ifindex(iface)?;
-    let lock = lock_netns()?;
-    let running = Balancer::find()?;
-    if let Some(b) = &running {
-        b.repair()?;
-    } else {
-        // A fresh balancer serves nothing yet: no route of an earlier one
-        // may be left announced.
-        routes::sync_none();
-    }
+    // A fresh balancer serves nothing yet: without one, no route of an
+    // earlier one may be left announced (`plan::opening`).
+    let mut s = change::begin(Opening::Attach)?;
     if opts.replace {
-        return replace(iface, ifindex, running, opts.flow_cache_size);
+        return replace(&s, iface, ifindex, opts.flow_cache_size);
     }
-    refuse_if_taken(iface, ifindex, running.as_ref())?;
-    let (prog_id, has_ipv6_vips) = match running {
-        Some(b) => (b.join(ifindex, opts)?, b.maps.has_ipv6_vips()?),
-        None => (balancer::start(ifindex, opts)?, false),
-    };
+    if let Some(id) = change::xdp_taken(iface, ifindex, s.balancer())? {
+        bail!("lbctl is already attached to {iface} (program id {id}); use --replace to upgrade it in place");
+    }
+    let (prog_id, notes) = s.attach(opts)?;
     println!("lbctl attached to {iface} (program id {prog_id})");
-    if !iface::ipv4_forwarding(iface) {
-        eprintln!(
-            "lbctl: note: IPv4 forwarding is off on {iface}: balanced packets go to the stack, which drops them; enable it with sysctl -w net.ipv4.conf.{iface}.forwarding=1 (or net.ipv4.ip_forward=1)"
-        );
+    for note in notes {
+        eprintln!("lbctl: note: {note}");
     }
-    if has_ipv6_vips && !iface::ipv6_forwarding(iface) {
-        eprintln!("lbctl: note: {}", iface::ipv6_forwarding_off(&[iface]));
-    }
-    drop(lock);
+    drop(s);
     if opts.foreground {
         wait_for_ctrl_c()?;
         detach(iface)?;
@@ -55,31 +43,26 @@ pub fn run(opts: &AttachOptions) -> Result<()> {
     Ok(())
 }
 
-fn refuse_if_taken(iface: &str, ifindex: u32, running: Option<&Balancer>) -> Result<()> {
-    let Some((id, _)) = iface::xdp_program(ifindex)? else {
-        return Ok(());
-    };
-    if running.is_some_and(|b| b.attachment(ifindex).is_some()) {
-        bail!("lbctl is already attached to {iface} (program id {id}); use --replace to upgrade it in place");
-    }
-    let name = iface::prog_name(id).unwrap_or_default();
-    bail!(
-        "{iface} already runs another XDP program (id {id}, {name:?}); remove it first: ip link set dev {iface} xdp off"
-    )
-}
-
 /// Upgrade in place: a freshly loaded program on the running maps, swapped
 /// in on every interface with XDP_FLAGS_REPLACE (never a moment without).
-fn replace(
-    iface: &str,
-    ifindex: u32,
-    running: Option<Balancer>,
-    flow_cache_size: Option<u32>,
-) -> Result<()> {
-    let b = running.with_context(|| format!("lbctl is not attached in this network namespace: nothing to replace (attach {iface} without --replace)"))?;
+fn replace(s: &Session, iface: &str, ifindex: u32, flow_cache_size: Option<u32>) -> Result<()> {
+    let b = s.balancer().with_context(|| format!("lbctl is not attached in this network namespace: nothing to replace (attach {iface} without --replace)"))?;
     if b.attachment(ifindex).is_none() {
         bail!("lbctl is not attached to {iface}: nothing to replace (attach it without --replace)");
     }
+    s.run(Kind::Attach, |_| upgrade(b, flow_cache_size))?;
+    let id = iface::xdp_program(ifindex)?.map(|p| p.0).unwrap_or(0);
+    let names: Vec<&str> = b.attachments.iter().map(|a| a.ifname.as_str()).collect();
+    println!(
+        "lbctl replaced program {} with {id} on {}",
+        b.prog_id,
+        names.join(", ")
+    );
+    Ok(())
+}
+
+/// The upgrade itself: load, build the new program's tables, swap it in.
+fn upgrade(b: &Balancer, flow_cache_size: Option<u32>) -> Result<()> {
     load::load_conntrack_modules();
     let mut storage = MaybeUninit::uninit();
     // The cache keeps its size unless told otherwise.
@@ -107,13 +90,6 @@ fn replace(
     // of removed backends; the repair before was skipped for an older
     // program's tables, which it cannot write).
     new_maps.repair()?;
-    let id = iface::xdp_program(ifindex)?.map(|p| p.0).unwrap_or(0);
-    let names: Vec<&str> = b.attachments.iter().map(|a| a.ifname.as_str()).collect();
-    println!(
-        "lbctl replaced program {} with {id} on {}",
-        b.prog_id,
-        names.join(", ")
-    );
     Ok(())
 }
 
@@ -131,24 +107,16 @@ fn wait_for_ctrl_c() -> Result<()> {
 pub fn detach(iface: &str) -> Result<()> {
     load::require_privileges()?;
     let ifindex = iface::ifindex(iface)?;
-    let _lock = lock_netns()?;
-    let b = Balancer::find()?;
-    if let Some(b) = &b {
-        b.repair()?;
-    }
-    let (b, a) = b
-        .as_ref()
-        .and_then(|b| Some((b, b.attachment(ifindex)?)))
+    let mut s = change::begin(Opening::Attach)?;
+    let done = s
+        .detach(ifindex)?
         .with_context(|| format!("lbctl is not attached to {iface}"))?;
-    if let Some(backends) = b.detach(a)? {
-        neighbour::release_unused(&backends, &[]);
-        // The health checks recorded for `save` belong to the balancer gone.
-        let _ = crate::host::record::clear();
+    if done.left == 0 {
         println!(
             "lbctl detached from {iface}; that was the last interface: all lbctl state is gone"
         );
     } else {
-        let left = b.attachments.len() - 1;
+        let left = done.left;
         println!("lbctl detached from {iface}; still attached to {left} interface(s)");
     }
     Ok(())

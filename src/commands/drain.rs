@@ -9,13 +9,15 @@ use std::net::IpAddr;
 use anyhow::Result;
 
 use super::open_for_change;
-use crate::host::{drain, routes};
+use crate::change::plan::Kind;
+use crate::host::drain;
 
 pub fn drain() -> Result<()> {
-    let (_lock, b) = open_for_change()?;
+    let s = open_for_change()?;
+    let b = s.running()?;
     // The record first: killed after it, the next command withdraws.
-    drain::set(b.maps.balancer_id()?)?;
-    let r = routes::sync(&b.maps);
+    let (_, after) = s.run(Kind::Configure, |_| drain::set(b.maps.balancer_id()?))?;
+    let r = after.routes;
     println!(
         "drained: {}; lbctl keeps forwarding what still arrives (lbctl undrain announces them again)",
         match r.withdrawn.len() {
@@ -27,9 +29,9 @@ pub fn drain() -> Result<()> {
 }
 
 pub fn undrain() -> Result<()> {
-    let (_lock, b) = open_for_change()?;
-    drain::clear()?;
-    let r = routes::sync(&b.maps);
+    let s = open_for_change()?;
+    let (_, after) = s.run(Kind::Configure, |_| drain::clear())?;
+    let r = after.routes;
     let announced = if r.wanted.is_empty() {
         "no VIP can be served now, none announced".to_string()
     } else {

@@ -3,11 +3,13 @@
 use anyhow::Result;
 
 use super::open_for_change;
+use crate::change::plan::Kind;
 use crate::model::Timeouts;
 
 pub fn run(t: &Timeouts) -> Result<()> {
-    let (_lock, b) = open_for_change()?;
-    let now = b.maps.set_timeouts(t)?;
+    let s = open_for_change()?;
+    let b = s.running()?;
+    let (now, _) = s.run(Kind::Configure, |_| b.maps.set_timeouts(t))?;
     println!(
         "Timeout (tcp tcpfin udp syn udp-unreplied): {} {} {} {} {}",
         now.tcp.unwrap_or(0),

@@ -5,20 +5,20 @@ use std::net::IpAddr;
 
 use anyhow::Result;
 
-use super::{open_for_change, open_for_reading, publish_routes};
+use super::{open_for_change, open_for_reading};
+use crate::change::plan::Kind;
 use crate::datapath::balancer::Balancer;
 use crate::host::iface;
-use crate::host::neighbour;
 use crate::model::{Service, VipSpec};
 
 pub fn add(spec: &VipSpec) -> Result<()> {
-    let (_lock, b) = open_for_change()?;
+    let s = open_for_change()?;
+    let b = s.running()?;
     let mut spec = spec.clone();
     if spec.mode.has_source() && spec.snat.is_none() {
-        spec.snat = Some(default_snat(&b, &spec.service)?);
+        spec.snat = Some(default_snat(b, &spec.service)?);
     }
-    let vip = b.maps.add_vip(&spec)?;
-    publish_routes(&b);
+    let (vip, _) = s.run(Kind::Configure, |_| b.maps.add_vip(&spec))?;
     let svc = &spec.service;
     match vip.snat {
         Some(s) => println!("added VIP {svc} ({}, source {s})", spec.mode.name()),
@@ -39,12 +39,14 @@ pub fn add(spec: &VipSpec) -> Result<()> {
 }
 
 pub fn del(svc: &Service) -> Result<()> {
-    let (_lock, b) = open_for_change()?;
-    let gone = b.maps.del_vip(svc)?;
-    publish_routes(&b);
+    let s = open_for_change()?;
+    let b = s.running()?;
+    s.run(Kind::Configure, |fx| {
+        let gone = b.maps.del_vip(svc)?;
+        fx.released = gone.iter().map(|g| g.addr.ip()).collect::<Vec<IpAddr>>();
+        Ok(())
+    })?;
     println!("deleted VIP {svc}");
-    let gone: Vec<IpAddr> = gone.iter().map(|g| g.addr.ip()).collect();
-    neighbour::release_unused(&gone, &b.maps.backend_addrs()?);
     Ok(())
 }
 

@@ -1,11 +1,11 @@
 //! The Rust side of `bpf/lb_abi.h`. The structs are the skeleton's generated
 //! types; the `#define` constants and enum members, which BTF does not carry,
-//! are generated from the header by build.rs (`abi_constants.rs`), with the
-//! printed name of every verdict reason.
+//! are generated from the header by build.rs into `crate::abi` (below
+//! `model`, which needs some) and re-exported here.
 
 use super::types;
 
-include!(concat!(env!("OUT_DIR"), "/abi_constants.rs"));
+pub use crate::abi::*;
 
 // SAFETY: plain old data: #[repr(C)], integer fields and arrays only, with
 // every padding byte made an explicit field by libbpf-cargo.

@@ -16,7 +16,6 @@ use super::load;
 use super::maps::{u32_of, Maps};
 use super::repair::Repaired;
 use crate::host::iface::{self, Attachment};
-use crate::host::{drain, routes};
 use crate::model::{AttachOptions, DEFAULT_HASH_SEED};
 
 /// The program's name as the kernel reports it (BPF names are 15 bytes).
@@ -29,6 +28,13 @@ pub struct Balancer {
     pub maps: Maps,
     /// Every interface it is attached to.
     pub attachments: Vec<Attachment>,
+}
+
+/// The error of a command that needs a running balancer.
+pub fn not_running() -> anyhow::Error {
+    anyhow::anyhow!(
+        "lbctl is not attached to any interface in this network namespace: run `lbctl attach IFACE` first"
+    )
 }
 
 /// Every interface of this namespace that runs lbctl's program.
@@ -60,9 +66,7 @@ impl Balancer {
     pub fn require() -> Result<Balancer> {
         match Balancer::find()? {
             Some(b) => Ok(b),
-            None => bail!(
-                "lbctl is not attached to any interface in this network namespace: run `lbctl attach IFACE` first"
-            ),
+            None => Err(not_running()),
         }
     }
 
@@ -101,17 +105,9 @@ impl Balancer {
         } else {
             None
         };
-        if last {
-            // Withdrawn first: killed before the detach, the next command's
-            // repair announces them again; killed after it, no balancer is
-            // left to repair and announced routes would draw traffic to a
-            // node that serves nothing.
-            routes::sync_none();
-        }
+        // The routes and records of a last detach are `change`'s
+        // (`Kind::LastDetach`): this is the BPF side only.
         iface::detach(a.ifindex, &a.ifname, a.mode)?;
-        if last {
-            let _ = drain::clear();
-        }
         if !last {
             self.maps.remove_tx_port(a.ifindex)?;
             self.maps.bump_generation()?;
@@ -122,8 +118,8 @@ impl Balancer {
     /// Finishes what an interrupted lbctl left (`Maps::repair`), and makes
     /// the redirect map hold exactly the interfaces lbctl is attached to (an
     /// attach or detach killed between its netlink change and its map
-    /// write), then reconciles the VIP routes (`routes.rs`). Call with the
-    /// namespace's lock held.
+    /// write). Call with the namespace's lock held; the routes that follow
+    /// are `change`'s.
     pub fn repair(&self) -> Result<Repaired> {
         let mut done = self.maps.repair()?;
         let attached: Vec<u32> = self.attachments.iter().map(|a| a.ifindex).collect();
@@ -148,8 +144,6 @@ impl Balancer {
             self.maps.bump_generation()?;
             done.ports = true;
         }
-        // Routes are derived from the maps, like everything above.
-        routes::sync(&self.maps);
         Ok(done)
     }
 

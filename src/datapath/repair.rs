@@ -23,8 +23,8 @@
 
 use anyhow::Result;
 
-use super::config::Running;
 use super::maps::{u32_of, Maps};
+use super::running::Running;
 use super::tables::table_digest;
 
 /// What a repair found to do.

@@ -28,9 +28,9 @@ use libbpf_rs::MapFlags;
 
 use super::abi::LB_NO_BACKEND;
 use super::codec::{bytes_of, read, to_endpoint, BackendEntry, VipEntry};
-use super::config::Running;
 use super::maps::Maps;
 use super::prefilter::Set;
+use super::running::Running;
 use super::types::{lb_endpoint, lb_reply_source};
 use crate::model::NatMode;
 

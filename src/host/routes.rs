@@ -9,8 +9,9 @@
 //! health checks. Several VIPs on one address (ports, protocols) share one
 //! route, kept while any of them can be served.
 //!
-//! One function decides ([`reconcile`]): the routes wanted, computed from
-//! the maps, against the routes lbctl's protocol has in the kernel;
+//! One function decides ([`reconcile`]): the routes wanted (computed from
+//! the maps by `change::routes`, which imports this, not the other way),
+//! against the routes lbctl's protocol has in the kernel;
 //! missing ones added, extra ones removed, nothing else touched. It is
 //! idempotent, so every change calls it afterwards, the repair every
 //! change starts with calls it too (a killed lbctl's routes are put right
@@ -28,9 +29,6 @@ use std::net::IpAddr;
 
 use anyhow::Result;
 
-use crate::datapath::config::Running;
-use crate::datapath::maps::Maps;
-use crate::host::drain;
 use crate::host::iproute::ip;
 pub use crate::host::neighbour::RTPROT_LBCTL;
 
@@ -49,30 +47,6 @@ impl Reconciled {
     pub fn changed(&self) -> bool {
         !self.announced.is_empty() || !self.withdrawn.is_empty()
     }
-}
-
-/// The VIP addresses a balancer with these maps can serve (none when the
-/// node is drained).
-pub fn desired(run: &Running, drained: bool) -> BTreeSet<IpAddr> {
-    if drained {
-        return BTreeSet::new();
-    }
-    run.vips
-        .iter()
-        .filter(|v| run.members(v).iter().any(|m| m.effective_weight() > 0))
-        .map(|v| v.service.addr.ip())
-        .collect()
-}
-
-/// The routes this balancer wants now, from its maps and its drain record.
-pub fn wanted(maps: &Maps) -> Result<BTreeSet<IpAddr>> {
-    let drained = drain::is_drained(maps.balancer_id()?);
-    Ok(desired(&maps.running()?, drained))
-}
-
-/// Brings the kernel's lbctl routes to what `maps` call for.
-pub fn publish(maps: &Maps) -> Result<Reconciled> {
-    reconcile(&wanted(maps)?)
 }
 
 /// Withdraws every lbctl route (the last detach, `lbctl run
@@ -168,33 +142,6 @@ fn parse_routes(text: &str) -> BTreeSet<IpAddr> {
             dst.parse().ok()
         })
         .collect()
-}
-
-/// `publish`, printing what could not be done as notes (one line each on
-/// stderr): a route lbctl could not change is never a reason to fail, or
-/// undo, a configuration change that was made.
-pub fn sync(maps: &Maps) -> Reconciled {
-    noted(publish(maps))
-}
-
-/// `withdraw_all`, printing what could not be done as notes.
-pub fn sync_none() -> Reconciled {
-    noted(withdraw_all())
-}
-
-fn noted(r: Result<Reconciled>) -> Reconciled {
-    match r {
-        Ok(r) => {
-            for f in &r.failed {
-                eprintln!("lbctl: note: VIP route: {f}");
-            }
-            r
-        }
-        Err(e) => {
-            eprintln!("lbctl: note: VIP routes not reconciled: {e:#}");
-            Reconciled::default()
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! `Maps::set_backends` call (at most one table build and swap per VIP,
 //! none where backends and weights are unchanged).
 //! Applying the same file twice changes nothing the second time.
+//! What follows an apply (routes, neighbours released, the health record)
+//! is `change`'s: callers go through `change::Session::run`.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -13,9 +15,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{bail, Result};
 
+use crate::change::Effects;
 use crate::datapath::abi::{LB_MAX_BACKENDS, LB_MAX_VIPS};
-use crate::datapath::config::Running;
 use crate::datapath::maps::Maps;
+use crate::datapath::running::Running;
 use crate::datapath::tables::table_size_for;
 use crate::host::iface;
 use crate::host::neighbour;
@@ -154,8 +157,19 @@ fn describe(mode: NatMode, snat: Option<IpAddr>, table_size: Option<u32>) -> Str
 
 /// Checks, then applies `desired` to the balancer whose maps these are
 /// (`attached`: the interfaces it is attached to). Call with the
-/// namespace's lock held.
+/// namespace's lock held. Nothing follows it here (see `apply_noting`).
 pub fn apply(maps: &Maps, attached: &[String], desired: &Desired) -> Result<Applied> {
+    apply_noting(maps, attached, desired, &mut Effects::default())
+}
+
+/// `apply` as a change (`change::plan::Kind::Apply`): notes in `fx` the
+/// backends it removed and the file to record, for the steps after it.
+pub fn apply_noting(
+    maps: &Maps,
+    attached: &[String],
+    desired: &Desired,
+    fx: &mut Effects,
+) -> Result<Applied> {
     let mut run = maps.running()?;
     let d = resolve(maps, &run, attached, desired)?;
     let mut done = Applied::default();
@@ -223,10 +237,8 @@ pub fn apply(maps: &Maps, attached: &[String], desired: &Desired) -> Result<Appl
     for v in &d.vips {
         apply_vip(maps, &mut run, v, &mut done, &mut released)?;
     }
-    if !released.is_empty() {
-        let still: Vec<IpAddr> = run.backends.iter().map(|b| b.addr.ip()).collect();
-        neighbour::release_unused(&released, &still);
-    }
+    fx.released = released;
+    fx.record = Some(desired.clone());
     Ok(done)
 }
 

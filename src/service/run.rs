@@ -17,7 +17,8 @@
 //!    node drain (`lbctl drain`).
 //!
 //! Changes take the namespace's lock only while they are made, so `lbctl`
-//! commands keep working beside the service.
+//! commands keep working beside the service. Every change goes through
+//! `change` as the commands' do (lock, repair, what follows).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::health::schedule::{CheckResult, Checker};
 use super::health::tracker::Tracker;
@@ -33,14 +34,14 @@ use super::health::Target;
 use super::metrics::{self, Metrics};
 use super::signals::{self, Signal};
 use super::{apply, notify};
+use crate::change::plan::{Kind, Opening};
+use crate::change::{self};
 use crate::config_file;
-use crate::datapath::balancer::{self, Balancer};
+use crate::datapath::balancer::Balancer;
 use crate::datapath::load;
+use crate::host::drain;
 use crate::host::iface;
-use crate::host::lock::lock_netns;
-use crate::host::record;
-use crate::host::routes::{self, Reconciled};
-use crate::host::{drain, neighbour};
+use crate::host::routes::Reconciled;
 use crate::model::{AttachOptions, Desired, Health, Service, XdpMode};
 
 /// How often the routes are reconciled without a change of lbctl's.
@@ -129,8 +130,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     notify::notify("STOPPING=1");
     svc.checker = None; // joins the probe threads
     if opts.withdraw_on_exit && !opts.detach_on_exit {
-        let _lock = lock_netns()?;
-        let r = routes::sync_none();
+        let r = change::withdraw_routes()?;
         log_routes(&r);
         log(format_args!(
             "{stopped_by}: withdrew every VIP route (--withdraw-on-exit); the next lbctl change or lbctl run announces them again unless the node is drained"
@@ -154,24 +154,15 @@ pub fn run(opts: &RunOptions) -> Result<()> {
 /// first one in this namespace loads the program; later ones join it).
 /// Every interface is checked before any is attached.
 fn attach_interfaces(d: &Desired) -> Result<String> {
-    let _lock = lock_netns()?;
-    let running = Balancer::find()?;
+    let mut s = change::begin(Opening::Attach)?;
     let mut todo = Vec::new();
     for name in &d.interfaces {
         let ifindex = iface::ifindex(name)?;
-        if running
-            .as_ref()
-            .is_some_and(|b| b.attachment(ifindex).is_some())
-        {
-            continue;
+        if change::xdp_taken(name, ifindex, s.balancer())?.is_none() {
+            todo.push((name.clone(), ifindex));
         }
-        if let Some((id, _)) = iface::xdp_program(ifindex)? {
-            let other = iface::prog_name(id).unwrap_or_default();
-            bail!("{name} already runs another XDP program (id {id}, {other:?}); remove it first: ip link set dev {name} xdp off");
-        }
-        todo.push((name.clone(), ifindex));
     }
-    for (name, ifindex) in &todo {
+    for (name, _) in &todo {
         let opts = AttachOptions {
             iface: name.clone(),
             mode: d.xdp_mode.unwrap_or(XdpMode::Auto),
@@ -180,15 +171,11 @@ fn attach_interfaces(d: &Desired) -> Result<String> {
             hash_seed: d.hash_seed,
             flow_cache_size: d.flow_cache_size,
         };
-        match Balancer::find()? {
-            Some(b) => b.join(*ifindex, &opts)?,
-            None => balancer::start(*ifindex, &opts)?,
-        };
-        if !iface::ipv4_forwarding(name) {
-            log(format_args!("note: IPv4 forwarding is off on {name}: balanced packets go to the stack, which drops them; enable it with sysctl -w net.ipv4.conf.{name}.forwarding=1"));
+        for note in s.attach(&opts)?.1 {
+            log(format_args!("note: {note}"));
         }
     }
-    let b = Balancer::require()?;
+    let b = s.running()?;
     let names: Vec<&str> = b.attachments.iter().map(|a| a.ifname.as_str()).collect();
     let fresh: Vec<&str> = todo.iter().map(|(n, _)| n.as_str()).collect();
     Ok(if fresh.is_empty() {
@@ -204,15 +191,14 @@ fn attach_interfaces(d: &Desired) -> Result<String> {
 
 /// Applies a file under the namespace's lock and records its health checks.
 fn apply_locked(d: &Desired) -> Result<apply::Applied> {
-    let _lock = lock_netns()?;
-    let b = Balancer::require()?;
-    b.maps.require_current_tables()?;
-    b.repair()?;
+    let s = change::open()?;
+    let b = s.running()?;
     let attached: Vec<String> = b.attachments.iter().map(|a| a.ifname.clone()).collect();
-    let done = apply::apply(&b.maps, &attached, d);
-    log_routes(&routes::sync(&b.maps));
+    let (done, after) = s.run_followed(Kind::Apply, |fx| {
+        apply::apply_noting(&b.maps, &attached, d, fx)
+    })?;
+    log_routes(&after.routes);
     let done = done?;
-    record::write(b.maps.balancer_id()?, d)?;
     if drain::is_drained(b.maps.balancer_id()?) {
         log("this node is drained: its VIP routes stay withdrawn (lbctl undrain)");
     }
@@ -223,18 +209,12 @@ fn apply_locked(d: &Desired) -> Result<apply::Applied> {
 }
 
 fn detach_interfaces(d: &Desired) -> Result<()> {
-    let _lock = lock_netns()?;
+    let mut s = change::begin(Opening::Attach)?;
     for name in &d.interfaces {
-        let Some(b) = Balancer::find()? else {
+        if s.balancer().is_none() {
             return Ok(());
-        };
-        let ifindex = iface::ifindex(name)?;
-        if let Some(a) = b.attachment(ifindex) {
-            if let Some(backends) = b.detach(a)? {
-                neighbour::release_unused(&backends, &[]);
-                let _ = crate::host::record::clear();
-            }
         }
+        s.detach(iface::ifindex(name)?)?;
     }
     Ok(())
 }
@@ -371,32 +351,23 @@ impl Runner {
 /// Writes one backend's new health (and its VIP's table if that changes);
 /// false if there was nothing to change (the backend is gone).
 fn record_health(service: Service, backend: SocketAddr, health: Health) -> Result<bool> {
-    let _lock = lock_netns()?;
-    let b = Balancer::require()?;
-    b.maps.require_current_tables()?;
-    b.repair()?;
-    let mut run = b.maps.running()?;
-    let done = b
-        .maps
-        .set_health(&mut run, &[(service, backend, health)], unix_now());
-    log_routes(&routes::sync(&b.maps));
+    let s = change::open()?;
+    let b = s.running()?;
+    let (done, after) = s.run_followed(Kind::Configure, |_| {
+        let mut run = b.maps.running()?;
+        b.maps
+            .set_health(&mut run, &[(service, backend, health)], unix_now())
+    })?;
+    log_routes(&after.routes);
     Ok(!done?.is_empty())
 }
 
 /// Reconciles the routes with what the maps call for now (no balancer: none).
 fn resync_routes() {
-    let Ok(_lock) = lock_netns() else {
-        return;
-    };
-    let r = match Balancer::find() {
-        Ok(Some(b)) => routes::sync(&b.maps),
-        Ok(None) => routes::sync_none(),
-        Err(e) => {
-            log(format_args!("routes: finding the balancer: {e:#}"));
-            return;
-        }
-    };
-    log_routes(&r);
+    match change::resync() {
+        Ok(r) => log_routes(&r),
+        Err(e) => log(format_args!("routes: finding the balancer: {e:#}")),
+    }
 }
 
 /// One line per route announced or withdrawn.

@@ -1,0 +1,156 @@
+//! The VIPs and backend rows as the maps hold them: read one by one, or
+//! all at once (`Running`), which a change of many VIPs keeps up to date
+//! with what it writes.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{bail, Context, Result};
+
+use super::codec::{
+    backend_entry, bytes_of, read, service_endpoint, vip_entry, BackendEntry, VipEntry,
+};
+use super::maps::{u32_of, Maps};
+use super::types::{lb_backend, lb_endpoint, lb_vip};
+use crate::model::Service;
+
+impl Maps {
+    /// Every VIP, by index.
+    pub fn vips(&self) -> Result<Vec<VipEntry>> {
+        let mut out = Vec::new();
+        for (key, value) in self.vips.entries(&"VIPs")? {
+            let ep: lb_endpoint = read(&key).context("decoding a key of map vips")?;
+            let v: lb_vip = read(&value).context("decoding a VIP")?;
+            out.push(vip_entry(&ep, &v)?);
+        }
+        out.sort_by_key(|v| v.index);
+        Ok(out)
+    }
+
+    /// Whether any VIP is IPv6 (then IPv6 forwarding matters).
+    pub fn has_ipv6_vips(&self) -> Result<bool> {
+        Ok(self.vips()?.iter().any(|v| v.service.addr.is_ipv6()))
+    }
+
+    pub fn find_vip(&self, service: &Service) -> Result<Option<VipEntry>> {
+        let ep = service_endpoint(service);
+        self.vips
+            .get::<lb_vip>(bytes_of(&ep), &format_args!("VIP {service}"))?
+            .map(|v| vip_entry(&ep, &v))
+            .transpose()
+    }
+
+    pub fn require_vip(&self, service: &Service) -> Result<VipEntry> {
+        self.find_vip(service)?
+            .with_context(|| format!("VIP {service} does not exist (see `lbctl list`)"))
+    }
+
+    /// Every backend row in use (those of no VIP and leaving ones too).
+    pub fn backends(&self) -> Result<Vec<BackendEntry>> {
+        let mut out = Vec::new();
+        for (key, value) in self.backends.entries(&"backend rows")? {
+            let id = u32_of(&key, &"a backend id")?;
+            let row: lb_backend =
+                read(&value).with_context(|| format!("decoding backend row {id}"))?;
+            out.extend(backend_entry(id, &row)?);
+        }
+        Ok(out)
+    }
+
+    /// The backends of one VIP (not those being removed).
+    pub fn backends_of(&self, vip: &VipEntry) -> Result<Vec<BackendEntry>> {
+        Ok(members_of(&self.backends()?, vip))
+    }
+
+    /// Every VIP and backend, read once.
+    pub fn running(&self) -> Result<Running> {
+        Ok(Running {
+            vips: self.vips()?,
+            backends: self.backends()?,
+        })
+    }
+
+    /// The addresses of every backend (for the neighbour entries they need).
+    pub fn backend_addrs(&self) -> Result<Vec<IpAddr>> {
+        Ok(self.backends()?.iter().map(|b| b.addr.ip()).collect())
+    }
+}
+
+/// Every VIP and backend row as the maps hold them, read once so a change
+/// of many VIPs (`lbctl apply`) need not read 65,536 rows per VIP. The
+/// methods that take it keep it up to date with what they write.
+#[derive(Clone, Debug, Default)]
+pub struct Running {
+    pub vips: Vec<VipEntry>,
+    pub backends: Vec<BackendEntry>,
+}
+
+impl Running {
+    pub fn vip(&self, service: &Service) -> Option<&VipEntry> {
+        self.vips.iter().find(|v| v.service == *service)
+    }
+
+    pub fn require_vip(&self, service: &Service) -> Result<VipEntry> {
+        self.vip(service)
+            .cloned()
+            .with_context(|| format!("VIP {service} does not exist (see `lbctl list`)"))
+    }
+
+    /// The backends of one VIP (not those being removed).
+    pub fn members(&self, vip: &VipEntry) -> Vec<BackendEntry> {
+        members_of(&self.backends, vip)
+    }
+
+    /// Every row of one VIP, leaving ones too.
+    pub fn rows_of(&self, vip: &VipEntry) -> Vec<BackendEntry> {
+        self.backends
+            .iter()
+            .filter(|b| belongs(b, vip))
+            .cloned()
+            .collect()
+    }
+
+    /// The VIP a row belongs to; None for a row of no VIP (left by a VIP
+    /// deleted, or added, halfway).
+    pub fn vip_of(&self, b: &BackendEntry) -> Option<&VipEntry> {
+        self.vips.iter().find(|v| belongs(b, v))
+    }
+
+    pub(super) fn member_mut(
+        &mut self,
+        vip: &VipEntry,
+        addr: SocketAddr,
+    ) -> Option<&mut BackendEntry> {
+        self.backends
+            .iter_mut()
+            .find(|b| belongs(b, vip) && !b.leaving && b.addr == addr)
+    }
+
+    /// The VIP's backends as (address, weight), if `addr` is among them.
+    pub(super) fn wanted_with(
+        &self,
+        service: &Service,
+        addr: SocketAddr,
+    ) -> Result<Vec<(SocketAddr, u32)>> {
+        let vip = self.require_vip(service)?;
+        let members = self.members(&vip);
+        if !members.iter().any(|b| b.addr == addr) {
+            bail!("backend {addr} is not in VIP {service}");
+        }
+        Ok(members.iter().map(|b| (b.addr, b.weight)).collect())
+    }
+}
+
+/// Whether a row belongs to this VIP: its index and the VIP it names
+/// (a row left by a VIP deleted halfway names another VIP than the one
+/// that later took its index).
+fn belongs(b: &BackendEntry, vip: &VipEntry) -> bool {
+    b.vip_index == vip.index && b.vip == vip.service
+}
+
+/// The backends of one VIP (not those being removed).
+fn members_of(all: &[BackendEntry], vip: &VipEntry) -> Vec<BackendEntry> {
+    all.iter()
+        .filter(|b| belongs(b, vip) && !b.leaving)
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,175 @@
+//! Adding and deleting VIPs, in a crash-safe order (see `mod.rs`). One add
+//! path: a VIP alone (`vip add`) is a VIP with no backends.
+
+use std::net::SocketAddr;
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::{MapFlags, MapHandle};
+
+use super::abi::LB_MAX_VIPS;
+use super::codec::{bytes_of, service_endpoint, vip_entry, vip_row, BackendEntry, VipEntry};
+use super::maps::Maps;
+use super::prefilter::Set;
+use super::rebuild::build_tables;
+use super::reply::{key_of, Key};
+use super::running::Running;
+use super::tables::table_size_for;
+use crate::model::{Service, VipSpec};
+use crate::table_size::Sizing;
+
+impl Maps {
+    /// Adds a VIP with no backends: an empty table, then the VIP that
+    /// refers to it (killed before the VIP, a table at an index no VIP has
+    /// is left, which the repair removes). The one add path, with no rows.
+    pub fn add_vip(&self, spec: &VipSpec) -> Result<VipEntry> {
+        let mut run = self.running()?;
+        self.add_vips_with_backends(&mut run, &[(spec.clone(), Vec::new())])?;
+        run.require_vip(&spec.service)
+    }
+
+    /// Adds new VIPs with their backends: every backend row first, then one
+    /// table per VIP built and all of them put in place in one batch
+    /// update, then the VIPs that refer to them. For a VIP added with its
+    /// backends this is one table build and one swap, where `add_vip` then
+    /// `set_backends` would swap twice (each swap waits for an RCU grace
+    /// period). Returns how many were added.
+    pub fn add_vips_with_backends(
+        &self,
+        run: &mut Running,
+        new: &[(VipSpec, Vec<(SocketAddr, u32)>)],
+    ) -> Result<usize> {
+        if new.is_empty() {
+            return Ok(0);
+        }
+        let mut free = (0..LB_MAX_VIPS).filter(|i| !run.vips.iter().any(|v| v.index == *i));
+        let mut placed = Vec::new();
+        for (spec, backends) in new {
+            if run.vip(&spec.service).is_some()
+                || placed
+                    .iter()
+                    .any(|(s, _, _, _): &(&VipSpec, _, _, _)| s.service == spec.service)
+            {
+                bail!(
+                    "VIP {} already exists (lbctl vip del first to change its mode)",
+                    spec.service
+                );
+            }
+            let index = free
+                .next()
+                .with_context(|| format!("no room for another VIP (at most {LB_MAX_VIPS})"))?;
+            let size = table_size_for(&spec.service, sizing_of(spec), backends)?;
+            placed.push((spec, index, backends, size));
+        }
+        let total: usize = new.iter().map(|(_, b)| b.len()).sum();
+        let mut ids = self.allocate_backend_ids(run, total)?.into_iter();
+        // Rows first: until its VIP entry is written, a killed apply leaves
+        // rows of no VIP, which the repair clears.
+        let mut members_of_each = Vec::with_capacity(placed.len());
+        for (spec, index, backends, _) in &placed {
+            self.reset_vip_counters(*index)?;
+            let mut members = Vec::with_capacity(backends.len());
+            for &(addr, weight) in backends.iter() {
+                let id = ids.next().context("fewer backend ids than backends")?;
+                members.push(self.add_backend_row(&spec.service, *index, id, addr, weight)?);
+            }
+            members_of_each.push(members);
+        }
+        // Building and filling a 65,537-slot table takes about 10 ms of
+        // CPU, most of it the kernel copying the slots in: one thread per
+        // CPU, each on its share of the VIPs.
+        let jobs: Vec<(u32, u32, &[BackendEntry])> = placed
+            .iter()
+            .zip(&members_of_each)
+            .map(|((_, index, _, size), m)| (*index, *size, m.as_slice()))
+            .collect();
+        let tables = build_tables(&jobs)?;
+        let keys: Vec<Key> = members_of_each.iter().flatten().map(key_of).collect();
+        for members in members_of_each {
+            run.backends.extend(members);
+        }
+        // Reply sources before any table names a row. The VIPs are not in
+        // `run` yet, so their rows are counted from what is being placed.
+        let mut future = run.clone();
+        for (spec, index, _, size) in &placed {
+            future.vips.push(vip_entry(
+                &service_endpoint(&spec.service),
+                &vip_row(spec.mode, spec.snat, *index, *size, false),
+            )?);
+        }
+        self.sync_reply_sources(&future, Some(&keys))?;
+        let installed: Vec<(u32, &MapHandle)> = placed
+            .iter()
+            .zip(&tables)
+            .map(|((_, index, _, _), (t, _))| (*index, t))
+            .collect();
+        self.install_tables(&installed)?;
+        for ((spec, index, backends, size), (_, digest)) in placed.iter().zip(&tables) {
+            let fixed = spec.table_size.is_some();
+            let mut vip = vip_row(spec.mode, spec.snat, *index, *size, fixed);
+            vip.table_digest = *digest;
+            // A first table moved every slot it fills; an empty one none.
+            vip.moved_ppm = if backends.is_empty() { 0 } else { 1_000_000 };
+            let ep = service_endpoint(&spec.service);
+            self.prefilter_mark(Set::Vips, spec.service.addr.ip())?;
+            self.vips.put(
+                bytes_of(&ep),
+                &vip,
+                MapFlags::NO_EXIST,
+                &format_args!("VIP {}", spec.service),
+            )?;
+            run.vips.push(vip_entry(&ep, &vip)?);
+        }
+        self.bump_generation()?;
+        Ok(placed.len())
+    }
+
+    /// Deletes a VIP and its backend rows; returns the rows it removed.
+    pub fn del_vip(&self, service: &Service) -> Result<Vec<BackendEntry>> {
+        self.del_vips(&mut self.running()?, &[*service])
+    }
+
+    /// Deletes VIPs and their backend rows (one prefilter rebuild for all);
+    /// returns the rows removed.
+    pub fn del_vips(&self, run: &mut Running, services: &[Service]) -> Result<Vec<BackendEntry>> {
+        let mut gone = Vec::new();
+        for service in services {
+            let vip = run
+                .vip(service)
+                .cloned()
+                .with_context(|| format!("VIP {service} does not exist (see `lbctl list`)"))?;
+            let ep = service_endpoint(service);
+            // Stop matching first: this write commits the deletion. Then
+            // nothing refers to the table or the rows, and a killed lbctl
+            // leaves rows of no VIP, which the repair clears.
+            self.vips
+                .remove(bytes_of(&ep), &format_args!("VIP {service}"))?;
+            self.bump_generation()?;
+            self.vip_tables.remove(
+                &vip.index.to_ne_bytes(),
+                &format_args!("the table of VIP {service}"),
+            )?;
+            let rows = run.rows_of(&vip);
+            for b in &rows {
+                self.clear_backend_row(b.id)?;
+            }
+            let keys: Vec<Key> = rows.iter().map(key_of).collect();
+            run.vips.retain(|v| v.index != vip.index);
+            run.backends.retain(|b| !rows.iter().any(|r| r.id == b.id));
+            self.sync_reply_sources(run, Some(&keys))?;
+            gone.extend(rows.into_iter().filter(|b| !b.leaving));
+        }
+        if !services.is_empty() {
+            self.rebuild_prefilter()?;
+            self.bump_generation()?;
+        }
+        Ok(gone)
+    }
+}
+
+/// How a new VIP's table is sized.
+fn sizing_of(spec: &VipSpec) -> Sizing {
+    match spec.table_size {
+        Some(size) => Sizing::Fixed(size),
+        None => Sizing::Auto,
+    }
+}
