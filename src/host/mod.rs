@@ -6,7 +6,7 @@
 //! | `iface.rs` | interfaces, forwarding sysctls, XDP attachment (netlink) |
 //! | `neighbour.rs` | managed neighbour entries for backends' next hops |
 //! | `routes.rs` | VIP host routes for BGP (`ip route show proto 108`) |
-//! | `iproute.rs` | runs `ip` (iproute2) for `neighbour` and `routes` |
+//! | `rtnl.rs` | rtnetlink requests for `neighbour` and `routes` |
 //! | `lock.rs` | the per-namespace lock |
 //! | `state.rs` | state files under /run/lbctl, one per balancer, swept when it goes |
 //! | `drain.rs` | the node-drain record (a state file) |
@@ -14,9 +14,9 @@
 
 pub mod drain;
 pub mod iface;
-mod iproute;
 pub mod lock;
 pub mod neighbour;
 pub mod record;
 pub mod routes;
+mod rtnl;
 pub mod state;
