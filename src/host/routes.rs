@@ -118,6 +118,9 @@ pub fn installed() -> Result<BTreeSet<IpAddr>> {
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut query = RouteMessage::default();
         query.header.address_family = family;
+        query.header.table = RouteHeader::RT_TABLE_MAIN;
+        query.header.protocol = RouteProtocol::from(RTPROT_LBCTL);
+        query.header.kind = RouteType::BlackHole;
         let dump = rtnl::request(RouteNetlinkMessage::GetRoute(query), NLM_F_DUMP)
             .context("listing routes")?;
         out.extend(dump.iter().filter_map(|m| match m {

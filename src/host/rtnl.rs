@@ -19,6 +19,13 @@ pub(crate) fn request(msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<RouteN
     let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
     let mut socket = Socket::new(NETLINK_ROUTE).context("opening a route netlink socket")?;
     socket.bind_auto().context("binding the netlink socket")?;
+    if dump {
+        // Let the kernel filter a dump by the request's header (table,
+        // protocol, type), as iproute2 asks it to: a host with a full
+        // routing table must not be read whole once a second. Callers
+        // still check what they get (a kernel may ignore the filter).
+        let _ = socket.set_netlink_get_strict_chk(true);
+    }
     socket
         .connect(&SocketAddr::new(0, 0))
         .context("connecting the netlink socket")?;
