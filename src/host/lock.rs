@@ -1,6 +1,9 @@
 //! One lbctl change at a time per network namespace: an exclusive flock on
 //! the namespace itself (/proc/self/ns/net), so no lock file is left behind
-//! and balancers in other namespaces are never blocked.
+//! and balancers in other namespaces are never blocked. Taking it also
+//! sweeps the state files of balancers that are gone (`state::sweep`): a
+//! namespace deleted without a detach leaves its records behind, and every
+//! change anywhere is the next occasion to remove them.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -19,5 +22,6 @@ pub fn lock_netns() -> Result<NetnsLock> {
             std::io::Error::last_os_error()
         );
     }
+    crate::host::state::sweep();
     Ok(NetnsLock(file))
 }

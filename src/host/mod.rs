@@ -6,15 +6,17 @@
 //! | `iface.rs` | interfaces, forwarding sysctls, XDP attachment (netlink) |
 //! | `neighbour.rs` | managed neighbour entries for backends' next hops |
 //! | `routes.rs` | VIP host routes for BGP (`ip route show proto 108`) |
-//! | `iproute.rs` | runs `ip` (iproute2) for `neighbour` and `routes` |
+//! | `rtnl.rs` | rtnetlink requests for `neighbour` and `routes` |
 //! | `lock.rs` | the per-namespace lock |
-//! | `drain.rs` | the node-drain record |
-//! | `record.rs` | the service's health records under /run |
+//! | `state.rs` | state files under /run/lbctl, one per balancer, swept when it goes |
+//! | `drain.rs` | the node-drain record (a state file) |
+//! | `record.rs` | the health checks last applied (a state file) |
 
 pub mod drain;
 pub mod iface;
-mod iproute;
 pub mod lock;
 pub mod neighbour;
 pub mod record;
 pub mod routes;
+mod rtnl;
+pub mod state;

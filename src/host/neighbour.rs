@@ -10,12 +10,22 @@
 //! once no backend of any VIP needs their next hop. An entry that was there
 //! before (static, learned, or managed by someone else) is never changed.
 //!
-//! `ip` (iproute2) runs through `iproute::ip`, shared with `routes.rs`.
+//! The kernel is asked through rtnetlink (`rtnl.rs`): a route lookup for
+//! the next hop (`ip route get`), a neighbour get, add and delete.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::host::iproute::ip;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType, RouteVia,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use crate::host::rtnl;
 
 /// The protocol lbctl's neighbour entries carry (`NDA_PROTOCOL`, shown as
 /// `proto 108` by `ip neigh`), and the one lbctl's routes will carry: one
@@ -30,6 +40,7 @@ pub const RTPROT_LBCTL: u8 = 108;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Hop {
     addr: IpAddr,
+    ifindex: u32,
     dev: String,
 }
 
@@ -62,19 +73,26 @@ pub fn keep_resolved(addr: IpAddr) -> Option<String> {
     let Some(hop) = next_hop(addr) else {
         return Some(format!("no route to backend {addr} from this namespace"));
     };
-    let (a, proto) = (hop.addr.to_string(), RTPROT_LBCTL.to_string());
-    let args = [
-        "neigh", "add", &a, "dev", &hop.dev, "managed", "protocol", &proto,
-    ];
-    match ip(&args) {
+    // As `ip neigh add ADDR dev DEV managed protocol 108` asks: no state
+    // (the kernel resolves it), NTF_EXT_MANAGED, lbctl's protocol.
+    let mut msg = neighbour_message(&hop);
+    msg.header.state = NeighbourState::None;
+    msg.attributes.extend([
+        NeighbourAttribute::Protocol(RouteProtocol::from(RTPROT_LBCTL)),
+        NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed),
+    ]);
+    match rtnl::request(
+        RouteNetlinkMessage::NewNeighbour(msg),
+        NLM_F_CREATE | NLM_F_EXCL,
+    ) {
         Ok(_) => None,
         // `add` never changes an existing entry; if one is there now, the
         // hop is taken care of (by lbctl for another backend, or by
         // whoever made it).
         Err(_) if matches!(entry(&hop), Ok(Some(_))) => None,
         Err(e) => Some(format!(
-            "could not add a managed neighbour for {a} on {}: {e}",
-            hop.dev
+            "could not add a managed neighbour for {} on {}: {e:#}",
+            hop.addr, hop.dev
         )),
     }
 }
@@ -148,7 +166,8 @@ pub fn release_unused(gone: &[IpAddr], still_needed: &[IpAddr]) {
         }
     }
     for hop in candidates {
-        let _ = ip(&["neigh", "del", &hop.addr.to_string(), "dev", &hop.dev]);
+        let msg = RouteNetlinkMessage::DelNeighbour(neighbour_message(&hop));
+        let _ = rtnl::request(msg, 0);
     }
 }
 
@@ -158,69 +177,127 @@ pub fn egress(addr: IpAddr) -> Option<String> {
     next_hop(addr).map(|hop| hop.dev)
 }
 
-/// The next hop toward `addr` and its interface (`ip route get`); `None`
-/// without a route, or for an address of this host.
+/// The next hop toward `addr` and its interface (`ip route get`: the
+/// kernel's route lookup); `None` without a route, or for an address of
+/// this host.
 fn next_hop(addr: IpAddr) -> Option<Hop> {
-    parse_route(&ip(&["-o", "route", "get", &addr.to_string()]).ok()?, addr)
-}
-
-/// The entry for `hop`, whatever its state (`nud all`: `ip neigh show`
-/// hides some states by default). `-N`: the protocol as a number even
-/// where rt_protos gives it a name.
-fn entry(hop: &Hop) -> Result<Option<Entry>, String> {
-    let a = hop.addr.to_string();
-    let out = ip(&[
-        "-N", "-o", "neigh", "show", "to", &a, "dev", &hop.dev, "nud", "all",
-    ])?;
-    Ok(parse_entry(&out, hop.addr))
-}
-
-/// Reads `ip -o route get ADDR`: `ADDR [via GW] dev DEV ...`, or
-/// `local ADDR dev lo ...` for the host's own address.
-fn parse_route(text: &str, addr: IpAddr) -> Option<Hop> {
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let after = |key: &str, n: usize| {
-        let i = words.iter().position(|w| *w == key)?;
-        words.get(i + n).copied()
-    };
-    let dev = after("dev", 1)?;
-    if dev == "lo" || words.first() == Some(&"local") {
-        return None; // a local address: nothing to resolve
-    }
-    let addr = match after("via", 1) {
-        // `via inet6 ADDR` when the gateway's family differs.
-        Some("inet" | "inet6") => after("via", 2)?.parse().ok()?,
-        Some(gw) => gw.parse().ok()?,
-        None => addr,
-    };
-    Some(Hop {
-        addr,
-        dev: dev.to_string(),
+    let mut query = RouteMessage::default();
+    query.header.address_family = family(addr);
+    query.header.destination_prefix_length = if addr.is_ipv4() { 32 } else { 128 };
+    query.attributes = vec![RouteAttribute::Destination(RouteAddress::from(addr))];
+    let answer = rtnl::request(RouteNetlinkMessage::GetRoute(query), 0).ok()?;
+    answer.iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewRoute(r) => hop_of(r, addr),
+        _ => None,
     })
 }
 
-/// Finds `addr`'s line in `ip -N -o neigh show to ADDR dev DEV`:
-/// `ADDR [lladdr MAC] [managed] [STATE] [proto N]`.
-fn parse_entry(text: &str, addr: IpAddr) -> Option<Entry> {
-    text.lines().find_map(|line| {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words.first()?.parse::<IpAddr>().ok()? != addr {
-            return None;
+/// The hop in the kernel's answer to a route lookup for `addr`: its
+/// gateway (`via`, of either family) or `addr` itself, and the interface.
+fn hop_of(r: &RouteMessage, addr: IpAddr) -> Option<Hop> {
+    if r.header.kind != RouteType::Unicast {
+        return None; // local, blackhole, unreachable...: nothing to resolve
+    }
+    let mut ifindex = None;
+    let mut gateway = None;
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Oif(i) => ifindex = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some(IpAddr::V6(*g)),
+            RouteAttribute::Via(RouteVia::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
+            RouteAttribute::Via(RouteVia::Inet6(g)) => gateway = Some(IpAddr::V6(*g)),
+            _ => {}
         }
-        let protocol = words
-            .iter()
-            .position(|w| *w == "proto")
-            .and_then(|i| words.get(i + 1)?.parse().ok());
-        let state = words
-            .iter()
-            .find(|w| w.len() > 2 && w.chars().all(|c| c.is_ascii_uppercase()))
-            .map(|w| w.to_string());
-        Some(Entry {
-            managed: words.contains(&"managed"),
-            protocol,
-            state,
-            lladdr: words.contains(&"lladdr"),
-        })
+    }
+    let ifindex = ifindex?;
+    let dev = ifname(ifindex)?;
+    if dev == "lo" {
+        return None;
+    }
+    Some(Hop {
+        addr: gateway.unwrap_or(addr),
+        ifindex,
+        dev,
+    })
+}
+
+/// An interface's name, from its index, in this namespace.
+fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes into buf.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+fn family(addr: IpAddr) -> AddressFamily {
+    match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// A neighbour message naming `hop` (address and interface).
+fn neighbour_message(hop: &Hop) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family(hop.addr);
+    msg.header.ifindex = hop.ifindex;
+    msg.attributes = vec![NeighbourAttribute::Destination(match hop.addr {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    })];
+    msg
+}
+
+/// The entry for `hop`, whatever its state (a neighbour get: `ip neigh get`).
+fn entry(hop: &Hop) -> Result<Option<Entry>, String> {
+    let msg = RouteNetlinkMessage::GetNeighbour(neighbour_message(hop));
+    match rtnl::request(msg, 0) {
+        Ok(answer) => Ok(answer.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => Some(entry_of(n)),
+            _ => None,
+        })),
+        Err(e) if rtnl::errno(&e) == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(format!("{e:#}")),
+    }
+}
+
+/// What matters here of a neighbour entry the kernel describes.
+fn entry_of(n: &NeighbourMessage) -> Entry {
+    let mut e = Entry {
+        managed: false,
+        protocol: None,
+        state: state_word(n.header.state).map(str::to_string),
+        lladdr: false,
+    };
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::ExtFlags(f) => e.managed = f.contains(NeighbourExtFlags::Managed),
+            NeighbourAttribute::Protocol(p) => e.protocol = Some(u8::from(*p)),
+            NeighbourAttribute::LinkLayerAddress(_) => e.lladdr = true,
+            _ => {}
+        }
+    }
+    e
+}
+
+/// The NUD state as `ip neigh` names it; None where it prints no word.
+fn state_word(state: NeighbourState) -> Option<&'static str> {
+    Some(match state {
+        NeighbourState::Incomplete => "INCOMPLETE",
+        NeighbourState::Reachable => "REACHABLE",
+        NeighbourState::Stale => "STALE",
+        NeighbourState::Delay => "DELAY",
+        NeighbourState::Probe => "PROBE",
+        NeighbourState::Failed => "FAILED",
+        NeighbourState::Noarp => "NOARP",
+        NeighbourState::Permanent => "PERMANENT",
+        _ => return None, // NONE, and states newer than the crate
     })
 }
 
@@ -228,88 +305,42 @@ fn parse_entry(text: &str, addr: IpAddr) -> Option<Entry> {
 mod tests {
     use super::*;
 
-    fn v4(s: &str) -> IpAddr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
     #[test]
-    fn routes() {
-        let hop = |a: &str, dev: &str| {
-            Some(Hop {
-                addr: v4(a),
-                dev: dev.into(),
-            })
+    fn only_managed_entries_with_lbctls_protocol_are_lbctls() {
+        let hop = Hop {
+            addr: ip("198.18.5.9"),
+            ifindex: 2,
+            dev: "e0".into(),
         };
-        assert_eq!(
-            parse_route(
-                "198.18.1.11 dev lbb src 198.18.1.1 uid 0 \\    cache \n",
-                v4("198.18.1.11")
-            ),
-            hop("198.18.1.11", "lbb")
+        let with = |state, attrs: Vec<NeighbourAttribute>| {
+            let mut n = neighbour_message(&hop);
+            n.header.state = state;
+            n.attributes.extend(attrs);
+            entry_of(&n)
+        };
+        let proto = |p: u8| NeighbourAttribute::Protocol(RouteProtocol::from(p));
+        let managed = NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed);
+        let ours = with(
+            NeighbourState::Incomplete,
+            vec![managed.clone(), proto(RTPROT_LBCTL)],
         );
-        assert_eq!(
-            parse_route(
-                "198.18.9.5 via 198.18.5.2 dev e0 src 198.18.5.1 uid 0 \\    cache \n",
-                v4("198.18.9.5")
-            ),
-            hop("198.18.5.2", "e0")
+        assert!(ours.is_lbctls());
+        assert_eq!(ours.state.as_deref(), Some("INCOMPLETE"));
+        assert!(!ours.lladdr);
+        let made_static = with(
+            NeighbourState::Permanent,
+            vec![
+                NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 9]),
+                proto(RTPROT_LBCTL),
+            ],
         );
-        assert_eq!(
-            parse_route(
-                "local 198.18.5.1 dev lo src 198.18.5.1 uid 0 \\    cache <local> \n",
-                v4("198.18.5.1")
-            ),
-            None
-        );
-        assert_eq!(
-            parse_route(
-                "2001:db8::5 from :: dev e0 proto kernel src 2001:db8::1 metric 256 pref medium\n",
-                v4("2001:db8::5")
-            ),
-            hop("2001:db8::5", "e0")
-        );
-        assert_eq!(
-            parse_route(
-                "198.18.9.5 via inet6 fe80::1 dev e0 src 198.18.5.1 uid 0\n",
-                v4("198.18.9.5")
-            ),
-            hop("fe80::1", "e0")
-        );
-        assert_eq!(parse_route("", v4("198.18.9.5")), None);
-    }
-
-    #[test]
-    fn entries() {
-        let ours = "198.18.5.9 managed INCOMPLETE proto 108 \n";
-        assert_eq!(
-            parse_entry(ours, v4("198.18.5.9")),
-            Some(Entry {
-                managed: true,
-                protocol: Some(108),
-                state: Some("INCOMPLETE".into()),
-                lladdr: false,
-            })
-        );
-        assert!(parse_entry(ours, v4("198.18.5.9")).unwrap().is_lbctls());
-        assert_eq!(parse_entry(ours, v4("198.18.5.90")), None);
-        let made_static = "198.18.5.9 lladdr 02:00:00:00:00:09 PERMANENT proto 108 \n";
-        assert!(!parse_entry(made_static, v4("198.18.5.9"))
-            .unwrap()
-            .is_lbctls());
-        let someone_elses = "198.18.5.9 managed REACHABLE proto 4 \n";
-        assert!(!parse_entry(someone_elses, v4("198.18.5.9"))
-            .unwrap()
-            .is_lbctls());
-        let learned = "2001:db8::5 lladdr 02:00:00:00:00:05 STALE \n";
-        assert_eq!(
-            parse_entry(learned, v4("2001:db8::5")),
-            Some(Entry {
-                managed: false,
-                protocol: None,
-                state: Some("STALE".into()),
-                lladdr: true,
-            })
-        );
-        assert_eq!(parse_entry("", v4("198.18.5.9")), None);
+        assert!(!made_static.is_lbctls());
+        assert!(made_static.lladdr);
+        assert!(!with(NeighbourState::Reachable, vec![managed, proto(4)]).is_lbctls());
+        assert!(!with(NeighbourState::Stale, vec![]).is_lbctls());
     }
 }

@@ -27,10 +27,15 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::host::iproute::ip;
 pub use crate::host::neighbour::RTPROT_LBCTL;
+use crate::host::rtnl;
 
 /// What a reconcile did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,8 +60,8 @@ pub fn withdraw_all() -> Result<Reconciled> {
     reconcile(&BTreeSet::new())
 }
 
-/// Makes lbctl's routes in the main table exactly `want`: one `ip route
-/// show` per family, then one `ip route add` or `del` per difference.
+/// Makes lbctl's routes in the main table exactly `want`: one dump per
+/// family, then one add or delete per difference (rtnetlink, `rtnl.rs`).
 /// Routes of other protocols, and lbctl-protocol routes that are not host
 /// blackholes (not made by lbctl), are left alone.
 pub fn reconcile(want: &BTreeSet<IpAddr>) -> Result<Reconciled> {
@@ -65,39 +70,17 @@ pub fn reconcile(want: &BTreeSet<IpAddr>) -> Result<Reconciled> {
         wanted: want.clone(),
         ..Default::default()
     };
-    let proto = RTPROT_LBCTL.to_string();
     for &addr in have.difference(want) {
-        let prefix = host_prefix(addr);
-        let args = [
-            "route",
-            "del",
-            "blackhole",
-            &prefix,
-            "proto",
-            &proto,
-            "table",
-            "main",
-        ];
-        match ip(&args) {
+        match rtnl::request(RouteNetlinkMessage::DelRoute(host_blackhole(addr)), 0) {
             Ok(_) => done.withdrawn.push(addr),
-            Err(e) => done.failed.push(format!("withdrawing {addr}: {e}")),
+            Err(e) => done.failed.push(format!("withdrawing {addr}: {e:#}")),
         }
     }
     for &addr in want.difference(&have) {
-        let prefix = host_prefix(addr);
-        let args = [
-            "route",
-            "add",
-            "blackhole",
-            &prefix,
-            "proto",
-            &proto,
-            "table",
-            "main",
-        ];
-        match ip(&args) {
+        let msg = RouteNetlinkMessage::NewRoute(host_blackhole(addr));
+        match rtnl::request(msg, NLM_F_CREATE | NLM_F_EXCL) {
             Ok(_) => done.announced.push(addr),
-            Err(e) => done.failed.push(format!("announcing {addr}: {e}")),
+            Err(e) => done.failed.push(format!("announcing {addr}: {e:#}")),
         }
     }
     Ok(done)
@@ -105,43 +88,73 @@ pub fn reconcile(want: &BTreeSet<IpAddr>) -> Result<Reconciled> {
 
 /// lbctl's routes in the main table, both families.
 pub fn installed() -> Result<BTreeSet<IpAddr>> {
-    let proto = RTPROT_LBCTL.to_string();
     let mut out = BTreeSet::new();
-    for family in ["-4", "-6"] {
-        let text = ip(&[
-            family, "-o", "route", "show", "table", "main", "proto", &proto,
-        ])
-        .map_err(anyhow::Error::msg)?;
-        out.extend(parse_routes(&text));
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut query = RouteMessage::default();
+        query.header.address_family = family;
+        query.header.table = RouteHeader::RT_TABLE_MAIN;
+        query.header.protocol = RouteProtocol::from(RTPROT_LBCTL);
+        query.header.kind = RouteType::BlackHole;
+        let dump = rtnl::request(RouteNetlinkMessage::GetRoute(query), NLM_F_DUMP)
+            .context("listing routes")?;
+        out.extend(dump.iter().filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => lbctls(r),
+            _ => None,
+        }));
     }
     Ok(out)
 }
 
-fn host_prefix(addr: IpAddr) -> String {
+/// `blackhole ADDR/32` (or `/128`) in the main table with lbctl's protocol,
+/// as `ip route add blackhole ADDR proto 108` makes it.
+fn host_blackhole(addr: IpAddr) -> RouteMessage {
+    let mut r = RouteMessage::default();
+    r.header.address_family = match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    r.header.destination_prefix_length = host_len(addr);
+    r.header.table = RouteHeader::RT_TABLE_MAIN;
+    r.header.protocol = RouteProtocol::from(RTPROT_LBCTL);
+    r.header.scope = RouteScope::Universe;
+    r.header.kind = RouteType::BlackHole;
+    r.attributes = vec![
+        RouteAttribute::Destination(RouteAddress::from(addr)),
+        RouteAttribute::Table(u32::from(RouteHeader::RT_TABLE_MAIN)),
+    ];
+    r
+}
+
+fn host_len(addr: IpAddr) -> u8 {
     match addr {
-        IpAddr::V4(a) => format!("{a}/32"),
-        IpAddr::V6(a) => format!("{a}/128"),
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
     }
 }
 
-/// Reads `ip -o route show proto N`: `blackhole ADDR [dev lo] [metric M]
-/// ...` for lbctl's host routes (`ip` prints a host route without its
-/// length). Other types and prefixes are not lbctl's.
-fn parse_routes(text: &str) -> BTreeSet<IpAddr> {
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            if words.next()? != "blackhole" {
-                return None;
-            }
-            let dst = words.next()?;
-            let dst = dst
-                .strip_suffix("/32")
-                .or_else(|| dst.strip_suffix("/128"))
-                .unwrap_or(dst);
-            dst.parse().ok()
+/// The address of one of lbctl's routes: a host blackhole in the main
+/// table with lbctl's protocol. Other types and prefixes are not lbctl's.
+fn lbctls(r: &RouteMessage) -> Option<IpAddr> {
+    if u8::from(r.header.protocol) != RTPROT_LBCTL || r.header.kind != RouteType::BlackHole {
+        return None;
+    }
+    let table = r
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
         })
-        .collect()
+        .unwrap_or(u32::from(r.header.table));
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
+    let addr = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+        RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+        _ => None,
+    })?;
+    (r.header.destination_prefix_length == host_len(addr)).then_some(addr)
 }
 
 #[cfg(test)]
@@ -149,13 +162,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_lbctls_host_blackholes_only() {
-        let v4 = "blackhole 198.18.100.1 \nblackhole 198.18.100.0/24 \n198.18.100.3 via 198.18.5.2 dev e0 \nblackhole 198.18.100.2/32 \n";
-        let got: Vec<String> = parse_routes(v4).iter().map(|a| a.to_string()).collect();
-        assert_eq!(got, ["198.18.100.1", "198.18.100.2"]);
-        let v6 = "blackhole 2001:db8:0:100::1 dev lo metric 1024 pref medium\n";
-        let got: Vec<String> = parse_routes(v6).iter().map(|a| a.to_string()).collect();
-        assert_eq!(got, ["2001:db8:0:100::1"]);
-        assert!(parse_routes("").is_empty());
+    fn only_lbctls_host_blackholes_are_lbctls() {
+        let addr: IpAddr = "198.18.100.1".parse().unwrap();
+        let ours = host_blackhole(addr);
+        assert_eq!(lbctls(&ours), Some(addr));
+        let v6: IpAddr = "2001:db8:0:100::1".parse().unwrap();
+        assert_eq!(lbctls(&host_blackhole(v6)), Some(v6));
+        let mut other = ours.clone();
+        other.header.protocol = RouteProtocol::Static;
+        assert_eq!(lbctls(&other), None, "another protocol");
+        let mut subnet = ours.clone();
+        subnet.header.destination_prefix_length = 24;
+        assert_eq!(lbctls(&subnet), None, "not a host route");
+        let mut unicast = ours.clone();
+        unicast.header.kind = RouteType::Unicast;
+        assert_eq!(lbctls(&unicast), None, "not a blackhole");
+        let mut table = ours;
+        table.attributes[1] = RouteAttribute::Table(100);
+        assert_eq!(lbctls(&table), None, "another table");
     }
 }
