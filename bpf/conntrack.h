@@ -325,6 +325,19 @@ static __always_inline void stateless_flow(const struct packet *pkt, const struc
 		c->stateless += 1;
 }
 
+/* A client's packet forwarded without an entry (flood mode, or no room
+ * for one): to the backend the VIP's table picked, dsr and tunnel keeping
+ * the VIP as destination as their entries would. */
+static __always_inline void stateless_to_backend(const struct packet *pkt,
+						 const struct lb_vip *vip,
+						 const struct lb_backend *be, __u32 mark,
+						 struct flow *f)
+{
+	stateless_flow(pkt, be, false, mark, f);
+	if (vip->flags & (LB_VIP_DSR | LB_VIP_TUNNEL))
+		keep_destination(pkt, vip, f);
+}
+
 /* A SYN (client's) or SYN-ACK (backend's): what flood mode forwards
  * without an entry. */
 static __always_inline bool handshake_opening(const struct packet *pkt)
@@ -400,26 +413,25 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 		return LB_DROP_MARTIAN;
 	if (!arrived_by_its_route(ctx, pkt))
 		return LB_DROP_REPLY_WRONG_IFACE;
-	if (handshake_opening(pkt) && in_flood()) {
-		stateless_flow(pkt, be, true, flow_mark(vip->index, backend_id), f);
-		return LB_STATELESS;
-	}
-	/* The original direction: from the client (the reply's destination)
-	 * to the VIP the backend serves. */
-	tuple_sz = ct_tuple(&orig, pkt->family, pkt->daddr, (const __be32 *)be->vip.addr,
-			    pkt->ports[1], be->vip.port);
-	*ct = ct_create(ctx, &orig, tuple_sz, pkt->proto, vip, be,
-			flow_mark(vip->index, backend_id) | LB_MARK_UNPROVEN,
-			flow_timeout_s(cfg, pkt->proto, LB_MARK_UNPROVEN), dir, &why);
-	if (!*ct) {
+	if (!(handshake_opening(pkt) && in_flood())) {
+		/* The original direction: from the client (the reply's
+		 * destination) to the VIP the backend serves. */
+		tuple_sz = ct_tuple(&orig, pkt->family, pkt->daddr, (const __be32 *)be->vip.addr,
+				    pkt->ports[1], be->vip.port);
+		*ct = ct_create(ctx, &orig, tuple_sz, pkt->proto, vip, be,
+				flow_mark(vip->index, backend_id) | LB_MARK_UNPROVEN,
+				flow_timeout_s(cfg, pkt->proto, LB_MARK_UNPROVEN), dir, &why);
+		if (*ct) {
+			*dir = IP_CT_DIR_REPLY; /* this packet travels the entry's reply way */
+			return LB_CONTINUE;
+		}
 		if (why == LB_DROP_CT_CLASH)
 			return why;
 		ct_full();
-		stateless_flow(pkt, be, true, flow_mark(vip->index, backend_id), f);
-		return LB_STATELESS;
 	}
-	*dir = IP_CT_DIR_REPLY; /* this packet travels the entry's reply way */
-	return LB_CONTINUE;
+	/* Flood mode, or no room for the entry. */
+	stateless_flow(pkt, be, true, flow_mark(vip->index, backend_id), f);
+	return LB_STATELESS;
 }
 
 /* Find or create the packet's entry and fill in where the packet goes.
@@ -470,9 +482,7 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 		if (!(pkt->tcp_flags & TCP_SYN))
 			f->mark |= LB_MARK_UNREPLIED;
 		if (!(vip->flags & LB_VIP_FULLNAT) && handshake_opening(pkt) && in_flood()) {
-			stateless_flow(pkt, be, false, f->mark & ~LB_MARK_UNPROVEN, f);
-			if (vip->flags & (LB_VIP_DSR | LB_VIP_TUNNEL))
-				keep_destination(pkt, vip, f);
+			stateless_to_backend(pkt, vip, be, f->mark & ~LB_MARK_UNPROVEN, f);
 			f->created = true; /* a new flow (a SYN: no flow cache entry) */
 			return LB_CONTINUE;
 		}
@@ -488,10 +498,8 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 			 * kernel's choice, and replies find the client by it. */
 			if (vip->flags & LB_VIP_FULLNAT)
 				return LB_DROP_CT_FAILED;
-			stateless_flow(pkt, be, false,
-				       f->mark & ~(LB_MARK_UNPROVEN | LB_MARK_UNREPLIED), f);
-			if (vip->flags & (LB_VIP_DSR | LB_VIP_TUNNEL))
-				keep_destination(pkt, vip, f);
+			stateless_to_backend(pkt, vip, be,
+					     f->mark & ~(LB_MARK_UNPROVEN | LB_MARK_UNREPLIED), f);
 			/* Counted as new once, at its SYN. */
 			f->created = (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 			return LB_CONTINUE;

@@ -68,11 +68,6 @@ struct flow_cache_probe {
 	struct lb_flow_cache_key key;
 };
 
-static __always_inline bool addr6_equal(const __be32 *a, const __be32 *b)
-{
-	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
-}
-
 /* Fills in the probe (for a later store) and, on a hit, where the packet
  * goes and the next hop; TCP: moves the sender's sequence on (tcp_seq.h).
  * Returns true on a hit. */

@@ -43,8 +43,7 @@ static __always_inline bool fib_on_link(const struct bpf_fib_lookup *fib, const 
 	const __be32 *d = f->daddr;
 
 	if (family == LB_AF_INET6)
-		return ((fib->ipv6_dst[0] ^ d[0]) | (fib->ipv6_dst[1] ^ d[1]) |
-			(fib->ipv6_dst[2] ^ d[2]) | (fib->ipv6_dst[3] ^ d[3])) == 0;
+		return addr6_equal(fib->ipv6_dst, d);
 	return fib->ipv4_dst == d[0];
 }
 

@@ -295,15 +295,6 @@ __noinline int icmp_error(struct xdp_md *ctx)
 #define TOO_BIG6_HDRS  (sizeof(struct ipv6hdr) + sizeof(struct icmp6hdr))
 #define TOO_BIG6_QUOTE 1232
 
-/* One's complement sum of len bytes at p (len a multiple of 4, at most 512:
- * bpf_csum_diff's limit). */
-static __always_inline __u64 csum_bytes(void *p, __u32 len)
-{
-	__s64 sum = bpf_csum_diff(NULL, 0, p, len, 0);
-
-	return sum < 0 ? 0 : (__u32)sum;
-}
-
 /* The frame becomes Ethernet + hdrs + the first quote bytes of the IP
  * packet it held (which stay where they are): room made in front, the
  * rest cut. Returns false, the frame as it was, if XDP cannot. */
@@ -376,7 +367,7 @@ static __always_inline int too_big_ipv4(struct xdp_md *ctx, __u16 mtu)
 	icmp->un.frag.mtu = bpf_htons(mtu);
 	sum = csum_bytes(icmp, sizeof(*icmp)) + csum_bytes(quote, 512) +
 	      csum_bytes(quote + 512, TOO_BIG4_QUOTE - 512);
-	icmp->checksum = ~csum_fold(sum);
+	icmp->checksum = csum_finish(sum);
 	return LB_TX_ICMP_TOO_BIG;
 }
 
@@ -420,12 +411,11 @@ static __always_inline int too_big_ipv6(struct xdp_md *ctx, __u16 mtu)
 	__builtin_memset(icmp, 0, sizeof(*icmp));
 	icmp->icmp6_type = ICMPV6_PKT_TOOBIG;
 	icmp->icmp6_dataun.un_data32[0] = bpf_htonl(mtu);
-	/* The pseudo-header: addresses, upper-layer length, next header. */
-	sum = csum_bytes(&ip6->saddr, 32) + bpf_htons(sizeof(*icmp) + TOO_BIG6_QUOTE) +
-	      bpf_htons(IPPROTO_ICMPV6);
+	sum = csum_pseudo(ip6->saddr.in6_u.u6_addr32, ip6->daddr.in6_u.u6_addr32, LB_AF_INET6,
+			  IPPROTO_ICMPV6, sizeof(*icmp) + TOO_BIG6_QUOTE);
 	sum += csum_bytes(icmp, sizeof(*icmp)) + csum_bytes(quote, 512) +
 	       csum_bytes(quote + 512, 512) + csum_bytes(quote + 1024, TOO_BIG6_QUOTE - 1024);
-	icmp->icmp6_cksum = ~csum_fold(sum);
+	icmp->icmp6_cksum = csum_finish(sum);
 	return LB_TX_ICMP_TOO_BIG;
 }
 

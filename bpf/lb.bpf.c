@@ -38,8 +38,9 @@
  * function, not from it: a
  * call's stack adds to its caller's, the BPF stack is 512 bytes for the
  * whole chain, and these steps use most of it. So parse gets the walk's
- * result (ext_walk) instead of calling it. */
-static __noinline int balance(struct xdp_md *ctx, int ext_walk)
+ * result (walk: ipv6_walk_ext's or ipv4_walk_options') instead of calling
+ * it. */
+static __noinline int balance(struct xdp_md *ctx, int walk)
 {
 	struct lb_reply_source *src = NULL;
 	struct flow_cache_probe probe;
@@ -50,7 +51,7 @@ static __noinline int balance(struct xdp_md *ctx, int ext_walk)
 	__u32 generation;
 	int reason;
 
-	reason = parse_packet(ctx, &pkt, ext_walk);
+	reason = parse_packet(ctx, &pkt, walk);
 	if (reason != LB_CONTINUE)
 		return reason;
 
@@ -58,7 +59,7 @@ static __noinline int balance(struct xdp_md *ctx, int ext_walk)
 	if (!maybe_ours(&pkt))
 		return LB_PASS_NOT_VIP;
 	/* Before the fast path and conntrack: no entry, no rewrite. */
-	if (ext_walk & LB_WALK_SOURCE_ROUTED)
+	if (walk & LB_WALK_SOURCE_ROUTED)
 		return LB_PASS_SOURCE_ROUTED;
 
 	/* Fast path: this direction of the flow was decided less than a

@@ -35,8 +35,7 @@ static __always_inline bool martian(const __be32 *addr, __u8 family)
 static __always_inline bool to_itself(const struct packet *pkt)
 {
 	if (pkt->family == LB_AF_INET6)
-		return ((pkt->saddr[0] ^ pkt->daddr[0]) | (pkt->saddr[1] ^ pkt->daddr[1]) |
-			(pkt->saddr[2] ^ pkt->daddr[2]) | (pkt->saddr[3] ^ pkt->daddr[3])) == 0;
+		return addr6_equal(pkt->saddr, pkt->daddr);
 	return pkt->saddr[0] == pkt->daddr[0];
 }
 

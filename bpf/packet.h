@@ -154,6 +154,13 @@ static __always_inline __be32 addr_fold(const __be32 *addr, __u8 family)
 	return addr[0];
 }
 
+/* Two IPv6 addresses (4 words each) are the same; one test, no branch per
+ * word. */
+static __always_inline bool addr6_equal(const __be32 *a, const __be32 *b)
+{
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
+}
+
 /* The reverse of addr_load: an address from 4 words into the packet (1 or
  * 4 words). */
 static __always_inline void addr_store(__be32 *to, const __be32 from[4], __u8 family)

@@ -35,7 +35,7 @@ static __always_inline void tunnel_ipv4_header(struct iphdr *outer, const struct
 	outer->tos = inner->tos;
 	outer->tot_len = bpf_htons(bpf_ntohs(inner->tot_len) + sizeof(struct iphdr));
 	outer->id = (__be16)bpf_get_prandom_u32();
-	outer->frag_off = inner->frag_off & bpf_htons(0x4000 /* DF */);
+	outer->frag_off = inner->frag_off & bpf_htons(IP_DF);
 	outer->ttl = 64;
 	outer->protocol = IPPROTO_IPIP_;
 	outer->check = 0;

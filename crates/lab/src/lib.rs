@@ -34,6 +34,13 @@ lbctl::include_skeleton!(
 );
 
 lbctl::include_skeleton!(
+    /// A test-only XDP program that runs one checksum function of the
+    /// data path (`bpf/csum.h`) on inputs in the frame (tests/csum.rs).
+    csum_check,
+    "csum_check.skel.rs"
+);
+
+lbctl::include_skeleton!(
     /// A test-only BPF program that runs the data path's flow hash
     /// (`bpf/hash.h`) on a key, so tests can compare it with `lbctl::hash`.
     hash_check,
