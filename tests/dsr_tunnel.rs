@@ -13,13 +13,6 @@ use lbctl::model::{NatMode, Proto};
 use lbctl_lab::fixtures::packet::*;
 use lbctl_lab::fixtures::*;
 
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
-
-/// The fixed neighbours of `Balancer::with_routes`.
-fn backend_mac(host: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0x01, host]
-}
-
 struct Family {
     vip: &'static str,
     /// The tunnel's outer source (`--snat`).

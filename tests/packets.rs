@@ -1,7 +1,8 @@
 //! Packets through the real, verifier-loaded XDP program (BPF_PROG_TEST_RUN),
 //! each test in a fresh network namespace with the kernel's own conntrack.
 //! The README's odd packets are one table of named cases (`odd_packets`):
-//! a frame each, the action, the reason counted, and the frame that leaves.
+//! a frame each, the action, the reason counted, and the frame that leaves
+//! (rows of `lbctl_lab::fixtures::cases`).
 
 use lbctl::datapath::types::lb_reason;
 use lbctl::model::{NatMode, Proto};
@@ -10,12 +11,6 @@ use lbctl_lab::fixtures::*;
 
 const VIP: &str = "198.18.100.1:80";
 const CLIENT: &str = "198.18.0.2:40000";
-
-/// The neighbours' and the program's router MACs (`Balancer::with_routes`).
-fn backend_mac(host: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0x01, host]
-}
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 
 #[test]
 fn syn_to_vip_goes_to_a_backend_with_correct_checksums() {
@@ -254,25 +249,6 @@ fn udp_is_balanced_and_a_zero_checksum_stays_zero() {
     });
 }
 
-/// What the program must do with a frame: the action, the one reason it
-/// counts, and the frame that leaves.
-struct Case {
-    /// The README's "packet" column, word for word.
-    row: &'static str,
-    /// Which packet of that kind this is.
-    example: &'static str,
-    frame: Vec<u8>,
-    action: u32,
-    reason: lb_reason,
-    out: Out,
-}
-
-enum Out {
-    /// Output bytes == input bytes.
-    Untouched,
-    /// This frame, built with its checksums computed from scratch.
-    Becomes(Vec<u8>),
-}
 use Out::*;
 
 /// The README's table of odd packets, row for row and in its order
@@ -850,61 +826,6 @@ fn odd_packet_balancer() -> Balancer {
         );
     }
     lb
-}
-
-/// Runs every case on `lb`, in order, and fails with all that went wrong:
-/// the action, the reasons counted (the case's, once, and no other), and
-/// the bytes that left, as a field-by-field diff.
-fn run_table(lb: &Balancer, cases: &[Case]) {
-    let mut failures = Vec::new();
-    for case in cases {
-        let before = lb.reasons();
-        let (action, out) = lb.run(&case.frame);
-        let counted: Vec<String> = lb
-            .reasons()
-            .iter()
-            .zip(&before)
-            .enumerate()
-            .filter(|(_, (after, before))| after != before)
-            .map(|(r, (after, before))| {
-                format!("{} +{}", reason_label(lb_reason(r as u32)), after - before)
-            })
-            .collect();
-        let mut wrong = Vec::new();
-        if action != case.action {
-            wrong.push(format!(
-                "action {}, want {}",
-                action_name(action),
-                action_name(case.action)
-            ));
-        }
-        let want_counted = [format!("{} +1", reason_label(case.reason))];
-        if counted != want_counted {
-            wrong.push(format!("counted {counted:?}, want {want_counted:?}"));
-        }
-        let want = match &case.out {
-            Untouched => &case.frame,
-            Becomes(frame) => frame,
-        };
-        if let Some(diff) = frame_diff(&out, want) {
-            wrong.push(diff);
-        }
-        if !wrong.is_empty() {
-            failures.push(format!(
-                "{} / {}:\n  {}",
-                case.row,
-                case.example,
-                wrong.join("\n  ")
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
 }
 
 #[test]
