@@ -288,17 +288,14 @@ fn odd_packets() -> Vec<Case> {
                 .build(),
             action: XDP_REDIRECT,
             reason: lb_reason::LB_ICMP_XDP_REDIRECT,
-            out: Becomes(
+            out: forwarded(
                 Packet::icmp_error(
                     "198.18.0.2",
                     "198.18.1.11",
                     IcmpError::FragNeeded(1280),
                     &reply_from_backend(),
-                )
-                .ttl(63)
-                .src_mac(ROUTER_MAC)
-                .dst_mac(backend_mac(11))
-                .build(),
+                ),
+                11,
             ),
         },
         Case {
@@ -309,18 +306,15 @@ fn odd_packets() -> Vec<Case> {
                 .build(),
             action: XDP_REDIRECT,
             reason: lb_reason::LB_ICMP_XDP_REDIRECT,
-            out: Becomes(
+            out: forwarded(
                 Packet::icmp_error(
                     "198.18.0.2",
                     "198.18.1.11",
                     IcmpError::FragNeeded(1280),
                     &reply_from_backend(),
                 )
-                .quote_cut(28)
-                .ttl(63)
-                .src_mac(ROUTER_MAC)
-                .dst_mac(backend_mac(11))
-                .build(),
+                .quote_cut(28),
+                11,
             ),
         },
         Case {
@@ -335,17 +329,14 @@ fn odd_packets() -> Vec<Case> {
             .build(),
             action: XDP_REDIRECT,
             reason: lb_reason::LB_ICMP_XDP_REDIRECT,
-            out: Becomes(
+            out: forwarded(
                 Packet::icmp_error(
                     VIP_IP,
                     "198.18.0.2",
                     IcmpError::TimeExceeded,
                     &Packet::tcp(ICMP_CLIENT, VIP, ACK).ttl(1),
-                )
-                .ttl(63)
-                .src_mac(ROUTER_MAC)
-                .dst_mac(backend_mac(2))
-                .build(),
+                ),
+                2,
             ),
         },
         Case {
@@ -360,17 +351,14 @@ fn odd_packets() -> Vec<Case> {
             .build(),
             action: XDP_REDIRECT,
             reason: lb_reason::LB_ICMP_XDP_REDIRECT,
-            out: Becomes(
+            out: forwarded(
                 Packet::icmp_error(
                     "198.18.100.6",
                     "198.18.0.2",
                     IcmpError::PortUnreachable,
                     &Packet::udp(UDP_CLIENT, UDP_VIP, b"query").ttl(63),
-                )
-                .ttl(63)
-                .src_mac(ROUTER_MAC)
-                .dst_mac(backend_mac(2))
-                .build(),
+                ),
+                2,
             ),
         },
         Case {
@@ -385,17 +373,14 @@ fn odd_packets() -> Vec<Case> {
             .build(),
             action: XDP_REDIRECT,
             reason: lb_reason::LB_ICMP_XDP_REDIRECT,
-            out: Becomes(
+            out: forwarded(
                 Packet::icmp_error(
                     "198.18.1.1",
                     "198.18.1.11",
                     IcmpError::FragNeeded(1400),
                     &Packet::tcp(FULLNAT_BACKEND, SNAT_SIDE, ACK).ttl(63).payload(b"r"),
-                )
-                .ttl(63)
-                .src_mac(ROUTER_MAC)
-                .dst_mac(backend_mac(11))
-                .build(),
+                ),
+                11,
             ),
         },
         Case {
@@ -410,17 +395,14 @@ fn odd_packets() -> Vec<Case> {
             .build(),
             action: XDP_REDIRECT,
             reason: lb_reason::LB_ICMP_XDP_REDIRECT,
-            out: Becomes(
+            out: forwarded(
                 Packet::icmp_error(
                     "198.18.100.7",
                     "198.18.0.2",
                     IcmpError::TimeExceeded,
                     &Packet::tcp(FULLNAT_CLIENT, FULLNAT_VIP, ACK).ttl(1),
-                )
-                .ttl(63)
-                .src_mac(ROUTER_MAC)
-                .dst_mac(backend_mac(2))
-                .build(),
+                ),
+                2,
             ),
         },
         Case {
@@ -518,14 +500,11 @@ fn odd_packets() -> Vec<Case> {
                 .build(),
             action: XDP_REDIRECT,
             reason: lb_reason::LB_XDP_REDIRECT,
-            out: Becomes(
+            out: forwarded(
                 Packet::tcp(CLIENT, "198.18.1.11:8080", SYN)
                     .ip_options(&options)
-                    .payload(b"opt")
-                    .ttl(63)
-                    .src_mac(ROUTER_MAC)
-                    .dst_mac(backend_mac(11))
-                    .build(),
+                    .payload(b"opt"),
+                11,
             ),
         },
         Case {
@@ -573,13 +552,10 @@ fn odd_packets() -> Vec<Case> {
                 .build(),
             action: XDP_REDIRECT,
             reason: lb_reason::LB_XDP_REDIRECT,
-            out: Becomes(
+            out: forwarded(
                 Packet::tcp("198.18.0.2:40900", "198.18.1.11:8080", SYN)
-                    .payload(b"partial")
-                    .ttl(63)
-                    .src_mac(ROUTER_MAC)
-                    .dst_mac(backend_mac(11))
-                    .build(),
+                    .payload(b"partial"),
+                11,
             ),
         },
         Case {
@@ -814,17 +790,12 @@ fn odd_packet_balancer() -> Balancer {
     lb.backend(&fullnat, FULLNAT_BACKEND, 1);
     let udp = lb.vip(UDP_VIP, Proto::Udp, NatMode::Dnat, None);
     lb.backend(&udp, UDP_BACKEND, 1);
-    for flow in [
+    // The flows ICMP is about.
+    lb.open_flows(&[
         Packet::tcp(ICMP_CLIENT, VIP, SYN),
         Packet::tcp(FULLNAT_CLIENT, FULLNAT_VIP, SYN),
         Packet::udp(UDP_CLIENT, UDP_VIP, b"query"),
-    ] {
-        assert_eq!(
-            lb.run(&flow.build()).0,
-            XDP_REDIRECT,
-            "the flows ICMP is about"
-        );
-    }
+    ]);
     lb
 }
 

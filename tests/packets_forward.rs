@@ -179,14 +179,6 @@ fn icmp_about_dsr_and_tunnel_flows_reaches_the_backend_as_the_clients_packets_do
         } else {
             Packet::icmp_error(router, &vip_addr, IcmpError::FragNeeded(1280), &answer)
         };
-        let to_backend = |p: Packet| {
-            Out::Becomes(
-                p.ttl(63)
-                    .src_mac(ROUTER_MAC)
-                    .dst_mac(backend_mac(11))
-                    .build(),
-            )
-        };
         let rows = [
             Case {
                 row: "dsr",
@@ -194,7 +186,7 @@ fn icmp_about_dsr_and_tunnel_flows_reaches_the_backend_as_the_clients_packets_do
                 frame: Packet::tcp(client, vip, SYN).build(),
                 action: XDP_REDIRECT,
                 reason: lb_reason::LB_XDP_REDIRECT,
-                out: to_backend(Packet::tcp(client, vip, SYN)),
+                out: forwarded(Packet::tcp(client, vip, SYN), 11),
             },
             Case {
                 row: "dsr",
@@ -202,7 +194,7 @@ fn icmp_about_dsr_and_tunnel_flows_reaches_the_backend_as_the_clients_packets_do
                 frame: error.build(),
                 action: XDP_REDIRECT,
                 reason: lb_reason::LB_ICMP_XDP_REDIRECT,
-                out: to_backend(error),
+                out: forwarded(error, 11),
             },
         ];
         in_fresh_netns(move || {
