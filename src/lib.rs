@@ -17,7 +17,6 @@
 //! | `service` | `apply`, `save`, and `lbctl run`: the loop, health checks, metrics |
 //! | `snapshot` | a balancer at one moment (list, save, metrics read it) |
 //! | `conntrack` | the kernel's conntrack table through ctnetlink |
-//! | `json` | JSON string quoting |
 
 pub mod cli;
 pub mod commands;
@@ -26,7 +25,6 @@ pub mod conntrack;
 pub mod datapath;
 pub mod hash;
 pub mod host;
-pub mod json;
 pub mod maglev;
 pub mod model;
 pub mod service;
