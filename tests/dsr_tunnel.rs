@@ -282,10 +282,7 @@ mod lab {
     use lbctl_lab::servers::ECHO_PORT;
 
     fn lbctl(lab: &Lab, args: &[&str]) -> String {
-        let mut argv = vec![env!("CARGO_BIN_EXE_lbctl")];
-        argv.extend_from_slice(args);
-        lab.exec(lab.balancer_ns(), &argv)
-            .unwrap_or_else(|e| panic!("lbctl {args:?}: {e}"))
+        lbctl_lab::balanced::lbctl(lab, env!("CARGO_BIN_EXE_lbctl"), args)
     }
 
     /// A one-arm lab whose backends hold the VIP on their loopback, as dsr
