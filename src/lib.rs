@@ -16,11 +16,10 @@
 //! | `snapshot` | a balancer at one moment (list, save, metrics read it) |
 //! | `commands` | one module per command |
 //! | `service` | `apply`, `save`, and `lbctl run`: the loop, health checks, metrics |
-//! | `json` | JSON string quoting |
 //!
 //! Layers, each importing only those below it (`grep -rn "use crate::"`):
 //!
-//! 1. `abi`, `json`, `hash`, `maglev`; then `table_size`, `model`, `config_file`;
+//! 1. `abi`, `hash`, `maglev`; then `table_size`, `model`, `config_file`;
 //! 2. `host` and `conntrack` (plain values in and out: never `datapath`);
 //! 3. `datapath` (uses `host::iface` for the interfaces its program is on);
 //! 4. `change` and `snapshot`;
@@ -36,7 +35,6 @@ pub mod conntrack;
 pub mod datapath;
 pub mod hash;
 pub mod host;
-pub mod json;
 pub mod maglev;
 pub mod model;
 pub mod service;

@@ -22,10 +22,7 @@ fn timeout() -> Duration {
 }
 
 fn lbctl(lab: &Lab, args: &[&str]) -> String {
-    let mut argv = vec![env!("CARGO_BIN_EXE_lbctl")];
-    argv.extend_from_slice(args);
-    lab.exec(lab.balancer_ns(), &argv)
-        .unwrap_or_else(|e| panic!("lbctl {args:?}: {e}"))
+    lbctl_lab::balanced::lbctl(lab, env!("CARGO_BIN_EXE_lbctl"), args)
 }
 
 /// The balancer's conntrack entry of the client's port: its timeout.

@@ -1,20 +1,14 @@
 //! The lbctl binary, run as a user would, for every error a user can cause:
 //! one clear line on stderr, a non-zero exit, and nothing left half-done.
 
-use std::ops::Deref;
 use std::process::{Command, Output};
 
 use lbctl_lab::lbctl_ns::{run_ok, LbctlNs};
 
-/// A throwaway namespace (veth pair `e0`, `e1`) for running lbctl in.
-struct Ns(LbctlNs);
-
-impl Deref for Ns {
-    type Target = LbctlNs;
-    fn deref(&self) -> &LbctlNs {
-        &self.0
-    }
-}
+lbctl_lab::lbctl_ns_type!(
+    /// A throwaway namespace (veth pair `e0`, `e1`) for running lbctl in.
+    Ns
+);
 
 impl Ns {
     fn new() -> Ns {

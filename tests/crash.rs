@@ -21,7 +21,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::process::ExitStatusExt;
 use std::process::Output;
 use std::time::Duration;
 
@@ -32,6 +31,7 @@ use lbctl::datapath::types::lb_reason;
 use lbctl::model::NatMode;
 use lbctl_lab::clients;
 use lbctl_lab::lab::Lab;
+use lbctl_lab::lbctl_ns::killed_before_bpf_call;
 use lbctl_lab::netns;
 
 const LBCTL: &str = env!("CARGO_BIN_EXE_lbctl");
@@ -489,27 +489,7 @@ fn kill_points(ns: &str, args: &[&str]) -> Vec<usize> {
 
 /// `args` run under strace in `ns` and killed before its `n`-th bpf() call.
 fn killed(ns: &str, args: &[&str], n: usize) {
-    let when = format!("inject=bpf:signal=SIGKILL:when={n}");
-    let mut argv = vec![
-        "strace",
-        "-o",
-        "/dev/null",
-        "-e",
-        "trace=bpf",
-        "-e",
-        &when,
-        LBCTL,
-    ];
-    argv.extend_from_slice(args);
-    let out = run_in(ns, &argv);
-    let signalled = out.status.signal() == Some(9) || out.status.code() == Some(128 + 9);
-    assert!(
-        signalled,
-        "lbctl {args:?} was to be killed before bpf() call {n} but ended with {:?}: {}{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    killed_before_bpf_call(ns, LBCTL, args, n);
 }
 
 /// The command again, as an operator would retry it: it succeeds, or says

@@ -13,13 +13,6 @@ use lbctl::model::{NatMode, Proto};
 use lbctl_lab::fixtures::packet::*;
 use lbctl_lab::fixtures::*;
 
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
-
-/// The fixed neighbours of `Balancer::with_routes`.
-fn backend_mac(host: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0x01, host]
-}
-
 struct Family {
     vip: &'static str,
     /// The tunnel's outer source (`--snat`).
@@ -289,10 +282,7 @@ mod lab {
     use lbctl_lab::servers::ECHO_PORT;
 
     fn lbctl(lab: &Lab, args: &[&str]) -> String {
-        let mut argv = vec![env!("CARGO_BIN_EXE_lbctl")];
-        argv.extend_from_slice(args);
-        lab.exec(lab.balancer_ns(), &argv)
-            .unwrap_or_else(|e| panic!("lbctl {args:?}: {e}"))
+        lbctl_lab::balanced::lbctl(lab, env!("CARGO_BIN_EXE_lbctl"), args)
     }
 
     /// A one-arm lab whose backends hold the VIP on their loopback, as dsr

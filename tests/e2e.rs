@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use lbctl_lab::balanced;
 use lbctl_lab::clients::{self, ClientError};
 use lbctl_lab::lab::{Family, Lab, Topology};
 
@@ -17,58 +18,23 @@ fn timeout() -> Duration {
 }
 
 /// lbctl, run in the lab's balancer namespace.
+const LBCTL: &str = env!("CARGO_BIN_EXE_lbctl");
+
+/// lbctl, run in the lab's balancer namespace.
 fn lbctl(lab: &Lab, args: &[&str]) -> String {
-    let mut argv = vec![env!("CARGO_BIN_EXE_lbctl")];
-    argv.extend_from_slice(args);
-    lab.exec(lab.balancer_ns(), &argv)
-        .unwrap_or_else(|e| panic!("lbctl {args:?}: {e}"))
+    balanced::lbctl(lab, LBCTL, args)
 }
 
 /// A lab with lbctl attached to every balancer interface, one VIP on port
-/// 80 (TCP and UDP) of `family` and every backend's echo server behind it.
-/// IPv4 runs in an IPv4-only lab, IPv6 in a dual-stack one.
+/// 80 (TCP and UDP) of `family` and every backend's echo server behind it
+/// (`balanced::balanced_lab`).
 fn balanced_lab(
     topology: Topology,
     family: Family,
     backends: usize,
     weights: &[u32],
 ) -> (Lab, IpAddr) {
-    let mut lab = match (topology, family) {
-        (Topology::TwoArm, Family::V4) => Lab::two_arm(backends),
-        (Topology::OneArm, Family::V4) => Lab::one_arm(backends),
-        (_, Family::V6) => Lab::dual_stack(topology, backends),
-    }
-    .expect("building the lab");
-    lab.start_servers().expect("starting servers");
-    for iface in lab.lb_ifaces() {
-        lbctl(&lab, &["attach", iface]);
-    }
-    let vip = add_vip(&lab, family, weights);
-    (lab, vip)
-}
-
-/// VIP 1 of `family` on port 80, TCP and UDP, in the topology's mode
-/// (two-arm dnat, one-arm fullnat), with every backend at its weight.
-fn add_vip(lab: &Lab, family: Family, weights: &[u32]) -> IpAddr {
-    let vip = lab.vip_ip(1, family);
-    let mode = if lab.topology() == Topology::TwoArm {
-        "dnat"
-    } else {
-        "fullnat"
-    };
-    for proto in ["tcp", "udp"] {
-        let v = SocketAddr::new(vip, 80).to_string();
-        lbctl(lab, &["vip", "add", &v, "--proto", proto, "--mode", mode]);
-        for i in lab.backend_ids() {
-            let b = SocketAddr::new(lab.backend_ip(i, family), ECHO_PORT).to_string();
-            let w = weights.get(i - 1).copied().unwrap_or(1).to_string();
-            lbctl(
-                lab,
-                &["backend", "add", &v, &b, "--proto", proto, "--weight", &w],
-            );
-        }
-    }
-    vip
+    balanced::balanced_lab(LBCTL, topology, family, backends, weights)
 }
 
 /// `conntrack -L -p PROTO` of the balancer for the family (conntrack lists
@@ -484,7 +450,7 @@ fn one_arm_long_connections_survive_every_change_ipv6() {
 #[test]
 fn ipv4_and_ipv6_vips_share_one_balancer() {
     let (lab, vip6) = balanced_lab(Topology::OneArm, Family::V6, 3, &[]);
-    let vip4 = add_vip(&lab, Family::V4, &[]);
+    let vip4 = balanced::add_vip(&lab, LBCTL, Family::V4, &[]);
     let cfg = clients::EchoConfig {
         interval: Duration::from_millis(5),
         max_duration: clients::scaled(Duration::from_secs(60)),

@@ -117,25 +117,7 @@ fn an_established_flow_is_served_from_the_cache_byte_for_byte() {
             ),
         ];
         for (what, frame) in cases {
-            // Every entry stale: the next packet takes the slow path.
-            lb.maps.bump_generation().unwrap();
-            let (hits, misses, stores) = lb.cache();
-            let slow = lb.run(&frame);
-            assert_eq!(slow.0, XDP_REDIRECT, "{what}: forwarded");
-            assert_eq!(
-                lb.cache(),
-                (hits, misses + 1, stores + 1),
-                "{what}: slow path, entry stored"
-            );
-            let fast = lb.run(&frame);
-            assert_eq!(
-                lb.cache(),
-                (hits + 1, misses + 1, stores + 1),
-                "{what}: served from the cache"
-            );
-            assert_eq!(fast.0, slow.0, "{what}: same action");
-            assert_eq!(fast.1, slow.1, "{what}: same bytes out");
-            parse(&fast.1); // checksums recomputed from scratch
+            lb.forwarded_then_cached(what, &frame);
         }
         // Hits are counted like any forwarded packet.
         let c = lb.vip_counters(&dnat);

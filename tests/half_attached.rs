@@ -15,10 +15,7 @@ use lbctl_lab::lab::{Lab, Topology};
 const ECHO_PORT: u16 = 8080;
 
 fn lbctl(lab: &Lab, args: &[&str]) -> String {
-    let mut argv = vec![env!("CARGO_BIN_EXE_lbctl")];
-    argv.extend_from_slice(args);
-    lab.exec(lab.balancer_ns(), &argv)
-        .unwrap_or_else(|e| panic!("lbctl {args:?}: {e}"))
+    lbctl_lab::balanced::lbctl(lab, env!("CARGO_BIN_EXE_lbctl"), args)
 }
 
 #[test]

@@ -4,8 +4,6 @@
 //! with `backend del`, `vip del` and the last `detach`, and an entry lbctl
 //! did not create is never changed. IPv6 next hops (NDP) work the same way.
 
-use std::ops::Deref;
-
 use lbctl::host::neighbour::RTPROT_LBCTL;
 use lbctl_lab::lbctl_ns::LbctlNs;
 
@@ -14,17 +12,12 @@ const V2: &str = "198.18.100.2:80";
 /// The gateway of 198.18.9.0/24, on `e0`.
 const GW: &str = "198.18.5.2";
 
-/// A namespace with a veth pair (`e0` 198.18.5.1/24, `e1`), a route to
-/// 198.18.9.0/24 via `GW` and forwarding on; deleted on drop, even when the
-/// test fails.
-struct Ns(LbctlNs);
-
-impl Deref for Ns {
-    type Target = LbctlNs;
-    fn deref(&self) -> &LbctlNs {
-        &self.0
-    }
-}
+lbctl_lab::lbctl_ns_type!(
+    /// A namespace with a veth pair (`e0` 198.18.5.1/24, `e1`), a route to
+    /// 198.18.9.0/24 via `GW` and forwarding on; deleted on drop, even when the
+    /// test fails.
+    Ns
+);
 
 impl Ns {
     fn new() -> Ns {

@@ -44,29 +44,39 @@ fn a_packet_for_an_egress_not_attached_goes_to_the_stack_addressed_to_the_balanc
 /// left: passed untouched, no conntrack entry.
 #[test]
 fn source_routed_packets_to_a_vip_make_no_entry() {
+    let row = |example, frame: Packet| Case {
+        row: "source-routed, to a VIP",
+        example,
+        frame: frame.build(),
+        action: XDP_PASS,
+        reason: lb_reason::LB_PASS_SOURCE_ROUTED,
+        out: Out::Untouched,
+    };
     let cases = [
         (
             VIP4,
             "198.18.1.11:8080",
-            Packet::tcp(CLIENT4, VIP4, SYN)
-                .ip_options(&[0x83, 7, 4, 198, 18, 1, 50, IPOPT_EOL])
-                .build(),
+            row(
+                "IPv4 loose source route option",
+                Packet::tcp(CLIENT4, VIP4, SYN)
+                    .ip_options(&[0x83, 7, 4, 198, 18, 1, 50, IPOPT_EOL]),
+            ),
         ),
         (
             VIP6,
             "[2001:db8:0:1::11]:8080",
-            Packet::tcp(CLIENT6, VIP6, SYN)
-                .ext(vec![ExtHeader::SourceRoute {
+            row(
+                "IPv6 routing header, a segment left",
+                Packet::tcp(CLIENT6, VIP6, SYN).ext(vec![ExtHeader::SourceRoute {
                     segments: vec!["2001:db8:0:1::50".parse().unwrap()],
-                }])
-                .build(),
+                }]),
+            ),
         ),
     ];
-    for (vip, backend, frame) in cases {
+    for (vip, backend, case) in cases {
         in_fresh_netns(move || {
             let (lb, _) = Balancer::dnat(vip, Proto::Tcp, &[backend]);
-            assert_eq!(lb.run(&frame), (XDP_PASS, frame.clone()), "{vip}");
-            assert_eq!(lb.reason_named("pass_source_routed"), 1, "{vip}");
+            run_table(&lb, &[case]);
             let entries = sh("conntrack -L 2>/dev/null; conntrack -L -f ipv6 2>/dev/null");
             assert!(!entries.contains("tcp"), "{vip}: no entry: {entries}");
         });
@@ -144,21 +154,59 @@ fn ipv6_too_big_never_advertises_less_than_1280() {
 /// so the backend never learnt the path MTU.
 #[test]
 fn icmp_about_dsr_and_tunnel_flows_reaches_the_backend_as_the_clients_packets_do() {
-    let cases = [
+    // dsr: the error as it came, one hop less, to the backend's MAC, as
+    // the client's SYN that made the flow.
+    for (vip, client, backend, router) in [
         (
-            NatMode::Dsr,
             "198.18.100.1:8080",
             CLIENT4,
             "198.18.1.11:8080",
             "198.18.0.3",
         ),
         (
-            NatMode::Dsr,
             "[2001:db8:0:100::1]:8080",
             CLIENT6,
             "[2001:db8:0:1::11]:8080",
             "2001:db8::3",
         ),
+    ] {
+        // The backend's answer as it left (from the VIP), quoted by a
+        // router with a 1,280-byte link to the client.
+        let answer = Packet::tcp(vip, client, SYN | ACK).payload(&[0; 1000]);
+        let vip_addr = addr(vip).ip().to_string();
+        let error = if vip.starts_with('[') {
+            Packet::icmp_error(router, &vip_addr, IcmpError::TooBig(1280), &answer)
+        } else {
+            Packet::icmp_error(router, &vip_addr, IcmpError::FragNeeded(1280), &answer)
+        };
+        let rows = [
+            Case {
+                row: "dsr",
+                example: "the client's SYN",
+                frame: Packet::tcp(client, vip, SYN).build(),
+                action: XDP_REDIRECT,
+                reason: lb_reason::LB_XDP_REDIRECT,
+                out: forwarded(Packet::tcp(client, vip, SYN), 11),
+            },
+            Case {
+                row: "dsr",
+                example: "fragmentation needed / packet too big about the backend's answer",
+                frame: error.build(),
+                action: XDP_REDIRECT,
+                reason: lb_reason::LB_ICMP_XDP_REDIRECT,
+                out: forwarded(error, 11),
+            },
+        ];
+        in_fresh_netns(move || {
+            let lb = Balancer::load().with_routes();
+            let service = lb.vip(vip, Proto::Tcp, NatMode::Dsr, None);
+            lb.backend(&service, backend, 1);
+            run_table(&lb, &rows);
+        });
+    }
+    // Tunnel: the outer header the client's packets got (its IPv4 ID
+    // varies), then that frame.
+    let cases = [
         (
             NatMode::Tunnel,
             "198.18.100.1:8080",

@@ -16,10 +16,6 @@ const BACKEND: &str = "[2001:db8:0:1::11]:8080";
 /// The balancer's own address on the backend net: fullnat's source.
 const SNAT: &str = "2001:db8:0:1::1";
 
-fn backend_mac(host: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0x01, host]
-}
-
 /// A dnat VIP [2001:db8:0:100::1]:80 with one backend.
 fn dnat_lb() -> (Balancer, lbctl::model::Service) {
     let lb = Balancer::load().with_routes();
@@ -44,7 +40,7 @@ fn syn_to_an_ipv6_vip_goes_to_a_backend_with_correct_checksums() {
         assert_eq!(seen.dst, BACKEND);
         assert_eq!(seen.src, CLIENT, "dnat keeps the client address");
         assert_eq!(seen.dst_mac, backend_mac(11), "MACs from the FIB");
-        assert_eq!(seen.src_mac, [0x02, 0, 0, 0, 0, 0xaa]);
+        assert_eq!(seen.src_mac, ROUTER_MAC);
         assert_eq!(seen.ttl, 63, "one hop less");
         assert_eq!(seen.payload, b"hello");
         assert_eq!(lb.reason(lb_reason::LB_XDP_REDIRECT), 1);
@@ -198,35 +194,43 @@ fn extension_headers_are_walked_and_kept() {
         ),
     ];
     for (what, headers, numbers) in cases {
-        in_fresh_netns(move || {
-            let (lb, _) = dnat_lb();
-            for proto in [TCP, UDP] {
-                let p = if proto == TCP {
-                    Packet::tcp(CLIENT, VIP, SYN)
-                } else {
-                    // UDP to the TCP VIP: walked as far, then not a VIP.
-                    Packet::udp(CLIENT, VIP, b"u")
-                };
-                let frame = p.payload(b"ext").ext(headers.clone()).build();
-                let (action, out) = lb.run(&frame);
-                if proto == UDP {
-                    assert_eq!((action, &out), (XDP_PASS, &frame), "{what}, UDP");
-                    assert_eq!(lb.reason(lb_reason::LB_PASS_NOT_VIP), 1, "{what}, UDP");
-                    continue;
-                }
-                assert_eq!(action, XDP_REDIRECT, "{what}");
-                let seen = parse(&out);
-                assert_eq!(seen.dst, BACKEND, "{what}");
-                assert_eq!(seen.ext_headers, numbers, "{what}: headers kept");
-                assert_eq!(seen.payload, b"ext", "{what}");
-                let ext_len = frame.len() - 14 - 40 - 20 - 3;
-                assert_eq!(
-                    &out[54..54 + ext_len],
-                    &frame[54..54 + ext_len],
-                    "{what}: extension headers byte for byte"
-                );
-            }
-        });
+        // TCP to the VIP: forwarded with every header byte for byte (the
+        // whole frame as built, but for the destination and one hop);
+        // UDP to the TCP VIP: walked as far, then not a VIP.
+        let syn = Packet::tcp(CLIENT, VIP, SYN)
+            .payload(b"ext")
+            .ext(headers.clone());
+        let rows = [
+            Case {
+                row: "IPv6 extension headers, walked and kept",
+                example: what,
+                frame: syn.build(),
+                action: XDP_REDIRECT,
+                reason: lb_reason::LB_XDP_REDIRECT,
+                out: Out::Becomes(
+                    Packet::tcp(CLIENT, BACKEND, SYN)
+                        .payload(b"ext")
+                        .ext(headers.clone())
+                        .ttl(63)
+                        .src_mac(ROUTER_MAC)
+                        .dst_mac(backend_mac(11))
+                        .build(),
+                ),
+            },
+            Case {
+                row: "IPv6 extension headers, walked and kept",
+                example: what,
+                frame: Packet::udp(CLIENT, VIP, b"u")
+                    .payload(b"ext")
+                    .ext(headers)
+                    .build(),
+                action: XDP_PASS,
+                reason: lb_reason::LB_PASS_NOT_VIP,
+                out: Out::Untouched,
+            },
+        ];
+        assert_eq!(parse(&rows[0].frame).ext_headers, numbers, "{what}: built");
+        in_fresh_netns(move || run_table(&dnat_lb().0, &rows));
     }
 }
 
@@ -240,17 +244,6 @@ fn odd_ipv6_packets_have_one_documented_behaviour_each() {
             more,
             id: 9,
         };
-
-        // First fragment to a VIP: dropped (lbctl does not reassemble).
-        let first = syn().ext(vec![fragment(0, true)]).build();
-        assert_eq!(lb.run(&first).0, XDP_DROP);
-        assert_eq!(lb.reason(lb_reason::LB_DROP_FRAGMENT), 1);
-        // A later fragment has no ports: passed untouched.
-        let later = syn()
-            .ext(vec![ExtHeader::HopByHop { pad: 4 }, fragment(100, false)])
-            .build();
-        assert_eq!(lb.run(&later), (XDP_PASS, later.clone()));
-        assert_eq!(lb.reason(lb_reason::LB_PASS_FRAGMENT), 1);
 
         let too_many = syn()
             .ext(vec![ExtHeader::DestOptions { pad: 4 }; 9])
@@ -273,93 +266,138 @@ fn odd_ipv6_packets_have_one_documented_behaviour_each() {
         cut_ext[18..20].copy_from_slice(&100u16.to_be_bytes());
         let mut arp = full.clone();
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-            ("9 extension headers", too_many, "pass_ext_headers"),
-            ("ESP", esp.build(), "pass_other_proto"),
-            ("ICMPv6 after hop-by-hop", icmp6.build(), "pass_other_proto"),
-            ("no next header", no_next.build(), "pass_other_proto"),
-            ("payload length beyond the frame", lying, "pass_malformed"),
-            ("payload length 0 (jumbogram)", jumbo, "pass_malformed"),
-            ("extension header cut short", cut_ext, "pass_malformed"),
-            (
-                "truncated TCP header",
-                full[..14 + 40 + 10].to_vec(),
-                "pass_malformed",
-            ),
-            (
-                "routing header with a segment left (source routed)",
-                syn()
-                    .ext(vec![ExtHeader::SourceRoute {
-                        segments: vec!["2001:db8:0:1::50".parse().unwrap()],
-                    }])
-                    .build(),
-                "pass_source_routed",
-            ),
-            ("ARP", arp, "pass_not_ip"),
-            (
-                "other address",
-                Packet::tcp(CLIENT, "[2001:db8:0:100::2]:80", SYN).build(),
-                "pass_not_vip",
-            ),
-        ];
         // The payload length leaves no room for the TCP header: the ports
         // would be the link's padding.
         let mut short_payload = full.clone();
         short_payload[18..20].copy_from_slice(&10u16.to_be_bytes());
         let mut bad_udp_len = Packet::udp(CLIENT, VIP, b"hello").build();
         bad_udp_len[14 + 40 + 4..14 + 40 + 6].copy_from_slice(&200u16.to_be_bytes());
-        let cases = cases.into_iter().chain([
-            (
+        let odd = |example, frame, action, reason| Case {
+            row: "odd IPv6 packets",
+            example,
+            frame,
+            action,
+            reason,
+            out: Out::Untouched,
+        };
+        use lb_reason as r;
+        let mut cases = vec![
+            // lbctl does not reassemble: a first fragment to a VIP is
+            // dropped; a later one has no ports and is passed.
+            odd(
+                "first fragment to a VIP",
+                syn().ext(vec![fragment(0, true)]).build(),
+                XDP_DROP,
+                r::LB_DROP_FRAGMENT,
+            ),
+            odd(
+                "later fragment",
+                syn()
+                    .ext(vec![ExtHeader::HopByHop { pad: 4 }, fragment(100, false)])
+                    .build(),
+                XDP_PASS,
+                r::LB_PASS_FRAGMENT,
+            ),
+            odd(
+                "9 extension headers",
+                too_many,
+                XDP_PASS,
+                r::LB_PASS_EXT_HEADERS,
+            ),
+            odd("ESP", esp.build(), XDP_PASS, r::LB_PASS_OTHER_PROTO),
+            odd(
+                "ICMPv6 after hop-by-hop",
+                icmp6.build(),
+                XDP_PASS,
+                r::LB_PASS_OTHER_PROTO,
+            ),
+            odd(
+                "no next header",
+                no_next.build(),
+                XDP_PASS,
+                r::LB_PASS_OTHER_PROTO,
+            ),
+            odd(
+                "payload length beyond the frame",
+                lying,
+                XDP_PASS,
+                r::LB_PASS_MALFORMED,
+            ),
+            odd(
+                "payload length 0 (jumbogram)",
+                jumbo,
+                XDP_PASS,
+                r::LB_PASS_MALFORMED,
+            ),
+            odd(
+                "extension header cut short",
+                cut_ext,
+                XDP_PASS,
+                r::LB_PASS_MALFORMED,
+            ),
+            odd(
+                "truncated TCP header",
+                full[..14 + 40 + 10].to_vec(),
+                XDP_PASS,
+                r::LB_PASS_MALFORMED,
+            ),
+            odd(
+                "routing header with a segment left (source routed)",
+                syn()
+                    .ext(vec![ExtHeader::SourceRoute {
+                        segments: vec!["2001:db8:0:1::50".parse().unwrap()],
+                    }])
+                    .build(),
+                XDP_PASS,
+                r::LB_PASS_SOURCE_ROUTED,
+            ),
+            odd("ARP", arp, XDP_PASS, r::LB_PASS_NOT_IP),
+            odd(
+                "other address",
+                Packet::tcp(CLIENT, "[2001:db8:0:100::2]:80", SYN).build(),
+                XDP_PASS,
+                r::LB_PASS_NOT_VIP,
+            ),
+            odd(
                 "TCP header beyond the payload length",
                 short_payload,
-                "pass_malformed",
+                XDP_PASS,
+                r::LB_PASS_MALFORMED,
             ),
-            (
+            odd(
                 "UDP length beyond the payload length",
                 bad_udp_len,
-                "pass_malformed",
+                XDP_PASS,
+                r::LB_PASS_MALFORMED,
             ),
-        ]);
-        for (what, frame, reason) in cases {
-            let before = lb.reason_named(reason);
-            let (action, out) = lb.run(&frame);
-            assert_eq!(action, XDP_PASS, "{what}");
-            assert_eq!(out, frame, "{what} must leave untouched");
-            assert_eq!(
-                lb.reason_named(reason),
-                before + 1,
-                "{what} counted as {reason}"
-            );
-        }
-
+        ];
         // Martian sources: dropped before any entry is made.
-        for from in [
-            "[::]:40000",
-            "[::1]:40000",
-            "[::ffff:198.18.0.2]:40000",
-            "[fe80::2]:40000",
-            "[ff02::1]:40000",
-            VIP, // the VIP's own address
+        for (example, from) in [
+            ("from ::", "[::]:40000"),
+            ("from ::1", "[::1]:40000"),
+            ("from IPv4-mapped", "[::ffff:198.18.0.2]:40000"),
+            ("from fe80::/10", "[fe80::2]:40000"),
+            ("from ff00::/8", "[ff02::1]:40000"),
+            ("from the VIP's own address", VIP),
         ] {
-            let before = lb.reason(lb_reason::LB_DROP_MARTIAN);
             let frame = Packet::tcp(from, VIP, SYN).build();
-            assert_eq!(lb.run(&frame), (XDP_DROP, frame.clone()), "from {from}");
-            assert_eq!(
-                lb.reason(lb_reason::LB_DROP_MARTIAN),
-                before + 1,
-                "from {from}"
-            );
+            cases.push(odd(example, frame, XDP_DROP, r::LB_DROP_MARTIAN));
         }
+        run_table(&lb, &cases);
         assert_eq!(lb.vip_counters(&svc(VIP, Proto::Tcp)).new_flows, 0);
 
         // Hop limit 1: rewritten, and the stack answers (time exceeded).
         let mut last_hop = syn();
         last_hop.ttl = 1;
-        let before = lb.reason(lb_reason::LB_PASS_FIB);
-        let (action, out) = lb.run(&last_hop.build());
-        assert_eq!(action, XDP_PASS);
-        assert_eq!(parse(&out).dst, BACKEND);
-        assert_eq!(lb.reason(lb_reason::LB_PASS_FIB), before + 1);
+        let last_hop = Case {
+            row: "odd IPv6 packets",
+            example: "hop limit 1",
+            frame: last_hop.build(),
+            action: XDP_PASS,
+            reason: r::LB_PASS_FIB,
+            out: Out::To(BACKEND),
+        };
+        run_table(&lb, &[last_hop]);
     });
 }
 
@@ -467,24 +505,7 @@ fn the_flow_cache_serves_ipv6_flows_byte_for_byte() {
             ),
         ];
         for (what, frame) in cases {
-            // Every entry stale: the next packet takes the slow path.
-            lb.maps.bump_generation().unwrap();
-            let (hits, misses, stores) = lb.cache();
-            let slow = lb.run(&frame);
-            assert_eq!(slow.0, XDP_REDIRECT, "{what}: forwarded");
-            assert_eq!(
-                lb.cache(),
-                (hits, misses + 1, stores + 1),
-                "{what}: slow path, entry stored"
-            );
-            let fast = lb.run(&frame);
-            assert_eq!(
-                lb.cache(),
-                (hits + 1, misses + 1, stores + 1),
-                "{what}: served from the cache"
-            );
-            assert_eq!(fast, slow, "{what}: same action, same bytes out");
-            parse(&fast.1); // checksums recomputed from scratch
+            lb.forwarded_then_cached(what, &frame);
         }
     });
 }
@@ -720,22 +741,21 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
             .ttl(63)
             .payload(&[b'r'; 100])
     };
-    let forwarded = |p: Packet, to_host: u8| {
-        Some(
-            p.ttl(63)
-                .src_mac([0x02, 0, 0, 0, 0, 0xaa])
-                .dst_mac(backend_mac(to_host))
-                .build(),
-        )
-    };
     let too_big = || Packet::tcp(CLIENT, VIP, ACK).payload(&[0x55; 1500]);
-    type Row = (&'static str, Vec<u8>, u32, &'static str, Option<Vec<u8>>);
-    let cases: Vec<Row> = vec![
-        (
+    let icmp = |example, frame, action, reason, out| Case {
+        row: "ICMPv6",
+        example,
+        frame,
+        action,
+        reason,
+        out,
+    };
+    let cases = vec![
+        icmp(
             "client side: packet too big to the VIP about a reply (dnat)",
             Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::TooBig(1280), &reply_as_sent()).build(),
             XDP_REDIRECT,
-            "icmp_xdp_redirect",
+            lb_reason::LB_ICMP_XDP_REDIRECT,
             forwarded(
                 Packet::icmp_error(
                     CLIENT_IP,
@@ -746,13 +766,13 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
                 11,
             ),
         ),
-        (
+        icmp(
             "client side, the quote cut after 8 bytes of TCP",
             Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::TooBig(1280), &reply_as_sent())
                 .quote_cut(48)
                 .build(),
             XDP_REDIRECT,
-            "icmp_xdp_redirect",
+            lb_reason::LB_ICMP_XDP_REDIRECT,
             forwarded(
                 Packet::icmp_error(
                     CLIENT_IP,
@@ -764,7 +784,7 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
                 11,
             ),
         ),
-        (
+        icmp(
             "backend side: time exceeded to the client about its packet (dnat)",
             Packet::icmp_error(
                 ROUTER_B,
@@ -774,7 +794,7 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
             )
             .build(),
             XDP_REDIRECT,
-            "icmp_xdp_redirect",
+            lb_reason::LB_ICMP_XDP_REDIRECT,
             forwarded(
                 Packet::icmp_error(
                     VIP_IP,
@@ -785,7 +805,7 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
                 2,
             ),
         ),
-        (
+        icmp(
             "backend's port unreachable about a UDP datagram (dnat)",
             Packet::icmp_error(
                 "2001:db8:0:1::11",
@@ -795,7 +815,7 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
             )
             .build(),
             XDP_REDIRECT,
-            "icmp_xdp_redirect",
+            lb_reason::LB_ICMP_XDP_REDIRECT,
             forwarded(
                 Packet::icmp_error(
                     "2001:db8:0:100::6",
@@ -806,7 +826,7 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
                 2,
             ),
         ),
-        (
+        icmp(
             "client side: packet too big to the VIP about a reply (fullnat)",
             Packet::icmp_error(
                 ROUTER_C,
@@ -816,7 +836,7 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
             )
             .build(),
             XDP_REDIRECT,
-            "icmp_xdp_redirect",
+            lb_reason::LB_ICMP_XDP_REDIRECT,
             forwarded(
                 Packet::icmp_error(
                     SNAT,
@@ -827,7 +847,7 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
                 11,
             ),
         ),
-        (
+        icmp(
             "backend side: time exceeded to the fullnat source address",
             Packet::icmp_error(
                 ROUTER_B,
@@ -837,7 +857,7 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
             )
             .build(),
             XDP_REDIRECT,
-            "icmp_xdp_redirect",
+            lb_reason::LB_ICMP_XDP_REDIRECT,
             forwarded(
                 Packet::icmp_error(
                     "2001:db8:0:100::5",
@@ -848,7 +868,7 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
                 2,
             ),
         ),
-        (
+        icmp(
             "packet too big about a reply of no flow",
             Packet::icmp_error(
                 ROUTER_C,
@@ -858,31 +878,31 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
             )
             .build(),
             XDP_PASS,
-            "pass_icmp_no_flow",
-            None,
+            lb_reason::LB_PASS_ICMP_NO_FLOW,
+            Out::Untouched,
         ),
-        (
+        icmp(
             "packet too big about a reply, quote cut inside the ports",
             Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::TooBig(1280), &reply_as_sent())
                 .quote_cut(42)
                 .build(),
             XDP_PASS,
-            "pass_icmp_no_flow",
-            None,
+            lb_reason::LB_PASS_ICMP_NO_FLOW,
+            Out::Untouched,
         ),
-        (
+        icmp(
             "echo request to the VIP's address",
             Packet::icmp_echo(CLIENT_IP, VIP_IP).build(),
             XDP_PASS,
-            "pass_other_proto",
-            None,
+            lb_reason::LB_PASS_OTHER_PROTO,
+            Out::Untouched,
         ),
-        (
+        icmp(
             "a 1554-byte ACK to the VIP, egress MTU 1500",
             too_big().build(),
             XDP_TX,
-            "tx_icmp_too_big",
-            Some(
+            lb_reason::LB_TX_ICMP_TOO_BIG,
+            Out::Becomes(
                 Packet::icmp_error(VIP_IP, CLIENT_IP, IcmpError::TooBig(1500), &too_big())
                     .quote_cut(1232)
                     .flow_label(0)
@@ -898,40 +918,13 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
         lb.backend(&fullnat, FULLNAT_BACKEND, 1);
         let udp = lb.vip(UDP_VIP, Proto::Udp, NatMode::Dnat, None);
         lb.backend(&udp, UDP_BACKEND, 1);
-        for flow in [
+        // The flows ICMP is about.
+        lb.open_flows(&[
             Packet::tcp(CLIENT, VIP, SYN),
             Packet::tcp(FULLNAT_CLIENT, FULLNAT_VIP, SYN),
             Packet::udp(UDP_CLIENT, UDP_VIP, b"query"),
-        ] {
-            assert_eq!(
-                lb.run(&flow.build()).0,
-                XDP_REDIRECT,
-                "the flows ICMP is about"
-            );
-        }
-        let mut failures = Vec::new();
-        for (what, frame, action, reason, want) in cases {
-            let before = lb.reason_named(reason);
-            let (got_action, out) = lb.run(&frame);
-            let mut wrong = Vec::new();
-            if got_action != action {
-                wrong.push(format!(
-                    "action {}, want {}",
-                    action_name(got_action),
-                    action_name(action)
-                ));
-            }
-            if lb.reason_named(reason) != before + 1 {
-                wrong.push(format!("not counted as {reason}"));
-            }
-            if let Some(diff) = frame_diff(&out, want.as_ref().unwrap_or(&frame)) {
-                wrong.push(diff);
-            }
-            if !wrong.is_empty() {
-                failures.push(format!("{what}:\n  {}", wrong.join("\n  ")));
-            }
-        }
-        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        ]);
+        run_table(&lb, &cases);
     });
 }
 

@@ -8,8 +8,6 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::ops::Deref;
-use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -45,15 +43,10 @@ fn set(addrs: &[&str]) -> BTreeSet<String> {
     addrs.iter().map(|a| a.to_string()).collect()
 }
 
-/// A namespace with lbctl's veth pair, forwarding on (IPv4 and IPv6).
-struct Ns(LbctlNs);
-
-impl Deref for Ns {
-    type Target = LbctlNs;
-    fn deref(&self) -> &LbctlNs {
-        &self.0
-    }
-}
+lbctl_lab::lbctl_ns_type!(
+    /// A namespace with lbctl's veth pair, forwarding on (IPv4 and IPv6).
+    Ns
+);
 
 impl Ns {
     fn new() -> Ns {
@@ -363,24 +356,7 @@ fn kill_points(ns: &Ns, cmd: &[&str], restore: &[&str]) -> Vec<usize> {
 
 /// `cmd` run under strace and killed before its `n`-th bpf() call.
 fn killed(ns: &Ns, cmd: &[&str], n: usize) {
-    let when = format!("inject=bpf:signal=SIGKILL:when={n}");
-    let mut argv = vec![
-        "strace",
-        "-o",
-        "/dev/null",
-        "-e",
-        "trace=bpf",
-        "-e",
-        &when,
-        LBCTL,
-    ];
-    argv.extend_from_slice(cmd);
-    let out = netns::command(&ns.name, &argv).unwrap().output().unwrap();
-    assert!(
-        out.status.signal() == Some(9) || out.status.code() == Some(128 + 9),
-        "{cmd:?} was to be killed before bpf() call {n}: {:?}",
-        out.status
-    );
+    lbctl_lab::lbctl_ns::killed_before_bpf_call(&ns.name, LBCTL, cmd, n);
 }
 
 /// A running `lbctl run`, its stderr collected.

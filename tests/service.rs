@@ -26,10 +26,7 @@ fn timeout() -> Duration {
 
 /// lbctl, run in the lab's balancer namespace; stdout.
 fn lbctl(lab: &Lab, args: &[&str]) -> String {
-    let mut argv = vec![env!("CARGO_BIN_EXE_lbctl")];
-    argv.extend_from_slice(args);
-    lab.exec(lab.balancer_ns(), &argv)
-        .unwrap_or_else(|e| panic!("lbctl {args:?}: {e}"))
+    lbctl_lab::balanced::lbctl(lab, env!("CARGO_BIN_EXE_lbctl"), args)
 }
 
 /// A configuration file in a directory of its own, removed on drop.

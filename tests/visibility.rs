@@ -4,13 +4,13 @@
 //! and `list --rate` measures a steady load.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use lbctl_lab::balanced;
 use lbctl_lab::clients::{self, ClientError, EchoConfig};
-use lbctl_lab::lab::{Lab, Topology};
+use lbctl_lab::lab::{Family, Lab, Topology};
 use lbctl_lab::servers::ECHO_PORT;
 use serde_json::Value;
 
@@ -24,7 +24,11 @@ fn lbctl_json(lab: &Lab, args: &[&str]) -> Value {
 }
 
 fn balanced_lab(topology: Topology, weights: &[u32]) -> (Lab, Ipv4Addr) {
-    balanced::balanced_lab(env!("CARGO_BIN_EXE_lbctl"), topology, 3, weights)
+    let bin = env!("CARGO_BIN_EXE_lbctl");
+    match balanced::balanced_lab(bin, topology, Family::V4, 3, weights) {
+        (lab, IpAddr::V4(vip)) => (lab, vip),
+        (_, vip) => panic!("an IPv4 VIP, not {vip}"),
+    }
 }
 
 fn timeout() -> Duration {

@@ -18,24 +18,16 @@
 //! records B's time over A's: the machine's drift cancels within a round.
 //! Prints the median and quartiles of that ratio per class; A against A
 //! gives about 1.00 ± 0.03 here.
-#![allow(dead_code)] // the shared modules serve lbctl-bench, not all of them this
-
-#[path = "../src/bin/lbctl-bench/frames.rs"]
-mod frames;
-#[path = "../src/bin/lbctl-bench/harness.rs"]
-#[allow(unused_imports)] // lbctl-bench uses more of it than this example
-mod harness;
-#[path = "../src/bin/lbctl-bench/lab.rs"]
-mod lab;
 
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
-use frames::{Flow, ACK, SYN};
-use harness::{Harness, Target, Vary};
 use lbctl::datapath::maps::Maps;
+use lbctl_bench::frames::{self, Flow, ACK, SYN};
+use lbctl_bench::harness::{Harness, Target, Vary};
+use lbctl_bench::lab;
 use libbpf_rs::{MapCore, Object, ObjectBuilder};
 
 /// Maps B takes over from A only when they are the same size.

@@ -1,5 +1,12 @@
-//! What the two benchmarks (`lbctl-bench`, `lbctl-livebench`) share: their
-//! medians and what they record about the machine they measured on.
+//! What the benchmarks share: their medians and what they record about the
+//! machine they measured on (here), JSON string quoting for their reports
+//! (`json`), and lbctl-bench's frames, restoring harness and configurations
+//! (`frames`, `harness`, `lab`), which `examples/ab_objects.rs` uses too.
+
+pub mod frames;
+pub mod harness;
+pub mod json;
+pub mod lab;
 
 /// The median of the finite values (NaN if there are none).
 pub fn median(mut values: Vec<f64>) -> f64 {

@@ -3,9 +3,9 @@
 //! namespace, attached to every balancer interface, one VIP on port 80 (TCP
 //! and UDP) with every backend's echo server behind it.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 
-use crate::lab::{Lab, Topology};
+use crate::lab::{Family, Lab, Topology};
 use crate::servers::ECHO_PORT;
 
 /// Runs the lbctl binary at `bin` in the lab's balancer namespace; panics
@@ -18,45 +18,55 @@ pub fn lbctl(lab: &Lab, bin: &str, args: &[&str]) -> String {
 }
 
 /// A lab of `topology` with `backends` echo servers, lbctl (`bin`) attached
-/// to every balancer interface and VIP 1 on port 80 for TCP and UDP (dnat
-/// in two-arm, fullnat in one-arm), backend i with weight `weights[i - 1]`
-/// (1 where not given). Returns the lab and the VIP's address.
+/// to every balancer interface and VIP 1 of `family` (`add_vip`). IPv4 runs
+/// in an IPv4-only lab, IPv6 in a dual-stack one. Returns the lab and the
+/// VIP's address.
 pub fn balanced_lab(
     bin: &str,
     topology: Topology,
+    family: Family,
     backends: usize,
     weights: &[u32],
-) -> (Lab, Ipv4Addr) {
-    let mut lab = match topology {
-        Topology::TwoArm => Lab::two_arm(backends),
-        Topology::OneArm => Lab::one_arm(backends),
+) -> (Lab, IpAddr) {
+    let mut lab = match (topology, family) {
+        (Topology::TwoArm, Family::V4) => Lab::two_arm(backends),
+        (Topology::OneArm, Family::V4) => Lab::one_arm(backends),
+        (_, Family::V6) => Lab::dual_stack(topology, backends),
     }
     .expect("building the lab");
     lab.start_servers().expect("starting servers");
     for iface in lab.lb_ifaces() {
         lbctl(&lab, bin, &["attach", iface]);
     }
-    let vip = lab.vip(1);
-    let mode = match topology {
+    let vip = add_vip(&lab, bin, family, weights);
+    (lab, vip)
+}
+
+/// VIP 1 of `family` on port 80, TCP and UDP, in the topology's mode
+/// (two-arm dnat, one-arm fullnat), backend i's echo server behind it with
+/// weight `weights[i - 1]` (1 where not given).
+pub fn add_vip(lab: &Lab, bin: &str, family: Family, weights: &[u32]) -> IpAddr {
+    let vip = lab.vip_ip(1, family);
+    let mode = match lab.topology() {
         Topology::TwoArm => "dnat",
         Topology::OneArm => "fullnat",
     };
     for proto in ["tcp", "udp"] {
-        let v = format!("{vip}:80");
+        let v = SocketAddr::new(vip, 80).to_string();
         lbctl(
-            &lab,
+            lab,
             bin,
             &["vip", "add", &v, "--proto", proto, "--mode", mode],
         );
         for i in lab.backend_ids() {
-            let b = format!("{}:{ECHO_PORT}", lab.backend_addr(i));
+            let b = SocketAddr::new(lab.backend_ip(i, family), ECHO_PORT).to_string();
             let w = weights.get(i - 1).copied().unwrap_or(1).to_string();
             lbctl(
-                &lab,
+                lab,
                 bin,
                 &["backend", "add", &v, &b, "--proto", proto, "--weight", &w],
             );
         }
     }
-    (lab, vip)
+    vip
 }

@@ -3,6 +3,7 @@
 //! `e1`, both up, and nothing else. Deleted on drop, even when the test
 //! fails. The CLI tests and the neighbour tests use it.
 
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -57,6 +58,24 @@ impl LbctlNs {
     }
 }
 
+/// Declares a test's own namespace type `$name(LbctlNs)` that derefs to
+/// `LbctlNs`, so a test file adds its own setup and checks in `impl $name`
+/// without repeating the wrapper.
+#[macro_export]
+macro_rules! lbctl_ns_type {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        struct $name($crate::lbctl_ns::LbctlNs);
+
+        impl std::ops::Deref for $name {
+            type Target = $crate::lbctl_ns::LbctlNs;
+            fn deref(&self) -> &$crate::lbctl_ns::LbctlNs {
+                &self.0
+            }
+        }
+    };
+}
+
 impl Drop for LbctlNs {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -77,4 +96,35 @@ pub fn run_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `bin args...` in namespace `ns` under strace, killed (SIGKILL)
+/// before its `n`-th bpf() call, as a crash at that point would leave it;
+/// panics unless it was. The crash tests walk `n` over every call.
+pub fn killed_before_bpf_call(ns: &str, bin: &str, args: &[&str], n: usize) {
+    let when = format!("inject=bpf:signal=SIGKILL:when={n}");
+    let mut argv = vec![
+        "strace",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=bpf",
+        "-e",
+        &when,
+        bin,
+    ];
+    argv.extend_from_slice(args);
+    let out = crate::netns::command(ns, &argv)
+        .expect("entering the namespace")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawning strace");
+    let signalled = out.status.signal() == Some(9) || out.status.code() == Some(128 + 9);
+    assert!(
+        signalled,
+        "lbctl {args:?} was to be killed before bpf() call {n} but ended with {:?}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

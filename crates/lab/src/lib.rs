@@ -5,6 +5,13 @@
 //! `xdp_pass`), and the packet fixtures that run frames through the real
 //! program with BPF_PROG_TEST_RUN (`fixtures`). Not shipped: `cargo install`
 //! installs only the `lbctl` package.
+//!
+//! One of each: a packet case is a row of `fixtures::Case` run by
+//! `fixtures::run_table` (see `fixtures::cases` for how to add one); the
+//! lbctl binary runs in a lab's balancer namespace through
+//! `balanced::lbctl`, in a throwaway namespace through `lbctl_ns::LbctlNs`
+//! (a test's own wrapper type from `lbctl_ns_type!`); the MACs of the
+//! fixtures' neighbours are `fixtures::backend_mac` and `ROUTER_MAC`.
 
 pub mod balanced;
 pub mod clients;

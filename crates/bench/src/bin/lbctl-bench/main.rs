@@ -20,9 +20,6 @@
 //! `make bench` runs the full benchmark; `make test` runs `--quick` once so
 //! this code keeps working (its figures are not for quoting).
 
-mod frames;
-mod harness;
-mod lab;
 mod maglev;
 mod report;
 
@@ -39,9 +36,11 @@ use clap::{Parser, ValueEnum};
 use lbctl::datapath::load;
 use lbctl::datapath::maps::Maps;
 
-use frames::{Flow, ACK, SYN};
-use harness::{Harness, Target, Vary, XDP_ABORTED, XDP_PASS, XDP_REDIRECT, XDP_TX};
-use lab::Config;
+use lbctl_bench::frames::{self, Flow, ACK, SYN};
+use lbctl_bench::harness::{
+    self, Harness, Target, Vary, XDP_ABORTED, XDP_PASS, XDP_REDIRECT, XDP_TX,
+};
+use lbctl_bench::lab::{self, Config};
 
 #[derive(Parser, Debug)]
 #[command(

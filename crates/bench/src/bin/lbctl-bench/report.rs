@@ -5,9 +5,9 @@ use std::fmt::Write;
 
 use lbctl_bench::{cpu_model, median};
 
-use crate::harness::action_name;
-use crate::lab::Config;
 use crate::{Class, FwdPath, Sample};
+use lbctl_bench::harness::action_name;
+use lbctl_bench::lab::Config;
 
 /// The project's goals, as ratios to the baseline (docs/BENCHMARKS.md).
 pub const GOALS: [(Class, f64); 3] = [
@@ -286,7 +286,7 @@ impl Report {
     }
 }
 
-use lbctl::json::quote;
+use lbctl_bench::json::quote;
 
 #[cfg(test)]
 mod tests {

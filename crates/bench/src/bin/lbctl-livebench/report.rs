@@ -634,5 +634,5 @@ impl J {
 }
 
 fn write_str(out: &mut String, s: &str) {
-    out.push_str(&lbctl::json::quote(s));
+    out.push_str(&lbctl_bench::json::quote(s));
 }

@@ -6,6 +6,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use anyhow::{bail, ensure, Result};
+use lbctl_lab::fixtures::packet::{checksum, l4_checksum};
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
@@ -94,39 +95,6 @@ pub fn frame(flow: &Flow, tcp_flags: u8) -> Vec<u8> {
     out.extend_from_slice(&ip);
     out.extend_from_slice(&l4);
     out
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for chunk in data.chunks(2) {
-        sum += u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]) as u32;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// With the family's pseudo-header.
-fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> u16 {
-    let mut pseudo = Vec::with_capacity(40 + l4.len());
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            pseudo.extend_from_slice(&[0, proto]);
-            pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, proto]);
-        }
-        _ => panic!("pseudo-header of mixed families"),
-    }
-    pseudo.extend_from_slice(l4);
-    checksum(&pseudo)
 }
 
 /// The addresses of a frame that left the program, after checking that its

@@ -1,5 +1,5 @@
-//! The one JSON helper lbctl's hand-written JSON needs (no serde in the
-//! dependency set): a string literal with its escapes.
+//! The one JSON helper the benchmarks' hand-written reports need (the
+//! bench crate has no serde): a string literal with its escapes.
 
 use std::fmt::Write;
 

@@ -10,6 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use lbctl::datapath::config::initial_settings;
 use lbctl::datapath::maps::Maps;
 use lbctl::model::{NatMode, Proto, Service, VipSpec, DEFAULT_HASH_SEED};
+use lbctl_lab::fixtures;
 
 /// The client of the measured established, reply and UDP flows.
 pub const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);
@@ -133,18 +134,12 @@ pub fn sh(cmd: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Routes and neighbours as tests/fixtures::Balancer::with_routes has them:
+/// Routes and neighbours as lbctl_lab's `Balancer::with_routes` has them:
 /// clients in 198.18.0.0/24 and 2001:db8::/64, backends in 198.18.1.0/24
 /// and 2001:db8:0:1::/64, behind veth v0, fixed neighbours, forwarding on,
 /// v0 in lbctl's redirect map. Returns v0's ifindex.
 pub fn routes(maps: &Maps, backend_hosts: u32) -> Result<u32> {
-    sh(
-        "ip link add v0 type veth peer name v1 && ip link set v0 address 02:00:00:00:00:aa \
-        && ip addr add 198.18.0.1/24 dev v0 && ip addr add 198.18.1.1/24 dev v0 \
-        && ip addr add 2001:db8::1/64 dev v0 nodad && ip addr add 2001:db8:0:1::1/64 dev v0 nodad \
-        && ip link set v0 up && ip link set v1 up && sysctl -qw net.ipv4.ip_forward=1 \
-        && sysctl -qw net.ipv6.conf.all.forwarding=1",
-    )?;
+    sh(fixtures::V0_SETUP)?;
     let client = CLIENT.ip().octets()[3];
     let hosts =
         std::iter::once((IpAddr::from(*CLIENT.ip()), client)).chain((0..backend_hosts).map(|j| {
@@ -154,9 +149,7 @@ pub fn routes(maps: &Maps, backend_hosts: u32) -> Result<u32> {
     let hosts6 = std::iter::once((IpAddr::from(*CLIENT6.ip()), 2u8))
         .chain((0..backend_hosts).map(|j| (backend6(j).into(), FIRST_BACKEND_HOST + j as u8)));
     for (host, last) in hosts.chain(hosts6) {
-        sh(&format!(
-            "ip neigh replace {host} lladdr 02:00:00:00:01:{last:02x} dev v0 nud permanent"
-        ))?;
+        sh(&fixtures::fixed_neighbour(&host.to_string(), last))?;
     }
     let ifindex = lbctl::host::iface::ifindex("v0")?;
     maps.add_tx_port(ifindex)?;
