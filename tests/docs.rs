@@ -192,3 +192,57 @@ fn vip_add_help_describes_every_mode() {
         assert!(help.contains(m.name()), "--mode's help lacks {m}: {help}");
     }
 }
+
+/// Every file of `dir` (recursively), relative to the package root.
+fn files_under(dir: &str, out: &mut Vec<String>) {
+    let full = format!("{}/{dir}", env!("CARGO_MANIFEST_DIR"));
+    for e in std::fs::read_dir(&full).unwrap_or_else(|e| panic!("{full}: {e}")) {
+        let e = e.unwrap();
+        let path = format!("{dir}/{}", e.file_name().to_string_lossy());
+        if e.file_type().unwrap().is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// DESIGN.md's map of the tree names every source file of `src/` and
+/// `bpf/`: a row's first cell names it by its path, or names a path in its
+/// folder and the row names the file (`name.rs`), or names a folder above
+/// it and the row names the subfolder it is in (`health/`); a `mod.rs` is
+/// named with its folder.
+#[test]
+fn design_map_names_every_source_file() {
+    let design = read("docs/DESIGN.md");
+    let rows = table_rows(&section(&design, "## Map of the tree"));
+    let mut files = Vec::new();
+    files_under("src", &mut files);
+    files_under("bpf", &mut files);
+    let named = |file: &str| {
+        let parts: Vec<&str> = file.split('/').collect();
+        let last = parts.len() - 1;
+        rows.iter().any(|r| {
+            let row = r.join(" | ");
+            let folder_row = |f: &str| r[0].contains(&format!("`{f}/"));
+            r[0].contains(&format!("`{file}`"))
+                || (parts[last] == "mod.rs" && folder_row(&parts[..last].join("/")))
+                || (1..=last).any(|depth| {
+                    let below = if depth == last {
+                        format!("`{}`", parts[depth])
+                    } else {
+                        format!("`{}/`", parts[depth])
+                    };
+                    folder_row(&parts[..depth].join("/")) && row.contains(&below)
+                })
+        })
+    };
+    let missing: Vec<_> = files
+        .iter()
+        .filter(|f| !f.ends_with("vmlinux.h") && !named(f))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/DESIGN.md's map of the tree does not name {missing:?}"
+    );
+}
