@@ -22,7 +22,8 @@ SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 # Kernel series for test-kernel (one) and test-kernels (the matrix).
 KERNEL ?= 6.1
 KERNELS ?= 6.1 6.12
-# Per kernel: minutes under KVM, 11-13 under software emulation here.
+# Per kernel: minutes under KVM; the whole 6.1 leg under software emulation
+# must stay within it (scripts/kernels/README.md has the figures).
 export RUN_IN_KERNEL_TIMEOUT ?= 2700
 
 all: build
@@ -48,19 +49,19 @@ kernel-deps: deps
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# The packet, hashing, CLI and lab tests inside Debian's kernel $(KERNEL),
-# booted under qemu (KVM, or software emulation where KVM cannot run it),
-# against the binaries built here.
+# The suites inside Debian's kernel $(KERNEL), booted under qemu (KVM, or
+# software emulation where KVM cannot run it), against the binaries built
+# here: every suite scripts/kernels/suites marks `guest` (the others are
+# named with their reason), or KERNEL_SUITES="packets fuzz ...".
 test-kernel: kernel-deps
 	scripts/kernels/run-in-kernel.sh $(KERNEL) scripts/kernels/guest-tests.sh $$(scripts/kernels/test-binaries.sh)
 
-# The floor kernel on every CI run: the suites that check the data path
-# packet by packet (loading, verifier, kfuncs, rewrites) in Debian's 6.1,
-# under KVM or, where KVM cannot boot it, software emulation (about 6
-# minutes here). The lab suites take an hour there: test-kernel runs them.
-FLOOR_SUITES ?= packets packets_ipv6 flow_cache consistent_hashing agreement fuzz
+# The floor kernel on every CI run: the same suites in Debian's 6.1 but
+# those `suites` marks `full` (named, with the reason), under KVM or, where
+# KVM cannot boot it, software emulation. Fails if any suite fails in the
+# guest or the guest cannot be booted.
 test-kernel-floor: kernel-deps
-	MATRIX_SERIES=6.1 MATRIX_ALLOW_TCG=1 scripts/kernels/matrix.sh scripts/kernels/guest-tests.sh $$(KERNEL_SUITES="$(FLOOR_SUITES)" scripts/kernels/test-binaries.sh)
+	MATRIX_SERIES=6.1 MATRIX_ALLOW_TCG=1 scripts/kernels/matrix.sh scripts/kernels/guest-tests.sh $$(KERNEL_LEG=ci scripts/kernels/test-binaries.sh)
 
 # The same in every supported kernel, with a result table. Skips, saying so,
 # where KVM cannot run a Debian kernel (MATRIX_ALLOW_TCG=1 runs it anyway
