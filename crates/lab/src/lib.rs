@@ -22,6 +22,7 @@ pub mod fixtures;
 pub mod lab;
 pub mod lbctl_ns;
 pub mod netns;
+pub mod rng;
 pub mod servers;
 pub mod xdp_pass;
 
