@@ -441,69 +441,21 @@ fn fin_and_rst_mark_the_entry_closing() {
 #[test]
 fn the_flow_cache_serves_ipv6_flows_byte_for_byte() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let dnat = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&dnat, BACKEND, 1);
-        let full = lb.vip(
-            "[2001:db8:0:100::2]:80",
-            Proto::Tcp,
-            NatMode::Fullnat,
-            Some(SNAT),
-        );
-        lb.backend(&full, "[2001:db8:0:1::12]:8080", 1);
-        let udp = lb.vip("[2001:db8:0:100::1]:53", Proto::Udp, NatMode::Dnat, None);
-        lb.backend(&udp, "[2001:db8:0:1::13]:5353", 1);
-
-        // Open every flow, both ways, through conntrack.
-        lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
-        lb.run(&Packet::tcp(BACKEND, CLIENT, SYN | ACK).build());
-        let (_, out) = lb.run(&Packet::tcp(CLIENT, "[2001:db8:0:100::2]:80", SYN).build());
-        let snat = parse(&out).src;
-        lb.run(&Packet::tcp("[2001:db8:0:1::12]:8080", &snat, SYN | ACK).build());
-        lb.run(&Packet::udp(CLIENT, "[2001:db8:0:100::1]:53", b"q").build());
-        lb.run(&Packet::udp("[2001:db8:0:1::13]:5353", CLIENT, b"a").build());
-
-        let cases = [
-            (
-                "dnat, client to VIP",
-                Packet::tcp(CLIENT, VIP, ACK).payload(b"data").build(),
-            ),
-            (
-                "dnat, backend to client",
-                Packet::tcp(BACKEND, CLIENT, ACK | PSH)
-                    .payload(b"reply")
-                    .build(),
-            ),
-            (
-                "dnat, with a destination options header",
-                Packet::tcp(CLIENT, VIP, ACK)
-                    .ext(vec![ExtHeader::DestOptions { pad: 6 }])
-                    .build(),
-            ),
-            (
-                "fullnat, client to VIP",
-                Packet::tcp(CLIENT, "[2001:db8:0:100::2]:80", ACK)
-                    .payload(b"x")
-                    .build(),
-            ),
-            (
-                "fullnat, backend to balancer",
-                Packet::tcp("[2001:db8:0:1::12]:8080", &snat, ACK)
-                    .payload(b"y")
-                    .build(),
-            ),
-            (
-                "udp, client to VIP",
-                Packet::udp(CLIENT, "[2001:db8:0:100::1]:53", b"query").build(),
-            ),
-            (
-                "udp, backend to client",
-                Packet::udp("[2001:db8:0:1::13]:5353", CLIENT, b"answer").build(),
-            ),
-        ];
-        for (what, frame) in cases {
-            lb.forwarded_then_cached(what, &frame);
-        }
+        let flows = scenarios::CacheFlows {
+            client: CLIENT,
+            vip: VIP,
+            backend: BACKEND,
+            full_vip: "[2001:db8:0:100::2]:80",
+            snat: SNAT,
+            full_backend: "[2001:db8:0:1::12]:8080",
+            udp_vip: "[2001:db8:0:100::1]:53",
+            udp_backend: "[2001:db8:0:1::13]:5353",
+        };
+        let options = Packet::tcp(CLIENT, VIP, ACK)
+            .ext(vec![ExtHeader::DestOptions { pad: 6 }])
+            .build();
+        let extra = vec![("dnat, with a destination options header", options)];
+        scenarios::flows_are_served_from_the_cache(&flows, extra);
     });
 }
 
