@@ -178,19 +178,9 @@ fn long_connections_survive_a_balancer_leaving_and_coming_back(mode: &str) {
         diagnose(&lab)
     );
 
-    let reports = clients::finish_all(conns);
-    if let Some(broken) = clients::broken_summary(&reports) {
-        panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
-    }
-    for (r, first) in reports.iter().zip(&started) {
-        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
-        assert!(
-            r.chunks_ok > 100,
-            "connection {} exchanged only {} chunks",
-            r.id,
-            r.chunks_ok
-        );
-    }
+    clients::finish_unbroken(conns, &started, Some(100), "long connections broke", || {
+        diagnose(&lab)
+    });
 }
 
 #[test]
@@ -269,13 +259,9 @@ lb2: {}",
         pause();
     }
 
-    let reports = clients::finish_all(conns);
-    if let Some(broken) = clients::broken_summary(&reports) {
-        panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
-    }
-    for (r, first) in reports.iter().zip(&started) {
-        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
-    }
+    clients::finish_unbroken(conns, &started, None, "long connections broke", || {
+        diagnose(&lab)
+    });
 }
 
 /// The same balancers announced by BGP instead of a static route: a BIRD in
@@ -473,13 +459,9 @@ mod bgp {
         eprintln!("lb3 withdrawn from the router {took:?} after its last backend's drain");
         assert_eq!(short_tcp(&lab, ECHO_PORT, 30).values().sum::<usize>(), 30);
 
-        let reports = clients::finish_all(conns);
-        if let Some(broken) = clients::broken_summary(&reports) {
-            panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
-        }
-        for (r, first) in reports.iter().zip(&started) {
-            assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
-        }
+        clients::finish_unbroken(conns, &started, None, "long connections broke", || {
+            diagnose(&lab)
+        });
         drop(birds);
     }
 }
