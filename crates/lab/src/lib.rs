@@ -21,6 +21,7 @@ pub mod ecmp;
 pub mod fixtures;
 pub mod lab;
 pub mod lbctl_ns;
+pub mod lbctl_run;
 pub mod netns;
 pub mod rng;
 pub mod servers;
