@@ -14,6 +14,7 @@
 //! fixtures' neighbours are `fixtures::backend_mac` and `ROUTER_MAC`.
 
 pub mod balanced;
+pub mod bird;
 pub mod clients;
 pub mod configs;
 pub mod decap;
