@@ -14,7 +14,7 @@ use lbctl::host::routes::RTPROT_LBCTL;
 use lbctl_lab::lab::Family;
 use lbctl_lab::lbctl_ns::LbctlNs;
 use lbctl_lab::lbctl_run::LbctlRun;
-use lbctl_lab::{netns, Lab, Topology};
+use lbctl_lab::{Lab, Topology};
 
 const LBCTL: &str = env!("CARGO_BIN_EXE_lbctl");
 
@@ -317,23 +317,7 @@ fn servable(ns: &Ns) -> BTreeSet<String> {
 /// routes after the last bpf() call: a kill there leaves what a kill
 /// right after the last write does.
 fn kill_points(ns: &Ns, cmd: &[&str], restore: &[&str]) -> Vec<usize> {
-    let trace = std::env::temp_dir().join(format!("lbctl-routes-{}.trace", std::process::id()));
-    let trace = trace.to_str().unwrap();
-    let mut argv = vec![
-        "strace",
-        "-o",
-        trace,
-        "-e",
-        "trace=bpf",
-        "-e",
-        "abbrev=none",
-        LBCTL,
-    ];
-    argv.extend_from_slice(cmd);
-    let out = netns::command(&ns.name, &argv).unwrap().output().unwrap();
-    assert!(out.status.success(), "dry run of {cmd:?}");
-    let lines = std::fs::read_to_string(trace).unwrap();
-    let _ = std::fs::remove_file(trace);
+    let lines = lbctl_lab::lbctl_ns::strace_dry_run(&ns.name, "bpf", LBCTL, cmd);
     ns.lbctl(restore);
     let calls: Vec<bool> = lines
         .lines()
