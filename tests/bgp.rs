@@ -182,18 +182,8 @@ fn bgp_lab(tag: &str, balancer_daemons: impl FnOnce(&str, &Path) -> Box<dyn std:
     ]);
     r(&["link", "set", "e1", "up"]);
     r(&["link", "set", "lo", "up"]);
-    bal.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:0:5::1/64",
-        "dev",
-        "e0",
-        "nodad",
-    ]);
+    bal.forwarding();
     bal.ip(&["link", "set", "lo", "up"]);
-    bal.sysctl("net.ipv4.ip_forward=1");
-    bal.sysctl("net.ipv6.conf.all.forwarding=1");
 
     let dir = TempDir(std::env::temp_dir().join(format!("{}-bird", bal.name)));
     std::fs::create_dir_all(&dir.0).unwrap();

@@ -49,17 +49,7 @@ lbctl_lab::lbctl_ns_type!(
 impl Ns {
     fn new() -> Ns {
         let ns = Ns(LbctlNs::new("routes", LBCTL));
-        ns.ip(&[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:0:5::1/64",
-            "dev",
-            "e0",
-            "nodad",
-        ]);
-        ns.sysctl("net.ipv4.ip_forward=1");
-        ns.sysctl("net.ipv6.conf.all.forwarding=1");
+        ns.forwarding();
         ns
     }
 

@@ -29,6 +29,23 @@ impl LbctlNs {
         ns
     }
 
+    /// Makes it a router, as the route tests need: e0 gets
+    /// 2001:db8:0:5::1/64 too, and forwarding is on in both families.
+    pub fn forwarding(&self) {
+        let v6 = [
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:0:5::1/64",
+            "dev",
+            "e0",
+            "nodad",
+        ];
+        self.ip(&v6);
+        self.sysctl("net.ipv4.ip_forward=1");
+        self.sysctl("net.ipv6.conf.all.forwarding=1");
+    }
+
     /// `ip -n NS args...`; it must succeed. Its stdout.
     pub fn ip(&self, args: &[&str]) -> String {
         let mut argv = vec!["ip", "-n", &self.name];
