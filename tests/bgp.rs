@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use lbctl_lab::bird::Bird;
 use lbctl_lab::lbctl_ns::{run_ok, LbctlNs};
 use lbctl_lab::netns;
 
@@ -45,55 +46,6 @@ struct RouterNs(String);
 impl Drop for RouterNs {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// A BIRD in a namespace, in the foreground; stopped on drop.
-struct Bird {
-    child: Child,
-    sock: PathBuf,
-}
-
-impl Bird {
-    fn start(ns: &str, conf: &Path, dir: &Path, name: &str) -> Bird {
-        let sock = dir.join(format!("{name}.sock"));
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = netns::command(
-            ns,
-            &[
-                "bird",
-                "-f",
-                "-c",
-                conf.to_str().unwrap(),
-                "-s",
-                sock.to_str().unwrap(),
-                "-P",
-                dir.join(format!("{name}.pid")).to_str().unwrap(),
-            ],
-        )
-        .unwrap()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("running bird (Debian package bird2: make deps)");
-        Bird { child, sock }
-    }
-
-    fn birdc(&self, cmd: &str) -> String {
-        let out = Command::new("birdc")
-            .args(["-s", self.sock.to_str().unwrap()])
-            .args(cmd.split_whitespace())
-            .output()
-            .expect("birdc");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -230,18 +182,8 @@ fn bgp_lab(tag: &str, balancer_daemons: impl FnOnce(&str, &Path) -> Box<dyn std:
     ]);
     r(&["link", "set", "e1", "up"]);
     r(&["link", "set", "lo", "up"]);
-    bal.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:0:5::1/64",
-        "dev",
-        "e0",
-        "nodad",
-    ]);
+    bal.forwarding();
     bal.ip(&["link", "set", "lo", "up"]);
-    bal.sysctl("net.ipv4.ip_forward=1");
-    bal.sysctl("net.ipv6.conf.all.forwarding=1");
 
     let dir = TempDir(std::env::temp_dir().join(format!("{}-bird", bal.name)));
     std::fs::create_dir_all(&dir.0).unwrap();

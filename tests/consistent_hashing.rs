@@ -165,11 +165,8 @@ fn two_balancers_configured_alike_agree() {
 #[test]
 fn a_flow_that_lost_its_entry_comes_back_to_its_backend_dnat() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let service = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        for h in 11..=13 {
-            lb.backend(&service, &format!("198.18.1.{h}:8080"), 1);
-        }
+        let backends = ["198.18.1.11:8080", "198.18.1.12:8080", "198.18.1.13:8080"];
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &backends);
         let client = "198.18.0.2:40000";
         let (_, out) = lb.run(&Packet::tcp(client, VIP, SYN).build());
         let backend = parse(&out).dst;
@@ -191,30 +188,18 @@ fn a_flow_that_lost_its_entry_comes_back_to_its_backend_dnat() {
         assert_eq!(parse(&out).dst, backend);
 
         // Or the client's packet arrives first: Maglev sends it back there.
-        sh("conntrack -F 2>/dev/null");
-        let (_, out) = lb.run(&Packet::tcp(client, VIP, ACK).payload(b"c").build());
-        assert_eq!(parse(&out).dst, backend);
-        let (_, out) = lb.run(&Packet::tcp(&backend, client, ACK).build());
-        assert_eq!(parse(&out).src, VIP);
+        lb.client_first_comes_back(client, VIP, &backend);
     });
 }
 
 #[test]
 fn a_fullnat_reply_without_entry_is_dropped_not_leaked() {
     in_fresh_netns(|| {
-        let (lb, _) = Balancer::fullnat(VIP, Proto::Tcp, "198.18.1.1", &["198.18.1.11:8080"]);
-        let (_, out) = lb.run(&Packet::tcp("198.18.0.2:40000", VIP, SYN).build());
-        let snat = parse(&out).src;
-        sh("conntrack -F 2>/dev/null");
-        let (action, _) = lb.run(&Packet::tcp("198.18.1.11:8080", &snat, ACK).build());
-        assert_eq!(action, XDP_DROP);
-        assert_eq!(lb.reason(lb_reason::LB_DROP_REPLY_UNTRACKED), 1);
-        // The client's next packet rebuilds the entry, same source port.
-        let (_, out) = lb.run(&Packet::tcp("198.18.0.2:40000", VIP, ACK).build());
-        let seen = parse(&out);
-        assert_eq!(
-            (seen.src.as_str(), seen.dst.as_str()),
-            (snat.as_str(), "198.18.1.11:8080")
+        scenarios::fullnat_reply_without_entry_is_dropped(
+            VIP,
+            "198.18.1.1",
+            "198.18.0.2:40000",
+            "198.18.1.11:8080",
         );
     });
 }

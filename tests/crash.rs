@@ -31,7 +31,7 @@ use lbctl::datapath::types::lb_reason;
 use lbctl::model::NatMode;
 use lbctl_lab::clients;
 use lbctl_lab::lab::Lab;
-use lbctl_lab::lbctl_ns::killed_before_bpf_call;
+use lbctl_lab::lbctl_ns::{killed_before_bpf_call, strace_dry_run};
 use lbctl_lab::netns;
 
 const LBCTL: &str = env!("CARGO_BIN_EXE_lbctl");
@@ -442,31 +442,7 @@ struct Scenario<'a> {
 /// write, and the first call after a netlink request that changes an
 /// interface.
 fn kill_points(ns: &str, args: &[&str]) -> Vec<usize> {
-    let trace = std::env::temp_dir().join(format!(
-        "lbctl-crash-{}-{:?}.trace",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let trace = trace.to_str().unwrap();
-    let mut argv = vec![
-        "strace",
-        "-o",
-        trace,
-        "-e",
-        "trace=bpf,sendto,sendmsg",
-        "-e",
-        "abbrev=none",
-        LBCTL,
-    ];
-    argv.extend_from_slice(args);
-    let out = run_in(ns, &argv);
-    assert!(
-        out.status.success(),
-        "dry run of {args:?}: {}",
-        text(&out.stderr)
-    );
-    let lines = std::fs::read_to_string(trace).unwrap();
-    let _ = std::fs::remove_file(trace);
+    let lines = strace_dry_run(ns, "bpf,sendto,sendmsg", LBCTL, args);
     let mut points = vec![1];
     let (mut n, mut after_setlink) = (0, false);
     for line in lines.lines() {

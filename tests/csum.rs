@@ -7,6 +7,7 @@
 use std::mem::MaybeUninit;
 
 use lbctl_lab::csum_check;
+use lbctl_lab::rng::Rng;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::ProgramInput;
 
@@ -173,24 +174,6 @@ fn l4_checksum(saddr: &[u8], daddr: &[u8], proto: u8, seg: &[u8]) -> u16 {
     }
 }
 
-/// xorshift64*: reproducible inputs without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn addr16(b: &[u8]) -> [u8; 16] {
     let mut a = [0u8; 16];
     a[..b.len()].copy_from_slice(b);
@@ -215,7 +198,7 @@ fn fold_carries_end_around() {
         // The largest sum csum.h promises to fold: 2^32 words of 0xffff.
         0xffff_u64 << 32,
     ];
-    accs.extend((0..200).map(|_| rng.next() >> 16));
+    accs.extend((0..200).map(|_| rng.next_u64() >> 16));
     for acc in accs {
         let case = Case {
             op: OP_FOLD,
@@ -239,7 +222,7 @@ fn apply_matches_the_field_recomputed() {
             0 => 0,
             1 => 0xffff,
             2 => (!old_sum) as u64, // the new sum becomes 0xffff: the field 0
-            _ => rng.next() >> 24,
+            _ => rng.next_u64() >> 24,
         };
         let want = checksum(fold(old_sum as u64 + delta));
         for (op, udp) in [(OP_APPLY, false), (OP_APPLY_UDP, true)] {
@@ -278,7 +261,7 @@ fn incremental_rewrite_equals_full_recompute() {
             rng.bytes(alen),
         );
         let (p0, p1) = (rng.bytes(4), rng.bytes(4));
-        let seg_len = 8 + rng.below(60) as usize; // odd lengths too
+        let seg_len = 8 + rng.below(60); // odd lengths too
         let mut seg = rng.bytes(seg_len);
         let coff = if proto == TCP { 16 } else { 6 };
         if seg.len() < coff + 2 {
@@ -390,7 +373,7 @@ fn pseudo_header_sums_for_both_families() {
         let len = match i {
             0..=3 => 0xffff,
             4..=7 => 0,
-            _ => rng.below(0x10000) as usize,
+            _ => rng.below(0x10000),
         };
         let want = sum16(&pseudo_header(&s, &d, proto, len));
         let case = Case {
@@ -414,7 +397,7 @@ fn frame_sum_over_any_length_and_offset() {
     lens.extend([
         127, 128, 129, 255, 256, 257, 511, 512, 513, 1023, 1459, 1460, 1500,
     ]);
-    lens.extend((0..40).map(|_| rng.below(3000) as usize));
+    lens.extend((0..40).map(|_| rng.below(3000)));
     for (i, &len) in lens.iter().enumerate() {
         let lead = i % 7; // the segment at any offset, odd ones too
         let mut data = rng.bytes(lead + len + (i % 3));

@@ -373,19 +373,9 @@ fn long_lived_connections_survive_every_change(topology: Topology, family: Famil
 
     // Listed twice while every long connection is still open.
     let dumps = tcp_listings(&lab, family, 2, Duration::ZERO, |_| false);
-    let reports = clients::finish_all(conns);
-    if let Some(broken) = clients::broken_summary(&reports) {
-        panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
-    }
-    for (r, first) in reports.iter().zip(&started) {
-        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
-        assert!(
-            r.chunks_ok > 50,
-            "connection {} exchanged only {} chunks",
-            r.id,
-            r.chunks_ok
-        );
-    }
+    clients::finish_unbroken(conns, &started, Some(50), "long connections broke", || {
+        diagnose(&lab)
+    });
     for (i, f) in flows.into_iter().enumerate() {
         let seen = f
             .finish()
@@ -596,22 +586,13 @@ fn two_arm_connections_survive_a_conntrack_flush() {
         lab.exec(lab.balancer_ns(), &["conntrack", "-F"]).unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
-    let reports = clients::finish_all(conns);
-    if let Some(broken) = clients::broken_summary(&reports) {
-        panic!(
-            "connections broke after conntrack -F:\n{broken}\n{}",
-            diagnose(&lab)
-        );
-    }
-    for (r, first) in reports.iter().zip(&started) {
-        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
-        assert!(
-            r.chunks_ok > 100,
-            "connection {} exchanged only {} chunks",
-            r.id,
-            r.chunks_ok
-        );
-    }
+    clients::finish_unbroken(
+        conns,
+        &started,
+        Some(100),
+        "connections broke after conntrack -F",
+        || diagnose(&lab),
+    );
     // A closing connection's last packets may still be on their way.
     let rebuilt = |entries: &str| entries.lines().filter(|l| l.contains("dport=80 ")).count();
     let dumps = tcp_listings(&lab, Family::V4, 3, Duration::from_millis(500), |d| {

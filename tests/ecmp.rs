@@ -178,19 +178,9 @@ fn long_connections_survive_a_balancer_leaving_and_coming_back(mode: &str) {
         diagnose(&lab)
     );
 
-    let reports = clients::finish_all(conns);
-    if let Some(broken) = clients::broken_summary(&reports) {
-        panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
-    }
-    for (r, first) in reports.iter().zip(&started) {
-        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
-        assert!(
-            r.chunks_ok > 100,
-            "connection {} exchanged only {} chunks",
-            r.id,
-            r.chunks_ok
-        );
-    }
+    clients::finish_unbroken(conns, &started, Some(100), "long connections broke", || {
+        diagnose(&lab)
+    });
 }
 
 #[test]
@@ -269,13 +259,9 @@ lb2: {}",
         pause();
     }
 
-    let reports = clients::finish_all(conns);
-    if let Some(broken) = clients::broken_summary(&reports) {
-        panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
-    }
-    for (r, first) in reports.iter().zip(&started) {
-        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
-    }
+    clients::finish_unbroken(conns, &started, None, "long connections broke", || {
+        diagnose(&lab)
+    });
 }
 
 /// The same balancers announced by BGP instead of a static route: a BIRD in
@@ -287,51 +273,18 @@ lb2: {}",
 /// go on through all of it.
 mod bgp {
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Stdio};
     use std::time::{Duration, Instant};
 
     use super::*;
-    use lbctl_lab::netns;
+    use lbctl_lab::bird::Bird;
 
     const CONTRIB_BIRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/bird/lbctl-bgp.conf");
 
-    /// A BIRD in the foreground, its files in the test's directory; killed
-    /// on drop.
-    struct Bird(Child);
-
-    impl Bird {
-        fn start(ns: &str, conf: &str, dir: &Path, name: &str) -> Bird {
-            let path = dir.join(format!("{name}.conf"));
-            std::fs::write(&path, conf).unwrap();
-            let file = |ext: &str| dir.join(format!("{name}.{ext}"));
-            let log = std::fs::File::create(file("log")).unwrap();
-            let (sock, pid) = (file("sock"), file("pid"));
-            let argv = [
-                "bird",
-                "-f",
-                "-c",
-                path.to_str().unwrap(),
-                "-s",
-                sock.to_str().unwrap(),
-                "-P",
-                pid.to_str().unwrap(),
-            ];
-            let child = netns::command(ns, &argv)
-                .unwrap()
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("running bird (Debian package bird2: make deps)");
-            Bird(child)
-        }
-    }
-
-    impl Drop for Bird {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+    /// A BIRD running `conf`, written to `dir/name.conf`.
+    fn bird(ns: &str, conf: &str, dir: &Path, name: &str) -> Bird {
+        let path = dir.join(format!("{name}.conf"));
+        std::fs::write(&path, conf).unwrap();
+        Bird::start(ns, &path, dir, name)
     }
 
     struct TempDir(PathBuf);
@@ -426,16 +379,11 @@ mod bgp {
         let dir =
             TempDir(std::env::temp_dir().join(format!("lbctl-ecmp-bgp-{}", std::process::id())));
         std::fs::create_dir_all(&dir.0).unwrap();
-        let mut birds = vec![Bird::start(
-            &lab.router_ns(),
-            &router_conf(&lab),
-            &dir.0,
-            "router",
-        )];
+        let mut birds = vec![bird(&lab.router_ns(), &router_conf(&lab), &dir.0, "router")];
         for k in 1..=3 {
             configure(&lab, k, "dsr");
             let name = format!("lb{k}");
-            birds.push(Bird::start(
+            birds.push(bird(
                 &lab.balancer_ns(k),
                 &balancer_conf(&lab, k),
                 &dir.0,
@@ -473,13 +421,9 @@ mod bgp {
         eprintln!("lb3 withdrawn from the router {took:?} after its last backend's drain");
         assert_eq!(short_tcp(&lab, ECHO_PORT, 30).values().sum::<usize>(), 30);
 
-        let reports = clients::finish_all(conns);
-        if let Some(broken) = clients::broken_summary(&reports) {
-            panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));
-        }
-        for (r, first) in reports.iter().zip(&started) {
-            assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
-        }
+        clients::finish_unbroken(conns, &started, None, "long connections broke", || {
+            diagnose(&lab)
+        });
         drop(birds);
     }
 }

@@ -61,64 +61,20 @@ fn ack() -> Vec<u8> {
 #[test]
 fn an_established_flow_is_served_from_the_cache_byte_for_byte() {
     in_fresh_netns(|| {
-        let (lb, dnat) = Balancer::dnat(VIP, Proto::Tcp, &[BACKEND]);
-        let full = lb.vip(
-            "198.18.100.2:80",
-            Proto::Tcp,
-            NatMode::Fullnat,
-            Some("198.18.1.1"),
-        );
-        lb.backend(&full, "198.18.1.12:8080", 1);
-        let udp = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
-        lb.backend(&udp, "198.18.1.13:5353", 1);
-
-        // Open every flow, both ways, through conntrack.
-        lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
-        lb.run(&Packet::tcp(BACKEND, CLIENT, SYN | ACK).build());
-        let (_, out) = lb.run(&Packet::tcp(CLIENT, "198.18.100.2:80", SYN).build());
-        let snat = parse(&out).src;
-        lb.run(&Packet::tcp("198.18.1.12:8080", &snat, SYN | ACK).build());
-        lb.run(&Packet::udp(CLIENT, "198.18.100.1:53", b"q").build());
-        lb.run(&Packet::udp("198.18.1.13:5353", CLIENT, b"a").build());
-
+        let flows = scenarios::CacheFlows {
+            client: CLIENT,
+            vip: VIP,
+            backend: BACKEND,
+            full_vip: "198.18.100.2:80",
+            snat: "198.18.1.1",
+            full_backend: "198.18.1.12:8080",
+            udp_vip: "198.18.100.1:53",
+            udp_backend: "198.18.1.13:5353",
+        };
         let mut no_sum = Packet::udp(CLIENT, "198.18.100.1:53", b"query");
         no_sum.no_udp_checksum = true;
-        let cases = [
-            (
-                "dnat, client to VIP",
-                Packet::tcp(CLIENT, VIP, ACK).payload(b"data").build(),
-            ),
-            (
-                "dnat, backend to client",
-                Packet::tcp(BACKEND, CLIENT, ACK | PSH)
-                    .payload(b"reply")
-                    .build(),
-            ),
-            (
-                "fullnat, client to VIP",
-                Packet::tcp(CLIENT, "198.18.100.2:80", ACK)
-                    .payload(b"x")
-                    .build(),
-            ),
-            (
-                "fullnat, backend to balancer",
-                Packet::tcp("198.18.1.12:8080", &snat, ACK)
-                    .payload(b"y")
-                    .build(),
-            ),
-            (
-                "udp, client to VIP",
-                Packet::udp(CLIENT, "198.18.100.1:53", b"query").build(),
-            ),
-            ("udp without checksum", no_sum.build()),
-            (
-                "udp, backend to client",
-                Packet::udp("198.18.1.13:5353", CLIENT, b"answer").build(),
-            ),
-        ];
-        for (what, frame) in cases {
-            lb.forwarded_then_cached(what, &frame);
-        }
+        let extra = vec![("udp without checksum", no_sum.build())];
+        let (lb, dnat) = scenarios::flows_are_served_from_the_cache(&flows, extra);
         // Hits are counted like any forwarded packet.
         let c = lb.vip_counters(&dnat);
         assert_eq!((c.packets, c.new_flows), (6, 1));

@@ -16,27 +16,7 @@ use lbctl::datapath::types::lb_reason;
 use lbctl::model::{NatMode, Proto};
 use lbctl_lab::fixtures::packet::*;
 use lbctl_lab::fixtures::*;
-
-/// xorshift64*: a fixed seed gives the same frames on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
+use lbctl_lab::rng::Rng;
 
 const VIPS4: [&str; 3] = ["198.18.100.1:80", "198.18.100.1:53", "198.18.100.2:80"];
 const VIPS6: [&str; 2] = ["[2001:db8:0:100::1]:80", "[2001:db8:0:100::1]:53"];
@@ -116,7 +96,7 @@ fn valid_frame(rng: &mut Rng) -> Vec<u8> {
         _ => (client.clone(), other.to_string()),
     };
     let payload: Vec<u8> = (0..[0, 1, 7, 64, 300, 1200][rng.below(6)])
-        .map(|_| rng.next() as u8)
+        .map(|_| rng.next_u64() as u8)
         .collect();
     let udp = to.ends_with(":53") || from.ends_with(":53") || from.ends_with(":5353");
     let mut p = if udp {
@@ -177,7 +157,7 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
             1 if len > 19 => {
                 // IPv4 total length / IPv6 payload length (bytes 16-19)
                 let at = if f[12..14] == [0x86, 0xdd] { 18 } else { 16 };
-                let v = (rng.next() % 1600) as u16;
+                let v = (rng.next_u64() % 1600) as u16;
                 f[at..at + 2].copy_from_slice(&v.to_be_bytes());
             }
             2 if len > 14 => f[14] = (f[14] & 0xf0) | rng.below(16) as u8, // IHL
@@ -185,10 +165,10 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
             4 if len > 46 => f[46] = (rng.below(16) as u8) << 4,           // TCP data offset
             5 if len > 0 => {
                 let at = rng.below(len);
-                f[at] = rng.next() as u8;
+                f[at] = rng.next_u64() as u8;
             }
             6 => f.extend((0..rng.below(40)).map(|_| 0u8)), // link padding
-            _ if len > 58 => f[58] = rng.next() as u8,      // UDP length / TCP seq
+            _ if len > 58 => f[58] = rng.next_u64() as u8,  // UDP length / TCP seq
             _ => {}
         }
     }

@@ -284,35 +284,25 @@ fn odd_packets() -> Vec<Case> {
         Case {
             row: ICMP_ABOUT_A_FLOW,
             example: "client side: fragmentation needed to the VIP about a reply (dnat)",
-            frame: Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::FragNeeded(1280), &reply_as_sent())
+            frame: frag_needed_about_reply()
                 .build(),
             action: XDP_REDIRECT,
             reason: lb_reason::LB_ICMP_XDP_REDIRECT,
             out: forwarded(
-                Packet::icmp_error(
-                    "198.18.0.2",
-                    "198.18.1.11",
-                    IcmpError::FragNeeded(1280),
-                    &reply_from_backend(),
-                ),
+                frag_needed_as_forwarded(),
                 11,
             ),
         },
         Case {
             row: ICMP_ABOUT_A_FLOW,
             example: "client side, the quote cut after 8 bytes of TCP (no checksum in it)",
-            frame: Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::FragNeeded(1280), &reply_as_sent())
+            frame: frag_needed_about_reply()
                 .quote_cut(28)
                 .build(),
             action: XDP_REDIRECT,
             reason: lb_reason::LB_ICMP_XDP_REDIRECT,
             out: forwarded(
-                Packet::icmp_error(
-                    "198.18.0.2",
-                    "198.18.1.11",
-                    IcmpError::FragNeeded(1280),
-                    &reply_from_backend(),
-                )
+                frag_needed_as_forwarded()
                 .quote_cut(28),
                 11,
             ),
@@ -436,7 +426,7 @@ fn odd_packets() -> Vec<Case> {
         Case {
             row: ICMP_NO_FLOW,
             example: "fragmentation needed about a reply, quote cut inside the ports",
-            frame: Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::FragNeeded(1280), &reply_as_sent())
+            frame: frag_needed_about_reply()
                 .quote_cut(22)
                 .build(),
             action: XDP_PASS,
@@ -730,6 +720,24 @@ fn reply_from_backend() -> Packet {
         .ttl(63)
         .dont_fragment()
         .payload(&[b'r'; 100])
+}
+/// A router on the client side: fragmentation needed, to the VIP, about that reply.
+fn frag_needed_about_reply() -> Packet {
+    Packet::icmp_error(
+        ROUTER_C,
+        VIP_IP,
+        IcmpError::FragNeeded(1280),
+        &reply_as_sent(),
+    )
+}
+/// The same error as lbctl forwards it: to the backend, about its reply.
+fn frag_needed_as_forwarded() -> Packet {
+    Packet::icmp_error(
+        "198.18.0.2",
+        "198.18.1.11",
+        IcmpError::FragNeeded(1280),
+        &reply_from_backend(),
+    )
 }
 
 /// A packet of the dnat flow longer than v0's MTU (1500): IP length 1586.

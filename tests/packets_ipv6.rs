@@ -18,10 +18,7 @@ const SNAT: &str = "2001:db8:0:1::1";
 
 /// A dnat VIP [2001:db8:0:100::1]:80 with one backend.
 fn dnat_lb() -> (Balancer, lbctl::model::Service) {
-    let lb = Balancer::load().with_routes();
-    let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-    lb.backend(&vip, BACKEND, 1);
-    (lb, vip)
+    Balancer::dnat(VIP, Proto::Tcp, &[BACKEND])
 }
 
 /// `conntrack -L -f ipv6` in this namespace.
@@ -84,9 +81,7 @@ fn replies_are_rewritten_back_to_the_vip_dnat() {
 #[test]
 fn fullnat_rewrites_both_addresses_both_ways() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Fullnat, Some(SNAT));
-        lb.backend(&vip, BACKEND, 1);
+        let (lb, _) = Balancer::fullnat(VIP, Proto::Tcp, SNAT, &[BACKEND]);
 
         let (action, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
         assert_eq!(action, XDP_REDIRECT);
@@ -119,9 +114,11 @@ fn fullnat_rewrites_both_addresses_both_ways() {
 #[test]
 fn udp_is_balanced_and_a_zero_checksum_stays_zero() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let vip = lb.vip("[2001:db8:0:100::1]:53", Proto::Udp, NatMode::Dnat, None);
-        lb.backend(&vip, "[2001:db8:0:1::11]:5353", 1);
+        let (lb, _) = Balancer::dnat(
+            "[2001:db8:0:100::1]:53",
+            Proto::Udp,
+            &["[2001:db8:0:1::11]:5353"],
+        );
 
         let (action, out) =
             lb.run(&Packet::udp(CLIENT, "[2001:db8:0:100::1]:53", b"query").build());
@@ -444,69 +441,21 @@ fn fin_and_rst_mark_the_entry_closing() {
 #[test]
 fn the_flow_cache_serves_ipv6_flows_byte_for_byte() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let dnat = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&dnat, BACKEND, 1);
-        let full = lb.vip(
-            "[2001:db8:0:100::2]:80",
-            Proto::Tcp,
-            NatMode::Fullnat,
-            Some(SNAT),
-        );
-        lb.backend(&full, "[2001:db8:0:1::12]:8080", 1);
-        let udp = lb.vip("[2001:db8:0:100::1]:53", Proto::Udp, NatMode::Dnat, None);
-        lb.backend(&udp, "[2001:db8:0:1::13]:5353", 1);
-
-        // Open every flow, both ways, through conntrack.
-        lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
-        lb.run(&Packet::tcp(BACKEND, CLIENT, SYN | ACK).build());
-        let (_, out) = lb.run(&Packet::tcp(CLIENT, "[2001:db8:0:100::2]:80", SYN).build());
-        let snat = parse(&out).src;
-        lb.run(&Packet::tcp("[2001:db8:0:1::12]:8080", &snat, SYN | ACK).build());
-        lb.run(&Packet::udp(CLIENT, "[2001:db8:0:100::1]:53", b"q").build());
-        lb.run(&Packet::udp("[2001:db8:0:1::13]:5353", CLIENT, b"a").build());
-
-        let cases = [
-            (
-                "dnat, client to VIP",
-                Packet::tcp(CLIENT, VIP, ACK).payload(b"data").build(),
-            ),
-            (
-                "dnat, backend to client",
-                Packet::tcp(BACKEND, CLIENT, ACK | PSH)
-                    .payload(b"reply")
-                    .build(),
-            ),
-            (
-                "dnat, with a destination options header",
-                Packet::tcp(CLIENT, VIP, ACK)
-                    .ext(vec![ExtHeader::DestOptions { pad: 6 }])
-                    .build(),
-            ),
-            (
-                "fullnat, client to VIP",
-                Packet::tcp(CLIENT, "[2001:db8:0:100::2]:80", ACK)
-                    .payload(b"x")
-                    .build(),
-            ),
-            (
-                "fullnat, backend to balancer",
-                Packet::tcp("[2001:db8:0:1::12]:8080", &snat, ACK)
-                    .payload(b"y")
-                    .build(),
-            ),
-            (
-                "udp, client to VIP",
-                Packet::udp(CLIENT, "[2001:db8:0:100::1]:53", b"query").build(),
-            ),
-            (
-                "udp, backend to client",
-                Packet::udp("[2001:db8:0:1::13]:5353", CLIENT, b"answer").build(),
-            ),
-        ];
-        for (what, frame) in cases {
-            lb.forwarded_then_cached(what, &frame);
-        }
+        let flows = scenarios::CacheFlows {
+            client: CLIENT,
+            vip: VIP,
+            backend: BACKEND,
+            full_vip: "[2001:db8:0:100::2]:80",
+            snat: SNAT,
+            full_backend: "[2001:db8:0:1::12]:8080",
+            udp_vip: "[2001:db8:0:100::1]:53",
+            udp_backend: "[2001:db8:0:1::13]:5353",
+        };
+        let options = Packet::tcp(CLIENT, VIP, ACK)
+            .ext(vec![ExtHeader::DestOptions { pad: 6 }])
+            .build();
+        let extra = vec![("dnat, with a destination options header", options)];
+        scenarios::flows_are_served_from_the_cache(&flows, extra);
     });
 }
 
@@ -535,11 +484,12 @@ fn an_ipv6_packet_never_uses_a_cached_ipv4_decision() {
 #[test]
 fn a_flow_that_lost_its_entry_comes_back_to_its_backend_dnat() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let service = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        for h in 11..=13 {
-            lb.backend(&service, &format!("[2001:db8:0:1::{h}]:8080"), 1);
-        }
+        let backends = [
+            BACKEND,
+            "[2001:db8:0:1::12]:8080",
+            "[2001:db8:0:1::13]:8080",
+        ];
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &backends);
         let (_, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
         let backend = parse(&out).dst;
         sh("conntrack -F 2>/dev/null");
@@ -563,33 +513,14 @@ fn a_flow_that_lost_its_entry_comes_back_to_its_backend_dnat() {
         assert_eq!(parse(&out).dst, backend);
 
         // Or the client's packet arrives first: Maglev sends it back there.
-        sh("conntrack -F 2>/dev/null");
-        let (_, out) = lb.run(&Packet::tcp(CLIENT, VIP, ACK).payload(b"c").build());
-        assert_eq!(parse(&out).dst, backend);
-        let (_, out) = lb.run(&Packet::tcp(&backend, CLIENT, ACK).build());
-        assert_eq!(parse(&out).src, VIP);
+        lb.client_first_comes_back(CLIENT, VIP, &backend);
     });
 }
 
 #[test]
 fn a_fullnat_reply_without_entry_is_dropped_not_leaked() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
-        let service = lb.vip(VIP, Proto::Tcp, NatMode::Fullnat, Some(SNAT));
-        lb.backend(&service, BACKEND, 1);
-        let (_, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
-        let snat = parse(&out).src;
-        sh("conntrack -F 2>/dev/null");
-        let (action, _) = lb.run(&Packet::tcp(BACKEND, &snat, ACK).build());
-        assert_eq!(action, XDP_DROP);
-        assert_eq!(lb.reason(lb_reason::LB_DROP_REPLY_UNTRACKED), 1);
-        // The client's next packet rebuilds the entry, same source port.
-        let (_, out) = lb.run(&Packet::tcp(CLIENT, VIP, ACK).build());
-        let seen = parse(&out);
-        assert_eq!(
-            (seen.src.as_str(), seen.dst.as_str()),
-            (snat.as_str(), BACKEND)
-        );
+        scenarios::fullnat_reply_without_entry_is_dropped(VIP, SNAT, CLIENT, BACKEND);
     });
 }
 
@@ -741,6 +672,18 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
             .ttl(63)
             .payload(&[b'r'; 100])
     };
+    // A router on the client side: packet too big, to the VIP, about that
+    // reply; and the same error as lbctl forwards it, to the backend.
+    let too_big_about_reply =
+        || Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::TooBig(1280), &reply_as_sent());
+    let too_big_as_forwarded = || {
+        Packet::icmp_error(
+            CLIENT_IP,
+            "2001:db8:0:1::11",
+            IcmpError::TooBig(1280),
+            &reply_from_backend(),
+        )
+    };
     let too_big = || Packet::tcp(CLIENT, VIP, ACK).payload(&[0x55; 1500]);
     let icmp = |example, frame, action, reason, out| Case {
         row: "ICMPv6",
@@ -753,36 +696,17 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
     let cases = vec![
         icmp(
             "client side: packet too big to the VIP about a reply (dnat)",
-            Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::TooBig(1280), &reply_as_sent()).build(),
+            too_big_about_reply().build(),
             XDP_REDIRECT,
             lb_reason::LB_ICMP_XDP_REDIRECT,
-            forwarded(
-                Packet::icmp_error(
-                    CLIENT_IP,
-                    "2001:db8:0:1::11",
-                    IcmpError::TooBig(1280),
-                    &reply_from_backend(),
-                ),
-                11,
-            ),
+            forwarded(too_big_as_forwarded(), 11),
         ),
         icmp(
             "client side, the quote cut after 8 bytes of TCP",
-            Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::TooBig(1280), &reply_as_sent())
-                .quote_cut(48)
-                .build(),
+            too_big_about_reply().quote_cut(48).build(),
             XDP_REDIRECT,
             lb_reason::LB_ICMP_XDP_REDIRECT,
-            forwarded(
-                Packet::icmp_error(
-                    CLIENT_IP,
-                    "2001:db8:0:1::11",
-                    IcmpError::TooBig(1280),
-                    &reply_from_backend(),
-                )
-                .quote_cut(48),
-                11,
-            ),
+            forwarded(too_big_as_forwarded().quote_cut(48), 11),
         ),
         icmp(
             "backend side: time exceeded to the client about its packet (dnat)",
@@ -883,9 +807,7 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
         ),
         icmp(
             "packet too big about a reply, quote cut inside the ports",
-            Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::TooBig(1280), &reply_as_sent())
-                .quote_cut(42)
-                .build(),
+            too_big_about_reply().quote_cut(42).build(),
             XDP_PASS,
             lb_reason::LB_PASS_ICMP_NO_FLOW,
             Out::Untouched,

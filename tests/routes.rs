@@ -7,16 +7,14 @@
 //! any bpf() call leaves routes that the next command puts right.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use lbctl::host::routes::RTPROT_LBCTL;
 use lbctl_lab::lab::Family;
 use lbctl_lab::lbctl_ns::LbctlNs;
-use lbctl_lab::{netns, Lab, Topology};
+use lbctl_lab::lbctl_run::LbctlRun;
+use lbctl_lab::{Lab, Topology};
 
 const LBCTL: &str = env!("CARGO_BIN_EXE_lbctl");
 
@@ -51,17 +49,7 @@ lbctl_lab::lbctl_ns_type!(
 impl Ns {
     fn new() -> Ns {
         let ns = Ns(LbctlNs::new("routes", LBCTL));
-        ns.ip(&[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:0:5::1/64",
-            "dev",
-            "e0",
-            "nodad",
-        ]);
-        ns.sysctl("net.ipv4.ip_forward=1");
-        ns.sysctl("net.ipv6.conf.all.forwarding=1");
+        ns.forwarding();
         ns
     }
 
@@ -319,23 +307,7 @@ fn servable(ns: &Ns) -> BTreeSet<String> {
 /// routes after the last bpf() call: a kill there leaves what a kill
 /// right after the last write does.
 fn kill_points(ns: &Ns, cmd: &[&str], restore: &[&str]) -> Vec<usize> {
-    let trace = std::env::temp_dir().join(format!("lbctl-routes-{}.trace", std::process::id()));
-    let trace = trace.to_str().unwrap();
-    let mut argv = vec![
-        "strace",
-        "-o",
-        trace,
-        "-e",
-        "trace=bpf",
-        "-e",
-        "abbrev=none",
-        LBCTL,
-    ];
-    argv.extend_from_slice(cmd);
-    let out = netns::command(&ns.name, &argv).unwrap().output().unwrap();
-    assert!(out.status.success(), "dry run of {cmd:?}");
-    let lines = std::fs::read_to_string(trace).unwrap();
-    let _ = std::fs::remove_file(trace);
+    let lines = lbctl_lab::lbctl_ns::strace_dry_run(&ns.name, "bpf", LBCTL, cmd);
     ns.lbctl(restore);
     let calls: Vec<bool> = lines
         .lines()
@@ -359,72 +331,8 @@ fn killed(ns: &Ns, cmd: &[&str], n: usize) {
     lbctl_lab::lbctl_ns::killed_before_bpf_call(&ns.name, LBCTL, cmd, n);
 }
 
-/// A running `lbctl run`, its stderr collected.
-struct Service {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Service {
-    fn start(ns: &str, file: &str, extra: &[&str]) -> Service {
-        let mut argv = vec![LBCTL, "run", "-f", file];
-        argv.extend_from_slice(extra);
-        let mut child = netns::command(ns, &argv)
-            .unwrap()
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning lbctl run");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (stderr, l) = (child.stderr.take().unwrap(), log.clone());
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(line);
-            }
-        });
-        let s = Service { child, log };
-        s.wait_for_log("running:");
-        s
-    }
-
-    fn lines(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    fn wait_for_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.lines().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in:\n{}",
-                self.lines()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(mut self) -> String {
-        // SAFETY: a signal to our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "lbctl run did not stop");
-            thread::sleep(Duration::from_millis(20));
-        }
-        thread::sleep(Duration::from_millis(50));
-        self.lines()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Waits (bounded) until lbctl's routes in `ns` are `want`; how long it took.
-fn wait_routes(ns: &str, want: &[&str], what: &str, svc: &Service) -> Duration {
+fn wait_routes(ns: &str, want: &[&str], what: &str, svc: &LbctlRun) -> Duration {
     let started = Instant::now();
     while routes_in(ns) != set(want) {
         assert!(
@@ -432,7 +340,7 @@ fn wait_routes(ns: &str, want: &[&str], what: &str, svc: &Service) -> Duration {
             "routes not {want:?} after {what}: {:?}\n{}\n{}",
             routes_in(ns),
             lbctl_lab::lbctl_ns::run_ok(&["ip", "netns", "exec", ns, LBCTL, "list"]),
-            svc.lines()
+            svc.log()
         );
         thread::sleep(Duration::from_millis(10));
     }
@@ -468,7 +376,14 @@ fn lbctl_run_publishes_by_health_and_withdraws_on_exit() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let file = dir.0.join("lbctl.toml");
     std::fs::write(&file, text).unwrap();
-    let svc = Service::start(&lb, file.to_str().unwrap(), &["--withdraw-on-exit"]);
+    let argv = [
+        LBCTL,
+        "run",
+        "-f",
+        file.to_str().unwrap(),
+        "--withdraw-on-exit",
+    ];
+    let svc = LbctlRun::start(&lb, &argv, Duration::from_secs(20));
     let (s4, s6) = (v4.to_string(), v6.to_string());
     wait_routes(&lb, &[&s4, &s6], "lbctl run started", &svc);
 
@@ -478,15 +393,15 @@ fn lbctl_run_publishes_by_health_and_withdraws_on_exit() {
         routes_in(&lb),
         set(&[&s4, &s6]),
         "one backend of two down\n{}",
-        svc.lines()
+        svc.log()
     );
     lab.stop_server(2);
     let took = wait_routes(&lb, &[&s6], "every backend down", &svc);
     eprintln!("withdrawn {took:?} after the last server stopped");
     assert!(
-        svc.lines().contains(&format!("routes: withdrew VIP {s4}")),
+        svc.log().contains(&format!("routes: withdrew VIP {s4}")),
         "{}",
-        svc.lines()
+        svc.log()
     );
     lab.start_server(2).unwrap();
     let took = wait_routes(&lb, &[&s4, &s6], "a backend back up", &svc);
@@ -522,7 +437,7 @@ fn lbctl_run_publishes_by_health_and_withdraws_on_exit() {
     let took = wait_routes(&lb, &[&s4, &s6], "a route removed by hand", &svc);
     eprintln!("put back {took:?} after it was removed by hand");
 
-    let log = svc.stop();
+    let log = svc.stop(Duration::from_secs(20)).1.join("\n");
     assert!(log.contains("withdrew every VIP route"), "{log}");
     assert_eq!(
         routes_in(&lb),

@@ -6,15 +6,14 @@
 //! /metrics agrees with `lbctl list --stats --json`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use lbctl_lab::clients::{self, ClientError, EchoConfig, LongConn};
+use lbctl_lab::lbctl_run::LbctlRun;
 use lbctl_lab::{netns, Lab};
 
 const PORT: u16 = 8080;
@@ -56,84 +55,15 @@ impl Drop for ConfigFile {
     }
 }
 
-/// A running `lbctl run`, its stderr collected line by line.
-struct Service {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+/// `lbctl run -f file` and `extra` in the lab's balancer, once running.
+fn start_service(lab: &Lab, file: &ConfigFile, extra: &[&str]) -> LbctlRun {
+    let mut argv = vec![env!("CARGO_BIN_EXE_lbctl"), "run", "-f", file.path()];
+    argv.extend_from_slice(extra);
+    LbctlRun::start(lab.balancer_ns(), &argv, Duration::from_secs(10))
 }
 
-impl Service {
-    fn start(lab: &Lab, file: &ConfigFile, extra: &[&str]) -> Service {
-        let mut argv = vec![env!("CARGO_BIN_EXE_lbctl"), "run", "-f", file.path()];
-        argv.extend_from_slice(extra);
-        let mut child = netns::command(lab.balancer_ns(), &argv)
-            .unwrap()
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning lbctl run");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (stderr, l) = (child.stderr.take().unwrap(), log.clone());
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(line);
-            }
-        });
-        let s = Service { child, log };
-        s.wait_for_log("running:", Duration::from_secs(10));
-        s
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.lines().iter().filter(|l| l.contains(needle)).count()
-    }
-
-    /// Waits (bounded) for a log line containing `needle`.
-    fn wait_for_log(&self, needle: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while self.count(needle) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in lbctl run's log after {limit:?}:\n{}",
-                self.lines().join("\n")
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: a signal to our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    /// SIGTERM, then the exit status (bounded wait).
-    fn stop(mut self) -> (bool, Vec<String>) {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                thread::sleep(Duration::from_millis(50)); // the last log lines
-                return (status.success(), self.lines());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "lbctl run did not stop on SIGTERM"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long `lbctl run` may take to stop on SIGTERM.
+const STOP: Duration = Duration::from_secs(10);
 
 /// The file for the lab's VIP 1 on port 80 with `backends` (index, weight).
 fn config(lab: &Lab, health: &str, backends: &[(usize, u32)]) -> String {
@@ -235,7 +165,7 @@ fn a_dead_backend_leaves_the_table_and_comes_back() {
     let mut lab = Lab::two_arm(3).expect("lab");
     lab.start_servers().unwrap();
     let file = ConfigFile::new(&lab, &config(&lab, TCP_CHECK, &[(1, 1), (2, 1), (3, 1)]));
-    let svc = Service::start(&lab, &file, &[]);
+    let svc = start_service(&lab, &file, &[]);
     for i in 1..=3 {
         wait_health(&lab, i, "up", Duration::from_secs(3));
     }
@@ -285,7 +215,7 @@ fn a_dead_backend_leaves_the_table_and_comes_back() {
             assert!(r.is_ok(), "a connection to a live backend broke: {r}");
         }
     }
-    let (ok, log) = svc.stop();
+    let (ok, log) = svc.stop(STOP);
     assert!(ok, "lbctl run exits 0 on SIGTERM:\n{}", log.join("\n"));
     let b2 = format!("backend {}:{PORT}", lab.backend_addr(2));
     let changes: Vec<&String> = log.iter().filter(|l| l.contains(&b2)).collect();
@@ -346,7 +276,7 @@ fn reload_restart_and_metrics_keep_every_connection() {
     lab.start_servers().unwrap();
     let file = ConfigFile::new(&lab, &config(&lab, TCP_CHECK, &[(1, 1), (2, 1)]));
     let metrics = format!("{METRICS_PORT}");
-    let svc = Service::start(&lab, &file, &["--metrics", &metrics]);
+    let svc = start_service(&lab, &file, &["--metrics", &metrics]);
     let conns = long_conns(&lab, 30);
     let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
     thread::sleep(Duration::from_millis(300));
@@ -390,7 +320,7 @@ fn reload_restart_and_metrics_keep_every_connection() {
     );
 
     // SIGTERM: the service goes, the data path stays.
-    let (ok, log) = svc.stop();
+    let (ok, log) = svc.stop(STOP);
     assert!(ok, "{}", log.join("\n"));
     assert!(
         log.last().unwrap().contains("the data path keeps running"),
@@ -403,7 +333,7 @@ fn reload_restart_and_metrics_keep_every_connection() {
         "traffic flows while lbctl run is down"
     );
     thread::sleep(Duration::from_millis(300));
-    let svc = Service::start(&lab, &file, &[]);
+    let svc = start_service(&lab, &file, &[]);
     let first = svc
         .lines()
         .into_iter()
@@ -415,20 +345,10 @@ fn reload_restart_and_metrics_keep_every_connection() {
     );
     thread::sleep(Duration::from_millis(500));
 
-    let reports = clients::finish_all(conns);
-    if let Some(broken) = clients::broken_summary(&reports) {
-        panic!("connections broke:\n{broken}\n{}", svc.lines().join("\n"));
-    }
-    for (r, first) in reports.iter().zip(&started) {
-        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
-        assert!(
-            r.chunks_ok > 50,
-            "connection {} exchanged only {} chunks",
-            r.id,
-            r.chunks_ok
-        );
-    }
-    let (ok, _) = svc.stop();
+    clients::finish_unbroken(conns, &started, Some(50), "connections broke", || {
+        svc.lines().join("\n")
+    });
+    let (ok, _) = svc.stop(STOP);
     assert!(ok);
 }
 
@@ -532,7 +452,7 @@ fn ipv6_backends_are_checked_too() {
         text += &format!("\n[[vip.backend]]\naddress = \"{a}\"\n");
     }
     let file = ConfigFile::new(&lab, &text);
-    let svc = Service::start(&lab, &file, &[]);
+    let svc = start_service(&lab, &file, &[]);
     let health = |lab: &Lab, i: usize| {
         backend_field(&lbctl(lab, &["list", "--json"]), &addrs[i - 1], "health")
     };
@@ -555,6 +475,6 @@ fn ipv6_backends_are_checked_too() {
     assert_eq!(health(&lab, 1), "up");
     lab.start_server(2).unwrap();
     wait(&lab, 2, "up");
-    let (ok, log) = svc.stop();
+    let (ok, log) = svc.stop(STOP);
     assert!(ok, "lbctl run exits 0 on SIGTERM:\n{}", log.join("\n"));
 }

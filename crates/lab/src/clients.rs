@@ -584,6 +584,35 @@ pub fn finish_all(conns: Vec<LongConn>) -> Vec<ConnReport> {
     conns.into_iter().map(LongConn::finish).collect()
 }
 
+/// Ends every connection and panics with `what`, the broken ones and
+/// `context()` (a lab diagnosis, a log) if any broke; then checks each
+/// stayed on the backend it started on (`started`, in order) and, given
+/// `more_than`, echoed more than that many chunks.
+pub fn finish_unbroken(
+    conns: Vec<LongConn>,
+    started: &[String],
+    more_than: Option<u64>,
+    what: &str,
+    context: impl FnOnce() -> String,
+) -> Vec<ConnReport> {
+    let reports = finish_all(conns);
+    if let Some(broken) = broken_summary(&reports) {
+        panic!("{what}:\n{broken}\n{}", context());
+    }
+    for (r, first) in reports.iter().zip(started) {
+        assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
+        if let Some(n) = more_than {
+            assert!(
+                r.chunks_ok > n,
+                "connection {} exchanged only {} chunks",
+                r.id,
+                r.chunks_ok
+            );
+        }
+    }
+    reports
+}
+
 /// One line per broken connection, or None when all survived.
 pub fn broken_summary(reports: &[ConnReport]) -> Option<String> {
     let broken: Vec<String> = reports

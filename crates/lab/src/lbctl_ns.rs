@@ -29,6 +29,23 @@ impl LbctlNs {
         ns
     }
 
+    /// Makes it a router, as the route tests need: e0 gets
+    /// 2001:db8:0:5::1/64 too, and forwarding is on in both families.
+    pub fn forwarding(&self) {
+        let v6 = [
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:0:5::1/64",
+            "dev",
+            "e0",
+            "nodad",
+        ];
+        self.ip(&v6);
+        self.sysctl("net.ipv4.ip_forward=1");
+        self.sysctl("net.ipv6.conf.all.forwarding=1");
+    }
+
     /// `ip -n NS args...`; it must succeed. Its stdout.
     pub fn ip(&self, args: &[&str]) -> String {
         let mut argv = vec!["ip", "-n", &self.name];
@@ -98,27 +115,36 @@ pub fn run_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `bin args...` in namespace `ns` under strace, tracing `calls`
+/// (strace's `trace=` list), as the dry run the crash tests count their
+/// kill points from; panics unless it succeeds. The trace, a call a line.
+pub fn strace_dry_run(ns: &str, calls: &str, bin: &str, args: &[&str]) -> String {
+    let trace = std::env::temp_dir().join(format!(
+        "lbctl-dry-run-{}-{:?}.trace",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let trace = trace.to_str().unwrap();
+    let filter = format!("trace={calls}");
+    let strace = ["-o", trace, "-e", &filter, "-e", "abbrev=none"];
+    let out = under_strace(ns, &strace, bin, args);
+    assert!(
+        out.status.success(),
+        "dry run of {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = std::fs::read_to_string(trace).unwrap();
+    let _ = std::fs::remove_file(trace);
+    lines
+}
+
 /// Runs `bin args...` in namespace `ns` under strace, killed (SIGKILL)
 /// before its `n`-th bpf() call, as a crash at that point would leave it;
 /// panics unless it was. The crash tests walk `n` over every call.
 pub fn killed_before_bpf_call(ns: &str, bin: &str, args: &[&str], n: usize) {
     let when = format!("inject=bpf:signal=SIGKILL:when={n}");
-    let mut argv = vec![
-        "strace",
-        "-o",
-        "/dev/null",
-        "-e",
-        "trace=bpf",
-        "-e",
-        &when,
-        bin,
-    ];
-    argv.extend_from_slice(args);
-    let out = crate::netns::command(ns, &argv)
-        .expect("entering the namespace")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("spawning strace");
+    let strace = ["-o", "/dev/null", "-e", "trace=bpf", "-e", &when];
+    let out = under_strace(ns, &strace, bin, args);
     let signalled = out.status.signal() == Some(9) || out.status.code() == Some(128 + 9);
     assert!(
         signalled,
@@ -127,4 +153,17 @@ pub fn killed_before_bpf_call(ns: &str, bin: &str, args: &[&str], n: usize) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `strace <strace> bin args...` in namespace `ns`, stdin closed.
+fn under_strace(ns: &str, strace: &[&str], bin: &str, args: &[&str]) -> Output {
+    let mut argv = vec!["strace"];
+    argv.extend_from_slice(strace);
+    argv.push(bin);
+    argv.extend_from_slice(args);
+    crate::netns::command(ns, &argv)
+        .expect("entering the namespace")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawning strace")
 }

@@ -14,6 +14,7 @@
 //! fixtures' neighbours are `fixtures::backend_mac` and `ROUTER_MAC`.
 
 pub mod balanced;
+pub mod bird;
 pub mod clients;
 pub mod configs;
 pub mod decap;
@@ -21,7 +22,9 @@ pub mod ecmp;
 pub mod fixtures;
 pub mod lab;
 pub mod lbctl_ns;
+pub mod lbctl_run;
 pub mod netns;
+pub mod rng;
 pub mod servers;
 pub mod xdp_pass;
 
