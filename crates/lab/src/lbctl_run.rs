@@ -52,8 +52,10 @@ impl LbctlRun {
         self.lines().iter().filter(|l| l.contains(needle)).count()
     }
 
-    /// Waits, at most `limit`, for a line containing `needle`.
+    /// Waits, at most `limit` (stretched in a slow guest, as every wait for
+    /// something that should happen), for a line containing `needle`.
     pub fn wait_for_log(&self, needle: &str, limit: Duration) {
+        let limit = crate::clients::scaled(limit);
         let deadline = Instant::now() + limit;
         while self.count(needle) == 0 {
             assert!(
