@@ -3,12 +3,16 @@
 //! map of the program, and every VIP's table, which the program reaches
 //! only through `vip_tables`.
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use anyhow::{Context, Result};
 use libbpf_rs::MapHandle;
 
-use super::maps::{u32_of, Maps};
+use super::codec::read;
+use super::maps::Maps;
+use super::table_names::tables_of;
+use super::types::lb_vip;
 
 /// Bytes held by a balancer's maps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,10 +45,7 @@ impl Maps {
                 .with_context(|| format!("the memory of map {}", map.name()))?;
             m.maps += 1;
         }
-        for (_, value) in self.vip_tables.entries(&"VIP tables")? {
-            let id = u32_of(&value, &"a VIP table's map id")?;
-            let table = MapHandle::from_map_id(id)
-                .with_context(|| format!("opening a VIP table (map id {id})"))?;
+        for table in self.vip_table_maps()? {
             let bytes = memlock(table.as_fd())?;
             m.tables += bytes;
             m.total += bytes;
@@ -52,6 +53,33 @@ impl Maps {
             m.maps += 1;
         }
         Ok(m)
+    }
+
+    /// Each VIP's table: the one named for it (`table_names.rs`; the
+    /// newest if one being replaced is still listed), else, for a table an
+    /// older lbctl made, the one its slot holds.
+    fn vip_table_maps(&self) -> Result<Vec<MapHandle>> {
+        let mut named: BTreeMap<u32, MapHandle> =
+            tables_of(self.balancer_id()?)?.into_iter().collect();
+        let mut out = Vec::new();
+        for (_, value) in self.vips.entries(&"VIPs")? {
+            let vip: lb_vip = read(&value).context("decoding a VIP")?;
+            if let Some(table) = named.remove(&vip.index) {
+                out.push(table);
+                continue;
+            }
+            let what = format_args!("the table of VIP index {}", vip.index);
+            if let Some(id) = self
+                .vip_tables
+                .get::<u32>(&vip.index.to_ne_bytes(), &what)?
+            {
+                out.push(
+                    MapHandle::from_map_id(id)
+                        .with_context(|| format!("opening a VIP table (map id {id})"))?,
+                );
+            }
+        }
+        Ok(out)
     }
 }
 

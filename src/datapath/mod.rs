@@ -61,6 +61,7 @@ pub mod rebuild;
 pub mod repair;
 pub mod reply;
 pub mod running;
+pub mod table_names;
 pub mod tables;
 pub mod vips;
 

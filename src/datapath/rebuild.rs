@@ -78,7 +78,7 @@ impl Maps {
             .iter()
             .map(|(v, m)| (v.index, size_for(v, m), m.as_slice()))
             .collect();
-        let tables = build_tables(&jobs)?;
+        let tables = build_tables(self.balancer_id()?, &jobs)?;
         let installed: Vec<(u32, &MapHandle)> = jobs
             .iter()
             .zip(&tables)
@@ -141,13 +141,17 @@ pub(super) fn sizing_of_vip(vip: &VipEntry) -> Sizing {
     }
 }
 
-/// New tables (not yet in use) for (VIP index, table size, members), with
+/// New tables (not yet in use) of balancer `owner` for (VIP index, table
+/// size, members), with
 /// the digest of what each was built from, built on every CPU at once (on
 /// this thread when there is one CPU or one table).
-pub(super) fn build_tables(jobs: &[(u32, u32, &[BackendEntry])]) -> Result<Vec<(MapHandle, u32)>> {
+pub(super) fn build_tables(
+    owner: u32,
+    jobs: &[(u32, u32, &[BackendEntry])],
+) -> Result<Vec<(MapHandle, u32)>> {
     let build = |(index, size, members): &(u32, u32, &[BackendEntry])| {
         let ids = table_ids(members, *size)?;
-        Ok((new_table(*index, &ids)?, table_digest(members)))
+        Ok((new_table(owner, *index, &ids)?, table_digest(members)))
     };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())

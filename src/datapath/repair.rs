@@ -23,8 +23,9 @@
 
 use anyhow::Result;
 
-use super::maps::{u32_of, Maps};
+use super::maps::Maps;
 use super::running::Running;
+use super::table_names::tables_of;
 use super::tables::table_digest;
 
 /// What a repair found to do.
@@ -66,12 +67,10 @@ impl Maps {
                 done.tables_rebuilt += 1;
             }
         }
-        for index in self.table_indices()? {
-            if !run.vips.iter().any(|v| v.index == index) {
-                let what = format_args!("the table of VIP index {index} (no VIP has it)");
-                self.vip_tables.remove(&index.to_ne_bytes(), &what)?;
-                done.tables_removed += 1;
-            }
+        for index in self.orphan_table_indices(&run)? {
+            let what = format_args!("the table of VIP index {index} (no VIP has it)");
+            self.vip_tables.remove(&index.to_ne_bytes(), &what)?;
+            done.tables_removed += 1;
         }
         let dead: Vec<u32> = run
             .backends
@@ -94,18 +93,16 @@ impl Maps {
         Ok(done)
     }
 
-    /// The VIP indexes that have a table: one batch read where the kernel
-    /// allows it for an array of maps, else one lookup per index.
-    fn table_indices(&self) -> Result<Vec<u32>> {
-        if let Ok(entries) = self.vip_tables.entries(&"VIP tables") {
-            return entries
-                .iter()
-                .map(|(k, _)| u32_of(k, &"a VIP table index"))
-                .collect();
-        }
-        let n = self.vip_tables.max_entries();
+    /// The VIP indexes no VIP has that hold a table. Only indexes where a
+    /// table named for this balancer exists are read (one slot each), not
+    /// all 1,024 (`table_names.rs` says why); an orphan is a table this
+    /// lbctl put in place, so it bears that name.
+    fn orphan_table_indices(&self, run: &Running) -> Result<Vec<u32>> {
         let mut out = Vec::new();
-        for index in 0..n {
+        for (index, _) in tables_of(self.balancer_id()?)? {
+            if run.vips.iter().any(|v| v.index == index) || out.contains(&index) {
+                continue;
+            }
             let what = format_args!("the table of VIP index {index}");
             if self
                 .vip_tables

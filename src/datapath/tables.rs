@@ -16,8 +16,10 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use super::abi::{LB_MAX_BACKENDS, LB_MAX_TABLE_SIZE, LB_TABLE_HDR, LB_TABLE_SLOTS_PER_BLOCK};
-use super::codec::{endpoint_key, to_endpoint, BackendEntry};
+use super::codec::{endpoint_key, read, to_endpoint, BackendEntry};
 use super::maps::{u32_of, Maps};
+use super::table_names::table_name;
+use super::types::lb_vip;
 use crate::maglev::{self, MaglevBackend};
 use crate::model::Service;
 use crate::table_size::{self, Sizing};
@@ -133,15 +135,23 @@ impl Maps {
     /// map of another value size), only read them, until `attach --replace`
     /// upgrades the program. (A program without any table takes the format
     /// of the first one put in; every VIP has one, so that is one without
-    /// VIPs, which `vip add` tells by the kernel's refusal.)
+    /// VIPs, which `vip add` tells by the kernel's refusal.) Reads the slot
+    /// of one VIP, not all 1,024 (`table_names.rs` says why).
     pub fn legacy_tables(&self) -> Result<bool> {
-        let Some((_, value)) = self.vip_tables.entries(&"VIP tables")?.into_iter().next() else {
-            return Ok(false);
-        };
-        let id = u32_of(&value, &"a VIP table's map id")?;
-        let table = MapHandle::from_map_id(id)
-            .with_context(|| format!("opening a VIP table (map id {id})"))?;
-        Ok(table.value_size() == LEGACY_VALUE_SIZE)
+        let what = "a VIP's table";
+        for (_, value) in self.vips.entries(&"VIPs")? {
+            let vip: lb_vip = read(&value).context("decoding a VIP")?;
+            let Some(id) = self
+                .vip_tables
+                .get::<u32>(&vip.index.to_ne_bytes(), &what)?
+            else {
+                continue; // (a VIP has a table; met only mid-change)
+            };
+            let table = MapHandle::from_map_id(id)
+                .with_context(|| format!("opening a VIP table (map id {id})"))?;
+            return Ok(table.value_size() == LEGACY_VALUE_SIZE);
+        }
+        Ok(false)
     }
 
     /// Refuses, with one line, a change this lbctl cannot make to an older
@@ -155,7 +165,7 @@ impl Maps {
 
     /// A new inner map holding [size, ids...], put in place with one update.
     pub(super) fn swap_table(&self, index: u32, ids: &[u32]) -> Result<()> {
-        let table = new_table(index, ids)?;
+        let table = new_table(self.balancer_id()?, index, ids)?;
         self.install_tables(&[(index, &table)])
     }
 
@@ -238,9 +248,9 @@ fn table_elements(ids: &[u32]) -> Result<Vec<u8>> {
     Ok(values)
 }
 
-/// A new inner map holding [size, ids...] for VIP index `index`, not yet
-/// in use.
-pub(super) fn new_table(index: u32, ids: &[u32]) -> Result<MapHandle> {
+/// A new inner map holding [size, ids...] for VIP index `index` of
+/// balancer `owner` (named for both: `table_names.rs`), not yet in use.
+pub(super) fn new_table(owner: u32, index: u32, ids: &[u32]) -> Result<MapHandle> {
     let values = table_elements(ids)?;
     let entries = (values.len() / BLOCK_BYTES as usize) as u32;
     let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
@@ -250,7 +260,7 @@ pub(super) fn new_table(index: u32, ids: &[u32]) -> Result<MapHandle> {
     };
     let inner = MapHandle::create(
         MapType::Array,
-        Some("lb_table"),
+        Some(&table_name(owner, index)),
         4,
         BLOCK_BYTES,
         entries,

@@ -82,7 +82,7 @@ impl Maps {
             .zip(&members_of_each)
             .map(|((_, index, _, size), m)| (*index, *size, m.as_slice()))
             .collect();
-        let tables = build_tables(&jobs)?;
+        let tables = build_tables(self.balancer_id()?, &jobs)?;
         let keys: Vec<Key> = members_of_each.iter().flatten().map(key_of).collect();
         for members in members_of_each {
             run.backends.extend(members);
