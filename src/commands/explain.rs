@@ -5,7 +5,7 @@
 //! backends, the interface its packets arrive on, forwarding, and the route
 //! and neighbour toward the backend.
 
-use std::fmt::{self, Write};
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -83,41 +83,18 @@ pub enum CheckName {
     Neighbour,
 }
 
-impl CheckName {
-    pub const ALL: [CheckName; 10] = [
-        CheckName::Attached,
-        CheckName::Vip,
-        CheckName::Prefilter,
-        CheckName::Backend,
-        CheckName::Ingress,
-        CheckName::Forwarding,
-        CheckName::Route,
-        CheckName::OnLink,
-        CheckName::Egress,
-        CheckName::Neighbour,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            CheckName::Attached => "attached",
-            CheckName::Vip => "vip",
-            CheckName::Prefilter => "prefilter",
-            CheckName::Backend => "backend",
-            CheckName::Ingress => "ingress",
-            CheckName::Forwarding => "forwarding",
-            CheckName::Route => "route",
-            CheckName::OnLink => "on-link",
-            CheckName::Egress => "egress",
-            CheckName::Neighbour => "neighbour",
-        }
-    }
-}
-
-impl fmt::Display for CheckName {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+crate::model::names!(CheckName {
+    Attached => "attached",
+    Vip => "vip",
+    Prefilter => "prefilter",
+    Backend => "backend",
+    Ingress => "ingress",
+    Forwarding => "forwarding",
+    Route => "route",
+    OnLink => "on-link",
+    Egress => "egress",
+    Neighbour => "neighbour",
+});
 
 #[derive(Serialize)]
 struct Check {
