@@ -21,20 +21,18 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{bail, Context, Result};
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
-};
+use netlink_packet_core::{Nla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Status, Tuple,
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
 };
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr as NlAddr};
+use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use crate::abi::{LB_MARK_BACKEND_MASK, LB_MARK_CLOSING, LB_MARK_VIP_MASK, LB_MARK_VIP_SHIFT};
 use crate::model::Proto;
+use crate::netlink::{self, Family};
 
 /// CTA_TIMESTAMP and its CTA_TIMESTAMP_START: when the entry was made, if
 /// the namespace has `net.netfilter.nf_conntrack_timestamp` on.
@@ -210,70 +208,32 @@ impl Drop for Hold {
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<std::io::Error>()
-        .is_some_and(|io| io.raw_os_error() == Some(libc::ENOENT))
+    netlink::errno(e) == Some(libc::ENOENT)
 }
+
+const CTNETLINK: Family = Family {
+    protocol: NETLINK_NETFILTER,
+    socket: "a netfilter netlink socket",
+    name: "ctnetlink",
+    message: "a ctnetlink message",
+    filter_dumps: false,
+};
 
 /// Sends one ctnetlink request and collects the entries the kernel answers
 /// with, until the end of a dump, an acknowledgement, or the answer to a get.
 fn request(family: NetfilterProtoFamily, msg: ConntrackMessage, flags: u16) -> Result<Vec<Entry>> {
-    let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-    let mut socket =
-        Socket::new(NETLINK_NETFILTER).context("opening a netfilter netlink socket")?;
-    socket.bind_auto().context("binding the netlink socket")?;
-    socket
-        .connect(&NlAddr::new(0, 0))
-        .context("connecting the netlink socket")?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | flags;
-    let mut packet = NetlinkMessage::new(
-        header,
-        NetlinkPayload::from(NetfilterMessage::new(
-            NetfilterHeader::new(family, 0, 0),
-            msg,
-        )),
-    );
-    packet.finalize();
-    let mut buf = vec![0u8; packet.buffer_len()];
-    packet.serialize(&mut buf);
-    socket.send(&buf, 0).context("sending to ctnetlink")?;
-
     let mut entries = Vec::new();
-    let mut rx = vec![0u8; 1 << 16];
-    loop {
-        let size = socket
-            .recv(&mut &mut rx[..], 0)
-            .context("reading from ctnetlink")?;
-        let mut offset = 0;
-        while offset < size {
-            let msg = NetlinkMessage::<NetfilterMessage>::deserialize(&rx[offset..size])
-                .map_err(|e| anyhow::anyhow!("decoding a ctnetlink message: {e}"))?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(entries),
-                NetlinkPayload::Error(e) => match e.code {
-                    None => return Ok(entries), // an ack
-                    Some(code) => return Err(std::io::Error::from_raw_os_error(-code.get()).into()),
-                },
-                // The kernel answers a get with "new" messages.
-                NetlinkPayload::InnerMessage(NetfilterMessage {
-                    inner:
-                        NetfilterMessageInner::Conntrack(
-                            ConntrackMessage::New(attrs) | ConntrackMessage::Get(attrs),
-                        ),
-                    ..
-                }) => entries.extend(entry(&attrs)),
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            offset += len;
+    let msg = NetfilterMessage::new(NetfilterHeader::new(family, 0, 0), msg);
+    netlink::request(&CTNETLINK, msg, flags, |m| {
+        // The kernel answers a get with "new" messages.
+        if let NetfilterMessageInner::Conntrack(
+            ConntrackMessage::New(attrs) | ConntrackMessage::Get(attrs),
+        ) = m.inner
+        {
+            entries.extend(entry(&attrs));
         }
-        if !dump && !entries.is_empty() {
-            return Ok(entries);
-        }
-    }
+    })?;
+    Ok(entries)
 }
 
 /// An entry from its attributes; None for one without both tuples.

@@ -9,6 +9,7 @@
 //! | `abi` | the constants of `bpf/lb_abi.h` (generated) |
 //! | `maglev`, `hash`, `table_size` | Maglev tables, the flow hash, table sizes (pure) |
 //! | `config_file` | the configuration file: TOML ⇄ `model::Desired` (pure) |
+//! | `netlink` | one netlink request and its answer, any family |
 //! | `host` | the host around the balancer: interfaces, neighbours, VIP routes, lock, records under /run |
 //! | `conntrack` | the kernel's conntrack table, read through ctnetlink |
 //! | `datapath` | typed access to the BPF objects (see its module docs) |
@@ -20,7 +21,8 @@
 //! Layers, each importing only those below it (`grep -rn "use crate::"`):
 //!
 //! 1. `abi`, `hash`, `maglev`; then `table_size`, `model`, `config_file`;
-//! 2. `host` and `conntrack` (plain values in and out: never `datapath`);
+//! 2. `netlink`; then `host` and `conntrack` (plain values in and out:
+//!    never `datapath`);
 //! 3. `datapath` (uses `host::iface` for the interfaces its program is on);
 //! 4. `change` and `snapshot`;
 //! 5. `commands` and `service` (`commands` runs `service::apply`, the
@@ -37,6 +39,7 @@ pub mod hash;
 pub mod host;
 pub mod maglev;
 pub mod model;
+mod netlink;
 pub mod service;
 mod skeleton;
 pub mod snapshot;

@@ -12,6 +12,51 @@ use std::time::Duration;
 use crate::abi::{LB_MAX_CT_TIMEOUT_S, LB_MAX_TABLE_SIZE};
 use crate::maglev::is_prime;
 
+/// Gives a fieldless enum one table of names, read by everything that
+/// names a variant: `ALL` (the order help and docs list them), `name()`
+/// and `Display`; with `parse "what"`, also `FromStr`, whose error is
+/// `what "x": use a, b or c`.
+macro_rules! names {
+    ($ty:ident $(, parse $what:literal)? { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every variant, in the order help and docs list them.
+            pub const ALL: [$ty; [$($name),+].len()] = [$($ty::$variant),+];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        $(impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<$ty, String> {
+                $ty::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
+                    let names = $ty::ALL.map($ty::name);
+                    format!("{} {s:?}: use {}", $what, $crate::model::one_of(&names))
+                })
+            }
+        })?
+    };
+}
+pub(crate) use names;
+
+/// `a`, `a or b`, `a, b or c`: the choices an error offers.
+pub fn one_of(names: &[&str]) -> String {
+    match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
 /// Balancers that were not given a seed agree with each other.
 pub const DEFAULT_HASH_SEED: u32 = 0x6c62_6374;
 
@@ -35,9 +80,9 @@ pub enum Proto {
     Udp,
 }
 
-impl Proto {
-    pub const ALL: [Proto; 2] = [Proto::Tcp, Proto::Udp];
+names!(Proto { Tcp => "tcp", Udp => "udp" });
 
+impl Proto {
     pub fn number(self) -> u8 {
         match self {
             Proto::Tcp => 6,
@@ -52,19 +97,6 @@ impl Proto {
             _ => None,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 impl FromStr for Proto {
@@ -73,7 +105,10 @@ impl FromStr for Proto {
         match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
-            _ => Err(format!("unknown protocol {s:?}: use tcp or udp")),
+            _ => Err(format!(
+                "unknown protocol {s:?}: use {}",
+                one_of(&Proto::ALL.map(Proto::name))
+            )),
         }
     }
 }
@@ -98,24 +133,14 @@ pub enum NatMode {
     Tunnel,
 }
 
+names!(NatMode, parse "mode" {
+    Dnat => "dnat",
+    Fullnat => "fullnat",
+    Dsr => "dsr",
+    Tunnel => "tunnel",
+});
+
 impl NatMode {
-    /// Every mode, in the order help and docs list them.
-    pub const ALL: [NatMode; 4] = [
-        NatMode::Dnat,
-        NatMode::Fullnat,
-        NatMode::Dsr,
-        NatMode::Tunnel,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            NatMode::Dnat => "dnat",
-            NatMode::Fullnat => "fullnat",
-            NatMode::Dsr => "dsr",
-            NatMode::Tunnel => "tunnel",
-        }
-    }
-
     /// fullnat's rewritten source and tunnel's outer source: `--snat`, or
     /// the attached interface's address.
     pub fn has_source(self) -> bool {
@@ -126,22 +151,6 @@ impl NatMode {
     /// answer clients directly, on the VIP's port.
     pub fn keeps_destination(self) -> bool {
         matches!(self, NatMode::Dsr | NatMode::Tunnel)
-    }
-}
-
-impl fmt::Display for NatMode {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for NatMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<NatMode, String> {
-        NatMode::ALL
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| format!("mode {s:?}: use dnat, fullnat, dsr or tunnel"))
     }
 }
 
@@ -156,33 +165,11 @@ pub enum XdpMode {
     Generic,
 }
 
-impl XdpMode {
-    pub const ALL: [XdpMode; 3] = [XdpMode::Auto, XdpMode::Native, XdpMode::Generic];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            XdpMode::Auto => "auto",
-            XdpMode::Native => "native",
-            XdpMode::Generic => "generic",
-        }
-    }
-}
-
-impl fmt::Display for XdpMode {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for XdpMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<XdpMode, String> {
-        XdpMode::ALL
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| format!("xdp_mode {s:?}: use auto, native or generic"))
-    }
-}
+names!(XdpMode, parse "xdp_mode" {
+    Auto => "auto",
+    Native => "native",
+    Generic => "generic",
+});
 
 /// A VIP: address, port and protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -406,25 +393,15 @@ pub enum Timeout {
     UdpUnreplied,
 }
 
+names!(Timeout {
+    Tcp => "tcp",
+    Tcpfin => "tcpfin",
+    Udp => "udp",
+    Syn => "syn",
+    UdpUnreplied => "udp_unreplied",
+});
+
 impl Timeout {
-    pub const ALL: [Timeout; 5] = [
-        Timeout::Tcp,
-        Timeout::Tcpfin,
-        Timeout::Udp,
-        Timeout::Syn,
-        Timeout::UdpUnreplied,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Timeout::Tcp => "tcp",
-            Timeout::Tcpfin => "tcpfin",
-            Timeout::Udp => "udp",
-            Timeout::Syn => "syn",
-            Timeout::UdpUnreplied => "udp_unreplied",
-        }
-    }
-
     /// Seconds it may be set to. The kernel keeps an entry at most
     /// LB_MAX_CT_TIMEOUT_S; the handshake's and the unreplied UDP's are
     /// kept short on purpose.
@@ -606,23 +583,11 @@ pub enum Health {
     Down,
 }
 
-impl Health {
-    pub const ALL: [Health; 3] = [Health::Unchecked, Health::Up, Health::Down];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Health::Unchecked => "unchecked",
-            Health::Up => "up",
-            Health::Down => "down",
-        }
-    }
-}
-
-impl fmt::Display for Health {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+names!(Health {
+    Unchecked => "unchecked",
+    Up => "up",
+    Down => "down",
+});
 
 /// What a health check does, per backend, from the balancer's namespace
 /// straight to the backend's address.

@@ -5,7 +5,7 @@
 //! backends, the interface its packets arrive on, forwarding, and the route
 //! and neighbour toward the backend.
 
-use std::fmt::{self, Write};
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -83,41 +83,18 @@ pub enum CheckName {
     Neighbour,
 }
 
-impl CheckName {
-    pub const ALL: [CheckName; 10] = [
-        CheckName::Attached,
-        CheckName::Vip,
-        CheckName::Prefilter,
-        CheckName::Backend,
-        CheckName::Ingress,
-        CheckName::Forwarding,
-        CheckName::Route,
-        CheckName::OnLink,
-        CheckName::Egress,
-        CheckName::Neighbour,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            CheckName::Attached => "attached",
-            CheckName::Vip => "vip",
-            CheckName::Prefilter => "prefilter",
-            CheckName::Backend => "backend",
-            CheckName::Ingress => "ingress",
-            CheckName::Forwarding => "forwarding",
-            CheckName::Route => "route",
-            CheckName::OnLink => "on-link",
-            CheckName::Egress => "egress",
-            CheckName::Neighbour => "neighbour",
-        }
-    }
-}
-
-impl fmt::Display for CheckName {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+crate::model::names!(CheckName {
+    Attached => "attached",
+    Vip => "vip",
+    Prefilter => "prefilter",
+    Backend => "backend",
+    Ingress => "ingress",
+    Forwarding => "forwarding",
+    Route => "route",
+    OnLink => "on-link",
+    Egress => "egress",
+    Neighbour => "neighbour",
+});
 
 #[derive(Serialize)]
 struct Check {
@@ -132,6 +109,18 @@ impl Checks {
     fn add(&mut self, check: CheckName, ok: bool, detail: String) -> bool {
         self.0.push(Check { check, ok, detail });
         ok
+    }
+
+    /// A check whose detail is one of two, by its outcome.
+    fn either(
+        &mut self,
+        check: CheckName,
+        ok: bool,
+        if_ok: impl Into<String>,
+        if_not: impl Into<String>,
+    ) -> bool {
+        let detail = if ok { if_ok.into() } else { if_not.into() };
+        self.add(check, ok, detail)
     }
 }
 
@@ -241,14 +230,11 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
         format!("VIP {svc} ({})", p.vip.mode.name()),
     );
     let bit = b.maps.prefilter_has(Set::Vips, svc.addr.ip())?;
-    checks.add(
+    checks.either(
         CheckName::Prefilter,
         bit,
-        if bit {
-            "the VIP address's prefilter bit is set".into()
-        } else {
-            "the VIP address's prefilter bit is clear: its packets pass without a lookup (lbctl attach IFACE --replace rebuilds it)".into()
-        },
+        "the VIP address's prefilter bit is set",
+        "the VIP address's prefilter bit is clear: its packets pass without a lookup (lbctl attach IFACE --replace rebuilds it)",
     );
     let backend = match &p.backend {
         Some(be) => {
@@ -277,14 +263,11 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
     let ingress = match neighbour::route_dev(client.ip()) {
         Some(dev) => {
             let attached = b.attachments.iter().any(|a| a.ifname == dev);
-            checks.add(
+            checks.either(
                 CheckName::Ingress,
                 attached,
-                if attached {
-                    format!("packets from {} arrive on {dev}, where lbctl is attached", client.ip())
-                } else {
-                    format!("packets from {} arrive on {dev}, where lbctl is not attached: they reach the kernel, not lbctl (lbctl attach {dev})", client.ip())
-                },
+                format!("packets from {} arrive on {dev}, where lbctl is attached", client.ip()),
+                format!("packets from {} arrive on {dev}, where lbctl is not attached: they reach the kernel, not lbctl (lbctl attach {dev})", client.ip()),
             );
             Some(dev)
         }
@@ -302,14 +285,11 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
     };
     if let Some(dev) = &ingress {
         let on = iface::ipv4_forwarding(dev);
-        checks.add(
+        checks.either(
             CheckName::Forwarding,
             on,
-            if on {
-                format!("IPv4 forwarding is on on {dev}")
-            } else {
-                format!("IPv4 forwarding is off on {dev}: the FIB refuses to route, packets go to the kernel, which drops them (sysctl -w net.ipv4.conf.{dev}.forwarding=1)")
-            },
+            format!("IPv4 forwarding is on on {dev}"),
+            format!("IPv4 forwarding is off on {dev}: the FIB refuses to route, packets go to the kernel, which drops them (sysctl -w net.ipv4.conf.{dev}.forwarding=1)"),
         );
     }
     let Some(reach) = neighbour::reach(backend.ip()) else {
@@ -332,14 +312,11 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
     );
     if p.vip.mode == NatMode::Dsr {
         let on_link = reach.hop == backend.ip();
-        checks.add(
+        checks.either(
             CheckName::OnLink,
             on_link,
-            if on_link {
-                format!("backend {} is on a link of the balancer, as dsr needs", backend.ip())
-            } else {
-                format!("dsr needs backends on a link of the balancer, but {} is reached via gateway {}: packets are dropped ({drop_dsr_offlink})", backend.ip(), reach.hop)
-            },
+            format!("backend {} is on a link of the balancer, as dsr needs", backend.ip()),
+            format!("dsr needs backends on a link of the balancer, but {} is reached via gateway {}: packets are dropped ({drop_dsr_offlink})", backend.ip(), reach.hop),
         );
     }
     let fullnat = p.vip.mode == NatMode::Fullnat;
@@ -348,29 +325,29 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
     // addressed to the balancer, and the kernel forwards it; but whatever
     // comes back through that interface never meets lbctl (tests/half_attached.rs).
     let dev = &reach.dev;
-    checks.add(
+    checks.either(
         CheckName::Egress,
         egress_attached,
-        if egress_attached {
-            format!("{dev} is attached: packets leave from XDP")
-        } else {
-            match p.vip.mode {
-                NatMode::Fullnat => format!("{dev} is not attached: fullnat packets go to the kernel ({pass_fib}), which drops them as martian (lbctl attach {dev})"),
-                NatMode::Dsr => format!("{dev} is not attached: dsr packets go to the kernel ({pass_fib}), which routes them by the VIP, not to the backend: not delivered (lbctl attach {dev})"),
-                NatMode::Tunnel => format!("{dev} is not attached: tunnel packets go to the kernel ({pass_fib}) already encapsulated, from the VIP's source address: lbctl does not promise their delivery from there (lbctl attach {dev})"),
-                NatMode::Dnat => format!("{dev} is not attached: packets go to the kernel ({pass_fib}), which forwards them to the backend, but the backend's replies come back through {dev}, where lbctl cannot rewrite them back to the VIP: connections fail (lbctl attach {dev})"),
-            }
+        format!("{dev} is attached: packets leave from XDP"),
+        match p.vip.mode {
+            NatMode::Fullnat => format!("{dev} is not attached: fullnat packets go to the kernel ({pass_fib}), which drops them as martian (lbctl attach {dev})"),
+            NatMode::Dsr => format!("{dev} is not attached: dsr packets go to the kernel ({pass_fib}), which routes them by the VIP, not to the backend: not delivered (lbctl attach {dev})"),
+            NatMode::Tunnel => format!("{dev} is not attached: tunnel packets go to the kernel ({pass_fib}) already encapsulated, from the VIP's source address: lbctl does not promise their delivery from there (lbctl attach {dev})"),
+            NatMode::Dnat => format!("{dev} is not attached: packets go to the kernel ({pass_fib}), which forwards them to the backend, but the backend's replies come back through {dev}, where lbctl cannot rewrite them back to the VIP: connections fail (lbctl attach {dev})"),
         },
     );
-    checks.add(
+    let no_mac = format!("next hop {} on {} has no MAC ({}): the first packet goes to the kernel to resolve it ({pass_no_neigh})", reach.hop, reach.dev, reach.state);
+    checks.either(
         CheckName::Neighbour,
         reach.resolved,
-        if reach.resolved {
-            format!("next hop {} on {} is resolved ({})", reach.hop, reach.dev, reach.state)
-        } else if fullnat {
-            format!("next hop {} on {} has no MAC ({}): the first packet goes to the kernel to resolve it ({pass_no_neigh}), which drops it in fullnat; the client retransmits", reach.hop, reach.dev, reach.state)
+        format!(
+            "next hop {} on {} is resolved ({})",
+            reach.hop, reach.dev, reach.state
+        ),
+        if fullnat {
+            format!("{no_mac}, which drops it in fullnat; the client retransmits")
         } else {
-            format!("next hop {} on {} has no MAC ({}): the first packet goes to the kernel to resolve it ({pass_no_neigh})", reach.hop, reach.dev, reach.state)
+            no_mac
         },
     );
     Ok(())

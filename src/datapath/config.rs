@@ -80,26 +80,25 @@ impl Maps {
     /// The unreplied UDP timeout in force (LB_UDP_UNREPLIED_TIMEOUT_S
     /// unless set).
     pub fn udp_unreplied_timeout(&self) -> Result<u32> {
-        let Some(map) = &self.handshake else {
-            return Ok(LB_UDP_UNREPLIED_TIMEOUT_S);
-        };
-        let row = map.get::<lb_handshake>(&ROW0, &"the handshake timeout")?;
-        Ok(row
-            .map(|r| r.udp_unreplied_s)
-            .filter(|s| *s != 0)
-            .unwrap_or(LB_UDP_UNREPLIED_TIMEOUT_S))
+        self.handshake_row_s(|r| r.udp_unreplied_s, LB_UDP_UNREPLIED_TIMEOUT_S)
     }
 
     /// The handshake timeout in force (LB_UNPROVEN_TIMEOUT_S unless set).
     pub fn handshake_timeout(&self) -> Result<u32> {
+        self.handshake_row_s(|r| r.timeout_s, LB_UNPROVEN_TIMEOUT_S)
+    }
+
+    /// One field of the handshake row: `default` where the program has no
+    /// such map (older) or the field is 0 (never set).
+    fn handshake_row_s(&self, field: fn(&lb_handshake) -> u32, default: u32) -> Result<u32> {
         let Some(map) = &self.handshake else {
-            return Ok(LB_UNPROVEN_TIMEOUT_S);
+            return Ok(default);
         };
         let row = map.get::<lb_handshake>(&ROW0, &"the handshake timeout")?;
         Ok(row
-            .map(|r| r.timeout_s)
+            .map(|r| field(&r))
             .filter(|s| *s != 0)
-            .unwrap_or(LB_UNPROVEN_TIMEOUT_S))
+            .unwrap_or(default))
     }
 
     /// Adds an attached interface to the redirect map.

@@ -2,6 +2,8 @@
 //! new flows per VIP and backend, one count per verdict reason, and the flow
 //! cache's hits, misses and stores.
 
+use std::fmt::Display;
+
 use anyhow::Result;
 
 use super::abi::{reason_name, LB_REASON_MAX};
@@ -16,14 +18,41 @@ pub struct Counters {
     pub new_flows: u64,
 }
 
-fn sum_counters(map: &Map, index: u32, what: &dyn std::fmt::Display) -> Result<Counters> {
-    let mut sum = Counters::default();
-    for c in map.per_cpu::<lb_counters>(index, what)? {
-        sum.packets += c.packets;
-        sum.bytes += c.bytes;
-        sum.new_flows += c.new_flows;
+/// Row `index` of a per-CPU map, every CPU's copy `add`ed into one sum.
+fn sum_per_cpu<T: plain::Plain + Default, S: Default>(
+    map: &Map,
+    index: u32,
+    what: &dyn Display,
+    add: fn(&mut S, &T),
+) -> Result<S> {
+    let mut sum = S::default();
+    for c in map.per_cpu::<T>(index, what)? {
+        add(&mut sum, &c);
     }
     Ok(sum)
+}
+
+/// `sum.f += cpu.f` for each field `f` named: what a sum of one CPU's
+/// counters adds.
+macro_rules! add_fields {
+    ($sum:ident, $cpu:ident: $($f:ident),+) => {{
+        $($sum.$f += $cpu.$f;)+
+    }};
+}
+
+/// The one row of an optional per-CPU map (None where the running program
+/// predates it).
+fn sum_row0<T: plain::Plain + Default, S: Default>(
+    map: Option<&Map>,
+    what: &dyn Display,
+    add: fn(&mut S, &T),
+) -> Result<Option<S>> {
+    map.map(|map| sum_per_cpu(map, 0, what, add)).transpose()
+}
+
+fn sum_counters(map: &Map, index: u32, what: &dyn Display) -> Result<Counters> {
+    let add = |sum: &mut Counters, c: &lb_counters| add_fields!(sum, c: packets, bytes, new_flows);
+    sum_per_cpu(map, index, what, add)
 }
 
 impl Maps {
@@ -73,31 +102,14 @@ impl Maps {
     /// Flow cache hits, misses and stores (None for a running program from
     /// before the flow cache).
     pub fn flow_cache_counters(&self) -> Result<Option<lb_flow_cache_counters>> {
-        let Some(map) = &self.flow_cache_stats else {
-            return Ok(None);
-        };
-        let mut sum = lb_flow_cache_counters::default();
-        for c in map.per_cpu::<lb_flow_cache_counters>(0, &"flow cache counters")? {
-            sum.hits += c.hits;
-            sum.misses += c.misses;
-            sum.stores += c.stores;
-        }
-        Ok(Some(sum))
+        let add = |sum: &mut lb_flow_cache_counters, c: &lb_flow_cache_counters| add_fields!(sum, c: hits, misses, stores);
+        sum_row0(self.flow_cache_stats.as_ref(), &"flow cache counters", add)
     }
 
     /// What the data path repaired besides its verdicts (None for a running
     /// program from before these counters).
     pub fn datapath_counters(&self) -> Result<Option<lb_datapath_counters>> {
-        let Some(map) = &self.datapath_stats else {
-            return Ok(None);
-        };
-        let mut sum = lb_datapath_counters::default();
-        for c in map.per_cpu::<lb_datapath_counters>(0, &"data path counters")? {
-            sum.partial_csums += c.partial_csums;
-            sum.ct_full += c.ct_full;
-            sum.stateless += c.stateless;
-            sum.unverified_closes += c.unverified_closes;
-        }
-        Ok(Some(sum))
+        let add = |sum: &mut lb_datapath_counters, c: &lb_datapath_counters| add_fields!(sum, c: partial_csums, ct_full, stateless, unverified_closes);
+        sum_row0(self.datapath_stats.as_ref(), &"data path counters", add)
     }
 }

@@ -33,7 +33,7 @@ use prometheus_client::registry::Registry;
 use crate::datapath::balancer::Balancer;
 use crate::datapath::counters::Counters;
 use crate::model::{Health, Service};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{BackendView, Snapshot};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -178,15 +178,32 @@ fn family<M: EncodeMetric>(
     Ok(())
 }
 
+/// A counter family with one sample and no labels.
+fn one_counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let items = vec![(Labels::new(), ConstCounter::new(v))];
+    family(enc, name, help, MetricType::Counter, items)
+}
+
+/// A family with one sample per backend, labelled by VIP and backend, in
+/// the snapshot's order; `sample` None leaves a backend out.
+fn per_backend<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    s: &Snapshot,
+    (name, help, kind): (&str, &str, MetricType),
+    sample: impl Fn(&BackendView) -> Option<M>,
+) -> std::fmt::Result {
+    let items = s
+        .vips
+        .iter()
+        .flat_map(|v| v.backends.iter().map(move |b| (&v.vip.service, b)))
+        .filter_map(|(svc, b)| Some((backend_labels(svc, b.entry.addr), sample(b)?)))
+        .collect();
+    family(enc, name, help, kind, items)
+}
+
 impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let s = &self.0;
-        let vips = || s.vips.iter();
-        let backends = || {
-            s.vips
-                .iter()
-                .flat_map(|v| v.backends.iter().map(move |b| (&v.vip.service, b)))
-        };
         let c = MetricType::Counter;
         let g = MetricType::Gauge;
         type Field = fn(&Counters) -> u64;
@@ -196,7 +213,9 @@ impl Collector for SnapshotCollector {
             ("new_flows", "New flows", |c| c.new_flows),
         ];
         for (name, help, get) in fields {
-            let items = vips()
+            let items = s
+                .vips
+                .iter()
                 .map(|v| (vip_labels(&v.vip.service), ConstCounter::new(get(&v.stats))))
                 .collect();
             family(
@@ -206,64 +225,38 @@ impl Collector for SnapshotCollector {
                 c,
                 items,
             )?;
-            let items = backends()
-                .map(|(svc, b)| {
-                    (
-                        backend_labels(svc, b.entry.addr),
-                        ConstCounter::new(get(&b.stats)),
-                    )
-                })
-                .collect();
-            family(
-                &mut enc,
-                &format!("lbctl_backend_{name}"),
-                &format!("{help} balanced to the backend, both directions"),
-                c,
-                items,
-            )?;
+            let backend_name = format!("lbctl_backend_{name}");
+            let backend_help = format!("{help} balanced to the backend, both directions");
+            per_backend(&mut enc, s, (&backend_name, &backend_help, c), |b| {
+                Some(ConstCounter::new(get(&b.stats)))
+            })?;
         }
-        let items = backends()
-            .map(|(svc, b)| {
-                (
-                    backend_labels(svc, b.entry.addr),
-                    ConstGauge::new(b.entry.weight as i64),
-                )
-            })
-            .collect();
-        family(
-            &mut enc,
-            "lbctl_backend_weight",
-            "The operator's weight (0: drained)",
-            g,
-            items,
-        )?;
-        let items = backends()
-            .filter(|(_, b)| b.entry.health != Health::Unchecked)
-            .map(|(svc, b)| {
-                let up = (b.entry.health == Health::Up) as i64;
-                (backend_labels(svc, b.entry.addr), ConstGauge::new(up))
-            })
-            .collect();
-        family(
-            &mut enc,
-            "lbctl_backend_up",
-            "Health checks say the backend is up (1) or down (0); absent when not checked",
-            g,
-            items,
-        )?;
-        let items = backends()
-            .map(|(svc, b)| {
-                let n = b.active_flows.unwrap_or(0) as i64;
-                (backend_labels(svc, b.entry.addr), ConstGauge::new(n))
-            })
-            .collect();
-        family(
-            &mut enc,
-            "lbctl_backend_active_flows",
-            "lbctl's conntrack entries to the backend with no FIN or RST seen",
-            g,
-            items,
-        )?;
+        type Gauge = fn(&BackendView) -> Option<i64>;
+        let gauges: [(&str, &str, Gauge); 3] = [
+            (
+                "lbctl_backend_weight",
+                "The operator's weight (0: drained)",
+                |b| Some(b.entry.weight as i64),
+            ),
+            (
+                "lbctl_backend_up",
+                "Health checks say the backend is up (1) or down (0); absent when not checked",
+                |b| {
+                    (b.entry.health != Health::Unchecked)
+                        .then_some((b.entry.health == Health::Up) as i64)
+                },
+            ),
+            (
+                "lbctl_backend_active_flows",
+                "lbctl's conntrack entries to the backend with no FIN or RST seen",
+                |b| Some(b.active_flows.unwrap_or(0) as i64),
+            ),
+        ];
+        for (name, help, get) in gauges {
+            per_backend(&mut enc, s, (name, help, g), |b| {
+                get(b).map(ConstGauge::new)
+            })?;
+        }
         let items = s
             .verdicts
             .iter()
@@ -282,45 +275,120 @@ impl Collector for SnapshotCollector {
                 ("misses", fc.misses),
                 ("stores", fc.stores),
             ] {
-                family(
-                    &mut enc,
-                    &format!("lbctl_flow_cache_{name}"),
-                    &format!("Flow cache {name}"),
-                    c,
-                    vec![(Labels::new(), ConstCounter::new(v))],
-                )?;
+                let help = format!("Flow cache {name}");
+                one_counter(&mut enc, &format!("lbctl_flow_cache_{name}"), &help, v)?;
             }
         }
         if let Some(d) = s.datapath {
-            family(
-                &mut enc,
-                "lbctl_partial_csums",
-                "TCP/UDP checksums that arrived partial (TX checksum offload) and were completed",
-                c,
-                vec![(Labels::new(), ConstCounter::new(d.partial_csums))],
-            )?;
-            family(
-                &mut enc,
-                "lbctl_ct_full",
-                "Conntrack entries that could not be made: the table was full",
-                c,
-                vec![(Labels::new(), ConstCounter::new(d.ct_full))],
-            )?;
-            family(
-                &mut enc,
-                "lbctl_stateless",
-                "dnat packets forwarded without a conntrack entry (flood mode)",
-                c,
-                vec![(Labels::new(), ConstCounter::new(d.stateless))],
-            )?;
-            family(
-                &mut enc,
-                "lbctl_unverified_closes",
-                "TCP FINs and RSTs whose sequence number was not the one the peer expects: forwarded, the flow's timeout kept",
-                c,
-                vec![(Labels::new(), ConstCounter::new(d.unverified_closes))],
-            )?;
+            for (name, help, v) in [
+                (
+                    "lbctl_partial_csums",
+                    "TCP/UDP checksums that arrived partial (TX checksum offload) and were completed",
+                    d.partial_csums,
+                ),
+                (
+                    "lbctl_ct_full",
+                    "Conntrack entries that could not be made: the table was full",
+                    d.ct_full,
+                ),
+                (
+                    "lbctl_stateless",
+                    "dnat packets forwarded without a conntrack entry (flood mode)",
+                    d.stateless,
+                ),
+                (
+                    "lbctl_unverified_closes",
+                    "TCP FINs and RSTs whose sequence number was not the one the peer expects: forwarded, the flow's timeout kept",
+                    d.unverified_closes,
+                ),
+            ] {
+                one_counter(&mut enc, name, help, v)?;
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use prometheus_client::registry::Registry;
+
+    use super::SnapshotCollector;
+    use crate::datapath::codec::{BackendEntry, VipEntry};
+    use crate::datapath::counters::Counters;
+    use crate::model::{Health, NatMode, Proto, Service};
+    use crate::snapshot::{BackendView, DatapathStats, FlowCacheStats, Snapshot, VipView};
+
+    fn counters(n: u64) -> Counters {
+        Counters {
+            packets: n,
+            bytes: n * 100,
+            new_flows: n / 10,
+        }
+    }
+
+    /// Every family the collector writes, with names, help texts, labels and
+    /// values as the exposition shows them (testdata/metrics.txt: what the
+    /// collector wrote before its families were built from tables).
+    #[test]
+    fn exposition_text_is_stable() {
+        let vip = Service {
+            addr: "198.18.100.1:80".parse().unwrap(),
+            proto: Proto::Tcp,
+        };
+        let backend = |n: u8, health, weight, flows| BackendView {
+            entry: BackendEntry {
+                id: n as u32,
+                vip_index: 0,
+                vip,
+                addr: SocketAddr::from(([198, 18, 1, n], 8080)),
+                proto: Proto::Tcp,
+                weight,
+                health,
+                health_since: 0,
+                leaving: false,
+            },
+            stats: counters(n as u64 * 30),
+            active_flows: flows,
+        };
+        let snap = Snapshot {
+            vips: vec![VipView {
+                vip: VipEntry {
+                    service: vip,
+                    index: 0,
+                    mode: NatMode::Dnat,
+                    snat: None,
+                    table_size: 251,
+                    fixed_size: false,
+                    moved: 0.0,
+                    table_digest: 0,
+                },
+                stats: counters(90),
+                backends: vec![
+                    backend(1, Health::Up, 1, Some(3)),
+                    backend(2, Health::Down, 2, Some(0)),
+                    backend(3, Health::Unchecked, 0, None),
+                ],
+            }],
+            verdicts: vec![("tx", 80), ("pass_not_vip", 7)],
+            flow_cache: Some(FlowCacheStats {
+                hits: 11,
+                misses: 12,
+                stores: 13,
+            }),
+            datapath: Some(DatapathStats {
+                partial_csums: 21,
+                ct_full: 22,
+                stateless: 23,
+                unverified_closes: 24,
+            }),
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(SnapshotCollector(snap)));
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
+        assert_eq!(out, include_str!("testdata/metrics.txt"));
     }
 }
