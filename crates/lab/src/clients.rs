@@ -369,7 +369,8 @@ fn parse_http(raw: &[u8]) -> Result<HttpReply, ClientError> {
 
 /// A timeout stretched by `LBCTL_TEST_TIMEOUT_SCALE` (default 1): inside an
 /// emulated guest kernel (scripts/kernels/) everything runs many times
-/// slower, and a pause is not a broken connection.
+/// slower, and a pause is not a broken connection. Long connections' pause
+/// between chunks is stretched too, so their load shrinks by as much.
 pub fn scaled(d: Duration) -> Duration {
     let scale = std::env::var("LBCTL_TEST_TIMEOUT_SCALE")
         .ok()
@@ -656,7 +657,9 @@ fn pump(
         }
         chunks_ok.fetch_add(1, Ordering::Relaxed);
         seq += 1;
-        thread::sleep(cfg.interval);
+        // Paced like the deadlines: an emulated guest echoes ten times
+        // fewer chunks, not ten times more than it can carry.
+        thread::sleep(scaled(cfg.interval));
     }
     close(&mut stream, cfg.io_timeout)
         .err()
