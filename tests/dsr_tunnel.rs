@@ -98,14 +98,9 @@ fn dsr_keeps_the_packet_and_its_backend(f: &Family) {
     assert_eq!(lb.reason(lb_reason::LB_XDP_REDIRECT), 5);
 }
 
-#[test]
-fn dsr_changes_only_the_macs_ipv4() {
-    in_fresh_netns(|| dsr_keeps_the_packet_and_its_backend(&V4));
-}
-
-#[test]
-fn dsr_changes_only_the_macs_ipv6() {
-    in_fresh_netns(|| dsr_keeps_the_packet_and_its_backend(&V6));
+lbctl_lab::test_rows! {
+    dsr_changes_only_the_macs_ipv4 => in_fresh_netns(|| dsr_keeps_the_packet_and_its_backend(&V4));
+    dsr_changes_only_the_macs_ipv6 => in_fresh_netns(|| dsr_keeps_the_packet_and_its_backend(&V6));
 }
 
 #[test]
@@ -219,14 +214,9 @@ fn backend_mac_of(addr: &IpAddr, f: &Family) -> [u8; 6] {
     backend_mac(f.hosts[i])
 }
 
-#[test]
-fn tunnel_carries_the_packet_to_its_backend_ipv4() {
-    in_fresh_netns(|| tunnel_carries_the_packet_to_its_backend(&V4));
-}
-
-#[test]
-fn tunnel_carries_the_packet_to_its_backend_ipv6() {
-    in_fresh_netns(|| tunnel_carries_the_packet_to_its_backend(&V6));
+lbctl_lab::test_rows! {
+    tunnel_carries_the_packet_to_its_backend_ipv4 => in_fresh_netns(|| tunnel_carries_the_packet_to_its_backend(&V4));
+    tunnel_carries_the_packet_to_its_backend_ipv6 => in_fresh_netns(|| tunnel_carries_the_packet_to_its_backend(&V6));
 }
 
 /// A full-size packet plus the outer header does not fit the 1,500-byte

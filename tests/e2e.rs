@@ -174,24 +174,11 @@ fn one_arm_fullnat_balances_short_tcp_and_udp(family: Family) {
     );
 }
 
-#[test]
-fn two_arm_dnat_balances_short_tcp_and_udp_ipv4() {
-    two_arm_dnat_balances_short_tcp_and_udp(Family::V4);
-}
-
-#[test]
-fn two_arm_dnat_balances_short_tcp_and_udp_ipv6() {
-    two_arm_dnat_balances_short_tcp_and_udp(Family::V6);
-}
-
-#[test]
-fn one_arm_fullnat_balances_short_tcp_and_udp_ipv4() {
-    one_arm_fullnat_balances_short_tcp_and_udp(Family::V4);
-}
-
-#[test]
-fn one_arm_fullnat_balances_short_tcp_and_udp_ipv6() {
-    one_arm_fullnat_balances_short_tcp_and_udp(Family::V6);
+lbctl_lab::test_rows! {
+    two_arm_dnat_balances_short_tcp_and_udp_ipv4 => two_arm_dnat_balances_short_tcp_and_udp(Family::V4);
+    two_arm_dnat_balances_short_tcp_and_udp_ipv6 => two_arm_dnat_balances_short_tcp_and_udp(Family::V6);
+    one_arm_fullnat_balances_short_tcp_and_udp_ipv4 => one_arm_fullnat_balances_short_tcp_and_udp(Family::V4);
+    one_arm_fullnat_balances_short_tcp_and_udp_ipv6 => one_arm_fullnat_balances_short_tcp_and_udp(Family::V6);
 }
 
 /// A UDP "flow": one socket (one 5-tuple) asking every `interval` and
@@ -412,24 +399,11 @@ fn long_lived_connections_survive_every_change(topology: Topology, family: Famil
     }
 }
 
-#[test]
-fn two_arm_long_connections_survive_every_change_ipv4() {
-    long_lived_connections_survive_every_change(Topology::TwoArm, Family::V4);
-}
-
-#[test]
-fn one_arm_long_connections_survive_every_change_ipv4() {
-    long_lived_connections_survive_every_change(Topology::OneArm, Family::V4);
-}
-
-#[test]
-fn two_arm_long_connections_survive_every_change_ipv6() {
-    long_lived_connections_survive_every_change(Topology::TwoArm, Family::V6);
-}
-
-#[test]
-fn one_arm_long_connections_survive_every_change_ipv6() {
-    long_lived_connections_survive_every_change(Topology::OneArm, Family::V6);
+lbctl_lab::test_rows! {
+    two_arm_long_connections_survive_every_change_ipv4 => long_lived_connections_survive_every_change(Topology::TwoArm, Family::V4);
+    one_arm_long_connections_survive_every_change_ipv4 => long_lived_connections_survive_every_change(Topology::OneArm, Family::V4);
+    two_arm_long_connections_survive_every_change_ipv6 => long_lived_connections_survive_every_change(Topology::TwoArm, Family::V6);
+    one_arm_long_connections_survive_every_change_ipv6 => long_lived_connections_survive_every_change(Topology::OneArm, Family::V6);
 }
 
 /// An IPv4 and an IPv6 VIP on one balancer (one-arm fullnat, dual-stack

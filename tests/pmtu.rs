@@ -121,14 +121,9 @@ fn through_a_router(topology: Topology) {
     assert!(forwarded >= 2, "one error per family at least: {forwarded}");
 }
 
-#[test]
-fn a_routers_icmp_errors_reach_the_backend_dnat() {
-    through_a_router(Topology::TwoArm);
-}
-
-#[test]
-fn a_routers_icmp_errors_reach_the_backend_fullnat() {
-    through_a_router(Topology::OneArm);
+lbctl_lab::test_rows! {
+    a_routers_icmp_errors_reach_the_backend_dnat => through_a_router(Topology::TwoArm);
+    a_routers_icmp_errors_reach_the_backend_fullnat => through_a_router(Topology::OneArm);
 }
 
 /// dsr and tunnel: backend 1 holds VIP 1 (both families) on its loopback
@@ -183,14 +178,9 @@ fn direct_through_a_router(mode: &str) {
     assert!(forwarded >= 2, "one error per family at least: {forwarded}");
 }
 
-#[test]
-fn a_routers_icmp_errors_reach_the_backend_dsr() {
-    direct_through_a_router("dsr");
-}
-
-#[test]
-fn a_routers_icmp_errors_reach_the_backend_tunnel() {
-    direct_through_a_router("tunnel");
+lbctl_lab::test_rows! {
+    a_routers_icmp_errors_reach_the_backend_dsr => direct_through_a_router("dsr");
+    a_routers_icmp_errors_reach_the_backend_tunnel => direct_through_a_router("tunnel");
 }
 
 /// The balancer's own egress is smaller: lbctl answers both senders with
@@ -224,14 +214,9 @@ fn smaller_egress(topology: Topology) {
     );
 }
 
-#[test]
-fn a_smaller_egress_tells_both_senders_dnat() {
-    smaller_egress(Topology::TwoArm);
-}
-
-#[test]
-fn a_smaller_egress_tells_both_senders_fullnat() {
-    smaller_egress(Topology::OneArm);
+lbctl_lab::test_rows! {
+    a_smaller_egress_tells_both_senders_dnat => smaller_egress(Topology::TwoArm);
+    a_smaller_egress_tells_both_senders_fullnat => smaller_egress(Topology::OneArm);
 }
 
 /// A ping to a VIP goes to the balancer's stack untouched

@@ -145,14 +145,9 @@ fn explain_predicts_new_flows(topology: Topology) {
     assert_eq!(right, 200, "explain's predictions: {wrong:?}");
 }
 
-#[test]
-fn explain_predicts_the_backend_of_new_flows_dnat() {
-    explain_predicts_new_flows(Topology::TwoArm);
-}
-
-#[test]
-fn explain_predicts_the_backend_of_new_flows_fullnat() {
-    explain_predicts_new_flows(Topology::OneArm);
+lbctl_lab::test_rows! {
+    explain_predicts_the_backend_of_new_flows_dnat => explain_predicts_new_flows(Topology::TwoArm);
+    explain_predicts_the_backend_of_new_flows_fullnat => explain_predicts_new_flows(Topology::OneArm);
 }
 
 #[test]

@@ -56,3 +56,20 @@ lbctl::include_skeleton!(
     hash_check,
     "hash_check.skel.rs"
 );
+
+/// Tests that differ only in the arguments of one shared body, one row
+/// each: `name => body(args);` expands to `#[test] fn name() { body(args); }`.
+/// A variant (topology, family, mode) is then one row, not one more wrapper.
+/// Attributes (`///` docs, `#[ignore]`) before a row go onto its test.
+#[macro_export]
+macro_rules! test_rows {
+    ($($(#[$attr:meta])* $name:ident => $body:expr;)+) => {
+        $(
+            $(#[$attr])*
+            #[test]
+            fn $name() {
+                $body;
+            }
+        )+
+    };
+}
