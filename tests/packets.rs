@@ -133,8 +133,13 @@ fn the_longest_timeout_is_refreshed() {
     for kconfig in [None, Some("CONFIG_HZ=1000")] {
         in_fresh_netns(move || {
             let lb = Balancer::load_with_kconfig(kconfig).with_routes();
-            let vip = lb.vip(VIP, Proto::Tcp, lbctl::model::NatMode::Dnat, None);
-            lb.backend(&vip, "198.18.1.11:8080", 1);
+            lb.serve(
+                VIP,
+                Proto::Tcp,
+                lbctl::model::NatMode::Dnat,
+                None,
+                &["198.18.1.11:8080"],
+            );
             let max = lbctl::datapath::abi::LB_MAX_CT_TIMEOUT_S;
             assert_eq!(KEPT, max);
             assert!(lbctl::model::Timeouts::new(Some(max), None, None, None).is_ok());
@@ -206,18 +211,15 @@ fn conntrack_holds_the_flow_with_its_nat() {
     in_fresh_netns(|| {
         let (lb, _) = Balancer::fullnat(VIP, Proto::Tcp, "198.18.1.1", &["198.18.1.11:8080"]);
         lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
-        let entries = sh("conntrack -L -p tcp 2>/dev/null");
-        let line = entries
-            .lines()
-            .find(|l| l.contains("dport=80 "))
-            .unwrap_or_else(|| panic!("no entry: {entries}"));
-        for part in [
-            "src=198.18.0.2 dst=198.18.100.1 sport=40000 dport=80",
-            "src=198.18.1.11 dst=198.18.1.1 sport=8080 dport=40000",
-            "mark=",
-        ] {
-            assert!(line.contains(part), "{part:?} missing in {line}");
-        }
+        assert_conntrack_entry(
+            &sh("conntrack -L -p tcp 2>/dev/null"),
+            80,
+            &[
+                "src=198.18.0.2 dst=198.18.100.1 sport=40000 dport=80",
+                "src=198.18.1.11 dst=198.18.1.1 sport=8080 dport=40000",
+                "mark=",
+            ],
+        );
     });
 }
 
@@ -779,25 +781,28 @@ fn odd_packet_balancer() -> Balancer {
     let drained = lb.vip(DRAINED_VIP, Proto::Tcp, NatMode::Dnat, None);
     lb.backend(&drained, "198.18.1.12:8080", 0);
     for shared in ["198.18.100.5:80", "198.18.100.6:80"] {
-        let vip = lb.vip(shared, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, SHARED_BACKEND, 1);
+        lb.serve(shared, Proto::Tcp, NatMode::Dnat, None, &[SHARED_BACKEND]);
     }
-    let udp = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
-    lb.backend(&udp, "198.18.1.11:5353", 1);
+    lb.serve(
+        "198.18.100.1:53",
+        Proto::Udp,
+        NatMode::Dnat,
+        None,
+        &["198.18.1.11:5353"],
+    );
     let (ip, port) = FOREIGN_CLIENT.split_once(':').unwrap();
     sh(&format!(
         "conntrack -I -p tcp -s {ip} -d 198.18.100.1 --sport {port} --dport 80 \
          --timeout 120 --state ESTABLISHED 2>&1"
     ));
-    let fullnat = lb.vip(
+    lb.serve(
         FULLNAT_VIP,
         Proto::Tcp,
         NatMode::Fullnat,
         Some("198.18.1.1"),
+        &[FULLNAT_BACKEND],
     );
-    lb.backend(&fullnat, FULLNAT_BACKEND, 1);
-    let udp = lb.vip(UDP_VIP, Proto::Udp, NatMode::Dnat, None);
-    lb.backend(&udp, UDP_BACKEND, 1);
+    lb.serve(UDP_VIP, Proto::Udp, NatMode::Dnat, None, &[UDP_BACKEND]);
     // The flows ICMP is about.
     lb.open_flows(&[
         Packet::tcp(ICMP_CLIENT, VIP, SYN),
@@ -864,8 +869,7 @@ fn traffic_not_for_a_vip_passes_byte_for_byte() {
 fn without_an_xdp_route_the_rewritten_packet_goes_to_the_stack() {
     in_fresh_netns(|| {
         let lb = Balancer::load(); // no routes at all
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        lb.serve(VIP, Proto::Tcp, NatMode::Dnat, None, &["198.18.1.11:8080"]);
         let (action, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
         assert_eq!(action, XDP_PASS);
         assert_eq!(parse(&out).dst, "198.18.1.11:8080");
@@ -919,15 +923,19 @@ fn the_address_prefilter_follows_vips_and_backends() {
             prefilter_bits(&lb).is_empty(),
             "a fresh balancer filters all"
         );
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        let vip = lb.serve(VIP, Proto::Tcp, NatMode::Dnat, None, &["198.18.1.11:8080"]);
         let backend_bit = 1024 * 64 + bit("198.18.1.11");
         assert_eq!(prefilter_bits(&lb), [bit("198.18.100.1"), backend_bit]);
 
         // A VIP sharing the first one's bit keeps it when the first goes.
         let twin = prefilter_twin("198.18.100.1");
-        let twin_vip = lb.vip(&format!("{twin}:80"), Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&twin_vip, "198.18.1.12:8080", 1);
+        let twin_vip = lb.serve(
+            &format!("{twin}:80"),
+            Proto::Tcp,
+            NatMode::Dnat,
+            None,
+            &["198.18.1.12:8080"],
+        );
         lb.maps.del_vip(&vip).unwrap();
         let (action, _) = lb.run(&Packet::tcp(CLIENT, &format!("{twin}:80"), SYN).build());
         assert_eq!(action, XDP_REDIRECT, "the twin VIP is still balanced");
@@ -947,8 +955,7 @@ fn the_address_prefilter_follows_vips_and_backends() {
 
         // Bits lost (maps of an older lbctl) come back with a rebuild.
         use libbpf_rs::{MapCore, MapFlags};
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.13:8080", 1);
+        lb.serve(VIP, Proto::Tcp, NatMode::Dnat, None, &["198.18.1.13:8080"]);
         let word = bit("198.18.100.1") / 64;
         lb.maps
             .addr_filter
@@ -973,8 +980,13 @@ const PARTIAL_LENGTHS: [usize; 12] = [0, 1, 2, 3, 5, 127, 255, 256, 257, 511, 10
 fn partial_checksums_from_tx_offload_are_completed() {
     in_fresh_netns(|| {
         let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
-        let udp = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
-        lb.backend(&udp, "198.18.1.11:5353", 1);
+        lb.serve(
+            "198.18.100.1:53",
+            Proto::Udp,
+            NatMode::Dnat,
+            None,
+            &["198.18.1.11:5353"],
+        );
         let mut completed = 0;
         for (i, len) in PARTIAL_LENGTHS.into_iter().enumerate() {
             let payload: Vec<u8> = (0..len).map(|b| (b * 7 + i) as u8).collect();
@@ -1042,8 +1054,7 @@ fn partial_checksums_from_tx_offload_are_completed() {
 fn a_partial_checksum_passed_to_the_stack_stays_partial_for_the_new_addresses() {
     in_fresh_netns(|| {
         let lb = Balancer::load(); // no routes: the stack forwards it
-        let vip = lb.vip(VIP, Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        lb.serve(VIP, Proto::Tcp, NatMode::Dnat, None, &["198.18.1.11:8080"]);
         let (action, out) = lb.run(
             &Packet::tcp(CLIENT, VIP, SYN)
                 .payload(b"abc")
@@ -1085,8 +1096,13 @@ fn seconds_left(entry: &str) -> u32 {
 fn a_reused_client_port_is_a_clash_not_a_full_table() {
     in_fresh_netns(|| {
         let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
-        let b = lb.vip("198.18.100.2:80", Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&b, "198.18.1.11:8080", 1);
+        lb.serve(
+            "198.18.100.2:80",
+            Proto::Tcp,
+            NatMode::Dnat,
+            None,
+            &["198.18.1.11:8080"],
+        );
         let (action, _) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
         assert_eq!(action, XDP_REDIRECT);
         let (action, _) = lb.run(&Packet::tcp(CLIENT, "198.18.100.2:80", SYN).build());

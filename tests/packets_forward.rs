@@ -89,13 +89,13 @@ fn source_routed_packets_to_a_vip_make_no_entry() {
 fn tunnel_outer_ipv4_ids_vary() {
     in_fresh_netns(|| {
         let lb = Balancer::load().with_routes();
-        let vip = lb.vip(
+        lb.serve(
             "198.18.100.1:8080",
             Proto::Tcp,
             NatMode::Tunnel,
             Some("198.18.1.1"),
+            &["198.18.1.11:8080"],
         );
-        lb.backend(&vip, "198.18.1.11:8080", 1);
         let mut ids = std::collections::BTreeSet::new();
         for (k, flags) in [SYN, ACK, ACK, ACK, ACK, ACK, ACK, ACK]
             .into_iter()
@@ -123,8 +123,13 @@ fn ipv6_too_big_never_advertises_less_than_1280() {
         let lb = Balancer::load().with_routes();
         sh("ip link set v0 mtu 1300 && ip link set v1 mtu 1300");
         let vip6 = "[2001:db8:0:100::1]:8080";
-        let vip = lb.vip(vip6, Proto::Tcp, NatMode::Tunnel, Some("2001:db8:0:1::1"));
-        lb.backend(&vip, "[2001:db8:0:1::11]:8080", 1);
+        lb.serve(
+            vip6,
+            Proto::Tcp,
+            NatMode::Tunnel,
+            Some("2001:db8:0:1::1"),
+            &["[2001:db8:0:1::11]:8080"],
+        );
         let syn = Packet::tcp(CLIENT6, vip6, SYN).build();
         assert_eq!(lb.run(&syn).0, XDP_REDIRECT, "{:?}", lb.reasons());
         // 40 + 20 + 1,240 = 1,300 bytes of IPv6 packet.
@@ -199,8 +204,7 @@ fn icmp_about_dsr_and_tunnel_flows_reaches_the_backend_as_the_clients_packets_do
         ];
         in_fresh_netns(move || {
             let lb = Balancer::load().with_routes();
-            let service = lb.vip(vip, Proto::Tcp, NatMode::Dsr, None);
-            lb.backend(&service, backend, 1);
+            lb.serve(vip, Proto::Tcp, NatMode::Dsr, None, &[backend]);
             run_table(&lb, &rows);
         });
     }
@@ -231,8 +235,7 @@ fn icmp_about_dsr_and_tunnel_flows_reaches_the_backend_as_the_clients_packets_do
                 (NatMode::Tunnel, true) => Some("2001:db8:0:1::1"),
                 _ => None,
             };
-            let service = lb.vip(vip, Proto::Tcp, mode, source);
-            lb.backend(&service, backend, 1);
+            lb.serve(vip, Proto::Tcp, mode, source, &[backend]);
             let syn = Packet::tcp(client, vip, SYN).build();
             let (action, first) = lb.run(&syn);
             assert_eq!(action, XDP_REDIRECT, "{mode:?} {vip}: {:?}", lb.reasons());

@@ -62,19 +62,16 @@ fn replies_are_rewritten_back_to_the_vip_dnat() {
         assert_eq!(seen.dst_mac, backend_mac(2));
         // The client's ACK completes the handshake: assured.
         lb.run(&Packet::tcp(CLIENT, VIP, ACK).build());
-        let entries = conntrack6();
-        let line = entries
-            .lines()
-            .find(|l| l.contains("dport=80 "))
-            .unwrap_or_else(|| panic!("no IPv6 entry: {entries}"));
-        for part in [
-            "src=2001:db8::2 dst=2001:db8:0:100::1 sport=40000 dport=80",
-            "src=2001:db8:0:1::11 dst=2001:db8::2 sport=8080 dport=40000",
-            "ASSURED",
-            "mark=",
-        ] {
-            assert!(line.contains(part), "{part:?} missing in {line}");
-        }
+        assert_conntrack_entry(
+            &conntrack6(),
+            80,
+            &[
+                "src=2001:db8::2 dst=2001:db8:0:100::1 sport=40000 dport=80",
+                "src=2001:db8:0:1::11 dst=2001:db8::2 sport=8080 dport=40000",
+                "ASSURED",
+                "mark=",
+            ],
+        );
     });
 }
 
@@ -466,8 +463,13 @@ fn an_ipv6_packet_never_uses_a_cached_ipv4_decision() {
         // zero-padded, are the same 16 bytes the IPv4 key holds:
         // 198.18.0.2 = c612:0002, 198.18.100.1 = c612:6401.
         let lb = Balancer::load().with_routes();
-        let vip = lb.vip("198.18.100.1:80", Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&vip, "198.18.1.11:8080", 1);
+        lb.serve(
+            "198.18.100.1:80",
+            Proto::Tcp,
+            NatMode::Dnat,
+            None,
+            &["198.18.1.11:8080"],
+        );
         let v4 = Packet::tcp("198.18.0.2:40000", "198.18.100.1:80", ACK).build();
         lb.run(&Packet::tcp("198.18.0.2:40000", "198.18.100.1:80", SYN).build());
         lb.run(&v4);
@@ -591,15 +593,14 @@ fn the_prefilter_has_ipv6_bits() {
 fn ipv4_and_ipv6_vips_side_by_side() {
     in_fresh_netns(|| {
         let lb = Balancer::load().with_routes();
-        let v6 = lb.vip(VIP, Proto::Tcp, NatMode::Fullnat, Some(SNAT));
-        lb.backend(&v6, BACKEND, 1);
-        let v4 = lb.vip(
+        let v6 = lb.serve(VIP, Proto::Tcp, NatMode::Fullnat, Some(SNAT), &[BACKEND]);
+        let v4 = lb.serve(
             "198.18.100.1:80",
             Proto::Tcp,
             NatMode::Fullnat,
             Some("198.18.1.1"),
+            &["198.18.1.11:8080"],
         );
-        lb.backend(&v4, "198.18.1.11:8080", 1);
         let (_, out6) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
         let (_, out4) = lb.run(&Packet::tcp("198.18.0.2:40000", "198.18.100.1:80", SYN).build());
         assert_eq!(parse(&out6).dst, BACKEND);
@@ -836,10 +837,14 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
     ];
     in_fresh_netns(move || {
         let (lb, _) = dnat_lb();
-        let fullnat = lb.vip(FULLNAT_VIP, Proto::Tcp, NatMode::Fullnat, Some(SNAT));
-        lb.backend(&fullnat, FULLNAT_BACKEND, 1);
-        let udp = lb.vip(UDP_VIP, Proto::Udp, NatMode::Dnat, None);
-        lb.backend(&udp, UDP_BACKEND, 1);
+        lb.serve(
+            FULLNAT_VIP,
+            Proto::Tcp,
+            NatMode::Fullnat,
+            Some(SNAT),
+            &[FULLNAT_BACKEND],
+        );
+        lb.serve(UDP_VIP, Proto::Udp, NatMode::Dnat, None, &[UDP_BACKEND]);
         // The flows ICMP is about.
         lb.open_flows(&[
             Packet::tcp(CLIENT, VIP, SYN),
@@ -858,8 +863,13 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
 fn ipv6_unreplied_entries_and_clashes() {
     in_fresh_netns(|| {
         let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &[BACKEND]);
-        let udp = lb.vip("[2001:db8:0:100::1]:53", Proto::Udp, NatMode::Dnat, None);
-        lb.backend(&udp, "[2001:db8:0:1::11]:5353", 1);
+        lb.serve(
+            "[2001:db8:0:100::1]:53",
+            Proto::Udp,
+            NatMode::Dnat,
+            None,
+            &["[2001:db8:0:1::11]:5353"],
+        );
         let left = |proto: &str| -> (u32, bool) {
             let l = sh(&format!("conntrack -L -f ipv6 -p {proto} 2>/dev/null"));
             let e = l.lines().next().unwrap_or_else(|| panic!("an entry: {l}"));
@@ -882,8 +892,13 @@ fn ipv6_unreplied_entries_and_clashes() {
         lb.run(&Packet::udp("[2001:db8:0:1::11]:5353", CLIENT, b"a").build());
         assert!(left("udp").0 > 200, "replied: the UDP timeout");
 
-        let b = lb.vip("[2001:db8:0:100::2]:80", Proto::Tcp, NatMode::Dnat, None);
-        lb.backend(&b, BACKEND, 1);
+        lb.serve(
+            "[2001:db8:0:100::2]:80",
+            Proto::Tcp,
+            NatMode::Dnat,
+            None,
+            &[BACKEND],
+        );
         let (action, _) = lb.run(&Packet::tcp(CLIENT, "[2001:db8:0:100::2]:80", SYN).build());
         assert_eq!(action, XDP_DROP);
         assert_eq!(lb.reason_named("drop_ct_clash"), 1);
