@@ -279,14 +279,7 @@ impl EcmpLab {
     pub fn teardown(&mut self) -> io::Result<()> {
         self.servers.iter_mut().for_each(|s| *s = None);
         self.pass_links.clear();
-        let mut first = None;
-        while let Some(name) = self.created.pop() {
-            if let Err(e) = netns::delete(&name) {
-                eprintln!("ecmp lab: {e}");
-                first.get_or_insert(e);
-            }
-        }
-        first.map_or(Ok(()), Err)
+        netns::delete_all(&mut self.created, "ecmp lab")
     }
 }
 

@@ -875,14 +875,7 @@ impl Lab {
         // namespaces) alive after the names are gone.
         self.servers.iter_mut().for_each(|s| *s = None);
         self.xdp_links.clear();
-        let mut first_error = None;
-        while let Some(name) = self.created.pop() {
-            if let Err(e) = netns::delete(&name) {
-                eprintln!("lab: {e}");
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        netns::delete_all(&mut self.created, "lab")
     }
 }
 

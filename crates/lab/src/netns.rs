@@ -52,6 +52,20 @@ pub fn delete(name: &str) -> io::Result<()> {
     killed.and(deleted)
 }
 
+/// Deletes the namespaces a lab made, newest first, emptying `created`:
+/// tries every one, says each failure on stderr (prefixed `who`), returns
+/// the first.
+pub fn delete_all(created: &mut Vec<String>, who: &str) -> io::Result<()> {
+    let mut first_error = None;
+    while let Some(name) = created.pop() {
+        if let Err(e) = delete(&name) {
+            eprintln!("{who}: {e}");
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
 /// Pids of the processes whose network namespace is `name` (`ip netns pids`).
 pub fn pids(name: &str) -> io::Result<Vec<i32>> {
     let out = run_host(&["ip", "netns", "pids", name])?;
