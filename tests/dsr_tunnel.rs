@@ -110,8 +110,7 @@ fn a_dsr_backend_behind_a_gateway_is_dropped_not_looped() {
         // 198.18.5.0/24 is reached through the router 198.18.1.11: the frame
         // would go to that router with the VIP as its destination.
         sh("ip route add 198.18.5.0/24 via 198.18.1.11");
-        let vip = lb.vip(V4.vip, Proto::Tcp, NatMode::Dsr, None);
-        lb.backend(&vip, "198.18.5.5:8080", 1);
+        lb.serve(V4.vip, Proto::Tcp, NatMode::Dsr, None, &["198.18.5.5:8080"]);
         let (action, _) = lb.run(&Packet::tcp(V4.client, V4.vip, SYN).build());
         assert_eq!(action, XDP_DROP, "{:?}", lb.reasons());
         assert_eq!(lb.reason(lb_reason::LB_DROP_DSR_OFFLINK), 1);
@@ -228,8 +227,13 @@ lbctl_lab::test_rows! {
 fn a_tunnelled_packet_larger_than_the_path_gets_the_tunnels_mtu_back() {
     in_fresh_netns(|| {
         let lb = Balancer::load().with_routes();
-        let vip = lb.vip(V4.vip, Proto::Tcp, NatMode::Tunnel, Some(V4.source));
-        lb.backend(&vip, V4.backends[0], 1);
+        lb.serve(
+            V4.vip,
+            Proto::Tcp,
+            NatMode::Tunnel,
+            Some(V4.source),
+            &[V4.backends[0]],
+        );
         let fits = Packet::tcp(V4.client, V4.vip, SYN)
             .payload(&[0; 1440])
             .build();
@@ -267,7 +271,7 @@ mod lab {
     use std::net::{IpAddr, SocketAddr};
     use std::time::Duration;
 
-    use lbctl_lab::clients::{self, ClientError};
+    use lbctl_lab::clients;
     use lbctl_lab::lab::{Family, Lab, Topology, HOST_IFACE};
     use lbctl_lab::servers::ECHO_PORT;
 
@@ -331,17 +335,9 @@ mod lab {
     }
 
     fn short_tcp(lab: &Lab, vip: IpAddr, n: usize) -> BTreeMap<String, usize> {
-        lab.in_client(|| -> Result<_, ClientError> {
-            let mut spread = BTreeMap::new();
-            for k in 0..n {
-                let t = clients::scaled(Duration::from_secs(3));
-                let name = clients::tcp_echo(vip, ECHO_PORT, format!("req {k}").as_bytes(), t)
-                    .map_err(|e| ClientError::Protocol(format!("connection {k} of {n}: {e}")))?;
-                *spread.entry(name).or_insert(0) += 1;
-            }
-            Ok(spread)
-        })
-        .unwrap_or_else(|e| panic!("short TCP connections: {e}\n{}", diagnose(lab)))
+        let t = clients::scaled(Duration::from_secs(3));
+        lab.in_client(|| clients::short_tcp_spread(vip, ECHO_PORT, n, t))
+            .unwrap_or_else(|e| panic!("short TCP connections: {e}\n{}", diagnose(lab)))
     }
 
     /// Short connections spread by weight; 20 long ones keep their backend
@@ -441,8 +437,7 @@ const RST: u8 = 0x04;
 fn a_blind_rst_leaves_the_flow_alone(f: &Family, mode: NatMode) {
     let lb = Balancer::load().with_routes();
     let source = (mode == NatMode::Tunnel).then_some(f.source);
-    let vip = lb.vip(f.vip, Proto::Tcp, mode, source);
-    lb.backend(&vip, f.backends[0], 1);
+    lb.serve(f.vip, Proto::Tcp, mode, source, &[f.backends[0]]);
     let run = |flags: u8, seq: u32, len: usize| {
         let p = Packet::tcp(f.client, f.vip, flags)
             .seq(seq)
@@ -492,8 +487,13 @@ fn a_live_tunnel_flow_keeps_its_sequence_past_the_tcp_timeout() {
     in_fresh_netns(|| {
         let f = &V4;
         let lb = Balancer::load().with_routes();
-        let vip = lb.vip(f.vip, Proto::Tcp, NatMode::Tunnel, Some(f.source));
-        lb.backend(&vip, f.backends[0], 1);
+        lb.serve(
+            f.vip,
+            Proto::Tcp,
+            NatMode::Tunnel,
+            Some(f.source),
+            &[f.backends[0]],
+        );
         let t = lbctl::model::Timeouts::new(Some(1), None, None, None).unwrap();
         lb.maps.set_timeouts(&t).unwrap();
         let run = |flags: u8, seq: u32| {

@@ -70,16 +70,8 @@ fn diagnose(lab: &Lab) -> String {
 
 /// Spread of `n` short TCP connections (each: connect, hello, echo, close).
 fn short_tcp(lab: &Lab, vip: IpAddr, n: usize) -> BTreeMap<String, usize> {
-    lab.in_client(|| -> Result<_, ClientError> {
-        let mut spread = BTreeMap::new();
-        for k in 0..n {
-            let name = clients::tcp_echo(vip, 80, format!("req {k}").as_bytes(), timeout())
-                .map_err(|e| ClientError::Protocol(format!("connection {k} of {n}: {e}")))?;
-            *spread.entry(name).or_insert(0) += 1;
-        }
-        Ok(spread)
-    })
-    .unwrap_or_else(|e| panic!("short TCP connections: {e}\n{}", diagnose(lab)))
+    lab.in_client(|| clients::short_tcp_spread(vip, 80, n, timeout()))
+        .unwrap_or_else(|e| panic!("short TCP connections: {e}\n{}", diagnose(lab)))
 }
 
 fn short_udp(lab: &Lab, vip: IpAddr, n: usize) -> BTreeMap<String, usize> {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use lbctl_lab::clients::{self, ClientError};
+use lbctl_lab::clients;
 use lbctl_lab::ecmp::{EcmpLab, LB_IFACE};
 use lbctl_lab::servers::ECHO_PORT;
 
@@ -87,19 +87,32 @@ fn diagnose(lab: &EcmpLab) -> String {
     out
 }
 
+/// Starts `n` long echo connections to the VIP's `port`, each lasting up
+/// to `secs` (stretched by the guest's scale): them, and the backend each
+/// started on.
+fn long_connections(
+    lab: &EcmpLab,
+    n: usize,
+    port: u16,
+    secs: u64,
+) -> (Vec<clients::LongConn>, Vec<String>) {
+    let cfg = clients::EchoConfig {
+        max_duration: clients::scaled(Duration::from_secs(secs)),
+        ..Default::default()
+    };
+    let vip: IpAddr = lab.vip().into();
+    let conns = lab
+        .in_client(|| clients::start_many(n, vip, port, &cfg))
+        .unwrap_or_else(|e| panic!("long connections: {e}\n{}", diagnose(lab)));
+    let started = conns.iter().map(|c| c.backend().to_string()).collect();
+    (conns, started)
+}
+
 fn short_tcp(lab: &EcmpLab, port: u16, n: usize) -> BTreeMap<String, usize> {
     let vip: IpAddr = lab.vip().into();
-    lab.in_client(|| -> Result<_, ClientError> {
-        let mut spread = BTreeMap::new();
-        for k in 0..n {
-            let t = clients::scaled(Duration::from_secs(3));
-            let name = clients::tcp_echo(vip, port, format!("req {k}").as_bytes(), t)
-                .map_err(|e| ClientError::Protocol(format!("connection {k} of {n}: {e}")))?;
-            *spread.entry(name).or_insert(0) += 1;
-        }
-        Ok(spread)
-    })
-    .unwrap_or_else(|e| panic!("short TCP connections: {e}\n{}", diagnose(lab)))
+    let t = clients::scaled(Duration::from_secs(3));
+    lab.in_client(|| clients::short_tcp_spread(vip, port, n, t))
+        .unwrap_or_else(|e| panic!("short TCP connections: {e}\n{}", diagnose(lab)))
 }
 
 /// 500 short connections: every balancer forwards some, the backends get
@@ -147,15 +160,7 @@ fn long_connections_survive_a_balancer_leaving_and_coming_back(mode: &str) {
         lab.route_backends_via(lab.balancer_addr(1)).unwrap();
     }
     let port = vip_port(mode);
-    let cfg = clients::EchoConfig {
-        max_duration: clients::scaled(Duration::from_secs(90)),
-        ..Default::default()
-    };
-    let vip: IpAddr = lab.vip().into();
-    let conns = lab
-        .in_client(|| clients::start_many(50, vip, port, &cfg))
-        .unwrap_or_else(|e| panic!("long connections: {e}\n{}", diagnose(&lab)));
-    let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
+    let (conns, started) = long_connections(&lab, 50, port, 90);
     let pause = || std::thread::sleep(Duration::from_millis(500));
     pause();
     let before = forwarded(&lab, 2);
@@ -235,15 +240,7 @@ lb2: {}",
         size(2)
     );
 
-    let cfg = clients::EchoConfig {
-        max_duration: clients::scaled(Duration::from_secs(60)),
-        ..Default::default()
-    };
-    let vip: IpAddr = lab.vip().into();
-    let conns = lab
-        .in_client(|| clients::start_many(50, vip, ECHO_PORT, &cfg))
-        .unwrap_or_else(|e| panic!("long connections: {e}\n{}", diagnose(&lab)));
-    let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
+    let (conns, started) = long_connections(&lab, 50, ECHO_PORT, 60);
     let pause = || std::thread::sleep(Duration::from_millis(500));
     pause();
     assert!(
@@ -392,15 +389,7 @@ mod bgp {
         }
         wait_for_hops(&lab, &[1, 2, 3]);
 
-        let cfg = clients::EchoConfig {
-            max_duration: clients::scaled(Duration::from_secs(90)),
-            ..Default::default()
-        };
-        let vip: IpAddr = lab.vip().into();
-        let conns = lab
-            .in_client(|| clients::start_many(30, vip, ECHO_PORT, &cfg))
-            .unwrap_or_else(|e| panic!("long connections: {e}\n{}", diagnose(&lab)));
-        let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
+        let (conns, started) = long_connections(&lab, 30, ECHO_PORT, 90);
 
         // The last detach withdraws lb2's route before its program goes.
         lbctl(&lab, 2, &["detach", LB_IFACE]);
@@ -412,7 +401,7 @@ mod bgp {
         wait_for_hops(&lab, &[1, 2, 3]);
 
         // Every backend of the VIP drained on lb3: it can serve no new flow.
-        let v = SocketAddr::new(vip, ECHO_PORT).to_string();
+        let v = SocketAddr::new(lab.vip().into(), ECHO_PORT).to_string();
         for i in 1..=lab.backends() {
             let b = SocketAddr::new(lab.backend_addr(i).into(), ECHO_PORT).to_string();
             lbctl(&lab, 3, &["backend", "set", &v, &b, "--weight", "0"]);

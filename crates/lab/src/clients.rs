@@ -24,6 +24,21 @@ pub fn answers_per_backend<E>(
     Ok(spread)
 }
 
+/// `n` short TCP connections to `addr:port` (each: connect, hello, echo
+/// `req k`, close): how many each backend answered. The first failure ends
+/// it, naming which connection it was.
+pub fn short_tcp_spread(
+    addr: IpAddr,
+    port: u16,
+    n: usize,
+    timeout: Duration,
+) -> Result<BTreeMap<String, usize>, ClientError> {
+    answers_per_backend(n, |k| {
+        tcp_echo(addr, port, format!("req {k}").as_bytes(), timeout)
+            .map_err(|e| ClientError::Protocol(format!("connection {k} of {n}: {e}")))
+    })
+}
+
 /// Longest backend name line we accept.
 const MAX_HELLO: usize = 64;
 /// Longest HTTP response we read.
