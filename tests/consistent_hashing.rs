@@ -3,7 +3,6 @@
 //! balancers configured alike agree, and a flow whose conntrack entry was
 //! lost lands on the same backend in both directions.
 
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 
 use lbctl::datapath::codec::ip_bytes;
@@ -13,7 +12,6 @@ use lbctl::hash::{flow_hash, flow_key};
 use lbctl::model::{NatMode, Proto, Service};
 use lbctl_lab::fixtures::packet::*;
 use lbctl_lab::fixtures::*;
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::ProgramInput;
 
 use lbctl_lab::hash_check;
@@ -22,11 +20,7 @@ const VIP: &str = "198.18.100.1:80";
 
 #[test]
 fn c_and_rust_flow_hashes_agree_on_the_vectors() {
-    let storage = Box::leak(Box::new(MaybeUninit::uninit()));
-    let skel = hash_check::HashCheckSkelBuilder::default()
-        .open(storage)
-        .unwrap()
-        .load()
+    let skel = lbctl_lab::load_test_prog(hash_check::HashCheckSkelBuilder::default())
         .expect("loading the hash check program");
     let vectors = include_str!("data/flow_hash_vectors.txt");
     let mut checked = 0;

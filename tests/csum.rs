@@ -4,11 +4,9 @@
 //! the frame (BPF_PROG_TEST_RUN), and each answer is compared with an
 //! independent Rust reference: the RFC 1071 sum over big-endian words,
 //! computed over the whole data each time (never incrementally).
-use std::mem::MaybeUninit;
 
 use lbctl_lab::csum_check;
 use lbctl_lab::rng::Rng;
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::ProgramInput;
 
 const OP_FOLD: u32 = 0;
@@ -83,11 +81,7 @@ struct Check {
 
 impl Check {
     fn load() -> Self {
-        let storage = Box::leak(Box::new(MaybeUninit::uninit()));
-        let skel = csum_check::CsumCheckSkelBuilder::default()
-            .open(storage)
-            .unwrap()
-            .load()
+        let skel = lbctl_lab::load_test_prog(csum_check::CsumCheckSkelBuilder::default())
             .expect("loading the checksum test program");
         Check { skel }
     }

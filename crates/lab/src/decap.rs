@@ -4,10 +4,8 @@
 //! packet, addressed to the VIP the backend holds on `lo`, goes up its stack.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Xdp, XdpFlags};
 
 use crate::decap_prog::DecapSkelBuilder;
@@ -16,11 +14,7 @@ use crate::netns;
 /// Attaches the decapsulating program to `iface` in namespace `ns`, in
 /// native mode; it stays until the interface goes with the namespace.
 pub fn attach(ns: &str, iface: &str) -> io::Result<()> {
-    let storage = Box::leak(Box::new(MaybeUninit::uninit()));
-    let skel = DecapSkelBuilder::default()
-        .open(storage)
-        .and_then(|s| s.load())
-        .map_err(io::Error::other)?;
+    let skel = crate::load_test_prog(DecapSkelBuilder::default()).map_err(io::Error::other)?;
     let fd = skel.progs.decap.as_fd().as_raw_fd();
     let ifname = iface.to_string();
     // Interface indexes and the attachment belong to the calling thread's

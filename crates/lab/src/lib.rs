@@ -57,6 +57,17 @@ lbctl::include_skeleton!(
     "hash_check.skel.rs"
 );
 
+/// Opens and loads (verifier and all) one of the test-only programs above.
+/// Its object is leaked: the skeleton borrows it, and a test keeps the
+/// program to its end.
+pub fn load_test_prog<B: libbpf_rs::skel::SkelBuilder<'static>>(
+    builder: B,
+) -> libbpf_rs::Result<<B::Output as libbpf_rs::skel::OpenSkel<'static>>::Output> {
+    use libbpf_rs::skel::OpenSkel;
+    let storage = Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
+    builder.open(storage)?.load()
+}
+
 /// Tests that differ only in the arguments of one shared body, one row
 /// each: `name => body(args);` expands to `#[test] fn name() { body(args); }`.
 /// A variant (topology, family, mode) is then one row, not one more wrapper.
