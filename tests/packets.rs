@@ -10,6 +10,8 @@ use lbctl_lab::fixtures::packet::*;
 use lbctl_lab::fixtures::*;
 
 const VIP: &str = "198.18.100.1:80";
+/// A UDP service on the VIP's address (its backend: `UDP_BACKEND`).
+const VIP_UDP: &str = "198.18.100.1:53";
 const CLIENT: &str = "198.18.0.2:40000";
 
 #[test]
@@ -226,28 +228,28 @@ fn conntrack_holds_the_flow_with_its_nat() {
 #[test]
 fn udp_is_balanced_and_a_zero_checksum_stays_zero() {
     in_fresh_netns(|| {
-        let (lb, _) = Balancer::dnat("198.18.100.1:53", Proto::Udp, &["198.18.1.11:5353"]);
+        let (lb, _) = Balancer::dnat(VIP_UDP, Proto::Udp, &[UDP_BACKEND]);
 
-        let (action, out) = lb.run(&Packet::udp(CLIENT, "198.18.100.1:53", b"query").build());
+        let (action, out) = lb.run(&Packet::udp(CLIENT, VIP_UDP, b"query").build());
         assert_eq!(action, XDP_REDIRECT);
         let seen = parse(&out);
-        assert_eq!(seen.dst, "198.18.1.11:5353");
+        assert_eq!(seen.dst, UDP_BACKEND);
         assert_ne!(seen.udp_checksum, Some(0));
 
-        let mut no_sum = Packet::udp("198.18.0.2:40001", "198.18.100.1:53", b"query");
+        let mut no_sum = Packet::udp("198.18.0.2:40001", VIP_UDP, b"query");
         no_sum.no_udp_checksum = true;
         let (_, out) = lb.run(&no_sum.build());
         let seen = parse(&out);
-        assert_eq!(seen.dst, "198.18.1.11:5353");
+        assert_eq!(seen.dst, UDP_BACKEND);
         assert_eq!(
             seen.udp_checksum,
             Some(0),
             "checksum 0 means none and stays 0"
         );
 
-        let reply = Packet::udp("198.18.1.11:5353", CLIENT, b"answer");
+        let reply = Packet::udp(UDP_BACKEND, CLIENT, b"answer");
         let (_, out) = lb.run(&reply.build());
-        assert_eq!(parse(&out).src, "198.18.100.1:53");
+        assert_eq!(parse(&out).src, VIP_UDP);
     });
 }
 
@@ -397,44 +399,30 @@ fn odd_packets() -> Vec<Case> {
                 2,
             ),
         },
-        Case {
-            row: ICMP_NO_FLOW,
-            example: "fragmentation needed to the VIP about a reply of no flow",
-            frame: Packet::icmp_error(
+        icmp_no_flow(
+            "fragmentation needed to the VIP about a reply of no flow",
+            Packet::icmp_error(
                 ROUTER_C,
                 VIP_IP,
                 IcmpError::FragNeeded(1280),
                 &Packet::tcp(VIP, "198.18.0.2:40999", ACK),
             )
             .build(),
-            action: XDP_PASS,
-            reason: lb_reason::LB_PASS_ICMP_NO_FLOW,
-            out: Untouched,
-        },
-        Case {
-            row: ICMP_NO_FLOW,
-            example: "time exceeded quoting an ICMP echo from the VIP's address",
-            frame: Packet::icmp_error(
+        ),
+        icmp_no_flow(
+            "time exceeded quoting an ICMP echo from the VIP's address",
+            Packet::icmp_error(
                 ROUTER_C,
                 VIP_IP,
                 IcmpError::TimeExceeded,
                 &Packet::icmp_echo(VIP_IP, "198.18.0.2"),
             )
             .build(),
-            action: XDP_PASS,
-            reason: lb_reason::LB_PASS_ICMP_NO_FLOW,
-            out: Untouched,
-        },
-        Case {
-            row: ICMP_NO_FLOW,
-            example: "fragmentation needed about a reply, quote cut inside the ports",
-            frame: frag_needed_about_reply()
-                .quote_cut(22)
-                .build(),
-            action: XDP_PASS,
-            reason: lb_reason::LB_PASS_ICMP_NO_FLOW,
-            out: Untouched,
-        },
+        ),
+        icmp_no_flow(
+            "fragmentation needed about a reply, quote cut inside the ports",
+            frag_needed_about_reply().quote_cut(22).build(),
+        ),
         Case {
             row: "truncated header, bad IHL, total length beyond the frame; IPv6 payload length beyond the frame or 0 (jumbogram), extension header cut short",
             example: "SYN to the VIP cut 10 bytes into its TCP header",
@@ -478,7 +466,7 @@ fn odd_packets() -> Vec<Case> {
         Case {
             row: L4_LENGTH_ROW,
             example: "UDP to the VIP whose UDP length (200) is beyond the total length",
-            frame: with_byte(Packet::udp(CLIENT, "198.18.100.1:53", b"query").build(), 14 + 20 + 5, 200),
+            frame: with_byte(Packet::udp(CLIENT, VIP_UDP, b"query").build(), 14 + 20 + 5, 200),
             action: XDP_PASS,
             reason: lb_reason::LB_PASS_MALFORMED,
             out: Untouched,
@@ -694,6 +682,17 @@ fn odd_packets() -> Vec<Case> {
 const ICMP_ABOUT_A_FLOW: &str = "ICMP or ICMPv6 error (destination unreachable, fragmentation needed, time exceeded; packet too big) about a balanced flow, from either side";
 const ICMP_NO_FLOW: &str =
     "ICMP or ICMPv6 error about no lbctl flow, quoting neither TCP nor UDP, or cut before the ports";
+/// A row of ICMP_NO_FLOW: the error goes to the host's stack untouched.
+fn icmp_no_flow(example: &'static str, frame: Vec<u8>) -> Case {
+    Case {
+        row: ICMP_NO_FLOW,
+        example,
+        frame,
+        action: XDP_PASS,
+        reason: lb_reason::LB_PASS_ICMP_NO_FLOW,
+        out: Untouched,
+    }
+}
 const VIP_IP: &str = "198.18.100.1";
 /// Routers on the client's and on the backends' side.
 const ROUTER_C: &str = "198.18.0.9";
@@ -783,13 +782,7 @@ fn odd_packet_balancer() -> Balancer {
     for shared in ["198.18.100.5:80", "198.18.100.6:80"] {
         lb.serve(shared, Proto::Tcp, NatMode::Dnat, None, &[SHARED_BACKEND]);
     }
-    lb.serve(
-        "198.18.100.1:53",
-        Proto::Udp,
-        NatMode::Dnat,
-        None,
-        &["198.18.1.11:5353"],
-    );
+    lb.serve(VIP_UDP, Proto::Udp, NatMode::Dnat, None, &[UDP_BACKEND]);
     let (ip, port) = FOREIGN_CLIENT.split_once(':').unwrap();
     sh(&format!(
         "conntrack -I -p tcp -s {ip} -d 198.18.100.1 --sport {port} --dport 80 \
@@ -980,13 +973,7 @@ const PARTIAL_LENGTHS: [usize; 12] = [0, 1, 2, 3, 5, 127, 255, 256, 257, 511, 10
 fn partial_checksums_from_tx_offload_are_completed() {
     in_fresh_netns(|| {
         let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
-        lb.serve(
-            "198.18.100.1:53",
-            Proto::Udp,
-            NatMode::Dnat,
-            None,
-            &["198.18.1.11:5353"],
-        );
+        lb.serve(VIP_UDP, Proto::Udp, NatMode::Dnat, None, &[UDP_BACKEND]);
         let mut completed = 0;
         for (i, len) in PARTIAL_LENGTHS.into_iter().enumerate() {
             let payload: Vec<u8> = (0..len).map(|b| (b * 7 + i) as u8).collect();
@@ -999,8 +986,8 @@ fn partial_checksums_from_tx_offload_are_completed() {
                 Packet::tcp(&client, VIP, ACK).payload(&payload),
                 Packet::tcp(&client, VIP, ACK).payload(&payload),
                 Packet::tcp(&client, VIP, ACK).payload(&payload),
-                Packet::udp(&client, "198.18.100.1:53", &payload),
-                Packet::udp("198.18.1.11:5353", &client, &payload),
+                Packet::udp(&client, VIP_UDP, &payload),
+                Packet::udp(UDP_BACKEND, &client, &payload),
             ];
             for p in frames {
                 let frame = p.partial().build();
@@ -1017,7 +1004,7 @@ fn partial_checksums_from_tx_offload_are_completed() {
 
         // Full checksums are left to the incremental update, and not counted.
         lb.run(&Packet::tcp("198.18.0.2:43000", VIP, SYN).build());
-        lb.run(&Packet::udp("198.18.0.2:43000", "198.18.100.1:53", b"q").build());
+        lb.run(&Packet::udp("198.18.0.2:43000", VIP_UDP, b"q").build());
         assert_eq!(lb.partial_csums(), completed);
 
         // A full checksum that happens to equal the pseudo-header's sum:
