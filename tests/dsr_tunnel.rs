@@ -98,11 +98,6 @@ fn dsr_keeps_the_packet_and_its_backend(f: &Family) {
     assert_eq!(lb.reason(lb_reason::LB_XDP_REDIRECT), 5);
 }
 
-lbctl_lab::test_rows! {
-    dsr_changes_only_the_macs_ipv4 => in_fresh_netns(|| dsr_keeps_the_packet_and_its_backend(&V4));
-    dsr_changes_only_the_macs_ipv6 => in_fresh_netns(|| dsr_keeps_the_packet_and_its_backend(&V6));
-}
-
 #[test]
 fn a_dsr_backend_behind_a_gateway_is_dropped_not_looped() {
     in_fresh_netns(|| {
@@ -214,6 +209,8 @@ fn backend_mac_of(addr: &IpAddr, f: &Family) -> [u8; 6] {
 }
 
 lbctl_lab::test_rows! {
+    dsr_changes_only_the_macs_ipv4 => in_fresh_netns(|| dsr_keeps_the_packet_and_its_backend(&V4));
+    dsr_changes_only_the_macs_ipv6 => in_fresh_netns(|| dsr_keeps_the_packet_and_its_backend(&V6));
     tunnel_carries_the_packet_to_its_backend_ipv4 => in_fresh_netns(|| tunnel_carries_the_packet_to_its_backend(&V4));
     tunnel_carries_the_packet_to_its_backend_ipv6 => in_fresh_netns(|| tunnel_carries_the_packet_to_its_backend(&V6));
 }
@@ -407,24 +404,11 @@ mod lab {
         );
     }
 
-    #[test]
-    fn connections_through_dsr_ipv4() {
-        connections_through(Family::V4, "dsr");
-    }
-
-    #[test]
-    fn connections_through_dsr_ipv6() {
-        connections_through(Family::V6, "dsr");
-    }
-
-    #[test]
-    fn connections_through_a_tunnel_ipv4() {
-        connections_through(Family::V4, "tunnel");
-    }
-
-    #[test]
-    fn connections_through_a_tunnel_ipv6() {
-        connections_through(Family::V6, "tunnel");
+    lbctl_lab::test_rows! {
+        connections_through_dsr_ipv4 => connections_through(Family::V4, "dsr");
+        connections_through_dsr_ipv6 => connections_through(Family::V6, "dsr");
+        connections_through_a_tunnel_ipv4 => connections_through(Family::V4, "tunnel");
+        connections_through_a_tunnel_ipv6 => connections_through(Family::V6, "tunnel");
     }
 }
 
