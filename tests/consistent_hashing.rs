@@ -186,15 +186,9 @@ fn a_flow_that_lost_its_entry_comes_back_to_its_backend_dnat() {
     });
 }
 
-#[test]
-fn a_fullnat_reply_without_entry_is_dropped_not_leaked() {
-    in_fresh_netns(|| {
-        scenarios::fullnat_reply_without_entry_is_dropped(
-            VIP,
-            "198.18.1.1",
-            "198.18.0.2:40000",
-            "198.18.1.11:8080",
-        );
+lbctl_lab::test_rows! {
+    a_fullnat_reply_without_entry_is_dropped_not_leaked => in_fresh_netns(|| {
+        scenarios::fullnat_reply_without_entry_is_dropped(VIP, "198.18.1.1", "198.18.0.2:40000", "198.18.1.11:8080")
     });
 }
 
