@@ -5,14 +5,44 @@
 CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
 # Extra arguments for the demo, e.g. make demo DEMO_ARGS=--one-arm
 DEMO_ARGS ?=
-# Debian packages the build and the tests need.
+# Debian packages, one list per job (`make print-deps` shows them; each
+# target installs only the missing ones). A production host needs only the
+# build's (or none, from the .deb: `make deb`).
+# BUILD_PACKAGES: what `make build` / `make install` compile with. clang
+#   compiles bpf/*.bpf.c (build.rs, libbpf-cargo) and llvm goes with it;
+#   libelf-dev, zlib1g-dev and pkg-config build the vendored libbpf, which the
+#   binary then links (libelf1, zlib1g at run time). bpf/vmlinux.h is
+#   committed: bpftool is needed only to regenerate it (`make vmlinux`).
+BUILD_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config
+# DEB_PACKAGES: what `make deb` adds. dpkg-dev: dpkg-shlibdeps computes the
+#   package's Depends; binutils: strip.
+DEB_PACKAGES := dpkg-dev binutils
+# TEST_PACKAGES: the lab of `make test`, `bench`, `demo` and `fuzz`, never
+#   needed on a balancer.
+# iproute2, util-linux (nsenter, setpriv), kmod, ethtool: crates/lab builds
+#   its namespaces, veths and tunnels with them. bpftool: lab fixtures and
+#   tests read maps and programs with it. conntrack, nftables: tests and
+#   benchmarks read conntrack and compare with nftables.
 # strace: tests/crash.rs kills lbctl before each bpf() write (strace -e inject).
 # iputils-ping: tests/pmtu.rs pings a VIP.
 # bird2, frr: tests/bgp.rs runs BIRD and FRR in its namespaces with contrib/'s snippets.
-APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
-	ethtool conntrack nftables util-linux kmod haproxy strace iputils-ping bird2 frr
+# haproxy: the live benchmark's comparison.
+# lintian: tests/package.rs checks the .deb has no lintian errors.
+TEST_PACKAGES := bpftool iproute2 ethtool conntrack nftables util-linux kmod \
+	haproxy strace iputils-ping bird2 frr lintian $(DEB_PACKAGES)
+# The kernel matrix's (qemu, busybox, ...): scripts/kernels/DEPS.
+KERNEL_PACKAGES = $(shell cat scripts/kernels/DEPS)
 
-.PHONY: all deps kernel-deps build vmlinux lint test test-kernel test-kernels test-kernel-floor demo bench fuzz install clean
+# $(call apt_install,PACKAGES): install those of PACKAGES not yet installed.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+endef
+
+.PHONY: all cargo deps build-deps deb-deps test-deps kernel-deps print-deps deb build vmlinux lint test test-kernel test-kernels test-kernel-floor demo bench fuzz install clean
 
 # make install [PREFIX=/usr/local] [DESTDIR=...]: the binary and the systemd unit.
 PREFIX ?= /usr/local
@@ -28,26 +58,45 @@ export RUN_IN_KERNEL_TIMEOUT ?= 2700
 
 all: build
 
-deps:
+cargo:
 	@command -v $(CARGO) >/dev/null || { \
 		echo "cargo not found: lbctl needs Rust 1.82 or newer (rustup); under sudo, try sudo env PATH=\"\$$PATH\" make ..."; \
 		exit 1; }
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing:" $$missing; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	fi
 
-build: deps
-	$(CARGO) build --release
+# What building lbctl needs, and nothing else (make build, make install).
+build-deps: cargo
+	$(call apt_install,$(BUILD_PACKAGES))
+
+# What make deb needs beyond the build.
+deb-deps: build-deps
+	$(call apt_install,$(DEB_PACKAGES))
+
+# The build's and the lab's: make test, bench, demo, fuzz.
+test-deps: build-deps
+	$(call apt_install,$(TEST_PACKAGES))
+
+# Everything but the kernel matrix (as before the split).
+deps: test-deps
 
 # qemu, busybox and friends for booting Debian kernels (scripts/kernels/).
-kernel-deps: deps
-	@missing=$$(for p in $$(cat scripts/kernels/DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing:" $$missing; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	fi
+kernel-deps: test-deps
+	$(call apt_install,$(KERNEL_PACKAGES))
+
+# Which target installs which Debian packages.
+print-deps:
+	@echo "build-deps (make build, install):  $(BUILD_PACKAGES)"
+	@echo "deb-deps (make deb, + build-deps):  $(DEB_PACKAGES)"
+	@echo "test-deps (make test, bench, demo, fuzz, + build-deps):  $(strip $(TEST_PACKAGES))"
+	@echo "kernel-deps (make test-kernel*, + test-deps):  $(KERNEL_PACKAGES)"
+
+build: build-deps
+	$(CARGO) build --release
+
+# target/debian/lbctl_VERSION_ARCH.deb from the release binary
+# (scripts/make-deb.sh: binary, unit, example /etc/lbctl/lbctl.toml as a
+# conffile, man pages, completions; Depends from dpkg-shlibdeps).
+deb: build deb-deps
+	LBCTL_BIN=$${CARGO_TARGET_DIR:-target}/release/lbctl scripts/make-deb.sh
 
 # The suites inside Debian's kernel $(KERNEL), booted under qemu (KVM, or
 # software emulation where KVM cannot run it), against the binaries built
@@ -69,16 +118,17 @@ test-kernel-floor: kernel-deps
 test-kernels: kernel-deps
 	MATRIX_SERIES="$(KERNELS)" scripts/kernels/matrix.sh scripts/kernels/guest-tests.sh $$(scripts/kernels/test-binaries.sh)
 
-vmlinux: deps
+vmlinux: build-deps
+	$(call apt_install,bpftool)
 	scripts/gen-vmlinux.sh
 
-lint: deps
+lint: build-deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Ends with quick runs of both benchmarks, so they keep working (their
 # figures are not for quoting; about 15 s each).
-test: deps lint
+test: test-deps lint
 	$(CARGO) test --release --workspace -- --test-threads=2
 	$(CARGO) run --release -p lbctl-bench --bin lbctl-bench -- --quick
 	$(CARGO) run --release -p lbctl-bench --bin lbctl-livebench -- --quick
@@ -88,28 +138,31 @@ test: deps lint
 # forwarding and connection rates in the lab beside nftables and HAProxy.
 # The fuzz test of `make test` (tests/fuzz.rs) with 10 million frames
 # instead of 50,000; about 25 minutes here (docs/BENCHMARKS.md).
-fuzz: deps
+fuzz: test-deps
 	FUZZ_FRAMES=10000000 $(CARGO) test --release --test fuzz -- --nocapture
 
 # Tables on the terminal, JSON in target/bench/; about 15 minutes.
-bench: deps
+bench: test-deps
 	$(CARGO) run --release -p lbctl-bench --bin lbctl-bench
 	$(CARGO) run --release -p lbctl-bench --bin lbctl-livebench
 	$(CARGO) run --release -p lbctl-bench --bin lbctl-applybench
 
 # Builds, then balances real traffic through lbctl in a throwaway lab of
 # network namespaces, checks everything it shows, and removes the lab.
-demo: build
+demo: build test-deps
 	$(CARGO) run --release --example demo -- $(DEMO_ARGS)
 
 # The binary, its man pages and shell completions (generated by the binary
-# itself, so they match it), and contrib/lbctl.service with its ExecStart
-# pointing at the installed binary.
+# itself, so they match it), contrib/lbctl.service with its ExecStart
+# pointing at the installed binary, and the example /etc/lbctl/lbctl.toml
+# if there is none. Builds with build-deps only: no lab package.
 install: build
 	install -D -m 0755 $${CARGO_TARGET_DIR:-target}/release/lbctl $(DESTDIR)$(PREFIX)/sbin/lbctl
 	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
 	sed 's|/usr/local/sbin/lbctl|$(PREFIX)/sbin/lbctl|g' contrib/lbctl.service > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/lbctl.service
 	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/lbctl.service
+	@# The commented example the unit reads, never over an operator's file.
+	[ -e $(DESTDIR)/etc/lbctl/lbctl.toml ] || install -D -m 0644 contrib/lbctl.toml $(DESTDIR)/etc/lbctl/lbctl.toml
 	install -d $(DESTDIR)$(PREFIX)/share/man/man8
 	$(DESTDIR)$(PREFIX)/sbin/lbctl manpage --dir $(DESTDIR)$(PREFIX)/share/man/man8
 	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
