@@ -117,8 +117,11 @@ fn new_flows_of(lab: &Lab, i: usize) -> u64 {
     .unwrap()
 }
 
-/// Waits (bounded) until backend i's health is `want`; the time it took.
+/// Waits (bounded by `limit`, stretched in an emulated guest like every
+/// deadline: `clients::scaled`) until backend i's health is `want`; the
+/// time it took.
 fn wait_health(lab: &Lab, i: usize, want: &str, limit: Duration) -> Duration {
+    let limit = clients::scaled(limit);
     let started = Instant::now();
     while health_of(lab, i) != want {
         assert!(
@@ -177,7 +180,7 @@ fn a_dead_backend_leaves_the_table_and_comes_back() {
     lab.stop_server(2);
     let killed = Instant::now();
     let took = wait_health(&lab, 2, "down", Duration::from_secs(5));
-    let limit = INTERVAL * 2 + Duration::from_secs(1);
+    let limit = clients::scaled(INTERVAL * 2 + Duration::from_secs(1));
     assert!(
         took <= limit,
         "b2 marked down after {took:?}, more than {limit:?}"
@@ -472,7 +475,7 @@ fn ipv6_backends_are_checked_too() {
         let started = Instant::now();
         while health(lab, i) != want {
             assert!(
-                started.elapsed() < Duration::from_secs(5),
+                started.elapsed() < clients::scaled(Duration::from_secs(5)),
                 "{} not {want}:\n{}",
                 addrs[i - 1],
                 lbctl(lab, &["list"])
