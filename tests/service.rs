@@ -19,10 +19,6 @@ use lbctl_lab::{netns, Lab};
 const PORT: u16 = 8080;
 const METRICS_PORT: u16 = 9112;
 
-fn timeout() -> Duration {
-    clients::scaled(Duration::from_secs(3))
-}
-
 /// lbctl, run in the lab's balancer namespace; stdout.
 fn lbctl(lab: &Lab, args: &[&str]) -> String {
     lbctl_lab::balanced::lbctl(lab, env!("CARGO_BIN_EXE_lbctl"), args)
@@ -136,7 +132,12 @@ fn short_tcp(lab: &Lab, vip: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
     lab.in_client(|| -> Result<_, ClientError> {
         let mut spread = BTreeMap::new();
         for k in 0..n {
-            let name = clients::tcp_echo(vip, 80, format!("hi {k}\n").as_bytes(), timeout())?;
+            let name = clients::tcp_echo(
+                vip,
+                80,
+                format!("hi {k}\n").as_bytes(),
+                clients::client_timeout(),
+            )?;
             *spread.entry(name).or_insert(0) += 1;
         }
         Ok(spread)
