@@ -286,11 +286,7 @@ fn reload_restart_and_metrics_keep_every_connection() {
     file.write(&config(&lab, TCP_CHECK, &[(1, 3), (2, 1), (3, 1)]));
     svc.signal(libc::SIGHUP);
     svc.wait_for_log("SIGHUP: reloaded", Duration::from_secs(5));
-    let line = svc
-        .lines()
-        .into_iter()
-        .find(|l| l.contains("SIGHUP"))
-        .unwrap();
+    let line = svc.first_line_with("SIGHUP");
     assert!(
         line.contains("1 backends added") && line.contains("1 weights changed"),
         "{line}"
@@ -335,11 +331,7 @@ fn reload_restart_and_metrics_keep_every_connection() {
     );
     thread::sleep(Duration::from_millis(300));
     let svc = start_service(&lab, &file, &[]);
-    let first = svc
-        .lines()
-        .into_iter()
-        .find(|l| l.contains("running:"))
-        .unwrap();
+    let first = svc.first_line_with("running:");
     assert!(
         first.contains("joined the balancer") && first.ends_with("no changes"),
         "{first}"
@@ -361,7 +353,9 @@ fn compare_metrics(lab: &Lab, quiet: bool) -> u64 {
     let before = lbctl(lab, &["list", "--stats", "--json"]);
     let m = scrape(lab);
     let after = lbctl(lab, &["list", "--stats", "--json"]);
-    let between = |what: &str, lo: u64, got: f64, hi: u64| {
+    // `got` from the scrape lies between `value` read from each listing.
+    let between = |what: &str, got: f64, value: &dyn Fn(&str) -> u64| {
+        let (lo, hi) = (value(&before), value(&after));
         let got = got as u64;
         assert!(lo <= got && got <= hi, "{what}: {lo} <= {got} <= {hi}");
         if quiet {
@@ -379,13 +373,8 @@ fn compare_metrics(lab: &Lab, quiet: bool) -> u64 {
             ("lbctl_backend_bytes_total", "bytes"),
             ("lbctl_backend_new_flows_total", "new_flows"),
         ] {
-            let got = m[&format!("{metric}{labels}")];
-            between(
-                &format!("{metric}{labels}"),
-                num(&before, field),
-                got,
-                num(&after, field),
-            );
+            let key = format!("{metric}{labels}");
+            between(&key, m[&key], &|json| num(json, field));
         }
         // Open flows may move while clients connect: the scrape lies
         // between the two listings; without traffic, and for weights,
@@ -421,12 +410,7 @@ fn compare_metrics(lab: &Lab, quiet: bool) -> u64 {
     for field in ["packets", "bytes", "new_flows"] {
         let got = m[&format!("lbctl_vip_{field}_total{{vip=\"{vip}\",proto=\"tcp\"}}")];
         // The first VIP's counters come first in the JSON.
-        between(
-            &format!("VIP {field}"),
-            json_num(&before, field),
-            got,
-            json_num(&after, field),
-        );
+        between(&format!("VIP {field}"), got, &|json| json_num(json, field));
     }
     for name in lbctl::datapath::abi::REASON_NAMES {
         let got = m[&format!("lbctl_verdicts_total{{reason=\"{name}\"}}")] as u64;
