@@ -53,6 +53,15 @@ fn add_final(lb: &Balancer, service: &Service) {
     }
 }
 
+/// Where the flows go, and the table size, on a balancer given the final
+/// backends and nothing else: what every history must agree with.
+fn from_scratch() -> (Vec<String>, u32) {
+    after(|lb, s| {
+        add_final(&lb, &s);
+        lb
+    })
+}
+
 /// `FLOWS` distinct clients over 198.18.0.0/16 and ports.
 fn clients() -> Vec<SocketAddr> {
     lbctl_lab::configs::spread_clients(FLOWS, 0x2545_f491_4f6c_dd1d)
@@ -71,6 +80,9 @@ fn choices(skel: &Balancer) -> Vec<String> {
         })
         .collect()
 }
+
+/// A history to run on a fresh balancer: see `after`.
+type History = Box<dyn FnOnce(Balancer, Service) -> Balancer + Send>;
 
 /// Runs `history` on a fresh balancer in a fresh namespace; returns where
 /// the flows went and the VIP's table size.
@@ -124,73 +136,70 @@ fn assert_agree(what: &str, got: &(Vec<String>, u32), want: &(Vec<String>, u32))
 /// table) then seventeen removed, in another order than from scratch.
 #[test]
 fn balancers_that_grew_and_shrank_agree_with_one_built_from_scratch() {
-    let scratch = after(|lb, s| {
-        add_final(&lb, &s);
-        lb
-    });
+    let scratch = from_scratch();
     let distinct: std::collections::HashSet<&String> = scratch.0.iter().collect();
     assert_eq!(distinct.len(), 3, "every backend gets flows");
 
-    let five_less_two = after(|lb, s| {
-        add_final(&lb, &s);
-        add(&lb, &s, &backend_addr(14), 1);
-        add(&lb, &s, &backend_addr(15), 1);
-        del(&lb, &s, &backend_addr(14));
-        del(&lb, &s, &backend_addr(15));
-        lb
-    });
-    assert_agree("5 backends, then 2 removed", &five_less_two, &scratch);
-
-    let eight_less_five = after(|lb, s| {
-        for h in (14..=18).rev() {
-            add(&lb, &s, &backend_addr(h), 1);
-        }
-        for (a, w) in FINAL.iter().rev() {
-            add(&lb, &s, a, *w);
-        }
-        for h in 14..=18 {
-            del(&lb, &s, &backend_addr(h));
-        }
-        lb
-    });
-    assert_agree(
-        "8 backends in another order, then 5 removed",
-        &eight_less_five,
-        &scratch,
-    );
-
-    let twenty_less_seventeen = after(|lb, s| {
-        add_final(&lb, &s);
-        let more: Vec<(SocketAddr, u32)> = (20..37).map(|h| (addr(&backend_addr(h)), 1)).collect();
-        lb.maps.add_backends(&s, &more).unwrap();
-        for (a, _) in &more {
-            lb.maps.del_backend(&s, *a).unwrap();
-        }
-        lb
-    });
-    assert_agree(
-        "20 backends, then 17 removed",
-        &twenty_less_seventeen,
-        &scratch,
-    );
-
-    let reweighted = after(|lb, s| {
-        add_final(&lb, &s);
-        lb.maps.set_weight(&s, addr(FINAL[1].0), 7).unwrap();
-        lb.maps.set_weight(&s, addr(FINAL[1].0), 2).unwrap();
-        lb
-    });
-    assert_agree("a weight changed and changed back", &reweighted, &scratch);
+    // Each history, and what it did: all must end where `scratch` is.
+    let histories: [(&str, History); 4] = [
+        (
+            "5 backends, then 2 removed",
+            Box::new(|lb, s| {
+                add_final(&lb, &s);
+                add(&lb, &s, &backend_addr(14), 1);
+                add(&lb, &s, &backend_addr(15), 1);
+                del(&lb, &s, &backend_addr(14));
+                del(&lb, &s, &backend_addr(15));
+                lb
+            }),
+        ),
+        (
+            "8 backends in another order, then 5 removed",
+            Box::new(|lb, s| {
+                for h in (14..=18).rev() {
+                    add(&lb, &s, &backend_addr(h), 1);
+                }
+                for (a, w) in FINAL.iter().rev() {
+                    add(&lb, &s, a, *w);
+                }
+                for h in 14..=18 {
+                    del(&lb, &s, &backend_addr(h));
+                }
+                lb
+            }),
+        ),
+        (
+            "20 backends, then 17 removed",
+            Box::new(|lb, s| {
+                add_final(&lb, &s);
+                let more: Vec<(SocketAddr, u32)> =
+                    (20..37).map(|h| (addr(&backend_addr(h)), 1)).collect();
+                lb.maps.add_backends(&s, &more).unwrap();
+                for (a, _) in &more {
+                    lb.maps.del_backend(&s, *a).unwrap();
+                }
+                lb
+            }),
+        ),
+        (
+            "a weight changed and changed back",
+            Box::new(|lb, s| {
+                add_final(&lb, &s);
+                lb.maps.set_weight(&s, addr(FINAL[1].0), 7).unwrap();
+                lb.maps.set_weight(&s, addr(FINAL[1].0), 2).unwrap();
+                lb
+            }),
+        ),
+    ];
+    for (what, history) in histories {
+        assert_agree(what, &after(history), &scratch);
+    }
 }
 
 /// A backend marked down then up again: the table it comes back to is the
 /// one a balancer that never saw it down has.
 #[test]
 fn a_backend_down_then_up_leaves_the_table_as_it_was() {
-    let scratch = after(|lb, s| {
-        add_final(&lb, &s);
-        lb
-    });
     let down_up = after(|lb, s| {
         add_final(&lb, &s);
         add(&lb, &s, &backend_addr(14), 1);
@@ -205,7 +214,7 @@ fn a_backend_down_then_up_leaves_the_table_as_it_was() {
         del(&lb, &s, &backend_addr(14));
         lb
     });
-    assert_agree("a backend down then up", &down_up, &scratch);
+    assert_agree("a backend down then up", &down_up, &from_scratch());
 }
 
 /// An upgrade in place (what `lbctl attach --replace` does: a new program
@@ -213,10 +222,6 @@ fn a_backend_down_then_up_leaves_the_table_as_it_was() {
 /// history agrees with one given the configuration from scratch.
 #[test]
 fn an_upgraded_balancer_agrees_with_one_built_from_scratch() {
-    let scratch = after(|lb, s| {
-        add_final(&lb, &s);
-        lb
-    });
     let replaced = after(|lb, s| {
         add_final(&lb, &s);
         for h in 14..=18 {
@@ -233,5 +238,5 @@ fn an_upgraded_balancer_agrees_with_one_built_from_scratch() {
         assert_eq!(rebuilt.len(), 1);
         Balancer { skel, maps }
     });
-    assert_agree("an upgrade in place", &replaced, &scratch);
+    assert_agree("an upgrade in place", &replaced, &from_scratch());
 }

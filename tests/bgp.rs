@@ -248,42 +248,25 @@ fn bgp_lab(tag: &str, balancer_daemons: impl FnOnce(&str, &Path) -> Box<dyn std:
     let t = wait("announced", limit, || router_has() == both, logs);
     eprintln!("announced at the router {t:?} after backend add");
 
-    lbctl(&["drain"]);
-    let t = wait(
-        "withdrawn by drain",
-        limit,
-        || router_has().is_empty(),
-        logs,
-    );
-    eprintln!("withdrawn at the router {t:?} after lbctl drain");
-    lbctl(&["undrain"]);
-    let t = wait(
-        "announced after undrain",
-        limit,
-        || router_has() == both,
-        logs,
-    );
-    eprintln!("announced at the router {t:?} after lbctl undrain");
-
-    lbctl(&["backend", "set", &v4, "198.18.5.11:80", "--weight", "0"]);
-    let t = wait(
-        "IPv4 VIP withdrawn when its backends are drained",
-        limit,
-        || router_has() == both[1..],
-        logs,
-    );
-    eprintln!("withdrawn at the router {t:?} after the VIP's last backend was drained");
-    lbctl(&["backend", "set", &v4, "198.18.5.11:80", "--weight", "1"]);
-    wait("announced again", limit, || router_has() == both, logs);
-
-    lbctl(&["detach", "e0"]);
-    let t = wait(
-        "withdrawn by the last detach",
-        limit,
-        || router_has().is_empty(),
-        logs,
-    );
-    eprintln!("withdrawn at the router {t:?} after the last detach");
+    // Each step, then what the router must come to have, within `limit`.
+    let drain_v4 = ["backend", "set", &v4, "198.18.5.11:80", "--weight", "0"];
+    let undrain_v4 = ["backend", "set", &v4, "198.18.5.11:80", "--weight", "1"];
+    let steps: [(&[&str], &str, &[String]); 5] = [
+        (&["drain"], "withdrawn by drain", &[]),
+        (&["undrain"], "announced after undrain", &both),
+        (
+            &drain_v4,
+            "IPv4 VIP withdrawn when its backends are drained",
+            &both[1..],
+        ),
+        (&undrain_v4, "announced again", &both),
+        (&["detach", "e0"], "withdrawn by the last detach", &[]),
+    ];
+    for (args, what, want) in steps {
+        lbctl(args);
+        let t = wait(what, limit, || router_has() == want, logs);
+        eprintln!("{what}: at the router {t:?} after lbctl {args:?}");
+    }
     drop(daemons);
     drop(rb);
 }

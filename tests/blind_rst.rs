@@ -17,10 +17,6 @@ use lbctl_lab::lab::{Family, Lab};
 const ECHO_PORT: u16 = 8080;
 const RST: u8 = 0x04;
 
-fn timeout() -> Duration {
-    clients::scaled(Duration::from_secs(3))
-}
-
 fn lbctl(lab: &Lab, args: &[&str]) -> String {
     lbctl_lab::balanced::lbctl(lab, env!("CARGO_BIN_EXE_lbctl"), args)
 }
@@ -113,7 +109,7 @@ fn a_blind_rst_leaves_a_connection_alone_and_the_clients_own_closes_it() {
 
     let (mut stream, port) = lab
         .in_client(|| -> Result<_, ClientError> {
-            let mut s = clients::connect(vip, 80, timeout())?;
+            let mut s = clients::connect(vip, 80, clients::client_timeout())?;
             clients::read_hello(&mut s)?;
             echo(&mut s, b"before")?;
             let port = s.local_addr()?.port();

@@ -192,6 +192,24 @@ lbctl_lab::test_rows! {
     });
 }
 
+/// The one backend the VIPs of the next two tests share.
+const SHARED: &str = "198.18.1.11:8080";
+
+/// A balancer with `vips` (address, mode, source address) added in that
+/// order, then SHARED added as a backend to each, in `backend_order`
+/// (indices into `vips`): which VIP got it last matters to the tests.
+fn sharing_a_backend(
+    vips: [(&str, NatMode, Option<&str>); 2],
+    backend_order: [usize; 2],
+) -> Balancer {
+    let lb = Balancer::load().with_routes();
+    let services = vips.map(|(addr, mode, snat)| lb.vip(addr, Proto::Tcp, mode, snat));
+    for i in backend_order {
+        lb.backend(&services[i], SHARED, 1);
+    }
+    lb
+}
+
 /// A backend two dnat VIPs share: a reply whose entry was lost names the
 /// client and the backend, not the VIP the client asked for. It is not
 /// rebuilt (before, it was rebuilt for the VIP added last, so the client
@@ -201,19 +219,17 @@ lbctl_lab::test_rows! {
 #[test]
 fn a_lost_reply_from_a_backend_two_dnat_vips_share_is_not_rebuilt_for_either() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
         let (vip_a, vip_b) = ("198.18.100.1:80", "198.18.100.2:80");
-        let a = lb.vip(vip_a, Proto::Tcp, NatMode::Dnat, None);
-        let b = lb.vip(vip_b, Proto::Tcp, NatMode::Dnat, None);
-        let shared = "198.18.1.11:8080";
-        lb.backend(&a, shared, 1);
-        lb.backend(&b, shared, 1);
+        let lb = sharing_a_backend(
+            [(vip_a, NatMode::Dnat, None), (vip_b, NatMode::Dnat, None)],
+            [0, 1],
+        );
         let client = "198.18.0.2:40000";
         let (_, out) = lb.run(&Packet::tcp(client, vip_a, SYN).build());
-        assert_eq!(parse(&out).dst, shared);
+        assert_eq!(parse(&out).dst, SHARED);
         sh("conntrack -F 2>/dev/null");
 
-        let reply = Packet::tcp(shared, client, ACK).payload(b"r").build();
+        let reply = Packet::tcp(SHARED, client, ACK).payload(b"r").build();
         let (action, out) = lb.run_on(&reply, "v0");
         assert_eq!(
             action, XDP_DROP,
@@ -227,8 +243,8 @@ fn a_lost_reply_from_a_backend_two_dnat_vips_share_is_not_rebuilt_for_either() {
         );
 
         let (_, out) = lb.run(&Packet::tcp(client, vip_a, ACK).payload(b"c").build());
-        assert_eq!(parse(&out).dst, shared);
-        let (_, out) = lb.run(&Packet::tcp(shared, client, ACK).build());
+        assert_eq!(parse(&out).dst, SHARED);
+        let (_, out) = lb.run(&Packet::tcp(SHARED, client, ACK).build());
         assert_eq!(
             parse(&out).src,
             vip_a,
@@ -243,20 +259,21 @@ fn a_lost_reply_from_a_backend_two_dnat_vips_share_is_not_rebuilt_for_either() {
 #[test]
 fn a_lost_reply_from_a_backend_a_fullnat_vip_shares_is_dropped() {
     in_fresh_netns(|| {
-        let lb = Balancer::load().with_routes();
         let (vip_a, vip_c) = ("198.18.100.1:80", "198.18.100.3:80");
-        let a = lb.vip(vip_a, Proto::Tcp, NatMode::Dnat, None);
-        let c = lb.vip(vip_c, Proto::Tcp, NatMode::Fullnat, Some("198.18.1.1"));
-        let shared = "198.18.1.11:8080";
-        lb.backend(&c, shared, 1);
-        lb.backend(&a, shared, 1);
+        let lb = sharing_a_backend(
+            [
+                (vip_a, NatMode::Dnat, None),
+                (vip_c, NatMode::Fullnat, Some("198.18.1.1")),
+            ],
+            [1, 0],
+        );
         let client = "198.18.0.2:40000";
         lb.run(&Packet::tcp(client, vip_a, SYN).build());
         sh("conntrack -F 2>/dev/null");
-        let (action, _) = lb.run(&Packet::tcp(shared, client, ACK).payload(b"r").build());
+        let (action, _) = lb.run(&Packet::tcp(SHARED, client, ACK).payload(b"r").build());
         assert_eq!(action, XDP_DROP);
         assert_eq!(lb.reason(lb_reason::LB_DROP_REPLY_UNTRACKED), 1);
         let (_, out) = lb.run(&Packet::tcp(client, vip_a, ACK).build());
-        assert_eq!(parse(&out).dst, shared);
+        assert_eq!(parse(&out).dst, SHARED);
     });
 }

@@ -69,6 +69,11 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The address of `vip` (every VIP here is on port 80).
+fn vip_ip(vip: &str) -> Ipv4Addr {
+    vip.trim_end_matches(":80").parse().unwrap()
+}
+
 impl Crash {
     fn new() -> Crash {
         let mut lab = Lab::two_arm(3).expect("building the lab");
@@ -228,10 +233,7 @@ impl Crash {
             self.serves(vip, backends, what);
         }
         for vip in was.keys().filter(|v| !want.contains_key(*v)) {
-            let ip: Ipv4Addr = vip.trim_end_matches(":80").parse().unwrap();
-            let answered = self
-                .lab
-                .in_client(|| clients::tcp_hello(ip, 80, Duration::from_millis(300)));
+            let answered = self.hello(vip);
             assert!(
                 answered.is_err(),
                 "{what}: deleted VIP {vip} answered: {answered:?}"
@@ -243,7 +245,7 @@ impl Crash {
     /// (replies NATed), and only those; none at all: nothing answers and
     /// the data path counts drop_no_backend.
     fn serves(&self, vip: &str, backends: &[(String, u32)], what: &str) {
-        let ip: Ipv4Addr = vip.trim_end_matches(":80").parse().unwrap();
+        let ip = vip_ip(vip);
         let live: BTreeSet<String> = backends
             .iter()
             .filter(|(_, w)| *w > 0)
@@ -251,9 +253,7 @@ impl Crash {
             .collect();
         if live.is_empty() {
             let before = self.reason(lb_reason::LB_DROP_NO_BACKEND);
-            let answered = self
-                .lab
-                .in_client(|| clients::tcp_hello(ip, 80, Duration::from_millis(300)));
+            let answered = self.hello(vip);
             assert!(
                 answered.is_err(),
                 "{what}: VIP {vip} has no backend but answered: {answered:?}"
@@ -285,6 +285,14 @@ impl Crash {
             seen.insert(names[&name].clone());
         }
         assert_eq!(seen, live, "{what}: backends that answered on {vip}");
+    }
+
+    /// One short TCP hello from the client to `vip`: an error when nothing
+    /// answers within 300 ms.
+    fn hello(&self, vip: &str) -> Result<String, clients::ClientError> {
+        let ip = vip_ip(vip);
+        self.lab
+            .in_client(|| clients::tcp_hello(ip, 80, Duration::from_millis(300)))
     }
 
     fn reason(&self, r: lb_reason) -> u64 {
@@ -632,34 +640,34 @@ fn a_vip_added_after_a_killed_vip_del_inherits_nothing() {
 fn attach_detach_and_replace_killed_before_each_write() {
     let (mut c, base) = base();
     let (lba, lbb) = (c.lab.lb_ifaces()[0], c.lab.lb_ifaces()[1]);
-    // Detaching one of two interfaces, and attaching it back. Traffic is
-    // only checked with both attached (two-arm needs both).
-    c.each_kill(&Scenario {
-        args: &["detach", lbb],
-        atomic: true,
-        before: base.clone(),
-        after: base.clone(),
-        revert: &[&["attach", lbb]],
-        status_has: None,
-    });
-    c.ok(&["detach", lbb]);
-    c.each_kill(&Scenario {
-        args: &["attach", lbb],
-        atomic: true,
-        before: base.clone(),
-        after: base.clone(),
-        revert: &[&["detach", lbb]],
-        status_has: Some("attached      lbb"),
-    });
-    c.ok(&["attach", lbb]);
-    c.each_kill(&Scenario {
-        args: &["attach", lba, "--replace"],
-        atomic: true,
-        before: base.clone(),
-        after: base.clone(),
-        revert: &[],
-        status_has: None,
-    });
+    // Detaching one of two interfaces, attaching it back, then replacing
+    // the program. Traffic is only checked with both attached (two-arm
+    // needs both). Each row: the command, what undoes it, a line status
+    // must show after the retry. Each step but the last is then done for
+    // good: the next starts from it.
+    type Step<'a> = (&'a [&'a str], &'a [&'a [&'a str]], Option<&'a str>);
+    let steps: [Step; 3] = [
+        (&["detach", lbb], &[&["attach", lbb]], None),
+        (
+            &["attach", lbb],
+            &[&["detach", lbb]],
+            Some("attached      lbb"),
+        ),
+        (&["attach", lba, "--replace"], &[], None),
+    ];
+    for (i, (args, revert, status_has)) in steps.into_iter().enumerate() {
+        c.each_kill(&Scenario {
+            args,
+            atomic: true,
+            before: base.clone(),
+            after: base.clone(),
+            revert,
+            status_has,
+        });
+        if i + 1 < steps.len() {
+            c.ok(args);
+        }
+    }
     // One program on every interface after the retries.
     let status = c.ok(&["status"]);
     let programs: BTreeSet<&str> = status

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use clap::CommandFactory;
 use lbctl::commands::explain::CheckName;
 use lbctl::datapath::abi::REASON_NAMES;
-use lbctl::model::{Health, NatMode, Proto, Timeout};
+use lbctl::model::{Health, NatMode, Proto};
 
 fn read(path: &str) -> String {
     let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
@@ -102,19 +102,11 @@ fn readme_toml_example_is_a_file_lbctl_reads() {
         .unwrap_or_else(|e| panic!("README's TOML example: {e}\n{example}"));
     assert!(!desired.vips.is_empty(), "the example has a VIP");
     // Its comments name every mode and every timeout the file takes.
-    for mode in NatMode::ALL {
-        assert!(
-            example.contains(mode.name()),
-            "README's TOML example does not mention mode {mode}"
-        );
-    }
-    for t in Timeout::ALL {
-        assert!(
-            example.contains(t.name()),
-            "README's TOML example does not mention timeout {}",
-            t.name()
-        );
-    }
+    lbctl_lab::configs::assert_names_every_mode_and_timeout(
+        "README's TOML example",
+        example,
+        |t| example.contains(t),
+    );
 }
 
 #[test]

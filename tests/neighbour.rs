@@ -19,6 +19,9 @@ lbctl_lab::lbctl_ns_type!(
     Ns
 );
 
+/// A command, the hops it keeps, the hops it releases.
+type Step<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str]);
+
 impl Ns {
     fn new() -> Ns {
         let ns = Ns(LbctlNs::new("neigh", env!("CARGO_BIN_EXE_lbctl")));
@@ -59,6 +62,20 @@ impl Ns {
             words.contains(&"managed".to_string()) && words.windows(2).any(|w| w == proto),
             "{addr}: expected a managed entry with proto {RTPROT_LBCTL}, got {entry:?}"
         );
+    }
+
+    /// Runs each command, then checks the hops it must leave lbctl's
+    /// (`kept`) and those it must have released (`gone`).
+    fn steps(&self, steps: &[Step]) {
+        for (args, kept, gone) in steps {
+            self.lbctl(args);
+            for a in *kept {
+                self.assert_lbctls(a);
+            }
+            for a in *gone {
+                self.assert_none(a);
+            }
+        }
     }
 
     fn assert_none(&self, addr: &str) {
@@ -102,14 +119,22 @@ fn backend_del_releases_a_hop_once_no_backend_of_any_vip_uses_it() {
     ns.assert_lbctls(GW);
     ns.assert_none("198.18.9.5");
 
-    ns.lbctl(&["backend", "del", V1, "198.18.5.11:8080"]);
-    ns.assert_lbctls("198.18.5.11"); // :8081 still uses it
-    ns.lbctl(&["backend", "del", V1, "198.18.5.11:8081"]);
-    ns.assert_none("198.18.5.11");
-    ns.lbctl(&["backend", "del", V2, "198.18.9.5:80"]);
-    ns.assert_lbctls(GW); // V1's 198.18.9.6 still goes through it
-    ns.lbctl(&["backend", "del", V1, "198.18.9.6:80"]);
-    ns.assert_none(GW);
+    ns.steps(&[
+        // :8081 still uses it
+        (
+            &["backend", "del", V1, "198.18.5.11:8080"],
+            &["198.18.5.11"],
+            &[],
+        ),
+        (
+            &["backend", "del", V1, "198.18.5.11:8081"],
+            &[],
+            &["198.18.5.11"],
+        ),
+        // V1's 198.18.9.6 still goes through GW
+        (&["backend", "del", V2, "198.18.9.5:80"], &[GW], &[]),
+        (&["backend", "del", V1, "198.18.9.6:80"], &[], &[GW]),
+    ]);
     ns.lbctl(&["detach", "e0"]);
 }
 
@@ -129,13 +154,15 @@ fn vip_del_releases_its_backends_hops_but_not_shared_ones() {
         ns.assert_lbctls(a);
     }
 
-    ns.lbctl(&["vip", "del", V1]);
-    ns.assert_none("198.18.5.11");
-    ns.assert_lbctls("198.18.5.12"); // V2's backend
-    ns.assert_lbctls(GW); // V2's 198.18.9.6
-    ns.lbctl(&["vip", "del", V2, "--proto", "udp"]);
-    ns.assert_none("198.18.5.12");
-    ns.assert_none(GW);
+    ns.steps(&[
+        // V2's backend and V2's 198.18.9.6 keep theirs.
+        (&["vip", "del", V1], &["198.18.5.12", GW], &["198.18.5.11"]),
+        (
+            &["vip", "del", V2, "--proto", "udp"],
+            &[],
+            &["198.18.5.12", GW],
+        ),
+    ]);
     ns.lbctl(&["detach", "e0"]);
 }
 
@@ -148,12 +175,11 @@ fn the_last_detach_releases_every_hop() {
     ns.lbctl(&["vip", "add", V2]);
     ns.lbctl(&["backend", "add", V1, "198.18.5.11:80"]);
     ns.lbctl(&["backend", "add", V2, "198.18.9.5:80"]);
-    ns.lbctl(&["detach", "e1"]);
-    ns.assert_lbctls("198.18.5.11"); // still attached to e0
-    ns.assert_lbctls(GW);
-    ns.lbctl(&["detach", "e0"]);
-    ns.assert_none("198.18.5.11");
-    ns.assert_none(GW);
+    ns.steps(&[
+        // Still attached to e0.
+        (&["detach", "e1"], &["198.18.5.11", GW], &[]),
+        (&["detach", "e0"], &[], &["198.18.5.11", GW]),
+    ]);
 }
 
 #[test]

@@ -7,8 +7,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lbctl::model::{NatMode, Timeout};
-
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A scratch directory removed when the test ends, failed or not.
@@ -115,19 +113,9 @@ fn shipped_example_is_a_file_lbctl_reads() {
     );
     assert!(desired.xdp_mode.is_some() && desired.hash_seed.is_some());
     // Its comments name every mode and every timeout the file takes.
-    for mode in NatMode::ALL {
-        assert!(
-            example.contains(mode.name()),
-            "the example does not mention mode {mode}"
-        );
-    }
-    for t in Timeout::ALL {
-        assert!(
-            full.contains(&format!("\n{} = ", t.name())),
-            "the example does not set timeout {}",
-            t.name()
-        );
-    }
+    lbctl_lab::configs::assert_names_every_mode_and_timeout("the example", &example, |t| {
+        full.contains(&format!("\n{t} = "))
+    });
 }
 
 #[test]

@@ -19,10 +19,6 @@ use lbctl_lab::{netns, Lab};
 const PORT: u16 = 8080;
 const METRICS_PORT: u16 = 9112;
 
-fn timeout() -> Duration {
-    clients::scaled(Duration::from_secs(3))
-}
-
 /// lbctl, run in the lab's balancer namespace; stdout.
 fn lbctl(lab: &Lab, args: &[&str]) -> String {
     lbctl_lab::balanced::lbctl(lab, env!("CARGO_BIN_EXE_lbctl"), args)
@@ -139,7 +135,12 @@ fn short_tcp(lab: &Lab, vip: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
     lab.in_client(|| -> Result<_, ClientError> {
         let mut spread = BTreeMap::new();
         for k in 0..n {
-            let name = clients::tcp_echo(vip, 80, format!("hi {k}\n").as_bytes(), timeout())?;
+            let name = clients::tcp_echo(
+                vip,
+                80,
+                format!("hi {k}\n").as_bytes(),
+                clients::client_timeout(),
+            )?;
             *spread.entry(name).or_insert(0) += 1;
         }
         Ok(spread)
@@ -288,11 +289,7 @@ fn reload_restart_and_metrics_keep_every_connection() {
     file.write(&config(&lab, TCP_CHECK, &[(1, 3), (2, 1), (3, 1)]));
     svc.signal(libc::SIGHUP);
     svc.wait_for_log("SIGHUP: reloaded", Duration::from_secs(5));
-    let line = svc
-        .lines()
-        .into_iter()
-        .find(|l| l.contains("SIGHUP"))
-        .unwrap();
+    let line = svc.first_line_with("SIGHUP");
     assert!(
         line.contains("1 backends added") && line.contains("1 weights changed"),
         "{line}"
@@ -337,11 +334,7 @@ fn reload_restart_and_metrics_keep_every_connection() {
     );
     thread::sleep(Duration::from_millis(300));
     let svc = start_service(&lab, &file, &[]);
-    let first = svc
-        .lines()
-        .into_iter()
-        .find(|l| l.contains("running:"))
-        .unwrap();
+    let first = svc.first_line_with("running:");
     assert!(
         first.contains("joined the balancer") && first.ends_with("no changes"),
         "{first}"
@@ -363,7 +356,9 @@ fn compare_metrics(lab: &Lab, quiet: bool) -> u64 {
     let before = lbctl(lab, &["list", "--stats", "--json"]);
     let m = scrape(lab);
     let after = lbctl(lab, &["list", "--stats", "--json"]);
-    let between = |what: &str, lo: u64, got: f64, hi: u64| {
+    // `got` from the scrape lies between `value` read from each listing.
+    let between = |what: &str, got: f64, value: &dyn Fn(&str) -> u64| {
+        let (lo, hi) = (value(&before), value(&after));
         let got = got as u64;
         assert!(lo <= got && got <= hi, "{what}: {lo} <= {got} <= {hi}");
         if quiet {
@@ -381,13 +376,8 @@ fn compare_metrics(lab: &Lab, quiet: bool) -> u64 {
             ("lbctl_backend_bytes_total", "bytes"),
             ("lbctl_backend_new_flows_total", "new_flows"),
         ] {
-            let got = m[&format!("{metric}{labels}")];
-            between(
-                &format!("{metric}{labels}"),
-                num(&before, field),
-                got,
-                num(&after, field),
-            );
+            let key = format!("{metric}{labels}");
+            between(&key, m[&key], &|json| num(json, field));
         }
         // Open flows may move while clients connect: the scrape lies
         // between the two listings; without traffic, and for weights,
@@ -423,12 +413,7 @@ fn compare_metrics(lab: &Lab, quiet: bool) -> u64 {
     for field in ["packets", "bytes", "new_flows"] {
         let got = m[&format!("lbctl_vip_{field}_total{{vip=\"{vip}\",proto=\"tcp\"}}")];
         // The first VIP's counters come first in the JSON.
-        between(
-            &format!("VIP {field}"),
-            json_num(&before, field),
-            got,
-            json_num(&after, field),
-        );
+        between(&format!("VIP {field}"), got, &|json| json_num(json, field));
     }
     for name in lbctl::datapath::abi::REASON_NAMES {
         let got = m[&format!("lbctl_verdicts_total{{reason=\"{name}\"}}")] as u64;

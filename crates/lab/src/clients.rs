@@ -382,6 +382,11 @@ fn parse_http(raw: &[u8]) -> Result<HttpReply, ClientError> {
     })
 }
 
+/// How long a test's client call waits for an answer: 3 s, `scaled`.
+pub fn client_timeout() -> Duration {
+    scaled(Duration::from_secs(3))
+}
+
 /// A timeout stretched by `LBCTL_TEST_TIMEOUT_SCALE` (default 1): inside an
 /// emulated guest kernel (scripts/kernels/) everything runs many times
 /// slower, and a pause is not a broken connection. Long connections' pause

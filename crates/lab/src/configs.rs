@@ -1,9 +1,10 @@
 //! Inputs shared by tests and benchmarks: a configuration of many VIPs, and
-//! many distinct clients.
+//! many distinct clients; and the check that a shipped sample configuration
+//! names everything the file takes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use lbctl::model::{Desired, DesiredVip, NatMode, Proto, Service, VipSpec};
+use lbctl::model::{Desired, DesiredVip, NatMode, Proto, Service, Timeout, VipSpec};
 
 /// `vips` dnat VIPs on 198.18.100.1, .2, ... port 80, each with `backends`
 /// backends 198.18.1.11, .12, ... of weight 1, on port 10000 + the VIP's
@@ -54,4 +55,28 @@ pub fn spread_clients(n: u32, seed: u64) -> Vec<SocketAddr> {
             SocketAddr::new(IpAddr::from(ip), 1024 + (x >> 32) as u16 % 60000)
         })
         .collect()
+}
+
+/// Asserts that a sample configuration file (`what`, e.g. the README's
+/// example) mentions every NAT mode in `text`, and names every timeout the
+/// way `names_timeout` wants (mentioned, or set); so a new mode or timeout
+/// cannot ship undocumented.
+pub fn assert_names_every_mode_and_timeout(
+    what: &str,
+    text: &str,
+    names_timeout: impl Fn(&str) -> bool,
+) {
+    for mode in NatMode::ALL {
+        assert!(
+            text.contains(mode.name()),
+            "{what} does not mention mode {mode}"
+        );
+    }
+    for t in Timeout::ALL {
+        assert!(
+            names_timeout(t.name()),
+            "{what} does not name timeout {}",
+            t.name()
+        );
+    }
 }

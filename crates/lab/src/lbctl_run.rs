@@ -47,6 +47,14 @@ impl LbctlRun {
         self.lines().join("\n")
     }
 
+    /// The first line so far containing `needle`; panics when there is none.
+    pub fn first_line_with(&self, needle: &str) -> String {
+        self.lines()
+            .into_iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{}", self.log()))
+    }
+
     /// How many lines so far contain `needle`.
     pub fn count(&self, needle: &str) -> usize {
         self.lines().iter().filter(|l| l.contains(needle)).count()
