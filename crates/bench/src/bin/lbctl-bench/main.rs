@@ -678,82 +678,35 @@ impl Bench<'_> {
             // counter must count every repetition, where the frame must go.
             let client = SocketAddr::V4(lab::CLIENT);
             let vip = SocketAddr::V4(vip);
+            // What lbctl forwards (and where to), and what it passes.
+            let forwarded = |frame, to| (Target::Lbctl, frame, fwd, Some(fwd_reason), to);
+            let not_a_vip = |frame| (Target::Lbctl, frame, XDP_PASS, Some("pass_not_vip"), None);
             let (target, (frame, vary), expect, reason, to) = match class {
                 Class::HarnessAlone => {
                     (Target::Empty, fixed(syn_flow, SYN), XDP_ABORTED, None, None)
                 }
                 Class::Baseline => (Target::Baseline, fixed(syn_flow, SYN), XDP_TX, None, None),
-                Class::NonVip => (
-                    Target::Lbctl,
-                    fixed(Flow::tcp(lab::CLIENT, lab::NOT_A_VIP), ACK),
-                    XDP_PASS,
-                    Some("pass_not_vip"),
-                    None,
-                ),
-                Class::Established => (
-                    Target::Lbctl,
-                    fixed(Flow::tcp(client, vip), ACK),
-                    fwd,
-                    Some(fwd_reason),
-                    Some((client, backend)),
-                ),
-                Class::Reply => (
-                    Target::Lbctl,
-                    fixed(Flow::tcp(backend, client), ACK),
-                    fwd,
-                    Some(fwd_reason),
-                    Some((vip, client)),
-                ),
-                Class::Udp => (
-                    Target::Lbctl,
-                    fixed(udp, 0),
-                    fwd,
-                    Some(fwd_reason),
-                    Some((client, udp_backend)),
-                ),
-                Class::NonVip6 => (
-                    Target::Lbctl,
-                    fixed(Flow::tcp(client6, lab::NOT_A_VIP6), ACK),
-                    XDP_PASS,
-                    Some("pass_not_vip"),
-                    None,
-                ),
-                Class::Established6 => (
-                    Target::Lbctl,
+                Class::NonVip => not_a_vip(fixed(Flow::tcp(lab::CLIENT, lab::NOT_A_VIP), ACK)),
+                Class::Established => {
+                    forwarded(fixed(Flow::tcp(client, vip), ACK), Some((client, backend)))
+                }
+                Class::Reply => {
+                    forwarded(fixed(Flow::tcp(backend, client), ACK), Some((vip, client)))
+                }
+                Class::Udp => forwarded(fixed(udp, 0), Some((client, udp_backend))),
+                Class::NonVip6 => not_a_vip(fixed(Flow::tcp(client6, lab::NOT_A_VIP6), ACK)),
+                Class::Established6 => forwarded(
                     fixed(Flow::tcp(client6, vip6), ACK),
-                    fwd,
-                    Some(fwd_reason),
                     Some((client6, backend6)),
                 ),
-                Class::Reply6 => (
-                    Target::Lbctl,
+                Class::Reply6 => forwarded(
                     fixed(Flow::tcp(backend6, client6), ACK),
-                    fwd,
-                    Some(fwd_reason),
                     Some((vip6, client6)),
                 ),
-                Class::Udp6 => (
-                    Target::Lbctl,
-                    fixed(udp6, 0),
-                    fwd,
-                    Some(fwd_reason),
-                    Some((client6, udp_backend6)),
-                ),
-                Class::Dsr => (
-                    Target::Lbctl,
-                    fixed(Flow::tcp(client, dsr), ACK),
-                    fwd,
-                    Some(fwd_reason),
-                    Some((client, dsr)),
-                ),
+                Class::Udp6 => forwarded(fixed(udp6, 0), Some((client6, udp_backend6))),
+                Class::Dsr => forwarded(fixed(Flow::tcp(client, dsr), ACK), Some((client, dsr))),
                 // Checked below: the inner packet keeps its addresses.
-                Class::Tunnel => (
-                    Target::Lbctl,
-                    fixed(Flow::tcp(client, tunnel), ACK),
-                    fwd,
-                    Some(fwd_reason),
-                    None,
-                ),
+                Class::Tunnel => forwarded(fixed(Flow::tcp(client, tunnel), ACK), None),
                 Class::HarnessAloneNewFlow => (Target::Empty, varying, XDP_ABORTED, None, None),
                 Class::BaselineNewFlow => (Target::Baseline, varying, XDP_TX, None, None),
                 Class::NewFlow | Class::NewFlow6 => unreachable!("measured above"),
