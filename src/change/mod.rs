@@ -25,7 +25,7 @@ use crate::datapath::balancer::{self, Balancer};
 use crate::host::iface::{self, Attachment};
 use crate::host::lock::{lock_netns, NetnsLock};
 use crate::host::routes::Reconciled;
-use crate::host::{drain, neighbour, record};
+use crate::host::{drain, neighbour, record, state};
 use crate::model::{AttachOptions, Desired};
 use plan::{Kind, Opening, Step};
 
@@ -68,7 +68,13 @@ pub fn begin(o: Opening) -> Result<Session> {
             Step::Find => {}
             Step::RequireCurrentTables => s.running()?.maps.require_current_tables()?,
             Step::Repair => {
-                s.running()?.repair()?;
+                let b = s.running()?;
+                let id = b.maps.balancer_id()?;
+                let interrupted = state::exists(state::Kind::Changing, id)?;
+                b.repair(interrupted)?;
+                if interrupted {
+                    state::forget(state::Kind::Changing, id)?;
+                }
             }
             Step::PublishRoutes => s.opened = routes::publish(&s.running()?.maps),
             Step::WithdrawRoutes => s.opened = routes::withdraw(),
@@ -141,7 +147,7 @@ impl Session {
                 continue;
             }
             match step {
-                Step::Change => out = f.take().map(|f| f(&mut fx)),
+                Step::Change => out = f.take().map(|f| self.recorded(k, || f(&mut fx))),
                 Step::PublishRoutes => followed.routes = routes::publish(&self.running()?.maps),
                 Step::WithdrawRoutes => followed.routes = routes::withdraw(),
                 Step::ReleaseNeighbours if !fx.released.is_empty() => {
@@ -169,6 +175,20 @@ impl Session {
         }
         let out = out.unwrap_or_else(|| Err(anyhow::anyhow!("internal: {k:?} made no change")));
         Ok((out, followed))
+    }
+
+    /// Runs a change to VIPs or backends with a record that it is under way
+    /// (`state::Kind::Changing`), removed once it succeeded: a killed one
+    /// leaves it, and the next repair then looks for tables no VIP has.
+    fn recorded<T>(&self, k: Kind, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let id = match (k, &self.balancer) {
+            (Kind::Configure | Kind::Apply, Some(b)) => b.maps.balancer_id()?,
+            _ => return f(),
+        };
+        state::write(state::Kind::Changing, id, "")?;
+        let out = f()?;
+        state::forget(state::Kind::Changing, id)?;
+        Ok(out)
     }
 
     /// Attaches to one more interface: the balancer running joins it, or

@@ -89,7 +89,7 @@ fn upgrade(b: &Balancer, flow_cache_size: Option<u32>) -> Result<()> {
     // What an interrupted lbctl left that the tables did not finish (rows
     // of removed backends; the repair before was skipped for an older
     // program's tables, which it cannot write).
-    new_maps.repair()?;
+    new_maps.repair(false)?;
     Ok(())
 }
 

@@ -120,8 +120,8 @@ impl Balancer {
     /// attach or detach killed between its netlink change and its map
     /// write). Call with the namespace's lock held; the routes that follow
     /// are `change`'s.
-    pub fn repair(&self) -> Result<Repaired> {
-        let mut done = self.maps.repair()?;
+    pub fn repair(&self, interrupted: bool) -> Result<Repaired> {
+        let mut done = self.maps.repair(interrupted)?;
         let attached: Vec<u32> = self.attachments.iter().map(|a| a.ifindex).collect();
         let mut listed = Vec::new();
         for key in self.maps.tx_ports.keys() {

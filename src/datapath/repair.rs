@@ -9,7 +9,8 @@
 //! 2. every VIP's table is built from its members, at the size they call
 //!    for (a change killed between its row writes and its table swap);
 //! 3. no table is left at an index no VIP has (a `vip add` killed before
-//!    its VIP entry, a `vip del` after it);
+//!    its VIP entry, a `vip del` after it; looked for only after a change
+//!    was killed, which `change` records);
 //! 4. rows no table names any more are cleared: rows of no VIP (a `vip
 //!    del` killed after its VIP entry went, an apply killed before a new
 //!    VIP's entry came) and rows being removed (a `backend del` killed
@@ -48,8 +49,12 @@ impl Repaired {
 
 impl Maps {
     /// Finishes what an interrupted change left (see the module's doc).
-    /// Writes nothing when there is nothing to finish.
-    pub fn repair(&self) -> Result<Repaired> {
+    /// Writes nothing when there is nothing to finish. Tables at indexes no
+    /// VIP has are looked for only after a change was `interrupted` (only
+    /// a killed `vip add`, `vip del` or apply leaves one): the search lists
+    /// every map of the host, and a change's work should not depend on what
+    /// else runs there.
+    pub fn repair(&self, interrupted: bool) -> Result<Repaired> {
         if self.legacy_tables()? {
             // An older program's tables cannot be written: its upgrade
             // (attach --replace) builds them all anew, then repairs.
@@ -67,7 +72,11 @@ impl Maps {
                 done.tables_rebuilt += 1;
             }
         }
-        for index in self.orphan_table_indices(&run)? {
+        let orphans = match interrupted {
+            true => self.orphan_table_indices(&run)?,
+            false => Vec::new(),
+        };
+        for index in orphans {
             let what = format_args!("the table of VIP index {index} (no VIP has it)");
             self.vip_tables.remove(&index.to_ne_bytes(), &what)?;
             done.tables_removed += 1;

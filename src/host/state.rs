@@ -1,6 +1,6 @@
 //! State files under /run/lbctl: what lbctl keeps about a balancer outside
 //! its maps (the drain record, `drain.rs`; the health checks last applied,
-//! `record.rs`). One file per kind and balancer, named
+//! `record.rs`; a change under way, `change::Session::run`). One file per kind and balancer, named
 //! `KIND-<netns cookie>-<balancer id>`:
 //!
 //! - the balancer id (`Maps::balancer_id`, its settings map's id) is what
@@ -31,6 +31,10 @@ pub enum Kind {
     Drained,
     /// `record.rs` (a TOML file).
     Health,
+    /// A change to the balancer's VIPs or backends under way
+    /// (`change::Session::run`): present after one was killed, until the
+    /// next repair has finished it.
+    Changing,
 }
 
 impl Kind {
@@ -38,12 +42,13 @@ impl Kind {
         match self {
             Kind::Drained => "drained",
             Kind::Health => "health",
+            Kind::Changing => "changing",
         }
     }
 
     fn suffix(self) -> &'static str {
         match self {
-            Kind::Drained => "",
+            Kind::Drained | Kind::Changing => "",
             Kind::Health => ".toml",
         }
     }
@@ -108,6 +113,22 @@ pub fn write(kind: Kind, id: u32, text: &str) -> Result<()> {
         let _ = std::fs::remove_file(old);
     }
     Ok(())
+}
+
+/// Removes balancer `id`'s record of `kind` (none: nothing to do).
+pub fn forget(kind: Kind, id: u32) -> Result<()> {
+    let path = path(kind, id)?;
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether balancer `id` has a record of `kind` (its own name only).
+pub fn exists(kind: Kind, id: u32) -> Result<bool> {
+    Ok(path(kind, id)?.exists())
 }
 
 /// Balancer `id`'s record of `kind`, if there is one; and its path, for
@@ -189,7 +210,7 @@ enum Key {
 /// `KIND-netns-<inode>...` is the old naming; anything else is not a
 /// record lbctl knows.
 fn balancer_of(name: &str) -> Option<Key> {
-    let rest = [Kind::Drained, Kind::Health]
+    let rest = [Kind::Drained, Kind::Health, Kind::Changing]
         .iter()
         .find_map(|k| name.strip_prefix(k.prefix())?.strip_prefix('-'))?;
     if rest.starts_with("netns-") {
