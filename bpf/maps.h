@@ -81,6 +81,18 @@ struct {
 
 LB_PERCPU_ARRAY(struct lb_flow_cache_counters, 1) flow_cache_stats SEC(".maps");
 
+/* Which VIP a flow flood mode forwarded without an entry was for, where its
+ * backend's address does not say (conntrack.h). LRU: a record is needed for
+ * one round trip to the backend; a flood of spoofed SYNs evicts the oldest.
+ * Per-CPU LRU lists as for the flow cache. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, LB_FLOOD_REPLIES_ENTRIES);
+	__type(key, struct lb_flood_reply_key);
+	__type(value, struct lb_flood_reply);
+} flood_replies SEC(".maps");
+
 /* Room for the steps' largest structures, which would not fit on the
  * program's 512-byte stack beside each other: the FIB's question and
  * answer (forward.h) and the entry flow_cache_store builds. Per CPU, so no
@@ -98,6 +110,7 @@ struct lb_scratch {
 	__u32 seq_next;
 	__u8 seq_state;        /* enum lb_seq_state */
 	__u8 close_ok;
+	struct lb_flood_reply_key flood_key; /* conntrack.h, flood mode */
 };
 LB_PERCPU_ARRAY(struct lb_scratch, 1) scratch SEC(".maps");
 
