@@ -16,7 +16,7 @@
 #define LB_FLOW_CACHE_ENTRIES 65536
 /* Flows flood mode forwarded without an entry to a backend several VIPs
  * share, remembered for their replies (`flood_replies`, conntrack.h). */
-#define LB_FLOOD_REPLIES_ENTRIES 65536
+#define LB_FLOOD_REPLIES_ENTRIES 32768
 /* IPv6 extension headers (hop-by-hop, routing, destination options,
  * fragment) the parser walks past, at most, to reach TCP or UDP. */
 #define LB_MAX_EXT_HEADERS 8
