@@ -21,6 +21,15 @@ const BESIDE_FULLNAT_VIP: &str = "198.18.100.4:80";
 const BACKENDS: [&str; 3] = ["198.18.1.11:8080", "198.18.1.12:8080", "198.18.1.13:8080"];
 const FULLNAT_BACKEND: &str = "198.18.1.12:9090";
 
+/// A balancer with VIP (tcp, BACKENDS) and a UDP VIP on the same address,
+/// whose flows fill the table.
+fn dnat_tcp_and_udp() -> Balancer {
+    let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &BACKENDS);
+    let udp = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
+    lb.backend(&udp, "198.18.1.11:5353", 1);
+    lb
+}
+
 fn stats(lb: &Balancer) -> (u64, u64) {
     let d = lb.maps.datapath_counters().unwrap().unwrap();
     (d.ct_full, d.stateless)
@@ -29,9 +38,7 @@ fn stats(lb: &Balancer) -> (u64, u64) {
 #[test]
 fn a_full_table_forwards_dnat_flows_without_entries_and_drops_fullnat() {
     in_fresh_netns(|| {
-        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &BACKENDS);
-        let udp = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
-        lb.backend(&udp, "198.18.1.11:5353", 1);
+        let lb = dnat_tcp_and_udp();
         let full = lb.vip(
             FULLNAT_VIP,
             Proto::Tcp,
@@ -143,9 +150,7 @@ fn a_full_table_forwards_dnat_flows_without_entries_and_drops_fullnat() {
 #[test]
 fn spoofed_acks_and_datagrams_make_no_lasting_entries() {
     in_fresh_netns(|| {
-        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &BACKENDS);
-        let udp = lb.vip("198.18.100.1:53", Proto::Udp, NatMode::Dnat, None);
-        lb.backend(&udp, "198.18.1.11:5353", 1);
+        let lb = dnat_tcp_and_udp();
         const N: u32 = 10_000;
         let source = |i: u32| format!("198.19.{}.{}:{}", i / 250, i % 250 + 1, 1024 + i % 60_000);
         for i in 0..N {
