@@ -8,6 +8,7 @@
 #include "lb_abi.h"
 #include "maps.h"
 #include "packet.h"
+#include "classify.h"
 #include "config.h"
 #include "hash.h"
 #include "martian.h"
@@ -325,17 +326,79 @@ static __always_inline void stateless_flow(const struct packet *pkt, const struc
 		c->stateless += 1;
 }
 
+static __always_inline bool endpoint_equal(const struct lb_endpoint *a,
+					   const struct lb_endpoint *b)
+{
+	return addr6_equal((const __be32 *)a->addr, (const __be32 *)b->addr) &&
+	       a->port == b->port && a->proto == b->proto && a->family == b->family;
+}
+
+/* A dnat flow forwarded without an entry: its replies are NATed back from
+ * the backend row reply_sources names for their source. Where several rows
+ * (VIPs) share that backend, the source does not say which VIP a reply is
+ * for, so the row is remembered by the flow's two ends for them to find
+ * (flood_reply_recall). Written only when missing or different, so a flow's
+ * later packets cost a lookup, not a write. */
+static __always_inline void flood_reply_remember(const struct packet *pkt,
+						 const struct lb_backend *be, __u32 backend_id)
+{
+	struct lb_flood_reply want = { .backend_id = backend_id, .vip_index = be->vip_index };
+	const struct lb_reply_source *src;
+	struct lb_flood_reply *had;
+	struct lb_scratch *s;
+
+	src = bpf_map_lookup_elem(&reply_sources, &be->ep);
+	if (!src || src->users < 2)
+		return;
+	s = get_scratch();
+	if (!s)
+		return;
+	endpoint_of(&s->flood_key.client, pkt->saddr, pkt->ports[0], pkt->proto, pkt->family);
+	s->flood_key.backend = be->ep;
+	had = bpf_map_lookup_elem(&flood_replies, &s->flood_key);
+	if (!had || had->backend_id != want.backend_id || had->vip_index != want.vip_index)
+		bpf_map_update_elem(&flood_replies, &s->flood_key, &want, BPF_ANY);
+}
+
+/* The backend row a reply without an entry, from a backend several rows
+ * share, is for: the one flood_reply_remember recorded for its flow, if that
+ * row still is that backend of that VIP; otherwise `otherwise`. */
+static __always_inline __u32 flood_reply_recall(const struct packet *pkt, __u32 otherwise)
+{
+	const struct lb_flood_reply *r;
+	const struct lb_backend *be;
+	struct lb_scratch *s;
+
+	s = get_scratch();
+	if (!s)
+		return otherwise;
+	endpoint_of(&s->flood_key.client, pkt->daddr, pkt->ports[1], pkt->proto, pkt->family);
+	endpoint_of(&s->flood_key.backend, pkt->saddr, pkt->ports[0], pkt->proto, pkt->family);
+	r = bpf_map_lookup_elem(&flood_replies, &s->flood_key);
+	if (!r)
+		return otherwise;
+	be = bpf_map_lookup_elem(&backends, &r->backend_id);
+	/* Removed, or the row reused, since the flow was sent. */
+	if (!be || !(be->flags & LB_BACKEND_IN_USE) || be->vip_index != r->vip_index ||
+	    !endpoint_equal(&be->ep, &s->flood_key.backend))
+		return otherwise;
+	return r->backend_id;
+}
+
 /* A client's packet forwarded without an entry (flood mode, or no room
  * for one): to the backend the VIP's table picked, dsr and tunnel keeping
- * the VIP as destination as their entries would. */
+ * the VIP as destination as their entries would; a dnat flow's row
+ * remembered for its replies. */
 static __always_inline void stateless_to_backend(const struct packet *pkt,
 						 const struct lb_vip *vip,
-						 const struct lb_backend *be, __u32 mark,
-						 struct flow *f)
+						 const struct lb_backend *be, __u32 backend_id,
+						 __u32 mark, struct flow *f)
 {
 	stateless_flow(pkt, be, false, mark, f);
 	if (vip->flags & (LB_VIP_DSR | LB_VIP_TUNNEL))
 		keep_destination(pkt, vip, f);
+	else
+		flood_reply_remember(pkt, be, backend_id);
 }
 
 /* A SYN (client's) or SYN-ACK (backend's): what flood mode forwards
@@ -383,8 +446,9 @@ static __always_inline bool arrived_by_its_route(struct xdp_md *ctx, const struc
  * balancer restarted, or ECMP moved the flow here). In dnat the reply names
  * both ends, so the entry is rebuilt for the backend that answered and the
  * flow goes on. In fullnat the client is not in the packet, and a backend
- * shared by VIPs does not say which VIP it answers for: drop it rather than
- * leak it un-NATed; the client's next packet rebuilds the entry. Only if it
+ * shared by VIPs does not say which VIP it answers for (unless flood mode
+ * remembered its flow): drop it rather than leak it un-NATed; the client's
+ * next packet rebuilds the entry. Only if it
  * arrived where that backend's packets arrive, to a client that can exist;
  * the entry stays unproven (short-lived, not assured) until the client's
  * packet is seen. */
@@ -399,8 +463,11 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 	__u32 backend_id = src->backend_id, tuple_sz;
 	int why;
 
-	if (backend_id == LB_NO_BACKEND && src->users > 1)
-		return LB_DROP_REPLY_UNTRACKED; /* which VIP's? */
+	if (src->users > 1) {
+		backend_id = flood_reply_recall(pkt, backend_id);
+		if (backend_id == LB_NO_BACKEND)
+			return LB_DROP_REPLY_UNTRACKED; /* which VIP's? */
+	}
 	be = bpf_map_lookup_elem(&backends, &backend_id);
 	if (!be || !(be->flags & LB_BACKEND_IN_USE))
 		return LB_PASS_REPLY_UNTRACKED;
@@ -482,7 +549,7 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 		if (!(pkt->tcp_flags & TCP_SYN))
 			f->mark |= LB_MARK_UNREPLIED;
 		if (!(vip->flags & LB_VIP_FULLNAT) && handshake_opening(pkt) && in_flood()) {
-			stateless_to_backend(pkt, vip, be, f->mark & ~LB_MARK_UNPROVEN, f);
+			stateless_to_backend(pkt, vip, be, backend_id, f->mark & ~LB_MARK_UNPROVEN, f);
 			f->created = true; /* a new flow (a SYN: no flow cache entry) */
 			return LB_CONTINUE;
 		}
@@ -498,7 +565,7 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 			 * kernel's choice, and replies find the client by it. */
 			if (vip->flags & LB_VIP_FULLNAT)
 				return LB_DROP_CT_FAILED;
-			stateless_to_backend(pkt, vip, be,
+			stateless_to_backend(pkt, vip, be, backend_id,
 					     f->mark & ~(LB_MARK_UNPROVEN | LB_MARK_UNREPLIED), f);
 			/* Counted as new once, at its SYN. */
 			f->created = (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;

@@ -14,6 +14,9 @@
 #define LB_MAX_BACKENDS  65536
 #define LB_MAX_IFACES    64
 #define LB_FLOW_CACHE_ENTRIES 65536
+/* Flows flood mode forwarded without an entry to a backend several VIPs
+ * share, remembered for their replies (`flood_replies`, conntrack.h). */
+#define LB_FLOOD_REPLIES_ENTRIES 32768
 /* IPv6 extension headers (hop-by-hop, routing, destination options,
  * fragment) the parser walks past, at most, to reach TCP or UDP. */
 #define LB_MAX_EXT_HEADERS 8
@@ -122,6 +125,21 @@ struct lb_backend {
 struct lb_reply_source {
 	__u32 backend_id; /* a row of the one VIP using this endpoint, or LB_NO_BACKEND */
 	__u32 users;      /* backend rows with this endpoint (0: kept for live flows) */
+};
+
+/* Key of `flood_replies`: a dnat flow flood mode forwarded without an entry
+ * to a backend endpoint that several backend rows have (VIPs sharing a
+ * backend), by its two ends as the backend's replies name them. The data
+ * path's only: lbctl never writes it. */
+struct lb_flood_reply_key {
+	struct lb_endpoint client;
+	struct lb_endpoint backend;
+};
+
+/* Value of `flood_replies`: the row the flow was sent to, and its VIP. */
+struct lb_flood_reply {
+	__u32 backend_id;
+	__u32 vip_index;
 };
 
 /* IPVS's defaults (ipvsadm --set 900 120 300). */

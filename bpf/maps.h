@@ -24,6 +24,17 @@
 	LB_MAP(BPF_MAP_TYPE_ARRAY, __u32, value_type, entries)
 #define LB_PERCPU_ARRAY(value_type, entries) \
 	LB_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, __u32, value_type, entries)
+/* An LRU hash whose CPUs each keep their own LRU list
+ * (BPF_F_NO_COMMON_LRU: no shared lock on the packet path), one value per
+ * entry (not per CPU): old entries make room for new ones. */
+#define LB_LRU_HASH(key_type, value_type, entries)		\
+	struct {						\
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);		\
+		__uint(map_flags, BPF_F_NO_COMMON_LRU);		\
+		__uint(max_entries, entries);			\
+		__type(key, key_type);				\
+		__type(value, value_type);			\
+	}
 
 /* VIP address:port/proto -> how to balance it. */
 LB_HASH(struct lb_endpoint, struct lb_vip, LB_MAX_VIPS) vips SEC(".maps");
@@ -68,18 +79,18 @@ LB_PERCPU_ARRAY(__u64, LB_REASON_MAX) reasons SEC(".maps");
 /* Attached interfaces, for redirecting between them (two-arm). */
 LB_MAP(BPF_MAP_TYPE_DEVMAP_HASH, __u32, __u32, LB_MAX_IFACES) tx_ports SEC(".maps");
 
-/* The fast path's per-direction flow cache (bpf/flow_cache.h). LRU: old
- * flows make room for new ones. BPF_F_NO_COMMON_LRU: each CPU keeps its own
- * LRU list (no shared lock), one value per entry (not per CPU). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
-	__uint(max_entries, LB_FLOW_CACHE_ENTRIES);
-	__type(key, struct lb_flow_cache_key);
-	__type(value, struct lb_flow_cache_entry);
-} flow_cache SEC(".maps");
+/* The fast path's per-direction flow cache (bpf/flow_cache.h): old flows
+ * make room for new ones. lbctl sizes it at load (`attach --flow-cache-size`). */
+LB_LRU_HASH(struct lb_flow_cache_key, struct lb_flow_cache_entry, LB_FLOW_CACHE_ENTRIES)
+	flow_cache SEC(".maps");
 
 LB_PERCPU_ARRAY(struct lb_flow_cache_counters, 1) flow_cache_stats SEC(".maps");
+
+/* Which VIP a flow flood mode forwarded without an entry was for, where its
+ * backend's address does not say (conntrack.h). A record is needed for one
+ * round trip to the backend; a flood of spoofed SYNs evicts the oldest. */
+LB_LRU_HASH(struct lb_flood_reply_key, struct lb_flood_reply, LB_FLOOD_REPLIES_ENTRIES)
+	flood_replies SEC(".maps");
 
 /* Room for the steps' largest structures, which would not fit on the
  * program's 512-byte stack beside each other: the FIB's question and
@@ -98,6 +109,7 @@ struct lb_scratch {
 	__u32 seq_next;
 	__u8 seq_state;        /* enum lb_seq_state */
 	__u8 close_ok;
+	struct lb_flood_reply_key flood_key; /* conntrack.h, flood mode */
 };
 LB_PERCPU_ARRAY(struct lb_scratch, 1) scratch SEC(".maps");
 

@@ -200,15 +200,19 @@ balancer_maps! {
         /// Row 0: `lb_handshake`, the handshake timeout; None for a running
         /// program from before it (its handshake timeout is fixed).
         handshake,
+        /// Flood mode's record of which VIP a flow sent without an entry
+        /// to a shared backend was for; None for a running program from
+        /// before it.
+        flood_replies,
     ],
 }
 
 /// Maps a new program never takes over from a running one: the flow cache
-/// starts empty, so no decision of the old program outlives it; the VIP
+/// and flood mode's records start empty, so no decision of the old program outlives it; the VIP
 /// tables are built anew from the VIP and backend rows before the new
 /// program runs (`Maps::build_all_tables`), in the new program's format and
 /// at the size the configuration calls for, whatever the old program had.
-const NOT_REUSED: &[&str] = &["flow_cache", "vip_tables"];
+const NOT_REUSED: &[&str] = &["flow_cache", "flood_replies", "vip_tables"];
 
 impl Maps {
     /// The maps of a freshly loaded skeleton.
