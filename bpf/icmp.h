@@ -320,37 +320,50 @@ static __always_inline void eth_back(struct ethhdr *eth, const __u8 to[ETH_ALEN]
 	eth->h_proto = bpf_htons(proto);
 }
 
+/* The frame made into an error back to its sender (make_error_frame), its
+ * Ethernet header addressed back where it came from. Returns the new IP
+ * header, with hdrs + quote bytes from it inside the frame, or NULL with
+ * the frame as it was. The caller has checked that quote bytes follow the
+ * Ethernet header. */
+static __always_inline void *error_frame_back(struct xdp_md *ctx, int hdrs, int quote,
+					      __u16 proto)
+{
+	struct ethhdr *eth = (void *)(long)ctx->data;
+	__u8 peer[ETH_ALEN], self[ETH_ALEN];
+	void *data_end;
+
+	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+		return NULL;
+	__builtin_memcpy(peer, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(self, eth->h_dest, ETH_ALEN);
+	if (!make_error_frame(ctx, hdrs, quote))
+		return NULL;
+	eth = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if ((void *)(eth + 1) + hdrs + quote > data_end)
+		return NULL; /* cannot be: the verifier wants it said */
+	eth_back(eth, peer, self, proto);
+	return eth + 1;
+}
+
 /* IPv4 "fragmentation needed" (type 3, code 4) with the egress MTU. */
 static __always_inline int too_big_ipv4(struct xdp_md *ctx, __u16 mtu)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
-	__u8 peer[ETH_ALEN], self[ETH_ALEN];
+	struct iphdr *ip = (void *)(long)ctx->data + sizeof(struct ethhdr);
 	struct icmphdr *icmp;
 	__be32 from, to;
 	void *quote;
 	__u64 sum;
 
-	if ((void *)ip + TOO_BIG4_QUOTE > data_end)
+	if ((void *)ip + TOO_BIG4_QUOTE > (void *)(long)ctx->data_end)
 		return LB_PASS_FIB;
-	__builtin_memcpy(peer, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(self, eth->h_dest, ETH_ALEN);
 	from = ip->saddr;
 	to = ip->daddr;
-	if (!make_error_frame(ctx, TOO_BIG4_HDRS, TOO_BIG4_QUOTE))
+	ip = error_frame_back(ctx, TOO_BIG4_HDRS, TOO_BIG4_QUOTE, ETH_P_IP);
+	if (!ip)
 		return LB_PASS_FIB;
-
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
-	ip = (void *)(eth + 1);
 	icmp = (void *)(ip + 1);
 	quote = icmp + 1;
-	if (quote + TOO_BIG4_QUOTE > data_end)
-		return LB_PASS_MALFORMED; /* cannot be: the verifier wants it said */
-	eth_back(eth, peer, self, ETH_P_IP);
 	__builtin_memset(ip, 0, sizeof(*ip));
 	ip->version = 4;
 	ip->ihl = 5;
@@ -374,34 +387,21 @@ static __always_inline int too_big_ipv4(struct xdp_md *ctx, __u16 mtu)
 /* ICMPv6 "packet too big" with the egress MTU. */
 static __always_inline int too_big_ipv6(struct xdp_md *ctx, __u16 mtu)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct ipv6hdr *ip6 = (void *)(eth + 1);
-	__u8 peer[ETH_ALEN], self[ETH_ALEN];
+	struct ipv6hdr *ip6 = (void *)(long)ctx->data + sizeof(struct ethhdr);
 	struct in6_addr from, to;
 	struct icmp6hdr *icmp;
 	void *quote;
 	__u64 sum;
 
-	if ((void *)ip6 + TOO_BIG6_QUOTE > data_end)
+	if ((void *)ip6 + TOO_BIG6_QUOTE > (void *)(long)ctx->data_end)
 		return LB_PASS_FIB;
-	__builtin_memcpy(peer, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(self, eth->h_dest, ETH_ALEN);
 	from = ip6->saddr;
 	to = ip6->daddr;
-	if (!make_error_frame(ctx, TOO_BIG6_HDRS, TOO_BIG6_QUOTE))
+	ip6 = error_frame_back(ctx, TOO_BIG6_HDRS, TOO_BIG6_QUOTE, ETH_P_IPV6);
+	if (!ip6)
 		return LB_PASS_FIB;
-
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
-	ip6 = (void *)(eth + 1);
 	icmp = (void *)(ip6 + 1);
 	quote = icmp + 1;
-	if (quote + TOO_BIG6_QUOTE > data_end)
-		return LB_PASS_MALFORMED; /* cannot be: the verifier wants it said */
-	eth_back(eth, peer, self, ETH_P_IPV6);
 	*(__be32 *)ip6 = bpf_htonl(0x60000000); /* version 6, class and label 0 */
 	ip6->payload_len = bpf_htons(sizeof(*icmp) + TOO_BIG6_QUOTE);
 	ip6->nexthdr = IPPROTO_ICMPV6;
