@@ -16,6 +16,11 @@
 #   MATRIX_SERIES="6.1 6.12"  series to run
 #   MATRIX_ALLOW_TCG=1        without usable KVM, run under TCG instead of skipping
 #   MATRIX_REQUIRE_KVM=1      without usable KVM, fail (exit 1) instead of skipping
+#   MATRIX_SHARDS=N           per series, N guests at once, each running CMD
+#                             with its share of ARGS (test binaries, split by
+#                             shard.sh); the series passes if all of them do.
+#                             For hosts with N idle cores: one guest under TCG
+#                             keeps one core busy.
 #   RUN_IN_KERNEL_*           passed on to run-in-kernel.sh (timeout, memory, ...)
 set -euo pipefail
 
@@ -65,6 +70,36 @@ fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/kernel-matrix.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
+shards=${MATRIX_SHARDS:-1}
+[[ $shards =~ ^[1-9][0-9]*$ ]] || { say "MATRIX_SHARDS must be a positive number"; exit 2; }
+
+# Series $1: CMD ($2) in $shards guests at once, each with its share of the
+# rest of the arguments; every line of a guest's output is prefixed with its
+# shard. Returns the first failing guest's status, 0 if all passed.
+run_shards() {
+	local series=$1 cmd=$2 i rc=0 r pids=()
+	shift 2
+	for ((i = 1; i <= shards; i++)); do
+		local part=()
+		mapfile -t part < <("$here/shard.sh" "$i" "$shards" "$@")
+		say "shard $i/$shards: ${#part[@]} suites: $(for b in "${part[@]}"; do b=${b##*/}; printf '%s ' "${b%-*}"; done)"
+		(
+			set -o pipefail
+			RUN_IN_KERNEL_ACCEL=$accel RUN_IN_KERNEL_INFO=$tmp/info.$series.$i \
+				"$runner" "$series" "$cmd" "${part[@]}" 2>&1 | sed -u "s|^|[$i/$shards] |"
+		) &
+		pids+=($!)
+	done
+	for i in "${!pids[@]}"; do
+		r=0
+		wait "${pids[$i]}" || r=$?
+		say "shard $((i + 1))/$shards: exit $r"
+		((rc == 0)) && rc=$r
+	done
+	cp "$tmp/info.$series.1" "$tmp/info.$series" 2>/dev/null || true
+	return "$rc"
+}
+
 failed=0
 passed=0
 for s in "${series_list[@]}"; do
@@ -72,7 +107,11 @@ for s in "${series_list[@]}"; do
 	say "==================== kernel $s ($accel) ===================="
 	t0=$(date +%s.%N)
 	rc=0
-	RUN_IN_KERNEL_ACCEL=$accel RUN_IN_KERNEL_INFO=$tmp/info.$s "$runner" "$s" "$@" || rc=$?
+	if ((shards == 1)); then
+		RUN_IN_KERNEL_ACCEL=$accel RUN_IN_KERNEL_INFO=$tmp/info.$s "$runner" "$s" "$@" || rc=$?
+	else
+		run_shards "$s" "$@" || rc=$?
+	fi
 	t1=$(date +%s.%N)
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1fs\n", b - a }' >"$tmp/duration.$s"
 	echo "$rc" >"$tmp/rc.$s"
