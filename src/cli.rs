@@ -107,6 +107,12 @@ pub enum Command {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
     },
+    /// Check a configuration file without applying it (no root needed): one line per problem, FILE:LINE: what.
+    Check {
+        /// The configuration file (TOML; see `lbctl save` for its shape).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Print the running configuration in the configuration file's format.
     Save,
     /// Run as a service: attach, apply the file, check health, reload on SIGHUP.

@@ -49,6 +49,7 @@ enum Request {
     Explain(FlowQuery, bool),
     Conns(FlowFilter, bool),
     Apply(PathBuf, Desired),
+    Check(PathBuf),
     Save,
     Run(RunOptions),
     Timeouts(Timeouts),
@@ -118,6 +119,7 @@ fn request(command: Command) -> Result<Request> {
             let desired = config_file::read(&file)?;
             Request::Apply(file, desired)
         }
+        Command::Check { file } => Request::Check(file),
         Command::Save => Request::Save,
         Command::Run(args) => Request::Run(run_options(args)?),
         Command::Timeouts {
@@ -158,6 +160,7 @@ fn dispatch(request: Request) -> Result<()> {
         Request::Explain(query, json) => commands::explain::run(&query, json),
         Request::Conns(filter, json) => commands::conns::run(&filter, json),
         Request::Apply(file, desired) => commands::apply::run(&file, &desired),
+        Request::Check(file) => commands::check::run(&file),
         Request::Save => commands::save::run(),
         Request::Run(opts) => commands::run::run(&opts),
         Request::Timeouts(t) => commands::timeouts::run(&t),

@@ -240,6 +240,17 @@ fn deb_has_the_service_and_no_lab() {
         !unit.contains("/usr/local"),
         "no /usr/local path left in the unit\n{unit}"
     );
+    assert!(
+        unit.contains("ExecStartPre=/usr/sbin/lbctl check -f /etc/lbctl/lbctl.toml"),
+        "the unit checks the file before it starts\n{unit}"
+    );
+    let checked = run(Command::new(root.join("usr/sbin/lbctl"))
+        .args(["check", "-f"])
+        .arg(root.join("etc/lbctl/lbctl.toml")));
+    assert!(
+        checked.contains(": ok: "),
+        "the shipped example passes lbctl check: {checked}"
+    );
     let version = run(Command::new(root.join("usr/sbin/lbctl")).arg("--version"));
     assert!(
         version.contains(env!("CARGO_PKG_VERSION")),

@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod attach;
 pub mod backend;
+pub mod check;
 pub mod conns;
 pub mod docs;
 pub mod drain;

@@ -27,7 +27,7 @@
 mod parse;
 mod render;
 
-pub use parse::{parse, FileError};
+pub use parse::{parse, parse_all, FileError, Parsed};
 pub use render::render;
 
 use std::path::Path;

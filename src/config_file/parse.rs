@@ -1,6 +1,8 @@
 //! Text → `Desired`. The whole file is read and checked before anything is
-//! done with it; the first problem found is reported as one line naming
-//! the line of the file and what is wrong there. Unknown keys are errors.
+//! done with it; each problem is one line naming the line of the file and
+//! what is wrong there (`parse`: the first; `parse_all`: every one, for
+//! `lbctl check`). Unknown keys are errors. The TOML reader stops at the
+//! first syntax error or unknown key, so those come one at a time.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -138,34 +140,88 @@ impl Lines<'_> {
     }
 }
 
+/// The problems found so far; parsing goes on past each one, so a file's
+/// every problem is found in one pass.
+#[derive(Default)]
+struct Problems(Vec<FileError>);
+
+impl Problems {
+    /// The value, or None with its problem noted.
+    fn keep<T>(&mut self, r: Result<T, FileError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.push(e);
+                None
+            }
+        }
+    }
+}
+
 /// Reads a whole configuration file. Nothing is half-read: either every
 /// part is valid and the result describes all of it, or the first problem
-/// is returned.
+/// (by line) is returned.
 pub fn parse(text: &str) -> Result<Desired, FileError> {
+    match parse_all(text) {
+        Ok(parsed) => Ok(parsed.desired),
+        Err(mut problems) => Err(problems.swap_remove(0)),
+    }
+}
+
+/// A file read without a problem, with where its parts stand (for the
+/// checks `lbctl check` makes beyond the file's own rules).
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    pub desired: Desired,
+    /// The line of each VIP's address, in `desired.vips`' order.
+    pub vip_lines: Vec<usize>,
+    /// The line of each interface, in `desired.interfaces`' order.
+    pub interface_lines: Vec<usize>,
+}
+
+/// `parse`, with every problem of the file, in line order.
+pub fn parse_all(text: &str) -> Result<Parsed, Vec<FileError>> {
     let lines = Lines(text);
-    let raw: RawFile = toml::from_str(text).map_err(|e| FileError {
-        line: e.span().and_then(|s| lines.at(s)),
-        message: e.message().trim().replace('\n', " "),
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        vec![FileError {
+            line: e.span().and_then(|s| lines.at(s)),
+            message: e.message().trim().replace('\n', " "),
+        }]
     })?;
+    let mut p = Problems::default();
+    let desired = read_file(&lines, &raw, &mut p);
+    if p.0.is_empty() {
+        let line_of = |span: Range<usize>| lines.at(span).unwrap_or(1);
+        return Ok(Parsed {
+            vip_lines: raw.vip.iter().map(|v| line_of(v.address.span())).collect(),
+            interface_lines: raw.interfaces.iter().map(|i| line_of(i.span())).collect(),
+            desired,
+        });
+    }
+    p.0.sort_by_key(|e| e.line);
+    Err(p.0)
+}
+
+fn read_file(lines: &Lines, raw: &RawFile, p: &mut Problems) -> Desired {
     let mut desired = Desired::default();
     for name in &raw.interfaces {
         let n = name.get_ref();
         if n.is_empty() || n.len() > 15 || n.contains(['/', ' ']) {
-            return lines.err(name.span(), format!("{n:?} is not an interface name"));
+            p.keep(lines.err::<()>(name.span(), format!("{n:?} is not an interface name")));
+        } else if desired.interfaces.contains(n) {
+            p.keep(lines.err::<()>(name.span(), format!("interface {n} is listed twice")));
+        } else {
+            desired.interfaces.push(n.clone());
         }
-        if desired.interfaces.contains(n) {
-            return lines.err(name.span(), format!("interface {n} is listed twice"));
-        }
-        desired.interfaces.push(n.clone());
     }
     if let Some(m) = &raw.xdp_mode {
-        desired.xdp_mode = Some(lines.parsed::<XdpMode>(m)?);
+        desired.xdp_mode = p.keep(lines.parsed::<XdpMode>(m));
     }
     if let Some(seed) = &raw.hash_seed {
-        desired.hash_seed = Some(lines.int(seed, "hash_seed", 0..=u32::MAX)?);
+        desired.hash_seed = p.keep(lines.int(seed, "hash_seed", 0..=u32::MAX));
     }
     if let Some(size) = &raw.flow_cache_size {
-        desired.flow_cache_size = Some(lines.int(size, "flow_cache_size", FLOW_CACHE_SIZES)?);
+        desired.flow_cache_size = p.keep(lines.int(size, "flow_cache_size", FLOW_CACHE_SIZES));
     }
     if let Some(t) = &raw.timeouts {
         for (which, v) in [
@@ -177,89 +233,134 @@ pub fn parse(text: &str) -> Result<Desired, FileError> {
         ] {
             let v = v
                 .as_ref()
-                .map(|v| lines.int(v, which.name(), which.range()))
-                .transpose()?;
+                .and_then(|v| p.keep(lines.int(v, which.name(), which.range())));
             desired.timeouts.set(which, v);
         }
     }
+    let mut seen: Vec<Service> = Vec::new();
     for v in &raw.vip {
-        let vip = parse_vip(&lines, v)?;
-        if desired.vip(&vip.spec.service).is_some() {
-            return lines.err(
-                v.address.span(),
-                format!("VIP {} is listed twice", vip.spec.service),
-            );
+        // Told apart by address and protocol alone, whatever else is
+        // wrong with either of the two.
+        if let Some(service) = service_of(v) {
+            if seen.contains(&service) {
+                p.keep(lines.err::<()>(v.address.span(), format!("VIP {service} is listed twice")));
+                continue;
+            }
+            seen.push(service);
         }
-        desired.vips.push(vip);
+        if let Some(vip) = parse_vip(lines, v, p) {
+            desired.vips.push(vip);
+        }
     }
-    Ok(desired)
+    desired
 }
 
-fn parse_vip(lines: &Lines, v: &RawVip) -> Result<DesiredVip, FileError> {
-    let addr = parse_endpoint(v.address.get_ref()).or_else(|e| lines.err(v.address.span(), e))?;
+/// The VIP's address and protocol, if both can be read.
+fn service_of(v: &RawVip) -> Option<Service> {
     let proto = match &v.proto {
-        Some(p) => p
-            .get_ref()
-            .parse::<Proto>()
-            .or_else(|e| lines.err(p.span(), e))?,
+        Some(p) => p.get_ref().parse().ok()?,
+        None => Proto::Tcp,
+    };
+    Some(Service {
+        addr: parse_endpoint(v.address.get_ref()).ok()?,
+        proto,
+    })
+}
+
+/// A `[[vip]]` table, or None with its problems noted (every one that can
+/// be told apart: a VIP whose address is unreadable is not read further;
+/// otherwise its settings, health table and each backend are checked).
+fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> {
+    let addr =
+        p.keep(parse_endpoint(v.address.get_ref()).or_else(|e| lines.err(v.address.span(), e)))?;
+    let before = p.0.len();
+    let proto = match &v.proto {
+        Some(pr) => p
+            .keep(
+                pr.get_ref()
+                    .parse::<Proto>()
+                    .or_else(|e| lines.err(pr.span(), e)),
+            )
+            .unwrap_or(Proto::Tcp),
         None => Proto::Tcp,
     };
     let service = Service { addr, proto };
     let mode = match &v.mode {
-        Some(m) => lines.parsed::<NatMode>(m)?,
-        None => NatMode::Dnat,
+        Some(m) => p.keep(lines.parsed::<NatMode>(m)),
+        None => Some(NatMode::Dnat),
     };
-    let snat = match &v.snat {
-        Some(s) => {
-            // Before the address is read: a dnat VIP's snat is wrong
-            // whatever it holds.
-            check_snat_applies(mode).or_else(|e| lines.err(s.span(), file_wording(&e)))?;
-            Some(parse_ip(s.get_ref()).or_else(|e| lines.err(s.span(), e))?)
+    let snat = v.snat.as_ref().and_then(|s| {
+        // Before the address is read: a dnat VIP's snat is wrong
+        // whatever it holds.
+        if let Some(mode) = mode {
+            p.keep(check_snat_applies(mode).or_else(|e| lines.err(s.span(), file_wording(&e))))?;
         }
-        None => None,
-    };
+        p.keep(parse_ip(s.get_ref()).or_else(|e| lines.err(s.span(), e)))
+    });
     let table_size = v
         .table_size
         .as_ref()
-        .map(|t| lines.int(t, "table_size", 0..=u32::MAX))
-        .transpose()?;
-    let spec = VipSpec::new(service, mode, snat, table_size).or_else(|e| {
-        let span = match (&e, &v.table_size) {
-            (SpecError::TableSize(_), Some(t)) => t.span(),
-            _ => v.address.span(),
-        };
-        lines.err(span, file_wording(&e))
-    })?;
+        .and_then(|t| p.keep(lines.int(t, "table_size", 0..=u32::MAX)));
+    let spec = mode.and_then(|mode| {
+        p.keep(VipSpec::new(service, mode, snat, table_size).or_else(|e| {
+            let span = match (&e, &v.table_size) {
+                (SpecError::TableSize(_), Some(t)) => t.span(),
+                _ => v.address.span(),
+            };
+            lines.err(span, file_wording(&e))
+        }))
+    });
     let health = v
         .health
         .as_ref()
-        .map(|h| parse_health(lines, h))
-        .transpose()?;
-    let health = health.flatten();
+        .and_then(|h| p.keep(parse_health(lines, h)))
+        .flatten();
     let mut backends: Vec<(SocketAddr, u32)> = Vec::new();
     for b in &v.backend {
-        let addr =
-            parse_endpoint(b.address.get_ref()).or_else(|e| lines.err(b.address.span(), e))?;
-        check_same_family(service.addr, addr).or_else(|e| lines.err(b.address.span(), e))?;
-        check_backend_port(mode, service.addr, addr).or_else(|e| lines.err(b.address.span(), e))?;
-        let weight = match &b.weight {
-            Some(w) => lines.int(w, "weight", WEIGHTS)?,
-            None => 1,
-        };
-        if backends.iter().any(|(a, _)| *a == addr) {
-            return lines.err(
-                b.address.span(),
-                format!("backend {addr} is listed twice in VIP {service}"),
-            );
+        if let Some(backend) = parse_backend(lines, b, service, mode, &backends, p) {
+            backends.push(backend);
         }
-        backends.push((addr, weight));
     }
-    Ok(DesiredVip {
+    if p.0.len() > before {
+        return None;
+    }
+    Some(DesiredVip {
         table_in_use: None,
-        spec,
+        spec: spec?,
         health,
         backends,
     })
+}
+
+/// A `[[vip.backend]]` table of VIP `service` (whose mode, if readable, is
+/// `mode`), or None with its problem noted.
+fn parse_backend(
+    lines: &Lines,
+    b: &RawBackend,
+    service: Service,
+    mode: Option<NatMode>,
+    earlier: &[(SocketAddr, u32)],
+    p: &mut Problems,
+) -> Option<(SocketAddr, u32)> {
+    let at = |e: String| FileError {
+        line: lines.at(b.address.span()),
+        message: e,
+    };
+    let addr = p.keep(parse_endpoint(b.address.get_ref()).map_err(at))?;
+    p.keep(check_same_family(service.addr, addr).map_err(at))?;
+    if let Some(mode) = mode {
+        p.keep(check_backend_port(mode, service.addr, addr).map_err(at))?;
+    }
+    let weight = match &b.weight {
+        Some(w) => p.keep(lines.int(w, "weight", WEIGHTS))?,
+        None => 1,
+    };
+    if earlier.iter().any(|(a, _)| *a == addr) {
+        return p.keep(Err(at(format!(
+            "backend {addr} is listed twice in VIP {service}"
+        ))));
+    }
+    Some((addr, weight))
 }
 
 /// A `[vip.health]` table; `kind = "none"` is no checks (None).

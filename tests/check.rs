@@ -1,0 +1,229 @@
+//! `lbctl check -f FILE` (issue 22): every problem of a file, one line each
+//! with its line number, without root and without touching anything; and
+//! what check refuses, `apply` refuses too, with nothing changed.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use lbctl_lab::lbctl_ns::LbctlNs;
+
+const LBCTL: &str = env!("CARGO_BIN_EXE_lbctl");
+
+/// A file in a directory of this test process's own, removed on drop.
+struct File(PathBuf);
+
+impl File {
+    fn new(name: &str, text: &str) -> File {
+        let dir = std::env::temp_dir().join(format!("lbctl-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Readable by the unprivileged user the non-root test runs as.
+        let _ = Command::new("chmod").arg("755").arg(&dir).status();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        File(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn check(file: &File) -> Output {
+    Command::new(LBCTL)
+        .args(["check", "-f", file.path()])
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Five problems in five places, each found in one run.
+const BAD: &str = r#"[[vip]]
+address = "198.18.100.1:80"
+mode = "masq"
+[[vip.backend]]
+address = "198.18.1.300:80"
+[[vip.backend]]
+address = "[2001:db8::1]:80"
+[[vip]]
+address = "198.18.100.2:80"
+[vip.health]
+kind = "tcp"
+rise = 0
+[[vip.backend]]
+address = "198.18.1.1:80"
+weight = 70000
+[[vip]]
+address = "198.18.100.2:80"
+"#;
+
+#[test]
+fn every_problem_is_one_line_with_its_line_number() {
+    let f = File::new("bad.toml", BAD);
+    let out = check(&f);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty(), "nothing on stdout: {out:?}");
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let want = [
+        (3, "mode \"masq\": use dnat, fullnat, dsr or tunnel"),
+        (5, "is not an IP address"),
+        (7, "a backend must have the VIP's address family"),
+        (12, "rise = 0 is out of range"),
+        (15, "weight = 70000 is out of range"),
+        (17, "VIP 198.18.100.2:80/tcp is listed twice"),
+    ];
+    assert_eq!(
+        lines.len(),
+        want.len() + 1,
+        "one line each and a total:\n{stderr}"
+    );
+    for (got, (line, what)) in lines.iter().zip(want) {
+        let place = format!("{}:{line}: ", f.path());
+        assert!(
+            got.starts_with(&place) && got.contains(what),
+            "expected {place}...{what}, got {got}"
+        );
+    }
+    assert_eq!(
+        lines[want.len()],
+        format!("lbctl: {}: {} problems", f.path(), want.len())
+    );
+}
+
+/// What apply checks beyond the file's own rules, without a balancer: a
+/// backend that would get no slot of its VIP's fixed table.
+#[test]
+fn a_fixed_table_too_small_for_its_backends_is_a_problem_at_its_vip() {
+    let f = File::new("small.toml", SMALL_TABLE);
+    let out = check(&f);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{}:2: ", f.path())) && stderr.contains("would get no slot"),
+        "{stderr}"
+    );
+}
+
+const SMALL_TABLE: &str = r#"[[vip]]
+address = "198.18.100.1:80"
+table_size = 3
+[[vip.backend]]
+address = "198.18.1.11:80"
+weight = 1000
+[[vip.backend]]
+address = "198.18.1.12:80"
+weight = 1000
+[[vip.backend]]
+address = "198.18.1.13:80"
+weight = 1000
+[[vip.backend]]
+address = "198.18.1.14:80"
+weight = 1
+"#;
+
+const GOOD: &str = r#"interfaces = ["lbctlnone0"]
+[[vip]]
+address = "198.18.100.1:80"
+mode = "fullnat"
+snat = "198.18.1.1"
+[vip.health]
+kind = "http"
+path = "/healthz"
+[[vip.backend]]
+address = "198.18.1.11:8080"
+[[vip.backend]]
+address = "198.18.1.12:8080"
+weight = 2
+"#;
+
+/// A valid file passes without root: an interface this host does not have
+/// is a warning (the file may be for another host), not a failure.
+#[test]
+fn a_valid_file_passes_as_nobody_with_a_warning_for_an_unknown_interface() {
+    let f = File::new("good.toml", GOOD);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", LBCTL])
+        .args(["check", "-f", f.path()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout, format!("{}: ok: 1 VIPs, 2 backends\n", f.path()));
+    assert_eq!(
+        stderr,
+        format!(
+            "{}:1: warning: interface lbctlnone0 does not exist on this host (lbctl run would fail to attach it here)\n",
+            f.path()
+        )
+    );
+}
+
+#[test]
+fn a_missing_file_is_one_line() {
+    let out = Command::new(LBCTL)
+        .args(["check", "-f", "/nonexistent/lbctl.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("/nonexistent/lbctl.toml: cannot read it: "),
+        "{stderr}"
+    );
+}
+
+/// check and apply agree: each file check refuses, apply refuses with the
+/// same first problem and changes nothing; the file check accepts, apply
+/// applies.
+#[test]
+fn apply_refuses_what_check_refuses_and_applies_what_it_accepts() {
+    let ns = LbctlNs::new("check", LBCTL);
+    let ok = |args: &[&str]| {
+        let out = ns.lbctl_env(args, &[]);
+        assert!(
+            out.status.success(),
+            "lbctl {args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    ok(&["attach", "e0"]);
+    let before = ok(&["list", "--json"]);
+    for (name, body) in [("bad.toml", BAD), ("small.toml", SMALL_TABLE)] {
+        let f = File::new(name, body);
+        let first_problem = text(&check(&f).stderr)
+            .lines()
+            .next()
+            .unwrap()
+            .split_once(": ")
+            .unwrap()
+            .1
+            .to_string();
+        let out = ns.lbctl_env(&["apply", "-f", f.path()], &[]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "apply accepted {name}");
+        assert!(
+            stderr.contains(&first_problem),
+            "apply's error names check's first problem {first_problem:?}: {stderr}"
+        );
+        assert_eq!(ok(&["list", "--json"]), before, "{name} changed nothing");
+    }
+    let good = GOOD.replace("lbctlnone0", "e0");
+    let f = File::new("good-here.toml", &good);
+    assert!(check(&f).status.success());
+    let applied = ok(&["apply", "-f", f.path()]);
+    assert!(
+        applied.contains("1 VIPs added, 2 backends added"),
+        "{applied}"
+    );
+    ok(&["detach", "e0"]);
+}
