@@ -106,6 +106,9 @@ pub enum Command {
         /// The configuration file (TOML; see `lbctl save` for its shape).
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
+        /// Print what would change (+ added, - removed, ~ changed), change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Check a configuration file without applying it (no root needed): one line per problem, FILE:LINE: what.
     Check {

@@ -48,7 +48,7 @@ enum Request {
     Manpage(Option<PathBuf>),
     Explain(FlowQuery, bool),
     Conns(FlowFilter, bool),
-    Apply(PathBuf, Desired),
+    Apply(PathBuf, Desired, bool),
     Check(PathBuf),
     Save,
     Run(RunOptions),
@@ -115,9 +115,9 @@ fn request(command: Command) -> Result<Request> {
             },
             json,
         ),
-        Command::Apply { file } => {
+        Command::Apply { file, dry_run } => {
             let desired = config_file::read(&file)?;
-            Request::Apply(file, desired)
+            Request::Apply(file, desired, dry_run)
         }
         Command::Check { file } => Request::Check(file),
         Command::Save => Request::Save,
@@ -159,7 +159,8 @@ fn dispatch(request: Request) -> Result<()> {
         Request::Manpage(dir) => commands::docs::manpage(dir.as_deref()),
         Request::Explain(query, json) => commands::explain::run(&query, json),
         Request::Conns(filter, json) => commands::conns::run(&filter, json),
-        Request::Apply(file, desired) => commands::apply::run(&file, &desired),
+        Request::Apply(file, desired, false) => commands::apply::run(&file, &desired),
+        Request::Apply(file, desired, true) => commands::apply::dry_run(&file, &desired),
         Request::Check(file) => commands::check::run(&file),
         Request::Save => commands::save::run(),
         Request::Run(opts) => commands::run::run(&opts),

@@ -1,6 +1,8 @@
-//! `lbctl check -f FILE` (issue 22): every problem of a file, one line each
-//! with its line number, without root and without touching anything; and
-//! what check refuses, `apply` refuses too, with nothing changed.
+//! Checking a file before it matters (issue 22): `lbctl check -f FILE`,
+//! every problem of a file, one line each with its line number, without
+//! root and without touching anything, and what check refuses `apply`
+//! refuses too, with nothing changed; `lbctl apply -f FILE --dry-run`, what
+//! apply would change on the running balancer.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -225,5 +227,95 @@ fn apply_refuses_what_check_refuses_and_applies_what_it_accepts() {
         applied.contains("1 VIPs added, 2 backends added"),
         "{applied}"
     );
+    ok(&["detach", "e0"]);
+}
+
+const BEFORE: &str = r#"[[vip]]
+address = "198.18.100.1:80"
+[[vip.backend]]
+address = "198.18.5.11:8080"
+[[vip.backend]]
+address = "198.18.5.12:8080"
+[[vip.backend]]
+address = "198.18.5.13:8080"
+[[vip]]
+address = "198.18.100.2:53"
+proto = "udp"
+[[vip.backend]]
+address = "198.18.5.11:53"
+"#;
+
+const AFTER: &str = r#"[timeouts]
+udp = 60
+[[vip]]
+address = "198.18.100.1:80"
+[[vip.backend]]
+address = "198.18.5.11:8080"
+weight = 3
+[[vip.backend]]
+address = "198.18.5.12:8080"
+[[vip.backend]]
+address = "198.18.5.14:8080"
+[[vip]]
+address = "198.18.100.3:443"
+mode = "dsr"
+[[vip.backend]]
+address = "198.18.5.15:443"
+weight = 2
+"#;
+
+/// `apply --dry-run` prints each change apply would make, in the order
+/// apply makes them (timeouts, VIPs removed, VIPs added with their
+/// backends, then each VIP's backends), changes nothing, and sums up as
+/// apply then does.
+#[test]
+fn a_dry_run_shows_what_apply_does_and_changes_nothing() {
+    let ns = LbctlNs::new("dry", LBCTL);
+    let ok = |args: &[&str]| {
+        let out = ns.lbctl_env(args, &[]);
+        assert!(
+            out.status.success(),
+            "lbctl {args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    ok(&["attach", "e0"]);
+    let before = File::new("before.toml", BEFORE);
+    ok(&["apply", "-f", before.path()]);
+    let listed = ok(&["list", "--json"]);
+    let timeouts = ok(&["timeouts"]);
+    let after = File::new("after.toml", AFTER);
+    let dry = ok(&["apply", "-f", after.path(), "--dry-run"]);
+    let want = [
+        "~ timeout udp 300 -> 60 s",
+        "- vip 198.18.100.2:53/udp (1 backends)",
+        "+ vip 198.18.100.3:443/tcp dsr (table sized by lbctl)",
+        "+ backend 198.18.100.3:443/tcp 198.18.5.15:443 weight 2",
+        "+ backend 198.18.100.1:80/tcp 198.18.5.14:8080 weight 1",
+        "- backend 198.18.100.1:80/tcp 198.18.5.13:8080",
+        "~ backend 198.18.100.1:80/tcp 198.18.5.11:8080 weight 1 -> 3",
+        "~ table 198.18.100.1:80/tcp rebuilt",
+    ];
+    let lines: Vec<&str> = dry.lines().collect();
+    assert_eq!(lines[..lines.len() - 1], want, "{dry}");
+    assert_eq!(
+        ok(&["list", "--json"]),
+        listed,
+        "a dry run changes no VIP or backend"
+    );
+    assert_eq!(ok(&["timeouts"]), timeouts, "nor a timeout");
+    let would = lines[lines.len() - 1]
+        .strip_prefix(&format!("would apply {}: ", after.path()))
+        .unwrap_or_else(|| panic!("a summary last: {dry}"))
+        .to_string();
+    let applied = ok(&["apply", "-f", after.path()]);
+    assert_eq!(
+        applied.lines().next().unwrap(),
+        format!("applied {}: {would}", after.path()),
+        "apply does what the dry run said"
+    );
+    let again = ok(&["apply", "-f", after.path(), "--dry-run"]);
+    assert_eq!(again, format!("would apply {}: no changes\n", after.path()));
     ok(&["detach", "e0"]);
 }

@@ -104,20 +104,12 @@ impl Maps {
     ) -> Result<BackendChanges> {
         let vip = run.require_vip(service)?;
         let current = run.members(&vip);
-        let mut changes = BackendChanges::default();
-        for &(addr, weight) in want {
-            match current.iter().find(|b| b.addr == addr) {
-                None => changes.added.push(addr),
-                Some(b) if b.weight != weight => changes.reweighted.push(addr),
-                Some(_) => {}
-            }
-        }
+        let mut changes = BackendChanges::between(&current, want);
         let gone: Vec<BackendEntry> = current
             .iter()
-            .filter(|b| !want.iter().any(|(a, _)| *a == b.addr))
+            .filter(|b| changes.removed.contains(&b.addr))
             .cloned()
             .collect();
-        changes.removed = gone.iter().map(|b| b.addr).collect();
         if changes.is_empty() {
             return Ok(changes);
         }
@@ -260,6 +252,32 @@ pub struct BackendChanges {
 }
 
 impl BackendChanges {
+    /// What makes a VIP's backends (`current`, its members) exactly `want`:
+    /// what `Maps::set_backends` writes and `lbctl apply --dry-run` shows.
+    /// `table_rebuilt` says whether the table's input would change: a
+    /// backend added or removed, or a new weight that counts (not that of a
+    /// backend down, whose table weight stays 0).
+    pub fn between(current: &[BackendEntry], want: &[(SocketAddr, u32)]) -> BackendChanges {
+        let mut changes = BackendChanges::default();
+        for &(addr, weight) in want {
+            match current.iter().find(|b| b.addr == addr) {
+                None => changes.added.push(addr),
+                Some(b) if b.weight != weight => {
+                    changes.reweighted.push(addr);
+                    changes.table_rebuilt |= b.health != Health::Down;
+                }
+                Some(_) => {}
+            }
+        }
+        changes.removed = current
+            .iter()
+            .filter(|b| !want.iter().any(|(a, _)| *a == b.addr))
+            .map(|b| b.addr)
+            .collect();
+        changes.table_rebuilt |= !changes.added.is_empty() || !changes.removed.is_empty();
+        changes
+    }
+
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.reweighted.is_empty() && self.removed.is_empty()
     }

@@ -17,12 +17,13 @@ use anyhow::{bail, Result};
 
 use crate::change::Effects;
 use crate::datapath::abi::{LB_MAX_BACKENDS, LB_MAX_VIPS};
+use crate::datapath::backends::BackendChanges;
 use crate::datapath::maps::Maps;
 use crate::datapath::running::Running;
 use crate::datapath::tables::table_size_for;
 use crate::host::iface;
 use crate::host::neighbour;
-use crate::model::{Desired, DesiredVip, Health, NatMode, Service, VipSpec};
+use crate::model::{Desired, DesiredVip, Health, NatMode, Service, Timeout, VipSpec};
 use crate::table_size::Sizing;
 
 /// What an apply changed.
@@ -192,43 +193,19 @@ pub fn apply_noting(
         }
     }
 
-    let cfg = maps.settings()?;
-    let t = &d.timeouts;
-    let now = (
-        cfg.tcp_timeout_s,
-        cfg.tcp_fin_timeout_s,
-        cfg.udp_timeout_s,
-        maps.handshake_timeout()?,
-        maps.udp_unreplied_timeout()?,
-    );
-    let want = (
-        t.tcp.unwrap_or(now.0),
-        t.tcpfin.unwrap_or(now.1),
-        t.udp.unwrap_or(now.2),
-        t.syn.unwrap_or(now.3),
-        t.udp_unreplied.unwrap_or(now.4),
-    );
-    if want != now {
-        maps.set_timeouts(t)?;
+    if !timeout_changes(maps, &d)?.is_empty() {
+        maps.set_timeouts(&d.timeouts)?;
         done.timeouts = true;
     }
 
-    let gone: Vec<Service> = run
-        .vips
-        .iter()
-        .map(|v| v.service)
-        .filter(|s| d.vip(s).is_none())
-        .collect();
+    let gone = vips_gone(&run, &d);
     let released = maps.del_vips(&mut run, &gone)?;
     done.vips_removed = gone.len();
     done.backends_removed += released.len();
     let mut released: Vec<IpAddr> = released.iter().map(|b| b.addr.ip()).collect();
 
     // New VIPs together: one table build each, all swapped in at once.
-    let new: Vec<(VipSpec, Vec<(SocketAddr, u32)>)> = d
-        .vips
-        .iter()
-        .filter(|v| run.vip(&v.spec.service).is_none())
+    let new: Vec<(VipSpec, Vec<(SocketAddr, u32)>)> = vips_new(&run, &d)
         .map(|v| (v.spec.clone(), v.backends.clone()))
         .collect();
     done.vips_added = maps.add_vips_with_backends(&mut run, &new)?;
@@ -240,6 +217,140 @@ pub fn apply_noting(
     fx.released = released;
     fx.record = Some(desired.clone());
     Ok(done)
+}
+
+/// The timeouts the file sets that differ from the running ones: (which,
+/// now, wanted).
+fn timeout_changes(maps: &Maps, d: &Desired) -> Result<Vec<(Timeout, u32, u32)>> {
+    let cfg = maps.settings()?;
+    let mut out = Vec::new();
+    for which in Timeout::ALL {
+        let now = match which {
+            Timeout::Tcp => cfg.tcp_timeout_s,
+            Timeout::Tcpfin => cfg.tcp_fin_timeout_s,
+            Timeout::Udp => cfg.udp_timeout_s,
+            Timeout::Syn => maps.handshake_timeout()?,
+            Timeout::UdpUnreplied => maps.udp_unreplied_timeout()?,
+        };
+        if let Some(want) = d.timeouts.get(which).filter(|w| *w != now) {
+            out.push((which, now, want));
+        }
+    }
+    Ok(out)
+}
+
+/// The running VIPs the file does not have.
+fn vips_gone(run: &Running, d: &Desired) -> Vec<Service> {
+    run.vips
+        .iter()
+        .map(|v| v.service)
+        .filter(|s| d.vip(s).is_none())
+        .collect()
+}
+
+/// The file's VIPs that do not run yet.
+fn vips_new<'a>(run: &'a Running, d: &'a Desired) -> impl Iterator<Item = &'a DesiredVip> {
+    d.vips.iter().filter(|v| run.vip(&v.spec.service).is_none())
+}
+
+/// The backends that lose their health state when their VIP's checks go
+/// from the file: every checked member of a VIP without checks.
+fn health_to_clear(run: &Running, v: &DesiredVip) -> Result<Vec<(Service, SocketAddr, Health)>> {
+    if v.health.is_some() {
+        return Ok(Vec::new());
+    }
+    let service = v.spec.service;
+    let vip = run.require_vip(&service)?;
+    Ok(run
+        .members(&vip)
+        .iter()
+        .filter(|b| b.health != Health::Unchecked)
+        .map(|b| (service, b.addr, Health::Unchecked))
+        .collect())
+}
+
+/// What `apply` would change on this balancer, one line each, in the order
+/// apply makes the changes, and its summary: `lbctl apply --dry-run`.
+/// Reads the maps, writes nothing; the same checks as apply first.
+pub fn plan(maps: &Maps, attached: &[String], desired: &Desired) -> Result<(Vec<String>, Applied)> {
+    let run = maps.running()?;
+    let d = resolve(maps, &run, attached, desired)?;
+    let mut lines = Vec::new();
+    let mut sum = Applied::default();
+    for (which, now, want) in timeout_changes(maps, &d)? {
+        lines.push(format!("~ timeout {} {now} -> {want} s", which.name()));
+        sum.timeouts = true;
+    }
+    for service in vips_gone(&run, &d) {
+        let vip = run.require_vip(&service)?;
+        let members = run.members(&vip);
+        lines.push(format!("- vip {service} ({} backends)", members.len()));
+        sum.vips_removed += 1;
+        sum.backends_removed += members.len();
+    }
+    for v in vips_new(&run, &d) {
+        let service = v.spec.service;
+        lines.push(format!(
+            "+ vip {service} {}",
+            describe(v.spec.mode, v.spec.snat, v.spec.table_size)
+        ));
+        for (addr, weight) in &v.backends {
+            lines.push(format!("+ backend {service} {addr} weight {weight}"));
+        }
+        sum.vips_added += 1;
+        sum.backends_added += v.backends.len();
+        sum.tables_rebuilt += 1;
+    }
+    for v in d.vips.iter().filter(|v| run.vip(&v.spec.service).is_some()) {
+        let service = v.spec.service;
+        let vip = run.require_vip(&service)?;
+        let members = run.members(&vip);
+        let changes = BackendChanges::between(&members, &v.backends);
+        for addr in &changes.added {
+            let weight = v
+                .backends
+                .iter()
+                .find(|(a, _)| a == addr)
+                .map_or(0, |(_, w)| *w);
+            lines.push(format!("+ backend {service} {addr} weight {weight}"));
+        }
+        for addr in &changes.removed {
+            lines.push(format!("- backend {service} {addr}"));
+        }
+        for addr in &changes.reweighted {
+            let old = members
+                .iter()
+                .find(|b| b.addr == *addr)
+                .map_or(0, |b| b.weight);
+            let new = v
+                .backends
+                .iter()
+                .find(|(a, _)| a == addr)
+                .map_or(0, |(_, w)| *w);
+            lines.push(format!("~ backend {service} {addr} weight {old} -> {new}"));
+        }
+        let cleared = health_to_clear(&run, v)?;
+        for (_, addr, _) in &cleared {
+            lines.push(format!("~ backend {service} {addr} no longer checked"));
+        }
+        let down_cleared = cleared.iter().any(|(_, addr, _)| {
+            members
+                .iter()
+                .any(|b| b.addr == *addr && b.health == Health::Down)
+        });
+        // As apply does them: the backends' change, then the health's.
+        for rebuilt in [changes.table_rebuilt, down_cleared] {
+            if rebuilt {
+                lines.push(format!("~ table {service} rebuilt"));
+                sum.tables_rebuilt += 1;
+            }
+        }
+        sum.backends_added += changes.added.len();
+        sum.backends_removed += changes.removed.len();
+        sum.backends_reweighted += changes.reweighted.len();
+        sum.health_cleared += cleared.len();
+    }
+    Ok((lines, sum))
 }
 
 fn apply_vip(
@@ -256,20 +367,12 @@ fn apply_vip(
     done.backends_reweighted += changes.reweighted.len();
     done.tables_rebuilt += changes.table_rebuilt as usize;
     released.extend(changes.removed.iter().map(|a| a.ip()));
-    if v.health.is_none() {
-        let vip = run.require_vip(&service)?;
-        let checked: Vec<_> = run
-            .members(&vip)
-            .iter()
-            .filter(|b| b.health != Health::Unchecked)
-            .map(|b| (service, b.addr, Health::Unchecked))
-            .collect();
-        if !checked.is_empty() {
-            let before = run.require_vip(&service)?.table_digest;
-            done.health_cleared += maps.set_health(run, &checked, 0)?.len();
-            if run.require_vip(&service)?.table_digest != before {
-                done.tables_rebuilt += 1;
-            }
+    let checked = health_to_clear(run, v)?;
+    if !checked.is_empty() {
+        let before = run.require_vip(&service)?.table_digest;
+        done.health_cleared += maps.set_health(run, &checked, 0)?.len();
+        if run.require_vip(&service)?.table_digest != before {
+            done.tables_rebuilt += 1;
         }
     }
     Ok(())
