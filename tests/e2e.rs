@@ -546,12 +546,15 @@ fn two_arm_connections_survive_a_conntrack_flush() {
         .in_client(|| clients::start_many(50, vip, 80, &cfg))
         .unwrap_or_else(|e| panic!("starting long connections: {e}\n{}", diagnose(&lab)));
     let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
+    // Paced as the connections are (`clients::scaled`): in a slow guest
+    // they echo as many chunks between flushes as on the host.
+    let pause = clients::scaled(Duration::from_millis(300));
     for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(pause);
         // The balancer loses every entry, as after a restart or an ECMP move.
         lab.exec(lab.balancer_ns(), &["conntrack", "-F"]).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(pause);
     clients::finish_unbroken(
         conns,
         &started,
