@@ -52,7 +52,7 @@ SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 # Kernel series for test-kernel (one) and test-kernels (the matrix).
 KERNEL ?= 6.1
 KERNELS ?= 6.1 6.12
-# Per kernel: minutes under KVM; the whole 6.1 leg under software emulation
+# Seconds per guest: each guest of the 6.1 leg under software emulation
 # must stay within it (scripts/kernels/README.md has the figures).
 export RUN_IN_KERNEL_TIMEOUT ?= 3000
 # CI's 6.1 leg runs this many guests at once, the suites split between them
