@@ -319,6 +319,66 @@ fn reload_restart_and_metrics_keep_every_connection() {
         "30 long connections open, {active} active flows scraped"
     );
 
+    // The reloads by outcome, the backends' health states, the conntrack
+    // table and the build.
+    let m = scrape(&lab);
+    let value = |series: &str| m.get(series).copied();
+    assert_eq!(
+        value(r#"lbctl_reloads_total{outcome="success"}"#),
+        Some(1.0),
+        "{m:?}"
+    );
+    assert_eq!(
+        value(r#"lbctl_reloads_total{outcome="failure"}"#),
+        Some(1.0),
+        "{m:?}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for outcome in ["success", "failure"] {
+        let at = value(&format!(
+            r#"lbctl_last_reload_timestamp_seconds{{outcome="{outcome}"}}"#
+        ))
+        .unwrap_or_else(|| panic!("the last {outcome} reload's time: {m:?}"));
+        assert!(
+            now - 600.0 < at && at <= now,
+            "{outcome}: {at} vs now {now}"
+        );
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        value(&format!(r#"lbctl_build_info{{version="{version}"}}"#)),
+        Some(1.0)
+    );
+    let (entries, max) = (
+        value("lbctl_conntrack_entries"),
+        value("lbctl_conntrack_max"),
+    );
+    assert!(
+        matches!((entries, max), (Some(e), Some(x)) if e >= 30.0 && x >= e),
+        "conntrack {entries:?} of {max:?} with 30 connections open"
+    );
+    let health: Vec<(&String, &f64)> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("lbctl_backend_health{"))
+        .collect();
+    assert_eq!(
+        health.len(),
+        3 * 3,
+        "three states for each of three backends: {health:?}"
+    );
+    let up: Vec<&&String> = health
+        .iter()
+        .filter(|(_, v)| **v == 1.0)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        up.len() == 3 && up.iter().all(|k| k.contains(r#"state="up""#)),
+        "each backend in one state, up: {up:?}"
+    );
+
     // SIGTERM: the service goes, the data path stays.
     let (ok, log) = svc.stop(STOP);
     assert!(ok, "{}", log.join("\n"));

@@ -13,19 +13,24 @@
 //! `lbctl_verdicts_total{reason}` (reason: the C enum name without `LB_`,
 //! lower case), `lbctl_flow_cache_{hits,misses,stores}_total`,
 //! `lbctl_partial_csums_total`, `lbctl_ct_full_total`, `lbctl_stateless_total`,
-//! `lbctl_unverified_closes_total`.
+//! `lbctl_unverified_closes_total`; `lbctl_backend_health{...,state}` (1 for
+//! the backend's state of up, down, unchecked, 0 for the others);
+//! `lbctl_conntrack_entries`, `lbctl_conntrack_max` (the namespace's table);
+//! `lbctl_reloads_total{outcome}`, `lbctl_last_reload_timestamp_seconds{outcome}`;
+//! `lbctl_build_info{version}`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::AtomicU64;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -37,21 +42,38 @@ use crate::snapshot::{BackendView, Snapshot};
 
 type Labels = Vec<(&'static str, String)>;
 
-/// What the service keeps between scrapes: the health checks' latency.
+/// What the service keeps between scrapes: the health checks' latency and
+/// the reloads.
 #[derive(Clone)]
 pub struct Metrics {
     latency: Family<Labels, Histogram>,
+    reloads: Family<Labels, Counter>,
+    last_reload: Family<Labels, Gauge<f64, AtomicU64>>,
 }
+
+/// A reload's outcome, the `outcome` label.
+const OUTCOMES: [&str; 2] = ["success", "failure"];
 
 impl Default for Metrics {
     fn default() -> Metrics {
-        Metrics {
+        let m = Metrics {
             // 0.25 ms to about 1 s.
             latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.00025, 2.0, 13))
             }),
+            reloads: Family::default(),
+            last_reload: Family::default(),
+        };
+        // Both outcomes from the start, so `increase()` sees the first one.
+        for outcome in OUTCOMES {
+            let _ = m.reloads.get_or_create(&outcome_label(outcome));
         }
+        m
     }
+}
+
+fn outcome_label(outcome: &str) -> Labels {
+    vec![("outcome", outcome.to_string())]
 }
 
 fn vip_labels(s: &Service) -> Labels {
@@ -76,6 +98,16 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
+    /// A reload (SIGHUP) done: counted by outcome, and its time.
+    pub fn observe_reload(&self, ok: bool) {
+        let label = outcome_label(OUTCOMES[!ok as usize]);
+        self.reloads.get_or_create(&label).inc();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_reload.get_or_create(&label).set(now);
+    }
+
     /// The exposition text for this moment.
     pub fn render(&self) -> Result<String> {
         let b = Balancer::require()?;
@@ -86,7 +118,18 @@ impl Metrics {
             "Time a health check took, successful or not",
             self.latency.clone(),
         );
+        registry.register(
+            "lbctl_reloads",
+            "Reloads of the configuration file (SIGHUP) by outcome",
+            self.reloads.clone(),
+        );
+        registry.register(
+            "lbctl_last_reload_timestamp_seconds",
+            "Unix time of the last reload with this outcome",
+            self.last_reload.clone(),
+        );
         registry.register_collector(Box::new(SnapshotCollector(snap)));
+        registry.register_collector(Box::new(HostCollector::read()));
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
             .context("encoding metrics")?;
@@ -160,6 +203,51 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
 /// The snapshot's values as constant metrics, encoded at scrape time.
 #[derive(Debug)]
 struct SnapshotCollector(Snapshot);
+
+/// What the host says at scrape time: the conntrack table's fill (of the
+/// namespace the service runs in, where lbctl's entries are) and lbctl's
+/// build.
+#[derive(Debug)]
+struct HostCollector {
+    conntrack: Option<(u64, u64)>,
+}
+
+impl HostCollector {
+    fn read() -> HostCollector {
+        let read = |name: &str| -> Option<u64> {
+            std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        HostCollector {
+            conntrack: read("nf_conntrack_count").zip(read("nf_conntrack_max")),
+        }
+    }
+}
+
+impl Collector for HostCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let g = MetricType::Gauge;
+        if let Some((count, max)) = self.conntrack {
+            for (name, help, v) in [
+                ("lbctl_conntrack_entries", "Entries in the conntrack table of the balancer's namespace (all of them, not only lbctl's)", count),
+                ("lbctl_conntrack_max", "The conntrack table's limit (nf_conntrack_max): new flows past it are forwarded without an entry (dnat) or dropped (fullnat)", max),
+            ] {
+                family(&mut enc, name, help, g, vec![(Labels::new(), ConstGauge::new(v as i64))])?;
+            }
+        }
+        let version = vec![("version", env!("CARGO_PKG_VERSION").to_string())];
+        family(
+            &mut enc,
+            "lbctl_build_info",
+            "lbctl's version; always 1",
+            g,
+            vec![(version, ConstGauge::new(1))],
+        )
+    }
+}
 
 fn family<M: EncodeMetric>(
     enc: &mut DescriptorEncoder,
@@ -257,6 +345,27 @@ impl Collector for SnapshotCollector {
                 get(b).map(ConstGauge::new)
             })?;
         }
+        // One sample per state, 1 for the backend's: alerts match
+        // {state="down"} == 1, and unchecked backends are there too.
+        let items = s
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(move |b| (&v.vip.service, b)))
+            .flat_map(|(svc, b)| {
+                Health::ALL.into_iter().map(move |state| {
+                    let mut labels = backend_labels(svc, b.entry.addr);
+                    labels.push(("state", state.name().to_string()));
+                    (labels, ConstGauge::new((b.entry.health == state) as i64))
+                })
+            })
+            .collect();
+        family(
+            &mut enc,
+            "lbctl_backend_health",
+            "The backend's health state (up, down, or unchecked: no checks): 1 for its state, 0 for the others",
+            g,
+            items,
+        )?;
         let items = s
             .verdicts
             .iter()

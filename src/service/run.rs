@@ -339,10 +339,14 @@ impl Runner {
                 log(format_args!("SIGHUP: reloaded {file}: {done}"));
                 self.desired = d;
                 self.start_checks();
+                self.metrics.observe_reload(true);
             }
-            Err(e) => log(format_args!(
-                "SIGHUP: reloading {file} failed, the running configuration is unchanged: {e:#}"
-            )),
+            Err(e) => {
+                log(format_args!(
+                    "SIGHUP: reloading {file} failed, the running configuration is unchanged: {e:#}"
+                ));
+                self.metrics.observe_reload(false);
+            }
         }
         notify::notify("READY=1");
     }
