@@ -214,15 +214,8 @@ struct HostCollector {
 
 impl HostCollector {
     fn read() -> HostCollector {
-        let read = |name: &str| -> Option<u64> {
-            std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        };
         HostCollector {
-            conntrack: read("nf_conntrack_count").zip(read("nf_conntrack_max")),
+            conntrack: crate::conntrack::fill(),
         }
     }
 }
