@@ -326,6 +326,20 @@ fn timestamp_start(mut nest: &[u8]) -> Option<u64> {
     None
 }
 
+/// This namespace's conntrack entries and the (host-wide) limit, from
+/// /proc/sys/net/netfilter (read in the namespace of the calling thread);
+/// None where they cannot be read. `lbctl status` and `/metrics`.
+pub fn fill() -> Option<(u64, u64)> {
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((read("nf_conntrack_count")?, read("nf_conntrack_max")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

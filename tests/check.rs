@@ -36,6 +36,32 @@ impl Drop for File {
     }
 }
 
+/// A namespace (`LbctlNs`) with lbctl attached to its `e0`.
+struct Balancer(LbctlNs);
+
+impl Balancer {
+    fn attached(tag: &str) -> Balancer {
+        let b = Balancer(LbctlNs::new(tag, LBCTL));
+        b.ok(&["attach", "e0"]);
+        b
+    }
+
+    /// `lbctl args...` in the namespace, which must succeed: its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.lbctl_env(args, &[]);
+        assert!(
+            out.status.success(),
+            "lbctl {args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn lbctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.0.lbctl_env(args, env)
+    }
+}
+
 fn check(file: &File) -> Output {
     Command::new(LBCTL)
         .args(["check", "-f", file.path()])
@@ -48,24 +74,7 @@ fn text(b: &[u8]) -> String {
 }
 
 /// Five problems in five places, each found in one run.
-const BAD: &str = r#"[[vip]]
-address = "198.18.100.1:80"
-mode = "masq"
-[[vip.backend]]
-address = "198.18.1.300:80"
-[[vip.backend]]
-address = "[2001:db8::1]:80"
-[[vip]]
-address = "198.18.100.2:80"
-[vip.health]
-kind = "tcp"
-rise = 0
-[[vip.backend]]
-address = "198.18.1.1:80"
-weight = 70000
-[[vip]]
-address = "198.18.100.2:80"
-"#;
+const BAD: &str = include_str!("data/check/bad.toml");
 
 #[test]
 fn every_problem_is_one_line_with_its_line_number() {
@@ -115,37 +124,9 @@ fn a_fixed_table_too_small_for_its_backends_is_a_problem_at_its_vip() {
     );
 }
 
-const SMALL_TABLE: &str = r#"[[vip]]
-address = "198.18.100.1:80"
-table_size = 3
-[[vip.backend]]
-address = "198.18.1.11:80"
-weight = 1000
-[[vip.backend]]
-address = "198.18.1.12:80"
-weight = 1000
-[[vip.backend]]
-address = "198.18.1.13:80"
-weight = 1000
-[[vip.backend]]
-address = "198.18.1.14:80"
-weight = 1
-"#;
+const SMALL_TABLE: &str = include_str!("data/check/small-table.toml");
 
-const GOOD: &str = r#"interfaces = ["lbctlnone0"]
-[[vip]]
-address = "198.18.100.1:80"
-mode = "fullnat"
-snat = "198.18.1.1"
-[vip.health]
-kind = "http"
-path = "/healthz"
-[[vip.backend]]
-address = "198.18.1.11:8080"
-[[vip.backend]]
-address = "198.18.1.12:8080"
-weight = 2
-"#;
+const GOOD: &str = include_str!("data/check/good.toml");
 
 /// A valid file passes without root: an interface this host does not have
 /// is a warning (the file may be for another host), not a failure.
@@ -188,17 +169,8 @@ fn a_missing_file_is_one_line() {
 /// applies.
 #[test]
 fn apply_refuses_what_check_refuses_and_applies_what_it_accepts() {
-    let ns = LbctlNs::new("check", LBCTL);
-    let ok = |args: &[&str]| {
-        let out = ns.lbctl_env(args, &[]);
-        assert!(
-            out.status.success(),
-            "lbctl {args:?}: {}",
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    };
-    ok(&["attach", "e0"]);
+    let ns = Balancer::attached("check");
+    let ok = |args: &[&str]| ns.ok(args);
     let before = ok(&["list", "--json"]);
     for (name, body) in [("bad.toml", BAD), ("small.toml", SMALL_TABLE)] {
         let f = File::new(name, body);
@@ -230,39 +202,9 @@ fn apply_refuses_what_check_refuses_and_applies_what_it_accepts() {
     ok(&["detach", "e0"]);
 }
 
-const BEFORE: &str = r#"[[vip]]
-address = "198.18.100.1:80"
-[[vip.backend]]
-address = "198.18.5.11:8080"
-[[vip.backend]]
-address = "198.18.5.12:8080"
-[[vip.backend]]
-address = "198.18.5.13:8080"
-[[vip]]
-address = "198.18.100.2:53"
-proto = "udp"
-[[vip.backend]]
-address = "198.18.5.11:53"
-"#;
+const BEFORE: &str = include_str!("data/check/before.toml");
 
-const AFTER: &str = r#"[timeouts]
-udp = 60
-[[vip]]
-address = "198.18.100.1:80"
-[[vip.backend]]
-address = "198.18.5.11:8080"
-weight = 3
-[[vip.backend]]
-address = "198.18.5.12:8080"
-[[vip.backend]]
-address = "198.18.5.14:8080"
-[[vip]]
-address = "198.18.100.3:443"
-mode = "dsr"
-[[vip.backend]]
-address = "198.18.5.15:443"
-weight = 2
-"#;
+const AFTER: &str = include_str!("data/check/after.toml");
 
 /// `apply --dry-run` prints each change apply would make, in the order
 /// apply makes them (timeouts, VIPs removed, VIPs added with their
@@ -270,17 +212,8 @@ weight = 2
 /// apply then does.
 #[test]
 fn a_dry_run_shows_what_apply_does_and_changes_nothing() {
-    let ns = LbctlNs::new("dry", LBCTL);
-    let ok = |args: &[&str]| {
-        let out = ns.lbctl_env(args, &[]);
-        assert!(
-            out.status.success(),
-            "lbctl {args:?}: {}",
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    };
-    ok(&["attach", "e0"]);
+    let ns = Balancer::attached("dry");
+    let ok = |args: &[&str]| ns.ok(args);
     let before = File::new("before.toml", BEFORE);
     ok(&["apply", "-f", before.path()]);
     let listed = ok(&["list", "--json"]);

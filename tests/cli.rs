@@ -429,31 +429,7 @@ impl Ns {
     }
 }
 
-const CONFIG: &str = r#"interfaces = ["e0", "e1"]
-[timeouts]
-udp = 30
-[[vip]]
-address = "198.18.100.1:80"
-proto = "tcp"
-mode = "fullnat"
-[vip.health]
-kind = "http"
-path = "/healthz"
-interval = "1s"
-timeout = "500ms"
-[[vip.backend]]
-address = "198.18.1.12:8080"
-weight = 2
-[[vip.backend]]
-address = "198.18.1.11:8080"
-[[vip]]
-address = "198.18.100.2:53"
-proto = "udp"
-table_size = 16381
-[[vip.backend]]
-address = "198.18.1.11:53"
-weight = 0
-"#;
+const CONFIG: &str = include_str!("data/cli/round-trip.toml");
 
 #[test]
 fn save_apply_save_is_a_fixed_point_and_bad_files_change_nothing() {

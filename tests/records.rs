@@ -12,17 +12,7 @@ use lbctl_lab::lbctl_ns::{run_ok, LbctlNs};
 const LBCTL: &str = env!("CARGO_BIN_EXE_lbctl");
 const DIR: &str = "/run/lbctl";
 
-const CONFIG: &str = r#"[[vip]]
-address = "198.18.100.1:80"
-proto = "tcp"
-[vip.health]
-kind = "http"
-path = "/healthz"
-interval = "1s"
-timeout = "500ms"
-[[vip.backend]]
-address = "198.18.5.11:8080"
-"#;
+const CONFIG: &str = include_str!("data/records/checked-vip.toml");
 
 fn ok(ns: &LbctlNs, args: &[&str]) -> String {
     let out = ns.lbctl_env(args, &[]);

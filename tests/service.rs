@@ -235,6 +235,53 @@ fn a_dead_backend_leaves_the_table_and_comes_back() {
     );
 }
 
+/// `idle` connections to the metrics endpoint that send nothing, and `slow`
+/// ones that send a request a byte every 200 ms (for at most 10 s), all
+/// open until the result is dropped.
+fn hold_metrics_connections(lab: &Lab, idle: usize, slow: usize) -> Vec<TcpStream> {
+    let conns = netns::in_ns(lab.balancer_ns(), || -> std::io::Result<Vec<TcpStream>> {
+        (0..idle + slow)
+            .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, METRICS_PORT)))
+            .collect()
+    })
+    .unwrap()
+    .expect("opening connections to /metrics");
+    for c in &conns[idle..] {
+        let mut c = c.try_clone().unwrap();
+        thread::spawn(move || {
+            for b in b"GET /metrics HTTP/1.1\r\nHost: slow\r\n"
+                .iter()
+                .cycle()
+                .take(50)
+            {
+                if c.write_all(&[*b]).is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+        });
+    }
+    conns
+}
+
+/// The head of the endpoint's answer to `request`.
+fn metrics_answer(lab: &Lab, request: &[u8]) -> String {
+    let text = netns::in_ns(lab.balancer_ns(), || -> std::io::Result<String> {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, METRICS_PORT))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(request)?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .unwrap()
+    .expect("asking /metrics");
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Prometheus text → (name{labels}) → value.
 fn scrape(lab: &Lab) -> BTreeMap<String, f64> {
     let text = netns::in_ns(lab.balancer_ns(), || -> std::io::Result<String> {
@@ -378,6 +425,33 @@ fn reload_restart_and_metrics_keep_every_connection() {
         up.len() == 3 && up.iter().all(|k| k.contains(r#"state="up""#)),
         "each backend in one state, up: {up:?}"
     );
+
+    // Idle and slow clients delay no scrape (the endpoint once answered one
+    // connection at a time, waiting 2 s on each idle one); bad requests get
+    // an error.
+    let held = hold_metrics_connections(&lab, 100, 10);
+    let m = scrape(&lab);
+    assert!(
+        m.contains_key("lbctl_conntrack_max"),
+        "a full scrape: {m:?}"
+    );
+    for (request, status) in [
+        ("BLAH\r\n\r\n".to_string(), "400"),
+        ("POST /metrics HTTP/1.1\r\n\r\n".to_string(), "405"),
+        ("GET /other HTTP/1.1\r\n\r\n".to_string(), "404"),
+        (
+            format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "x".repeat(10_000)),
+            "431",
+        ),
+    ] {
+        let head = metrics_answer(&lab, request.as_bytes());
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{status} for {:?}: {head}",
+            &request[..request.len().min(30)]
+        );
+    }
+    drop(held);
 
     // SIGTERM: the service goes, the data path stays.
     let (ok, log) = svc.stop(STOP);

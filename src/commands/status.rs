@@ -81,7 +81,7 @@ pub fn run() -> Result<()> {
             d.unverified_closes
         );
     }
-    if let Some((count, max)) = conntrack_fill() {
+    if let Some((count, max)) = crate::conntrack::fill() {
         // New flows fail (`drop_ct_failed`) once the table is full; the
         // kernel's early drop finds no victims among lbctl's entries.
         let warn = if max > 0 && count * 10 >= max * 9 {
@@ -151,17 +151,4 @@ fn egress_check(b: &Balancer) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// This namespace's conntrack entries and the (host-wide) limit, from
-/// /proc/sys/net/netfilter; None where they cannot be read.
-fn conntrack_fill() -> Option<(u64, u64)> {
-    let read = |name: &str| -> Option<u64> {
-        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    Some((read("nf_conntrack_count")?, read("nf_conntrack_max")?))
 }

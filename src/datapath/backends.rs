@@ -237,7 +237,8 @@ impl Maps {
     }
 }
 
-fn weight_in(want: &[(SocketAddr, u32)], addr: SocketAddr) -> u32 {
+/// The weight `want` gives `addr` (0 if none).
+pub fn weight_in(want: &[(SocketAddr, u32)], addr: SocketAddr) -> u32 {
     want.iter().find(|(a, _)| *a == addr).map_or(0, |(_, w)| *w)
 }
 

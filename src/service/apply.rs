@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 
 use crate::change::Effects;
 use crate::datapath::abi::{LB_MAX_BACKENDS, LB_MAX_VIPS};
-use crate::datapath::backends::BackendChanges;
+use crate::datapath::backends::{weight_in, BackendChanges};
 use crate::datapath::maps::Maps;
 use crate::datapath::running::Running;
 use crate::datapath::tables::table_size_for;
@@ -306,27 +306,19 @@ pub fn plan(maps: &Maps, attached: &[String], desired: &Desired) -> Result<(Vec<
         let vip = run.require_vip(&service)?;
         let members = run.members(&vip);
         let changes = BackendChanges::between(&members, &v.backends);
-        for addr in &changes.added {
-            let weight = v
-                .backends
-                .iter()
-                .find(|(a, _)| a == addr)
-                .map_or(0, |(_, w)| *w);
+        for &addr in &changes.added {
+            let weight = weight_in(&v.backends, addr);
             lines.push(format!("+ backend {service} {addr} weight {weight}"));
         }
         for addr in &changes.removed {
             lines.push(format!("- backend {service} {addr}"));
         }
-        for addr in &changes.reweighted {
+        for &addr in &changes.reweighted {
             let old = members
                 .iter()
-                .find(|b| b.addr == *addr)
+                .find(|b| b.addr == addr)
                 .map_or(0, |b| b.weight);
-            let new = v
-                .backends
-                .iter()
-                .find(|(a, _)| a == addr)
-                .map_or(0, |(_, w)| *w);
+            let new = weight_in(&v.backends, addr);
             lines.push(format!("~ backend {service} {addr} weight {old} -> {new}"));
         }
         let cleared = health_to_clear(&run, v)?;

@@ -3,7 +3,11 @@
 //! read from the balancer at the moment of the scrape, through the same
 //! `Snapshot` that `lbctl list --stats --json` prints, so the two agree.
 //! The responder is minimal HTTP/1.1 on a std TcpListener: GET /metrics
-//! only, one request per connection, read-only.
+//! only, one request per connection, read-only, a thread per connection (at
+//! most 256 at once) so idle and slow clients delay no scrape; a request
+//! head over 8 KiB gets 431, one not sent within 10 s 408, one that is not
+//! HTTP 400. (A server crate would bring an async runtime or a thread pool
+//! of its own for one read-only path; this is the part of one lbctl needs.)
 //!
 //! Names: `lbctl_vip_{packets,bytes,new_flows}_total{vip,proto}`,
 //! `lbctl_backend_{packets,bytes,new_flows}_total{vip,backend,proto}`,
@@ -19,11 +23,12 @@
 //! `lbctl_reloads_total{outcome}`, `lbctl_last_reload_timestamp_seconds{outcome}`;
 //! `lbctl_build_info{version}`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::AtomicU64;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use prometheus_client::collector::Collector;
@@ -136,62 +141,175 @@ impl Metrics {
         Ok(out)
     }
 
-    /// Serves GET /metrics on `listener` from a thread of its own.
+    /// Serves GET /metrics on `listener`: a thread accepts, and each
+    /// connection is answered by a thread of its own, so an idle or slow
+    /// client delays no one else; at most MAX_CONNECTIONS at once (more
+    /// get 503 and are closed), each given READ_DEADLINE to send its
+    /// request in all.
     pub fn serve(self, listener: TcpListener) {
+        let open = Arc::new(AtomicUsize::new(0));
         thread::spawn(move || {
             // A failed accept (the peer gave up) is not worth stopping for.
             for conn in listener.incoming().flatten() {
-                let _ = self.answer(conn);
+                let slot = Slot::take(&open);
+                let Some(slot) = slot else {
+                    let _ = respond(
+                        conn,
+                        Answer::error("503 Service Unavailable", "too many connections\n"),
+                    );
+                    continue;
+                };
+                let me = self.clone();
+                let _ = thread::Builder::new()
+                    .name("lbctl-metrics".into())
+                    .spawn(move || {
+                        let _slot = slot;
+                        let _ = me.answer(conn);
+                    });
             }
         });
     }
 
     fn answer(&self, mut conn: TcpStream) -> std::io::Result<()> {
-        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
         conn.set_write_timeout(Some(Duration::from_secs(5)))?;
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-            match conn.read(&mut buf)? {
-                0 => break,
-                n => head.extend_from_slice(&buf[..n]),
-            }
-        }
-        let text = String::from_utf8_lossy(&head);
-        let mut words = text.lines().next().unwrap_or_default().split_whitespace();
-        let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        let path = path.split('?').next().unwrap_or("");
-        let (status, ctype, body) = match (method, path) {
-            ("GET", "/metrics") => match self.render() {
-                Ok(body) => (
-                    "200 OK",
-                    prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-                    body,
-                ),
-                Err(e) => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    format!("lbctl: {e:#}\n"),
-                ),
+        let answer = match read_request(&mut conn)? {
+            Err(error) => error,
+            Ok((method, path)) => match (method.as_str(), path.as_str()) {
+                ("GET", "/metrics") => match self.render() {
+                    Ok(body) => Answer {
+                        status: "200 OK",
+                        ctype: prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                        body,
+                    },
+                    Err(e) => Answer::error("503 Service Unavailable", &format!("lbctl: {e:#}\n")),
+                },
+                ("GET", _) => Answer::error("404 Not Found", "only /metrics here\n"),
+                _ => Answer::error("405 Method Not Allowed", "only GET /metrics\n"),
             },
-            ("GET", _) => ("404 Not Found", "text/plain", "only /metrics here\n".into()),
-            _ => (
-                "405 Method Not Allowed",
-                "text/plain",
-                "only GET /metrics\n".into(),
-            ),
         };
-        let allow = if status.starts_with("405") {
-            "Allow: GET\r\n"
-        } else {
-            ""
-        };
-        write!(
-            conn,
-            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n{body}",
-            body.len()
-        )
+        respond(conn, answer)
     }
+}
+
+/// Connections served at once, at most; the next get 503.
+const MAX_CONNECTIONS: usize = 256;
+/// The longest request head accepted (431 beyond).
+const MAX_HEAD: usize = 8192;
+/// How long a client has to send its whole request (408 after).
+const READ_DEADLINE: Duration = Duration::from_secs(10);
+
+/// One of the MAX_CONNECTIONS, given back when dropped (a panic included).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Option<Slot> {
+        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What a connection is answered.
+struct Answer {
+    status: &'static str,
+    ctype: &'static str,
+    body: String,
+}
+
+impl Answer {
+    fn error(status: &'static str, body: &str) -> Answer {
+        Answer {
+            status,
+            ctype: "text/plain",
+            body: body.into(),
+        }
+    }
+}
+
+/// Reads a request's head: its method and path (query dropped), or the
+/// error answer for a head too long (431), too slow (408) or not HTTP (400).
+fn read_request(conn: &mut TcpStream) -> std::io::Result<Result<(String, String), Answer>> {
+    let deadline = Instant::now() + READ_DEADLINE;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() > MAX_HEAD {
+            return Ok(Err(Answer::error(
+                "431 Request Header Fields Too Large",
+                "request head too long\n",
+            )));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Err(Answer::error(
+                "408 Request Timeout",
+                "the request took too long\n",
+            )));
+        }
+        conn.set_read_timeout(Some(left))?;
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Ok(Err(Answer::error(
+                    "408 Request Timeout",
+                    "the request took too long\n",
+                )))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let line = text.lines().next().unwrap_or_default();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words[..] {
+        [method, path, version] if version.starts_with("HTTP/1.") && path.starts_with('/') => {
+            let path = path.split('?').next().unwrap_or("");
+            Ok(Ok((method.to_string(), path.to_string())))
+        }
+        _ => Ok(Err(Answer::error(
+            "400 Bad Request",
+            "not an HTTP/1 request\n",
+        ))),
+    }
+}
+
+/// Writes the answer and closes (one request per connection). What the
+/// client sent that was not read (a refused request's rest) is read and
+/// dropped first, briefly: closed with unread data, the socket would send a
+/// reset, which can take the answer with it.
+fn respond(mut conn: TcpStream, a: Answer) -> std::io::Result<()> {
+    let allow = if a.status.starts_with("405") {
+        "Allow: GET\r\n"
+    } else {
+        ""
+    };
+    write!(
+        conn,
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n{}",
+        a.status,
+        a.ctype,
+        a.body.len(),
+        a.body
+    )?;
+    conn.shutdown(Shutdown::Write)?;
+    conn.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match conn.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    Ok(())
 }
 
 /// Binds the metrics address (before anything else is done, so a taken
@@ -214,15 +332,8 @@ struct HostCollector {
 
 impl HostCollector {
     fn read() -> HostCollector {
-        let read = |name: &str| -> Option<u64> {
-            std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        };
         HostCollector {
-            conntrack: read("nf_conntrack_count").zip(read("nf_conntrack_max")),
+            conntrack: crate::conntrack::fill(),
         }
     }
 }
