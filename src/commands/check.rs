@@ -14,10 +14,8 @@ use std::path::Path;
 use anyhow::{bail, Result};
 
 use crate::config_file::{self, FileError, Parsed};
-use crate::datapath::abi::{LB_MAX_BACKENDS, LB_MAX_VIPS};
-use crate::datapath::tables::table_size_for;
 use crate::host::iface;
-use crate::table_size::Sizing;
+use crate::service::apply;
 
 /// What `check` found in a file.
 #[derive(Debug, Default)]
@@ -52,8 +50,8 @@ pub fn check(path: &Path) -> Report {
 }
 
 /// The checks `apply` makes of a valid file before it changes anything
-/// that need no balancer: every backend gets a slot of its VIP's table, and
-/// the balancer's limits; and the interfaces, which only warn.
+/// that need no balancer (`apply::offline_problems`: the same function),
+/// each placed on its VIP's line; and the interfaces, which only warn.
 fn beyond_the_file(parsed: &Parsed) -> Report {
     let d = &parsed.desired;
     let mut report = Report::default();
@@ -61,26 +59,13 @@ fn beyond_the_file(parsed: &Parsed) -> Report {
         line: Some(line),
         message,
     };
-    for (v, &line) in d.vips.iter().zip(&parsed.vip_lines) {
-        let sizing = v.spec.table_size.map_or(Sizing::Auto, Sizing::Fixed);
-        if let Err(e) = table_size_for(&v.spec.service, sizing, &v.backends) {
-            report.errors.push(at(line, e.to_string()));
-        }
-    }
-    if let Some(&line) = parsed.vip_lines.get(LB_MAX_VIPS as usize) {
-        let n = d.vips.len();
-        report.errors.push(at(
-            line,
-            format!("{n} VIPs: a balancer holds at most {LB_MAX_VIPS}"),
-        ));
-    }
-    let backends: usize = d.vips.iter().map(|v| v.backends.len()).sum();
-    if backends > LB_MAX_BACKENDS as usize {
+    for (vip, message) in apply::offline_problems(d) {
         report.errors.push(FileError {
-            line: None,
-            message: format!("{backends} backends: a balancer holds at most {LB_MAX_BACKENDS}"),
+            line: vip.and_then(|i| parsed.vip_lines.get(i).copied()),
+            message,
         });
     }
+    let backends: usize = d.vips.iter().map(|v| v.backends.len()).sum();
     for (name, &line) in d.interfaces.iter().zip(&parsed.interface_lines) {
         if iface::ifindex(name).is_err() {
             report.warnings.push(at(

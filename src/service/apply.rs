@@ -125,25 +125,41 @@ pub fn resolve(
                 );
             }
         }
-        // Every backend must get a slot of its VIP's table: checked for the
-        // whole file before anything changes.
-        let sizing = match v.spec.table_size {
-            Some(size) => Sizing::Fixed(size),
-            None => Sizing::Auto,
-        };
-        table_size_for(&v.spec.service, sizing, &v.backends)?;
+    }
+    if let Some((_, problem)) = offline_problems(&d).into_iter().next() {
+        bail!("{problem}");
+    }
+    Ok(d)
+}
+
+/// What apply refuses in a file without asking the balancer, for the whole
+/// file before anything changes (`lbctl check` reports the same): a backend
+/// that would get no slot of its VIP's table, more VIPs or backends than a
+/// balancer holds. Each problem with the index in `d.vips` of the VIP it is
+/// about (None: the file as a whole).
+pub fn offline_problems(d: &Desired) -> Vec<(Option<usize>, String)> {
+    let mut out = Vec::new();
+    for (i, v) in d.vips.iter().enumerate() {
+        let sizing = v.spec.table_size.map_or(Sizing::Auto, Sizing::Fixed);
+        if let Err(e) = table_size_for(&v.spec.service, sizing, &v.backends) {
+            out.push((Some(i), e.to_string()));
+        }
     }
     if d.vips.len() > LB_MAX_VIPS as usize {
-        bail!(
-            "{} VIPs: a balancer holds at most {LB_MAX_VIPS}",
-            d.vips.len()
-        );
+        let n = d.vips.len();
+        out.push((
+            Some(LB_MAX_VIPS as usize),
+            format!("{n} VIPs: a balancer holds at most {LB_MAX_VIPS}"),
+        ));
     }
     let backends: usize = d.vips.iter().map(|v| v.backends.len()).sum();
     if backends > LB_MAX_BACKENDS as usize {
-        bail!("{backends} backends: a balancer holds at most {LB_MAX_BACKENDS}");
+        out.push((
+            None,
+            format!("{backends} backends: a balancer holds at most {LB_MAX_BACKENDS}"),
+        ));
     }
-    Ok(d)
+    out
 }
 
 fn describe(mode: NatMode, snat: Option<IpAddr>, table_size: Option<u32>) -> String {
