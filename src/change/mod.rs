@@ -63,6 +63,8 @@ pub fn begin(o: Opening) -> Result<Session> {
         balancer,
         opened: Reconciled::default(),
     };
+    // The rows as the repair left them, for the routes after it.
+    let mut repaired = None;
     for step in plan::opening(o, s.balancer.is_some()) {
         match step {
             Step::Find => {}
@@ -71,12 +73,14 @@ pub fn begin(o: Opening) -> Result<Session> {
                 let b = s.running()?;
                 let id = b.maps.balancer_id()?;
                 let interrupted = state::exists(state::Kind::Changing, id)?;
-                b.repair(interrupted)?;
+                repaired = Some(b.repair(interrupted)?.1);
                 if interrupted {
                     state::forget(state::Kind::Changing, id)?;
                 }
             }
-            Step::PublishRoutes => s.opened = routes::publish(&s.running()?.maps),
+            Step::PublishRoutes => {
+                s.opened = routes::publish(&s.running()?.maps, repaired.as_ref())
+            }
             Step::WithdrawRoutes => s.opened = routes::withdraw(),
             // `plan::tests` check that no other step opens a change.
             other => bail!("internal: {other:?} does not open a change"),
@@ -148,7 +152,9 @@ impl Session {
             }
             match step {
                 Step::Change => out = f.take().map(|f| self.recorded(k, || f(&mut fx))),
-                Step::PublishRoutes => followed.routes = routes::publish(&self.running()?.maps),
+                Step::PublishRoutes => {
+                    followed.routes = routes::publish(&self.running()?.maps, None)
+                }
                 Step::WithdrawRoutes => followed.routes = routes::withdraw(),
                 Step::ReleaseNeighbours if !fx.released.is_empty() => {
                     // After the last detach no backend is left to need one.

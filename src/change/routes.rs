@@ -27,18 +27,22 @@ pub fn desired(run: &Running, drained: bool) -> BTreeSet<IpAddr> {
         .collect()
 }
 
-/// The routes this balancer wants now, from its maps and its drain record.
-pub fn wanted(maps: &Maps) -> Result<BTreeSet<IpAddr>> {
+/// The routes this balancer wants now, from its maps (or `run`, their rows
+/// as just read) and its drain record.
+pub fn wanted(maps: &Maps, run: Option<&Running>) -> Result<BTreeSet<IpAddr>> {
     let drained = drain::is_drained(maps.balancer_id()?);
-    Ok(desired(&maps.running()?, drained))
+    match run {
+        Some(run) => Ok(desired(run, drained)),
+        None => Ok(desired(&maps.running()?, drained)),
+    }
 }
 
-/// Brings the kernel's lbctl routes to what `maps` call for, printing
-/// what could not be done as notes (one line each on stderr): a route
-/// lbctl could not change is never a reason to fail, or undo, a
-/// configuration change that was made.
-pub fn publish(maps: &Maps) -> Reconciled {
-    noted(wanted(maps).and_then(|w| routes::reconcile(&w)))
+/// Brings the kernel's lbctl routes to what `maps` call for (their rows
+/// `run`, if just read), printing what could not be done as notes (one
+/// line each on stderr): a route lbctl could not change is never a reason
+/// to fail, or undo, a configuration change that was made.
+pub fn publish(maps: &Maps, run: Option<&Running>) -> Reconciled {
+    noted(wanted(maps, run).and_then(|w| routes::reconcile(&w)))
 }
 
 /// Withdraws every lbctl route, printing what could not be done as notes.

@@ -15,6 +15,7 @@ use super::config::initial_settings;
 use super::load;
 use super::maps::{u32_of, Maps};
 use super::repair::Repaired;
+use super::running::Running;
 use crate::host::iface::{self, Attachment};
 use crate::model::{AttachOptions, DEFAULT_HASH_SEED};
 
@@ -120,8 +121,8 @@ impl Balancer {
     /// attach or detach killed between its netlink change and its map
     /// write). Call with the namespace's lock held; the routes that follow
     /// are `change`'s.
-    pub fn repair(&self, interrupted: bool) -> Result<Repaired> {
-        let mut done = self.maps.repair(interrupted)?;
+    pub fn repair(&self, interrupted: bool) -> Result<(Repaired, Running)> {
+        let (mut done, run) = self.maps.repair(interrupted)?;
         let attached: Vec<u32> = self.attachments.iter().map(|a| a.ifindex).collect();
         let mut listed = Vec::new();
         for key in self.maps.tx_ports.keys() {
@@ -144,7 +145,7 @@ impl Balancer {
             self.maps.bump_generation()?;
             done.ports = true;
         }
-        Ok(done)
+        Ok((done, run))
     }
 
     /// The attachment on an interface, if lbctl is attached there.

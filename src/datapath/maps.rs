@@ -4,10 +4,10 @@
 
 use std::ffi::OsStr;
 use std::fmt::Display;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use anyhow::{Context, Result};
-use libbpf_rs::libbpf_sys::bpf_prog_info;
+use libbpf_rs::libbpf_sys::{self, bpf_prog_info};
 use libbpf_rs::skel::Skel;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
@@ -89,13 +89,12 @@ impl Map {
         self.handle.keys()
     }
 
-    /// Every (key, value) pair, read in batches.
-    pub fn entries(&self, what: &dyn Display) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        Ok(self
-            .handle
-            .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
-            .with_context(|| format!("reading {what} from map {}", self.name))?
-            .collect())
+    /// Every (key, value) pair, read with as few bpf() calls as the kernel
+    /// allows (one for an array) into two flat buffers: a command reads the
+    /// 65,536 backend rows each time, and one buffer instead of a Vec per
+    /// row made that 2-3 times cheaper. An error is an error, not the end.
+    pub fn entries(&self, what: &dyn Display) -> Result<Entries> {
+        entries_of(&self.handle).with_context(|| format!("reading {what} from map {}", self.name))
     }
 
     /// One value per CPU of a per-CPU array row.
@@ -121,6 +120,83 @@ impl Map {
         self.handle
             .update_percpu(&index.to_ne_bytes(), &zero, MapFlags::ANY)
             .with_context(|| format!("resetting {what} in map {}", self.name))
+    }
+}
+
+/// `Map::entries` of any map handle (inner maps too).
+pub fn entries_of(handle: &MapHandle) -> Result<Entries> {
+    let key_size = handle.key_size() as usize;
+    let value_size = handle.value_size() as usize;
+    let max = handle.max_entries() as usize;
+    let mut keys = vec![0u8; key_size * max];
+    let mut values = vec![0u8; value_size * max];
+    // The kernel's batch cursor: a key for arrays, a bucket for hashes.
+    let mut cursor = vec![0u8; key_size.max(8)];
+    let mut next = vec![0u8; key_size.max(8)];
+    let mut read = 0usize;
+    let mut first = true;
+    while read < max {
+        let mut count = (max - read) as u32;
+        let opts = libbpf_sys::bpf_map_batch_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+            ..Default::default()
+        };
+        // SAFETY: the buffers hold `count` more keys and values from
+        // `read` on, and the cursors are key_size.max(8) bytes long.
+        let ret = unsafe {
+            libbpf_sys::bpf_map_lookup_batch(
+                handle.as_fd().as_raw_fd(),
+                if first {
+                    std::ptr::null_mut()
+                } else {
+                    cursor.as_mut_ptr().cast()
+                },
+                next.as_mut_ptr().cast(),
+                keys[read * key_size..].as_mut_ptr().cast(),
+                values[read * value_size..].as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        let errno = if ret < 0 { -ret } else { 0 };
+        if errno == libc::EINTR {
+            continue;
+        }
+        if errno != 0 && errno != libc::ENOENT {
+            return Err(std::io::Error::from_raw_os_error(errno).into());
+        }
+        read += count as usize;
+        // ENOENT: no more entries after these `count`.
+        if errno == libc::ENOENT || count == 0 {
+            break;
+        }
+        std::mem::swap(&mut cursor, &mut next);
+        first = false;
+    }
+    keys.truncate(read * key_size);
+    values.truncate(read * value_size);
+    Ok(Entries {
+        key_size,
+        value_size,
+        keys,
+        values,
+    })
+}
+
+/// A map's entries as `Map::entries` read them.
+pub struct Entries {
+    key_size: usize,
+    value_size: usize,
+    keys: Vec<u8>,
+    values: Vec<u8>,
+}
+
+impl Entries {
+    /// Each (key, value), in the map's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.keys
+            .chunks_exact(self.key_size)
+            .zip(self.values.chunks_exact(self.value_size))
     }
 }
 

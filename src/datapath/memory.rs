@@ -62,8 +62,8 @@ impl Maps {
         let mut named: BTreeMap<u32, MapHandle> =
             tables_of(self.balancer_id()?)?.into_iter().collect();
         let mut out = Vec::new();
-        for (_, value) in self.vips.entries(&"VIPs")? {
-            let vip: lb_vip = read(&value).context("decoding a VIP")?;
+        for (_, value) in self.vips.entries(&"VIPs")?.iter() {
+            let vip: lb_vip = read(value).context("decoding a VIP")?;
             if let Some(table) = named.remove(&vip.index) {
                 out.push(table);
                 continue;

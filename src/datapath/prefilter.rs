@@ -90,8 +90,8 @@ impl Maps {
             (Set::Vips, &self.vips),
             (Set::Backends, &self.reply_sources),
         ] {
-            for (key, _) in map.entries(&"addresses for the prefilter")? {
-                let ep: lb_endpoint = super::codec::read(&key)?;
+            for (key, _) in map.entries(&"addresses for the prefilter")?.iter() {
+                let ep: lb_endpoint = super::codec::read(key)?;
                 let (addr, _) = from_endpoint(&ep)?;
                 let (word, mask) = slot(set, addr.ip());
                 want[word as usize] |= mask;
@@ -117,10 +117,10 @@ impl Maps {
     /// Both bitmaps as they are (for tests and `lbctl status`).
     pub fn prefilter_words(&self) -> Result<Vec<u64>> {
         let mut words = vec![0u64; 2 * LB_PREFILTER_WORDS as usize];
-        for (key, value) in self.addr_filter.entries(&"prefilter words")? {
-            let i = u32_of(&key, &"prefilter key")? as usize;
+        for (key, value) in self.addr_filter.entries(&"prefilter words")?.iter() {
+            let i = u32_of(key, &"prefilter key")? as usize;
             if let Some(w) = words.get_mut(i) {
-                *w = super::codec::read(&value)?;
+                *w = super::codec::read(value)?;
             }
         }
         Ok(words)

@@ -53,12 +53,13 @@ impl Maps {
     /// VIP has are looked for only after a change was `interrupted` (only
     /// a killed `vip add`, `vip del` or apply leaves one): the search lists
     /// every map of the host, and a change's work should not depend on what
-    /// else runs there.
-    pub fn repair(&self, interrupted: bool) -> Result<Repaired> {
+    /// else runs there. Returns the VIPs and backends as the repair left
+    /// them too, so what follows need not read 65,536 rows again.
+    pub fn repair(&self, interrupted: bool) -> Result<(Repaired, Running)> {
         if self.legacy_tables()? {
             // An older program's tables cannot be written: its upgrade
             // (attach --replace) builds them all anew, then repairs.
-            return Ok(Repaired::default());
+            return Ok((Repaired::default(), self.running()?));
         }
         let mut run = self.running()?;
         let mut done = Repaired {
@@ -99,7 +100,7 @@ impl Maps {
         if !done.is_empty() {
             self.bump_generation()?;
         }
-        Ok(done)
+        Ok((done, run))
     }
 
     /// The VIP indexes no VIP has that hold a table. Only indexes where a

@@ -130,12 +130,12 @@ impl Maps {
     /// Every reply source, read in batches.
     pub fn all_reply_sources(&self) -> Result<BTreeMap<Key, lb_reply_source>> {
         let mut out = BTreeMap::new();
-        for (k, v) in self.reply_sources.entries(&"reply sources")? {
+        for (k, v) in self.reply_sources.entries(&"reply sources")?.iter() {
             let key: Key = k
                 .get(..20)
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| anyhow::anyhow!("a reply source key of {} bytes", k.len()))?;
-            out.insert(key, read(&v)?);
+            out.insert(key, read(v)?);
         }
         Ok(out)
     }

@@ -17,9 +17,9 @@ impl Maps {
     /// Every VIP, by index.
     pub fn vips(&self) -> Result<Vec<VipEntry>> {
         let mut out = Vec::new();
-        for (key, value) in self.vips.entries(&"VIPs")? {
-            let ep: lb_endpoint = read(&key).context("decoding a key of map vips")?;
-            let v: lb_vip = read(&value).context("decoding a VIP")?;
+        for (key, value) in self.vips.entries(&"VIPs")?.iter() {
+            let ep: lb_endpoint = read(key).context("decoding a key of map vips")?;
+            let v: lb_vip = read(value).context("decoding a VIP")?;
             out.push(vip_entry(&ep, &v)?);
         }
         out.sort_by_key(|v| v.index);
@@ -47,10 +47,10 @@ impl Maps {
     /// Every backend row in use (those of no VIP and leaving ones too).
     pub fn backends(&self) -> Result<Vec<BackendEntry>> {
         let mut out = Vec::new();
-        for (key, value) in self.backends.entries(&"backend rows")? {
-            let id = u32_of(&key, &"a backend id")?;
+        for (key, value) in self.backends.entries(&"backend rows")?.iter() {
+            let id = u32_of(key, &"a backend id")?;
             let row: lb_backend =
-                read(&value).with_context(|| format!("decoding backend row {id}"))?;
+                read(value).with_context(|| format!("decoding backend row {id}"))?;
             out.extend(backend_entry(id, &row)?);
         }
         Ok(out)

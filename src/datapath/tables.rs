@@ -17,7 +17,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use super::abi::{LB_MAX_BACKENDS, LB_MAX_TABLE_SIZE, LB_TABLE_HDR, LB_TABLE_SLOTS_PER_BLOCK};
 use super::codec::{endpoint_key, read, to_endpoint, BackendEntry};
-use super::maps::{u32_of, Maps};
+use super::maps::{entries_of, u32_of, Maps};
 use super::table_names::table_name;
 use super::types::lb_vip;
 use crate::maglev::{self, MaglevBackend};
@@ -104,18 +104,16 @@ impl Maps {
         if size == 0 {
             return Ok(ids);
         }
-        let rows = inner
-            .lookup_batch(8192, MapFlags::ANY, MapFlags::ANY)
-            .with_context(|| format!("reading {what}"))?;
+        let rows = entries_of(&inner).with_context(|| format!("reading {what}"))?;
         let legacy = inner.value_size() == LEGACY_VALUE_SIZE;
-        for (key, value) in rows {
-            let elem = u32_of(&key, &what)?;
+        for (key, value) in rows.iter() {
+            let elem = u32_of(key, &what)?;
             if elem < LB_TABLE_HDR {
                 continue;
             }
             if legacy {
                 if let Some(id) = ids.get_mut((elem - LB_TABLE_HDR) as usize) {
-                    *id = u32_of(&value, &what)?;
+                    *id = u32_of(value, &what)?;
                 }
                 continue;
             }
@@ -139,8 +137,8 @@ impl Maps {
     /// of one VIP, not all 1,024 (`table_names.rs` says why).
     pub fn legacy_tables(&self) -> Result<bool> {
         let what = "a VIP's table";
-        for (_, value) in self.vips.entries(&"VIPs")? {
-            let vip: lb_vip = read(&value).context("decoding a VIP")?;
+        for (_, value) in self.vips.entries(&"VIPs")?.iter() {
+            let vip: lb_vip = read(value).context("decoding a VIP")?;
             let Some(id) = self
                 .vip_tables
                 .get::<u32>(&vip.index.to_ne_bytes(), &what)?
