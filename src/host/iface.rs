@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use anyhow::{bail, Context, Result};
-use libbpf_rs::libbpf_sys::bpf_prog_info;
+use libbpf_rs::libbpf_sys::{self, bpf_prog_info};
 use libbpf_rs::{Xdp, XdpFlags};
 
 use crate::model::XdpMode;
@@ -182,11 +182,22 @@ fn is_global_v6(a: &Ipv6Addr) -> bool {
 
 /// The XDP program on an interface: (id, mode) or None.
 pub fn xdp_program(ifindex: u32) -> Result<Option<(u32, AttachedMode)>> {
-    // Xdp needs some fd to be built; queries do not use it.
-    let stdin = std::io::stdin();
-    let opts = Xdp::new(stdin.as_fd())
-        .query(ifindex as i32, XdpFlags::NONE)
-        .with_context(|| format!("querying XDP on interface index {ifindex}"))?;
+    // Options that end before `feature_flags`: asked for those, libbpf
+    // resolves the "netdev" generic netlink family, which kernels before
+    // 6.3 lack, and each miss makes the kernel try to load a module for it
+    // (a usermode modprobe: 0.1 s a query on 6.1 under emulation, and
+    // lbctl queries every interface it is attached to).
+    let mut opts = libbpf_sys::bpf_xdp_query_opts {
+        sz: std::mem::offset_of!(libbpf_sys::bpf_xdp_query_opts, feature_flags) as _,
+        ..Default::default()
+    };
+    // SAFETY: opts is a valid bpf_xdp_query_opts whose sz says how far
+    // libbpf may write.
+    let ret = unsafe { libbpf_sys::bpf_xdp_query(ifindex as i32, 0, &mut opts) };
+    if ret != 0 {
+        return Err(std::io::Error::from_raw_os_error(-ret))
+            .with_context(|| format!("querying XDP on interface index {ifindex}"));
+    }
     Ok(AttachedMode::from_kernel(u32::from(opts.attach_mode)).map(|mode| (opts.prog_id, mode)))
 }
 
