@@ -595,8 +595,8 @@ names!(Health {
 pub enum CheckKind {
     /// A TCP connection is accepted.
     Tcp,
-    /// `GET path` over HTTP/1.0 answers with status `expect`.
-    Http { path: String, expect: u16 },
+    /// An HTTP/1.1 GET (over TLS: HTTPS) answers as `HttpCheck` expects.
+    Http(HttpCheck),
     /// A datagram `send` is answered, with a reply containing `expect` if
     /// that is not empty.
     Udp { send: String, expect: String },
@@ -606,11 +606,101 @@ impl CheckKind {
     pub fn name(&self) -> &'static str {
         match self {
             CheckKind::Tcp => "tcp",
-            CheckKind::Http { .. } => "http",
+            CheckKind::Http(h) if h.tls.is_some() => "https",
+            CheckKind::Http(_) => "http",
             CheckKind::Udp { .. } => "udp",
         }
     }
 }
+
+/// `GET path` over HTTP/1.1 (`Connection: close`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCheck {
+    pub path: String,
+    /// The Host header; None: the backend's address and port.
+    pub host: Option<String>,
+    /// The statuses that pass, as inclusive ranges.
+    pub expect: Vec<(u16, u16)>,
+    /// Text the body must contain (within its first `MAX_CHECK_BODY` bytes).
+    pub body: Option<String>,
+    /// Some: over TLS (HTTPS).
+    pub tls: Option<TlsCheck>,
+}
+
+/// How an HTTPS check speaks TLS.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TlsCheck {
+    /// The server name sent (SNI) and, with `verify`, checked against the
+    /// certificate; None: the Host header's name if it is a name.
+    pub sni: Option<String>,
+    /// Check the certificate chain and name (else any certificate does).
+    pub verify: bool,
+    /// Trust this PEM file's certificates instead of the host's CA bundle.
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// How much of an HTTP check's answer is read, at most.
+pub const MAX_CHECK_BODY: usize = 64 * 1024;
+
+impl HttpCheck {
+    /// Whether `status` passes.
+    pub fn accepts(&self, status: u16) -> bool {
+        self.expect
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
+}
+
+/// `200`, `200-299`: one range of HTTP statuses as a file writes it.
+pub fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || {
+        format!(
+            "{s:?} is not an HTTP status or range ({}-{}, e.g. 200 or \"200-399\")",
+            HTTP_STATUSES.start(),
+            HTTP_STATUSES.end()
+        )
+    };
+    let one = |t: &str| {
+        t.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|n| HTTP_STATUSES.contains(n))
+            .ok_or_else(bad)
+    };
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (one(a)?, one(b)?),
+        None => (one(s)?, one(s)?),
+    };
+    if lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+/// The form `parse_status_range` reads.
+pub fn format_status_range((lo, hi): (u16, u16)) -> String {
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
+    }
+}
+
+/// The health a VIP's new backends start with when it has checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartHealth {
+    /// Down (no flows) until `rise` checks in a row pass: a dead backend
+    /// added never gets a flow.
+    #[default]
+    Down,
+    /// Unchecked (takes flows) until its first result.
+    Up,
+}
+
+names!(StartHealth, parse "health start" {
+    Down => "down",
+    Up => "up",
+});
 
 /// A VIP's health checks: every backend checked once per `interval`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -624,6 +714,8 @@ pub struct HealthCheck {
     pub fall: u32,
     /// Checked on this port instead of the backend's own.
     pub port: Option<u16>,
+    /// What a backend added to the VIP starts as.
+    pub start: StartHealth,
 }
 
 /// Bounds of a health check's numbers.
@@ -658,14 +750,40 @@ impl HealthCheck {
         if self.port == Some(0) {
             return Err("port 0 is not a port (use 1-65535)".into());
         }
-        if let CheckKind::Http { path, expect } = &self.kind {
+        if let CheckKind::Http(h) = &self.kind {
+            let path = &h.path;
             if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(format!(
                     "path {path:?} must start with / and hold no spaces"
                 ));
             }
-            if !HTTP_STATUSES.contains(expect) {
-                return Err(format!("expect {expect} is not an HTTP status (100-599)"));
+            if h.expect.is_empty() {
+                return Err("expect names no status".into());
+            }
+            for &(lo, hi) in &h.expect {
+                if !(HTTP_STATUSES.contains(&lo) && HTTP_STATUSES.contains(&hi) && lo <= hi) {
+                    let r = format_status_range((lo, hi));
+                    return Err(format!("expect {r} is not an HTTP status (100-599)"));
+                }
+            }
+            let token =
+                |v: &str| v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control());
+            if let Some(host) = &h.host {
+                if token(host) {
+                    return Err(format!(
+                        "host {host:?} must be a name or address without spaces"
+                    ));
+                }
+            }
+            if let Some(body) = &h.body {
+                if body.is_empty() || body.len() > MAX_CHECK_BODY {
+                    return Err(format!("body must hold 1 to {MAX_CHECK_BODY} bytes"));
+                }
+            }
+            if let Some(sni) = h.tls.as_ref().and_then(|t| t.sni.as_ref()) {
+                if token(sni) || sni.parse::<IpAddr>().is_ok() {
+                    return Err(format!("sni {sni:?} must be a DNS name"));
+                }
             }
         }
         if let CheckKind::Udp { send, .. } = &self.kind {
@@ -718,9 +836,23 @@ pub struct DesiredVip {
     pub health: Option<HealthCheck>,
     /// Address and weight, each address once.
     pub backends: Vec<(SocketAddr, u32)>,
+    /// Backends whose checks differ from the VIP's (`[vip.backend.health]`
+    /// merged over `[vip.health]`; None: not checked).
+    pub backend_health: Vec<(SocketAddr, Option<HealthCheck>)>,
     /// The size of the table in use where lbctl sizes it (`lbctl save`
     /// shows it as a comment); never read from a file.
     pub table_in_use: Option<u32>,
+}
+
+impl DesiredVip {
+    /// The checks of one backend: its own if the file gives it some, else
+    /// the VIP's.
+    pub fn check_of(&self, backend: SocketAddr) -> Option<&HealthCheck> {
+        match self.backend_health.iter().find(|(a, _)| *a == backend) {
+            Some((_, own)) => own.as_ref(),
+            None => self.health.as_ref(),
+        }
+    }
 }
 
 /// Everything lbctl configures, as a file states it (`config_file`).
@@ -949,6 +1081,7 @@ mod tests {
             rise: 2,
             fall: 2,
             port: None,
+            start: StartHealth::Down,
         };
         assert!(ok.validate().is_ok());
         let with = |f: &dyn Fn(&mut HealthCheck)| {
@@ -961,15 +1094,43 @@ mod tests {
         assert!(with(&|c| c.rise = 0).contains("rise 0"));
         assert!(with(&|c| c.fall = 101).contains("fall 101"));
         assert!(with(&|c| c.port = Some(0)).contains("port 0"));
-        assert!(with(&|c| c.kind = CheckKind::Http {
-            path: "health".into(),
-            expect: 200
-        })
-        .contains("must start with /"));
-        assert!(with(&|c| c.kind = CheckKind::Http {
-            path: "/".into(),
-            expect: 700
-        })
-        .contains("HTTP status"));
+        let http = |f: &dyn Fn(&mut HttpCheck)| {
+            let mut h = HttpCheck {
+                path: "/".into(),
+                host: None,
+                expect: vec![(200, 200)],
+                body: None,
+                tls: None,
+            };
+            f(&mut h);
+            CheckKind::Http(h)
+        };
+        assert!(
+            with(&|c| c.kind = http(&|h| h.path = "health".into())).contains("must start with /")
+        );
+        assert!(with(&|c| c.kind = http(&|h| h.expect = vec![(700, 700)])).contains("HTTP status"));
+        assert!(with(&|c| c.kind = http(&|h| h.expect = vec![(300, 200)])).contains("HTTP status"));
+        assert!(with(&|c| c.kind = http(&|h| h.host = Some("a b".into()))).contains("host"));
+        assert!(with(&|c| c.kind = http(&|h| h.body = Some(String::new()))).contains("body"));
+        assert!(with(&|c| c.kind = http(&|h| {
+            h.tls = Some(TlsCheck {
+                sni: Some("198.18.1.1".into()),
+                verify: true,
+                ca: None,
+            })
+        }))
+        .contains("DNS name"));
+    }
+
+    #[test]
+    fn status_ranges() {
+        assert_eq!(parse_status_range("200"), Ok((200, 200)));
+        assert_eq!(parse_status_range("200-399"), Ok((200, 399)));
+        for bad in ["2xx", "399-200", "99", "600", "200-", ""] {
+            assert!(parse_status_range(bad).is_err(), "{bad}");
+        }
+        for r in [(200, 200), (200, 299)] {
+            assert_eq!(parse_status_range(&format_status_range(r)), Ok(r));
+        }
     }
 }

@@ -235,6 +235,88 @@ fn a_dead_backend_leaves_the_table_and_comes_back() {
     );
 }
 
+/// With checks, a backend added to a running service takes no flow before
+/// `rise` checks pass: one whose check never passes (a port of its own
+/// that nothing listens on: a per-backend override) is down from the
+/// moment it is added and never gets a flow; once the override goes it
+/// comes up after `rise` checks. A backend with `kind = "none"` of its own
+/// is not checked, and `start = "up"` keeps the unchecked start.
+#[test]
+fn a_new_backend_takes_no_flows_until_its_checks_pass() {
+    let mut lab = Lab::two_arm(3).expect("lab");
+    lab.start_servers().unwrap();
+    let file = ConfigFile::new(&lab, &config(&lab, TCP_CHECK, &[(1, 1), (2, 1)]));
+    let svc = start_service(&lab, &file, &[]);
+    for i in 1..=2 {
+        wait_health(&lab, i, "up", Duration::from_secs(3));
+    }
+    let dead_port = "\n[vip.backend.health]\nport = 9\n";
+    let with_b3 = |own: &str| {
+        let mut text = config(&lab, TCP_CHECK, &[(1, 1), (2, 1), (3, 1)]);
+        text += own;
+        text
+    };
+    let reload = |n: usize| {
+        svc.signal(libc::SIGHUP);
+        let deadline = Instant::now() + clients::scaled(Duration::from_secs(5));
+        while svc.count("SIGHUP: reloaded") < n {
+            assert!(Instant::now() < deadline, "reload {n}:\n{}", svc.log());
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    file.write(&with_b3(dead_port));
+    reload(1);
+    // Down from the start: read right after the reload, before two checks
+    // (`fall`, 300 ms apart) could have failed.
+    assert_eq!(health_of(&lab, 3), "down", "a new backend starts down");
+    let spread = short_tcp(&lab, lab.vip(1), 60);
+    assert!(
+        !spread.contains_key("b3"),
+        "a new, never checked backend got flows: {spread:?}"
+    );
+    assert_eq!(new_flows_of(&lab, 3), 0);
+    thread::sleep(INTERVAL * 3);
+    assert_eq!(
+        health_of(&lab, 3),
+        "down",
+        "its check on port 9 never passes"
+    );
+
+    // Its own checks gone, the VIP's (its server's port) bring it up.
+    file.write(&with_b3(""));
+    reload(2);
+    wait_health(&lab, 3, "up", INTERVAL * 3 + Duration::from_secs(1));
+    let spread = short_tcp(&lab, lab.vip(1), 60);
+    assert!(
+        spread.get("b3").copied().unwrap_or(0) > 0,
+        "b3 takes flows once up: {spread:?}"
+    );
+
+    // Not checked at all: unchecked, and it serves.
+    file.write(&with_b3("\n[vip.backend.health]\nkind = \"none\"\n"));
+    reload(3);
+    wait_health(&lab, 3, "unchecked", Duration::from_secs(3));
+    let saved = lbctl(&lab, &["save"]);
+    assert!(
+        saved.contains("[vip.backend.health]\nkind = \"none\""),
+        "save keeps the override:\n{saved}"
+    );
+    let (ok, log) = svc.stop(STOP);
+    assert!(ok, "lbctl run exits 0 on SIGTERM:\n{}", log.join("\n"));
+
+    // start = "up": a new backend is unchecked (takes flows) until checked.
+    let up_first = TCP_CHECK.replace("fall = 2\n", "fall = 2\nstart = \"up\"\nport = 9\n");
+    lbctl(&lab, &["detach", lab.lb_ifaces()[0]]);
+    lbctl(&lab, &["detach", lab.lb_ifaces()[1]]);
+    let file = ConfigFile::new(&lab, &config(&lab, &up_first, &[(1, 1)]));
+    let svc = start_service(&lab, &file, &[]);
+    let first = health_of(&lab, 1);
+    assert!(first == "unchecked" || first == "down", "{first}");
+    wait_health(&lab, 1, "down", Duration::from_secs(3));
+    let (ok, log) = svc.stop(STOP);
+    assert!(ok, "lbctl run exits 0 on SIGTERM:\n{}", log.join("\n"));
+}
+
 /// `idle` connections to the metrics endpoint that send nothing, and `slow`
 /// ones that send a request a byte every 200 ms (for at most 10 s), all
 /// open until the result is dropped.

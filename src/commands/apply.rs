@@ -16,7 +16,7 @@ pub fn run(path: &Path, desired: &Desired) -> Result<()> {
     let b = s.running()?;
     let attached: Vec<String> = b.attachments.iter().map(|a| a.ifname.clone()).collect();
     let (done, _) = s.run(Kind::Apply, |fx| {
-        apply::apply_noting(&b.maps, &attached, desired, fx)
+        apply::apply_noting(&b.maps, &attached, desired, apply::Checks::NotRun, fx)
     })?;
     println!("applied {}: {done}", path.display());
     for note in &done.notes {

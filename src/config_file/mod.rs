@@ -58,7 +58,8 @@ pub mod defaults {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{CheckKind, NatMode, Proto};
+    use crate::model::{CheckKind, HttpCheck, NatMode, Proto, StartHealth, TlsCheck};
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     /// The issue's example, as an operator would write it.
@@ -156,17 +157,95 @@ address = "198.18.1.11:53"
         assert_eq!(parse(&text).unwrap(), d, "{text}");
         assert_eq!(render(&parse(&text).unwrap()), text, "a fixed point");
         let mut http = parse(&text).unwrap();
-        http.vips[0].health.as_mut().unwrap().kind = CheckKind::Http {
+        http.vips[0].health.as_mut().unwrap().kind = CheckKind::Http(HttpCheck {
             path: "/health \"x\"".replace(' ', "_"),
-            expect: 204,
-        };
+            host: Some("app.example".into()),
+            expect: vec![(204, 204), (300, 399)],
+            body: Some("ok \"quoted\"".into()),
+            tls: Some(TlsCheck {
+                sni: Some("app.example".into()),
+                verify: true,
+                ca: Some("/etc/lbctl/ca.pem".into()),
+            }),
+        });
         http.vips[0].health.as_mut().unwrap().port = Some(8081);
+        http.vips[0].health.as_mut().unwrap().start = StartHealth::Up;
         http.hash_seed = Some(7);
         http.flow_cache_size = Some(4096);
         assert_eq!(parse(&render(&http)).unwrap(), http);
         assert_eq!(parse("").unwrap(), Default::default());
         let none = parse("[[vip]]\naddress = \"198.18.100.1:80\"\n[vip.health]\nkind = \"none\"\n");
         assert_eq!(none.unwrap().vips[0].health, None);
+    }
+
+    /// A backend's `[vip.backend.health]` replaces the VIP's fields it
+    /// names; a new kind inherits only the timing; `none` unchecks it.
+    #[test]
+    fn backend_checks_override_their_vips() {
+        let text = r#"
+[[vip]]
+address = "198.18.100.1:80"
+[vip.health]
+kind = "http"
+path = "/healthz"
+expect = ["200-299", 301]
+interval = "1s"
+rise = 3
+[[vip.backend]]
+address = "198.18.1.11:8080"
+[[vip.backend]]
+address = "198.18.1.12:8080"
+[vip.backend.health]
+port = 9090
+host = "b12.example"
+[[vip.backend]]
+address = "198.18.1.13:8080"
+[vip.backend.health]
+kind = "tcp"
+[[vip.backend]]
+address = "198.18.1.14:8080"
+[vip.backend.health]
+kind = "none"
+[[vip.backend]]
+address = "198.18.1.15:8080"
+[vip.backend.health]
+rise = 3
+"#;
+        let d = parse(text).unwrap();
+        let v = &d.vips[0];
+        let be = |n: u8| SocketAddr::from(([198, 18, 1, n], 8080));
+        assert_eq!(v.check_of(be(11)), v.health.as_ref());
+        assert_eq!(
+            v.check_of(be(15)),
+            v.health.as_ref(),
+            "the same as the VIP's"
+        );
+        let b12 = v.check_of(be(12)).unwrap();
+        let CheckKind::Http(h) = &b12.kind else {
+            panic!("{b12:?}")
+        };
+        assert_eq!(
+            (b12.port, h.path.as_str(), h.host.as_deref()),
+            (Some(9090), "/healthz", Some("b12.example"))
+        );
+        assert_eq!(h.expect, [(200, 299), (301, 301)]);
+        let b13 = v.check_of(be(13)).unwrap();
+        assert_eq!(
+            (&b13.kind, b13.interval, b13.rise),
+            (&CheckKind::Tcp, Duration::from_secs(1), 3)
+        );
+        assert_eq!(v.check_of(be(14)), None);
+        assert_eq!(v.backend_health.len(), 3);
+        assert_eq!(parse(&render(&d)).unwrap(), d, "{}", render(&d));
+        let alone = "[[vip]]\naddress = \"198.18.100.1:80\"\n[[vip.backend]]\naddress = \"198.18.1.11:80\"\n[vip.backend.health]\nkind = \"tcp\"\n";
+        let d = parse(alone).unwrap();
+        assert_eq!(
+            d.vips[0]
+                .check_of("198.18.1.11:80".parse().unwrap())
+                .map(|c| &c.kind),
+            Some(&CheckKind::Tcp)
+        );
+        assert_eq!(parse(&render(&d)).unwrap(), d);
     }
 
     /// Each bad file gives one line naming the place and the problem.
@@ -188,7 +267,15 @@ address = "198.18.1.11:53"
             (format!("{vip}proto = \"sctp\"\n"), 3, "unknown protocol"),
             (format!("{vip}table_size = 65536\n"), 3, "must be a prime"),
             ("[[vip]]\naddress = \"[2001:db8::1]:80\"\nsnat = \"198.18.2.1\"\nmode = \"fullnat\"\n".into(), 2, "address family"),
-            (format!("{vip}[vip.health]\nkind = \"icmp\"\n"), 4, "use tcp, http, udp or none"),
+            (format!("{vip}[vip.health]\nkind = \"icmp\"\n"), 4, "use tcp, http, https, udp or none"),
+            (format!("{vip}[vip.health]\nkind = \"http\"\nsni = \"a.example\"\n"), 5, "sni only applies to kind = \"https\""),
+            (format!("{vip}[vip.health]\nkind = \"https\"\nca = \"/x.pem\"\n"), 5, "ca applies with verify = true"),
+            (format!("{vip}[vip.health]\nkind = \"http\"\nexpect = [\"300-200\"]\n"), 5, "not an HTTP status or range"),
+            (format!("{vip}[vip.health]\nkind = \"http\"\nexpect = []\n"), 5, "names no status"),
+            (format!("{vip}[vip.health]\nkind = \"http\"\nhost = \"a b\"\n"), 5, "host \"a b\""),
+            (format!("{vip}[vip.health]\nkind = \"tcp\"\nstart = \"later\"\n"), 5, "health start \"later\": use down or up"),
+            (format!("{vip}[vip.health]\nkind = \"tcp\"\nbody = \"x\"\n"), 5, "body only applies"),
+            (format!("{vip}[[vip.backend]]\naddress = \"198.18.1.1:80\"\n[vip.backend.health]\nport = 9\n"), 4, "needs kind"),
             (format!("{vip}[vip.health]\nkind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"2s\"\n"), 6, "at most the interval"),
             (format!("{vip}[vip.health]\nkind = \"tcp\"\ninterval = \"soon\"\n"), 5, "not a duration"),
             (format!("{vip}[vip.health]\nkind = \"tcp\"\npath = \"/\"\n"), 5, "path only applies"),
@@ -205,7 +292,7 @@ address = "198.18.1.11:53"
             ("hash_seed = -1\n".into(), 1, "hash_seed = -1 is out of range (0-4294967295)"),
             (format!("{vip}[vip.health]\nkind = \"tcp\"\nfall = 101\n"), 5, "fall = 101 is out of range (1-100)"),
             (format!("{vip}[vip.health]\nkind = \"tcp\"\nport = 65536\n"), 5, "port = 65536 is out of range (1-65535)"),
-            (format!("{vip}[vip.health]\nkind = \"http\"\nexpect = 600\n"), 5, "HTTP status code (100-599)"),
+            (format!("{vip}[vip.health]\nkind = \"http\"\nexpect = 600\n"), 5, "not an HTTP status or range (100-599"),
             (format!("{vip}mode = \"dsr\"\nsnat = \"not an address\"\n"), 4, "snat only applies to mode = \"fullnat\""),
             ("[[vip]]\naddress = \"[2001:db8::1]:80\"\nmode = \"tunnel\"\nsnat = \"198.18.2.1\"\n".into(), 2, "snat 198.18.2.1 must have the VIP's address family"),
             ("interfaces = [\"eth0\", \"eth0\"]\n".into(), 1, "listed twice"),

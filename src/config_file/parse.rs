@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -14,8 +15,9 @@ use toml::Spanned;
 use super::defaults;
 use crate::model::{
     check_backend_port, check_same_family, check_snat_applies, parse_duration, parse_endpoint,
-    parse_ip, CheckKind, Desired, DesiredVip, HealthCheck, NatMode, Proto, Service, SpecError,
-    Timeout, VipSpec, XdpMode, FLOW_CACHE_SIZES, HTTP_STATUSES, PORTS, RISE_FALL, WEIGHTS,
+    parse_ip, parse_status_range, CheckKind, Desired, DesiredVip, HealthCheck, HttpCheck, NatMode,
+    Proto, Service, SpecError, StartHealth, Timeout, TlsCheck, VipSpec, XdpMode, FLOW_CACHE_SIZES,
+    PORTS, RISE_FALL, WEIGHTS,
 };
 
 /// What is wrong with a file, and where.
@@ -73,18 +75,72 @@ struct RawVip {
     backend: Vec<RawBackend>,
 }
 
-#[derive(Deserialize)]
+/// A `[vip.health]` table, or a backend's `[vip.backend.health]` (whose
+/// fields replace the VIP's: `RawHealth::over`).
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
-    kind: Spanned<String>,
+    kind: Option<Spanned<String>>,
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     rise: Option<Spanned<i64>>,
     fall: Option<Spanned<i64>>,
     port: Option<Spanned<i64>>,
+    start: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
+    host: Option<Spanned<String>>,
+    body: Option<Spanned<String>>,
+    sni: Option<Spanned<String>>,
+    verify: Option<Spanned<bool>>,
+    ca: Option<Spanned<String>>,
     send: Option<Spanned<String>>,
     expect: Option<Spanned<toml::Value>>,
+}
+
+impl RawHealth {
+    /// This backend's table over its VIP's `base`: each field it gives
+    /// replaces the VIP's. Naming a `kind` starts that kind afresh: only
+    /// the timing fields (interval, timeout, rise, fall, port, start) are
+    /// inherited then, not the VIP's kind's own (path, send, ...).
+    fn over(&self, base: Option<&RawHealth>) -> RawHealth {
+        let Some(base) = base else {
+            return self.clone();
+        };
+        let fresh = self.kind.is_some();
+        let b = |field: &Option<Spanned<String>>, own: &Option<Spanned<String>>| {
+            own.clone().or_else(|| field.clone())
+        };
+        let kind_field = |field: &Option<Spanned<String>>, own: &Option<Spanned<String>>| {
+            if fresh {
+                own.clone()
+            } else {
+                b(field, own)
+            }
+        };
+        RawHealth {
+            kind: b(&base.kind, &self.kind),
+            interval: b(&base.interval, &self.interval),
+            timeout: b(&base.timeout, &self.timeout),
+            rise: self.rise.clone().or_else(|| base.rise.clone()),
+            fall: self.fall.clone().or_else(|| base.fall.clone()),
+            port: self.port.clone().or_else(|| base.port.clone()),
+            start: b(&base.start, &self.start),
+            path: kind_field(&base.path, &self.path),
+            host: kind_field(&base.host, &self.host),
+            body: kind_field(&base.body, &self.body),
+            sni: kind_field(&base.sni, &self.sni),
+            verify: match fresh {
+                true => self.verify.clone(),
+                false => self.verify.clone().or_else(|| base.verify.clone()),
+            },
+            ca: kind_field(&base.ca, &self.ca),
+            send: kind_field(&base.send, &self.send),
+            expect: match fresh {
+                true => self.expect.clone(),
+                false => self.expect.clone().or_else(|| base.expect.clone()),
+            },
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -92,6 +148,7 @@ struct RawHealth {
 struct RawBackend {
     address: Spanned<String>,
     weight: Option<Spanned<i64>>,
+    health: Option<RawHealth>,
 }
 
 /// Turns byte offsets into line numbers.
@@ -313,12 +370,21 @@ fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> 
     let health = v
         .health
         .as_ref()
-        .and_then(|h| p.keep(parse_health(lines, h)))
+        .and_then(|h| p.keep(parse_health(lines, h, v.address.span())))
         .flatten();
     let mut backends: Vec<(SocketAddr, u32)> = Vec::new();
+    let mut backend_health = Vec::new();
     for b in &v.backend {
         if let Some(backend) = parse_backend(lines, b, service, mode, &backends, p) {
             backends.push(backend);
+            if let Some(own) = &b.health {
+                let merged = own.over(v.health.as_ref());
+                if let Some(check) = p.keep(parse_health(lines, &merged, b.address.span())) {
+                    if check != health {
+                        backend_health.push((backend.0, check));
+                    }
+                }
+            }
         }
     }
     if p.0.len() > before {
@@ -329,6 +395,7 @@ fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> 
         spec: spec?,
         health,
         backends,
+        backend_health,
     })
 }
 
@@ -363,8 +430,14 @@ fn parse_backend(
     Some((addr, weight))
 }
 
-/// A `[vip.health]` table; `kind = "none"` is no checks (None).
-fn parse_health(lines: &Lines, h: &RawHealth) -> Result<Option<HealthCheck>, FileError> {
+/// A `[vip.health]` table (or a backend's, merged over it); `kind =
+/// "none"` is no checks (None). `at`: where to point when `kind` is
+/// missing.
+fn parse_health(
+    lines: &Lines,
+    h: &RawHealth,
+    at: Range<usize>,
+) -> Result<Option<HealthCheck>, FileError> {
     let duration = |v: &Option<Spanned<String>>, default| match v {
         Some(d) => parse_duration(d.get_ref()).or_else(|e| lines.err(d.span(), e)),
         None => Ok(default),
@@ -373,53 +446,78 @@ fn parse_health(lines: &Lines, h: &RawHealth) -> Result<Option<HealthCheck>, Fil
         Some(span) => lines.err(span, format!("{what} only applies to kind = {kinds}")),
         None => Ok(()),
     };
-    let kind_name = h.kind.get_ref().as_str();
-    if kind_name != "http" {
-        misplaced(h.path.as_ref().map(Spanned::span), "path", "\"http\"")?;
+    let Some(kind_raw) = &h.kind else {
+        return lines.err(
+            at,
+            "a health table needs kind = \"tcp\", \"http\", \"https\", \"udp\" or \"none\"",
+        );
+    };
+    let kind_name = kind_raw.get_ref().as_str();
+    let http = matches!(kind_name, "http" | "https");
+    if !http {
+        misplaced(
+            h.path.as_ref().map(Spanned::span),
+            "path",
+            "\"http\" or \"https\"",
+        )?;
+        misplaced(
+            h.host.as_ref().map(Spanned::span),
+            "host",
+            "\"http\" or \"https\"",
+        )?;
+        misplaced(
+            h.body.as_ref().map(Spanned::span),
+            "body",
+            "\"http\" or \"https\"",
+        )?;
+    }
+    if kind_name != "https" {
+        misplaced(h.sni.as_ref().map(Spanned::span), "sni", "\"https\"")?;
+        misplaced(h.verify.as_ref().map(Spanned::span), "verify", "\"https\"")?;
+        misplaced(h.ca.as_ref().map(Spanned::span), "ca", "\"https\"")?;
     }
     if kind_name != "udp" {
         misplaced(h.send.as_ref().map(Spanned::span), "send", "\"udp\"")?;
     }
-    if !matches!(kind_name, "http" | "udp") {
+    if !(http || kind_name == "udp") {
         misplaced(
             h.expect.as_ref().map(Spanned::span),
             "expect",
-            "\"http\" or \"udp\"",
+            "\"http\", \"https\" or \"udp\"",
         )?;
     }
+    let text = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.get_ref().clone());
     let kind = match kind_name {
         "none" => return Ok(None),
         "tcp" => CheckKind::Tcp,
-        "http" => {
+        "http" | "https" => {
             let expect = match &h.expect {
-                Some(e) => match e.get_ref().as_integer().map(u16::try_from) {
-                    Some(Ok(n)) if HTTP_STATUSES.contains(&n) => n,
-                    _ => {
-                        return lines.err(
-                            e.span(),
-                            format!(
-                                "expect: an HTTP status code ({}-{}), e.g. expect = 200",
-                                HTTP_STATUSES.start(),
-                                HTTP_STATUSES.end()
-                            ),
-                        )
-                    }
-                },
-                None => defaults::HTTP_EXPECT,
+                Some(e) => statuses(lines, e)?,
+                None => vec![(defaults::HTTP_EXPECT, defaults::HTTP_EXPECT)],
             };
-            CheckKind::Http {
-                path: h
-                    .path
-                    .as_ref()
-                    .map_or(defaults::HTTP_PATH.to_string(), |p| p.get_ref().clone()),
-                expect,
+            let tls = (kind_name == "https").then(|| TlsCheck {
+                sni: text(&h.sni),
+                verify: h.verify.as_ref().is_some_and(|v| *v.get_ref()),
+                ca: text(&h.ca).map(PathBuf::from),
+            });
+            if let (Some(ca), Some(tls)) = (&h.ca, &tls) {
+                if !tls.verify {
+                    return lines.err(ca.span(), "ca applies with verify = true");
+                }
             }
+            CheckKind::Http(HttpCheck {
+                path: text(&h.path).unwrap_or_else(|| defaults::HTTP_PATH.to_string()),
+                host: text(&h.host),
+                expect,
+                body: text(&h.body),
+                tls,
+            })
         }
         "udp" => {
             let send = h.send.as_ref().map_or_else(
                 || {
                     lines.err(
-                        h.kind.span(),
+                        kind_raw.span(),
                         "kind = \"udp\" needs send = \"...\" (the datagram to send)",
                     )
                 },
@@ -441,8 +539,8 @@ fn parse_health(lines: &Lines, h: &RawHealth) -> Result<Option<HealthCheck>, Fil
         }
         other => {
             return lines.err(
-                h.kind.span(),
-                format!("health kind {other:?}: use tcp, http, udp or none"),
+                kind_raw.span(),
+                format!("health kind {other:?}: use tcp, http, https, udp or none"),
             )
         }
     };
@@ -463,18 +561,52 @@ fn parse_health(lines: &Lines, h: &RawHealth) -> Result<Option<HealthCheck>, Fil
             .as_ref()
             .map(|p| lines.int(p, "port", PORTS).map(|p| p as u16))
             .transpose()?,
+        start: match &h.start {
+            Some(s) => lines.parsed::<StartHealth>(s)?,
+            None => StartHealth::default(),
+        },
     };
-    // Whatever is wrong is named by the message; the line is the kind's,
-    // or the timeout's when that is what is wrong.
+    // Whatever is wrong is named by the message; the line is the field's
+    // when one is named, else the kind's.
     check.validate().or_else(|e| {
-        let span = match (&h.timeout, &h.interval) {
-            (Some(t), _) if e.starts_with("timeout") => t.span(),
-            (_, Some(i)) if e.starts_with("interval") => i.span(),
-            _ => h.kind.span(),
+        let field = |name: &str| e.starts_with(name);
+        let span = match h {
+            RawHealth {
+                timeout: Some(t), ..
+            } if field("timeout") => t.span(),
+            RawHealth {
+                interval: Some(i), ..
+            } if field("interval") => i.span(),
+            RawHealth { path: Some(v), .. } if field("path") => v.span(),
+            RawHealth { host: Some(v), .. } if field("host") => v.span(),
+            RawHealth { body: Some(v), .. } if field("body") => v.span(),
+            RawHealth { sni: Some(v), .. } if field("sni") => v.span(),
+            RawHealth {
+                expect: Some(v), ..
+            } if field("expect") => v.span(),
+            _ => kind_raw.span(),
         };
         lines.err(span, e)
     })?;
     Ok(Some(check))
+}
+
+/// An HTTP check's `expect`: a status, a range ("200-399"), or a list of
+/// those.
+fn statuses(lines: &Lines, e: &Spanned<toml::Value>) -> Result<Vec<(u16, u16)>, FileError> {
+    let one = |v: &toml::Value| {
+        match v {
+        toml::Value::Integer(n) => parse_status_range(&n.to_string()),
+        toml::Value::String(s) => parse_status_range(s),
+        _ => Err("expect: an HTTP status, a range or a list of them, e.g. expect = 200, \"200-399\" or [200, 301]".to_string()),
+    }
+    };
+    let out = match e.get_ref() {
+        toml::Value::Array(items) if !items.is_empty() => items.iter().map(one).collect(),
+        toml::Value::Array(_) => Err("expect = [] names no status".to_string()),
+        v => one(v).map(|r| vec![r]),
+    };
+    out.or_else(|m| lines.err(e.span(), format!("expect: {m}")))
 }
 
 /// A `SpecError` as a file states it: keys, not flags.

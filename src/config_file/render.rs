@@ -4,7 +4,9 @@
 
 use std::fmt::Write;
 
-use crate::model::{format_duration, CheckKind, Desired, Timeout};
+use crate::model::{
+    format_duration, format_status_range, CheckKind, Desired, HealthCheck, Timeout,
+};
 
 /// A TOML string literal.
 fn quote(s: &str) -> String {
@@ -56,28 +58,95 @@ pub fn render(d: &Desired) -> String {
         }
         if let Some(h) = &v.health {
             let _ = writeln!(s, "\n[vip.health]");
-            let _ = writeln!(s, "kind = {}", quote(h.kind.name()));
-            match &h.kind {
-                CheckKind::Tcp => {}
-                CheckKind::Http { path, expect } => {
-                    let _ = writeln!(s, "path = {}\nexpect = {expect}", quote(path));
-                }
-                CheckKind::Udp { send, expect } => {
-                    let _ = writeln!(s, "send = {}\nexpect = {}", quote(send), quote(expect));
-                }
-            }
-            let _ = writeln!(s, "interval = {}", quote(&format_duration(h.interval)));
-            let _ = writeln!(s, "timeout = {}", quote(&format_duration(h.timeout)));
-            let _ = writeln!(s, "rise = {}\nfall = {}", h.rise, h.fall);
-            if let Some(port) = h.port {
-                let _ = writeln!(s, "port = {port}");
+            for (key, value) in check_fields(h) {
+                let _ = writeln!(s, "{key} = {value}");
             }
         }
         for (addr, weight) in &v.backends {
             let _ = writeln!(s, "\n[[vip.backend]]");
             let _ = writeln!(s, "address = {}", quote(&addr.to_string()));
             let _ = writeln!(s, "weight = {weight}");
+            if let Some((_, own)) = v.backend_health.iter().find(|(a, _)| a == addr) {
+                let _ = writeln!(s, "\n[vip.backend.health]");
+                for (key, value) in override_fields(v.health.as_ref(), own.as_ref()) {
+                    let _ = writeln!(s, "{key} = {value}");
+                }
+            }
         }
     }
     s
+}
+
+/// Every field of a check, as `[vip.health]` writes it.
+fn check_fields(h: &HealthCheck) -> Vec<(&'static str, String)> {
+    let mut f = vec![("kind", quote(h.kind.name()))];
+    match &h.kind {
+        CheckKind::Tcp => {}
+        CheckKind::Http(http) => {
+            f.push(("path", quote(&http.path)));
+            if let Some(host) = &http.host {
+                f.push(("host", quote(host)));
+            }
+            let ranges: Vec<String> = http
+                .expect
+                .iter()
+                .map(|&(lo, hi)| match lo == hi {
+                    true => lo.to_string(),
+                    false => quote(&format_status_range((lo, hi))),
+                })
+                .collect();
+            f.push((
+                "expect",
+                match ranges.len() {
+                    1 => ranges[0].clone(),
+                    _ => format!("[{}]", ranges.join(", ")),
+                },
+            ));
+            if let Some(body) = &http.body {
+                f.push(("body", quote(body)));
+            }
+            if let Some(tls) = &http.tls {
+                if let Some(sni) = &tls.sni {
+                    f.push(("sni", quote(sni)));
+                }
+                f.push(("verify", tls.verify.to_string()));
+                if let Some(ca) = &tls.ca {
+                    f.push(("ca", quote(&ca.display().to_string())));
+                }
+            }
+        }
+        CheckKind::Udp { send, expect } => {
+            f.push(("send", quote(send)));
+            f.push(("expect", quote(expect)));
+        }
+    }
+    f.push(("interval", quote(&format_duration(h.interval))));
+    f.push(("timeout", quote(&format_duration(h.timeout))));
+    f.push(("rise", h.rise.to_string()));
+    f.push(("fall", h.fall.to_string()));
+    if let Some(port) = h.port {
+        f.push(("port", port.to_string()));
+    }
+    f.push(("start", quote(h.start.name())));
+    f
+}
+
+/// A backend's own check as `[vip.backend.health]` writes it over its
+/// VIP's `base` (`parse`'s `RawHealth::over` reads it back): the fields
+/// that differ, or the whole check under another kind.
+fn override_fields(
+    base: Option<&HealthCheck>,
+    own: Option<&HealthCheck>,
+) -> Vec<(&'static str, String)> {
+    let Some(own) = own else {
+        return vec![("kind", quote("none"))];
+    };
+    let mine = check_fields(own);
+    match base {
+        Some(b) if b.kind.name() == own.kind.name() => {
+            let theirs = check_fields(b);
+            mine.into_iter().filter(|f| !theirs.contains(f)).collect()
+        }
+        _ => mine,
+    }
 }

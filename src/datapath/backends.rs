@@ -21,14 +21,17 @@ use crate::model::{check_backend_port, check_same_family, Health, Service};
 impl Maps {
     /// A new backend row with its counters reset (nothing refers to it
     /// yet; the caller registers its reply source before a table does).
+    /// It starts unchecked, or down (out of the table until its checks
+    /// pass) if it is in `start_down`.
     pub(super) fn add_backend_row(
         &self,
         service: &Service,
         vip_index: u32,
         id: u32,
-        addr: SocketAddr,
-        weight: u32,
+        (addr, weight): (SocketAddr, u32),
+        start_down: &[(Service, SocketAddr)],
     ) -> Result<BackendEntry> {
+        let down = start_down.contains(&(*service, addr));
         let b = BackendEntry {
             id,
             vip_index,
@@ -36,8 +39,12 @@ impl Maps {
             addr,
             proto: service.proto,
             weight,
-            health: Health::Unchecked,
-            health_since: 0,
+            health: if down {
+                Health::Down
+            } else {
+                Health::Unchecked
+            },
+            health_since: if down { unix_now() } else { 0 },
             leaving: false,
         };
         self.reset_backend_counters(id)?;
@@ -67,7 +74,7 @@ impl Maps {
             }
             want.push((addr, weight));
         }
-        self.set_backends(&mut run, service, &want)?;
+        self.set_backends(&mut run, service, &want, &[])?;
         Ok(())
     }
 
@@ -77,7 +84,7 @@ impl Maps {
         want.iter_mut()
             .filter(|(a, _)| *a == addr)
             .for_each(|(_, w)| *w = weight);
-        self.set_backends(&mut run, service, &want)?;
+        self.set_backends(&mut run, service, &want, &[])?;
         Ok(())
     }
 
@@ -85,7 +92,7 @@ impl Maps {
         let mut run = self.running()?;
         let mut want = run.wanted_with(service, addr)?;
         want.retain(|(a, _)| *a != addr);
-        self.set_backends(&mut run, service, &want)?;
+        self.set_backends(&mut run, service, &want, &[])?;
         Ok(())
     }
 
@@ -94,13 +101,14 @@ impl Maps {
     /// prefilter first), then changed weights, then one table is built and
     /// swapped in if what it is built from changed, and only then are the
     /// rows of removed backends cleared. Health stays as it was for backends
-    /// that stay; new ones start unchecked. Nothing differs: nothing is
-    /// written.
+    /// that stay; new ones start unchecked, or down if in `start_down`.
+    /// Nothing differs: nothing is written.
     pub fn set_backends(
         &self,
         run: &mut Running,
         service: &Service,
         want: &[(SocketAddr, u32)],
+        start_down: &[(Service, SocketAddr)],
     ) -> Result<BackendChanges> {
         let vip = run.require_vip(service)?;
         let current = run.members(&vip);
@@ -120,7 +128,7 @@ impl Maps {
         let mut keys: Vec<Key> = Vec::new();
         for (&addr, id) in changes.added.iter().zip(ids) {
             let weight = weight_in(want, addr);
-            let b = self.add_backend_row(service, vip.index, id, addr, weight)?;
+            let b = self.add_backend_row(service, vip.index, id, (addr, weight), start_down)?;
             keys.push(key_of(&b));
             run.backends.push(b);
         }
@@ -282,4 +290,11 @@ impl BackendChanges {
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.reweighted.is_empty() && self.removed.is_empty()
     }
+}
+
+/// Now, as a row's `health_since` records it (Unix seconds).
+pub fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
 }

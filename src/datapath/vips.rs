@@ -23,7 +23,7 @@ impl Maps {
     /// is left, which the repair removes). The one add path, with no rows.
     pub fn add_vip(&self, spec: &VipSpec) -> Result<VipEntry> {
         let mut run = self.running()?;
-        self.add_vips_with_backends(&mut run, &[(spec.clone(), Vec::new())])?;
+        self.add_vips_with_backends(&mut run, &[(spec.clone(), Vec::new())], &[])?;
         run.require_vip(&spec.service)
     }
 
@@ -32,11 +32,13 @@ impl Maps {
     /// update, then the VIPs that refer to them. For a VIP added with its
     /// backends this is one table build and one swap, where `add_vip` then
     /// `set_backends` would swap twice (each swap waits for an RCU grace
-    /// period). Returns how many were added.
+    /// period). Backends in `start_down` start down (`set_backends`).
+    /// Returns how many were added.
     pub fn add_vips_with_backends(
         &self,
         run: &mut Running,
         new: &[(VipSpec, Vec<(SocketAddr, u32)>)],
+        start_down: &[(Service, SocketAddr)],
     ) -> Result<usize> {
         if new.is_empty() {
             return Ok(0);
@@ -68,9 +70,15 @@ impl Maps {
         for (spec, index, backends, _) in &placed {
             self.reset_vip_counters(*index)?;
             let mut members = Vec::with_capacity(backends.len());
-            for &(addr, weight) in backends.iter() {
+            for &backend in backends.iter() {
                 let id = ids.next().context("fewer backend ids than backends")?;
-                members.push(self.add_backend_row(&spec.service, *index, id, addr, weight)?);
+                members.push(self.add_backend_row(
+                    &spec.service,
+                    *index,
+                    id,
+                    backend,
+                    start_down,
+                )?);
             }
             members_of_each.push(members);
         }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::config_file;
 use crate::host::state::{self, Kind};
-use crate::model::{Desired, DesiredVip, HealthCheck, Service};
+use crate::model::{Desired, DesiredVip};
 
 const HEADER: &str = "# lbctl: health checks last applied to balancer ";
 
@@ -19,9 +19,15 @@ pub fn write(id: u32, desired: &Desired) -> Result<()> {
         vips: desired
             .vips
             .iter()
-            .filter(|v| v.health.is_some())
+            .filter(|v| v.health.is_some() || !v.backend_health.is_empty())
             .map(|v| DesiredVip {
-                backends: Vec::new(),
+                // Only the backends with checks of their own.
+                backends: v
+                    .backends
+                    .iter()
+                    .filter(|(a, _)| v.backend_health.iter().any(|(b, _)| b == a))
+                    .copied()
+                    .collect(),
                 table_in_use: None,
                 ..v.clone()
             })
@@ -37,9 +43,10 @@ pub fn clear() -> Result<()> {
     state::clear(Kind::Health)
 }
 
-/// The recorded health checks of balancer `id`, by VIP (none if there is
-/// no record, or it belongs to another balancer).
-pub fn read(id: u32) -> Result<Vec<(Service, HealthCheck)>> {
+/// The recorded health checks of balancer `id`: the VIPs with checks, each
+/// with its `health` and `backend_health` (none if there is no record, or
+/// it belongs to another balancer).
+pub fn read(id: u32) -> Result<Vec<DesiredVip>> {
     let Some((text, path)) = state::read(Kind::Health, id)? else {
         return Ok(Vec::new());
     };
@@ -52,8 +59,5 @@ pub fn read(id: u32) -> Result<Vec<(Service, HealthCheck)>> {
         return Ok(Vec::new());
     }
     let d = config_file::parse(&text).with_context(|| format!("reading {}", path.display()))?;
-    Ok(d.vips
-        .into_iter()
-        .filter_map(|v| Some((v.spec.service, v.health?)))
-        .collect())
+    Ok(d.vips)
 }

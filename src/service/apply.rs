@@ -23,7 +23,7 @@ use crate::datapath::running::Running;
 use crate::datapath::tables::table_size_for;
 use crate::host::iface;
 use crate::host::neighbour;
-use crate::model::{Desired, DesiredVip, Health, NatMode, Service, Timeout, VipSpec};
+use crate::model::{Desired, DesiredVip, Health, NatMode, Service, StartHealth, Timeout, VipSpec};
 use crate::table_size::Sizing;
 
 /// What an apply changed.
@@ -176,7 +176,24 @@ fn describe(mode: NatMode, snat: Option<IpAddr>, table_size: Option<u32>) -> Str
 /// (`attached`: the interfaces it is attached to). Call with the
 /// namespace's lock held. Nothing follows it here (see `apply_noting`).
 pub fn apply(maps: &Maps, attached: &[String], desired: &Desired) -> Result<Applied> {
-    apply_noting(maps, attached, desired, &mut Effects::default())
+    apply_noting(
+        maps,
+        attached,
+        desired,
+        Checks::NotRun,
+        &mut Effects::default(),
+    )
+}
+
+/// Whether health checks run beside the balancer this apply changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checks {
+    /// `lbctl run`: a backend added to a checked VIP starts as its check's
+    /// `start` says (down by default, until `rise` checks pass).
+    Run,
+    /// `lbctl apply`: nothing would ever check a backend that started
+    /// down, so every new backend starts unchecked.
+    NotRun,
 }
 
 /// `apply` as a change (`change::plan::Kind::Apply`): notes in `fx` the
@@ -185,11 +202,16 @@ pub fn apply_noting(
     maps: &Maps,
     attached: &[String],
     desired: &Desired,
+    checks: Checks,
     fx: &mut Effects,
 ) -> Result<Applied> {
     let mut run = maps.running()?;
     let d = resolve(maps, &run, attached, desired)?;
     let mut done = Applied::default();
+    let start_down = match checks {
+        Checks::Run => starting_down(&d),
+        Checks::NotRun => Vec::new(),
+    };
 
     // Next hops of new backends first: killed after them, resolved
     // neighbour entries are left (harmless); after the maps, every backend
@@ -224,15 +246,29 @@ pub fn apply_noting(
     let new: Vec<(VipSpec, Vec<(SocketAddr, u32)>)> = vips_new(&run, &d)
         .map(|v| (v.spec.clone(), v.backends.clone()))
         .collect();
-    done.vips_added = maps.add_vips_with_backends(&mut run, &new)?;
+    done.vips_added = maps.add_vips_with_backends(&mut run, &new, &start_down)?;
     done.tables_rebuilt += new.len();
     done.backends_added += new.iter().map(|(_, b)| b.len()).sum::<usize>();
     for v in &d.vips {
-        apply_vip(maps, &mut run, v, &mut done, &mut released)?;
+        apply_vip(maps, &mut run, v, &start_down, &mut done, &mut released)?;
     }
     fx.released = released;
     fx.record = Some(desired.clone());
     Ok(done)
+}
+
+/// The backends that start down if added now: those whose checks say
+/// `start = "down"` (the default).
+fn starting_down(d: &Desired) -> Vec<(Service, SocketAddr)> {
+    d.vips
+        .iter()
+        .flat_map(|v| {
+            v.backends
+                .iter()
+                .filter(|(a, _)| v.check_of(*a).is_some_and(|c| c.start == StartHealth::Down))
+                .map(|(a, _)| (v.spec.service, *a))
+        })
+        .collect()
 }
 
 /// The timeouts the file sets that differ from the running ones: (which,
@@ -269,18 +305,15 @@ fn vips_new<'a>(run: &'a Running, d: &'a Desired) -> impl Iterator<Item = &'a De
     d.vips.iter().filter(|v| run.vip(&v.spec.service).is_none())
 }
 
-/// The backends that lose their health state when their VIP's checks go
-/// from the file: every checked member of a VIP without checks.
+/// The backends that lose their health state when their checks go from
+/// the file: every checked member that the file no longer checks.
 fn health_to_clear(run: &Running, v: &DesiredVip) -> Result<Vec<(Service, SocketAddr, Health)>> {
-    if v.health.is_some() {
-        return Ok(Vec::new());
-    }
     let service = v.spec.service;
     let vip = run.require_vip(&service)?;
     Ok(run
         .members(&vip)
         .iter()
-        .filter(|b| b.health != Health::Unchecked)
+        .filter(|b| b.health != Health::Unchecked && v.check_of(b.addr).is_none())
         .map(|b| (service, b.addr, Health::Unchecked))
         .collect())
 }
@@ -365,11 +398,12 @@ fn apply_vip(
     maps: &Maps,
     run: &mut Running,
     v: &DesiredVip,
+    start_down: &[(Service, SocketAddr)],
     done: &mut Applied,
     released: &mut Vec<IpAddr>,
 ) -> Result<()> {
     let service = v.spec.service;
-    let changes = maps.set_backends(run, &service, &v.backends)?;
+    let changes = maps.set_backends(run, &service, &v.backends, start_down)?;
     done.backends_added += changes.added.len();
     done.backends_removed += changes.removed.len();
     done.backends_reweighted += changes.reweighted.len();

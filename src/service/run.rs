@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
@@ -37,6 +37,7 @@ use super::{apply, notify};
 use crate::change::plan::{Kind, Opening};
 use crate::change::{self};
 use crate::config_file;
+use crate::datapath::backends::unix_now;
 use crate::datapath::balancer::Balancer;
 use crate::datapath::load;
 use crate::host::drain;
@@ -66,12 +67,6 @@ enum Event {
 /// One line on stderr (journald keeps it).
 fn log(msg: impl std::fmt::Display) {
     eprintln!("lbctl: {msg}");
-}
-
-fn unix_now() -> u32 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as u32)
 }
 
 pub fn run(opts: &RunOptions) -> Result<()> {
@@ -195,7 +190,7 @@ fn apply_locked(d: &Desired) -> Result<apply::Applied> {
     let b = s.running()?;
     let attached: Vec<String> = b.attachments.iter().map(|a| a.ifname.clone()).collect();
     let (done, after) = s.run_followed(Kind::Apply, |fx| {
-        apply::apply_noting(&b.maps, &attached, d, fx)
+        apply::apply_noting(&b.maps, &attached, d, apply::Checks::Run, fx)
     })?;
     log_routes(&after.routes);
     let done = done?;
@@ -242,15 +237,18 @@ impl Runner {
             .desired
             .vips
             .iter()
-            .filter_map(|v| Some((v, v.health.as_ref()?)))
-            .flat_map(|(v, h)| {
-                v.backends.iter().map(|(addr, _)| Target {
-                    service: v.spec.service,
-                    backend: *addr,
-                    check: h.clone(),
+            .flat_map(|v| {
+                v.backends.iter().filter_map(|(addr, _)| {
+                    Some(Target {
+                        service: v.spec.service,
+                        backend: *addr,
+                        check: v.check_of(*addr)?.clone(),
+                    })
                 })
             })
             .collect();
+        // A reload reads the checks' CA files again.
+        super::health::tls::forget();
         let recorded: HashMap<(Service, SocketAddr), Health> =
             match Balancer::require().and_then(|b| b.maps.running()) {
                 Ok(run) => run

@@ -23,6 +23,7 @@ pub fn running(b: &Balancer) -> Result<Desired> {
         .map(|v| {
             let mut backends: Vec<_> = run.members(v).iter().map(|m| (m.addr, m.weight)).collect();
             backends.sort();
+            let recorded = checks.iter().find(|r| r.spec.service == v.service);
             DesiredVip {
                 spec: VipSpec {
                     service: v.service,
@@ -31,10 +32,16 @@ pub fn running(b: &Balancer) -> Result<Desired> {
                     table_size: v.fixed_size.then_some(v.table_size),
                 },
                 table_in_use: (!v.fixed_size).then_some(v.table_size),
-                health: checks
-                    .iter()
-                    .find(|(s, _)| *s == v.service)
-                    .map(|(_, h)| h.clone()),
+                health: recorded.and_then(|r| r.health.clone()),
+                backend_health: recorded
+                    .map(|r| {
+                        r.backend_health
+                            .iter()
+                            .filter(|(a, _)| backends.iter().any(|(b, _)| b == a))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 backends,
             }
         })

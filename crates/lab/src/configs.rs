@@ -28,6 +28,7 @@ pub fn many_vips(vips: u32, backends: u32, table_size: Option<u32>) -> Desired {
             )
             .expect("a valid VIP"),
             health: None,
+            backend_health: Vec::new(),
             backends: (0..backends)
                 .map(|j| {
                     let host = Ipv4Addr::new(198, 18, 1, 11 + j as u8);

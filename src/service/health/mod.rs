@@ -5,15 +5,19 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `probe.rs` | one check: TCP connect, HTTP GET, UDP send/expect, with a deadline |
+//! | `probe.rs` | one check: TCP connect, HTTP(S) GET, UDP send/expect, with a deadline |
+//! | `http.rs` | the HTTP/1.1 exchange: request, status, body match |
+//! | `tls.rs` | HTTPS: rustls configurations, server names, `verify` |
 //! | `tracker.rs` | rise/fall: when results change a backend's health (pure) |
 //! | `schedule.rs` | when each backend is probed, on a few worker threads |
 //!
 //! Results go back to `lbctl run`'s loop, which records changes in the
 //! maps with `Maps::set_health` (a down backend leaves its VIP's table).
 
+pub mod http;
 pub mod probe;
 pub mod schedule;
+pub mod tls;
 pub mod tracker;
 
 use std::net::SocketAddr;

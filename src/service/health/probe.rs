@@ -1,16 +1,17 @@
 //! One health check of one backend, finished by a deadline: a TCP
-//! connection accepted, an HTTP status, or a UDP answer. Each runs from the
+//! connection accepted, an HTTP(S) answer as expected (`http.rs`, over
+//! `tls.rs` for HTTPS), or a UDP answer. Each runs from the
 //! calling thread's network namespace (the balancer's) straight to the
 //! backend, under a conntrack hold for its own 5-tuple so the data path
 //! passes its packets untouched (`conntrack::Hold`). TCP connections end
 //! with a reset: no FIN exchange or TIME_WAIT left behind.
 
-use std::io::{Read, Write};
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use super::{http, tls};
 use crate::conntrack::Hold;
 use crate::model::{CheckKind, Proto};
 
@@ -27,23 +28,38 @@ pub fn probe(kind: &CheckKind, addr: SocketAddr, timeout: Duration) -> Result<()
             reset(&stream);
             Ok(())
         }
-        CheckKind::Http { path, expect } => {
-            let (mut stream, _hold) = connect(addr, deadline, hold_s)?;
-            let result = http_status(&mut stream, addr, path, deadline).and_then(|status| {
-                if status == *expect {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP status {status}, expected {expect}"))
-                }
-            });
+        CheckKind::Http(h) => {
+            let (stream, _hold) = connect(addr, deadline, hold_s)?;
             reset(&stream);
-            result
+            let host = addr.to_string();
+            match &h.tls {
+                None => {
+                    let sock = stream.try_clone().map_err(io_failure)?;
+                    let timeout = |d| set_timeouts(&sock, d);
+                    http::check(&mut &stream, h, &host, deadline, &timeout)
+                }
+                Some(t) => {
+                    let name = tls::server_name(t, h.host.as_deref(), addr.ip())?;
+                    let conn = rustls::ClientConnection::new(tls::config(t)?, name)
+                        .map_err(|e| format!("TLS: {e}"))?;
+                    let sock = stream.try_clone().map_err(io_failure)?;
+                    let timeout = |d| set_timeouts(&sock, d);
+                    let mut tls = rustls::StreamOwned::new(conn, stream);
+                    http::check(&mut tls, h, &host, deadline, &timeout).map_err(|e| {
+                        // A failed handshake says why in its own words.
+                        match e.strip_prefix("received fatal alert: ") {
+                            Some(alert) => format!("TLS alert from the backend: {alert}"),
+                            None => e,
+                        }
+                    })
+                }
+            }
         }
         CheckKind::Udp { send, expect } => udp(addr, send, expect, deadline, hold_s),
     }
 }
 
-fn left(deadline: Instant) -> Result<Duration, Failure> {
+pub(super) fn left(deadline: Instant) -> Result<Duration, Failure> {
     let d = deadline.saturating_duration_since(Instant::now());
     if d.is_zero() {
         Err("timed out".into())
@@ -52,7 +68,7 @@ fn left(deadline: Instant) -> Result<Duration, Failure> {
     }
 }
 
-fn io_failure(e: std::io::Error) -> Failure {
+pub(super) fn io_failure(e: std::io::Error) -> Failure {
     match e.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timed out".into(),
         std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
@@ -231,43 +247,9 @@ fn reset(stream: &TcpStream) {
     };
 }
 
-/// Sends `GET path` and reads the status code of the answer.
-fn http_status(
-    stream: &mut TcpStream,
-    addr: SocketAddr,
-    path: &str,
-    deadline: Instant,
-) -> Result<u16, Failure> {
-    stream
-        .set_write_timeout(Some(left(deadline)?))
-        .map_err(io_failure)?;
-    let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: lbctl-health\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).map_err(io_failure)?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 512];
-    while !head.contains(&b'\n') && head.len() < 4096 {
-        stream
-            .set_read_timeout(Some(left(deadline)?))
-            .map_err(io_failure)?;
-        match stream.read(&mut buf).map_err(io_failure)? {
-            0 => break,
-            n => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let line = String::from_utf8_lossy(&head);
-    let line = line.lines().next().unwrap_or_default();
-    line.split_whitespace()
-        .nth(1)
-        .filter(|_| line.starts_with("HTTP/"))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "not an HTTP answer: {:?}",
-                line.chars().take(40).collect::<String>()
-            )
-        })
+fn set_timeouts(stream: &TcpStream, d: Duration) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(d))?;
+    stream.set_write_timeout(Some(d))
 }
 
 fn udp(

@@ -170,6 +170,7 @@ mod tests {
             rise: 1,
             fall: 1,
             port: None,
+            start: crate::model::StartHealth::Down,
         };
         let svc = |p| Service {
             addr: SocketAddr::from(([198, 18, 100, 1], p)),
