@@ -75,9 +75,13 @@ build-deps: cargo
 deb-deps: build-deps
 	$(call apt_install,$(DEB_PACKAGES))
 
-# The build's and the lab's: make test, bench, demo, fuzz.
+# The build's and the lab's: make test, bench, demo, fuzz; and promtool
+# (tests/service.rs checks a live scrape with it), unpacked from Debian's
+# prometheus package under target/ rather than installed with the server.
+PROMTOOL := target/tools/promtool
 test-deps: build-deps
 	$(call apt_install,$(TEST_PACKAGES))
+	scripts/get-promtool.sh $(PROMTOOL)
 
 # Everything but the kernel matrix (as before the split).
 deps: test-deps

@@ -643,6 +643,18 @@ pub struct TlsCheck {
 pub const MAX_CHECK_BODY: usize = 64 * 1024;
 
 impl HttpCheck {
+    /// `GET path` over plain HTTP expecting 200, the Host the backend's
+    /// address: what a file's `kind = "http"` alone asks for.
+    pub fn get(path: &str) -> HttpCheck {
+        HttpCheck {
+            path: path.into(),
+            host: None,
+            expect: vec![(200, 200)],
+            body: None,
+            tls: None,
+        }
+    }
+
     /// Whether `status` passes.
     pub fn accepts(&self, status: u16) -> bool {
         self.expect
@@ -1095,13 +1107,7 @@ mod tests {
         assert!(with(&|c| c.fall = 101).contains("fall 101"));
         assert!(with(&|c| c.port = Some(0)).contains("port 0"));
         let http = |f: &dyn Fn(&mut HttpCheck)| {
-            let mut h = HttpCheck {
-                path: "/".into(),
-                host: None,
-                expect: vec![(200, 200)],
-                body: None,
-                tls: None,
-            };
+            let mut h = HttpCheck::get("/");
             f(&mut h);
             CheckKind::Http(h)
         };

@@ -6,13 +6,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use lbctl::model::{CheckKind, HttpCheck, TlsCheck};
 use lbctl::service::health::probe::probe;
 use lbctl_lab::clients::scaled;
 use lbctl_lab::lab::Lab;
+use lbctl_lab::lbctl_ns::run_ok;
 use lbctl_lab::netns;
 
 const SERVER: &str = concat!(
@@ -106,13 +107,7 @@ impl Drop for Server {
 }
 
 fn http(path: &str, f: impl FnOnce(&mut HttpCheck)) -> CheckKind {
-    let mut h = HttpCheck {
-        path: path.into(),
-        host: None,
-        expect: vec![(200, 200)],
-        body: None,
-        tls: None,
-    };
+    let mut h = HttpCheck::get(path);
     f(&mut h);
     CheckKind::Http(h)
 }
@@ -165,104 +160,38 @@ fn http_checks_send_host_and_path_and_match_statuses_and_body() {
 }
 
 /// A CA, and a server certificate it signed for app.example and the
-/// backend's address.
+/// backend's address: (CA, certificate, key).
 fn certificates(lab: &Lab, dir: &Scratch) -> (PathBuf, PathBuf, PathBuf) {
-    let (ca_key, ca, key, csr, cert, ext) = (
-        dir.file("ca.key"),
-        dir.file("ca.pem"),
-        dir.file("srv.key"),
-        dir.file("srv.csr"),
-        dir.file("srv.pem"),
-        dir.file("ext.cnf"),
+    let f = |name: &str| dir.file(name).to_str().unwrap().to_string();
+    let ext = format!(
+        "subjectAltName=DNS:app.example,IP:{}\n",
+        lab.backend_addr(1)
     );
-    std::fs::write(
-        &ext,
-        format!(
-            "subjectAltName=DNS:app.example,IP:{}\n",
-            lab.backend_addr(1)
+    std::fs::write(f("ext.cnf"), ext).unwrap();
+    let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let ca = "-x509 -days 2 -subj /CN=lbctl-test-CA -addext basicConstraints=critical,CA:TRUE \
+              -addext keyUsage=critical,keyCertSign";
+    for cmd in
+        [
+            format!(
+                "openssl req {key} {ca} -keyout {} -out {}",
+                f("ca.key"),
+                f("ca.pem")
+            ),
+            format!(
+                "openssl req {key} -subj /CN=app.example -keyout {} -out {}",
+                f("srv.key"),
+                f("srv.csr")
+            ),
+            format!(
+            "openssl x509 -req -in {} -CA {} -CAkey {} -CAcreateserial -days 2 -extfile {} -out {}",
+            f("srv.csr"), f("ca.pem"), f("ca.key"), f("ext.cnf"), f("srv.pem")
         ),
-    )
-    .unwrap();
-    let p = |p: &PathBuf| p.to_str().unwrap().to_string();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let runs: Vec<Vec<String>> = vec![
-        [
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                &p(&ca_key),
-                "-out",
-                &p(&ca),
-                "-days",
-                "2",
-                "-subj",
-                "/CN=lbctl test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign",
-            ],
         ]
-        .concat()
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-        [
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                &p(&key),
-                "-out",
-                &p(&csr),
-                "-subj",
-                "/CN=app.example",
-            ],
-        ]
-        .concat()
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-        [
-            "x509",
-            "-req",
-            "-in",
-            &p(&csr),
-            "-CA",
-            &p(&ca),
-            "-CAkey",
-            &p(&ca_key),
-            "-CAcreateserial",
-            "-out",
-            &p(&cert),
-            "-days",
-            "2",
-            "-extfile",
-            &p(&ext),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-    ];
-    for args in runs {
-        let out = Command::new("openssl")
-            .args(&args)
-            .output()
-            .expect("running openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    {
+        run_ok(&cmd.split_whitespace().collect::<Vec<_>>());
     }
-    (ca, cert, key)
+    (dir.file("ca.pem"), dir.file("srv.pem"), dir.file("srv.key"))
 }
 
 #[test]

@@ -379,6 +379,7 @@ fn scrape(lab: &Lab) -> BTreeMap<String, f64> {
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    promtool_checks(body);
     let mut m = BTreeMap::new();
     for line in body.lines() {
         if line.starts_with('#') || line.is_empty() {
@@ -393,6 +394,34 @@ fn scrape(lab: &Lab) -> BTreeMap<String, f64> {
         assert!(m.insert(series.to_string(), v).is_none(), "{series} twice");
     }
     m
+}
+
+/// `promtool check metrics` (Prometheus's own linter: names, types, help,
+/// units) passes on `body`. promtool comes from `make test-deps`
+/// (scripts/get-promtool.sh), or LBCTL_PROMTOOL.
+fn promtool_checks(body: &str) {
+    let promtool = std::env::var("LBCTL_PROMTOOL").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/tools/promtool").to_string()
+    });
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{promtool}: {e} (make test-deps puts it there)"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}"
+    );
 }
 
 fn json_num(json: &str, key: &str) -> u64 {
@@ -517,6 +546,9 @@ fn reload_restart_and_metrics_keep_every_connection() {
         m.contains_key("lbctl_conntrack_max"),
         "a full scrape: {m:?}"
     );
+    let vip = format!("lbctl_vip_route_announced{{vip=\"{}\"}}", lab.vip(1));
+    assert_eq!(m.get(vip.as_str()), Some(&1.0), "{m:?}");
+    assert_eq!(m.get("lbctl_node_drained"), Some(&0.0), "{m:?}");
     for (request, status) in [
         ("BLAH\r\n\r\n".to_string(), "400"),
         ("POST /metrics HTTP/1.1\r\n\r\n".to_string(), "405"),

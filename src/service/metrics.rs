@@ -16,15 +16,18 @@
 //! `lbctl_health_check_duration_seconds` (histogram),
 //! `lbctl_verdicts_total{reason}` (reason: the C enum name without `LB_`,
 //! lower case), `lbctl_flow_cache_{hits,misses,stores}_total`,
-//! `lbctl_partial_csums_total`, `lbctl_ct_full_total`, `lbctl_stateless_total`,
-//! `lbctl_unverified_closes_total`; `lbctl_backend_health{...,state}` (1 for
-//! the backend's state of up, down, unchecked, 0 for the others);
+//! `lbctl_partial_checksums_completed_total`, `lbctl_conntrack_table_full_total`,
+//! `lbctl_flood_stateless_packets_total`, `lbctl_tcp_unverified_closes_total`;
+//! `lbctl_backend_health{...,state}` (1 for the backend's state of up, down,
+//! unchecked, 0 for the others);
 //! `lbctl_conntrack_entries`, `lbctl_conntrack_max` (the namespace's table);
+//! `lbctl_vip_route_announced{vip}`, `lbctl_node_drained`;
 //! `lbctl_reloads_total{outcome}`, `lbctl_last_reload_timestamp_seconds{outcome}`;
 //! `lbctl_build_info{version}`.
 
+use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -42,6 +45,9 @@ use prometheus_client::registry::Registry;
 
 use crate::datapath::balancer::Balancer;
 use crate::datapath::counters::Counters;
+use crate::datapath::maps::Maps;
+use crate::host::drain;
+use crate::host::routes as host_routes;
 use crate::model::{Health, Service};
 use crate::snapshot::{BackendView, Snapshot};
 
@@ -134,7 +140,7 @@ impl Metrics {
             self.last_reload.clone(),
         );
         registry.register_collector(Box::new(SnapshotCollector(snap)));
-        registry.register_collector(Box::new(HostCollector::read()));
+        registry.register_collector(Box::new(HostCollector::read(&b.maps)));
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
             .context("encoding metrics")?;
@@ -323,17 +329,31 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
 struct SnapshotCollector(Snapshot);
 
 /// What the host says at scrape time: the conntrack table's fill (of the
-/// namespace the service runs in, where lbctl's entries are) and lbctl's
-/// build.
+/// namespace the service runs in, where lbctl's entries are), the VIP
+/// routes (wanted by the maps, and in the kernel's table), the node's
+/// drain, and lbctl's build. What cannot be read is left out.
 #[derive(Debug)]
 struct HostCollector {
     conntrack: Option<(u64, u64)>,
+    /// Every VIP address: whether its route is in the kernel's table.
+    routes: Vec<(IpAddr, bool)>,
+    drained: Option<bool>,
 }
 
 impl HostCollector {
-    fn read() -> HostCollector {
+    fn read(maps: &Maps) -> HostCollector {
+        let addrs: BTreeSet<IpAddr> = maps
+            .vips()
+            .map(|v| v.iter().map(|v| v.service.addr.ip()).collect())
+            .unwrap_or_default();
+        let installed = host_routes::installed().unwrap_or_default();
         HostCollector {
             conntrack: crate::conntrack::fill(),
+            routes: addrs
+                .into_iter()
+                .map(|a| (a, installed.contains(&a)))
+                .collect(),
+            drained: maps.balancer_id().ok().map(drain::is_drained),
         }
     }
 }
@@ -348,6 +368,23 @@ impl Collector for HostCollector {
             ] {
                 family(&mut enc, name, help, g, vec![(Labels::new(), ConstGauge::new(v as i64))])?;
             }
+        }
+        let routes = self
+            .routes
+            .iter()
+            .map(|(a, up)| (vec![("vip", a.to_string())], ConstGauge::new(*up as i64)))
+            .collect();
+        family(
+            &mut enc,
+            "lbctl_vip_route_announced",
+            "1 while lbctl's route for the VIP address is in the kernel's table (what BIRD or FRR announce), else 0",
+            g,
+            routes,
+        )?;
+        if let Some(drained) = self.drained {
+            let help = "1 while the node is drained (lbctl drain): every VIP route withdrawn";
+            let v = vec![(Labels::new(), ConstGauge::new(drained as i64))];
+            family(&mut enc, "lbctl_node_drained", help, g, v)?;
         }
         let version = vec![("version", env!("CARGO_PKG_VERSION").to_string())];
         family(
@@ -406,27 +443,37 @@ impl Collector for SnapshotCollector {
         let c = MetricType::Counter;
         let g = MetricType::Gauge;
         type Field = fn(&Counters) -> u64;
-        let fields: [(&str, &str, Field); 3] = [
-            ("packets", "Packets", |c| c.packets),
-            ("bytes", "Bytes", |c| c.bytes),
-            ("new_flows", "New flows", |c| c.new_flows),
+        // Packets and bytes count both directions (the counters are per
+        // flow's backend row, not per direction).
+        let fields: [(&str, &str, &str, Field); 3] = [
+            (
+                "packets",
+                "Packets of the VIP's flows, both directions",
+                "Packets of the backend's flows, both directions",
+                |c| c.packets,
+            ),
+            (
+                "bytes",
+                "Bytes of the VIP's flows, both directions",
+                "Bytes of the backend's flows, both directions",
+                |c| c.bytes,
+            ),
+            (
+                "new_flows",
+                "New flows to the VIP",
+                "New flows balanced to the backend",
+                |c| c.new_flows,
+            ),
         ];
-        for (name, help, get) in fields {
+        for (name, help, backend_help, get) in fields {
             let items = s
                 .vips
                 .iter()
                 .map(|v| (vip_labels(&v.vip.service), ConstCounter::new(get(&v.stats))))
                 .collect();
-            family(
-                &mut enc,
-                &format!("lbctl_vip_{name}"),
-                &format!("{help} to the VIP"),
-                c,
-                items,
-            )?;
+            family(&mut enc, &format!("lbctl_vip_{name}"), help, c, items)?;
             let backend_name = format!("lbctl_backend_{name}");
-            let backend_help = format!("{help} balanced to the backend, both directions");
-            per_backend(&mut enc, s, (&backend_name, &backend_help, c), |b| {
+            per_backend(&mut enc, s, (&backend_name, backend_help, c), |b| {
                 Some(ConstCounter::new(get(&b.stats)))
             })?;
         }
@@ -502,22 +549,22 @@ impl Collector for SnapshotCollector {
         if let Some(d) = s.datapath {
             for (name, help, v) in [
                 (
-                    "lbctl_partial_csums",
+                    "lbctl_partial_checksums_completed",
                     "TCP/UDP checksums that arrived partial (TX checksum offload) and were completed",
                     d.partial_csums,
                 ),
                 (
-                    "lbctl_ct_full",
-                    "Conntrack entries that could not be made: the table was full",
+                    "lbctl_conntrack_table_full",
+                    "New flows that got no conntrack entry because the table was full",
                     d.ct_full,
                 ),
                 (
-                    "lbctl_stateless",
+                    "lbctl_flood_stateless_packets",
                     "dnat packets forwarded without a conntrack entry (flood mode)",
                     d.stateless,
                 ),
                 (
-                    "lbctl_unverified_closes",
+                    "lbctl_tcp_unverified_closes",
                     "TCP FINs and RSTs whose sequence number was not the one the peer expects: forwarded, the flow's timeout kept",
                     d.unverified_closes,
                 ),
