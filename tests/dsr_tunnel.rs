@@ -5,42 +5,76 @@
 //! limit; tunnel puts the packet, one hop older, inside an IPIP or ip6ip6
 //! header to the backend. Conntrack holds each flow's backend in both.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddrV4, SocketAddrV6};
+use std::sync::LazyLock;
 
 use lbctl::datapath::abi::LB_MARK_CLOSING;
 use lbctl::datapath::types::lb_reason;
 use lbctl::model::{NatMode, Proto};
 use lbctl_lab::fixtures::packet::*;
 use lbctl_lab::fixtures::*;
+use lbctl_lab::lab::ipv6_twin;
 
+/// The addresses of the packet tests in one family: IPv4's, and their lab
+/// twins for IPv6 (`ipv6_twin`: 198.18.x.y is 2001:db8:0:x::y).
 struct Family {
-    vip: &'static str,
+    vip: String,
     /// The tunnel's outer source (`--snat`).
-    source: &'static str,
-    client: &'static str,
-    backends: [&'static str; 2],
+    source: String,
+    client: String,
+    backends: [String; 2],
     /// The host number of each backend (its MAC's last byte).
     hosts: [u8; 2],
     conntrack: &'static str,
 }
 
-const V4: Family = Family {
-    vip: "198.18.100.1:8080",
-    source: "198.18.1.1",
-    client: "198.18.0.2:40000",
-    backends: ["198.18.1.11:8080", "198.18.1.12:8080"],
-    hosts: [11, 12],
-    conntrack: "conntrack -L -p tcp 2>/dev/null",
-};
+impl Family {
+    fn v4() -> Family {
+        Family {
+            vip: "198.18.100.1:8080".into(),
+            source: "198.18.1.1".into(),
+            client: "198.18.0.2:40000".into(),
+            backends: ["198.18.1.11:8080".into(), "198.18.1.12:8080".into()],
+            hosts: [11, 12],
+            conntrack: "conntrack -L -p tcp 2>/dev/null",
+        }
+    }
 
-const V6: Family = Family {
-    vip: "[2001:db8:0:100::1]:8080",
-    source: "2001:db8:0:1::1",
-    client: "[2001:db8::2]:40000",
-    backends: ["[2001:db8:0:1::11]:8080", "[2001:db8:0:1::12]:8080"],
-    hosts: [11, 12],
-    conntrack: "conntrack -L -f ipv6 -p tcp 2>/dev/null",
-};
+    /// The same flows over IPv6.
+    fn twin(&self) -> Family {
+        let ip = |a: &str| ipv6_twin(a.parse().unwrap()).to_string();
+        let ep = |e: &str| {
+            let e: SocketAddrV4 = e.parse().unwrap();
+            SocketAddrV6::new(ipv6_twin(*e.ip()), e.port(), 0, 0).to_string()
+        };
+        Family {
+            vip: ep(&self.vip),
+            source: ip(&self.source),
+            client: ep(&self.client),
+            backends: self.backends.clone().map(|b| ep(&b)),
+            hosts: self.hosts,
+            conntrack: "conntrack -L -f ipv6 -p tcp 2>/dev/null",
+        }
+    }
+}
+
+impl Family {
+    /// `lb` serves the VIP in `mode` with the first backend alone (tunnel:
+    /// from the family's source).
+    fn serve_one(&self, lb: &Balancer, mode: NatMode) {
+        let source = (mode == NatMode::Tunnel).then_some(self.source.as_str());
+        lb.serve(
+            &self.vip,
+            Proto::Tcp,
+            mode,
+            source,
+            &[self.backends[0].as_str()],
+        );
+    }
+}
+
+static V4: LazyLock<Family> = LazyLock::new(Family::v4);
+static V6: LazyLock<Family> = LazyLock::new(|| V4.twin());
 
 /// What a dsr balancer sends for `p`: the same frame from the router's MAC
 /// to the backend's, one hop less (checksums recomputed by the builder).
@@ -53,11 +87,11 @@ fn expected(p: Packet, host: u8) -> Vec<u8> {
 
 fn dsr_keeps_the_packet_and_its_backend(f: &Family) {
     let lb = Balancer::load().with_routes();
-    let vip = lb.vip(f.vip, Proto::Tcp, NatMode::Dsr, None);
-    for b in f.backends {
+    let vip = lb.vip(&f.vip, Proto::Tcp, NatMode::Dsr, None);
+    for b in &f.backends {
         lb.backend(&vip, b, 1);
     }
-    let packet = |flags: u8| Packet::tcp(f.client, f.vip, flags).payload(b"hello");
+    let packet = |flags: u8| Packet::tcp(&f.client, &f.vip, flags).payload(b"hello");
 
     let (action, out) = lb.run(&packet(SYN).build());
     assert_eq!(action, XDP_REDIRECT, "to a backend through the devmap");
@@ -73,7 +107,7 @@ fn dsr_keeps_the_packet_and_its_backend(f: &Family) {
     // The entry names the backend (as its NAT destination, which the
     // program never applies): conntrack -L shows where the flow goes.
     let entries = sh(f.conntrack);
-    let backend_ip = addr(f.backends[picked]).ip().to_string();
+    let backend_ip = addr(&f.backends[picked]).ip().to_string();
     assert!(
         entries.contains(&format!("src={backend_ip} ")),
         "the entry names backend {backend_ip}: {entries}"
@@ -81,7 +115,7 @@ fn dsr_keeps_the_packet_and_its_backend(f: &Family) {
 
     // Drained, the backend keeps its flow: slow path, then the flow cache.
     lb.maps
-        .set_weight(&vip, addr(f.backends[picked]), 0)
+        .set_weight(&vip, addr(&f.backends[picked]), 0)
         .unwrap();
     for _ in 0..3 {
         let (action, out) = lb.run(&packet(ACK).build());
@@ -92,7 +126,7 @@ fn dsr_keeps_the_packet_and_its_backend(f: &Family) {
     }
     assert!(lb.cache().0 > 0, "the flow cache served dsr packets");
     // A new flow goes to the other backend.
-    let other = Packet::tcp(&f.client.replace("40000", "40001"), f.vip, SYN);
+    let other = Packet::tcp(&f.client.replace("40000", "40001"), &f.vip, SYN);
     let (_, out) = lb.run(&other.build());
     assert_eq!(parse(&out).dst_mac, backend_mac(f.hosts[1 - picked]));
     assert_eq!(lb.reason(lb_reason::LB_XDP_REDIRECT), 5);
@@ -105,8 +139,9 @@ fn a_dsr_backend_behind_a_gateway_is_dropped_not_looped() {
         // 198.18.5.0/24 is reached through the router 198.18.1.11: the frame
         // would go to that router with the VIP as its destination.
         sh("ip route add 198.18.5.0/24 via 198.18.1.11");
-        lb.serve(V4.vip, Proto::Tcp, NatMode::Dsr, None, &["198.18.5.5:8080"]);
-        let (action, _) = lb.run(&Packet::tcp(V4.client, V4.vip, SYN).build());
+        let offlink = ["198.18.5.5:8080"];
+        lb.serve(&V4.vip, Proto::Tcp, NatMode::Dsr, None, &offlink);
+        let (action, _) = lb.run(&Packet::tcp(&V4.client, &V4.vip, SYN).build());
         assert_eq!(action, XDP_DROP, "{:?}", lb.reasons());
         assert_eq!(lb.reason(lb_reason::LB_DROP_DSR_OFFLINK), 1);
     });
@@ -116,7 +151,7 @@ fn a_dsr_backend_behind_a_gateway_is_dropped_not_looped() {
 fn a_dsr_backend_must_listen_on_the_vips_port() {
     in_fresh_netns(|| {
         let lb = Balancer::load().with_routes();
-        let vip = lb.vip(V4.vip, Proto::Tcp, NatMode::Dsr, None);
+        let vip = lb.vip(&V4.vip, Proto::Tcp, NatMode::Dsr, None);
         let err = lb
             .maps
             .add_backend(&vip, addr("198.18.1.11:80"), 1)
@@ -159,11 +194,11 @@ fn outer_header(out: &[u8], inner_len: usize) -> (IpAddr, IpAddr, usize) {
 
 fn tunnel_carries_the_packet_to_its_backend(f: &Family) {
     let lb = Balancer::load().with_routes();
-    let vip = lb.vip(f.vip, Proto::Tcp, NatMode::Tunnel, Some(f.source));
-    for b in f.backends {
+    let vip = lb.vip(&f.vip, Proto::Tcp, NatMode::Tunnel, Some(f.source.as_str()));
+    for b in &f.backends {
         lb.backend(&vip, b, 1);
     }
-    let packet = |flags: u8| Packet::tcp(f.client, f.vip, flags).payload(b"hello");
+    let packet = |flags: u8| Packet::tcp(&f.client, &f.vip, flags).payload(b"hello");
     let mut picked = None;
     for flags in [SYN, ACK, ACK | PSH, ACK] {
         let sent = packet(flags).build();
@@ -224,19 +259,13 @@ lbctl_lab::test_rows! {
 fn a_tunnelled_packet_larger_than_the_path_gets_the_tunnels_mtu_back() {
     in_fresh_netns(|| {
         let lb = Balancer::load().with_routes();
-        lb.serve(
-            V4.vip,
-            Proto::Tcp,
-            NatMode::Tunnel,
-            Some(V4.source),
-            &[V4.backends[0]],
-        );
-        let fits = Packet::tcp(V4.client, V4.vip, SYN)
+        V4.serve_one(&lb, NatMode::Tunnel);
+        let fits = Packet::tcp(&V4.client, &V4.vip, SYN)
             .payload(&[0; 1440])
             .build();
         assert_eq!(lb.run(&fits).0, XDP_REDIRECT, "1,480 + 20 bytes fit");
 
-        let full = Packet::tcp(V4.client, V4.vip, ACK).payload(&[0; 1460]);
+        let full = Packet::tcp(&V4.client, &V4.vip, ACK).payload(&[0; 1460]);
         let (action, out) = lb.run(&full.clone().dont_fragment().build());
         assert_eq!(
             action, XDP_TX,
@@ -420,10 +449,9 @@ const RST: u8 = 0x04;
 /// established timeout; the client's RST at its stream's end closes.
 fn a_blind_rst_leaves_the_flow_alone(f: &Family, mode: NatMode) {
     let lb = Balancer::load().with_routes();
-    let source = (mode == NatMode::Tunnel).then_some(f.source);
-    lb.serve(f.vip, Proto::Tcp, mode, source, &[f.backends[0]]);
+    f.serve_one(&lb, mode);
     let run = |flags: u8, seq: u32, len: usize| {
-        let p = Packet::tcp(f.client, f.vip, flags)
+        let p = Packet::tcp(&f.client, &f.vip, flags)
             .seq(seq)
             .payload(&vec![5; len])
             .build();
@@ -471,17 +499,11 @@ fn a_live_tunnel_flow_keeps_its_sequence_past_the_tcp_timeout() {
     in_fresh_netns(|| {
         let f = &V4;
         let lb = Balancer::load().with_routes();
-        lb.serve(
-            f.vip,
-            Proto::Tcp,
-            NatMode::Tunnel,
-            Some(f.source),
-            &[f.backends[0]],
-        );
+        f.serve_one(&lb, NatMode::Tunnel);
         let t = lbctl::model::Timeouts::new(Some(1), None, None, None).unwrap();
         lb.maps.set_timeouts(&t).unwrap();
         let run = |flags: u8, seq: u32| {
-            let (action, _) = lb.run(&Packet::tcp(f.client, f.vip, flags).seq(seq).build());
+            let (action, _) = lb.run(&Packet::tcp(&f.client, &f.vip, flags).seq(seq).build());
             assert_eq!(action, XDP_REDIRECT, "{:?}", lb.reasons());
         };
         run(SYN, 999);

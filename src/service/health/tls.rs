@@ -113,6 +113,21 @@ pub fn server_name(
     }
 }
 
+/// `ServerCertVerifier`'s signature methods, each calling the rustls
+/// function of its own name with the provider's algorithms.
+macro_rules! signature_checks {
+    ($($check:ident),+) => {$(
+        fn $check(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            $check(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+    )+};
+}
+
 /// Takes any certificate; the handshake's signatures must still verify.
 #[derive(Debug)]
 struct AnyCertificate(Arc<CryptoProvider>);
@@ -129,33 +144,9 @@ impl ServerCertVerifier for AnyCertificate {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
+    // Both TLS versions' handshake signatures, checked against the
+    // certificate with the provider's algorithms (rustls's own functions).
+    signature_checks!(verify_tls12_signature, verify_tls13_signature);
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
