@@ -318,7 +318,6 @@ static __always_inline void stateless_flow(const struct packet *pkt, const struc
 		f->dport = be->ep.port;
 	}
 	f->mark = mark;
-	f->reply = reply;
 	f->keep_dst = false;
 	f->dsr = false;
 	f->encap = 0;
@@ -517,7 +516,6 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 	int why;
 
 	f->created = false;
-	f->reply = false;
 	cfg = read_config();
 	if (!cfg)
 		return LB_DROP_CT_FAILED;
@@ -576,7 +574,6 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 		f->created = true;
 	}
 	f->mark = ct->mark;
-	f->reply = dir == IP_CT_DIR_REPLY;
 	if (!(f->mark & LB_MARK_BACKEND_MASK)) {
 		bpf_ct_release(ct);
 		return LB_PASS_FOREIGN_CT;

@@ -107,7 +107,6 @@ static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct pac
 	f->csum_ip = e->csum_ip;
 	f->csum_l4 = e->csum_l4;
 	f->mark = e->mark;
-	f->reply = e->reply;
 	f->created = false;
 	f->keep_dst = e->keep_dst;
 	hop->ifindex = e->egress_ifindex;
@@ -164,7 +163,6 @@ static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct pa
 	e->validated = bpf_jiffies64();
 	e->generation = generation;
 	e->mark = f->mark;
-	e->reply = f->reply;
 	__builtin_memcpy(e->saddr, f->saddr, sizeof(e->saddr));
 	__builtin_memcpy(e->daddr, f->daddr, sizeof(e->daddr));
 	e->sport = f->sport;

@@ -239,8 +239,7 @@ struct lb_flow_cache_entry {
 	__u16  csum_l4;          /* and the L4 checksum (folded sums, bpf/rewrite.h) */
 	__u32  seq_next;         /* TCP: the sender's next sequence number as lbctl saw it (host order) */
 	__u8   seq_state;        /* enum lb_seq_state */
-	__u8   reply;            /* the flow's reply way (backend to client): counted as such */
-	__u8   reserved[2];      /* zero */
+	__u8   reserved[3];      /* zero */
 };
 
 /* What a flow cache entry knows of its sender's sequence (bpf/tcp_seq.h). */

@@ -72,10 +72,6 @@ LB_ARRAY(struct lb_handshake, 1) handshake SEC(".maps");
 
 LB_PERCPU_ARRAY(struct lb_counters, LB_MAX_VIPS) vip_stats SEC(".maps");
 LB_PERCPU_ARRAY(struct lb_counters, LB_MAX_BACKENDS) backend_stats SEC(".maps");
-/* The part of vip_stats that went the reply way (backend to client), so
- * lbctl can tell the two directions apart; new_flows stays 0. Per VIP only:
- * per backend it would cost 1.5 MiB per CPU. */
-LB_PERCPU_ARRAY(struct lb_counters, LB_MAX_VIPS) vip_reply_stats SEC(".maps");
 
 /* Indexed by enum lb_reason. */
 LB_PERCPU_ARRAY(__u64, LB_REASON_MAX) reasons SEC(".maps");

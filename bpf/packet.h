@@ -114,7 +114,6 @@ struct flow {
 	__u16 csum_l4;  /* and in the L4 checksum (rewrite.h) */
 	__u32 mark;
 	bool created;
-	bool reply;     /* the packet goes the flow's reply way: backend to client */
 	bool keep_dst;  /* dsr, tunnel: daddr is the backend, for the FIB only */
 	bool dsr;       /* daddr is a backend that must be on a link */
 	__u8 encap;     /* tunnel: bytes of outer header to add, else 0 */

@@ -67,8 +67,6 @@ static __always_inline void count_flow(const struct flow *f, __u32 len)
 
 	add_counters(&vip_stats, vip_index, len, f->created);
 	add_counters(&backend_stats, backend_id, len, f->created);
-	if (f->reply)
-		add_counters(&vip_reply_stats, vip_index, len, false);
 }
 
 #endif /* LB_STATS_H */

@@ -26,9 +26,6 @@ pub struct BackendView {
 pub struct VipView {
     pub vip: VipEntry,
     pub stats: Counters,
-    /// What of `stats` went the reply way, backend to client (None for a
-    /// program that does not tell the directions apart).
-    pub replies: Option<Counters>,
     /// Sorted by address.
     pub backends: Vec<BackendView>,
 }
@@ -95,7 +92,6 @@ impl Snapshot {
             backends.sort_by_key(|b| b.entry.addr);
             vips.push(VipView {
                 stats: maps.vip_counters(vip.index)?,
-                replies: maps.vip_reply_counters(vip.index)?,
                 vip: vip.clone(),
                 backends,
             });

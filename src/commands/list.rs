@@ -48,18 +48,6 @@ struct StatsJson {
     /// lbctl's conntrack entries for the backend without FIN or RST (--stats).
     #[serde(skip_serializing_if = "Option::is_none")]
     active_flows: Option<u64>,
-    /// A VIP's packets and bytes each way (where the program counts them).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    to_backends: Option<Traffic>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    to_clients: Option<Traffic>,
-}
-
-/// Packets and bytes one way.
-#[derive(Serialize)]
-struct Traffic {
-    packets: u64,
-    bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -190,28 +178,6 @@ fn stats_json(c: &Counters, active_flows: Option<u64>) -> StatsJson {
         bytes: c.bytes,
         new_flows: c.new_flows,
         active_flows,
-        to_backends: None,
-        to_clients: None,
-    }
-}
-
-/// A VIP's stats, with each direction where the program counts them.
-fn vip_stats_json(c: &Counters, replies: Option<&Counters>) -> StatsJson {
-    let (to_backends, to_clients) = match replies {
-        Some(r) => {
-            let (out, back) = c.split(r);
-            let traffic = |c: Counters| Traffic {
-                packets: c.packets,
-                bytes: c.bytes,
-            };
-            (Some(traffic(out)), Some(traffic(back)))
-        }
-        None => (None, None),
-    };
-    StatsJson {
-        to_backends,
-        to_clients,
-        ..stats_json(c, None)
     }
 }
 
@@ -238,7 +204,7 @@ fn list_json(
             snat: r.vip.snat,
             table_size: r.vip.table_size,
             route: published.routes.contains(&r.vip.service.addr.ip()),
-            stats: vip_stats_json(&r.stats, r.replies.as_ref()),
+            stats: stats_json(&r.stats, None),
             rate: rates.and_then(|x| x.vips.get(&r.vip.index).copied()),
             backends: r
                 .backends

@@ -18,24 +18,6 @@ pub struct Counters {
     pub new_flows: u64,
 }
 
-impl Counters {
-    /// These counters (both ways) split by `replies`, their reply way:
-    /// (to backends, to clients). The two maps are read one after the
-    /// other, so a reply counted between the reads is clamped, not negative.
-    pub fn split(&self, replies: &Counters) -> (Counters, Counters) {
-        let out = Counters {
-            packets: self.packets.saturating_sub(replies.packets),
-            bytes: self.bytes.saturating_sub(replies.bytes),
-            new_flows: self.new_flows,
-        };
-        let back = Counters {
-            new_flows: 0,
-            ..*replies
-        };
-        (out, back)
-    }
-}
-
 /// Row `index` of a per-CPU map, every CPU's copy `add`ed into one sum.
 fn sum_per_cpu<T: plain::Plain + Default, S: Default>(
     map: &Map,
@@ -82,16 +64,6 @@ impl Maps {
         )
     }
 
-    /// What of a VIP's counters went the reply way (backend to client);
-    /// None where the running program does not tell the directions apart.
-    pub fn vip_reply_counters(&self, index: u32) -> Result<Option<Counters>> {
-        let what = format_args!("reply counters of VIP index {index}");
-        self.vip_reply_stats
-            .as_ref()
-            .map(|m| sum_counters(m, index, &what))
-            .transpose()
-    }
-
     pub fn backend_counters(&self, id: u32) -> Result<Counters> {
         sum_counters(
             &self.backend_stats,
@@ -103,11 +75,7 @@ impl Maps {
     /// Counters start from zero for a new VIP or backend in a reused row.
     pub(super) fn reset_vip_counters(&self, index: u32) -> Result<()> {
         self.vip_stats
-            .reset_per_cpu(index, &format_args!("counters of VIP index {index}"))?;
-        match &self.vip_reply_stats {
-            Some(m) => m.reset_per_cpu(index, &format_args!("reply counters of VIP index {index}")),
-            None => Ok(()),
-        }
+            .reset_per_cpu(index, &format_args!("counters of VIP index {index}"))
     }
 
     pub(super) fn reset_backend_counters(&self, id: u32) -> Result<()> {

@@ -280,9 +280,6 @@ balancer_maps! {
         /// to a shared backend was for; None for a running program from
         /// before it.
         flood_replies,
-        /// Per-CPU `lb_counters` per VIP index of the reply way (backend
-        /// to client) alone; None for a running program from before it.
-        vip_reply_stats,
     ],
 }
 

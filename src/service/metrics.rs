@@ -477,31 +477,6 @@ impl Collector for SnapshotCollector {
                 Some(ConstCounter::new(get(&b.stats)))
             })?;
         }
-        // Each way, where the program counts the reply way apart.
-        for (name, help, get) in [
-            (
-                "lbctl_vip_packets_by_direction",
-                "Packets of the VIP's flows by direction: to_backends (client to backend) or to_clients (backend to client; 0 in dsr and tunnel, whose replies bypass lbctl)",
-                (|c| c.packets) as Field,
-            ),
-            (
-                "lbctl_vip_bytes_by_direction",
-                "Bytes of the VIP's flows by direction: to_backends or to_clients",
-                |c| c.bytes,
-            ),
-        ] {
-            let mut items = Vec::new();
-            for v in &s.vips {
-                let Some(replies) = &v.replies else { continue };
-                let (out, back) = v.stats.split(replies);
-                for (direction, c) in [("to_backends", out), ("to_clients", back)] {
-                    let mut labels = vip_labels(&v.vip.service);
-                    labels.push(("direction", direction.into()));
-                    items.push((labels, ConstCounter::new(get(&c))));
-                }
-            }
-            family(&mut enc, name, help, c, items)?;
-        }
         type Gauge = fn(&BackendView) -> Option<i64>;
         let gauges: [(&str, &str, Gauge); 3] = [
             (
@@ -658,7 +633,6 @@ mod tests {
                     table_digest: 0,
                 },
                 stats: counters(90),
-                replies: Some(counters(40)),
                 backends: vec![
                     backend(1, Health::Up, 1, Some(3)),
                     backend(2, Health::Down, 2, Some(0)),
