@@ -77,6 +77,20 @@ ct_lookup(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u32 tuple_sz, __u8 pro
 	return ct;
 }
 
+/* The first `bits` bits of a 4-word address (network order), the rest 0. */
+static __always_inline void addr_keep_prefix(__be32 addr[4], __u32 bits)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		__u32 left = bits > 32 * i ? bits - 32 * i : 0;
+
+		if (left < 32)
+			addr[i] &= left ? bpf_htonl(~0u << (32 - left)) : 0;
+	}
+}
+
 /* A backend for a new flow: hash the flow onto the VIP's table. */
 static __always_inline const struct lb_backend *
 pick_backend(const struct packet *pkt, const struct lb_vip *vip, __u32 seed,
@@ -99,10 +113,13 @@ pick_backend(const struct packet *pkt, const struct lb_vip *vip, __u32 seed,
 		return NULL;
 	/* Through a word array: the key is only 2-byte aligned. */
 	addr_load(addr, pkt->saddr, pkt->family);
+	if ((vip->flags & LB_VIP_AFFINITY) && pkt->family == LB_AF_INET6)
+		addr_keep_prefix(addr, vip->affinity_prefix6);
 	__builtin_memcpy(key.src, addr, sizeof(addr));
 	addr_load(addr, pkt->daddr, pkt->family);
 	__builtin_memcpy(key.dst, addr, sizeof(addr));
-	key.sport = pkt->ports[0];
+	/* Affinity: the client's port out of the hash, so all its flows agree. */
+	key.sport = (vip->flags & LB_VIP_AFFINITY) ? 0 : pkt->ports[0];
 	key.dport = pkt->ports[1];
 	key.proto = pkt->proto;
 	slot = lb_maglev_slot(lb_flow_hash(&key, seed), size);

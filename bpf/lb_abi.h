@@ -77,6 +77,11 @@ struct lb_endpoint {
 /* Tunnel (IPVS -i): the packet, unchanged, inside an outer header (IPIP,
  * ip6ip6) from snat_addr to the backend, which may be anywhere routable. */
 #define LB_VIP_TUNNEL (1u << 3)
+/* Client affinity (IPVS -p, without a timeout: conntrack keeps each flow):
+ * a new flow's backend is hashed from its client's address alone, its port
+ * left out, an IPv6 address cut to affinity_prefix6 bits first; every flow
+ * of one client then lands in the same slot. */
+#define LB_VIP_AFFINITY (1u << 4)
 
 /* Value of `vips`, keyed by struct lb_endpoint. */
 struct lb_vip {
@@ -86,7 +91,8 @@ struct lb_vip {
 	__u32 table_size;     /* lbctl only: slots in the VIP's table (prime) */
 	__u32 moved_ppm;      /* lbctl only: slots the last change moved, per million */
 	__u32 table_digest;   /* lbctl only: digest of the backends the table was built from */
-	__u32 reserved;
+	__u8  affinity_prefix6; /* with LB_VIP_AFFINITY: bits of an IPv6 client address hashed (1-128) */
+	__u8  reserved[3];
 };
 
 #define LB_BACKEND_IN_USE  (1u << 0)

@@ -237,6 +237,16 @@ pub enum VipCommand {
         /// sized by lbctl, 100 slots per backend, growing as they are added).
         #[arg(long)]
         table_size: Option<u32>,
+        #[command(flatten)]
+        affinity: AffinityArg,
+    },
+    /// Change a VIP's client affinity (its new flows only: live flows keep
+    /// their backend), like ipvsadm -E.
+    Set {
+        #[command(flatten)]
+        service: ServiceArg,
+        #[command(flatten)]
+        affinity: AffinityArg,
     },
     /// Delete a VIP and its backends.
     Del {
@@ -248,6 +258,19 @@ pub enum VipCommand {
         #[command(flatten)]
         service: ServiceArg,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct AffinityArg {
+    /// client: every flow of one client address to one backend (the
+    /// client's port left out of the hash; like ipvsadm -p, but conntrack
+    /// keeps each flow, not a timeout); none: each flow hashed on its own.
+    #[arg(long, value_parser = ["none", "client"], default_value = "none")]
+    pub affinity: String,
+    /// With --affinity client: the bits of an IPv6 client address that
+    /// count (1-128, default 128: the whole address; 64: one /64 is one client).
+    #[arg(long, value_name = "BITS")]
+    pub affinity_prefix6: Option<u32>,
 }
 
 #[derive(Args, Debug)]

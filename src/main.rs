@@ -4,10 +4,12 @@ use std::process::ExitCode;
 
 use anyhow::{Error, Result};
 use clap::Parser;
-use lbctl::cli::{AttachArgs, BackendCommand, Cli, Command, RunArgs, Shell, VipCommand};
+use lbctl::cli::{
+    AffinityArg, AttachArgs, BackendCommand, Cli, Command, RunArgs, Shell, VipCommand,
+};
 use lbctl::model::{
-    check_same_family, AttachOptions, Desired, FlowFilter, FlowQuery, ListOptions, Service,
-    Timeouts, VipSpec,
+    check_same_family, Affinity, AttachOptions, Desired, FlowFilter, FlowQuery, ListOptions,
+    Service, Timeouts, VipSpec,
 };
 use lbctl::service::run::RunOptions;
 use lbctl::{commands, config_file};
@@ -37,6 +39,7 @@ enum Request {
     Drain,
     Undrain,
     VipAdd(VipSpec),
+    VipSet(Service, Affinity),
     VipDel(Service),
     VipShow(Service),
     BackendAdd(Service, SocketAddr, u32),
@@ -55,6 +58,16 @@ enum Request {
     Timeouts(Timeouts),
 }
 
+/// `--affinity` and `--affinity-prefix6` as one setting.
+fn affinity_of(a: &AffinityArg) -> Result<Affinity> {
+    Affinity::parse(&a.affinity, a.affinity_prefix6).map_err(|e| {
+        Error::msg(
+            e.replace("affinity prefix6", "--affinity-prefix6")
+                .replace("affinity \"", "--affinity \""),
+        )
+    })
+}
+
 /// Checks a parsed command's values and reads what it names; the first
 /// problem is the error.
 fn request(command: Command) -> Result<Request> {
@@ -68,7 +81,14 @@ fn request(command: Command) -> Result<Request> {
             mode,
             snat,
             table_size,
-        }) => Request::VipAdd(VipSpec::new(service.service(), mode, snat, table_size)?),
+            affinity,
+        }) => Request::VipAdd(
+            VipSpec::new(service.service(), mode, snat, table_size)?
+                .with_affinity(affinity_of(&affinity)?),
+        ),
+        Command::Vip(VipCommand::Set { service, affinity }) => {
+            Request::VipSet(service.service(), affinity_of(&affinity)?)
+        }
         Command::Vip(VipCommand::Del { service }) => Request::VipDel(service.service()),
         Command::Vip(VipCommand::Show { service }) => Request::VipShow(service.service()),
         Command::Backend(cmd) => {
@@ -145,6 +165,7 @@ fn dispatch(request: Request) -> Result<()> {
         Request::Undrain => commands::drain::undrain(),
         Request::VipAdd(spec) => commands::vip::add(&spec),
         Request::VipDel(service) => commands::vip::del(&service),
+        Request::VipSet(service, affinity) => commands::vip::set(&service, affinity),
         Request::VipShow(service) => commands::vip::show(&service),
         Request::BackendAdd(service, backend, weight) => {
             commands::backend::add(&service, backend, weight)

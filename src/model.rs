@@ -282,6 +282,66 @@ pub struct VipSpec {
     /// The operator's Maglev table size, kept whatever the backends; None:
     /// lbctl sizes the table for them (`table_size.rs`).
     pub table_size: Option<u32>,
+    /// How a new flow's backend is chosen: by its 5-tuple, or by its client.
+    pub affinity: Affinity,
+}
+
+/// What a new flow's backend is hashed from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Affinity {
+    /// The whole 5-tuple: each flow on its own.
+    #[default]
+    None,
+    /// The client's address alone (its port left out; an IPv6 address cut
+    /// to `prefix6` bits): every flow of one client to one backend.
+    Client { prefix6: u8 },
+}
+
+/// Bits of an IPv6 client address `affinity client` may hash.
+pub const AFFINITY_PREFIX6: RangeInclusive<u32> = 1..=128;
+
+impl Affinity {
+    /// `none` or `client` (the prefix apart).
+    pub fn name(self) -> &'static str {
+        match self {
+            Affinity::None => "none",
+            Affinity::Client { .. } => "client",
+        }
+    }
+
+    /// `none` or `client`, with `prefix6` (default 128) for `client`.
+    pub fn parse(name: &str, prefix6: Option<u32>) -> Result<Affinity, String> {
+        let prefix6 = match prefix6 {
+            Some(p) if AFFINITY_PREFIX6.contains(&p) => p as u8,
+            Some(p) => return Err(format!("affinity prefix6 {p} is out of range (1-128)")),
+            None => 128,
+        };
+        match name {
+            "none" if prefix6 == 128 => Ok(Affinity::None),
+            "none" => Err("an affinity prefix6 applies only to affinity client".into()),
+            "client" => Ok(Affinity::Client { prefix6 }),
+            other => Err(format!("affinity {other:?}: use none or client")),
+        }
+    }
+
+    /// The IPv6 prefix length of `client` affinity (None otherwise).
+    pub fn prefix6(self) -> Option<u8> {
+        match self {
+            Affinity::None => None,
+            Affinity::Client { prefix6 } => Some(prefix6),
+        }
+    }
+}
+
+impl fmt::Display for Affinity {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Affinity::Client { prefix6 } if *prefix6 != 128 => {
+                write!(f, "client (IPv6 /{prefix6})")
+            }
+            a => f.write_str(a.name()),
+        }
+    }
 }
 
 /// Why a `VipSpec` cannot be. Displayed as the command line words it; the
@@ -336,7 +396,13 @@ impl VipSpec {
             mode,
             snat,
             table_size,
+            affinity: Affinity::None,
         })
+    }
+
+    /// This VIP with `affinity`.
+    pub fn with_affinity(self, affinity: Affinity) -> VipSpec {
+        VipSpec { affinity, ..self }
     }
 }
 
@@ -1126,6 +1192,35 @@ mod tests {
             })
         }))
         .contains("DNS name"));
+    }
+
+    #[test]
+    fn affinities() {
+        assert_eq!(Affinity::parse("none", None), Ok(Affinity::None));
+        assert_eq!(
+            Affinity::parse("client", None),
+            Ok(Affinity::Client { prefix6: 128 })
+        );
+        assert_eq!(
+            Affinity::parse("client", Some(64)),
+            Ok(Affinity::Client { prefix6: 64 })
+        );
+        for (name, p, says) in [
+            ("client", Some(0), "out of range (1-128)"),
+            ("client", Some(129), "out of range (1-128)"),
+            ("none", Some(64), "only to affinity client"),
+            ("source", None, "use none or client"),
+        ] {
+            assert!(
+                Affinity::parse(name, p).unwrap_err().contains(says),
+                "{name} {p:?}"
+            );
+        }
+        assert_eq!(
+            Affinity::Client { prefix6: 64 }.to_string(),
+            "client (IPv6 /64)"
+        );
+        assert_eq!(Affinity::Client { prefix6: 128 }.to_string(), "client");
     }
 
     #[test]

@@ -629,3 +629,87 @@ fn ipv6_vips_their_source_address_and_forwarding() {
     ]);
     assert!(!ns.ok(&["status"]).contains("IPv6 forwarding OFF"));
 }
+
+/// `--affinity client` on `vip add`, shown by list and save, changed in
+/// place by `vip set`; its prefix only with it, and in range.
+#[test]
+fn client_affinity_is_set_shown_and_changed() {
+    let ns = Ns::new();
+    ns.ok(&["attach", "e0"]);
+    let (v4, v6) = ("198.18.100.1:80", "[2001:db8:0:100::1]:80");
+    ns.ok(&["vip", "add", v4, "--affinity", "client"]);
+    ns.ok(&[
+        "vip",
+        "add",
+        v6,
+        "--affinity",
+        "client",
+        "--affinity-prefix6",
+        "64",
+    ]);
+    let list = ns.ok(&["list"]);
+    assert!(list.contains("(affinity client)"), "{list}");
+    assert!(list.contains("(affinity client (IPv6 /64))"), "{list}");
+    let json = ns.ok(&["list", "--json"]);
+    assert!(
+        json.contains(r#""affinity":"client","affinity_prefix6":64"#),
+        "{json}"
+    );
+    let saved = ns.ok(&["save"]);
+    assert!(
+        saved.contains("affinity = \"client\"\naffinity_prefix6 = 64\n"),
+        "{saved}"
+    );
+    let set = ns.ok(&["vip", "set", v4, "--affinity", "none"]);
+    assert!(
+        set.contains("affinity none (new flows; live flows keep their backend)"),
+        "{set}"
+    );
+    assert!(ns
+        .ok(&["vip", "set", v4, "--affinity", "none"])
+        .contains("already"));
+    let json = ns.ok(&["list", "--json"]);
+    let v4_json = json
+        .split(r#"{"vip":"#)
+        .find(|v| v.starts_with(r#""198.18.100.1:80""#));
+    assert!(
+        v4_json.is_some_and(|v| v.contains(r#""affinity":"none""#)),
+        "{json}"
+    );
+    ns.fails(
+        &["vip", "add", "198.18.100.2:80", "--affinity-prefix6", "64"],
+        "applies only to affinity client",
+    );
+    ns.fails(
+        &[
+            "vip",
+            "add",
+            "198.18.100.2:80",
+            "--affinity",
+            "client",
+            "--affinity-prefix6",
+            "0",
+        ],
+        "--affinity-prefix6 0 is out of range (1-128)",
+    );
+    ns.fails(
+        &["vip", "set", "198.18.100.9:80", "--affinity", "client"],
+        "does not exist",
+    );
+    // A file changes it in place, as apply does a weight.
+    let file = std::env::temp_dir().join(format!("lbt-{}-affinity.toml", std::process::id()));
+    let text =
+        format!("interfaces = [\"e0\"]\n[[vip]]\naddress = \"{v4}\"\naffinity = \"client\"\n");
+    std::fs::write(&file, text).unwrap();
+    let f = file.to_str().unwrap();
+    let plan = ns.ok(&["apply", "-f", f, "--dry-run"]);
+    assert!(
+        plan.contains("~ vip 198.18.100.1:80/tcp affinity none -> client"),
+        "{plan}"
+    );
+    let applied = ns.ok(&["apply", "-f", f]);
+    let _ = std::fs::remove_file(&file);
+    assert!(applied.contains("1 affinities changed"), "{applied}");
+    assert!(ns.ok(&["list"]).contains("(affinity client)"));
+    ns.ok(&["detach", "e0"]);
+}

@@ -9,7 +9,7 @@ use lbctl::datapath::codec::ip_bytes;
 use lbctl::datapath::predict::hash_and_slot;
 use lbctl::datapath::types::lb_reason;
 use lbctl::hash::{flow_hash, flow_key};
-use lbctl::model::{NatMode, Proto, Service};
+use lbctl::model::{Affinity, NatMode, Proto, Service};
 use lbctl_lab::fixtures::packet::*;
 use lbctl_lab::fixtures::*;
 use libbpf_rs::ProgramInput;
@@ -64,6 +64,7 @@ struct Predictor {
     seed: u32,
     addrs: std::collections::HashMap<u32, SocketAddr>,
     service: Service,
+    affinity: Affinity,
 }
 
 impl Predictor {
@@ -80,13 +81,14 @@ impl Predictor {
                 .map(|b| (b.id, b.addr))
                 .collect(),
             service: *service,
+            affinity: vip.affinity,
         }
     }
 
     /// The slot as `lbctl explain` computes it.
     fn backend(&self, client: SocketAddr) -> SocketAddr {
         let size = self.table.len() as u32;
-        let (_, slot) = hash_and_slot(&self.service, client, self.seed, size);
+        let (_, slot) = hash_and_slot(&self.service, self.affinity, client, self.seed, size);
         self.addrs[&self.table[slot as usize]]
     }
 }
@@ -131,6 +133,71 @@ fn the_data_path_picks_what_rust_predicts() {
             assert_eq!(*got, rust.backend(*c).to_string(), "flow from {c}");
         }
     });
+}
+
+/// With client affinity every flow of one client (IPv4 address; IPv6
+/// address within the prefix) goes to one backend, whatever its port, as
+/// Rust predicts; clients still spread over the backends by weight.
+#[test]
+fn client_affinity_sends_every_flow_of_a_client_to_one_backend() {
+    for (vip, client_of, prefix6) in [
+        (
+            "198.18.100.1:80",
+            (|i: u32, port: u16| format!("198.18.{}.{}:{port}", i / 200, i % 200 + 1))
+                as fn(u32, u16) -> String,
+            128,
+        ),
+        (
+            "[2001:db8:0:100::1]:80",
+            |i, port| format!("[2001:db8:0:{:x}::{:x}]:{port}", i, port),
+            64,
+        ),
+    ] {
+        in_fresh_netns(move || {
+            let lb = Balancer::load();
+            let service = svc(vip, Proto::Tcp);
+            let spec = lbctl::model::VipSpec::new(service, NatMode::Dnat, None, Some(65537))
+                .unwrap()
+                .with_affinity(Affinity::Client { prefix6 });
+            lb.maps.add_vip(&spec).unwrap();
+            let backends: Vec<String> = (1..=4)
+                .map(|h| match service.addr {
+                    SocketAddr::V4(_) => format!("198.19.1.{h}:8080"),
+                    SocketAddr::V6(_) => format!("[2001:db8:0:1::{h}]:8080"),
+                })
+                .collect();
+            for (h, b) in backends.iter().enumerate() {
+                lb.backend(&service, b, if h == 0 { 3 } else { 1 });
+            }
+            let rust = Predictor::new(&lb, &service);
+            let mut per_backend = std::collections::HashMap::new();
+            for i in 0..600 {
+                // Five flows of client i, each from another port (and, for
+                // IPv6, another address in the client's /64).
+                let mut seen = std::collections::BTreeSet::new();
+                for port in [1000, 2000, 3000, 40000, 65000] {
+                    let c = client_of(i, port);
+                    let (action, out) = lb.run(&Packet::tcp(&c, vip, SYN).build());
+                    assert_eq!(action, XDP_PASS, "{c}: no routes, rewritten and passed");
+                    let got = parse(&out).dst;
+                    assert_eq!(got, rust.backend(c.parse().unwrap()).to_string(), "{c}");
+                    seen.insert(got);
+                }
+                assert_eq!(seen.len(), 1, "client {i}'s flows went to {seen:?}");
+                *per_backend
+                    .entry(seen.into_iter().next().unwrap())
+                    .or_insert(0u32) += 1;
+            }
+            // Weights 3:1:1:1 over 600 clients: the first gets half (300);
+            // binomial sd ~12, so 240-360 is five sd either way.
+            let first = per_backend.get(&backends[0]).copied().unwrap_or(0);
+            assert!((240..=360).contains(&first), "{vip}: {per_backend:?}");
+            for b in &backends[1..] {
+                let n = per_backend.get(b).copied().unwrap_or(0);
+                assert!((60..=140).contains(&n), "{vip}: {per_backend:?}");
+            }
+        });
+    }
 }
 
 #[test]

@@ -114,6 +114,61 @@ fn assert_spread(spread: &BTreeMap<String, usize>, lab: &Lab, weights: &[u32], w
     }
 }
 
+/// `--affinity client`: 40 client addresses send 10 UDP flows each (each
+/// from a new port): every client's flows reach one backend, and the
+/// clients spread over the backends by weight.
+#[test]
+fn client_affinity_keeps_each_clients_flows_on_one_backend() {
+    let weights = [2, 1, 1];
+    let (lab, vip) = balanced_lab(Topology::TwoArm, Family::V4, 3, &weights);
+    let v = SocketAddr::new(vip, 80).to_string();
+    lbctl(
+        &lab,
+        &["vip", "set", &v, "--proto", "udp", "--affinity", "client"],
+    );
+    let clients: Vec<Ipv4Addr> = (0..40)
+        .map(|k| Ipv4Addr::new(198, 18, 0, 100 + k))
+        .collect();
+    for c in &clients {
+        let a = format!("{c}/24");
+        lab.exec(
+            lab.client_ns(),
+            &["ip", "addr", "add", &a, "dev", lab.client_iface()],
+        )
+        .unwrap();
+    }
+    let per_client = lab
+        .in_client(|| -> Result<Vec<Vec<String>>, ClientError> {
+            let mut all = Vec::new();
+            for c in &clients {
+                let mut names = Vec::new();
+                for k in 0..10 {
+                    let local = SocketAddr::new((*c).into(), 0);
+                    let reply = clients::udp_ask_bound(
+                        local,
+                        vip,
+                        80,
+                        format!("a{k}").as_bytes(),
+                        timeout(),
+                    )?;
+                    names.push(reply.split(':').next().unwrap_or_default().to_string());
+                }
+                all.push(names);
+            }
+            Ok(all)
+        })
+        .unwrap_or_else(|e| panic!("affinity flows: {e}\n{}", diagnose(&lab)));
+    let mut spread = BTreeMap::new();
+    for (c, names) in clients.iter().zip(&per_client) {
+        assert!(
+            names.iter().all(|n| *n == names[0]),
+            "client {c}'s flows went to {names:?}"
+        );
+        *spread.entry(names[0].clone()).or_insert(0) += 1;
+    }
+    assert_spread(&spread, &lab, &weights, "40 clients with affinity");
+}
+
 fn two_arm_dnat_balances_short_tcp_and_udp(family: Family) {
     let weights = [1, 2, 1];
     let (lab, vip) = balanced_lab(Topology::TwoArm, family, 3, &weights);

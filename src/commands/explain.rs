@@ -24,7 +24,7 @@ use crate::host::neighbour;
 // verdict cannot leave a stale name here.
 use crate::datapath::abi::reason_name;
 use crate::datapath::types::lb_reason;
-use crate::model::{FlowQuery, NatMode, Proto};
+use crate::model::{Affinity, FlowQuery, NatMode, Proto};
 
 /// `explain --json` (docs/JSON.md).
 #[derive(Serialize)]
@@ -60,6 +60,9 @@ struct Held {
 struct NewFlow {
     backend: Option<SocketAddr>,
     backend_id: Option<u32>,
+    /// `none`: the slot is the 5-tuple's; `client`: the client's address
+    /// alone picked it (the VIP's client affinity).
+    affinity: &'static str,
     slot: u32,
     table_size: u32,
     hash: u32,
@@ -178,6 +181,7 @@ fn explain(q: &FlowQuery) -> Result<Explanation> {
     let new_flow = pick.as_ref().map(|p| NewFlow {
         backend: p.backend.as_ref().map(|b| b.addr),
         backend_id: p.backend.as_ref().map(|b| b.id),
+        affinity: p.vip.affinity.name(),
         slot: p.slot,
         table_size: p.table_size,
         hash: p.hash,
@@ -242,8 +246,15 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
                 CheckName::Backend,
                 true,
                 format!(
-                    "slot {} of {} holds backend {} (weight {})",
-                    p.slot, p.table_size, be.addr, be.weight
+                    "slot {} of {} holds backend {} (weight {}){}",
+                    p.slot,
+                    p.table_size,
+                    be.addr,
+                    be.weight,
+                    match p.vip.affinity {
+                        Affinity::None => String::new(),
+                        a => format!("; affinity {a}: the slot of every flow of this client"),
+                    }
                 ),
             );
             be.addr
@@ -423,12 +434,17 @@ fn render(e: &Explanation) -> String {
             Some(b) => {
                 let _ = writeln!(
                     s,
-                    "new flow   backend {b}{}: slot {} of {} (hash {:#010x}, seed {:#x})",
+                    "new flow   backend {b}{}: slot {} of {} (hash {:#010x}{}, seed {:#x})",
                     n.backend_id
                         .map_or(String::new(), |id| format!(" (id {id})")),
                     n.slot,
                     n.table_size,
                     n.hash,
+                    if n.affinity == "client" {
+                        " of the client's address: client affinity"
+                    } else {
+                        ""
+                    },
                     n.seed
                 );
             }

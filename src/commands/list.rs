@@ -15,7 +15,7 @@ use super::open_for_reading;
 use crate::datapath::counters::Counters;
 use crate::datapath::repair;
 use crate::host::{drain, routes};
-use crate::model::{Health, ListOptions, NatMode, Proto};
+use crate::model::{Affinity, Health, ListOptions, NatMode, Proto};
 use crate::snapshot::{BackendView, DatapathStats, FlowCacheStats, Snapshot};
 
 /// Packets, bytes and new flows per second over an interval.
@@ -71,6 +71,10 @@ struct VipJson {
     table_size: u32,
     /// lbctl's route for the VIP's address is in the kernel (announced).
     route: bool,
+    /// `none` or `client`; with client, `affinity_prefix6`.
+    affinity: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    affinity_prefix6: Option<u8>,
     stats: StatsJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate: Option<Rate>,
@@ -202,6 +206,8 @@ fn list_json(
             proto: r.vip.service.proto,
             mode: r.vip.mode,
             snat: r.vip.snat,
+            affinity: r.vip.affinity.name(),
+            affinity_prefix6: r.vip.affinity.prefix6(),
             table_size: r.vip.table_size,
             route: published.routes.contains(&r.vip.service.addr.ip()),
             stats: stats_json(&r.stats, None),
@@ -278,11 +284,14 @@ fn render_table(snap: &Snapshot, stats: bool, rates: Option<&Rates>, now: u64) -
         out
     };
     for r in &snap.vips {
-        let snat = r
+        let mut snat = r
             .vip
             .snat
             .map(|a| format!(" (source {a})"))
             .unwrap_or_default();
+        if r.vip.affinity != Affinity::None {
+            snat += &format!(" (affinity {})", r.vip.affinity);
+        }
         let rate = rates.and_then(|x| x.vips.get(&r.vip.index).copied());
         let _ = writeln!(
             s,

@@ -9,7 +9,7 @@ use super::{open_for_change, open_for_reading};
 use crate::change::plan::Kind;
 use crate::datapath::balancer::Balancer;
 use crate::host::iface;
-use crate::model::{Service, VipSpec};
+use crate::model::{Affinity, Service, VipSpec};
 
 pub fn add(spec: &VipSpec) -> Result<()> {
     let s = open_for_change()?;
@@ -34,6 +34,21 @@ pub fn add(spec: &VipSpec) -> Result<()> {
         if !off.is_empty() {
             eprintln!("lbctl: note: {}", iface::ipv6_forwarding_off(&off));
         }
+    }
+    Ok(())
+}
+
+pub fn set(svc: &Service, affinity: Affinity) -> Result<()> {
+    let s = open_for_change()?;
+    let b = s.running()?;
+    let (changed, _) = s.run(Kind::Configure, |_| {
+        b.maps.set_affinity(&mut b.maps.running()?, svc, affinity)
+    })?;
+    match changed {
+        true => {
+            println!("VIP {svc}: affinity {affinity} (new flows; live flows keep their backend)")
+        }
+        false => println!("VIP {svc}: affinity {affinity} already"),
     }
     Ok(())
 }

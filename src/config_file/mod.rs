@@ -58,7 +58,7 @@ pub mod defaults {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{CheckKind, HttpCheck, NatMode, Proto, StartHealth, TlsCheck};
+    use crate::model::{Affinity, CheckKind, HttpCheck, NatMode, Proto, StartHealth, TlsCheck};
     use std::net::SocketAddr;
     use std::time::Duration;
 
@@ -170,6 +170,8 @@ address = "198.18.1.11:53"
         });
         http.vips[0].health.as_mut().unwrap().port = Some(8081);
         http.vips[0].health.as_mut().unwrap().start = StartHealth::Up;
+        http.vips[0].spec.affinity = Affinity::Client { prefix6: 56 };
+        http.vips[1].spec.affinity = Affinity::Client { prefix6: 128 };
         http.hash_seed = Some(7);
         http.flow_cache_size = Some(4096);
         assert_eq!(parse(&render(&http)).unwrap(), http);
@@ -268,6 +270,9 @@ rise = 3
             (format!("{vip}table_size = 65536\n"), 3, "must be a prime"),
             ("[[vip]]\naddress = \"[2001:db8::1]:80\"\nsnat = \"198.18.2.1\"\nmode = \"fullnat\"\n".into(), 2, "address family"),
             (format!("{vip}[vip.health]\nkind = \"icmp\"\n"), 4, "use tcp, http, https, udp or none"),
+            (format!("{vip}affinity = \"source\"\n"), 3, "affinity \"source\": use none or client"),
+            (format!("{vip}affinity = \"client\"\naffinity_prefix6 = 129\n"), 4, "affinity_prefix6 = 129 is out of range (1-128)"),
+            (format!("{vip}affinity_prefix6 = 64\n"), 3, "affinity_prefix6 applies only to affinity client"),
             (format!("{vip}[vip.health]\nkind = \"http\"\nsni = \"a.example\"\n"), 5, "sni only applies to kind = \"https\""),
             (format!("{vip}[vip.health]\nkind = \"https\"\nca = \"/x.pem\"\n"), 5, "ca applies with verify = true"),
             (format!("{vip}[vip.health]\nkind = \"http\"\nexpect = [\"300-200\"]\n"), 5, "not an HTTP status or range"),

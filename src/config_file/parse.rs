@@ -15,9 +15,9 @@ use toml::Spanned;
 use super::defaults;
 use crate::model::{
     check_backend_port, check_same_family, check_snat_applies, parse_duration, parse_endpoint,
-    parse_ip, parse_status_range, CheckKind, Desired, DesiredVip, HealthCheck, HttpCheck, NatMode,
-    Proto, Service, SpecError, StartHealth, Timeout, TlsCheck, VipSpec, XdpMode, FLOW_CACHE_SIZES,
-    PORTS, RISE_FALL, WEIGHTS,
+    parse_ip, parse_status_range, Affinity, CheckKind, Desired, DesiredVip, HealthCheck, HttpCheck,
+    NatMode, Proto, Service, SpecError, StartHealth, Timeout, TlsCheck, VipSpec, XdpMode,
+    AFFINITY_PREFIX6, FLOW_CACHE_SIZES, PORTS, RISE_FALL, WEIGHTS,
 };
 
 /// What is wrong with a file, and where.
@@ -70,6 +70,8 @@ struct RawVip {
     mode: Option<Spanned<String>>,
     snat: Option<Spanned<String>>,
     table_size: Option<Spanned<i64>>,
+    affinity: Option<Spanned<String>>,
+    affinity_prefix6: Option<Spanned<i64>>,
     health: Option<RawHealth>,
     #[serde(default)]
     backend: Vec<RawBackend>,
@@ -358,6 +360,26 @@ fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> 
         .table_size
         .as_ref()
         .and_then(|t| p.keep(lines.int(t, "table_size", 0..=u32::MAX)));
+    let affinity = {
+        let name = v.affinity.as_ref().map_or("none", |a| a.get_ref().as_str());
+        let prefix6 = match &v.affinity_prefix6 {
+            Some(n) => p
+                .keep(lines.int(n, "affinity_prefix6", AFFINITY_PREFIX6))
+                .map(Some),
+            None => Some(None),
+        };
+        prefix6.and_then(|prefix6| {
+            p.keep(Affinity::parse(name, prefix6).or_else(|e| {
+                let span = match (&v.affinity, &v.affinity_prefix6) {
+                    (Some(a), _) if e.starts_with("affinity \"") => a.span(),
+                    (_, Some(n)) => n.span(),
+                    (Some(a), None) => a.span(),
+                    (None, None) => v.address.span(),
+                };
+                lines.err(span, e.replace("affinity prefix6", "affinity_prefix6"))
+            }))
+        })
+    };
     let spec = mode.and_then(|mode| {
         p.keep(VipSpec::new(service, mode, snat, table_size).or_else(|e| {
             let span = match (&e, &v.table_size) {
@@ -392,7 +414,7 @@ fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> 
     }
     Some(DesiredVip {
         table_in_use: None,
-        spec: spec?,
+        spec: spec?.with_affinity(affinity?),
         health,
         backends,
         backend_health,

@@ -1,6 +1,7 @@
 //! `Desired` → text that `parse` reads back to the same `Desired`: every
-//! value written out (no defaults left implicit), VIPs and backends in the
-//! order given.
+//! value written out (no defaults left implicit, but for `affinity =
+//! "none"`, which files from before affinity lack), VIPs and backends in
+//! the order given.
 
 use std::fmt::Write;
 
@@ -43,6 +44,12 @@ pub fn render(d: &Desired) -> String {
         let _ = writeln!(s, "mode = {}", quote(spec.mode.name()));
         if let (true, Some(snat)) = (spec.mode.has_source(), spec.snat) {
             let _ = writeln!(s, "snat = {}", quote(&snat.to_string()));
+        }
+        if let Some(prefix6) = spec.affinity.prefix6() {
+            let _ = writeln!(s, "affinity = {}", quote(spec.affinity.name()));
+            if prefix6 != 128 {
+                let _ = writeln!(s, "affinity_prefix6 = {prefix6}");
+            }
         }
         match (spec.table_size, v.table_in_use) {
             (Some(size), _) => {

@@ -7,10 +7,11 @@ use anyhow::{bail, Result};
 
 use super::abi::{
     LB_AF_INET, LB_AF_INET6, LB_BACKEND_CHECKED, LB_BACKEND_DOWN, LB_BACKEND_IN_USE,
-    LB_BACKEND_LEAVING, LB_VIP_DSR, LB_VIP_FIXED_SIZE, LB_VIP_FULLNAT, LB_VIP_TUNNEL,
+    LB_BACKEND_LEAVING, LB_VIP_AFFINITY, LB_VIP_DSR, LB_VIP_FIXED_SIZE, LB_VIP_FULLNAT,
+    LB_VIP_TUNNEL,
 };
 use super::types::{lb_backend, lb_endpoint, lb_vip};
-use crate::model::{Health, NatMode, Proto, Service};
+use crate::model::{Affinity, Health, NatMode, Proto, Service, VipSpec};
 
 /// A VIP as configured.
 #[derive(Clone, Debug)]
@@ -23,6 +24,7 @@ pub struct VipEntry {
     pub table_size: u32,
     /// The operator chose the size; else lbctl sizes it for the backends.
     pub fixed_size: bool,
+    pub affinity: Affinity,
     /// Share of table slots the last change moved to another backend.
     pub moved: f64,
     /// Digest of the members the current table was built from.
@@ -138,29 +140,40 @@ pub fn endpoint_key(ep: &lb_endpoint) -> [u8; 20] {
     key
 }
 
-pub fn vip_row(
-    mode: NatMode,
-    snat: Option<IpAddr>,
-    index: u32,
-    table_size: u32,
-    fixed_size: bool,
-) -> lb_vip {
+/// The row of VIP `spec` at `index` with a table of `table_size` slots.
+pub fn vip_row(spec: &VipSpec, index: u32, table_size: u32) -> lb_vip {
     let mut flags = 0;
-    match mode {
+    match spec.mode {
         NatMode::Dnat => {}
         NatMode::Fullnat => flags |= LB_VIP_FULLNAT,
         NatMode::Dsr => flags |= LB_VIP_DSR,
         NatMode::Tunnel => flags |= LB_VIP_TUNNEL,
     }
-    if fixed_size {
+    if spec.table_size.is_some() {
         flags |= LB_VIP_FIXED_SIZE;
     }
-    lb_vip {
+    let mut row = lb_vip {
         index,
         flags,
-        snat_addr: snat.map(ip_bytes).unwrap_or_default(),
+        snat_addr: spec.snat.map(ip_bytes).unwrap_or_default(),
         table_size,
         ..Default::default()
+    };
+    set_affinity(&mut row, spec.affinity);
+    row
+}
+
+/// Writes `affinity` into a VIP row (flag and IPv6 prefix).
+pub fn set_affinity(row: &mut lb_vip, affinity: Affinity) {
+    match affinity {
+        Affinity::None => {
+            row.flags &= !LB_VIP_AFFINITY;
+            row.affinity_prefix6 = 0;
+        }
+        Affinity::Client { prefix6 } => {
+            row.flags |= LB_VIP_AFFINITY;
+            row.affinity_prefix6 = prefix6;
+        }
     }
 }
 
@@ -182,6 +195,12 @@ pub fn vip_entry(ep: &lb_endpoint, v: &lb_vip) -> Result<VipEntry> {
         snat: mode.has_source().then(|| ip_of(&v.snat_addr, ep.family)),
         table_size: v.table_size,
         fixed_size: v.flags & LB_VIP_FIXED_SIZE != 0,
+        affinity: match v.flags & LB_VIP_AFFINITY {
+            0 => Affinity::None,
+            _ => Affinity::Client {
+                prefix6: v.affinity_prefix6.clamp(1, 128),
+            },
+        },
         moved: v.moved_ppm as f64 / 1e6,
         table_digest: v.table_digest,
     })

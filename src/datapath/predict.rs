@@ -9,7 +9,7 @@ use anyhow::Result;
 use super::codec::{ip_bytes, BackendEntry, VipEntry};
 use super::maps::Maps;
 use crate::hash::{flow_hash, flow_key};
-use crate::model::Service;
+use crate::model::{Affinity, Service};
 
 /// The pick for a new flow to a VIP that exists.
 #[derive(Clone, Debug)]
@@ -26,17 +26,42 @@ pub struct Pick {
 
 /// The flow hash of a new flow from `client` to `service` and the slot it
 /// picks in a table of `size` slots (`size` > 0), as `pick_backend` in
-/// `bpf/conntrack.h` computes them.
-pub fn hash_and_slot(service: &Service, client: SocketAddr, seed: u32, size: u32) -> (u32, u32) {
+/// `bpf/conntrack.h` computes them (with `affinity`, from the client's
+/// address alone).
+pub fn hash_and_slot(
+    service: &Service,
+    affinity: Affinity,
+    client: SocketAddr,
+    seed: u32,
+    size: u32,
+) -> (u32, u32) {
+    let mut src = ip_bytes(client.ip());
+    let mut sport = client.port();
+    if let Affinity::Client { prefix6 } = affinity {
+        sport = 0;
+        if client.is_ipv6() {
+            keep_prefix(&mut src, prefix6);
+        }
+    }
     let key = flow_key(
-        ip_bytes(client.ip()),
+        src,
         ip_bytes(service.addr.ip()),
-        client.port(),
+        sport,
         service.addr.port(),
         service.proto.number(),
     );
     let hash = flow_hash(&key, seed);
     (hash, hash % size)
+}
+
+/// The first `bits` bits of a 16-byte address, the rest zero.
+fn keep_prefix(addr: &mut [u8; 16], bits: u8) {
+    for (i, byte) in addr.iter_mut().enumerate() {
+        let left = (bits as usize).saturating_sub(8 * i);
+        if left < 8 {
+            *byte &= !(0xffu8 >> left);
+        }
+    }
 }
 
 impl Maps {
@@ -50,9 +75,13 @@ impl Maps {
         let table = self.table(vip.index)?;
         let table_size = table.len() as u32;
         let (hash, slot, backend) = if table.is_empty() {
-            (hash_and_slot(service, client, seed, 1).0, 0, None)
+            (
+                hash_and_slot(service, vip.affinity, client, seed, 1).0,
+                0,
+                None,
+            )
         } else {
-            let (hash, slot) = hash_and_slot(service, client, seed, table_size);
+            let (hash, slot) = hash_and_slot(service, vip.affinity, client, seed, table_size);
             let id = table[slot as usize];
             let backend = self.backends_of(&vip)?.into_iter().find(|b| b.id == id);
             (hash, slot, backend)
@@ -65,5 +94,26 @@ impl Maps {
             slot,
             backend,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_keeps_its_bits_and_clears_the_rest() {
+        let a = |s: &str| ip_bytes(s.parse().unwrap());
+        let cut = |s: &str, bits: u8| {
+            let mut x = a(s);
+            keep_prefix(&mut x, bits);
+            x
+        };
+        let full = "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff";
+        assert_eq!(cut(full, 128), a(full));
+        assert_eq!(cut(full, 64), a("2001:db8:aaaa:bbbb::"));
+        assert_eq!(cut(full, 52), a("2001:db8:aaaa:b000::"));
+        assert_eq!(cut(full, 1), a("::"));
+        assert_eq!(cut("ffff::", 3), a("e000::"));
     }
 }

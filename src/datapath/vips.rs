@@ -7,14 +7,17 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapFlags, MapHandle};
 
 use super::abi::LB_MAX_VIPS;
-use super::codec::{bytes_of, service_endpoint, vip_entry, vip_row, BackendEntry, VipEntry};
+use super::codec::{
+    bytes_of, service_endpoint, set_affinity, vip_entry, vip_row, BackendEntry, VipEntry,
+};
 use super::maps::Maps;
 use super::prefilter::Set;
 use super::rebuild::build_tables;
 use super::reply::{key_of, Key};
 use super::running::Running;
 use super::tables::table_size_for;
-use crate::model::{Service, VipSpec};
+use super::types::lb_vip;
+use crate::model::{Affinity, Service, VipSpec};
 use crate::table_size::Sizing;
 
 impl Maps {
@@ -101,7 +104,7 @@ impl Maps {
         for (spec, index, _, size) in &placed {
             future.vips.push(vip_entry(
                 &service_endpoint(&spec.service),
-                &vip_row(spec.mode, spec.snat, *index, *size, false),
+                &vip_row(spec, *index, *size),
             )?);
         }
         self.sync_reply_sources(&future, Some(&keys))?;
@@ -112,8 +115,7 @@ impl Maps {
             .collect();
         self.install_tables(&installed)?;
         for ((spec, index, backends, size), (_, digest)) in placed.iter().zip(&tables) {
-            let fixed = spec.table_size.is_some();
-            let mut vip = vip_row(spec.mode, spec.snat, *index, *size, fixed);
+            let mut vip = vip_row(spec, *index, *size);
             vip.table_digest = *digest;
             // A first table moved every slot it fills; an empty one none.
             vip.moved_ppm = if backends.is_empty() { 0 } else { 1_000_000 };
@@ -129,6 +131,31 @@ impl Maps {
         }
         self.bump_generation()?;
         Ok(placed.len())
+    }
+
+    /// Changes how a VIP's new flows pick their backend (one write of its
+    /// row, then the generation: cached decisions are of live flows, which
+    /// keep their backend). Returns whether anything changed.
+    pub fn set_affinity(
+        &self,
+        run: &mut Running,
+        service: &Service,
+        affinity: Affinity,
+    ) -> Result<bool> {
+        let vip = run.require_vip(service)?;
+        if vip.affinity == affinity {
+            return Ok(false);
+        }
+        let ep = service_endpoint(service);
+        let what = format_args!("VIP {service}");
+        let mut row: lb_vip = self.vips.require(bytes_of(&ep), &what)?;
+        set_affinity(&mut row, affinity);
+        self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
+        self.bump_generation()?;
+        if let Some(v) = run.vips.iter_mut().find(|v| v.service == *service) {
+            v.affinity = affinity;
+        }
+        Ok(true)
     }
 
     /// Deletes a VIP and its backend rows; returns the rows it removed.

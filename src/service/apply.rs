@@ -23,7 +23,9 @@ use crate::datapath::running::Running;
 use crate::datapath::tables::table_size_for;
 use crate::host::iface;
 use crate::host::neighbour;
-use crate::model::{Desired, DesiredVip, Health, NatMode, Service, StartHealth, Timeout, VipSpec};
+use crate::model::{
+    Affinity, Desired, DesiredVip, Health, NatMode, Service, StartHealth, Timeout, VipSpec,
+};
 use crate::table_size::Sizing;
 
 /// What an apply changed.
@@ -37,6 +39,8 @@ pub struct Applied {
     pub backends_reweighted: usize,
     /// Backends whose VIP lost its health checks, back to unchecked.
     pub health_cleared: usize,
+    /// VIPs whose client affinity changed (their new flows only).
+    pub affinity_changed: usize,
     pub tables_rebuilt: usize,
     /// Notes for the operator (neighbours that could not be kept resolved).
     pub notes: Vec<String>,
@@ -65,6 +69,7 @@ impl fmt::Display for Applied {
             (self.backends_removed, "backends removed"),
             (self.backends_reweighted, "weights changed"),
             (self.health_cleared, "backends no longer checked"),
+            (self.affinity_changed, "affinities changed"),
             (self.tables_rebuilt, "tables rebuilt"),
         ] {
             if n > 0 {
@@ -339,8 +344,12 @@ pub fn plan(maps: &Maps, attached: &[String], desired: &Desired) -> Result<(Vec<
     }
     for v in vips_new(&run, &d) {
         let service = v.spec.service;
+        let affinity = match v.spec.affinity {
+            Affinity::None => String::new(),
+            a => format!(", affinity {a}"),
+        };
         lines.push(format!(
-            "+ vip {service} {}",
+            "+ vip {service} {}{affinity}",
             describe(v.spec.mode, v.spec.snat, v.spec.table_size)
         ));
         for (addr, weight) in &v.backends {
@@ -354,6 +363,13 @@ pub fn plan(maps: &Maps, attached: &[String], desired: &Desired) -> Result<(Vec<
         let service = v.spec.service;
         let vip = run.require_vip(&service)?;
         let members = run.members(&vip);
+        if vip.affinity != v.spec.affinity {
+            lines.push(format!(
+                "~ vip {service} affinity {} -> {}",
+                vip.affinity, v.spec.affinity
+            ));
+            sum.affinity_changed += 1;
+        }
         let changes = BackendChanges::between(&members, &v.backends);
         for &addr in &changes.added {
             let weight = weight_in(&v.backends, addr);
@@ -403,6 +419,9 @@ fn apply_vip(
     released: &mut Vec<IpAddr>,
 ) -> Result<()> {
     let service = v.spec.service;
+    if maps.set_affinity(run, &service, v.spec.affinity)? {
+        done.affinity_changed += 1;
+    }
     let changes = maps.set_backends(run, &service, &v.backends, start_down)?;
     done.backends_added += changes.added.len();
     done.backends_removed += changes.removed.len();

@@ -629,6 +629,7 @@ mod tests {
                     snat: None,
                     table_size: 251,
                     fixed_size: false,
+                    affinity: crate::model::Affinity::None,
                     moved: 0.0,
                     table_digest: 0,
                 },

@@ -30,6 +30,7 @@ pub fn running(b: &Balancer) -> Result<Desired> {
                     mode: v.mode,
                     snat: v.snat,
                     table_size: v.fixed_size.then_some(v.table_size),
+                    affinity: v.affinity,
                 },
                 table_in_use: (!v.fixed_size).then_some(v.table_size),
                 health: recorded.and_then(|r| r.health.clone()),

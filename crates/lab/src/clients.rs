@@ -267,7 +267,25 @@ pub fn udp_ask_from(
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
-    let socket = UdpSocket::bind((any, local_port))?;
+    udp_ask_bound(
+        SocketAddr::new(any, local_port),
+        addr,
+        port,
+        payload,
+        timeout,
+    )
+}
+
+/// `udp_ask` from `local` (an address of the client's, port 0 for any):
+/// a client with several addresses sends as each.
+pub fn udp_ask_bound(
+    local: SocketAddr,
+    addr: IpAddr,
+    port: u16,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<String, ClientError> {
+    let socket = UdpSocket::bind(local)?;
     // Connected: only replies from addr:port are received, and an ICMP port
     // unreachable surfaces as ConnectionRefused.
     socket.connect((addr, port))?;
