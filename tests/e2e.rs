@@ -407,7 +407,7 @@ fn long_lived_connections_survive_every_change(topology: Topology, family: Famil
 
     // Listed twice while every long connection is still open.
     let dumps = tcp_listings(&lab, family, 2, Duration::ZERO, |_| false);
-    clients::finish_unbroken(conns, &started, Some(50), "long connections broke", || {
+    clients::finish_unbroken(conns, &started, Some(5), "long connections broke", || {
         diagnose(&lab)
     });
     for (i, f) in flows.into_iter().enumerate() {

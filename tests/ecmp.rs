@@ -183,7 +183,7 @@ fn long_connections_survive_a_balancer_leaving_and_coming_back(mode: &str) {
         diagnose(&lab)
     );
 
-    clients::finish_unbroken(conns, &started, Some(100), "long connections broke", || {
+    clients::finish_unbroken(conns, &started, Some(5), "long connections broke", || {
         diagnose(&lab)
     });
 }

@@ -589,7 +589,7 @@ fn reload_restart_and_metrics_keep_every_connection() {
     );
     thread::sleep(Duration::from_millis(500));
 
-    clients::finish_unbroken(conns, &started, Some(50), "connections broke", || {
+    clients::finish_unbroken(conns, &started, Some(5), "connections broke", || {
         svc.lines().join("\n")
     });
     let (ok, _) = svc.stop(STOP);

@@ -625,31 +625,56 @@ pub fn finish_all(conns: Vec<LongConn>) -> Vec<ConnReport> {
 
 /// Ends every connection and panics with `what`, the broken ones and
 /// `context()` (a lab diagnosis, a log) if any broke; then checks each
-/// stayed on the backend it started on (`started`, in order) and, given
-/// `more_than`, echoed more than that many chunks.
+/// stayed on the backend it started on (`started`, in order). Given
+/// `then_echo`, each connection must first echo that many more chunks
+/// (it still talks after whatever the test did to it), waiting at most
+/// `scaled(PROGRESS_WITHIN)`: a liveness check, not a speed check.
 pub fn finish_unbroken(
     conns: Vec<LongConn>,
     started: &[String],
-    more_than: Option<u64>,
+    then_echo: Option<u64>,
     what: &str,
     context: impl FnOnce() -> String,
 ) -> Vec<ConnReport> {
+    let stalled = then_echo.map(|n| wait_for_progress(&conns, n, scaled(PROGRESS_WITHIN)));
     let reports = finish_all(conns);
     if let Some(broken) = broken_summary(&reports) {
         panic!("{what}:\n{broken}\n{}", context());
     }
     for (r, first) in reports.iter().zip(started) {
         assert_eq!(&r.backend, first, "connection {} changed backend", r.id);
-        if let Some(n) = more_than {
-            assert!(
-                r.chunks_ok > n,
-                "connection {} exchanged only {} chunks",
-                r.id,
-                r.chunks_ok
-            );
-        }
+    }
+    if let Some(stalled) = stalled.filter(|s| !s.is_empty()) {
+        panic!(
+            "{what}: connections stopped echoing (id: chunks before, after {:?}): {stalled:?}\n{}",
+            scaled(PROGRESS_WITHIN),
+            context()
+        );
     }
     reports
+}
+
+/// How long `finish_unbroken` waits for every connection's last chunks.
+const PROGRESS_WITHIN: Duration = Duration::from_secs(10);
+
+/// Waits until every connection has echoed `n` chunks more than it had on
+/// the call, or `within` passed; returns (id, before, after) of those that
+/// did not (a loop that ended by its own limits counts as stalled).
+pub fn wait_for_progress(conns: &[LongConn], n: u64, within: Duration) -> Vec<(usize, u64, u64)> {
+    let before: Vec<u64> = conns.iter().map(LongConn::chunks_ok).collect();
+    let deadline = Instant::now() + within;
+    loop {
+        let behind: Vec<(usize, u64, u64)> = conns
+            .iter()
+            .zip(&before)
+            .filter(|(c, b)| c.chunks_ok() < *b + n)
+            .map(|(c, b)| (c.id(), *b, c.chunks_ok()))
+            .collect();
+        if behind.is_empty() || Instant::now() >= deadline {
+            return behind;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// One line per broken connection, or None when all survived.
@@ -681,7 +706,7 @@ fn pump(
     let mut seq = 0;
     while !stop.load(Ordering::Relaxed)
         && seq < cfg.max_chunks
-        && started.elapsed() < cfg.max_duration
+        && started.elapsed() < scaled(cfg.max_duration)
     {
         let chunk = chunk(id, seq, cfg.chunk_len);
         let sent = stream.write_all(&chunk).map_err(ClientError::from);
