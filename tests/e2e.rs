@@ -114,6 +114,15 @@ fn assert_spread(spread: &BTreeMap<String, usize>, lab: &Lab, weights: &[u32], w
     }
 }
 
+/// `n` short TCP connections and `n` UDP flows to `vip`, each spread over
+/// the backends by `weights` (`assert_spread`).
+fn assert_balanced(lab: &Lab, vip: IpAddr, n: usize, weights: &[u32], what: &str) {
+    let spread = short_tcp(lab, vip, n);
+    assert_spread(&spread, lab, weights, &format!("{what} TCP"));
+    let spread = short_udp(lab, vip, n);
+    assert_spread(&spread, lab, weights, &format!("{what} UDP"));
+}
+
 /// `--affinity client`: 40 client addresses send 10 UDP flows each (each
 /// from a new port): every client's flows reach one backend, and the
 /// clients spread over the backends by weight.
@@ -173,10 +182,7 @@ fn two_arm_dnat_balances_short_tcp_and_udp(family: Family) {
     let weights = [1, 2, 1];
     let (lab, vip) = balanced_lab(Topology::TwoArm, family, 3, &weights);
     let what = format!("two-arm {}", family.name());
-    let spread = short_tcp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, &format!("{what} TCP"));
-    let spread = short_udp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, &format!("{what} UDP"));
+    assert_balanced(&lab, vip, 500, &weights, &what);
     let status = lbctl(&lab, &["status"]);
     assert!(status.contains("xdp_redirect"), "{status}");
     // The lab's veths keep TX checksum offload on: their partial checksums
@@ -196,10 +202,7 @@ fn two_arm_dnat_with_tx_checksum_offload_off_ipv4() {
     let weights = [1, 1];
     let (lab, vip) = balanced_lab(Topology::TwoArm, Family::V4, 2, &weights);
     lab.set_tx_checksum_offload(false).expect("ethtool tx off");
-    let spread = short_tcp(&lab, vip, 200);
-    assert_spread(&spread, &lab, &weights, "two-arm tx off TCP");
-    let spread = short_udp(&lab, vip, 200);
-    assert_spread(&spread, &lab, &weights, "two-arm tx off UDP");
+    assert_balanced(&lab, vip, 200, &weights, "two-arm tx off");
     let status = lbctl(&lab, &["status"]);
     assert!(status.contains("checksums     0 partial"), "{status}");
 }
@@ -208,10 +211,7 @@ fn one_arm_fullnat_balances_short_tcp_and_udp(family: Family) {
     let weights = [1, 1, 2];
     let (lab, vip) = balanced_lab(Topology::OneArm, family, 3, &weights);
     let what = format!("one-arm {}", family.name());
-    let spread = short_tcp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, &format!("{what} TCP"));
-    let spread = short_udp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, &format!("{what} UDP"));
+    assert_balanced(&lab, vip, 500, &weights, &what);
     // The backends saw the balancer's address: conntrack holds the NAT.
     let entries = conntrack_list(&lab, family, "tcp");
     let snat = lab.lb_backend_ip(family);
