@@ -15,6 +15,15 @@ impl Ns {
         Ns(LbctlNs::new("cli", env!("CARGO_BIN_EXE_lbctl")))
     }
 
+    /// A fresh namespace with lbctl attached to each of `ifaces`.
+    fn attached(ifaces: &[&str]) -> Ns {
+        let ns = Ns::new();
+        for iface in ifaces {
+            ns.ok(&["attach", iface]);
+        }
+        ns
+    }
+
     fn lbctl(&self, args: &[&str]) -> Output {
         self.lbctl_env(args, &[])
     }
@@ -173,8 +182,7 @@ fn another_xdp_program_is_left_alone() {
 
 #[test]
 fn address_and_value_errors() {
-    let ns = Ns::new();
-    ns.ok(&["attach", "e0"]);
+    let ns = Ns::attached(&["e0"]);
     ns.fails(&["vip", "add", "198.18.100.1"], "a port is needed");
     ns.fails(&["vip", "add", "198.18.100.300:80"], "not an IP address");
     ns.fails(&["vip", "add", "198.18.100.1:99999"], "bad port");
@@ -256,9 +264,7 @@ fn address_and_value_errors() {
 
 #[test]
 fn configuration_round_trips_through_separate_invocations() {
-    let ns = Ns::new();
-    ns.ok(&["attach", "e0"]);
-    ns.ok(&["attach", "e1"]);
+    let ns = Ns::attached(&["e0", "e1"]);
     ns.ok(&["vip", "add", "198.18.100.1:80", "--mode", "fullnat"]);
     ns.ok(&[
         "vip",
@@ -433,9 +439,7 @@ const CONFIG: &str = include_str!("data/cli/round-trip.toml");
 
 #[test]
 fn save_apply_save_is_a_fixed_point_and_bad_files_change_nothing() {
-    let ns = Ns::new();
-    ns.ok(&["attach", "e0"]);
-    ns.ok(&["attach", "e1"]);
+    let ns = Ns::attached(&["e0", "e1"]);
     let cfg = ns.file("lbctl.toml", CONFIG);
     let out = ns.ok(&["apply", "-f", &cfg]);
     assert!(out.contains("2 VIPs added, 3 backends added"), "{out}");
@@ -526,8 +530,7 @@ fn save_apply_save_is_a_fixed_point_and_bad_files_change_nothing() {
 /// changes; a table lbctl sizes grows instead.
 #[test]
 fn a_fixed_table_too_small_for_its_backends_is_refused() {
-    let ns = Ns::new();
-    ns.ok(&["attach", "e0"]);
+    let ns = Ns::attached(&["e0"]);
     let vip = "198.18.100.1:80";
     ns.ok(&["vip", "add", vip, "--table-size", "3"]);
     for h in 11..=13 {
@@ -578,8 +581,7 @@ fn a_fixed_table_too_small_for_its_backends_is_refused() {
 
 #[test]
 fn ipv6_vips_their_source_address_and_forwarding() {
-    let ns = Ns::new();
-    ns.ok(&["attach", "e0"]);
+    let ns = Ns::attached(&["e0"]);
     // Forwarding is off in a fresh namespace: said once, not refused.
     let out = ns.lbctl(&["vip", "add", "[2001:db8:100::1]:80"]);
     assert!(out.status.success());
@@ -634,8 +636,7 @@ fn ipv6_vips_their_source_address_and_forwarding() {
 /// place by `vip set`; its prefix only with it, and in range.
 #[test]
 fn client_affinity_is_set_shown_and_changed() {
-    let ns = Ns::new();
-    ns.ok(&["attach", "e0"]);
+    let ns = Ns::attached(&["e0"]);
     let (v4, v6) = ("198.18.100.1:80", "[2001:db8:0:100::1]:80");
     ns.ok(&["vip", "add", v4, "--affinity", "client"]);
     ns.ok(&[

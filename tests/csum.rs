@@ -50,7 +50,73 @@ struct Case {
     data: Vec<u8>,
 }
 
+/// The `family` of `struct csum_case` for addresses of `alen` bytes.
+fn family(alen: usize) -> u32 {
+    if alen == 16 {
+        LB_AF_INET6
+    } else {
+        LB_AF_INET
+    }
+}
+
+/// One constructor per csum.h function under test, with its inputs.
 impl Case {
+    /// A case of `op` on `data` (the bytes after the case), all else 0.
+    fn on(op: u32, data: &[u8]) -> Case {
+        Case {
+            op,
+            data: data.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// `csum_fold(acc)`.
+    fn fold(acc: u64) -> Case {
+        Case {
+            acc,
+            ..Case::on(OP_FOLD, &[])
+        }
+    }
+
+    /// The IPv4 header checksum over `hdr`.
+    fn ipv4_header(hdr: &[u8]) -> Case {
+        Case::on(OP_IPV4_HEADER, hdr)
+    }
+
+    /// The pseudo-header sum of `saddr` to `daddr` (both IPv4 or both IPv6).
+    fn pseudo(saddr: &[u8], daddr: &[u8], proto: u8, len: usize) -> Case {
+        Case {
+            family: family(saddr.len()),
+            proto: proto as u32,
+            len: len as u32,
+            old: addr16(saddr),
+            new: addr16(daddr),
+            ..Case::on(OP_PSEUDO, &[])
+        }
+    }
+
+    /// `frame_sum` over `len` bytes of `data`, from `lead` bytes into it.
+    fn frame_sum(data: &[u8], lead: usize, len: u32) -> Case {
+        Case {
+            off: (CASE_LEN + lead) as u32,
+            len,
+            ..Case::on(OP_FRAME_SUM, data)
+        }
+    }
+
+    /// The sum of the whole of `data` as one block.
+    fn bytes(data: &[u8]) -> Case {
+        Case {
+            len: data.len() as u32,
+            ..Case::on(OP_BYTES, data)
+        }
+    }
+
+    /// The TTL decrement of the IPv4 header `hdr`, its checksum updated.
+    fn decrement_ttl(hdr: &[u8]) -> Case {
+        Case::on(OP_DECREMENT_TTL, hdr)
+    }
+
     fn frame(&self) -> Vec<u8> {
         let mut f = Vec::with_capacity(CASE_LEN + self.data.len());
         for v in [self.op, self.family, self.proto, self.len, self.off] {
@@ -168,6 +234,13 @@ fn l4_checksum(saddr: &[u8], daddr: &[u8], proto: u8, seg: &[u8]) -> u16 {
     }
 }
 
+/// An IPv4 header of random bytes, its checksum field 0.
+fn random_ipv4_header(rng: &mut Rng) -> Vec<u8> {
+    let mut hdr = rng.bytes(20);
+    hdr[10..12].fill(0);
+    hdr
+}
+
 fn addr16(b: &[u8]) -> [u8; 16] {
     let mut a = [0u8; 16];
     a[..b.len()].copy_from_slice(b);
@@ -194,12 +267,11 @@ fn fold_carries_end_around() {
     ];
     accs.extend((0..200).map(|_| rng.next_u64() >> 16));
     for acc in accs {
-        let case = Case {
-            op: OP_FOLD,
-            acc,
-            ..Default::default()
-        };
-        assert_eq!(check.out(&case), fold(acc) as u32, "csum_fold({acc:#x})");
+        assert_eq!(
+            check.out(&Case::fold(acc)),
+            fold(acc) as u32,
+            "csum_fold({acc:#x})"
+        );
     }
 }
 
@@ -282,8 +354,7 @@ fn incremental_rewrite_equals_full_recompute() {
         let want_l4 = l4_checksum(&s1, &d1, proto, &new_seg);
         // The IPv4 header's checksum: a header with the old addresses,
         // then with the new ones.
-        let mut hdr = rng.bytes(20);
-        hdr[10..12].fill(0);
+        let mut hdr = random_ipv4_header(&mut rng);
         let ip_hdr = |hdr: &mut Vec<u8>, s: &[u8], d: &[u8]| {
             hdr[12..16].copy_from_slice(&s[..4]);
             hdr[16..20].copy_from_slice(&d[..4]);
@@ -293,7 +364,7 @@ fn incremental_rewrite_equals_full_recompute() {
         let want_ip = ip_hdr(&mut hdr, &s1, &d1);
         let case = Case {
             op: OP_REWRITE,
-            family: if v6 { LB_AF_INET6 } else { LB_AF_INET },
+            family: family(alen),
             proto: proto as u32,
             check: old_check,
             check2: old_ip,
@@ -342,12 +413,8 @@ fn ipv4_header_checksum() {
         }
         hdr[10..12].fill(0);
         let want = checksum(sum16(&hdr));
-        let case = Case {
-            op: OP_IPV4_HEADER,
-            data: hdr.clone(),
-            ..Default::default()
-        };
-        assert_eq!(check.out_field(&case), want, "header {hdr:02x?}");
+        let got = check.out_field(&Case::ipv4_header(&hdr));
+        assert_eq!(got, want, "header {hdr:02x?}");
     }
 }
 
@@ -370,16 +437,8 @@ fn pseudo_header_sums_for_both_families() {
             _ => rng.below(0x10000),
         };
         let want = sum16(&pseudo_header(&s, &d, proto, len));
-        let case = Case {
-            op: OP_PSEUDO,
-            family: if v6 { LB_AF_INET6 } else { LB_AF_INET },
-            proto: proto as u32,
-            len: len as u32,
-            old: addr16(&s),
-            new: addr16(&d),
-            ..Default::default()
-        };
-        assert_eq!(check.out_field(&case), want, "case {i}: v6 {v6}, len {len}");
+        let got = check.out_field(&Case::pseudo(&s, &d, proto, len));
+        assert_eq!(got, want, "case {i}: v6 {v6}, len {len}");
     }
 }
 
@@ -400,24 +459,12 @@ fn frame_sum_over_any_length_and_offset() {
         }
         let seg = &data[lead..lead + len];
         let want = sum16(seg);
-        let case = Case {
-            op: OP_FRAME_SUM,
-            off: (CASE_LEN + lead) as u32,
-            len: len as u32,
-            data: data.clone(),
-            ..Default::default()
-        };
-        assert_eq!(check.out_field(&case), want, "{len} bytes at offset {lead}");
+        let got = check.out_field(&Case::frame_sum(&data, lead, len as u32));
+        assert_eq!(got, want, "{len} bytes at offset {lead}");
     }
     // Bytes that run past the frame: no sum.
     for (len, extra) in [(1, 0), (2, 1), (300, 299), (1000, 3)] {
-        let case = Case {
-            op: OP_FRAME_SUM,
-            off: CASE_LEN as u32,
-            len,
-            data: vec![1; extra],
-            ..Default::default()
-        };
+        let case = Case::frame_sum(&vec![1; extra], 0, len);
         assert_eq!(check.out(&case), LB_CSUM_FAILED, "{len} bytes in {extra}");
     }
 }
@@ -433,13 +480,8 @@ fn byte_blocks_sum_like_the_reference() {
             } else {
                 rng.bytes(len)
             };
-            let case = Case {
-                op: OP_BYTES,
-                len: len as u32,
-                data: data.clone(),
-                ..Default::default()
-            };
-            assert_eq!(check.out_field(&case), sum16(&data), "{len} bytes");
+            let got = check.out_field(&Case::bytes(&data));
+            assert_eq!(got, sum16(&data), "{len} bytes");
         }
     }
 }
@@ -449,9 +491,8 @@ fn ttl_decrement_keeps_the_header_checksum_right() {
     let check = Check::load();
     let mut rng = Rng(0x5eed_0008);
     for i in 0..300 {
-        let mut hdr = rng.bytes(20);
+        let mut hdr = random_ipv4_header(&mut rng);
         hdr[8] = 1 + (i % 255) as u8; // TTL
-        hdr[10..12].fill(0);
         if i < 4 {
             // Headers whose checksum is 0 or 0xffff-adjacent after the
             // decrement: the end-around cases of RFC 1624.
@@ -464,12 +505,7 @@ fn ttl_decrement_keeps_the_header_checksum_right() {
         }
         let c = checksum(sum16(&hdr));
         hdr[10..12].copy_from_slice(&c.to_be_bytes());
-        let case = Case {
-            op: OP_DECREMENT_TTL,
-            data: hdr.clone(),
-            ..Default::default()
-        };
-        let out = check.run(&case);
+        let out = check.run(&Case::decrement_ttl(&hdr));
         let got = &out[CASE_LEN..CASE_LEN + 20];
         let mut want = hdr.clone();
         want[8] -= 1;

@@ -297,12 +297,14 @@ mod lab {
     use std::net::{IpAddr, SocketAddr};
     use std::time::Duration;
 
-    use lbctl_lab::clients;
     use lbctl_lab::lab::{Family, Lab, Topology, HOST_IFACE};
     use lbctl_lab::servers::ECHO_PORT;
+    use lbctl_lab::{balanced, clients};
+
+    const LBCTL: &str = env!("CARGO_BIN_EXE_lbctl");
 
     fn lbctl(lab: &Lab, args: &[&str]) -> String {
-        lbctl_lab::balanced::lbctl(lab, env!("CARGO_BIN_EXE_lbctl"), args)
+        balanced::lbctl(lab, LBCTL, args)
     }
 
     /// A one-arm lab whose backends hold the VIP on their loopback, as dsr
@@ -398,13 +400,10 @@ mod lab {
         pause();
         lbctl(&lab, &["backend", "set", &v, &be(2), "--weight", "1"]);
         pause();
-        lbctl(&lab, &["attach", lab.lb_ifaces()[0], "--replace"]);
+        balanced::replace_program(&lab, LBCTL);
         pause();
         let after = short_tcp(&lab, vip, 40);
-        assert!(
-            !after.contains_key(&lab.backend_name(1)),
-            "a drained backend got new connections: {after:?}"
-        );
+        balanced::assert_drained(&lab, &after, 1, "a drained backend got new connections");
         let reports = clients::finish_all(conns);
         if let Some(broken) = clients::broken_summary(&reports) {
             panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));

@@ -114,6 +114,15 @@ fn assert_spread(spread: &BTreeMap<String, usize>, lab: &Lab, weights: &[u32], w
     }
 }
 
+/// `n` short TCP connections and `n` UDP flows to `vip`, each spread over
+/// the backends by `weights` (`assert_spread`).
+fn assert_balanced(lab: &Lab, vip: IpAddr, n: usize, weights: &[u32], what: &str) {
+    let spread = short_tcp(lab, vip, n);
+    assert_spread(&spread, lab, weights, &format!("{what} TCP"));
+    let spread = short_udp(lab, vip, n);
+    assert_spread(&spread, lab, weights, &format!("{what} UDP"));
+}
+
 /// `--affinity client`: 40 client addresses send 10 UDP flows each (each
 /// from a new port): every client's flows reach one backend, and the
 /// clients spread over the backends by weight.
@@ -173,10 +182,7 @@ fn two_arm_dnat_balances_short_tcp_and_udp(family: Family) {
     let weights = [1, 2, 1];
     let (lab, vip) = balanced_lab(Topology::TwoArm, family, 3, &weights);
     let what = format!("two-arm {}", family.name());
-    let spread = short_tcp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, &format!("{what} TCP"));
-    let spread = short_udp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, &format!("{what} UDP"));
+    assert_balanced(&lab, vip, 500, &weights, &what);
     let status = lbctl(&lab, &["status"]);
     assert!(status.contains("xdp_redirect"), "{status}");
     // The lab's veths keep TX checksum offload on: their partial checksums
@@ -196,10 +202,7 @@ fn two_arm_dnat_with_tx_checksum_offload_off_ipv4() {
     let weights = [1, 1];
     let (lab, vip) = balanced_lab(Topology::TwoArm, Family::V4, 2, &weights);
     lab.set_tx_checksum_offload(false).expect("ethtool tx off");
-    let spread = short_tcp(&lab, vip, 200);
-    assert_spread(&spread, &lab, &weights, "two-arm tx off TCP");
-    let spread = short_udp(&lab, vip, 200);
-    assert_spread(&spread, &lab, &weights, "two-arm tx off UDP");
+    assert_balanced(&lab, vip, 200, &weights, "two-arm tx off");
     let status = lbctl(&lab, &["status"]);
     assert!(status.contains("checksums     0 partial"), "{status}");
 }
@@ -208,10 +211,7 @@ fn one_arm_fullnat_balances_short_tcp_and_udp(family: Family) {
     let weights = [1, 1, 2];
     let (lab, vip) = balanced_lab(Topology::OneArm, family, 3, &weights);
     let what = format!("one-arm {}", family.name());
-    let spread = short_tcp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, &format!("{what} TCP"));
-    let spread = short_udp(&lab, vip, 500);
-    assert_spread(&spread, &lab, &weights, &format!("{what} UDP"));
+    assert_balanced(&lab, vip, 500, &weights, &what);
     // The backends saw the balancer's address: conntrack holds the NAT.
     let entries = conntrack_list(&lab, family, "tcp");
     let snat = lab.lb_backend_ip(family);
@@ -367,10 +367,7 @@ fn long_lived_connections_survive_every_change(topology: Topology, family: Famil
     }
     pause();
     let after_drain = short_tcp(&lab, vip, 100);
-    assert!(
-        !after_drain.contains_key(&lab.backend_name(1)),
-        "a drained backend got new flows: {after_drain:?}"
-    );
+    balanced::assert_drained(&lab, &after_drain, 1, "a drained backend got new flows");
     assert!(
         !started.contains(&lab.backend_name(4)),
         "b4 joined after the long connections started"
@@ -397,13 +394,10 @@ fn long_lived_connections_survive_every_change(topology: Topology, family: Famil
         }
     }
     lbctl(&lab, &["backend", "set", &v, &be(3), "--weight", "1"]);
-    lbctl(&lab, &["attach", lab.lb_ifaces()[0], "--replace"]);
+    balanced::replace_program(&lab, LBCTL);
     pause();
     let after_replace = short_tcp(&lab, vip, 20);
-    assert!(
-        !after_replace.contains_key(&lab.backend_name(1)),
-        "still drained after the upgrade"
-    );
+    balanced::assert_drained(&lab, &after_replace, 1, "still drained after the upgrade");
 
     // Listed twice while every long connection is still open.
     let dumps = tcp_listings(&lab, family, 2, Duration::ZERO, |_| false);

@@ -18,18 +18,7 @@ const CLIENT: &str = "198.18.0.2:40000";
 fn syn_to_vip_goes_to_a_backend_with_correct_checksums() {
     in_fresh_netns(|| {
         let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
-
-        let syn = Packet::tcp(CLIENT, VIP, SYN).payload(b"hello");
-        let (action, out) = lb.run(&syn.build());
-        assert_eq!(action, XDP_REDIRECT, "routed out of v0 through the devmap");
-        let seen = parse(&out);
-        assert_eq!(seen.dst, "198.18.1.11:8080");
-        assert_eq!(seen.src, CLIENT, "dnat keeps the client address");
-        assert_eq!(seen.dst_mac, backend_mac(11), "MACs from the FIB");
-        assert_eq!(seen.src_mac, ROUTER_MAC);
-        assert_eq!(seen.ttl, 63, "one hop");
-        assert_eq!(seen.payload, b"hello");
-        assert_eq!(lb.reason(lb_reason::LB_XDP_REDIRECT), 1);
+        scenarios::syn_goes_to_the_backend(&lb, CLIENT, VIP, "198.18.1.11:8080", 11);
     });
 }
 
@@ -401,23 +390,11 @@ fn odd_packets() -> Vec<Case> {
         },
         icmp_no_flow(
             "fragmentation needed to the VIP about a reply of no flow",
-            Packet::icmp_error(
-                ROUTER_C,
-                VIP_IP,
-                IcmpError::FragNeeded(1280),
-                &Packet::tcp(VIP, "198.18.0.2:40999", ACK),
-            )
-            .build(),
+            to_vip(IcmpError::FragNeeded(1280), &Packet::tcp(VIP, "198.18.0.2:40999", ACK)).build(),
         ),
         icmp_no_flow(
             "time exceeded quoting an ICMP echo from the VIP's address",
-            Packet::icmp_error(
-                ROUTER_C,
-                VIP_IP,
-                IcmpError::TimeExceeded,
-                &Packet::icmp_echo(VIP_IP, "198.18.0.2"),
-            )
-            .build(),
+            to_vip(IcmpError::TimeExceeded, &Packet::icmp_echo(VIP_IP, "198.18.0.2")).build(),
         ),
         icmp_no_flow(
             "fragmentation needed about a reply, quote cut inside the ports",
@@ -641,13 +618,7 @@ fn odd_packets() -> Vec<Case> {
         Case {
             row: "conntrack entry that lbctl did not create",
             example: "fragmentation needed about a reply of a flow netfilter tracks",
-            frame: Packet::icmp_error(
-                ROUTER_C,
-                VIP_IP,
-                IcmpError::FragNeeded(1280),
-                &Packet::tcp(VIP, FOREIGN_CLIENT, ACK),
-            )
-            .build(),
+            frame: to_vip(IcmpError::FragNeeded(1280), &Packet::tcp(VIP, FOREIGN_CLIENT, ACK)).build(),
             action: XDP_PASS,
             reason: lb_reason::LB_PASS_FOREIGN_CT,
             out: Untouched,
@@ -684,19 +655,21 @@ const ICMP_NO_FLOW: &str =
     "ICMP or ICMPv6 error about no lbctl flow, quoting neither TCP nor UDP, or cut before the ports";
 /// A row of ICMP_NO_FLOW: the error goes to the host's stack untouched.
 fn icmp_no_flow(example: &'static str, frame: Vec<u8>) -> Case {
-    Case {
-        row: ICMP_NO_FLOW,
+    passed(
+        ICMP_NO_FLOW,
         example,
         frame,
-        action: XDP_PASS,
-        reason: lb_reason::LB_PASS_ICMP_NO_FLOW,
-        out: Untouched,
-    }
+        lb_reason::LB_PASS_ICMP_NO_FLOW,
+    )
 }
 const VIP_IP: &str = "198.18.100.1";
 /// Routers on the client's and on the backends' side.
 const ROUTER_C: &str = "198.18.0.9";
 const ROUTER_B: &str = "198.18.1.9";
+/// An ICMP error from the client side's router to the VIP's address.
+fn to_vip(error: IcmpError, quoted: &Packet) -> Packet {
+    Packet::icmp_error(ROUTER_C, VIP_IP, error, quoted)
+}
 /// The flows ICMP errors are about (`odd_packet_balancer`): dnat TCP, fullnat
 /// TCP (the client's port kept as the source port), dnat UDP.
 const ICMP_CLIENT: &str = "198.18.0.2:40100";
@@ -724,12 +697,7 @@ fn reply_from_backend() -> Packet {
 }
 /// A router on the client side: fragmentation needed, to the VIP, about that reply.
 fn frag_needed_about_reply() -> Packet {
-    Packet::icmp_error(
-        ROUTER_C,
-        VIP_IP,
-        IcmpError::FragNeeded(1280),
-        &reply_as_sent(),
-    )
+    to_vip(IcmpError::FragNeeded(1280), &reply_as_sent())
 }
 /// The same error as lbctl forwards it: to the backend, about its reply.
 fn frag_needed_as_forwarded() -> Packet {
@@ -788,20 +756,13 @@ fn odd_packet_balancer() -> Balancer {
         "conntrack -I -p tcp -s {ip} -d 198.18.100.1 --sport {port} --dport 80 \
          --timeout 120 --state ESTABLISHED 2>&1"
     ));
-    lb.serve(
-        FULLNAT_VIP,
-        Proto::Tcp,
-        NatMode::Fullnat,
-        Some("198.18.1.1"),
-        &[FULLNAT_BACKEND],
+    scenarios::open_icmp_flows(
+        &lb,
+        [ICMP_CLIENT, VIP],
+        [FULLNAT_CLIENT, FULLNAT_VIP, FULLNAT_BACKEND],
+        "198.18.1.1",
+        [UDP_CLIENT, UDP_VIP, UDP_BACKEND],
     );
-    lb.serve(UDP_VIP, Proto::Udp, NatMode::Dnat, None, &[UDP_BACKEND]);
-    // The flows ICMP is about.
-    lb.open_flows(&[
-        Packet::tcp(ICMP_CLIENT, VIP, SYN),
-        Packet::tcp(FULLNAT_CLIENT, FULLNAT_VIP, SYN),
-        Packet::udp(UDP_CLIENT, UDP_VIP, b"query"),
-    ]);
     lb
 }
 

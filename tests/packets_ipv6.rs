@@ -30,20 +30,10 @@ fn conntrack6() -> String {
 fn syn_to_an_ipv6_vip_goes_to_a_backend_with_correct_checksums() {
     in_fresh_netns(|| {
         let (lb, _) = dnat_lb();
-        let syn = Packet::tcp(CLIENT, VIP, SYN).payload(b"hello");
-        let (action, out) = lb.run(&syn.build());
-        assert_eq!(action, XDP_REDIRECT, "routed out of v0 through the devmap");
-        let seen = parse(&out);
-        assert_eq!(seen.dst, BACKEND);
-        assert_eq!(seen.src, CLIENT, "dnat keeps the client address");
-        assert_eq!(seen.dst_mac, backend_mac(11), "MACs from the FIB");
-        assert_eq!(seen.src_mac, ROUTER_MAC);
-        assert_eq!(seen.ttl, 63, "one hop less");
-        assert_eq!(seen.payload, b"hello");
-        assert_eq!(lb.reason(lb_reason::LB_XDP_REDIRECT), 1);
+        let (syn, out) = scenarios::syn_goes_to_the_backend(&lb, CLIENT, VIP, BACKEND, 11);
         assert_eq!(
             &out[14..18],
-            &syn.build()[14..18],
+            &syn[14..18],
             "version, traffic class and flow label kept"
         );
     });
@@ -674,8 +664,9 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
     };
     // A router on the client side: packet too big, to the VIP, about that
     // reply; and the same error as lbctl forwards it, to the backend.
-    let too_big_about_reply =
-        || Packet::icmp_error(ROUTER_C, VIP_IP, IcmpError::TooBig(1280), &reply_as_sent());
+    // An ICMPv6 error from the client side's router to the VIP's address.
+    let to_vip = |error, quoted: &Packet| Packet::icmp_error(ROUTER_C, VIP_IP, error, quoted);
+    let too_big_about_reply = || to_vip(IcmpError::TooBig(1280), &reply_as_sent());
     let too_big_as_forwarded = || {
         Packet::icmp_error(
             CLIENT_IP,
@@ -792,32 +783,27 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
                 2,
             ),
         ),
-        icmp(
+        passed(
+            "ICMPv6",
             "packet too big about a reply of no flow",
-            Packet::icmp_error(
-                ROUTER_C,
-                VIP_IP,
+            to_vip(
                 IcmpError::TooBig(1280),
                 &Packet::tcp(VIP, "[2001:db8::2]:40999", ACK),
             )
             .build(),
-            XDP_PASS,
             lb_reason::LB_PASS_ICMP_NO_FLOW,
-            Out::Untouched,
         ),
-        icmp(
+        passed(
+            "ICMPv6",
             "packet too big about a reply, quote cut inside the ports",
             too_big_about_reply().quote_cut(42).build(),
-            XDP_PASS,
             lb_reason::LB_PASS_ICMP_NO_FLOW,
-            Out::Untouched,
         ),
-        icmp(
+        passed(
+            "ICMPv6",
             "echo request to the VIP's address",
             Packet::icmp_echo(CLIENT_IP, VIP_IP).build(),
-            XDP_PASS,
             lb_reason::LB_PASS_OTHER_PROTO,
-            Out::Untouched,
         ),
         icmp(
             "a 1554-byte ACK to the VIP, egress MTU 1500",
@@ -836,20 +822,13 @@ fn icmpv6_errors_reach_the_host_that_sent_the_quoted_packet() {
     ];
     in_fresh_netns(move || {
         let (lb, _) = dnat_lb();
-        lb.serve(
-            FULLNAT_VIP,
-            Proto::Tcp,
-            NatMode::Fullnat,
-            Some(SNAT),
-            &[FULLNAT_BACKEND],
+        scenarios::open_icmp_flows(
+            &lb,
+            [CLIENT, VIP],
+            [FULLNAT_CLIENT, FULLNAT_VIP, FULLNAT_BACKEND],
+            SNAT,
+            [UDP_CLIENT, UDP_VIP, UDP_BACKEND],
         );
-        lb.serve(UDP_VIP, Proto::Udp, NatMode::Dnat, None, &[UDP_BACKEND]);
-        // The flows ICMP is about.
-        lb.open_flows(&[
-            Packet::tcp(CLIENT, VIP, SYN),
-            Packet::tcp(FULLNAT_CLIENT, FULLNAT_VIP, SYN),
-            Packet::udp(UDP_CLIENT, UDP_VIP, b"query"),
-        ]);
         run_table(&lb, &cases);
     });
 }

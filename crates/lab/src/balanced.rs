@@ -3,6 +3,7 @@
 //! namespace, attached to every balancer interface, one VIP on port 80 (TCP
 //! and UDP) with every backend's echo server behind it.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::lab::{Family, Lab, Topology};
@@ -69,4 +70,20 @@ pub fn add_vip(lab: &Lab, bin: &str, family: Family, weights: &[u32]) -> IpAddr 
         }
     }
     vip
+}
+
+/// Replaces the program on the lab's first balancer interface in place
+/// (`lbctl attach --replace`), as an upgrade does.
+pub fn replace_program(lab: &Lab, bin: &str) {
+    lbctl(lab, bin, &["attach", lab.lb_ifaces()[0], "--replace"]);
+}
+
+/// Panics with `what` unless backend `i` is missing from `spread` (the
+/// backends' names and their counts of new flows): a drained backend gets
+/// no new flow.
+pub fn assert_drained(lab: &Lab, spread: &BTreeMap<String, usize>, i: usize, what: &str) {
+    assert!(
+        !spread.contains_key(&lab.backend_name(i)),
+        "{what}: {spread:?}"
+    );
 }

@@ -18,18 +18,11 @@ impl Bird {
         let file = |ext: &str| dir.join(format!("{name}.{ext}"));
         let log = std::fs::File::create(file("log")).unwrap();
         let (sock, pid) = (file("sock"), file("pid"));
-        let argv = [
-            "bird",
-            "-f",
-            "-c",
-            conf.to_str().unwrap(),
-            "-s",
-            sock.to_str().unwrap(),
-            "-P",
-            pid.to_str().unwrap(),
-        ];
-        let child = netns::command(ns, &argv)
-            .unwrap()
+        let mut cmd = netns::command(ns, &["bird", "-f"]).unwrap();
+        for (flag, path) in [("-c", conf), ("-s", sock.as_path()), ("-P", pid.as_path())] {
+            cmd.arg(flag).arg(path);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
