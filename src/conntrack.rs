@@ -31,7 +31,7 @@ use netlink_packet_netfilter::{
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use crate::abi::{LB_MARK_BACKEND_MASK, LB_MARK_CLOSING, LB_MARK_VIP_MASK, LB_MARK_VIP_SHIFT};
-use crate::model::Proto;
+use crate::model::{Proto, Service};
 use crate::netlink::{self, Family};
 
 /// CTA_TIMESTAMP and its CTA_TIMESTAMP_START: when the entry was made, if
@@ -122,12 +122,19 @@ pub fn lbctl_flows() -> Result<Vec<Flow>> {
     Ok(dump()?.iter().filter_map(Entry::flow).collect())
 }
 
-/// lbctl's open flows per backend id: its entries that saw no FIN or RST
-/// (for UDP, every live one).
-pub fn active_flows_by_backend() -> Result<HashMap<u32, u64>> {
+/// lbctl's open flows (its entries that saw no FIN or RST; for UDP, every
+/// live one) per (VIP, backend), read from each entry's tuples and not from
+/// the backend id in its mark: an entry replicated from a peer balancer
+/// (conntrackd) carries the peer's ids, which name other backends here when
+/// the two balancers' histories differ.
+pub fn active_flows_by_backend() -> Result<HashMap<(Service, SocketAddr), u64>> {
     let mut counts = HashMap::new();
     for f in lbctl_flows()?.iter().filter(|f| !f.closing) {
-        *counts.entry(f.backend_id).or_insert(0) += 1;
+        let vip = Service {
+            addr: f.vip,
+            proto: f.proto,
+        };
+        *counts.entry((vip, f.backend)).or_insert(0) += 1;
     }
     Ok(counts)
 }

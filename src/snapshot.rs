@@ -4,6 +4,7 @@
 //! collection, several renderings, so they cannot disagree.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 
@@ -11,6 +12,7 @@ use crate::conntrack;
 use crate::datapath::codec::{BackendEntry, VipEntry};
 use crate::datapath::counters::Counters;
 use crate::datapath::maps::Maps;
+use crate::model::Service;
 
 /// One backend and what the maps and conntrack say of it.
 #[derive(Clone, Debug)]
@@ -69,7 +71,7 @@ impl Snapshot {
     /// conntrack table).
     pub fn read(maps: &Maps, active_flows: bool) -> Result<Snapshot> {
         let run = maps.running()?;
-        let flows: Option<HashMap<u32, u64>> = if active_flows {
+        let flows: Option<HashMap<(Service, SocketAddr), u64>> = if active_flows {
             Some(
                 conntrack::active_flows_by_backend()
                     .context("reading conntrack entries (ctnetlink)")?,
@@ -85,7 +87,7 @@ impl Snapshot {
                     stats: maps.backend_counters(entry.id)?,
                     active_flows: flows
                         .as_ref()
-                        .map(|f| f.get(&entry.id).copied().unwrap_or(0)),
+                        .map(|f| f.get(&(vip.service, entry.addr)).copied().unwrap_or(0)),
                     entry,
                 });
             }

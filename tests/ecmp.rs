@@ -416,3 +416,189 @@ mod bgp {
         drop(birds);
     }
 }
+
+/// Flows replicated between the balancers by conntrackd (issue 20):
+/// `contrib/conntrackd/lbctl-sync.conf` in each balancer's namespace, the
+/// peer's entries injected into its conntrack table. Balancer 1 has another
+/// history (its backends removed and added again), so its backend ids
+/// differ from balancer 2's, which replicated marks carry. Backends are
+/// drained on both balancers after 50 long connections began, then
+/// balancer 2 dies (withdrawn and its link down): its flows reach balancer
+/// 1, whose Maglev table now sends them elsewhere. With replication
+/// balancer 1 holds their entries and keeps every one on its backend (by
+/// the entry's NAT, whatever its mark says) and counts each open flow on
+/// its backend; without, the flows that were on a drained backend go to
+/// another, which resets them.
+mod replication {
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use lbctl_lab::conntrackd::{self, Conntrackd};
+
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// conntrackd in both balancers, each syncing with the other.
+    fn start_sync(lab: &EcmpLab, dir: &TempDir) -> Vec<Conntrackd> {
+        (1..=2)
+            .map(|k| {
+                let name = format!("lb{k}");
+                let conf = conntrackd::sync_conf(
+                    lab.balancer_addr(k),
+                    lab.balancer_addr(3 - k),
+                    LB_IFACE,
+                    &format!("{}/24", lab.backend_addr(1)),
+                    &dir.0,
+                    &name,
+                );
+                Conntrackd::start(&lab.balancer_ns(k), &conf, &dir.0, &name)
+            })
+            .collect()
+    }
+
+    /// TCP entries to the VIP in balancer k's conntrack table.
+    fn entries(lab: &EcmpLab, k: usize) -> usize {
+        let vip = lab.vip().to_string();
+        lab.exec(
+            &lab.balancer_ns(k),
+            &["conntrack", "-L", "-p", "tcp", "-d", &vip],
+        )
+        .unwrap_or_default()
+        .lines()
+        .count()
+    }
+
+    /// Waits until both balancers hold at least `n` entries (every flow,
+    /// whichever balancer it crossed), at most `within`; how long it took.
+    fn wait_replicated(lab: &EcmpLab, n: usize, within: Duration, sync: &[Conntrackd]) -> Duration {
+        let started = Instant::now();
+        while entries(lab, 1) < n || entries(lab, 2) < n {
+            assert!(
+                started.elapsed() < within,
+                "after {within:?}: lb1 {} entries, lb2 {}, want {n} each\n{}",
+                entries(lab, 1),
+                entries(lab, 2),
+                sync.iter().map(Conntrackd::output).collect::<String>()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        started.elapsed()
+    }
+
+    /// Balancer k's open flows per backend address (`list --stats --json`).
+    fn active_flows(lab: &EcmpLab, k: usize) -> BTreeMap<String, u64> {
+        let json: serde_json::Value =
+            serde_json::from_str(&lbctl(lab, k, &["list", "--stats", "--json"])).unwrap();
+        json["vips"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let addr = b["address"].as_str().unwrap();
+                let ip = addr.rsplit_once(':').unwrap().0.to_string();
+                (ip, b["stats"]["active_flows"].as_u64().unwrap())
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// The scenario above; the long connections' reports.
+    fn drains_then_a_balancer_dies(mode: &str, replicate: bool) -> Vec<clients::ConnReport> {
+        let lab = ecmp_lab(2, 4, mode);
+        let v = SocketAddr::new(lab.vip().into(), vip_port(mode)).to_string();
+        for i in 1..=lab.backends() {
+            let b = SocketAddr::new(lab.backend_addr(i).into(), ECHO_PORT).to_string();
+            lbctl(&lab, 1, &["backend", "del", &v, &b]);
+            lbctl(
+                &lab,
+                1,
+                &["backend", "add", &v, &b, "--weight", &weight(i).to_string()],
+            );
+        }
+        let dir = TempDir(std::env::temp_dir().join(format!(
+            "lbctl-ecmp-sync-{mode}-{replicate}-{}",
+            std::process::id()
+        )));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let sync = if replicate {
+            start_sync(&lab, &dir)
+        } else {
+            Vec::new()
+        };
+        let port = vip_port(mode);
+        let (conns, started) = long_connections(&lab, 50, port, 90);
+        let pause = || std::thread::sleep(Duration::from_millis(500));
+        pause();
+        assert!(
+            forwarded(&lab, 1) > 0 && forwarded(&lab, 2) > 0,
+            "ECMP did not spread\n{}",
+            diagnose(&lab)
+        );
+        if replicate {
+            let took = wait_replicated(&lab, 50, clients::scaled(Duration::from_secs(10)), &sync);
+            eprintln!("{mode}: every flow on both balancers {took:?} after the last one began");
+            let mut want = BTreeMap::new();
+            for c in &conns {
+                let i = (1..=lab.backends())
+                    .find(|i| lab.backend_name(*i) == c.backend())
+                    .unwrap();
+                *want.entry(lab.backend_addr(i).to_string()).or_insert(0) += 1;
+            }
+            assert_eq!(
+                active_flows(&lab, 1),
+                want,
+                "lb1's open flows per backend, its own and lb2's"
+            );
+        }
+
+        for k in 1..=2 {
+            for i in [1, 2] {
+                let b = SocketAddr::new(lab.backend_addr(i).into(), ECHO_PORT).to_string();
+                lbctl(&lab, k, &["backend", "set", &v, &b, "--weight", "0"]);
+            }
+        }
+        lab.announce(&[1]).unwrap();
+        lab.exec(
+            &lab.balancer_ns(2),
+            &["ip", "link", "set", LB_IFACE, "down"],
+        )
+        .unwrap();
+        pause();
+        pause();
+
+        if replicate {
+            clients::finish_unbroken(conns, &started, Some(5), "replicated flows broke", || {
+                format!(
+                    "{}\n{}",
+                    diagnose(&lab),
+                    sync.iter().map(Conntrackd::output).collect::<String>()
+                )
+            })
+        } else {
+            clients::finish_all(conns)
+        }
+    }
+
+    #[test]
+    fn replicated_flows_survive_drains_and_a_dead_balancer_dsr() {
+        drains_then_a_balancer_dies("dsr", true);
+    }
+
+    /// What replication buys: the same without conntrackd breaks flows.
+    #[test]
+    fn without_replication_the_same_breaks_flows_dsr() {
+        let reports = drains_then_a_balancer_dies("dsr", false);
+        let broken = reports.iter().filter(|r| !r.is_ok()).count();
+        eprintln!("without replication: {broken} of 50 long connections broke");
+        assert!(
+            broken > 0,
+            "every flow survived without replication: the scenario tests nothing"
+        );
+    }
+}

@@ -17,6 +17,7 @@ pub mod balanced;
 pub mod bird;
 pub mod clients;
 pub mod configs;
+pub mod conntrackd;
 pub mod decap;
 pub mod ecmp;
 pub mod fixtures;
