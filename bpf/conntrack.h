@@ -258,7 +258,8 @@ static __always_inline void ct_refresh(struct nf_conn *ct, __u8 dir,
 			 dir == IP_CT_DIR_ORIGINAL)
 			mark &= ~LB_MARK_CLOSING; /* the client reuses the tuple */
 	}
-	if (mark != f->mark) {
+	/* ct->mark, not f->mark: mark_of_this_balancer may have changed both. */
+	if (mark != ct->mark) {
 		ct->mark = mark;
 		f->mark = mark;
 		force = true;
@@ -348,6 +349,52 @@ static __always_inline bool endpoint_equal(const struct lb_endpoint *a,
 {
 	return addr6_equal((const __be32 *)a->addr, (const __be32 *)b->addr) &&
 	       a->port == b->port && a->proto == b->proto && a->family == b->family;
+}
+
+/* An entry replicated from a peer balancer (conntrackd: README, "Stateful
+ * failover") carries the peer's backend id and VIP index in its mark, and
+ * those name other rows here when the two balancers' histories differ.
+ * Forwarding does not read them (the entry's NAT says where packets go);
+ * counting does. So a client's packet that finds an entry checks that the
+ * mark's row is the backend the NAT names, for this VIP, and if not puts
+ * this balancer's row in the mark: the one reply_sources names for that
+ * backend, or none (LB_MARK_BACKEND_MASK: counted for the VIP only) where
+ * several VIPs share it or this balancer does not have it. ct_refresh
+ * writes the corrected mark into the entry, so this happens once per flow.
+ * A global function, called on every path without a branch of the
+ * caller's: verified once, not once per path of its caller. how: the
+ * entry's direction << 16 | the packet's protocol << 8 | its family; vip:
+ * the packet's VIP (NULL for a backend's packet). */
+__noinline __u32 mark_of_this_balancer(const struct flow *f, const struct lb_vip *vip, __u32 how)
+{
+	struct lb_endpoint ep = {};
+	const struct lb_reply_source *src;
+	const struct lb_backend *be;
+	__u32 mark, id, vip_index;
+
+	if (!f)
+		return 0;
+	mark = f->mark;
+	if (!vip || (how >> 16) != IP_CT_DIR_ORIGINAL)
+		return mark;
+	vip_index = vip->index;
+	__builtin_memcpy(ep.addr, f->daddr, sizeof(ep.addr));
+	ep.port = f->dport;
+	ep.proto = how >> 8;
+	ep.family = how & 0xff;
+	id = (mark & LB_MARK_BACKEND_MASK) - 1;
+	be = bpf_map_lookup_elem(&backends, &id);
+	if (be && be->vip_index == vip_index && endpoint_equal(&be->ep, &ep))
+		return mark;
+	mark &= ~(LB_MARK_BACKEND_MASK | (LB_MARK_VIP_MASK << LB_MARK_VIP_SHIFT));
+	src = bpf_map_lookup_elem(&reply_sources, &ep);
+	if (src && src->backend_id != LB_NO_BACKEND) {
+		id = src->backend_id;
+		be = bpf_map_lookup_elem(&backends, &id);
+		if (be && be->vip_index == vip_index)
+			return mark | flow_mark(vip_index, id);
+	}
+	return mark | LB_MARK_BACKEND_MASK | ((vip_index & LB_MARK_VIP_MASK) << LB_MARK_VIP_SHIFT);
 }
 
 /* A dnat flow forwarded without an entry: its replies are NATed back from
@@ -596,6 +643,7 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 		return LB_PASS_FOREIGN_CT;
 	}
 	ct_nat_target(ct, dir, pkt->family, f);
+	f->mark = mark_of_this_balancer(f, vip, dir << 16 | pkt->proto << 8 | pkt->family);
 	if (vip && (vip->flags & (LB_VIP_DSR | LB_VIP_TUNNEL)))
 		keep_destination(pkt, vip, f);
 	ct_refresh(ct, dir, pkt, f, cfg);

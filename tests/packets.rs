@@ -4,6 +4,7 @@
 //! a frame each, the action, the reason counted, and the frame that leaves
 //! (rows of `lbctl_lab::fixtures::cases`).
 
+use lbctl::abi::{LB_MARK_BACKEND_MASK, LB_MARK_VIP_SHIFT};
 use lbctl::datapath::types::lb_reason;
 use lbctl::model::{NatMode, Proto};
 use lbctl_lab::fixtures::packet::*;
@@ -1126,5 +1127,56 @@ fn udp_lives_the_unreplied_timeout_until_the_backend_answers() {
         lb.run(&Packet::udp(CLIENT, VIP, b"q").build());
         let e = entry_to(VIP).expect("an entry");
         assert!(e.contains("ASSURED") && seconds_left(&e) > 200, "{e}");
+    });
+}
+
+/// An entry replicated from a peer balancer (conntrackd inserts it through
+/// ctnetlink, as `conntrack -I` does) carries the peer's mark, whose
+/// backend id may name another backend here, or none. The client's packet
+/// goes where the entry's NAT says, and the entry's mark becomes this
+/// balancer's: the row of the backend that carries the flow (its counters
+/// count it), or no row for a backend this balancer lacks (the VIP's
+/// counters only). Issue 20; README, "Stateful failover".
+#[test]
+fn a_replicated_entry_forwards_by_its_nat_and_takes_this_balancers_mark() {
+    in_fresh_netns(|| {
+        let (lb, vip) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080", "198.18.1.12:8080"]);
+        // Here b1 is row 0 (mark 1) and b2 row 1 (mark 2), VIP index 0.
+        let insert = |sport: u16, backend: &str, mark: u32| {
+            sh(&format!(
+                "conntrack -I -p tcp -s 198.18.0.2 -d 198.18.100.1 --sport {sport} --dport 80 \
+                 -r {backend} -q 198.18.0.2 --reply-port-src 8080 --reply-port-dst {sport} \
+                 --state ESTABLISHED -u SEEN_REPLY -t 120 -m {mark} 2>&1"
+            ))
+        };
+        let mark_of = |sport: u16| -> u32 {
+            let entries = sh("conntrack -L 2>/dev/null");
+            let line = entries
+                .lines()
+                .find(|l| l.contains(&format!("sport={sport} ")))
+                .unwrap_or_else(|| panic!("no entry from port {sport}: {entries}"));
+            let mark = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("mark="));
+            mark.unwrap().parse().unwrap()
+        };
+        let foreign_vip = 5 << LB_MARK_VIP_SHIFT;
+        // (client port, the NAT's backend, the peer's mark, this balancer's)
+        for (sport, backend, peer, here) in [
+            (41001, "198.18.1.12", 1 | foreign_vip, 2),
+            (41002, "198.18.1.12", 300, 2),
+            (41003, "198.18.1.11", 1, 1),
+            (41004, "198.18.1.13", 2, LB_MARK_BACKEND_MASK),
+        ] {
+            insert(sport, backend, peer);
+            let client = format!("198.18.0.2:{sport}");
+            let (action, out) = lb.run(&Packet::tcp(&client, VIP, ACK).build());
+            assert_eq!(action, XDP_REDIRECT, "{client}");
+            assert_eq!(parse(&out).dst, format!("{backend}:8080"), "{client}");
+            assert_eq!(mark_of(sport), here, "{client}: mark {peer:#x} here");
+        }
+        assert_eq!(lb.backend_counters("198.18.1.12:8080").packets, 2);
+        assert_eq!(lb.backend_counters("198.18.1.11:8080").packets, 1);
+        assert_eq!(lb.vip_counters(&vip).packets, 4);
     });
 }
