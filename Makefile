@@ -26,12 +26,12 @@ DEB_PACKAGES := dpkg-dev binutils
 # strace: tests/crash.rs kills lbctl before each bpf() write (strace -e inject).
 # iputils-ping: tests/pmtu.rs pings a VIP.
 # bird2, frr: tests/bgp.rs runs BIRD and FRR in its namespaces with contrib/'s snippets.
-# conntrackd: tests/ecmp.rs replicates flows between balancers with
-#   contrib/conntrackd/lbctl-sync.conf.
+# conntrackd, keepalived: tests/ecmp.rs replicates flows between balancers
+#   and fails over with contrib/conntrackd/ and contrib/keepalived/.
 # haproxy: the live benchmark's comparison.
 # lintian: tests/package.rs checks the .deb has no lintian errors.
 TEST_PACKAGES := bpftool iproute2 ethtool conntrack nftables util-linux kmod \
-	haproxy strace iputils-ping bird2 frr conntrackd lintian $(DEB_PACKAGES)
+	haproxy strace iputils-ping bird2 frr conntrackd keepalived lintian $(DEB_PACKAGES)
 # The kernel matrix's (qemu, busybox, ...): scripts/kernels/DEPS.
 KERNEL_PACKAGES = $(shell cat scripts/kernels/DEPS)
 

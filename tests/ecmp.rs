@@ -462,6 +462,22 @@ mod replication {
             .collect()
     }
 
+    /// What every daemon under `dir` printed (`*.out`, `*.log`).
+    fn daemon_logs(dir: &TempDir) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(&dir.0).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("out" | "log")
+            ) {
+                out += &format!("--- {}\n", path.display());
+                out += &std::fs::read_to_string(&path).unwrap_or_default();
+            }
+        }
+        out
+    }
+
     /// TCP entries to the VIP in balancer k's conntrack table.
     fn entries(lab: &EcmpLab, k: usize) -> usize {
         let vip = lab.vip().to_string();
@@ -600,5 +616,169 @@ mod replication {
             broken > 0,
             "every flow survived without replication: the scenario tests nothing"
         );
+    }
+
+    /// Active/backup fullnat (README, "Stateful failover"): keepalived
+    /// (`contrib/keepalived/lbctl-vrrp.conf`) holds the router's next hop to
+    /// the VIPs and fullnat's source address on the master, conntrackd
+    /// copies its flows to the backup. 50 long connections through balancer
+    /// 1; one of three backends drained on both; balancer 1 dies (its link
+    /// goes down); balancer 2 takes both addresses and
+    /// every connection goes on, byte for byte, on its backend. Prints the
+    /// takeover time and the gap the connections saw. Without conntrackd
+    /// the same takeover breaks them (the second test).
+    #[test]
+    fn fullnat_flows_survive_the_active_balancer_dying() {
+        active_balancer_dies_fullnat(true);
+    }
+
+    #[test]
+    fn without_replication_a_fullnat_takeover_breaks_flows() {
+        let reports = active_balancer_dies_fullnat(false);
+        let broken = reports.iter().filter(|r| !r.is_ok()).count();
+        eprintln!("fullnat takeover without replication: {broken} of 50 long connections broke");
+        assert!(broken > 0, "every flow survived without replication");
+    }
+
+    /// The scenario above, with or without conntrackd; the connections'
+    /// reports.
+    fn active_balancer_dies_fullnat(replicate: bool) -> Vec<clients::ConnReport> {
+        use lbctl_lab::keepalived::{self, Keepalived};
+
+        let lab = EcmpLab::new(2, 3).expect("building the lab");
+        let (next_hop, snat) = ("198.18.2.100", "198.18.2.101");
+        let v = SocketAddr::new(lab.vip().into(), 80).to_string();
+        for k in 1..=2 {
+            lbctl(&lab, k, &["attach", LB_IFACE]);
+            lbctl(
+                &lab,
+                k,
+                &["vip", "add", &v, "--mode", "fullnat", "--snat", snat],
+            );
+            for i in 1..=lab.backends() {
+                let b = SocketAddr::new(lab.backend_addr(i).into(), ECHO_PORT).to_string();
+                lbctl(&lab, k, &["backend", "add", &v, &b]);
+            }
+        }
+        let dir = TempDir(std::env::temp_dir().join(format!(
+            "lbctl-failover-fullnat-{replicate}-{}",
+            std::process::id()
+        )));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let sync = if replicate {
+            start_sync(&lab, &dir)
+        } else {
+            Vec::new()
+        };
+        let mut vrrp: Vec<Keepalived> = [(1, 150), (2, 100)]
+            .into_iter()
+            .map(|(k, priority)| {
+                let name = format!("vrrp{k}");
+                let conf = keepalived::vrrp_conf(&name, LB_IFACE, priority);
+                Keepalived::start(&lab.balancer_ns(k), &conf, &dir.0, &name)
+            })
+            .collect();
+        let holds = |k: usize, addr: &str| {
+            lab.exec(
+                &lab.balancer_ns(k),
+                &["ip", "-4", "addr", "show", "dev", LB_IFACE],
+            )
+            .unwrap_or_default()
+            .contains(&format!("inet {addr}/"))
+        };
+        let wait_until = |what: &str, within: Duration, done: &dyn Fn() -> bool| {
+            let started = Instant::now();
+            while !done() {
+                assert!(
+                    started.elapsed() < within,
+                    "{what} after {within:?}\n{}\n{}",
+                    daemon_logs(&dir),
+                    diagnose(&lab)
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            started.elapsed()
+        };
+        let scaled = clients::scaled;
+        wait_until(
+            "balancer 1 is not master",
+            scaled(Duration::from_secs(15)),
+            &|| holds(1, next_hop) && holds(1, snat),
+        );
+        lab.route_vips_via(next_hop.parse().unwrap()).unwrap();
+
+        // The takeover is a pause of seconds, not a break: echoes may wait.
+        let cfg = clients::EchoConfig {
+            io_timeout: scaled(Duration::from_secs(20)),
+            max_duration: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let vip: IpAddr = lab.vip().into();
+        let conns = lab
+            .in_client(|| clients::start_many(50, vip, 80, &cfg))
+            .unwrap_or_else(|e| panic!("long connections: {e}\n{}", diagnose(&lab)));
+        let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
+        if replicate {
+            wait_replicated(&lab, 50, scaled(Duration::from_secs(10)), &sync);
+        }
+        assert_eq!(
+            forwarded(&lab, 2),
+            0,
+            "the backup forwarded before the takeover"
+        );
+
+        // b1 drained on both balancers: the backup's table now sends a third
+        // of the flows elsewhere (without its entries; fullnat keeps the
+        // client's port where it can, so only a changed pick tells).
+        let b1 = SocketAddr::new(lab.backend_addr(1).into(), ECHO_PORT).to_string();
+        for k in 1..=2 {
+            lbctl(&lab, k, &["backend", "set", &v, &b1, "--weight", "0"]);
+        }
+
+        // Balancer 1 dies: its link goes down, its keepalived with it.
+        let before: Vec<u64> = conns.iter().map(clients::LongConn::chunks_ok).collect();
+        lab.exec(
+            &lab.balancer_ns(1),
+            &["ip", "link", "set", LB_IFACE, "down"],
+        )
+        .unwrap();
+        let died = Instant::now();
+        vrrp[0].stop();
+        let took = wait_until(
+            "balancer 2 did not take over",
+            scaled(Duration::from_secs(15)),
+            &|| holds(2, next_hop) && holds(2, snat),
+        );
+        if !replicate {
+            // Long enough for every connection to fail (its echo timeout).
+            std::thread::sleep(cfg.io_timeout);
+            return clients::finish_all(conns);
+        }
+        let stalled = clients::wait_for_progress(&conns, 1, scaled(Duration::from_secs(30)));
+        let gap = died.elapsed();
+        assert!(
+            stalled.is_empty(),
+            "no echo since the takeover: {stalled:?}\n{}",
+            diagnose(&lab)
+        );
+        eprintln!(
+            "fullnat failover: balancer 2 master {took:?} after balancer 1's link went down; \
+             every connection echoed again {gap:?} after (chunks before: {} in all)",
+            before.iter().sum::<u64>()
+        );
+        assert!(forwarded(&lab, 2) > 0, "balancer 2 forwards nothing");
+        clients::finish_unbroken(
+            conns,
+            &started,
+            Some(5),
+            "fullnat flows broke at the failover",
+            || {
+                format!(
+                    "{}\n{}",
+                    diagnose(&lab),
+                    sync.iter().map(Conntrackd::output).collect::<String>()
+                )
+            },
+        )
     }
 }

@@ -1,7 +1,7 @@
 //! conntrackd, the netfilter project's state-sync daemon, in a namespace in
 //! the foreground, running contrib/conntrackd/lbctl-sync.conf with a lab's
 //! addresses and its files under a test's directory; killed on drop, even
-//! when the test fails (tests/failover.rs).
+//! when the test fails (tests/ecmp.rs (mod replication)).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -85,6 +85,11 @@ impl Conntrackd {
             std::thread::sleep(Duration::from_millis(50));
         }
         d
+    }
+
+    /// Its process id (its CPU time: /proc/PID/stat).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// What `conntrackd -C conf ARGS` prints (its control socket is a file

@@ -155,6 +155,17 @@ impl EcmpLab {
         self.ip(&r, &argv)
     }
 
+    /// The router's route to the VIP net through one next hop, `via` (an
+    /// address VRRP moves between active and backup balancers).
+    pub fn route_vips_via(&self, via: Ipv4Addr) -> io::Result<()> {
+        let (net, len) = VIP_NET;
+        let dest = format!("{net}/{len}");
+        self.ip(
+            &self.router_ns(),
+            &["route", "replace", &dest, "via", &via.to_string()],
+        )
+    }
+
     pub fn vip(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(VIP_NET.0) + 1)
     }

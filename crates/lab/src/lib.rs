@@ -21,6 +21,7 @@ pub mod conntrackd;
 pub mod decap;
 pub mod ecmp;
 pub mod fixtures;
+pub mod keepalived;
 pub mod lab;
 pub mod lbctl_ns;
 pub mod lbctl_run;
