@@ -6,7 +6,9 @@
 //! again: whichever balancer a flow reaches picks the same backend (Maglev,
 //! one seed), and a balancer that meets a flow mid-way makes its entry.
 //! The router's route stands in for what BGP would announce (tests/routes.rs
-//! and contrib/ for the BGP side).
+//! and contrib/ for the BGP side). `mod replication`: flows replicated by
+//! conntrackd survive drains and a dead balancer, behind ECMP (dsr) and in
+//! an active/backup fullnat pair whose addresses keepalived moves.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -446,7 +448,7 @@ mod replication {
 
     /// conntrackd in both balancers, each syncing with the other.
     fn start_sync(lab: &EcmpLab, dir: &TempDir) -> Vec<Conntrackd> {
-        (1..=2)
+        let sync: Vec<Conntrackd> = (1..=2)
             .map(|k| {
                 let name = format!("lb{k}");
                 let conf = conntrackd::sync_conf(
@@ -459,7 +461,13 @@ mod replication {
                 );
                 Conntrackd::start(&lab.balancer_ns(k), &conf, &dir.0, &name)
             })
-            .collect()
+            .collect();
+        // conntrackd retries a refused connection some seconds later: start
+        // the flows once both are linked, so the lag measured is the sync's.
+        for d in &sync {
+            d.wait_connected(clients::scaled(Duration::from_secs(15)));
+        }
+        sync
     }
 
     /// What every daemon under `dir` printed (`*.out`, `*.log`).

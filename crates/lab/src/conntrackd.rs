@@ -87,6 +87,24 @@ impl Conntrackd {
         d
     }
 
+    /// Waits (at most `within`) until its TCP channel is up both ways: its
+    /// client connected to the peer and the peer's to its server.
+    pub fn wait_connected(&self, within: Duration) {
+        let started = Instant::now();
+        loop {
+            let stats = self.ctl(&["-s"]);
+            if stats.contains("server=connected client=connected") {
+                return;
+            }
+            assert!(
+                started.elapsed() < within,
+                "conntrackd's channel is not up after {within:?}:\n{stats}\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Its process id (its CPU time: /proc/PID/stat).
     pub fn pid(&self) -> u32 {
         self.child.id()

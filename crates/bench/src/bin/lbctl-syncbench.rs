@@ -6,7 +6,7 @@
 //! 198.18.1.0/24, inserted through ctnetlink as conntrackd's peer would),
 //! and a "peer". Each runs conntrackd with contrib/conntrackd/lbctl-sync.conf
 //! (polling every `--poll` seconds). Prints how long until the peer held
-//! all N entries, then, over `--seconds`, the CPU each conntrackd used
+//! all N entries (from the moment their TCP channel is up), then, over `--seconds`, the CPU each conntrackd used
 //! (user + system time from /proc: a dump walks the whole table in the
 //! kernel, charged to the process that asks) as a share of one core.
 //!
@@ -35,6 +35,9 @@ struct Args {
     /// conntrackd's PollSecs.
     #[arg(long, default_value_t = 1)]
     poll: u32,
+    /// The channel between the two conntrackds: contrib's, or "udp"/"tcp".
+    #[arg(long)]
+    channel: Option<String>,
     /// Seconds of steady state measured after the first full copy.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
@@ -122,7 +125,7 @@ fn run(n: u32, args: &Args) -> Result<()> {
     let filled = started.elapsed();
 
     let conf = |local: &str, peer: &str, iface: &str, name: &str| {
-        conntrackd::sync_conf(
+        let conf = conntrackd::sync_conf(
             local.parse().unwrap(),
             peer.parse().unwrap(),
             iface,
@@ -130,7 +133,12 @@ fn run(n: u32, args: &Args) -> Result<()> {
             &dir,
             name,
         )
-        .replace("PollSecs 1", &format!("PollSecs {}", args.poll))
+        .replace("PollSecs 1", &format!("PollSecs {}", args.poll));
+        match args.channel.as_deref() {
+            Some("tcp") => conf.replace("UDP {", "TCP {"),
+            Some("udp") => conf.replace("TCP {", "UDP {"),
+            _ => conf,
+        }
     };
     let peer = Conntrackd::start(
         &b,
@@ -144,10 +152,18 @@ fn run(n: u32, args: &Args) -> Result<()> {
         &dir,
         "sender",
     );
+    for d in [&peer, &sender] {
+        d.wait_connected(Duration::from_secs(30));
+    }
     let t0 = Instant::now();
     while count(&b)? < n as u64 {
         if t0.elapsed() > Duration::from_secs(120) {
-            bail!("the peer holds {} of {n} entries after 120 s", count(&b)?);
+            bail!(
+                "the peer holds {} of {n} entries after 120 s\nsender: {}\npeer: {}",
+                count(&b)?,
+                sender.ctl(&["-s"]),
+                peer.ctl(&["-s"])
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -159,7 +175,7 @@ fn run(n: u32, args: &Args) -> Result<()> {
     let wall = t1.elapsed().as_secs_f64();
     let (s1, p1) = (cpu_seconds(sender.pid())?, cpu_seconds(peer.pid())?);
     println!(
-        "{n:>8} entries, PollSecs {}: inserted in {filled:.1?}; peer held all {copied:.1?} after conntrackd started; \
+        "{n:>8} entries, PollSecs {}: inserted in {filled:.1?}; peer held all {copied:.1?} after the channel was up; \
          over {wall:.0} s: sender conntrackd {:.1}% of a core, peer {:.1}%; peer holds {}",
         args.poll,
         100.0 * (s1 - s0) / wall,
