@@ -632,9 +632,12 @@ mod replication {
     /// copies its flows to the backup. 50 long connections through balancer
     /// 1; one of three backends drained on both; balancer 1 dies (its link
     /// goes down); balancer 2 takes both addresses and
-    /// every connection goes on, byte for byte, on its backend. Prints the
-    /// takeover time and the gap the connections saw. Without conntrackd
-    /// the same takeover breaks them (the second test).
+    /// every connection goes on, byte for byte, on its backend. Then
+    /// balancer 1 returns with an empty table, learns every flow from
+    /// balancer 2 (conntrackd) before it takes traffic, and takes over
+    /// again when balancer 2's keepalived stops: nothing breaks either
+    /// time. Prints the takeover time and the gap the connections saw.
+    /// Without conntrackd the first takeover breaks them (the second test).
     #[test]
     fn fullnat_flows_survive_the_active_balancer_dying() {
         active_balancer_dies_fullnat(true);
@@ -673,19 +676,18 @@ mod replication {
             std::process::id()
         )));
         std::fs::create_dir_all(&dir.0).unwrap();
-        let sync = if replicate {
+        let mut sync = if replicate {
             start_sync(&lab, &dir)
         } else {
             Vec::new()
         };
-        let mut vrrp: Vec<Keepalived> = [(1, 150), (2, 100)]
-            .into_iter()
-            .map(|(k, priority)| {
-                let name = format!("vrrp{k}");
-                let conf = keepalived::vrrp_conf(&name, LB_IFACE, priority);
-                Keepalived::start(&lab.balancer_ns(k), &conf, &dir.0, &name)
-            })
-            .collect();
+        let vrrp_of = |k: usize, run: usize| {
+            let name = format!("vrrp{k}-{run}");
+            let priority = if k == 1 { 150 } else { 100 };
+            let conf = keepalived::vrrp_conf(&name, LB_IFACE, priority);
+            Keepalived::start(&lab.balancer_ns(k), &conf, &dir.0, &name)
+        };
+        let mut vrrp: Vec<Keepalived> = vec![vrrp_of(1, 1), vrrp_of(2, 1)];
         let holds = |k: usize, addr: &str| {
             lab.exec(
                 &lab.balancer_ns(k),
@@ -775,6 +777,61 @@ mod replication {
             before.iter().sum::<u64>()
         );
         assert!(forwarded(&lab, 2) > 0, "balancer 2 forwards nothing");
+
+        // Balancer 1 comes back with an empty table (as after a reboot) and
+        // a new conntrackd, learns every flow from balancer 2 before it
+        // takes traffic (keepalived's nopreempt keeps it backup), then
+        // takes over again when balancer 2's keepalived stops.
+        lab.exec(&lab.balancer_ns(1), &["conntrack", "-F"]).unwrap();
+        lab.exec(&lab.balancer_ns(1), &["ip", "link", "set", LB_IFACE, "up"])
+            .unwrap();
+        // The link's going down took its default route (as a reboot would).
+        lab.exec(
+            &lab.balancer_ns(1),
+            &["ip", "route", "replace", "default", "via", "198.18.2.1"],
+        )
+        .unwrap();
+        drop(sync.remove(0));
+        let name = "lb1-again";
+        let conf = conntrackd::sync_conf(
+            lab.balancer_addr(1),
+            lab.balancer_addr(2),
+            LB_IFACE,
+            &format!("{}/24", lab.backend_addr(1)),
+            &dir.0,
+            name,
+        );
+        sync.insert(
+            0,
+            Conntrackd::start(&lab.balancer_ns(1), &conf, &dir.0, name),
+        );
+        sync[0].wait_connected(scaled(Duration::from_secs(15)));
+        let learnt = wait_until(
+            "balancer 1 did not learn the flows",
+            scaled(Duration::from_secs(15)),
+            &|| entries(&lab, 1) >= 50,
+        );
+        vrrp[0] = vrrp_of(1, 2);
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(!holds(1, next_hop), "balancer 1 preempted balancer 2");
+        let before_back = forwarded(&lab, 1);
+        vrrp[1].stop();
+        let back = wait_until(
+            "balancer 1 did not take over again",
+            scaled(Duration::from_secs(15)),
+            &|| holds(1, next_hop) && holds(1, snat),
+        );
+        let stalled = clients::wait_for_progress(&conns, 1, scaled(Duration::from_secs(30)));
+        assert!(
+            stalled.is_empty(),
+            "no echo since the fail-back: {stalled:?}\n{}",
+            diagnose(&lab)
+        );
+        assert!(
+            forwarded(&lab, 1) > before_back,
+            "balancer 1 forwards nothing after the fail-back"
+        );
+        eprintln!("fail-back: balancer 1 learnt every flow {learnt:?} after its conntrackd was linked; master again {back:?} after balancer 2's keepalived stopped");
         clients::finish_unbroken(
             conns,
             &started,
