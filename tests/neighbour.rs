@@ -301,3 +301,34 @@ fn ipv6_backends_get_managed_entries_too() {
     ns.lbctl(&["detach", "e0"]);
     ns.assert_none("2001:db8:5::2");
 }
+
+/// A link that goes down takes every neighbour entry of its interface,
+/// lbctl's managed ones too; `lbctl apply -f` (what `systemctl reload`
+/// runs) asks again for every backend's hop, not only new backends'.
+#[test]
+fn apply_brings_back_the_entries_a_link_flap_took() {
+    let ns = Ns::new();
+    ns.lbctl(&["attach", "e0"]);
+    let file = std::env::temp_dir().join(format!("lbctl-neigh-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        "[[vip]]\naddress = \"198.18.100.1:80\"\n\
+         [[vip.backend]]\naddress = \"198.18.5.11:8080\"\n\
+         [[vip.backend]]\naddress = \"198.18.9.5:80\"\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    ns.lbctl(&["apply", "-f", path]);
+    ns.assert_lbctls("198.18.5.11");
+    ns.assert_lbctls(GW);
+    ns.ip(&["link", "set", "e0", "down"]);
+    ns.ip(&["link", "set", "e0", "up"]);
+    // Its route via GW went with the link too, as the interface's do.
+    ns.ip(&["route", "replace", "198.18.9.0/24", "via", GW, "dev", "e0"]);
+    ns.assert_none("198.18.5.11");
+    ns.lbctl(&["apply", "-f", path]);
+    let _ = std::fs::remove_file(&file);
+    ns.assert_lbctls("198.18.5.11");
+    ns.assert_lbctls(GW);
+    ns.lbctl(&["detach", "e0"]);
+}

@@ -218,17 +218,15 @@ pub fn apply_noting(
         Checks::NotRun => Vec::new(),
     };
 
-    // Next hops of new backends first: killed after them, resolved
-    // neighbour entries are left (harmless); after the maps, every backend
-    // has its hop.
+    // Next hops first: killed after them, resolved neighbour entries are
+    // left (harmless); after the maps, every backend has its hop. Every
+    // backend's, not only new ones': a link that went down took lbctl's
+    // entries with it, and an apply (a reload) is how they come back
+    // (README, "Known limits"). An entry already there costs a lookup.
     let mut resolved: BTreeSet<IpAddr> = BTreeSet::new();
     for v in &d.vips {
-        let members = run.vip(&v.spec.service).map(|r| run.members(r));
         for (addr, _) in &v.backends {
-            let known = members
-                .as_ref()
-                .is_some_and(|m| m.iter().any(|b| b.addr == *addr));
-            if !known && resolved.insert(addr.ip()) {
+            if resolved.insert(addr.ip()) {
                 if let Some(note) = neighbour::keep_resolved(addr.ip()) {
                     done.notes.push(note);
                 }
