@@ -110,6 +110,23 @@ fn long_connections(
     (conns, started)
 }
 
+/// 50 long connections (`long_connections`) that ECMP spread over both
+/// balancers of a two-balancer lab (checked half a second later).
+fn long_connections_over_both(
+    lab: &EcmpLab,
+    port: u16,
+    secs: u64,
+) -> (Vec<clients::LongConn>, Vec<String>) {
+    let (conns, started) = long_connections(lab, 50, port, secs);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        forwarded(lab, 1) > 0 && forwarded(lab, 2) > 0,
+        "ECMP did not spread\n{}",
+        diagnose(lab)
+    );
+    (conns, started)
+}
+
 fn short_tcp(lab: &EcmpLab, port: u16, n: usize) -> BTreeMap<String, usize> {
     let vip: IpAddr = lab.vip().into();
     let t = clients::scaled(Duration::from_secs(3));
@@ -242,14 +259,8 @@ lb2: {}",
         size(2)
     );
 
-    let (conns, started) = long_connections(&lab, 50, ECHO_PORT, 60);
+    let (conns, started) = long_connections_over_both(&lab, ECHO_PORT, 60);
     let pause = || std::thread::sleep(Duration::from_millis(500));
-    pause();
-    assert!(
-        forwarded(&lab, 1) > 0 && forwarded(&lab, 2) > 0,
-        "ECMP did not spread\n{}",
-        diagnose(&lab)
-    );
 
     // lb2's flows to lb1, back, then lb1's flows to lb2, back.
     for which in [&[1][..], &[1, 2], &[2], &[1, 2]] {
@@ -560,14 +571,8 @@ mod replication {
             Vec::new()
         };
         let port = vip_port(mode);
-        let (conns, started) = long_connections(&lab, 50, port, 90);
+        let (conns, started) = long_connections_over_both(&lab, port, 90);
         let pause = || std::thread::sleep(Duration::from_millis(500));
-        pause();
-        assert!(
-            forwarded(&lab, 1) > 0 && forwarded(&lab, 2) > 0,
-            "ECMP did not spread\n{}",
-            diagnose(&lab)
-        );
         if replicate {
             let took = wait_replicated(&lab, 50, clients::scaled(Duration::from_secs(10)), &sync);
             eprintln!("{mode}: every flow on both balancers {took:?} after the last one began");
