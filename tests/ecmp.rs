@@ -709,7 +709,10 @@ mod replication {
             let conf = keepalived::vrrp_conf(&name, LB_IFACE, priority);
             Keepalived::start(&lab.balancer_ns(k), &conf, &dir.0, &name)
         };
-        let mut vrrp: Vec<Keepalived> = vec![vrrp_of(1, 1), vrrp_of(2, 1)];
+        // Balancer 1 first: with nopreempt whichever times out first stays
+        // master, and under emulation balancer 2's start can win the race
+        // its lower priority should lose (seen in CI's 6.1 leg).
+        let mut vrrp: Vec<Keepalived> = vec![vrrp_of(1, 1)];
         let holds = |k: usize, addr: &str| {
             lab.exec(
                 &lab.balancer_ns(k),
@@ -737,6 +740,7 @@ mod replication {
             scaled(Duration::from_secs(15)),
             &|| holds(1, next_hop) && holds(1, snat),
         );
+        vrrp.push(vrrp_of(2, 1));
         lab.route_vips_via(next_hop.parse().unwrap()).unwrap();
 
         // The takeover is a pause of seconds, not a break: echoes may wait.
