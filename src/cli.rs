@@ -58,8 +58,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Attached interfaces, program, kernel, and verdict counters.
-    Status,
+    /// Attached interfaces, program, kernel, replication, and verdict counters.
+    Status {
+        /// conntrackd's control socket (its file's UNIX Path), for the replication line.
+        #[arg(long, value_name = "SOCKET", default_value = crate::host::conntrackd::DEFAULT_SOCKET)]
+        conntrackd: PathBuf,
+    },
     /// Where a flow goes and why: its conntrack entry, or the backend a new flow would get now.
     Explain {
         /// The client's address and port, e.g. 198.18.0.2:40000.
@@ -186,6 +190,9 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT withdraw every VIP route (BGP) even if the data path keeps running.
     #[arg(long)]
     pub withdraw_on_exit: bool,
+    /// conntrackd's control socket: its sync state in /metrics (default: the default socket, once a conntrackd answers there).
+    #[arg(long, value_name = "SOCKET")]
+    pub conntrackd: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

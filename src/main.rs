@@ -46,7 +46,7 @@ enum Request {
     BackendSet(Service, SocketAddr, u32),
     BackendDel(Service, SocketAddr),
     List(ListOptions),
-    Status,
+    Status(PathBuf),
     Completions(Shell),
     Manpage(Option<PathBuf>),
     Explain(FlowQuery, bool),
@@ -110,7 +110,7 @@ fn request(command: Command) -> Result<Request> {
             interval,
             json,
         } => Request::List(ListOptions::new(stats, rate, interval, json).map_err(Error::msg)?),
-        Command::Status => Request::Status,
+        Command::Status { conntrackd } => Request::Status(conntrackd),
         Command::Completions { shell } => Request::Completions(shell),
         Command::Manpage { dir } => Request::Manpage(dir),
         Command::Explain {
@@ -175,7 +175,7 @@ fn dispatch(request: Request) -> Result<()> {
         }
         Request::BackendDel(service, backend) => commands::backend::del(&service, backend),
         Request::List(opts) => commands::list::run(&opts),
-        Request::Status => commands::status::run(),
+        Request::Status(conntrackd) => commands::status::run(&conntrackd),
         Request::Completions(shell) => commands::docs::completions(shell),
         Request::Manpage(dir) => commands::docs::manpage(dir.as_deref()),
         Request::Explain(query, json) => commands::explain::run(&query, json),
@@ -207,6 +207,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
         metrics: args.metrics,
         detach_on_exit: args.detach_on_exit,
         withdraw_on_exit: args.withdraw_on_exit,
+        conntrackd: args.conntrackd,
     })
 }
 

@@ -618,6 +618,137 @@ mod replication {
         }
     }
 
+    /// `lbctl status` and `lbctl run`'s /metrics say whether this
+    /// balancer's flows are being copied, from conntrackd's control socket:
+    /// connected both ways and every entry while both daemons run; NOT
+    /// CONNECTED once the peer's conntrackd stops; no conntrackd once its
+    /// own stops.
+    #[test]
+    fn status_and_metrics_show_the_sync() {
+        use lbctl_lab::lbctl_run::LbctlRun;
+        use lbctl_lab::metrics::scrape;
+
+        const METRICS_PORT: u16 = 9100;
+        let lab = ecmp_lab(2, 2, "dsr");
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("lbctl-ecmp-sync-shown-{}", std::process::id())),
+        );
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let mut sync = start_sync(&lab, &dir);
+        let ctl = dir.0.join("lb1.ctl").display().to_string();
+        // lbctl run joins balancer 1 with the configuration it has.
+        let file = dir.0.join("lb1.toml");
+        std::fs::write(&file, lbctl(&lab, 1, &["save"])).unwrap();
+        let metrics_at = format!("127.0.0.1:{METRICS_PORT}");
+        let argv = [
+            env!("CARGO_BIN_EXE_lbctl"),
+            "run",
+            "-f",
+            file.to_str().unwrap(),
+            "--metrics",
+            &metrics_at,
+            "--conntrackd",
+            &ctl,
+        ];
+        let _run = LbctlRun::start(
+            &lab.balancer_ns(1),
+            &argv,
+            clients::scaled(Duration::from_secs(30)),
+        );
+
+        let n = 20;
+        assert_eq!(short_tcp(&lab, ECHO_PORT, n).values().sum::<usize>(), n);
+        wait_replicated(&lab, n, clients::scaled(Duration::from_secs(10)), &sync);
+        let status = || lbctl(&lab, 1, &["status", "--conntrackd", &ctl]);
+        let passed = |s: &str| -> usize {
+            s.lines()
+                .find_map(|l| l.trim().split_once(" entries pass its filter"))
+                .and_then(|(n, _)| n.parse().ok())
+                .unwrap_or_else(|| panic!("no entry count in:\n{s}"))
+        };
+        // The peer's entries count from its next poll on.
+        let started = std::time::Instant::now();
+        let s = loop {
+            let s = status();
+            if passed(&s) >= n || started.elapsed() > clients::scaled(Duration::from_secs(5)) {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(passed(&s) >= n, "want {n} entries or more:\n{s}");
+        assert!(
+            s.contains(&format!(
+                "replication   conntrackd at {ctl}: TCP channel on {LB_IFACE} connected both ways"
+            )),
+            "{s}"
+        );
+
+        let metric = |m: &BTreeMap<String, f64>, name: &str| m.get(name).copied();
+        let wait_for = |what: &str, done: &dyn Fn(&BTreeMap<String, f64>) -> bool| {
+            // The watcher asks conntrackd every second.
+            let started = std::time::Instant::now();
+            loop {
+                let m = scrape(&lab.balancer_ns(1), METRICS_PORT);
+                if done(&m) {
+                    return m;
+                }
+                assert!(
+                    started.elapsed() < clients::scaled(Duration::from_secs(10)),
+                    "{what}: {:?}",
+                    m.iter()
+                        .filter(|(k, _)| k.starts_with("lbctl_replication"))
+                        .collect::<Vec<_>>()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        };
+        let m = wait_for("metrics do not show the sync", &|m| {
+            metric(m, "lbctl_replication_connected") == Some(1.0)
+                && metric(m, "lbctl_replication_entries").unwrap_or(0.0) >= n as f64
+        });
+        assert_eq!(metric(&m, "lbctl_replication_up"), Some(1.0));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let heard = metric(&m, "lbctl_replication_last_received_timestamp_seconds").unwrap();
+        assert!(
+            now - heard < 30.0,
+            "the peer last heard from {:.0} s ago",
+            now - heard
+        );
+        assert!(metric(&m, "lbctl_replication_sent_messages_total").unwrap() > 0.0);
+
+        // The peer's conntrackd stops (its socket closes): not connected.
+        drop(sync.remove(1));
+        let started = std::time::Instant::now();
+        while !status().contains("NOT CONNECTED") {
+            assert!(
+                started.elapsed() < clients::scaled(Duration::from_secs(10)),
+                "still connected after the peer's conntrackd stopped:\n{}",
+                status()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        wait_for("metrics still say connected", &|m| {
+            metric(m, "lbctl_replication_connected") == Some(0.0)
+        });
+
+        // Its own stops: nothing answers.
+        drop(sync.remove(0));
+        let s = status();
+        assert!(
+            s.contains(&format!(
+                "replication   none: no conntrackd answers at {ctl}"
+            )),
+            "{s}"
+        );
+        wait_for("metrics still say up", &|m| {
+            metric(m, "lbctl_replication_up") == Some(0.0)
+                && metric(m, "lbctl_replication_connected").is_none()
+        });
+    }
+
     #[test]
     fn replicated_flows_survive_drains_and_a_dead_balancer_dsr() {
         drains_then_a_balancer_dies("dsr", true);

@@ -1,15 +1,18 @@
 //! `lbctl status`: the kernel, the attached interfaces and program, settings,
 //! and the verdict counters.
 
+use std::path::Path;
+
 use anyhow::Result;
 
 use crate::datapath::balancer::Balancer;
 use crate::datapath::load;
 use crate::datapath::memory::mib;
+use crate::host::conntrackd::{self, SyncStats};
 use crate::host::iface;
 use crate::host::{drain, neighbour, routes};
 
-pub fn run() -> Result<()> {
+pub fn run(conntrackd: &Path) -> Result<()> {
     load::require_privileges()?;
     println!("kernel        {}", load::kernel_release());
     let Some(b) = Balancer::find()? else {
@@ -93,6 +96,7 @@ pub fn run() -> Result<()> {
             "conntrack     {count} of {max} entries (nf_conntrack_count, nf_conntrack_max){warn}"
         );
     }
+    replication(conntrackd);
     let mem = b.maps.locked_memory()?;
     println!(
         "memory        {} locked in {} maps ({} in {} VIP tables)",
@@ -151,4 +155,58 @@ fn egress_check(b: &Balancer) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What conntrackd at `socket` says of the sync (README, "Stateful
+/// failover"). It keeps no time of its last message: `lbctl run`'s
+/// `/metrics` has that (`lbctl_replication_last_received_timestamp_seconds`).
+fn replication(socket: &Path) {
+    let st = match conntrackd::query(socket) {
+        Ok(st) => st,
+        Err(e) => {
+            println!("replication   none: {e:#}");
+            return;
+        }
+    };
+    let n = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+    let channel = match st.channel() {
+        None => "no sync channel".to_string(),
+        Some(c) => {
+            let state = match c.connected() {
+                Some(true) => " connected both ways".to_string(),
+                Some(false) => format!(
+                    " NOT CONNECTED (server {}, client {}): nothing is copied either way",
+                    c.server.as_deref().unwrap_or("?"),
+                    c.client.as_deref().unwrap_or("?")
+                ),
+                None => String::new(),
+            };
+            format!("{} channel on {}{state}", c.kind, c.device)
+        }
+    };
+    println!(
+        "replication   conntrackd at {}: {channel}",
+        socket.display()
+    );
+    let SyncStats {
+        entries,
+        written_created,
+        written_updated,
+        written_destroyed,
+        written_failed,
+        lost_messages,
+        ..
+    } = &st;
+    let ch = st.channel();
+    println!(
+        "              {} entries pass its filter (each poll sends them); from the peer: {} created, {} updated, {} destroyed, {} failed; messages: {} sent, {} received, {} lost",
+        n(*entries),
+        n(*written_created),
+        n(*written_updated),
+        n(*written_destroyed),
+        n(*written_failed),
+        n(ch.and_then(|c| c.messages_sent)),
+        n(ch.and_then(|c| c.messages_received)),
+        n(*lost_messages)
+    );
 }

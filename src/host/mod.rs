@@ -3,6 +3,7 @@
 //!
 //! | file | owns |
 //! |---|---|
+//! | `conntrackd.rs` | conntrackd's sync statistics, from its control socket |
 //! | `iface.rs` | interfaces, forwarding sysctls, XDP attachment (netlink) |
 //! | `neighbour.rs` | managed neighbour entries for backends' next hops |
 //! | `routes.rs` | VIP host routes for BGP (`ip route show proto 108`) |
@@ -12,6 +13,7 @@
 //! | `drain.rs` | the node-drain record (a state file) |
 //! | `record.rs` | the health checks last applied (a state file) |
 
+pub mod conntrackd;
 pub mod drain;
 pub mod iface;
 pub mod lock;

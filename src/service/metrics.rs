@@ -23,7 +23,13 @@
 //! `lbctl_conntrack_entries`, `lbctl_conntrack_max` (the namespace's table);
 //! `lbctl_vip_route_announced{vip}`, `lbctl_node_drained`;
 //! `lbctl_reloads_total{outcome}`, `lbctl_last_reload_timestamp_seconds{outcome}`;
-//! `lbctl_build_info{version}`.
+//! `lbctl_build_info{version}`;
+//! where `lbctl run` watches conntrackd (`--conntrackd`, or once one
+//! answers at its default socket): `lbctl_replication_{up,connected,entries}`,
+//! `lbctl_replication_peer_writes_total{op}`,
+//! `lbctl_replication_{peer_write_failures,lost_messages,send_errors}_total`,
+//! `lbctl_replication_{sent,received}_{bytes,messages}_total`,
+//! `lbctl_replication_last_{sent,received}_timestamp_seconds`.
 
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
@@ -51,6 +57,8 @@ use crate::host::routes as host_routes;
 use crate::model::{Health, Service};
 use crate::snapshot::{BackendView, Snapshot};
 
+use super::replication::{Replication, Watch};
+
 type Labels = Vec<(&'static str, String)>;
 
 /// What the service keeps between scrapes: the health checks' latency and
@@ -60,6 +68,8 @@ pub struct Metrics {
     latency: Family<Labels, Histogram>,
     reloads: Family<Labels, Counter>,
     last_reload: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// conntrackd's sync, where `lbctl run` watches it.
+    replication: Option<Watch>,
 }
 
 /// A reload's outcome, the `outcome` label.
@@ -74,6 +84,7 @@ impl Default for Metrics {
             }),
             reloads: Family::default(),
             last_reload: Family::default(),
+            replication: None,
         };
         // Both outcomes from the start, so `increase()` sees the first one.
         for outcome in OUTCOMES {
@@ -119,6 +130,12 @@ impl Metrics {
         self.last_reload.get_or_create(&label).set(now);
     }
 
+    /// Shows conntrackd's sync as `watch` sees it.
+    pub fn with_replication(mut self, watch: Watch) -> Metrics {
+        self.replication = Some(watch);
+        self
+    }
+
     /// The exposition text for this moment.
     pub fn render(&self) -> Result<String> {
         let b = Balancer::require()?;
@@ -141,6 +158,9 @@ impl Metrics {
         );
         registry.register_collector(Box::new(SnapshotCollector(snap)));
         registry.register_collector(Box::new(HostCollector::read(&b.maps)));
+        if let Some(r) = self.replication.as_ref().and_then(Watch::read) {
+            registry.register_collector(Box::new(ReplicationCollector(r)));
+        }
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
             .context("encoding metrics")?;
@@ -394,6 +414,121 @@ impl Collector for HostCollector {
             g,
             vec![(version, ConstGauge::new(1))],
         )
+    }
+}
+
+/// conntrackd's sync (`lbctl_replication_*`): what its control socket
+/// said at the watcher's last request, and when its messages last moved.
+#[derive(Debug)]
+struct ReplicationCollector(Replication);
+
+impl Collector for ReplicationCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let r = &self.0;
+        let gauge = |v: i64| vec![(Labels::new(), ConstGauge::new(v))];
+        family(
+            &mut enc,
+            "lbctl_replication_up",
+            "1 while conntrackd answers on its control socket, else 0",
+            MetricType::Gauge,
+            gauge(r.up as i64),
+        )?;
+        let Some(st) = r.stats.as_ref().filter(|_| r.up) else {
+            return Ok(());
+        };
+        let ch = st.channel();
+        if let Some(connected) = ch.and_then(|c| c.connected()) {
+            let help =
+                "1 while conntrackd's TCP channel to its peer is connected both ways, else 0";
+            family(
+                &mut enc,
+                "lbctl_replication_connected",
+                help,
+                MetricType::Gauge,
+                gauge(connected as i64),
+            )?;
+        }
+        if let Some(n) = st.entries {
+            let help = "Entries of this host's conntrack table that conntrackd's filter passes: what each poll sends the peer";
+            family(
+                &mut enc,
+                "lbctl_replication_entries",
+                help,
+                MetricType::Gauge,
+                gauge(n as i64),
+            )?;
+        }
+        let written: Vec<(Labels, ConstCounter<u64>)> = [
+            ("created", st.written_created),
+            ("updated", st.written_updated),
+            ("destroyed", st.written_destroyed),
+        ]
+        .into_iter()
+        .filter_map(|(op, n)| Some((vec![("op", op.to_string())], ConstCounter::new(n?))))
+        .collect();
+        family(
+            &mut enc,
+            "lbctl_replication_peer_writes",
+            "Entries the peer sent, written into this host's conntrack table, by operation",
+            MetricType::Counter,
+            written,
+        )?;
+        let counters = [
+            (
+                "lbctl_replication_peer_write_failures",
+                "Writes of the peer's entries into this host's table that failed",
+                st.written_failed,
+            ),
+            (
+                "lbctl_replication_lost_messages",
+                "Sync messages lost on the way in (sequence tracking)",
+                st.lost_messages,
+            ),
+            (
+                "lbctl_replication_sent_bytes",
+                "Bytes conntrackd sent on its channel",
+                ch.and_then(|c| c.bytes_sent),
+            ),
+            (
+                "lbctl_replication_received_bytes",
+                "Bytes conntrackd received on its channel",
+                ch.and_then(|c| c.bytes_received),
+            ),
+            (
+                "lbctl_replication_sent_messages",
+                "Messages conntrackd sent on its channel",
+                ch.and_then(|c| c.messages_sent),
+            ),
+            (
+                "lbctl_replication_received_messages",
+                "Messages conntrackd received on its channel",
+                ch.and_then(|c| c.messages_received),
+            ),
+            (
+                "lbctl_replication_send_errors",
+                "Failed sends on conntrackd's channel",
+                ch.and_then(|c| c.send_errors),
+            ),
+        ];
+        for (name, help, v) in counters {
+            if let Some(v) = v {
+                one_counter(&mut enc, name, help, v)?;
+            }
+        }
+        let unix = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        for (name, help, at) in [
+            ("lbctl_replication_last_sent_timestamp_seconds", "Unix time at which lbctl last saw conntrackd's sent messages grow (sampled every second)", r.last_sent),
+            ("lbctl_replication_last_received_timestamp_seconds", "Unix time at which lbctl last saw conntrackd's received messages grow: the peer last heard from (sampled every second)", r.last_received),
+        ] {
+            if let Some(at) = at {
+                let v = vec![(Labels::new(), ConstGauge::new(unix(at)))];
+                family(&mut enc, name, help, MetricType::Gauge, v)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@
 //! | `running.rs` | the maps → a `Desired` (`lbctl save`) |
 //! | `run.rs` | `lbctl run`: the loop, reloads, exit |
 //! | `health/` | health checks: probes, rise/fall, the schedule |
+//! | `replication.rs` | watching conntrackd's sync for `/metrics` |
 //! | `metrics.rs` | `GET /metrics`: Prometheus text from a `Snapshot` |
 //! | `signals.rs` | SIGHUP, SIGTERM, SIGINT as messages |
 //! | `notify.rs` | systemd's readiness protocol (NOTIFY_SOCKET) |
@@ -17,6 +18,7 @@ pub mod apply;
 pub mod health;
 pub mod metrics;
 pub mod notify;
+pub mod replication;
 pub mod run;
 pub mod running;
 pub mod signals;

@@ -32,6 +32,7 @@ use super::health::schedule::{CheckResult, Checker};
 use super::health::tracker::Tracker;
 use super::health::Target;
 use super::metrics::{self, Metrics};
+use super::replication::Watch;
 use super::signals::{self, Signal};
 use super::{apply, notify};
 use crate::change::plan::{Kind, Opening};
@@ -57,6 +58,8 @@ pub struct RunOptions {
     pub metrics: Option<SocketAddr>,
     pub detach_on_exit: bool,
     pub withdraw_on_exit: bool,
+    /// conntrackd's control socket, for `/metrics` (`replication::Watch`).
+    pub conntrackd: Option<PathBuf>,
 }
 
 enum Event {
@@ -86,7 +89,11 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         attached,
         opts.file.display()
     ));
-    let metrics = Metrics::default();
+    let metrics = match listener {
+        // Watched only where it is shown.
+        Some(_) => Metrics::default().with_replication(Watch::spawn(opts.conntrackd.clone())),
+        None => Metrics::default(),
+    };
     if let Some(l) = listener {
         let at = l.local_addr()?;
         metrics.clone().serve(l);

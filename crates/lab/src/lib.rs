@@ -25,6 +25,7 @@ pub mod keepalived;
 pub mod lab;
 pub mod lbctl_ns;
 pub mod lbctl_run;
+pub mod metrics;
 pub mod netns;
 pub mod rng;
 pub mod servers;
