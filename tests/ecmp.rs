@@ -749,6 +749,85 @@ mod replication {
         });
     }
 
+    /// Why conntrackd must poll (README, "Stateful failover"; DESIGN,
+    /// "Replicated entries"): entries the data path inserts emit no
+    /// ctnetlink event, not when made and not when changed later through
+    /// ctnetlink (they carry no event-cache extension, and a confirmed
+    /// entry cannot gain one), so rewriting each new entry from user space
+    /// would not make conntrackd's event mode see it either. An entry
+    /// inserted through ctnetlink, watched the same way, does emit one. If
+    /// a kernel changes this, this test fails and immediate replication
+    /// becomes possible.
+    #[test]
+    fn data_path_entries_emit_no_events_even_when_changed() {
+        let lab = ecmp_lab(2, 2, "dsr");
+        let ns = lab.balancer_ns(1);
+        let dir =
+            TempDir(std::env::temp_dir().join(format!("lbctl-ecmp-events-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let out = dir.0.join("events");
+        let mut events = lbctl_lab::netns::command(&ns, &["conntrack", "-E"])
+            .unwrap()
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("conntrack -E");
+        std::thread::sleep(clients::scaled(Duration::from_millis(300)));
+
+        assert_eq!(short_tcp(&lab, ECHO_PORT, 20).values().sum::<usize>(), 20);
+        let vip = lab.vip().to_string();
+        let made = entries(&lab, 1);
+        assert!(made > 0, "ECMP sent no flow through balancer 1");
+        lab.exec(
+            &ns,
+            &["conntrack", "-U", "-p", "tcp", "-d", &vip, "--mark", "7"],
+        )
+        .unwrap();
+        let listed = lab
+            .exec(&ns, &["conntrack", "-L", "-p", "tcp", "-d", &vip])
+            .unwrap();
+        assert_eq!(
+            listed.matches("mark=7 ").count(),
+            made,
+            "the update did not change every entry:\n{listed}"
+        );
+        // The control: an entry made through ctnetlink.
+        lab.exec(
+            &ns,
+            &[
+                "conntrack",
+                "-I",
+                "-p",
+                "tcp",
+                "-s",
+                "198.18.0.2",
+                "-d",
+                "198.18.99.99",
+                "--sport",
+                "40000",
+                "--dport",
+                "80",
+                "--state",
+                "ESTABLISHED",
+                "-t",
+                "60",
+            ],
+        )
+        .unwrap();
+        std::thread::sleep(clients::scaled(Duration::from_millis(500)));
+        let _ = events.kill();
+        let _ = events.wait();
+        let seen = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            seen.contains("dst=198.18.99.99"),
+            "the listener saw not even the control entry:\n{seen}"
+        );
+        assert!(
+            !seen.contains(&format!("dst={vip} ")),
+            "{made} data-path entries made and changed; events for them:\n{seen}"
+        );
+    }
+
     #[test]
     fn replicated_flows_survive_drains_and_a_dead_balancer_dsr() {
         drains_then_a_balancer_dies("dsr", true);

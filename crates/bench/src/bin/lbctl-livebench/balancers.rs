@@ -5,6 +5,11 @@
 //!   only the MACs change, the sinks count on the VIP's port).
 //! - lbctl-tunnel: the UDP VIP in tunnel mode (IPIP to the backends, which
 //!   the sinks count encapsulated, on the VIP's port).
+//! - lbctl-sync: lbctl (dnat) whose flows conntrackd copies to a peer
+//!   (contrib/conntrackd/lbctl-sync.conf on both ends, `PollSecs 1`): a
+//!   peer namespace joined to the balancer's by a veth of its own. What
+//!   replication costs new flows (issue 20); conntrackd runs unpinned, or
+//!   on `--sync-cpu`.
 //! - reflector: the bench's own XDP program (no conntrack), UDP only.
 //! - nft: nftables DNAT with conntrack, `numgen inc mod N`, no XDP.
 //! - haproxy: `mode tcp`, roundrobin, TCP only, the VIP on the balancer's lo.
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::progs::{Progs, ReflectorSpec};
+use lbctl_lab::conntrackd::{self, Conntrackd};
 use lbctl_lab::lab::Lab;
 use lbctl_lab::netns;
 use lbctl_lab::servers::{ECHO_PORT, HTTP_PORT};
@@ -33,6 +39,7 @@ pub enum Balancer {
     Lbctl,
     LbctlDsr,
     LbctlTunnel,
+    LbctlSync,
     Nft,
     Haproxy,
 }
@@ -44,6 +51,7 @@ impl Balancer {
             Balancer::Lbctl => "lbctl",
             Balancer::LbctlDsr => "lbctl-dsr",
             Balancer::LbctlTunnel => "lbctl-tunnel",
+            Balancer::LbctlSync => "lbctl-sync",
             Balancer::Nft => "nft",
             Balancer::Haproxy => "haproxy",
         }
@@ -64,6 +72,8 @@ pub struct Target<'a> {
     pub backends: Vec<Ipv4Addr>,
     /// Scratch directory for generated files (HAProxy's config and log).
     pub scratch: &'a Path,
+    /// lbctl-sync: the CPU both conntrackds are pinned to (None: unpinned).
+    pub sync_cpu: Option<usize>,
 }
 
 /// A balancer set up in the lab; `stop` tears it down (Drop does too, then
@@ -75,6 +85,7 @@ pub struct Running {
     vip: Ipv4Addr,
     ifaces: Vec<&'static str>,
     haproxy: Option<Child>,
+    sync: Option<SyncPeer>,
     stopped: bool,
 }
 
@@ -88,12 +99,16 @@ impl Running {
             vip: t.vip,
             ifaces: lab.lb_ifaces(),
             haproxy: None,
+            sync: None,
             stopped: false,
         };
         let started = match kind {
             Balancer::Lbctl => run.start_lbctl(t, "dnat"),
             Balancer::LbctlDsr => run.start_lbctl(t, "dsr"),
             Balancer::LbctlTunnel => run.start_lbctl(t, "tunnel"),
+            Balancer::LbctlSync => run
+                .start_lbctl(t, "dnat")
+                .and_then(|_| SyncPeer::start(t).map(|p| run.sync = Some(p))),
             Balancer::Reflector => progs.attach_reflector(
                 &run.ns,
                 &run.ifaces,
@@ -217,7 +232,9 @@ impl Running {
             return Ok(());
         }
         let result = match self.kind {
-            Balancer::Lbctl | Balancer::LbctlDsr | Balancer::LbctlTunnel => {
+            Balancer::Lbctl | Balancer::LbctlDsr | Balancer::LbctlTunnel | Balancer::LbctlSync => {
+                // The sync goes first: its peer keeps no copy.
+                self.sync = None;
                 let mut r = Ok(());
                 for iface in self.ifaces.clone().into_iter().rev() {
                     r = r.and(self.lbctl(&["detach", iface]).map(|_| ()));
@@ -260,6 +277,69 @@ impl Drop for Running {
                 self.kind
             );
         }
+    }
+}
+
+/// lbctl-sync's peer: a namespace joined to the balancer's by a veth
+/// (198.18.250.1/30 on the balancer's end, .2 on the peer's), conntrackd
+/// with contrib's file on both ends, their channel up. Dropped: both
+/// daemons killed, the namespace (and so the veth) deleted.
+pub struct SyncPeer {
+    daemons: Vec<Conntrackd>,
+    ns: Vec<String>,
+    dir: PathBuf,
+}
+
+impl SyncPeer {
+    fn start(t: &Target) -> Result<SyncPeer> {
+        let lb = t.lab.balancer_ns().to_string();
+        let mut peer = SyncPeer {
+            daemons: Vec::new(),
+            ns: vec![format!("{}{}-syncpeer", netns::PREFIX, std::process::id())],
+            dir: t.scratch.join("sync"),
+        };
+        let ns = peer.ns[0].clone();
+        fs::create_dir_all(&peer.dir)?;
+        netns::add(&ns)?;
+        netns::exec(
+            &lb,
+            &[
+                "ip", "link", "add", "sync0", "type", "veth", "peer", "name", "sync1",
+            ],
+        )?;
+        netns::exec(&lb, &["ip", "link", "set", "sync1", "netns", &ns])?;
+        let (a, b): (Ipv4Addr, Ipv4Addr) = ([198, 18, 250, 1].into(), [198, 18, 250, 2].into());
+        for (n, iface, addr) in [(&lb, "sync0", a), (&ns, "sync1", b)] {
+            netns::exec(
+                n,
+                &["ip", "addr", "add", &format!("{addr}/30"), "dev", iface],
+            )?;
+            netns::exec(n, &["ip", "link", "set", iface, "up"])?;
+        }
+        let first = t.backends.first().context("no backends")?.octets();
+        let backends = format!("{}.{}.{}.0/24", first[0], first[1], first[2]);
+        for (n, iface, me, other, name) in
+            [(&lb, "sync0", a, b, "lb"), (&ns, "sync1", b, a, "peer")]
+        {
+            let conf = conntrackd::sync_conf(me, other, iface, &backends, &peer.dir, name);
+            peer.daemons
+                .push(Conntrackd::start(n, &conf, &peer.dir, name));
+        }
+        for d in &peer.daemons {
+            d.wait_connected(Duration::from_secs(15));
+            if let Some(cpu) = t.sync_cpu {
+                crate::napi::pin(d.pid() as i32, cpu)?;
+            }
+        }
+        Ok(peer)
+    }
+}
+
+impl Drop for SyncPeer {
+    fn drop(&mut self) {
+        self.daemons.clear();
+        let _ = netns::delete_all(&mut self.ns, "lbctl-livebench");
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 

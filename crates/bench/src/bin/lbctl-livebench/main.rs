@@ -91,7 +91,10 @@ struct Args {
     /// CPU for the generator, the switch and the backends.
     #[arg(long, default_value_t = 0)]
     gen_cpu: usize,
-    /// Only these balancers (reflector, lbctl, nft, haproxy); default all.
+    /// lbctl-sync: pin both conntrackds to this CPU (default: unpinned).
+    #[arg(long)]
+    sync_cpu: Option<usize>,
+    /// Only these balancers (reflector, lbctl, lbctl-dsr, lbctl-tunnel, lbctl-sync, nft, haproxy); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Skip the packet-rate part.
@@ -213,12 +216,13 @@ fn run(args: &Args) -> Result<ExitCode> {
             "lbctl",
             "lbctl-dsr",
             "lbctl-tunnel",
+            "lbctl-sync",
             "nft",
             "haproxy",
         ]
         .contains(&o.as_str())
         {
-            bail!("--only {o}: not one of reflector, lbctl, lbctl-dsr, lbctl-tunnel, nft, haproxy");
+            bail!("--only {o}: not one of reflector, lbctl, lbctl-dsr, lbctl-tunnel, lbctl-sync, nft, haproxy");
         }
     }
     let exe = std::env::current_exe()?;
@@ -259,6 +263,7 @@ fn bench(args: &Args, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<Resul
     let mut lab = Lab::two_arm(args.backends).context("building the lab")?;
     lab.start_servers()?;
     let mut rig = Rig::new(lab, progs, args.gen_cpu, args.lb_cpu, plan.flows)?;
+    rig.sync_cpu = args.sync_cpu;
     let mut results = Results {
         machine: machine_facts(),
         settings: settings(args, plan),
@@ -288,6 +293,7 @@ fn start(rig: &mut Rig, kind: Balancer, lbctl: &Path, scratch: &Path) -> Result<
         vip: rig.vip,
         backends: rig.backends.clone(),
         scratch,
+        sync_cpu: rig.sync_cpu,
     };
     Running::start(kind, &t, &mut rig.progs)
 }
@@ -298,6 +304,7 @@ fn pps_part(rig: &mut Rig, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<
         (Balancer::Lbctl, vec![Mix::Established, Mix::NewFlows]),
         (Balancer::LbctlDsr, vec![Mix::Established]),
         (Balancer::LbctlTunnel, vec![Mix::Established]),
+        (Balancer::LbctlSync, vec![Mix::NewFlows]),
         (Balancer::Nft, vec![Mix::Established, Mix::NewFlows]),
     ];
     let mut results: Vec<PpsResult> = Vec::new();
@@ -307,7 +314,7 @@ fn pps_part(rig: &mut Rig, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<
             let mut running = start(rig, *balancer, lbctl, scratch)?;
             let is_lbctl = matches!(
                 balancer,
-                Balancer::Lbctl | Balancer::LbctlDsr | Balancer::LbctlTunnel
+                Balancer::Lbctl | Balancer::LbctlDsr | Balancer::LbctlTunnel | Balancer::LbctlSync
             );
             rig.lbctl = is_lbctl.then(|| lbctl.to_path_buf());
             // dsr's and tunnel's frames reach the backends on the VIP's port.
@@ -432,15 +439,20 @@ fn pps_case(
 }
 
 fn conn_part(rig: &mut Rig, plan: &Plan, lbctl: &Path, scratch: &Path) -> Result<Vec<ConnResult>> {
-    let mut results: Vec<ConnResult> = [Balancer::Lbctl, Balancer::Nft, Balancer::Haproxy]
-        .into_iter()
-        .filter(|b| plan.wants(*b))
-        .map(|balancer| ConnResult {
-            balancer,
-            runs: Vec::new(),
-            errors: Vec::new(),
-        })
-        .collect();
+    let mut results: Vec<ConnResult> = [
+        Balancer::Lbctl,
+        Balancer::LbctlSync,
+        Balancer::Nft,
+        Balancer::Haproxy,
+    ]
+    .into_iter()
+    .filter(|b| plan.wants(*b))
+    .map(|balancer| ConnResult {
+        balancer,
+        runs: Vec::new(),
+        errors: Vec::new(),
+    })
+    .collect();
     // With --conn-threaded-napi every veth end runs its NAPI as a thread
     // (unpinned, normal priority): receive work then runs in its interface's
     // own thread, not in whatever softirq context woke it, so the balancer's
@@ -625,6 +637,10 @@ fn settings(args: &Args, plan: &Plan) -> Vec<(String, String)> {
         ),
         ("lb_cpu".into(), args.lb_cpu.to_string()),
         ("gen_cpu".into(), args.gen_cpu.to_string()),
+        (
+            "sync_cpu".into(),
+            args.sync_cpu.map_or("unpinned".into(), |c| c.to_string()),
+        ),
         ("conn_workers".into(), plan.conn.workers.to_string()),
         (
             "conn_seconds".into(),

@@ -229,6 +229,24 @@ impl Results {
                 1.0,
             ));
         }
+        // Issue 20: replication (conntrackd polling) costs at most 10% of
+        // the new flows per second.
+        let new_flows = |b| self.pps_of(b, Mix::NewFlows);
+        if let (Some(on), Some(off)) = (new_flows(Balancer::LbctlSync), new_flows(Balancer::Lbctl))
+        {
+            goals.push(at_least(
+                "lbctl new-flow pps, replicated / not",
+                on.per_core() / off.per_core(),
+                0.9,
+            ));
+        }
+        if let (Some(on), Some(off)) = (self.conn_of(Balancer::LbctlSync), lbc) {
+            goals.push(at_least(
+                "lbctl conn/s, replicated / not",
+                on.rate() / off.rate(),
+                0.9,
+            ));
+        }
         goals
     }
 

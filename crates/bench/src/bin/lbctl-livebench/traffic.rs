@@ -172,6 +172,8 @@ pub struct Rig {
     switch_sink: Option<XdpSwap>,
     /// Set while lbctl is the balancer: its verdicts are recorded per run.
     pub lbctl: Option<std::path::PathBuf>,
+    /// lbctl-sync's conntrackds' CPU (`--sync-cpu`).
+    pub sync_cpu: Option<usize>,
 }
 
 impl Rig {
@@ -207,6 +209,7 @@ impl Rig {
             sink_port: ECHO_PORT,
             switch_sink: None,
             lbctl: None,
+            sync_cpu: None,
         })
     }
 
