@@ -12,6 +12,7 @@
 #include "config.h"
 #include "hash.h"
 #include "martian.h"
+#include "allow.h"
 #include "tcp_seq.h"
 
 /* ct_rebuild_from_reply: forwarded without an entry, f filled in. */
@@ -601,6 +602,8 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 	if (!ct) {
 		if (martian(pkt->saddr, pkt->family) || to_itself(pkt))
 			return LB_DROP_MARTIAN;
+		if (!source_allowed(pkt, vip))
+			return LB_DROP_NOT_ALLOWED;
 		be = pick_backend(pkt, vip, cfg->hash_seed, &backend_id);
 		if (!be || !(be->flags & LB_BACKEND_IN_USE))
 			return LB_DROP_NO_BACKEND;

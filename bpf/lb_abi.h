@@ -82,6 +82,21 @@ struct lb_endpoint {
  * left out, an IPv6 address cut to affinity_prefix6 bits first; every flow
  * of one client then lands in the same slot. */
 #define LB_VIP_AFFINITY (1u << 4)
+/* Source allowlist (lbctl vip add --allow): only clients in the VIP's
+ * prefixes of `allowlists` begin flows (allow.h). */
+#define LB_VIP_ALLOWLIST (1u << 5)
+
+/* Key of `allowlists`, an LPM trie shared by every VIP: the VIP's index
+ * (always matched whole) then a client prefix, IPv4 in the first 4 bytes
+ * as in lb_endpoint. prefixlen counts both: 32 + the prefix's length. */
+struct lb_allow_key {
+	__u32 prefixlen;
+	__u32 vip_index;
+	__u8  addr[16];   /* network order */
+};
+
+/* Prefixes in all VIPs' allowlists, at most (the trie allocates per entry). */
+#define LB_MAX_ALLOW_PREFIXES 262144
 
 /* Value of `vips`, keyed by struct lb_endpoint. */
 struct lb_vip {
@@ -333,6 +348,7 @@ enum lb_reason {
 	LB_DROP_REPLY_WRONG_IFACE, /* from a backend, no entry, arrived where that backend's packets do not */
 	LB_DROP_CT_CLASH,        /* new flow whose entry clashes with a live one (same reply tuple: a client port reused toward VIPs sharing a backend) */
 	LB_PASS_SOURCE_ROUTED,   /* source-routed (IPv4 LSRR/SSRR, IPv6 routing header with segments left): its checksum covers another destination; the kernel's source-route policy decides */
+	LB_DROP_NOT_ALLOWED,     /* new flow from a client outside the VIP's allowlist: no entry made */
 	LB_REASON_MAX,
 };
 

@@ -67,6 +67,19 @@ struct {
 	__array(values, struct lb_table);
 } vip_tables SEC(".maps");
 
+/* Every VIP's source allowlist (allow.h), keyed by VIP index and prefix.
+ * Not preallocated: an LPM trie allocates each prefix as it is added. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, LB_MAX_ALLOW_PREFIXES);
+	__type(key, struct lb_allow_key);
+	__type(value, __u8);
+} allowlists SEC(".maps");
+
+/* Per VIP index: new flows its allowlist turned away. */
+LB_PERCPU_ARRAY(__u64, LB_MAX_VIPS) vip_denied SEC(".maps");
+
 LB_ARRAY(struct lb_config, 1) settings SEC(".maps");
 LB_ARRAY(struct lb_handshake, 1) handshake SEC(".maps");
 

@@ -11,6 +11,7 @@ use crate::model::{
     parse_endpoint, parse_ip, parse_listen, parse_weight, NatMode, Proto, Service, XdpMode,
     FLOW_CACHE_SIZES,
 };
+use crate::prefix::Prefix;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -246,14 +247,25 @@ pub enum VipCommand {
         table_size: Option<u32>,
         #[command(flatten)]
         affinity: AffinityArg,
+        /// Only clients in this prefix may begin flows (repeatable, e.g.
+        /// 198.18.0.0/24; a bare address is one host). Default: everyone.
+        #[arg(long, value_name = "CIDR")]
+        allow: Vec<Prefix>,
     },
-    /// Change a VIP's client affinity (its new flows only: live flows keep
-    /// their backend), like ipvsadm -E.
+    /// Change a VIP's client affinity or source allowlist (its new flows
+    /// only: live flows keep their backend and are not checked again), like
+    /// ipvsadm -E.
     Set {
         #[command(flatten)]
         service: ServiceArg,
         #[command(flatten)]
         affinity: AffinityArg,
+        /// The new source allowlist, replacing the old (repeatable).
+        #[arg(long, value_name = "CIDR", conflicts_with = "allow_all")]
+        allow: Vec<Prefix>,
+        /// Remove the source allowlist: every client may begin flows.
+        #[arg(long)]
+        allow_all: bool,
     },
     /// Delete a VIP and its backends.
     Del {
@@ -272,8 +284,9 @@ pub struct AffinityArg {
     /// client: every flow of one client address to one backend (the
     /// client's port left out of the hash; like ipvsadm -p, but conntrack
     /// keeps each flow, not a timeout); none: each flow hashed on its own.
-    #[arg(long, value_parser = ["none", "client"], default_value = "none")]
-    pub affinity: String,
+    /// (vip add: default none; vip set: unchanged unless given.)
+    #[arg(long, value_parser = ["none", "client"])]
+    pub affinity: Option<String>,
     /// With --affinity client: the bits of an IPv6 client address that
     /// count (1-128, default 128: the whole address; 64: one /64 is one client).
     #[arg(long, value_name = "BITS")]

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `cli` | clap definitions only |
 //! | `model` | operator input: parsing, validation, requests (pure) |
+//! | `prefix` | address prefixes and VIP source allowlists (pure) |
 //! | `abi` | the constants of `bpf/lb_abi.h` (generated) |
 //! | `maglev`, `hash`, `table_size` | Maglev tables, the flow hash, table sizes (pure) |
 //! | `config_file` | the configuration file: TOML ⇄ `model::Desired` (pure) |
@@ -20,7 +21,7 @@
 //!
 //! Layers, each importing only those below it (`grep -rn "use crate::"`):
 //!
-//! 1. `abi`, `hash`, `maglev`; then `table_size`, `model`, `config_file`;
+//! 1. `abi`, `hash`, `maglev`, `prefix`; then `table_size`, `model`, `config_file`;
 //! 2. `netlink`; then `host` and `conntrack` (plain values in and out:
 //!    never `datapath`);
 //! 3. `datapath` (uses `host::iface` for the interfaces its program is on);
@@ -40,6 +41,7 @@ pub mod host;
 pub mod maglev;
 pub mod model;
 mod netlink;
+pub mod prefix;
 pub mod service;
 mod skeleton;
 pub mod snapshot;

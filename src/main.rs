@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Error, Result};
+use anyhow::{bail, Error, Result};
 use clap::Parser;
 use lbctl::cli::{
     AffinityArg, AttachArgs, BackendCommand, Cli, Command, RunArgs, Shell, VipCommand,
@@ -11,6 +11,7 @@ use lbctl::model::{
     check_same_family, Affinity, AttachOptions, Desired, FlowFilter, FlowQuery, ListOptions,
     Service, Timeouts, VipSpec,
 };
+use lbctl::prefix::Prefix;
 use lbctl::service::run::RunOptions;
 use lbctl::{commands, config_file};
 
@@ -39,7 +40,7 @@ enum Request {
     Drain,
     Undrain,
     VipAdd(VipSpec),
-    VipSet(Service, Affinity),
+    VipSet(Service, Option<Affinity>, Option<Vec<Prefix>>),
     VipDel(Service),
     VipShow(Service),
     BackendAdd(Service, SocketAddr, u32),
@@ -58,14 +59,21 @@ enum Request {
     Timeouts(Timeouts),
 }
 
-/// `--affinity` and `--affinity-prefix6` as one setting.
+/// `--affinity` and `--affinity-prefix6` as one setting (`none` where
+/// neither is given).
 fn affinity_of(a: &AffinityArg) -> Result<Affinity> {
-    Affinity::parse(&a.affinity, a.affinity_prefix6).map_err(|e| {
+    let name = a.affinity.as_deref().unwrap_or("none");
+    Affinity::parse(name, a.affinity_prefix6).map_err(|e| {
         Error::msg(
             e.replace("affinity prefix6", "--affinity-prefix6")
                 .replace("affinity \"", "--affinity \""),
         )
     })
+}
+
+/// `--allow` prefixes as the allowlist of `service`.
+fn allowlist_of(service: Service, allow: &[Prefix]) -> Result<Vec<Prefix>> {
+    lbctl::prefix::allowlist(service.addr, allow).map_err(|e| Error::msg(format!("--{e}")))
 }
 
 /// Checks a parsed command's values and reads what it names; the first
@@ -82,12 +90,35 @@ fn request(command: Command) -> Result<Request> {
             snat,
             table_size,
             affinity,
+            allow,
         }) => Request::VipAdd(
             VipSpec::new(service.service(), mode, snat, table_size)?
-                .with_affinity(affinity_of(&affinity)?),
+                .with_affinity(affinity_of(&affinity)?)
+                .with_allow(&allow)
+                .map_err(|e| Error::msg(format!("--{e}")))?,
         ),
-        Command::Vip(VipCommand::Set { service, affinity }) => {
-            Request::VipSet(service.service(), affinity_of(&affinity)?)
+        Command::Vip(VipCommand::Set {
+            service,
+            affinity,
+            allow,
+            allow_all,
+        }) => {
+            let service = service.service();
+            let affinity = (affinity.affinity.is_some() || affinity.affinity_prefix6.is_some())
+                .then(|| affinity_of(&affinity))
+                .transpose()?;
+            let allow = match (allow.is_empty(), allow_all) {
+                (true, false) => None,
+                (_, true) => Some(Vec::new()),
+                (false, false) => Some(allowlist_of(service, &allow)?),
+            };
+            if affinity.is_none() && allow.is_none() {
+                bail!(
+                    "vip set {}: nothing to change: give --affinity, --allow or --allow-all",
+                    service.addr
+                );
+            }
+            Request::VipSet(service, affinity, allow)
         }
         Command::Vip(VipCommand::Del { service }) => Request::VipDel(service.service()),
         Command::Vip(VipCommand::Show { service }) => Request::VipShow(service.service()),
@@ -165,7 +196,9 @@ fn dispatch(request: Request) -> Result<()> {
         Request::Undrain => commands::drain::undrain(),
         Request::VipAdd(spec) => commands::vip::add(&spec),
         Request::VipDel(service) => commands::vip::del(&service),
-        Request::VipSet(service, affinity) => commands::vip::set(&service, affinity),
+        Request::VipSet(service, affinity, allow) => {
+            commands::vip::set(&service, affinity, allow.as_deref())
+        }
         Request::VipShow(service) => commands::vip::show(&service),
         Request::BackendAdd(service, backend, weight) => {
             commands::backend::add(&service, backend, weight)

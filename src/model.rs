@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::abi::{LB_MAX_CT_TIMEOUT_S, LB_MAX_TABLE_SIZE};
 use crate::maglev::is_prime;
+use crate::prefix::Prefix;
 
 /// Gives a fieldless enum one table of names, read by everything that
 /// names a variant: `ALL` (the order help and docs list them), `name()`
@@ -284,6 +285,9 @@ pub struct VipSpec {
     pub table_size: Option<u32>,
     /// How a new flow's backend is chosen: by its 5-tuple, or by its client.
     pub affinity: Affinity,
+    /// The clients that may begin flows (`prefix::allowlist`: of the VIP's
+    /// family, sorted, each once); empty: everyone.
+    pub allow: Vec<Prefix>,
 }
 
 /// What a new flow's backend is hashed from.
@@ -397,12 +401,19 @@ impl VipSpec {
             snat,
             table_size,
             affinity: Affinity::None,
+            allow: Vec::new(),
         })
     }
 
     /// This VIP with `affinity`.
     pub fn with_affinity(self, affinity: Affinity) -> VipSpec {
         VipSpec { affinity, ..self }
+    }
+
+    /// This VIP with the source allowlist `allow` (empty: everyone).
+    pub fn with_allow(self, allow: &[Prefix]) -> Result<VipSpec, String> {
+        let allow = crate::prefix::allowlist(self.service.addr, allow)?;
+        Ok(VipSpec { allow, ..self })
     }
 }
 

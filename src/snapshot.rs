@@ -28,6 +28,8 @@ pub struct BackendView {
 pub struct VipView {
     pub vip: VipEntry,
     pub stats: Counters,
+    /// New flows its source allowlist turned away.
+    pub denied: u64,
     /// Sorted by address.
     pub backends: Vec<BackendView>,
 }
@@ -94,6 +96,7 @@ impl Snapshot {
             backends.sort_by_key(|b| b.entry.addr);
             vips.push(VipView {
                 stats: maps.vip_counters(vip.index)?,
+                denied: maps.denied(vip.index)?,
                 vip: vip.clone(),
                 backends,
             });

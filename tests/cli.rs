@@ -714,3 +714,98 @@ fn client_affinity_is_set_shown_and_changed() {
     assert!(ns.ok(&["list"]).contains("(affinity client)"));
     ns.ok(&["detach", "e0"]);
 }
+
+/// `--allow` on `vip add` (repeatable, of the VIP's family), shown by
+/// list, its JSON and save, replaced by `vip set --allow`, removed by
+/// `--allow-all`; a file changes it in place (apply, its dry run); bad
+/// prefixes are one clear line each.
+#[test]
+fn source_allowlists_are_set_shown_and_changed() {
+    let ns = Ns::attached(&["e0"]);
+    let (v4, v6) = ("198.18.100.1:80", "[2001:db8:0:100::1]:80");
+    ns.ok(&[
+        "vip",
+        "add",
+        v4,
+        "--allow",
+        "198.18.0.0/24",
+        "--allow",
+        "198.18.7.9",
+    ]);
+    ns.ok(&["vip", "add", v6, "--allow", "2001:db8::/48"]);
+    let list = ns.ok(&["list"]);
+    assert!(
+        list.contains("(allow 198.18.0.0/24, 198.18.7.9/32)"),
+        "{list}"
+    );
+    assert!(list.contains("(allow 2001:db8::/48)"), "{list}");
+    assert!(ns.ok(&["list", "--stats"]).contains("(denied 0)"));
+    let json = ns.ok(&["list", "--json", "--stats"]);
+    assert!(
+        json.contains(r#""allow":["198.18.0.0/24","198.18.7.9/32"],"denied":0"#),
+        "{json}"
+    );
+    let saved = ns.ok(&["save"]);
+    assert!(
+        saved.contains("allow = [\"198.18.0.0/24\", \"198.18.7.9/32\"]\n"),
+        "{saved}"
+    );
+    let set = ns.ok(&["vip", "set", v4, "--allow", "198.18.1.0/24"]);
+    assert!(
+        set.contains("new flows from 198.18.1.0/24 (live flows go on)"),
+        "{set}"
+    );
+    assert!(ns
+        .ok(&["vip", "set", v4, "--allow", "198.18.1.0/24"])
+        .contains("already"));
+    // vip set changes only what it is given: the affinity stays.
+    ns.ok(&["vip", "set", v6, "--affinity", "client"]);
+    ns.ok(&["vip", "set", v6, "--allow-all"]);
+    let list = ns.ok(&["list"]);
+    assert!(
+        list.contains("(affinity client)") && !list.contains("2001:db8::/48"),
+        "{list}"
+    );
+    for (args, says) in [
+        (
+            vec!["vip", "add", "198.18.100.2:80", "--allow", "198.18.0.5/24"],
+            "did you mean 198.18.0.0/24?",
+        ),
+        (
+            vec!["vip", "add", "198.18.100.2:80", "--allow", "2001:db8::/48"],
+            "so its clients are IPv4 too",
+        ),
+        (
+            vec!["vip", "add", "198.18.100.2:80", "--allow", "198.18.0.0/40"],
+            "out of range (0-32)",
+        ),
+        (vec!["vip", "set", v4], "nothing to change"),
+        (
+            vec!["vip", "set", v4, "--allow", "198.18.0.0/24", "--allow-all"],
+            "cannot be used with",
+        ),
+    ] {
+        ns.fails(&args, says);
+    }
+    assert!(
+        !ns.ok(&["list"]).contains("198.18.100.2"),
+        "a refused vip add left nothing"
+    );
+    // A file changes it in place.
+    let file = std::env::temp_dir().join(format!("lbt-{}-allow.toml", std::process::id()));
+    let text = format!(
+        "interfaces = [\"e0\"]\n[[vip]]\naddress = \"{v4}\"\nallow = [\"198.18.2.0/24\"]\n"
+    );
+    std::fs::write(&file, text).unwrap();
+    let f = file.to_str().unwrap();
+    let plan = ns.ok(&["apply", "-f", f, "--dry-run"]);
+    assert!(
+        plan.contains("~ vip 198.18.100.1:80/tcp allow 198.18.1.0/24 -> 198.18.2.0/24"),
+        "{plan}"
+    );
+    let applied = ns.ok(&["apply", "-f", f]);
+    let _ = std::fs::remove_file(&file);
+    assert!(applied.contains("1 allowlists changed"), "{applied}");
+    assert!(ns.ok(&["list"]).contains("(allow 198.18.2.0/24)"));
+    ns.ok(&["detach", "e0"]);
+}

@@ -814,3 +814,78 @@ fn two_arm_backends_shared_by_two_vips_survive_a_conntrack_flush() {
         assert_eq!(spread.len(), 3, "{vip}: {spread:?}");
     }
 }
+
+/// A source allowlist with real clients (README, "Source allowlists"): 20
+/// long TCP connections from the client's address begin before any list;
+/// then the TCP VIP admits only another prefix: every one of them goes on,
+/// byte for byte, on its backend, while a new connection from the same
+/// address is turned away. The UDP VIP admits one of two extra client
+/// addresses: its datagrams are answered, the other's are dropped, counted
+/// as denied.
+#[test]
+fn the_allowlist_admits_its_clients_only_and_breaks_no_live_flow() {
+    let (lab, vip) = balanced_lab(Topology::TwoArm, Family::V4, 3, &[1, 1, 1]);
+    let v = SocketAddr::new(vip, 80).to_string();
+    let (inside, outside) = (
+        Ipv4Addr::new(198, 18, 0, 100),
+        Ipv4Addr::new(198, 18, 0, 101),
+    );
+    for c in [inside, outside] {
+        let a = format!("{c}/24");
+        lab.exec(
+            lab.client_ns(),
+            &["ip", "addr", "add", &a, "dev", lab.client_iface()],
+        )
+        .unwrap();
+    }
+    let cfg = clients::EchoConfig {
+        max_duration: clients::scaled(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let conns = lab
+        .in_client(|| clients::start_many(20, vip, 80, &cfg))
+        .unwrap_or_else(|e| panic!("long connections: {e}\n{}", diagnose(&lab)));
+    let started: Vec<String> = conns.iter().map(|c| c.backend().to_string()).collect();
+
+    lbctl(
+        &lab,
+        &["vip", "set", &v, "--allow", &format!("{inside}/32")],
+    );
+    let refused = lab.in_client(|| clients::tcp_hello(vip, 80, timeout()));
+    assert!(
+        refused.is_err(),
+        "a new connection from outside the list got through: {refused:?}"
+    );
+    lbctl(
+        &lab,
+        &[
+            "vip",
+            "set",
+            &v,
+            "--proto",
+            "udp",
+            "--allow",
+            &format!("{inside}/32"),
+        ],
+    );
+    let ask = |from: Ipv4Addr| {
+        lab.in_client(|| {
+            clients::udp_ask_bound(SocketAddr::new(from.into(), 0), vip, 80, b"hi", timeout())
+        })
+    };
+    assert!(ask(inside).is_ok(), "{}", diagnose(&lab));
+    assert!(
+        ask(outside).is_err(),
+        "a datagram from outside the list was answered"
+    );
+    let json = lbctl(&lab, &["list", "--json", "--stats"]);
+    assert!(json.contains(r#""denied":1"#), "{json}");
+
+    clients::finish_unbroken(
+        conns,
+        &started,
+        Some(5),
+        "allowlist change broke connections",
+        || diagnose(&lab),
+    );
+}

@@ -1180,3 +1180,112 @@ fn a_replicated_entry_forwards_by_its_nat_and_takes_this_balancers_mark() {
         assert_eq!(lb.vip_counters(&vip).packets, 4);
     });
 }
+
+/// A VIP's source allowlist (`--allow`): a new flow from outside every
+/// prefix is dropped before any entry (`drop_not_allowed`, counted for the
+/// VIP); one from inside is balanced; a flow already in the table goes on
+/// when the list changes, even when its client is no longer in it; an
+/// empty list lets everyone in again. IPv4 and IPv6.
+#[test]
+fn the_allowlist_turns_away_new_flows_from_outside_only() {
+    let cases = [
+        (
+            VIP,
+            "198.18.1.11:8080",
+            "198.18.0.0/24",
+            "198.18.0.2",
+            "198.18.9.2",
+        ),
+        (
+            "[2001:db8:0:100::1]:80",
+            "[2001:db8:0:1::11]:8080",
+            "2001:db8::/64",
+            "[2001:db8::2]",
+            "[2001:db8:9::2]",
+        ),
+    ];
+    for (vip_addr, backend, prefix, inside, outside) in cases {
+        in_fresh_netns(move || {
+            let (lb, vip) = Balancer::dnat(vip_addr, Proto::Tcp, &[backend]);
+            let set = |list: &[&str]| {
+                let list: Vec<lbctl::prefix::Prefix> =
+                    list.iter().map(|p| p.parse().unwrap()).collect();
+                let mut run = lb.maps.running().unwrap();
+                lb.maps.set_allowlist(&mut run, &vip, &list).unwrap()
+            };
+            let client = |host: &str, port: u16| format!("{host}:{port}");
+            // Before any list: the client outside starts a flow.
+            let (action, _) = lb.run(&Packet::tcp(&client(outside, 40000), vip_addr, SYN).build());
+            assert_eq!(action, XDP_REDIRECT, "{vip_addr}: no list, everyone");
+
+            assert!(set(&[prefix]));
+            assert!(!set(&[prefix]), "the same list again changes nothing");
+            let listed = lb.maps.find_vip(&vip).unwrap().unwrap().allow;
+            assert_eq!(
+                listed.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                [prefix]
+            );
+            let denied = lb.reason(lb_reason::LB_DROP_NOT_ALLOWED);
+            let (action, _) = lb.run(&Packet::tcp(&client(outside, 40001), vip_addr, SYN).build());
+            assert_eq!(action, XDP_DROP, "{vip_addr}: a new flow from {outside}");
+            assert_eq!(lb.reason(lb_reason::LB_DROP_NOT_ALLOWED), denied + 1);
+            let index = lb.maps.find_vip(&vip).unwrap().unwrap().index;
+            assert_eq!(lb.maps.denied(index).unwrap(), 1);
+            assert_eq!(entries_from(&client(outside, 40001)), 0, "no entry made");
+
+            // The outside client's first flow, begun before the list, goes on.
+            let (action, out) = lb.run(
+                &Packet::tcp(&client(outside, 40000), vip_addr, ACK)
+                    .payload(b"x")
+                    .build(),
+            );
+            assert_eq!(
+                action, XDP_REDIRECT,
+                "{vip_addr}: a live flow is not checked"
+            );
+            assert_eq!(parse(&out).dst, backend);
+            // A client inside begins flows.
+            let (action, out) = lb.run(&Packet::tcp(&client(inside, 40002), vip_addr, SYN).build());
+            assert_eq!(action, XDP_REDIRECT, "{vip_addr}: a new flow from {inside}");
+            assert_eq!(parse(&out).dst, backend);
+
+            // The list no longer holds the inside client's prefix: its live
+            // flow goes on, its new ones are turned away.
+            let other = if vip_addr.starts_with('[') {
+                "2001:db8:7::/48"
+            } else {
+                "198.18.7.0/24"
+            };
+            assert!(set(&[other]));
+            let (action, _) = lb.run(
+                &Packet::tcp(&client(inside, 40002), vip_addr, ACK)
+                    .payload(b"y")
+                    .build(),
+            );
+            assert_eq!(
+                action, XDP_REDIRECT,
+                "{vip_addr}: live flow after the change"
+            );
+            let (action, _) = lb.run(&Packet::tcp(&client(inside, 40003), vip_addr, SYN).build());
+            assert_eq!(action, XDP_DROP, "{vip_addr}: new flow after the change");
+
+            // No list: everyone again.
+            assert!(set(&[]));
+            assert!(lb.maps.find_vip(&vip).unwrap().unwrap().allow.is_empty());
+            let (action, _) = lb.run(&Packet::tcp(&client(outside, 40004), vip_addr, SYN).build());
+            assert_eq!(action, XDP_REDIRECT, "{vip_addr}: list removed");
+        });
+    }
+}
+
+/// Conntrack entries from `client` (ADDR:PORT) in this namespace.
+fn entries_from(client: &str) -> usize {
+    let client = addr(client);
+    sh("conntrack -L 2>/dev/null")
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("src={} ", client.ip()))
+                && l.contains(&format!("sport={} ", client.port()))
+        })
+        .count()
+}

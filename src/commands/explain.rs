@@ -25,6 +25,7 @@ use crate::host::neighbour;
 use crate::datapath::abi::reason_name;
 use crate::datapath::types::lb_reason;
 use crate::model::{Affinity, FlowQuery, NatMode, Proto};
+use crate::prefix;
 
 /// `explain --json` (docs/JSON.md).
 #[derive(Serialize)]
@@ -77,6 +78,7 @@ pub enum CheckName {
     Attached,
     Vip,
     Prefilter,
+    Allowed,
     Backend,
     Ingress,
     Forwarding,
@@ -90,6 +92,7 @@ crate::model::names!(CheckName {
     Attached => "attached",
     Vip => "vip",
     Prefilter => "prefilter",
+    Allowed => "allowed",
     Backend => "backend",
     Ingress => "ingress",
     Forwarding => "forwarding",
@@ -240,6 +243,28 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
         "the VIP address's prefilter bit is set",
         "the VIP address's prefilter bit is clear: its packets pass without a lookup (lbctl attach IFACE --replace rebuilds it)",
     );
+    if !p.vip.allow.is_empty() {
+        let within = p.vip.allow.iter().find(|x| x.contains(client.ip()));
+        let allowed = checks.add(
+            CheckName::Allowed,
+            within.is_some(),
+            match within {
+                Some(prefix) => format!(
+                    "client {} is in the VIP's allowlist ({prefix})",
+                    client.ip()
+                ),
+                None => format!(
+                    "client {} is outside the VIP's allowlist ({}): new flows are dropped ({})",
+                    client.ip(),
+                    prefix::describe(&p.vip.allow),
+                    reason_name(lb_reason::LB_DROP_NOT_ALLOWED)
+                ),
+            },
+        );
+        if !allowed {
+            return Ok(());
+        }
+    }
     let backend = match &p.backend {
         Some(be) => {
             checks.add(

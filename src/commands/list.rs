@@ -16,6 +16,7 @@ use crate::datapath::counters::Counters;
 use crate::datapath::repair;
 use crate::host::{drain, routes};
 use crate::model::{Affinity, Health, ListOptions, NatMode, Proto};
+use crate::prefix;
 use crate::snapshot::{BackendView, DatapathStats, FlowCacheStats, Snapshot};
 
 /// Packets, bytes and new flows per second over an interval.
@@ -75,6 +76,11 @@ struct VipJson {
     affinity: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     affinity_prefix6: Option<u8>,
+    /// The clients that may begin flows (prefixes); empty: everyone.
+    allow: Vec<String>,
+    /// New flows the allowlist turned away (--stats).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    denied: Option<u64>,
     stats: StatsJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate: Option<Rate>,
@@ -208,6 +214,8 @@ fn list_json(
             snat: r.vip.snat,
             affinity: r.vip.affinity.name(),
             affinity_prefix6: r.vip.affinity.prefix6(),
+            allow: r.vip.allow.iter().map(|p| p.to_string()).collect(),
+            denied: stats.then_some(r.denied),
             table_size: r.vip.table_size,
             route: published.routes.contains(&r.vip.service.addr.ip()),
             stats: stats_json(&r.stats, None),
@@ -291,6 +299,12 @@ fn render_table(snap: &Snapshot, stats: bool, rates: Option<&Rates>, now: u64) -
             .unwrap_or_default();
         if r.vip.affinity != Affinity::None {
             snat += &format!(" (affinity {})", r.vip.affinity);
+        }
+        if !r.vip.allow.is_empty() {
+            snat += &format!(" (allow {})", prefix::describe(&r.vip.allow));
+            if stats {
+                snat += &format!(" (denied {})", r.denied);
+            }
         }
         let rate = rates.and_then(|x| x.vips.get(&r.vip.index).copied());
         let _ = writeln!(

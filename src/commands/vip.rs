@@ -10,6 +10,7 @@ use crate::change::plan::Kind;
 use crate::datapath::balancer::Balancer;
 use crate::host::iface;
 use crate::model::{Affinity, Service, VipSpec};
+use crate::prefix::{self, Prefix};
 
 pub fn add(spec: &VipSpec) -> Result<()> {
     let s = open_for_change()?;
@@ -38,17 +39,36 @@ pub fn add(spec: &VipSpec) -> Result<()> {
     Ok(())
 }
 
-pub fn set(svc: &Service, affinity: Affinity) -> Result<()> {
+/// `vip set`: what is given changes, new flows only (live flows keep their
+/// backend and are not checked against the new allowlist).
+pub fn set(svc: &Service, affinity: Option<Affinity>, allow: Option<&[Prefix]>) -> Result<()> {
     let s = open_for_change()?;
     let b = s.running()?;
     let (changed, _) = s.run(Kind::Configure, |_| {
-        b.maps.set_affinity(&mut b.maps.running()?, svc, affinity)
+        let mut run = b.maps.running()?;
+        let affinity = match affinity {
+            Some(a) => Some((a, b.maps.set_affinity(&mut run, svc, a)?)),
+            None => None,
+        };
+        let allow = match allow {
+            Some(list) => Some((list, b.maps.set_allowlist(&mut run, svc, list)?)),
+            None => None,
+        };
+        Ok((affinity, allow))
     })?;
-    match changed {
-        true => {
-            println!("VIP {svc}: affinity {affinity} (new flows; live flows keep their backend)")
+    let (affinity, allow) = changed;
+    if let Some((a, changed)) = affinity {
+        match changed {
+            true => println!("VIP {svc}: affinity {a} (new flows; live flows keep their backend)"),
+            false => println!("VIP {svc}: affinity {a} already"),
         }
-        false => println!("VIP {svc}: affinity {affinity} already"),
+    }
+    if let Some((list, changed)) = allow {
+        let who = prefix::describe(list);
+        match changed {
+            true => println!("VIP {svc}: new flows from {who} (live flows go on)"),
+            false => println!("VIP {svc}: new flows from {who} already"),
+        }
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ use crate::model::{
     NatMode, Proto, Service, SpecError, StartHealth, Timeout, TlsCheck, VipSpec, XdpMode,
     AFFINITY_PREFIX6, FLOW_CACHE_SIZES, PORTS, RISE_FALL, WEIGHTS,
 };
+use crate::prefix::{allowlist, Prefix};
 
 /// What is wrong with a file, and where.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +73,7 @@ struct RawVip {
     table_size: Option<Spanned<i64>>,
     affinity: Option<Spanned<String>>,
     affinity_prefix6: Option<Spanned<i64>>,
+    allow: Option<Spanned<Vec<Spanned<String>>>>,
     health: Option<RawHealth>,
     #[serde(default)]
     backend: Vec<RawBackend>,
@@ -380,6 +382,19 @@ fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> 
             }))
         })
     };
+    let allow = v.allow.as_ref().map_or(Some(Vec::new()), |list| {
+        let mut prefixes = Vec::new();
+        for item in list.get_ref() {
+            prefixes.push(
+                p.keep(
+                    item.get_ref()
+                        .parse::<Prefix>()
+                        .or_else(|e| lines.err(item.span(), e)),
+                )?,
+            );
+        }
+        p.keep(allowlist(addr, &prefixes).or_else(|e| lines.err(list.span(), e)))
+    });
     let spec = mode.and_then(|mode| {
         p.keep(VipSpec::new(service, mode, snat, table_size).or_else(|e| {
             let span = match (&e, &v.table_size) {
@@ -414,7 +429,10 @@ fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> 
     }
     Some(DesiredVip {
         table_in_use: None,
-        spec: spec?.with_affinity(affinity?),
+        spec: VipSpec {
+            allow: allow?,
+            ..spec?.with_affinity(affinity?)
+        },
         health,
         backends,
         backend_health,

@@ -51,6 +51,10 @@ pub fn render(d: &Desired) -> String {
                 let _ = writeln!(s, "affinity_prefix6 = {prefix6}");
             }
         }
+        if !spec.allow.is_empty() {
+            let list: Vec<String> = spec.allow.iter().map(|p| quote(&p.to_string())).collect();
+            let _ = writeln!(s, "allow = [{}]", list.join(", "));
+        }
         match (spec.table_size, v.table_in_use) {
             (Some(size), _) => {
                 let _ = writeln!(s, "table_size = {size}");

@@ -7,11 +7,12 @@ use anyhow::{bail, Result};
 
 use super::abi::{
     LB_AF_INET, LB_AF_INET6, LB_BACKEND_CHECKED, LB_BACKEND_DOWN, LB_BACKEND_IN_USE,
-    LB_BACKEND_LEAVING, LB_VIP_AFFINITY, LB_VIP_DSR, LB_VIP_FIXED_SIZE, LB_VIP_FULLNAT,
-    LB_VIP_TUNNEL,
+    LB_BACKEND_LEAVING, LB_VIP_AFFINITY, LB_VIP_ALLOWLIST, LB_VIP_DSR, LB_VIP_FIXED_SIZE,
+    LB_VIP_FULLNAT, LB_VIP_TUNNEL,
 };
 use super::types::{lb_backend, lb_endpoint, lb_vip};
 use crate::model::{Affinity, Health, NatMode, Proto, Service, VipSpec};
+use crate::prefix::Prefix;
 
 /// A VIP as configured.
 #[derive(Clone, Debug)]
@@ -25,6 +26,10 @@ pub struct VipEntry {
     /// The operator chose the size; else lbctl sizes it for the backends.
     pub fixed_size: bool,
     pub affinity: Affinity,
+    /// Its row says it has a source allowlist (`LB_VIP_ALLOWLIST`).
+    pub has_allowlist: bool,
+    /// The allowlist (`allowlists.rs` reads it); empty: everyone.
+    pub allow: Vec<Prefix>,
     /// Share of table slots the last change moved to another backend.
     pub moved: f64,
     /// Digest of the members the current table was built from.
@@ -160,6 +165,9 @@ pub fn vip_row(spec: &VipSpec, index: u32, table_size: u32) -> lb_vip {
         ..Default::default()
     };
     set_affinity(&mut row, spec.affinity);
+    if !spec.allow.is_empty() {
+        row.flags |= LB_VIP_ALLOWLIST;
+    }
     row
 }
 
@@ -201,6 +209,8 @@ pub fn vip_entry(ep: &lb_endpoint, v: &lb_vip) -> Result<VipEntry> {
                 prefix6: v.affinity_prefix6.clamp(1, 128),
             },
         },
+        has_allowlist: v.flags & LB_VIP_ALLOWLIST != 0,
+        allow: Vec::new(),
         moved: v.moved_ppm as f64 / 1e6,
         table_digest: v.table_digest,
     })

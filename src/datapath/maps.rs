@@ -280,6 +280,12 @@ balancer_maps! {
         /// to a shared backend was for; None for a running program from
         /// before it.
         flood_replies,
+        /// VIP index and client prefix → allowed (`allow.h`); None for a
+        /// running program from before allowlists.
+        allowlists,
+        /// Per-CPU count per VIP index of new flows its allowlist turned
+        /// away; None as above.
+        vip_denied,
     ],
 }
 

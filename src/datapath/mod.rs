@@ -11,6 +11,7 @@
 //! | `config.rs` | settings: the settings row, timeouts, generation, redirect map |
 //! | `running.rs` | reading the VIPs and backend rows (`Running`: all of them, once) |
 //! | `vips.rs` | adding (one path, with or without backends) and deleting VIPs |
+//! | `allowlists.rs` | VIPs' source allowlists (the `allowlists` LPM trie) |
 //! | `backends.rs` | a VIP's backend rows: add, weight, remove, health |
 //! | `rebuild.rs` | a VIP's table built from its rows and recorded in the VIP |
 //! | `reply.rs` | reply sources: derived from the backend rows |
@@ -47,6 +48,7 @@
 //! imports it.
 
 pub mod abi;
+pub mod allowlists;
 pub mod backends;
 pub mod balancer;
 pub mod codec;

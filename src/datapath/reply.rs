@@ -158,6 +158,8 @@ mod tests {
             table_size: 101,
             fixed_size: false,
             affinity: crate::model::Affinity::None,
+            has_allowlist: false,
+            allow: Vec::new(),
             moved: 0.0,
             table_digest: 0,
         }

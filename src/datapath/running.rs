@@ -23,6 +23,7 @@ impl Maps {
             out.push(vip_entry(&ep, &v)?);
         }
         out.sort_by_key(|v| v.index);
+        self.read_allowlists(&mut out)?;
         Ok(out)
     }
 
@@ -33,10 +34,16 @@ impl Maps {
 
     pub fn find_vip(&self, service: &Service) -> Result<Option<VipEntry>> {
         let ep = service_endpoint(service);
-        self.vips
+        let Some(v) = self
+            .vips
             .get::<lb_vip>(bytes_of(&ep), &format_args!("VIP {service}"))?
-            .map(|v| vip_entry(&ep, &v))
-            .transpose()
+        else {
+            return Ok(None);
+        };
+        let mut one = [vip_entry(&ep, &v)?];
+        self.read_allowlists(&mut one)?;
+        let [vip] = one;
+        Ok(Some(vip))
     }
 
     pub fn require_vip(&self, service: &Service) -> Result<VipEntry> {

@@ -120,6 +120,9 @@ impl Maps {
             // A first table moved every slot it fills; an empty one none.
             vip.moved_ppm = if backends.is_empty() { 0 } else { 1_000_000 };
             let ep = service_endpoint(&spec.service);
+            // Its prefixes before the row that turns the check on.
+            self.put_allowlist(*index, &spec.allow)?;
+            self.reset_denied(*index)?;
             self.prefilter_mark(Set::Vips, spec.service.addr.ip())?;
             self.vips.put(
                 bytes_of(&ep),
@@ -127,7 +130,9 @@ impl Maps {
                 MapFlags::NO_EXIST,
                 &format_args!("VIP {}", spec.service),
             )?;
-            run.vips.push(vip_entry(&ep, &vip)?);
+            let mut entry = vip_entry(&ep, &vip)?;
+            entry.allow = spec.allow.clone();
+            run.vips.push(entry);
         }
         self.bump_generation()?;
         Ok(placed.len())
@@ -183,6 +188,7 @@ impl Maps {
                 &vip.index.to_ne_bytes(),
                 &format_args!("the table of VIP {service}"),
             )?;
+            self.clear_allowlist(vip.index)?;
             let rows = run.rows_of(&vip);
             for b in &rows {
                 self.clear_backend_row(b.id)?;

@@ -26,6 +26,7 @@ use crate::host::neighbour;
 use crate::model::{
     Affinity, Desired, DesiredVip, Health, NatMode, Service, StartHealth, Timeout, VipSpec,
 };
+use crate::prefix;
 use crate::table_size::Sizing;
 
 /// What an apply changed.
@@ -41,6 +42,8 @@ pub struct Applied {
     pub health_cleared: usize,
     /// VIPs whose client affinity changed (their new flows only).
     pub affinity_changed: usize,
+    /// VIPs whose source allowlist changed (their new flows only).
+    pub allow_changed: usize,
     pub tables_rebuilt: usize,
     /// Notes for the operator (neighbours that could not be kept resolved).
     pub notes: Vec<String>,
@@ -70,6 +73,7 @@ impl fmt::Display for Applied {
             (self.backends_reweighted, "weights changed"),
             (self.health_cleared, "backends no longer checked"),
             (self.affinity_changed, "affinities changed"),
+            (self.allow_changed, "allowlists changed"),
             (self.tables_rebuilt, "tables rebuilt"),
         ] {
             if n > 0 {
@@ -346,8 +350,12 @@ pub fn plan(maps: &Maps, attached: &[String], desired: &Desired) -> Result<(Vec<
             Affinity::None => String::new(),
             a => format!(", affinity {a}"),
         };
+        let allow = match v.spec.allow.is_empty() {
+            true => String::new(),
+            false => format!(", allow {}", prefix::describe(&v.spec.allow)),
+        };
         lines.push(format!(
-            "+ vip {service} {}{affinity}",
+            "+ vip {service} {}{affinity}{allow}",
             describe(v.spec.mode, v.spec.snat, v.spec.table_size)
         ));
         for (addr, weight) in &v.backends {
@@ -367,6 +375,14 @@ pub fn plan(maps: &Maps, attached: &[String], desired: &Desired) -> Result<(Vec<
                 vip.affinity, v.spec.affinity
             ));
             sum.affinity_changed += 1;
+        }
+        if vip.allow != v.spec.allow {
+            lines.push(format!(
+                "~ vip {service} allow {} -> {}",
+                prefix::describe(&vip.allow),
+                prefix::describe(&v.spec.allow)
+            ));
+            sum.allow_changed += 1;
         }
         let changes = BackendChanges::between(&members, &v.backends);
         for &addr in &changes.added {
@@ -419,6 +435,9 @@ fn apply_vip(
     let service = v.spec.service;
     if maps.set_affinity(run, &service, v.spec.affinity)? {
         done.affinity_changed += 1;
+    }
+    if maps.set_allowlist(run, &service, &v.spec.allow)? {
+        done.allow_changed += 1;
     }
     let changes = maps.set_backends(run, &service, &v.backends, start_down)?;
     done.backends_added += changes.added.len();

@@ -11,6 +11,7 @@
 //!
 //! Names: `lbctl_vip_{packets,bytes,new_flows}_total{vip,proto}`,
 //! `lbctl_backend_{packets,bytes,new_flows}_total{vip,backend,proto}`,
+//! `lbctl_vip_denied_flows_total{vip,proto}` (its source allowlist),
 //! `lbctl_backend_weight`, `lbctl_backend_up` (1 up, 0 down; only for
 //! checked backends), `lbctl_backend_active_flows`,
 //! `lbctl_health_check_duration_seconds` (histogram),
@@ -612,6 +613,18 @@ impl Collector for SnapshotCollector {
                 Some(ConstCounter::new(get(&b.stats)))
             })?;
         }
+        let denied = s
+            .vips
+            .iter()
+            .map(|v| (vip_labels(&v.vip.service), ConstCounter::new(v.denied)))
+            .collect();
+        family(
+            &mut enc,
+            "lbctl_vip_denied_flows",
+            "New flows from clients outside the VIP's source allowlist, dropped before any entry",
+            c,
+            denied,
+        )?;
         type Gauge = fn(&BackendView) -> Option<i64>;
         let gauges: [(&str, &str, Gauge); 3] = [
             (
@@ -765,10 +778,13 @@ mod tests {
                     table_size: 251,
                     fixed_size: false,
                     affinity: crate::model::Affinity::None,
+                    has_allowlist: false,
+                    allow: Vec::new(),
                     moved: 0.0,
                     table_digest: 0,
                 },
                 stats: counters(90),
+                denied: 5,
                 backends: vec![
                     backend(1, Health::Up, 1, Some(3)),
                     backend(2, Health::Down, 2, Some(0)),

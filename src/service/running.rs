@@ -31,6 +31,7 @@ pub fn running(b: &Balancer) -> Result<Desired> {
                     snat: v.snat,
                     table_size: v.fixed_size.then_some(v.table_size),
                     affinity: v.affinity,
+                    allow: v.allow.clone(),
                 },
                 table_in_use: (!v.fixed_size).then_some(v.table_size),
                 health: recorded.and_then(|r| r.health.clone()),
