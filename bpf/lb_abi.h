@@ -85,6 +85,13 @@ struct lb_endpoint {
 /* Source allowlist (lbctl vip add --allow): only clients in the VIP's
  * prefixes of `allowlists` begin flows (allow.h). */
 #define LB_VIP_ALLOWLIST (1u << 5)
+/* lbctl only: what becomes of a flow whose backend is removed or goes down
+ * (lbctl vip add --on-backend-gone): without either, it keeps its entry
+ * (and its dead backend); with either, lbctl removes its entry, so its next
+ * packet begins anew: a UDP flow on the backend picked now (REASSIGN), a
+ * TCP flow at a backend that does not know it and resets it (RESET). */
+#define LB_VIP_GONE_REASSIGN (1u << 6)
+#define LB_VIP_GONE_RESET    (1u << 7)
 
 /* Key of `allowlists`, an LPM trie shared by every VIP: the VIP's index
  * (always matched whole) then a client prefix, IPv4 in the first 4 bytes

@@ -8,10 +8,14 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::model::{
-    parse_endpoint, parse_ip, parse_listen, parse_weight, NatMode, Proto, Service, XdpMode,
-    FLOW_CACHE_SIZES,
+    parse_endpoint, parse_ip, parse_listen, parse_weight, NatMode, OnBackendGone, Proto, Service,
+    XdpMode, FLOW_CACHE_SIZES,
 };
 use crate::prefix::Prefix;
+
+fn parse_on_backend_gone(s: &str) -> Result<OnBackendGone, String> {
+    s.parse()
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -251,6 +255,12 @@ pub enum VipCommand {
         /// 198.18.0.0/24; a bare address is one host). Default: everyone.
         #[arg(long, value_name = "CIDR")]
         allow: Vec<Prefix>,
+        /// The live flows of a backend removed or marked down: keep them on it
+        /// (default); reassign (UDP: the next datagram goes to the backend picked
+        /// now) or reset (TCP: the next packet reaches a backend that resets it),
+        /// both by removing their conntrack entries.
+        #[arg(long, value_name = "POLICY", value_parser = parse_on_backend_gone)]
+        on_backend_gone: Option<OnBackendGone>,
     },
     /// Change a VIP's client affinity or source allowlist (its new flows
     /// only: live flows keep their backend and are not checked again), like
@@ -266,6 +276,9 @@ pub enum VipCommand {
         /// Remove the source allowlist: every client may begin flows.
         #[arg(long)]
         allow_all: bool,
+        /// keep, reassign or reset: see vip add.
+        #[arg(long, value_name = "POLICY", value_parser = parse_on_backend_gone)]
+        on_backend_gone: Option<OnBackendGone>,
     },
     /// Delete a VIP and its backends.
     Del {

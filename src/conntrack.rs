@@ -139,6 +139,38 @@ pub fn active_flows_by_backend() -> Result<HashMap<(Service, SocketAddr), u64>> 
     Ok(counts)
 }
 
+/// Removes lbctl's entries of VIP `service` on `backend` (its flows' next
+/// packets then begin anew: `--on-backend-gone`); how many it removed. An
+/// entry gone meanwhile (expired, closed) is not an error.
+pub fn expire_flows(service: Service, backend: SocketAddr) -> Result<usize> {
+    let mut removed = 0;
+    for f in lbctl_flows()? {
+        if f.proto != service.proto || f.vip != service.addr || f.backend != backend {
+            continue;
+        }
+        let attrs = vec![ConntrackAttribute::CtaTupleOrig(tuple_attrs(
+            f.proto, f.client, f.vip,
+        )?)];
+        match request(
+            family(f.client.ip()),
+            ConntrackMessage::Delete(attrs),
+            NLM_F_ACK,
+        ) {
+            Ok(_) => removed += 1,
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "removing the entry of {} {} -> {}",
+                        f.proto, f.client, f.vip
+                    )
+                })
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// A tuple's attributes: `src` → `dst` over `proto`.
 fn tuple_attrs(proto: Proto, src: SocketAddr, dst: SocketAddr) -> Result<Vec<Tuple>> {
     if src.is_ipv4() != dst.is_ipv4() {

@@ -9,7 +9,7 @@ use lbctl::cli::{
 };
 use lbctl::model::{
     check_same_family, Affinity, AttachOptions, Desired, FlowFilter, FlowQuery, ListOptions,
-    Service, Timeouts, VipSpec,
+    OnBackendGone, Service, Timeouts, VipSpec,
 };
 use lbctl::prefix::Prefix;
 use lbctl::service::run::RunOptions;
@@ -40,7 +40,12 @@ enum Request {
     Drain,
     Undrain,
     VipAdd(VipSpec),
-    VipSet(Service, Option<Affinity>, Option<Vec<Prefix>>),
+    VipSet(
+        Service,
+        Option<Affinity>,
+        Option<Vec<Prefix>>,
+        Option<OnBackendGone>,
+    ),
     VipDel(Service),
     VipShow(Service),
     BackendAdd(Service, SocketAddr, u32),
@@ -91,9 +96,11 @@ fn request(command: Command) -> Result<Request> {
             table_size,
             affinity,
             allow,
+            on_backend_gone,
         }) => Request::VipAdd(
             VipSpec::new(service.service(), mode, snat, table_size)?
                 .with_affinity(affinity_of(&affinity)?)
+                .with_on_backend_gone(on_backend_gone.unwrap_or_default())
                 .with_allow(&allow)
                 .map_err(|e| Error::msg(format!("--{e}")))?,
         ),
@@ -102,6 +109,7 @@ fn request(command: Command) -> Result<Request> {
             affinity,
             allow,
             allow_all,
+            on_backend_gone,
         }) => {
             let service = service.service();
             let affinity = (affinity.affinity.is_some() || affinity.affinity_prefix6.is_some())
@@ -112,13 +120,13 @@ fn request(command: Command) -> Result<Request> {
                 (_, true) => Some(Vec::new()),
                 (false, false) => Some(allowlist_of(service, &allow)?),
             };
-            if affinity.is_none() && allow.is_none() {
+            if affinity.is_none() && allow.is_none() && on_backend_gone.is_none() {
                 bail!(
-                    "vip set {}: nothing to change: give --affinity, --allow or --allow-all",
+                    "vip set {}: nothing to change: give --affinity, --allow, --allow-all or --on-backend-gone",
                     service.addr
                 );
             }
-            Request::VipSet(service, affinity, allow)
+            Request::VipSet(service, affinity, allow, on_backend_gone)
         }
         Command::Vip(VipCommand::Del { service }) => Request::VipDel(service.service()),
         Command::Vip(VipCommand::Show { service }) => Request::VipShow(service.service()),
@@ -196,8 +204,8 @@ fn dispatch(request: Request) -> Result<()> {
         Request::Undrain => commands::drain::undrain(),
         Request::VipAdd(spec) => commands::vip::add(&spec),
         Request::VipDel(service) => commands::vip::del(&service),
-        Request::VipSet(service, affinity, allow) => {
-            commands::vip::set(&service, affinity, allow.as_deref())
+        Request::VipSet(service, affinity, allow, gone) => {
+            commands::vip::set(&service, affinity, allow.as_deref(), gone)
         }
         Request::VipShow(service) => commands::vip::show(&service),
         Request::BackendAdd(service, backend, weight) => {

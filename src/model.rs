@@ -288,6 +288,60 @@ pub struct VipSpec {
     /// The clients that may begin flows (`prefix::allowlist`: of the VIP's
     /// family, sorted, each once); empty: everyone.
     pub allow: Vec<Prefix>,
+    /// What becomes of the flows of a backend removed or marked down.
+    pub on_backend_gone: OnBackendGone,
+}
+
+/// What becomes of the live flows of a backend that is removed or marked
+/// down (`--on-backend-gone`; IPVS's `expire_nodest_conn`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnBackendGone {
+    /// They keep their entries and their backend, as long as packets come.
+    #[default]
+    Keep,
+    /// Their entries are removed: a UDP flow's next datagram goes to the
+    /// backend picked now.
+    Reassign,
+    /// Their entries are removed: a TCP flow's next packet reaches a
+    /// backend that does not know it, which resets it.
+    Reset,
+}
+
+impl OnBackendGone {
+    pub const ALL: [OnBackendGone; 3] = [
+        OnBackendGone::Keep,
+        OnBackendGone::Reassign,
+        OnBackendGone::Reset,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OnBackendGone::Keep => "keep",
+            OnBackendGone::Reassign => "reassign",
+            OnBackendGone::Reset => "reset",
+        }
+    }
+
+    /// Whether lbctl removes the flows' entries.
+    pub fn expires(self) -> bool {
+        self != OnBackendGone::Keep
+    }
+}
+
+impl FromStr for OnBackendGone {
+    type Err = String;
+    fn from_str(s: &str) -> Result<OnBackendGone, String> {
+        OnBackendGone::ALL
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| format!("on-backend-gone {s:?}: use keep, reassign or reset"))
+    }
+}
+
+impl fmt::Display for OnBackendGone {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// What a new flow's backend is hashed from.
@@ -402,12 +456,21 @@ impl VipSpec {
             table_size,
             affinity: Affinity::None,
             allow: Vec::new(),
+            on_backend_gone: OnBackendGone::Keep,
         })
     }
 
     /// This VIP with `affinity`.
     pub fn with_affinity(self, affinity: Affinity) -> VipSpec {
         VipSpec { affinity, ..self }
+    }
+
+    /// This VIP with `policy` for the flows of backends that go.
+    pub fn with_on_backend_gone(self, on_backend_gone: OnBackendGone) -> VipSpec {
+        VipSpec {
+            on_backend_gone,
+            ..self
+        }
     }
 
     /// This VIP with the source allowlist `allow` (empty: everyone).

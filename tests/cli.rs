@@ -807,5 +807,14 @@ fn source_allowlists_are_set_shown_and_changed() {
     let _ = std::fs::remove_file(&file);
     assert!(applied.contains("1 allowlists changed"), "{applied}");
     assert!(ns.ok(&["list"]).contains("(allow 198.18.2.0/24)"));
+    // --on-backend-gone: set, shown, saved, refused when unknown.
+    let set = ns.ok(&["vip", "set", v4, "--on-backend-gone", "reset"]);
+    assert!(set.contains("on-backend-gone reset"), "{set}");
+    assert!(ns.ok(&["list"]).contains("(on backend gone: reset)"));
+    assert!(ns.ok(&["save"]).contains("on_backend_gone = \"reset\"\n"));
+    ns.fails(
+        &["vip", "set", v4, "--on-backend-gone", "drop"],
+        "use keep, reassign or reset",
+    );
     ns.ok(&["detach", "e0"]);
 }

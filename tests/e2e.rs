@@ -889,3 +889,63 @@ fn the_allowlist_admits_its_clients_only_and_breaks_no_live_flow() {
         || diagnose(&lab),
     );
 }
+
+/// `--on-backend-gone` with real UDP servers: one UDP flow (one client
+/// port) keeps sending while its backend is removed. With `keep` (the
+/// default) its entry keeps it on the removed backend, whose server still
+/// answers; with `reassign` lbctl removes the entry and the very next
+/// datagram is answered by another backend.
+#[test]
+fn a_udp_flow_moves_off_a_removed_backend_only_when_told() {
+    let (lab, vip) = balanced_lab(Topology::TwoArm, Family::V4, 3, &[1, 1, 1]);
+    let v = SocketAddr::new(vip, 80).to_string();
+    let ask = |port: u16| {
+        lab.in_client(|| clients::udp_ask_from(port, vip, 80, b"hi", timeout()))
+            .unwrap_or_else(|e| panic!("udp from port {port}: {e}\n{}", diagnose(&lab)))
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let addr_of = |name: &str| {
+        let i = lab
+            .backend_ids()
+            .into_iter()
+            .find(|i| lab.backend_name(*i) == name)
+            .unwrap_or_else(|| panic!("no backend named {name}"));
+        SocketAddr::new(lab.backend_addr(i).into(), ECHO_PORT).to_string()
+    };
+    for (policy, port) in [("keep", 41000u16), ("reassign", 41001)] {
+        lbctl(
+            &lab,
+            &[
+                "vip",
+                "set",
+                &v,
+                "--proto",
+                "udp",
+                "--on-backend-gone",
+                policy,
+            ],
+        );
+        let first = ask(port);
+        assert_eq!(ask(port), first, "one flow, one backend");
+        let removed = lbctl(
+            &lab,
+            &["backend", "del", &v, &addr_of(&first), "--proto", "udp"],
+        );
+        let after = ask(port);
+        if policy == "keep" {
+            assert_eq!(after, first, "keep: the flow stays on its removed backend");
+        } else {
+            assert_ne!(after, first, "reassign: the flow moved ({removed})");
+            assert!(removed.contains("the entries of its 1 flows"), "{removed}");
+        }
+        lbctl(
+            &lab,
+            &["backend", "add", &v, &addr_of(&first), "--proto", "udp"],
+        );
+    }
+    let json = lbctl(&lab, &["list", "--json"]);
+    assert!(json.contains(r#""on_backend_gone":"reassign""#), "{json}");
+}

@@ -670,3 +670,68 @@ fn ipv6_backends_are_checked_too() {
     let (ok, log) = svc.stop(STOP);
     assert!(ok, "lbctl run exits 0 on SIGTERM:\n{}", log.join("\n"));
 }
+
+/// `on_backend_gone = "reassign"` with health checks (README, "Flows of a
+/// backend that is gone"): one UDP flow (one client port) keeps asking
+/// while its backend's servers stop; once the checks mark it down, lbctl
+/// removes the flow's entry and its next datagram is answered by another
+/// backend. (With `keep` it would stay on the dead one: tests/e2e.rs
+/// shows `keep` for a removed backend.)
+#[test]
+fn a_udp_flow_leaves_a_backend_marked_down() {
+    let mut lab = Lab::two_arm(3).expect("lab");
+    lab.start_servers().unwrap();
+    let mut text = format!(
+        "interfaces = {:?}\n\n[[vip]]\naddress = \"{}:80\"\nproto = \"udp\"\nmode = \"dnat\"\non_backend_gone = \"reassign\"\n",
+        lab.lb_ifaces(),
+        lab.vip(1)
+    );
+    text += "[vip.health]\nkind = \"udp\"\nsend = \"ping\"\nexpect = \":ping\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n";
+    for i in 1..=3 {
+        text += &format!(
+            "\n[[vip.backend]]\naddress = \"{}:{PORT}\"\n",
+            lab.backend_addr(i)
+        );
+    }
+    let file = ConfigFile::new(&lab, &text);
+    let svc = start_service(&lab, &file, &[]);
+    for i in 1..=3 {
+        wait_health(&lab, i, "up", Duration::from_secs(3));
+    }
+    let vip = lab.vip(1);
+    let ask = |lab: &Lab, wait: Duration| {
+        lab.in_client(|| clients::udp_ask_from(42000, vip, 80, b"hi", wait))
+            .ok()
+            .map(|r| r.split(':').next().unwrap_or_default().to_string())
+    };
+    let first =
+        ask(&lab, clients::scaled(Duration::from_secs(2))).expect("the flow's first answer");
+    let i = (1..=3).find(|i| lab.backend_name(*i) == first).unwrap();
+    lab.stop_server(i);
+    wait_health(&lab, i, "down", Duration::from_secs(5));
+    let marked = Instant::now();
+    let limit = clients::scaled(INTERVAL * 2 + Duration::from_secs(1));
+    let moved = loop {
+        if let Some(b) = ask(&lab, Duration::from_millis(200)) {
+            break b;
+        }
+        assert!(
+            marked.elapsed() < limit,
+            "the flow found no backend {limit:?} after {first} was marked down:\n{}",
+            lbctl(&lab, &["list", "--stats"])
+        );
+    };
+    assert_ne!(moved, first, "answered by the dead backend?");
+    eprintln!(
+        "the flow moved to {moved} {:?} after {first} was marked down",
+        marked.elapsed()
+    );
+    let (ok, log) = svc.stop(STOP);
+    assert!(ok, "lbctl run exits 0 on SIGTERM:\n{}", log.join("\n"));
+    assert!(
+        log.iter()
+            .any(|l| l.contains("the entries of its 1 live flows removed (on-backend-gone)")),
+        "{}",
+        log.join("\n")
+    );
+}

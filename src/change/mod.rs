@@ -17,16 +17,17 @@
 pub mod plan;
 pub mod routes;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{bail, Result};
 
+use crate::conntrack;
 use crate::datapath::balancer::{self, Balancer};
 use crate::host::iface::{self, Attachment};
 use crate::host::lock::{lock_netns, NetnsLock};
 use crate::host::routes::Reconciled;
 use crate::host::{drain, neighbour, record, state};
-use crate::model::{AttachOptions, Desired};
+use crate::model::{AttachOptions, Desired, Service};
 use plan::{Kind, Opening, Step};
 
 /// A change in progress: the namespace's lock, and the balancer as found.
@@ -45,6 +46,9 @@ pub struct Effects {
     pub released: Vec<IpAddr>,
     /// The file whose health checks are recorded (`Kind::Apply`).
     pub record: Option<Desired>,
+    /// Backends the change removed or marked down, by VIP: their flows'
+    /// entries go where the VIP says so (`Step::ExpireGoneFlows`).
+    pub gone: Vec<(Service, SocketAddr)>,
 }
 
 /// What followed a change.
@@ -52,6 +56,8 @@ pub struct Effects {
 pub struct Followed {
     /// The last route reconcile (announced, withdrawn, wanted).
     pub routes: Reconciled,
+    /// Entries removed for backends that went (`--on-backend-gone`).
+    pub expired: usize,
 }
 
 /// Takes the lock and begins a change (`plan::opening`).
@@ -165,6 +171,17 @@ impl Session {
                     neighbour::release_unused(&fx.released, &still);
                 }
                 Step::ReleaseNeighbours => {}
+                Step::ExpireGoneFlows => {
+                    // After the table no longer names the backend: the
+                    // flows' next packets pick another.
+                    let maps = &self.running()?.maps;
+                    for (service, backend) in &fx.gone {
+                        let policy = maps.find_vip(service)?.map(|v| v.on_backend_gone);
+                        if policy.is_some_and(|p| p.expires()) {
+                            followed.expired += conntrack::expire_flows(*service, *backend)?;
+                        }
+                    }
+                }
                 Step::ClearDrain => {
                     let _ = drain::clear();
                 }

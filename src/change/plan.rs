@@ -22,6 +22,9 @@ pub enum Step {
     WithdrawRoutes,
     /// Release lbctl's neighbour entries no backend left needs.
     ReleaseNeighbours,
+    /// Remove the entries of flows whose backend the change removed or
+    /// marked down, where their VIP says so (`--on-backend-gone`).
+    ExpireGoneFlows,
     /// Forget the node drain (the balancer it was about is gone).
     ClearDrain,
     /// Forget the service's health records (same).
@@ -103,9 +106,15 @@ pub fn opening(o: Opening, found: bool) -> Vec<Step> {
 /// The change and what follows from it.
 pub fn change(k: Kind) -> Vec<Step> {
     match k {
-        Kind::Configure => vec![Step::Change, Step::PublishRoutes, Step::ReleaseNeighbours],
+        Kind::Configure => vec![
+            Step::Change,
+            Step::ExpireGoneFlows,
+            Step::PublishRoutes,
+            Step::ReleaseNeighbours,
+        ],
         Kind::Apply => vec![
             Step::Change,
+            Step::ExpireGoneFlows,
             Step::PublishRoutes,
             Step::ReleaseNeighbours,
             Step::WriteRecord,

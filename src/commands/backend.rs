@@ -45,11 +45,16 @@ pub fn set(svc: &Service, backend: SocketAddr, weight: u32) -> Result<()> {
 pub fn del(svc: &Service, backend: SocketAddr) -> Result<()> {
     let s = open_for_change()?;
     let b = s.running()?;
-    s.run(Kind::Configure, |fx| {
+    let (_, followed) = s.run(Kind::Configure, |fx| {
         b.maps.del_backend(svc, backend)?;
         fx.released.push(backend.ip());
+        fx.gone.push((*svc, backend));
         Ok(())
     })?;
-    println!("removed backend {backend} from {svc}");
+    let expired = match followed.expired {
+        0 => String::new(),
+        n => format!(" and the entries of its {n} flows (on-backend-gone)"),
+    };
+    println!("removed backend {backend} from {svc}{expired}");
     Ok(())
 }

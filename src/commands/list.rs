@@ -81,6 +81,8 @@ struct VipJson {
     /// New flows the allowlist turned away (--stats).
     #[serde(skip_serializing_if = "Option::is_none")]
     denied: Option<u64>,
+    /// keep, reassign or reset: what becomes of a gone backend's flows.
+    on_backend_gone: &'static str,
     stats: StatsJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate: Option<Rate>,
@@ -215,6 +217,7 @@ fn list_json(
             affinity: r.vip.affinity.name(),
             affinity_prefix6: r.vip.affinity.prefix6(),
             allow: r.vip.allow.iter().map(|p| p.to_string()).collect(),
+            on_backend_gone: r.vip.on_backend_gone.name(),
             denied: stats.then_some(r.denied),
             table_size: r.vip.table_size,
             route: published.routes.contains(&r.vip.service.addr.ip()),
@@ -299,6 +302,9 @@ fn render_table(snap: &Snapshot, stats: bool, rates: Option<&Rates>, now: u64) -
             .unwrap_or_default();
         if r.vip.affinity != Affinity::None {
             snat += &format!(" (affinity {})", r.vip.affinity);
+        }
+        if r.vip.on_backend_gone.expires() {
+            snat += &format!(" (on backend gone: {})", r.vip.on_backend_gone);
         }
         if !r.vip.allow.is_empty() {
             snat += &format!(" (allow {})", prefix::describe(&r.vip.allow));

@@ -9,7 +9,7 @@ use super::{open_for_change, open_for_reading};
 use crate::change::plan::Kind;
 use crate::datapath::balancer::Balancer;
 use crate::host::iface;
-use crate::model::{Affinity, Service, VipSpec};
+use crate::model::{Affinity, OnBackendGone, Service, VipSpec};
 use crate::prefix::{self, Prefix};
 
 pub fn add(spec: &VipSpec) -> Result<()> {
@@ -41,7 +41,12 @@ pub fn add(spec: &VipSpec) -> Result<()> {
 
 /// `vip set`: what is given changes, new flows only (live flows keep their
 /// backend and are not checked against the new allowlist).
-pub fn set(svc: &Service, affinity: Option<Affinity>, allow: Option<&[Prefix]>) -> Result<()> {
+pub fn set(
+    svc: &Service,
+    affinity: Option<Affinity>,
+    allow: Option<&[Prefix]>,
+    gone: Option<OnBackendGone>,
+) -> Result<()> {
     let s = open_for_change()?;
     let b = s.running()?;
     let (changed, _) = s.run(Kind::Configure, |_| {
@@ -54,9 +59,17 @@ pub fn set(svc: &Service, affinity: Option<Affinity>, allow: Option<&[Prefix]>) 
             Some(list) => Some((list, b.maps.set_allowlist(&mut run, svc, list)?)),
             None => None,
         };
-        Ok((affinity, allow))
+        let gone = match gone {
+            Some(p) => Some((p, b.maps.set_on_backend_gone(&mut run, svc, p)?)),
+            None => None,
+        };
+        Ok((affinity, allow, gone))
     })?;
-    let (affinity, allow) = changed;
+    let (affinity, allow, gone) = changed;
+    if let Some((p, changed)) = gone {
+        let already = if changed { "" } else { " already" };
+        println!("VIP {svc}: on-backend-gone {p}{already}");
+    }
     if let Some((a, changed)) = affinity {
         match changed {
             true => println!("VIP {svc}: affinity {a} (new flows; live flows keep their backend)"),

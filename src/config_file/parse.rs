@@ -16,8 +16,8 @@ use super::defaults;
 use crate::model::{
     check_backend_port, check_same_family, check_snat_applies, parse_duration, parse_endpoint,
     parse_ip, parse_status_range, Affinity, CheckKind, Desired, DesiredVip, HealthCheck, HttpCheck,
-    NatMode, Proto, Service, SpecError, StartHealth, Timeout, TlsCheck, VipSpec, XdpMode,
-    AFFINITY_PREFIX6, FLOW_CACHE_SIZES, PORTS, RISE_FALL, WEIGHTS,
+    NatMode, OnBackendGone, Proto, Service, SpecError, StartHealth, Timeout, TlsCheck, VipSpec,
+    XdpMode, AFFINITY_PREFIX6, FLOW_CACHE_SIZES, PORTS, RISE_FALL, WEIGHTS,
 };
 use crate::prefix::{allowlist, Prefix};
 
@@ -74,6 +74,7 @@ struct RawVip {
     affinity: Option<Spanned<String>>,
     affinity_prefix6: Option<Spanned<i64>>,
     allow: Option<Spanned<Vec<Spanned<String>>>>,
+    on_backend_gone: Option<Spanned<String>>,
     health: Option<RawHealth>,
     #[serde(default)]
     backend: Vec<RawBackend>,
@@ -395,6 +396,14 @@ fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> 
         }
         p.keep(allowlist(addr, &prefixes).or_else(|e| lines.err(list.span(), e)))
     });
+    let on_backend_gone = match &v.on_backend_gone {
+        Some(g) => p.keep(
+            g.get_ref()
+                .parse::<OnBackendGone>()
+                .or_else(|e| lines.err(g.span(), e.replace("on-backend-gone", "on_backend_gone"))),
+        ),
+        None => Some(OnBackendGone::Keep),
+    };
     let spec = mode.and_then(|mode| {
         p.keep(VipSpec::new(service, mode, snat, table_size).or_else(|e| {
             let span = match (&e, &v.table_size) {
@@ -431,6 +440,7 @@ fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> 
         table_in_use: None,
         spec: VipSpec {
             allow: allow?,
+            on_backend_gone: on_backend_gone?,
             ..spec?.with_affinity(affinity?)
         },
         health,

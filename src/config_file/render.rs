@@ -6,7 +6,7 @@
 use std::fmt::Write;
 
 use crate::model::{
-    format_duration, format_status_range, CheckKind, Desired, HealthCheck, Timeout,
+    format_duration, format_status_range, CheckKind, Desired, HealthCheck, OnBackendGone, Timeout,
 };
 
 /// A TOML string literal.
@@ -50,6 +50,13 @@ pub fn render(d: &Desired) -> String {
             if prefix6 != 128 {
                 let _ = writeln!(s, "affinity_prefix6 = {prefix6}");
             }
+        }
+        if spec.on_backend_gone != OnBackendGone::Keep {
+            let _ = writeln!(
+                s,
+                "on_backend_gone = {}",
+                quote(spec.on_backend_gone.name())
+            );
         }
         if !spec.allow.is_empty() {
             let list: Vec<String> = spec.allow.iter().map(|p| quote(&p.to_string())).collect();

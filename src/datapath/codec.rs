@@ -8,10 +8,10 @@ use anyhow::{bail, Result};
 use super::abi::{
     LB_AF_INET, LB_AF_INET6, LB_BACKEND_CHECKED, LB_BACKEND_DOWN, LB_BACKEND_IN_USE,
     LB_BACKEND_LEAVING, LB_VIP_AFFINITY, LB_VIP_ALLOWLIST, LB_VIP_DSR, LB_VIP_FIXED_SIZE,
-    LB_VIP_FULLNAT, LB_VIP_TUNNEL,
+    LB_VIP_FULLNAT, LB_VIP_GONE_REASSIGN, LB_VIP_GONE_RESET, LB_VIP_TUNNEL,
 };
 use super::types::{lb_backend, lb_endpoint, lb_vip};
-use crate::model::{Affinity, Health, NatMode, Proto, Service, VipSpec};
+use crate::model::{Affinity, Health, NatMode, OnBackendGone, Proto, Service, VipSpec};
 use crate::prefix::Prefix;
 
 /// A VIP as configured.
@@ -30,6 +30,8 @@ pub struct VipEntry {
     pub has_allowlist: bool,
     /// The allowlist (`allowlists.rs` reads it); empty: everyone.
     pub allow: Vec<Prefix>,
+    /// What becomes of the flows of a backend removed or marked down.
+    pub on_backend_gone: OnBackendGone,
     /// Share of table slots the last change moved to another backend.
     pub moved: f64,
     /// Digest of the members the current table was built from.
@@ -168,7 +170,18 @@ pub fn vip_row(spec: &VipSpec, index: u32, table_size: u32) -> lb_vip {
     if !spec.allow.is_empty() {
         row.flags |= LB_VIP_ALLOWLIST;
     }
+    set_on_backend_gone(&mut row, spec.on_backend_gone);
     row
+}
+
+/// Writes the on-backend-gone policy into a VIP row (lbctl-only flags).
+pub fn set_on_backend_gone(row: &mut lb_vip, policy: OnBackendGone) {
+    row.flags &= !(LB_VIP_GONE_REASSIGN | LB_VIP_GONE_RESET);
+    row.flags |= match policy {
+        OnBackendGone::Keep => 0,
+        OnBackendGone::Reassign => LB_VIP_GONE_REASSIGN,
+        OnBackendGone::Reset => LB_VIP_GONE_RESET,
+    };
 }
 
 /// Writes `affinity` into a VIP row (flag and IPv6 prefix).
@@ -211,6 +224,13 @@ pub fn vip_entry(ep: &lb_endpoint, v: &lb_vip) -> Result<VipEntry> {
         },
         has_allowlist: v.flags & LB_VIP_ALLOWLIST != 0,
         allow: Vec::new(),
+        on_backend_gone: if v.flags & LB_VIP_GONE_RESET != 0 {
+            OnBackendGone::Reset
+        } else if v.flags & LB_VIP_GONE_REASSIGN != 0 {
+            OnBackendGone::Reassign
+        } else {
+            OnBackendGone::Keep
+        },
         moved: v.moved_ppm as f64 / 1e6,
         table_digest: v.table_digest,
     })

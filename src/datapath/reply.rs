@@ -160,6 +160,7 @@ mod tests {
             affinity: crate::model::Affinity::None,
             has_allowlist: false,
             allow: Vec::new(),
+            on_backend_gone: crate::model::OnBackendGone::Keep,
             moved: 0.0,
             table_digest: 0,
         }

@@ -8,7 +8,8 @@ use libbpf_rs::{MapFlags, MapHandle};
 
 use super::abi::LB_MAX_VIPS;
 use super::codec::{
-    bytes_of, service_endpoint, set_affinity, vip_entry, vip_row, BackendEntry, VipEntry,
+    bytes_of, service_endpoint, set_affinity, set_on_backend_gone, vip_entry, vip_row,
+    BackendEntry, VipEntry,
 };
 use super::maps::Maps;
 use super::prefilter::Set;
@@ -17,7 +18,7 @@ use super::reply::{key_of, Key};
 use super::running::Running;
 use super::tables::table_size_for;
 use super::types::lb_vip;
-use crate::model::{Affinity, Service, VipSpec};
+use crate::model::{Affinity, OnBackendGone, Service, VipSpec};
 use crate::table_size::Sizing;
 
 impl Maps {
@@ -159,6 +160,30 @@ impl Maps {
         self.bump_generation()?;
         if let Some(v) = run.vips.iter_mut().find(|v| v.service == *service) {
             v.affinity = affinity;
+        }
+        Ok(true)
+    }
+
+    /// Changes what becomes of the flows of a VIP's backends that go (one
+    /// write of its row; the data path does not read it). Returns whether
+    /// anything changed.
+    pub fn set_on_backend_gone(
+        &self,
+        run: &mut Running,
+        service: &Service,
+        policy: OnBackendGone,
+    ) -> Result<bool> {
+        let vip = run.require_vip(service)?;
+        if vip.on_backend_gone == policy {
+            return Ok(false);
+        }
+        let ep = service_endpoint(service);
+        let what = format_args!("VIP {service}");
+        let mut row: lb_vip = self.vips.require(bytes_of(&ep), &what)?;
+        set_on_backend_gone(&mut row, policy);
+        self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
+        if let Some(v) = run.vips.iter_mut().find(|v| v.service == *service) {
+            v.on_backend_gone = policy;
         }
         Ok(true)
     }

@@ -24,7 +24,8 @@ use crate::datapath::tables::table_size_for;
 use crate::host::iface;
 use crate::host::neighbour;
 use crate::model::{
-    Affinity, Desired, DesiredVip, Health, NatMode, Service, StartHealth, Timeout, VipSpec,
+    Affinity, Desired, DesiredVip, Health, NatMode, OnBackendGone, Service, StartHealth, Timeout,
+    VipSpec,
 };
 use crate::prefix;
 use crate::table_size::Sizing;
@@ -44,6 +45,8 @@ pub struct Applied {
     pub affinity_changed: usize,
     /// VIPs whose source allowlist changed (their new flows only).
     pub allow_changed: usize,
+    /// VIPs whose on-backend-gone policy changed.
+    pub on_backend_gone_changed: usize,
     pub tables_rebuilt: usize,
     /// Notes for the operator (neighbours that could not be kept resolved).
     pub notes: Vec<String>,
@@ -74,6 +77,10 @@ impl fmt::Display for Applied {
             (self.health_cleared, "backends no longer checked"),
             (self.affinity_changed, "affinities changed"),
             (self.allow_changed, "allowlists changed"),
+            (
+                self.on_backend_gone_changed,
+                "on-backend-gone policies changed",
+            ),
             (self.tables_rebuilt, "tables rebuilt"),
         ] {
             if n > 0 {
@@ -257,7 +264,15 @@ pub fn apply_noting(
     done.tables_rebuilt += new.len();
     done.backends_added += new.iter().map(|(_, b)| b.len()).sum::<usize>();
     for v in &d.vips {
-        apply_vip(maps, &mut run, v, &start_down, &mut done, &mut released)?;
+        apply_vip(
+            maps,
+            &mut run,
+            v,
+            &start_down,
+            &mut done,
+            &mut released,
+            &mut fx.gone,
+        )?;
     }
     fx.released = released;
     fx.record = Some(desired.clone());
@@ -350,7 +365,10 @@ pub fn plan(maps: &Maps, attached: &[String], desired: &Desired) -> Result<(Vec<
             Affinity::None => String::new(),
             a => format!(", affinity {a}"),
         };
-        let allow = match v.spec.allow.is_empty() {
+        let allow = match v.spec.on_backend_gone {
+            OnBackendGone::Keep => String::new(),
+            p => format!(", on-backend-gone {p}"),
+        } + &match v.spec.allow.is_empty() {
             true => String::new(),
             false => format!(", allow {}", prefix::describe(&v.spec.allow)),
         };
@@ -383,6 +401,13 @@ pub fn plan(maps: &Maps, attached: &[String], desired: &Desired) -> Result<(Vec<
                 prefix::describe(&v.spec.allow)
             ));
             sum.allow_changed += 1;
+        }
+        if vip.on_backend_gone != v.spec.on_backend_gone {
+            lines.push(format!(
+                "~ vip {service} on-backend-gone {} -> {}",
+                vip.on_backend_gone, v.spec.on_backend_gone
+            ));
+            sum.on_backend_gone_changed += 1;
         }
         let changes = BackendChanges::between(&members, &v.backends);
         for &addr in &changes.added {
@@ -431,6 +456,7 @@ fn apply_vip(
     start_down: &[(Service, SocketAddr)],
     done: &mut Applied,
     released: &mut Vec<IpAddr>,
+    gone: &mut Vec<(Service, SocketAddr)>,
 ) -> Result<()> {
     let service = v.spec.service;
     if maps.set_affinity(run, &service, v.spec.affinity)? {
@@ -439,12 +465,17 @@ fn apply_vip(
     if maps.set_allowlist(run, &service, &v.spec.allow)? {
         done.allow_changed += 1;
     }
+    if maps.set_on_backend_gone(run, &service, v.spec.on_backend_gone)? {
+        done.on_backend_gone_changed += 1;
+    }
     let changes = maps.set_backends(run, &service, &v.backends, start_down)?;
     done.backends_added += changes.added.len();
     done.backends_removed += changes.removed.len();
     done.backends_reweighted += changes.reweighted.len();
     done.tables_rebuilt += changes.table_rebuilt as usize;
     released.extend(changes.removed.iter().map(|a| a.ip()));
+    // Their flows' entries follow the VIP's policy (`Step::ExpireGoneFlows`).
+    gone.extend(changes.removed.iter().map(|a| (service, *a)));
     let checked = health_to_clear(run, v)?;
     if !checked.is_empty() {
         let before = run.require_vip(&service)?.table_digest;

@@ -316,15 +316,18 @@ impl Runner {
         };
         let (service, backend) = (t.service, t.backend);
         match record_health(service, backend, health) {
-            Ok(true) => log(format_args!(
+            Ok(Some(expired)) => log(format_args!(
                 "health: backend {backend} of {service} is {health} ({why}){}",
-                match health {
-                    Health::Down => ": no new flows, its live flows go on",
-                    Health::Up => ": takes new flows",
-                    Health::Unchecked => "",
+                match (health, expired) {
+                    (Health::Down, 0) => ": no new flows, its live flows go on".to_string(),
+                    (Health::Down, n) => format!(
+                        ": no new flows; the entries of its {n} live flows removed (on-backend-gone)"
+                    ),
+                    (Health::Up, _) => ": takes new flows".into(),
+                    (Health::Unchecked, _) => String::new(),
                 }
             )),
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => log(format_args!(
                 "health: backend {backend} of {service} is {health} ({why}) but recording it failed: {e:#}"
             )),
@@ -358,17 +361,21 @@ impl Runner {
 }
 
 /// Writes one backend's new health (and its VIP's table if that changes);
-/// false if there was nothing to change (the backend is gone).
-fn record_health(service: Service, backend: SocketAddr, health: Health) -> Result<bool> {
+/// None if there was nothing to change (the backend is gone), else how
+/// many of its flows' entries went with it (`--on-backend-gone`).
+fn record_health(service: Service, backend: SocketAddr, health: Health) -> Result<Option<usize>> {
     let s = change::open()?;
     let b = s.running()?;
-    let (done, after) = s.run_followed(Kind::Configure, |_| {
+    let (done, after) = s.run_followed(Kind::Configure, |fx| {
         let mut run = b.maps.running()?;
+        if health == Health::Down {
+            fx.gone.push((service, backend));
+        }
         b.maps
             .set_health(&mut run, &[(service, backend, health)], unix_now())
     })?;
     log_routes(&after.routes);
-    Ok(!done?.is_empty())
+    Ok((!done?.is_empty()).then_some(after.expired))
 }
 
 /// Reconciles the routes with what the maps call for now (no balancer: none).

@@ -32,6 +32,7 @@ pub fn running(b: &Balancer) -> Result<Desired> {
                     table_size: v.fixed_size.then_some(v.table_size),
                     affinity: v.affinity,
                     allow: v.allow.clone(),
+                    on_backend_gone: v.on_backend_gone,
                 },
                 table_in_use: (!v.fixed_size).then_some(v.table_size),
                 health: recorded.and_then(|r| r.health.clone()),
