@@ -873,7 +873,8 @@ fn the_allowlist_admits_its_clients_only_and_breaks_no_live_flow() {
             clients::udp_ask_bound(SocketAddr::new(from.into(), 0), vip, 80, b"hi", timeout())
         })
     };
-    assert!(ask(inside).is_ok(), "{}", diagnose(&lab));
+    // Asked again if a datagram is lost on a busy machine (UDP).
+    assert!((0..3).any(|_| ask(inside).is_ok()), "{}", diagnose(&lab));
     assert!(
         ask(outside).is_err(),
         "a datagram from outside the list was answered"
