@@ -699,8 +699,12 @@ fn a_udp_flow_leaves_a_backend_marked_down() {
         wait_health(&lab, i, "up", Duration::from_secs(3));
     }
     let vip = lab.vip(1);
-    let ask = |lab: &Lab, wait: Duration| {
-        lab.in_client(|| clients::udp_ask_from(42000, vip, 80, b"hi", wait))
+    // One flow: a socket kept open, its port the kernel's.
+    let flow = lab
+        .in_client(|| clients::UdpFlow::open(vip.into(), 80))
+        .expect("a UDP socket in the client");
+    let ask = |_: &Lab, wait: Duration| {
+        flow.ask(b"hi", wait, 1)
             .ok()
             .map(|r| r.split(':').next().unwrap_or_default().to_string())
     };

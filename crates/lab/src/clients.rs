@@ -783,3 +783,51 @@ pub fn chunk(id: usize, seq: u64, len: usize) -> Vec<u8> {
 fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
+
+/// One UDP flow: a socket bound to a port the kernel picks and connected
+/// to the service, kept open so that every datagram is the same flow (a
+/// fixed port bound anew each time could find itself taken). Open it
+/// inside the client's namespace; it may be used from any thread after.
+pub struct UdpFlow {
+    socket: UdpSocket,
+}
+
+impl UdpFlow {
+    pub fn open(addr: IpAddr, port: u16) -> Result<UdpFlow, ClientError> {
+        let any = match addr {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
+        socket.connect((addr, port))?;
+        Ok(UdpFlow { socket })
+    }
+
+    /// Sends `payload` and returns the answer (the backend's `<name>:`
+    /// first), asking up to `tries` times, each waiting `timeout`: UDP
+    /// has no retransmission, and a busy machine may lose a datagram.
+    pub fn ask(
+        &self,
+        payload: &[u8],
+        timeout: Duration,
+        tries: u32,
+    ) -> Result<String, ClientError> {
+        self.socket.set_read_timeout(Some(timeout))?;
+        let mut buf = vec![0u8; payload.len() + MAX_HELLO + 1];
+        let mut last = ClientError::Timeout("no try".into());
+        for _ in 0..tries.max(1) {
+            self.socket.send(payload)?;
+            match self.socket.recv(&mut buf) {
+                Ok(n) => return Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(e) if is_timeout(&e) => {
+                    last = ClientError::Timeout(format!(
+                        "udp reply on {:?}",
+                        self.socket.local_addr().ok()
+                    ))
+                }
+                Err(e) => last = e.into(),
+            }
+        }
+        Err(last)
+    }
+}
