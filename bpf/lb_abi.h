@@ -103,7 +103,7 @@ struct lb_allow_key {
 };
 
 /* Prefixes in all VIPs' allowlists, at most (the trie allocates per entry). */
-#define LB_MAX_ALLOW_PREFIXES 262144
+#define LB_MAX_ALLOW_PREFIXES 65536
 
 /* Value of `vips`, keyed by struct lb_endpoint. */
 struct lb_vip {

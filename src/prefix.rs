@@ -110,7 +110,7 @@ impl fmt::Display for Prefix {
 }
 
 /// Prefixes in all VIPs' allowlists, at most (`LB_MAX_ALLOW_PREFIXES`).
-pub const MAX_ALLOW_PREFIXES: usize = 262_144;
+pub const MAX_ALLOW_PREFIXES: usize = 65_536;
 
 /// `prefixes` as the allowlist of VIP `vip`: each of the VIP's address
 /// family (clients of an IPv4 VIP are IPv4), sorted, each once.
