@@ -56,7 +56,7 @@ KERNEL ?= 6.1
 KERNELS ?= 6.1 6.12
 # Seconds per guest: each guest of the 6.1 leg under software emulation
 # must stay within it (scripts/kernels/README.md has the figures).
-export RUN_IN_KERNEL_TIMEOUT ?= 3000
+export RUN_IN_KERNEL_TIMEOUT ?= 3600
 # CI's 6.1 leg runs this many guests at once, the suites split between them
 # by their measured times (scripts/kernels/shard.sh): one guest under TCG
 # keeps one host core busy, and CI's machines have two.
