@@ -142,17 +142,56 @@ pub fn strace_dry_run(ns: &str, calls: &str, bin: &str, args: &[&str]) -> String
 /// before its `n`-th bpf() call, as a crash at that point would leave it;
 /// panics unless it was. The crash tests walk `n` over every call.
 pub fn killed_before_bpf_call(ns: &str, bin: &str, args: &[&str], n: usize) {
+    if let Err(calls) = try_killed_before_bpf_call(ns, bin, args, n) {
+        panic!(
+            "lbctl {args:?} was to be killed before bpf() call {n} but succeeded after {} calls",
+            calls.len()
+        );
+    }
+}
+
+/// As [`killed_before_bpf_call`], but a run that made fewer than `n`
+/// bpf() calls and succeeded is no panic: it returns the calls it made
+/// (each `BPF_…` command), for the caller to compare with its dry run.
+/// Panics if the command failed without being killed.
+pub fn try_killed_before_bpf_call(
+    ns: &str,
+    bin: &str,
+    args: &[&str],
+    n: usize,
+) -> Result<(), Vec<String>> {
+    let trace = std::env::temp_dir().join(format!(
+        "lbctl-kill-{}-{:?}.trace",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let trace = trace.to_str().unwrap();
     let when = format!("inject=bpf:signal=SIGKILL:when={n}");
-    let strace = ["-o", "/dev/null", "-e", "trace=bpf", "-e", &when];
+    let strace = ["-o", trace, "-e", "trace=bpf", "-e", &when];
     let out = under_strace(ns, &strace, bin, args);
+    let lines = std::fs::read_to_string(trace).unwrap_or_default();
+    let _ = std::fs::remove_file(trace);
     let signalled = out.status.signal() == Some(9) || out.status.code() == Some(128 + 9);
+    if signalled {
+        return Ok(());
+    }
     assert!(
-        signalled,
-        "lbctl {args:?} was to be killed before bpf() call {n} but ended with {:?}: {}{}",
+        out.status.success(),
+        "lbctl {args:?} was to be killed before bpf() call {n} but failed with {:?}: {}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    Err(bpf_commands(&lines))
+}
+
+/// The bpf() commands of an strace log, in order (`BPF_MAP_UPDATE_ELEM`…).
+pub fn bpf_commands(trace: &str) -> Vec<String> {
+    trace
+        .lines()
+        .filter_map(|l| l.strip_prefix("bpf("))
+        .map(|l| l.split([',', ' ']).next().unwrap_or("").to_string())
+        .collect()
 }
 
 /// `strace <strace> bin args...` in namespace `ns`, stdin closed.
