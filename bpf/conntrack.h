@@ -13,6 +13,7 @@
 #include "hash.h"
 #include "martian.h"
 #include "allow.h"
+#include "limit.h"
 #include "tcp_seq.h"
 
 /* ct_rebuild_from_reply: forwarded without an entry, f filled in. */
@@ -604,6 +605,8 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 			return LB_DROP_MARTIAN;
 		if (!source_allowed(pkt, vip))
 			return LB_DROP_NOT_ALLOWED;
+		if (!new_flow_within_limit(vip))
+			return LB_DROP_RATE_LIMITED;
 		be = pick_backend(pkt, vip, cfg->hash_seed, &backend_id);
 		if (!be || !(be->flags & LB_BACKEND_IN_USE))
 			return LB_DROP_NO_BACKEND;

@@ -92,6 +92,9 @@ struct lb_endpoint {
  * TCP flow at a backend that does not know it and resets it (RESET). */
 #define LB_VIP_GONE_REASSIGN (1u << 6)
 #define LB_VIP_GONE_RESET    (1u << 7)
+/* A limit on new flows a second (lbctl vip add --max-new-flows): the VIP's
+ * row of `vip_rates` holds it and its count (limit.h). */
+#define LB_VIP_RATE_LIMIT    (1u << 8)
 
 /* Key of `allowlists`, an LPM trie shared by every VIP: the VIP's index
  * (always matched whole) then a client prefix, IPv4 in the first 4 bytes
@@ -104,6 +107,20 @@ struct lb_allow_key {
 
 /* Prefixes in all VIPs' allowlists, at most (the trie allocates per entry). */
 #define LB_MAX_ALLOW_PREFIXES 65536
+
+/* Row of `vip_rates`, by VIP index: the limit lbctl sets and the count the
+ * data path keeps of the new flows it admitted, two seconds of them (the
+ * current one and the one before, in the slot of each second's parity).
+ * lbctl writes the whole row, which starts the count again. */
+struct lb_vip_rate {
+	__u64 second[2];       /* which second (bpf_ktime_get_ns() / 1e9) each slot counts */
+	__u64 flows[2];        /* new flows admitted in that second */
+	__u32 max_new_flows;   /* lbctl: the limit, a second; 0: none */
+	__u32 reserved;
+};
+
+/* The largest --max-new-flows: keeps flows x nanoseconds within 64 bits. */
+#define LB_MAX_NEW_FLOWS_LIMIT 100000000
 
 /* Value of `vips`, keyed by struct lb_endpoint. */
 struct lb_vip {
@@ -356,6 +373,7 @@ enum lb_reason {
 	LB_DROP_CT_CLASH,        /* new flow whose entry clashes with a live one (same reply tuple: a client port reused toward VIPs sharing a backend) */
 	LB_PASS_SOURCE_ROUTED,   /* source-routed (IPv4 LSRR/SSRR, IPv6 routing header with segments left): its checksum covers another destination; the kernel's source-route policy decides */
 	LB_DROP_NOT_ALLOWED,     /* new flow from a client outside the VIP's allowlist: no entry made */
+	LB_DROP_RATE_LIMITED,    /* new flow beyond the VIP's --max-new-flows a second: no entry made */
 	LB_REASON_MAX,
 };
 

@@ -80,14 +80,26 @@ struct {
 /* Per VIP index: new flows its allowlist turned away. */
 LB_PERCPU_ARRAY(__u64, LB_MAX_VIPS) vip_denied SEC(".maps");
 
+/* Per VIP index: its limit on new flows and their count (limit.h); shared
+ * by every CPU, written once per admitted new flow. */
+LB_ARRAY(struct lb_vip_rate, LB_MAX_VIPS) vip_rates SEC(".maps");
+
+/* Per VIP index: new flows its limit turned away (per CPU: a flood of
+ * them writes no shared line). */
+LB_PERCPU_ARRAY(__u64, LB_MAX_VIPS) vip_limited SEC(".maps");
+
 LB_ARRAY(struct lb_config, 1) settings SEC(".maps");
 LB_ARRAY(struct lb_handshake, 1) handshake SEC(".maps");
 
 LB_PERCPU_ARRAY(struct lb_counters, LB_MAX_VIPS) vip_stats SEC(".maps");
 LB_PERCPU_ARRAY(struct lb_counters, LB_MAX_BACKENDS) backend_stats SEC(".maps");
 
-/* Indexed by enum lb_reason. */
-LB_PERCPU_ARRAY(__u64, LB_REASON_MAX) reasons SEC(".maps");
+/* Indexed by enum lb_reason; room for verdicts to come, so that an upgrade
+ * in place (which shares this map with the new program) finds it the same
+ * shape. */
+#define LB_REASON_SLOTS 64
+_Static_assert(LB_REASON_MAX <= LB_REASON_SLOTS, "more verdicts than reasons slots");
+LB_PERCPU_ARRAY(__u64, LB_REASON_SLOTS) reasons SEC(".maps");
 
 /* Attached interfaces, for redirecting between them (two-arm). */
 LB_MAP(BPF_MAP_TYPE_DEVMAP_HASH, __u32, __u32, LB_MAX_IFACES) tx_ports SEC(".maps");

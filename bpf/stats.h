@@ -44,6 +44,7 @@ static __always_inline int stop(enum lb_reason reason)
 	case LB_DROP_REPLY_WRONG_IFACE:
 	case LB_DROP_CT_CLASH:
 	case LB_DROP_NOT_ALLOWED:
+	case LB_DROP_RATE_LIMITED:
 		return verdict(reason, XDP_DROP);
 	default:
 		return verdict(reason, XDP_PASS);

@@ -13,6 +13,12 @@ use crate::model::{
 };
 use crate::prefix::Prefix;
 
+/// A limit on new flows a second, checked here (0: no limit); main.rs
+/// turns it into the model's `Option`.
+fn parse_max_new_flows(s: &str) -> Result<u64, String> {
+    crate::model::parse_max_new_flows(s).map(|n| n.map_or(0, u64::from))
+}
+
 fn parse_on_backend_gone(s: &str) -> Result<OnBackendGone, String> {
     s.parse()
 }
@@ -261,10 +267,14 @@ pub enum VipCommand {
         /// both by removing their conntrack entries.
         #[arg(long, value_name = "POLICY", value_parser = parse_on_backend_gone)]
         on_backend_gone: Option<OnBackendGone>,
+        /// At most N new flows a second begin (more are dropped before any
+        /// entry; live flows never are); 0 or absent: no limit.
+        #[arg(long, value_name = "N", value_parser = parse_max_new_flows)]
+        max_new_flows: Option<u64>,
     },
-    /// Change a VIP's client affinity or source allowlist (its new flows
-    /// only: live flows keep their backend and are not checked again), like
-    /// ipvsadm -E.
+    /// Change a VIP's client affinity, source allowlist, on-backend-gone
+    /// policy or limit on new flows (its new flows only: live flows keep
+    /// their backend and are not checked again), like ipvsadm -E.
     Set {
         #[command(flatten)]
         service: ServiceArg,
@@ -279,6 +289,9 @@ pub enum VipCommand {
         /// keep, reassign or reset: see vip add.
         #[arg(long, value_name = "POLICY", value_parser = parse_on_backend_gone)]
         on_backend_gone: Option<OnBackendGone>,
+        /// The new limit on new flows a second (0: none).
+        #[arg(long, value_name = "N", value_parser = parse_max_new_flows)]
+        max_new_flows: Option<u64>,
     },
     /// Delete a VIP and its backends.
     Del {

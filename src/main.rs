@@ -45,6 +45,7 @@ enum Request {
         Option<Affinity>,
         Option<Vec<Prefix>>,
         Option<OnBackendGone>,
+        Option<Option<u32>>,
     ),
     VipDel(Service),
     VipShow(Service),
@@ -76,6 +77,13 @@ fn affinity_of(a: &AffinityArg) -> Result<Affinity> {
     })
 }
 
+/// `--max-new-flows N` as a limit (Some(None): given as 0, no limit).
+fn limit_of(n: Option<u64>) -> Result<Option<Option<u32>>> {
+    n.map(lbctl::model::max_new_flows)
+        .transpose()
+        .map_err(|e| Error::msg(format!("--{e}")))
+}
+
 /// `--allow` prefixes as the allowlist of `service`.
 fn allowlist_of(service: Service, allow: &[Prefix]) -> Result<Vec<Prefix>> {
     lbctl::prefix::allowlist(service.addr, allow).map_err(|e| Error::msg(format!("--{e}")))
@@ -97,10 +105,12 @@ fn request(command: Command) -> Result<Request> {
             affinity,
             allow,
             on_backend_gone,
+            max_new_flows,
         }) => Request::VipAdd(
             VipSpec::new(service.service(), mode, snat, table_size)?
                 .with_affinity(affinity_of(&affinity)?)
                 .with_on_backend_gone(on_backend_gone.unwrap_or_default())
+                .with_max_new_flows(limit_of(max_new_flows)?.flatten())
                 .with_allow(&allow)
                 .map_err(|e| Error::msg(format!("--{e}")))?,
         ),
@@ -110,6 +120,7 @@ fn request(command: Command) -> Result<Request> {
             allow,
             allow_all,
             on_backend_gone,
+            max_new_flows,
         }) => {
             let service = service.service();
             let affinity = (affinity.affinity.is_some() || affinity.affinity_prefix6.is_some())
@@ -120,13 +131,23 @@ fn request(command: Command) -> Result<Request> {
                 (_, true) => Some(Vec::new()),
                 (false, false) => Some(allowlist_of(service, &allow)?),
             };
-            if affinity.is_none() && allow.is_none() && on_backend_gone.is_none() {
+            if affinity.is_none()
+                && allow.is_none()
+                && on_backend_gone.is_none()
+                && max_new_flows.is_none()
+            {
                 bail!(
-                    "vip set {}: nothing to change: give --affinity, --allow, --allow-all or --on-backend-gone",
+                    "vip set {}: nothing to change: give --affinity, --allow, --allow-all, --on-backend-gone or --max-new-flows",
                     service.addr
                 );
             }
-            Request::VipSet(service, affinity, allow, on_backend_gone)
+            Request::VipSet(
+                service,
+                affinity,
+                allow,
+                on_backend_gone,
+                limit_of(max_new_flows)?,
+            )
         }
         Command::Vip(VipCommand::Del { service }) => Request::VipDel(service.service()),
         Command::Vip(VipCommand::Show { service }) => Request::VipShow(service.service()),
@@ -204,8 +225,8 @@ fn dispatch(request: Request) -> Result<()> {
         Request::Undrain => commands::drain::undrain(),
         Request::VipAdd(spec) => commands::vip::add(&spec),
         Request::VipDel(service) => commands::vip::del(&service),
-        Request::VipSet(service, affinity, allow, gone) => {
-            commands::vip::set(&service, affinity, allow.as_deref(), gone)
+        Request::VipSet(service, affinity, allow, gone, limit) => {
+            commands::vip::set(&service, affinity, allow.as_deref(), gone, limit)
         }
         Request::VipShow(service) => commands::vip::show(&service),
         Request::BackendAdd(service, backend, weight) => {

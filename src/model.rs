@@ -290,6 +290,9 @@ pub struct VipSpec {
     pub allow: Vec<Prefix>,
     /// What becomes of the flows of a backend removed or marked down.
     pub on_backend_gone: OnBackendGone,
+    /// At most this many new flows a second (`bpf/limit.h`); None: no
+    /// limit.
+    pub max_new_flows: Option<u32>,
 }
 
 /// What becomes of the live flows of a backend that is removed or marked
@@ -457,6 +460,7 @@ impl VipSpec {
             affinity: Affinity::None,
             allow: Vec::new(),
             on_backend_gone: OnBackendGone::Keep,
+            max_new_flows: None,
         })
     }
 
@@ -469,6 +473,14 @@ impl VipSpec {
     pub fn with_on_backend_gone(self, on_backend_gone: OnBackendGone) -> VipSpec {
         VipSpec {
             on_backend_gone,
+            ..self
+        }
+    }
+
+    /// This VIP with at most `limit` new flows a second (None: no limit).
+    pub fn with_max_new_flows(self, max_new_flows: Option<u32>) -> VipSpec {
+        VipSpec {
+            max_new_flows,
             ..self
         }
     }
@@ -1024,6 +1036,29 @@ impl Desired {
     pub fn vip(&self, service: &Service) -> Option<&DesiredVip> {
         self.vips.iter().find(|v| v.spec.service == *service)
     }
+}
+
+/// The largest `--max-new-flows` (`LB_MAX_NEW_FLOWS_LIMIT`).
+pub const MAX_NEW_FLOWS_LIMIT: u32 = crate::abi::LB_MAX_NEW_FLOWS_LIMIT;
+
+/// A limit on new flows a second as the operator writes it: a whole number
+/// up to `MAX_NEW_FLOWS_LIMIT`; 0 is no limit (as ipvsadm's thresholds).
+pub fn max_new_flows(n: u64) -> Result<Option<u32>, String> {
+    match n {
+        0 => Ok(None),
+        n if n <= u64::from(MAX_NEW_FLOWS_LIMIT) => Ok(Some(n as u32)),
+        n => Err(format!(
+            "max-new-flows {n}: at most {MAX_NEW_FLOWS_LIMIT} a second (0: no limit)"
+        )),
+    }
+}
+
+/// `max_new_flows` of a command-line value.
+pub fn parse_max_new_flows(s: &str) -> Result<Option<u32>, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?}: want a whole number of new flows a second (0: no limit)"))?;
+    max_new_flows(n)
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ pub struct VipView {
     pub stats: Counters,
     /// New flows its source allowlist turned away.
     pub denied: u64,
+    /// New flows its limit on new flows turned away.
+    pub limited: u64,
     /// Sorted by address.
     pub backends: Vec<BackendView>,
 }
@@ -97,6 +99,7 @@ impl Snapshot {
             vips.push(VipView {
                 stats: maps.vip_counters(vip.index)?,
                 denied: maps.denied(vip.index)?,
+                limited: maps.limited(vip.index)?,
                 vip: vip.clone(),
                 backends,
             });

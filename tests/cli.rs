@@ -818,3 +818,78 @@ fn source_allowlists_are_set_shown_and_changed() {
     );
     ns.ok(&["detach", "e0"]);
 }
+
+/// `--max-new-flows` on `vip add` and `vip set` (0: none), shown by list,
+/// its JSON and save, changed in place by a file (apply, its dry run); a
+/// bad number is one clear line and adds nothing.
+#[test]
+fn limits_on_new_flows_are_set_shown_and_changed() {
+    let ns = Ns::attached(&["e0"]);
+    let v = "198.18.100.1:80";
+    let added = ns.ok(&["vip", "add", v, "--max-new-flows", "1000"]);
+    assert!(added.contains("added VIP"), "{added}");
+    assert!(ns.ok(&["list"]).contains("(max 1000 new flows/s)"));
+    assert!(ns
+        .ok(&["list", "--stats"])
+        .contains("(max 1000 new flows/s) (limited 0)"));
+    let json = ns.ok(&["list", "--json", "--stats"]);
+    assert!(
+        json.contains(r#""max_new_flows":1000,"limited":0"#),
+        "{json}"
+    );
+    assert!(ns.ok(&["save"]).contains("max_new_flows = 1000\n"));
+    let set = ns.ok(&["vip", "set", v, "--max-new-flows", "50"]);
+    assert!(
+        set.contains("at most 50 new flows a second (live flows never limited)"),
+        "{set}"
+    );
+    assert!(ns
+        .ok(&["vip", "set", v, "--max-new-flows", "50"])
+        .contains("already"));
+    let off = ns.ok(&["vip", "set", v, "--max-new-flows", "0"]);
+    assert!(off.contains("no limit on new flows"), "{off}");
+    let json = ns.ok(&["list", "--json"]);
+    assert!(json.contains(r#""max_new_flows":null"#), "{json}");
+    assert!(!ns.ok(&["save"]).contains("max_new_flows"));
+    for (args, says) in [
+        (
+            vec!["vip", "add", "198.18.100.2:80", "--max-new-flows", "many"],
+            "want a whole number of new flows a second",
+        ),
+        (
+            vec![
+                "vip",
+                "add",
+                "198.18.100.2:80",
+                "--max-new-flows",
+                "100000001",
+            ],
+            "at most 100000000 a second",
+        ),
+        (
+            vec!["vip", "set", v, "--max-new-flows=-5"],
+            "want a whole number of new flows a second",
+        ),
+    ] {
+        ns.fails(&args, says);
+    }
+    assert!(
+        !ns.ok(&["list"]).contains("198.18.100.2"),
+        "a refused vip add left nothing"
+    );
+    // A file changes it in place.
+    let file = std::env::temp_dir().join(format!("lbt-{}-limit.toml", std::process::id()));
+    let text = format!("interfaces = [\"e0\"]\n[[vip]]\naddress = \"{v}\"\nmax_new_flows = 300\n");
+    std::fs::write(&file, text).unwrap();
+    let f = file.to_str().unwrap();
+    let plan = ns.ok(&["apply", "-f", f, "--dry-run"]);
+    assert!(
+        plan.contains("~ vip 198.18.100.1:80/tcp max-new-flows none -> 300"),
+        "{plan}"
+    );
+    let applied = ns.ok(&["apply", "-f", f]);
+    let _ = std::fs::remove_file(&file);
+    assert!(applied.contains("1 limits changed"), "{applied}");
+    assert!(ns.ok(&["list"]).contains("(max 300 new flows/s)"));
+    ns.ok(&["detach", "e0"]);
+}

@@ -957,3 +957,171 @@ fn a_udp_flow_moves_off_a_removed_backend_only_when_told() {
     let json = lbctl(&lab, &["list", "--json"]);
     assert!(json.contains(r#""on_backend_gone":"reassign""#), "{json}");
 }
+
+/// `--max-new-flows` with real UDP clients and servers: 20 flows begun
+/// before the limit keep sending throughout and every datagram of theirs
+/// is answered, while new flows are offered at four times the limit for
+/// 10 s; the new flows answered come within 20% of the limit times the
+/// time, and every one turned away is counted (`limited`).
+#[test]
+fn a_limit_holds_new_flows_and_never_a_live_one() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const LIMIT: u64 = 20;
+    const OFFERED: u64 = 4 * LIMIT;
+    const FOR: Duration = Duration::from_secs(10);
+    let (lab, vip) = balanced_lab(Topology::TwoArm, Family::V4, 3, &[1, 1, 1]);
+    let v = SocketAddr::new(vip, 80).to_string();
+    let live: Vec<clients::UdpFlow> = (0..20)
+        .map(|_| {
+            lab.in_client(|| clients::UdpFlow::open(vip, 80))
+                .unwrap_or_else(|e| panic!("a UDP socket in the client: {e}"))
+        })
+        .collect();
+    for flow in &live {
+        flow.ask(b"hi", timeout(), 3)
+            .unwrap_or_else(|e| panic!("a live flow before the limit: {e}\n{}", diagnose(&lab)));
+    }
+    let limit = LIMIT.to_string();
+    let set = lbctl(
+        &lab,
+        &[
+            "vip",
+            "set",
+            &v,
+            "--proto",
+            "udp",
+            "--max-new-flows",
+            &limit,
+        ],
+    );
+    assert!(set.contains("at most 20 new flows a second"), "{set}");
+
+    let done = AtomicBool::new(false);
+    let (offered, answered, took, live_asked) = std::thread::scope(|s| {
+        // The live flows, each asked twice a second while new ones flood.
+        let asker = s.spawn(|| {
+            let mut asked = 0;
+            while !done.load(Ordering::Relaxed) {
+                for flow in &live {
+                    flow.ask(b"live", timeout(), 3).unwrap_or_else(|e| {
+                        panic!("a live flow under the limit went unanswered: {e}")
+                    });
+                    asked += 1;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            asked
+        });
+        let flood = lab
+            .in_client(|| offer_new_udp_flows(vip, OFFERED, FOR))
+            .unwrap_or_else(|e| panic!("offering new flows: {e}"));
+        done.store(true, Ordering::Relaxed);
+        let asked = asker.join().unwrap();
+        (flood.0, flood.1, flood.2, asked)
+    });
+    let secs = took.as_secs_f64();
+    assert!(
+        offered as f64 >= 2.0 * LIMIT as f64 * secs,
+        "only {offered} new flows offered in {secs:.1} s: not enough to test a limit of {LIMIT}"
+    );
+    let want = LIMIT as f64 * secs;
+    assert!(
+        (answered as f64 - want).abs() <= 0.2 * want,
+        "{answered} of {offered} new flows answered in {secs:.1} s; the limit allows {want:.0} (±20%)"
+    );
+    assert!(
+        live_asked >= 20,
+        "the live flows were asked {live_asked} times"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&lbctl(&lab, &["list", "--json", "--stats"])).unwrap();
+    let udp = json["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["proto"] == "udp")
+        .unwrap_or_else(|| panic!("no UDP VIP in {json}"));
+    assert_eq!(udp["max_new_flows"], LIMIT, "{udp}");
+    // Every flow not answered was turned away by the limit, but for a
+    // datagram or an answer lost on a busy machine.
+    let limited = udp["limited"].as_u64().unwrap();
+    let refused = offered - answered;
+    assert!(
+        limited <= refused && limited + refused / 20 + 2 >= refused,
+        "limited {limited}, but {refused} of {offered} new flows unanswered"
+    );
+    // explain names the limit among a new flow's checks.
+    let client = format!("{}:40000", lab.client_addr());
+    let explained: serde_json::Value = serde_json::from_str(&lbctl(
+        &lab,
+        &["explain", &client, &v, "--proto", "udp", "--json"],
+    ))
+    .unwrap();
+    let check = explained["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "limit")
+        .unwrap_or_else(|| panic!("no limit check: {explained}"));
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("admits 20 new flows a second"),
+        "{check}"
+    );
+    eprintln!(
+        "limit {LIMIT}/s: {offered} new flows offered in {secs:.1} s, {answered} answered \
+         (limit x time {want:.0}), {limited} limited; live flows asked {live_asked} times, all answered"
+    );
+}
+
+/// Offers new UDP flows to `vip`:80 at `rate` a second for `time`, each a
+/// socket of its own sending one datagram; a flow is answered if its reply
+/// comes within the client timeout. Returns (offered, answered, the time
+/// offered over). Run in the client's namespace.
+fn offer_new_udp_flows(
+    vip: IpAddr,
+    rate: u64,
+    time: Duration,
+) -> Result<(u64, u64, Duration), ClientError> {
+    use std::collections::VecDeque;
+    use std::time::Instant;
+
+    let wait = timeout();
+    let gap = Duration::from_secs(1) / rate as u32;
+    let mut waiting: VecDeque<(std::net::UdpSocket, Instant)> = VecDeque::new();
+    let (mut offered, mut answered) = (0u64, 0u64);
+    let mut buf = [0u8; 512];
+    let mut poll = |waiting: &mut VecDeque<(std::net::UdpSocket, Instant)>| {
+        let now = Instant::now();
+        waiting.retain(|(s, sent)| match s.recv(&mut buf) {
+            Ok(_) => {
+                answered += 1;
+                false
+            }
+            Err(_) => now.duration_since(*sent) < wait,
+        });
+    };
+    let start = Instant::now();
+    while start.elapsed() < time {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect((vip, 80))?;
+        socket.set_nonblocking(true)?;
+        socket.send(b"new")?;
+        offered += 1;
+        waiting.push_back((socket, Instant::now()));
+        poll(&mut waiting);
+        let next = start + gap * offered as u32;
+        if let Some(pause) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(pause);
+        }
+    }
+    let took = start.elapsed();
+    while !waiting.is_empty() {
+        poll(&mut waiting);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok((offered, answered, took))
+}

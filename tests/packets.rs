@@ -1278,6 +1278,62 @@ fn the_allowlist_turns_away_new_flows_from_outside_only() {
     }
 }
 
+/// A VIP's limit on new flows a second (`--max-new-flows`): the first N new
+/// flows of a second begin, the next is dropped before any entry
+/// (`drop_rate_limited`, counted for the VIP); a flow already in the table
+/// goes on; without the limit new flows begin again.
+#[test]
+fn the_limit_turns_away_new_flows_beyond_it_and_no_live_flow() {
+    in_fresh_netns(|| {
+        let backend = "198.18.1.11:8080";
+        let (lb, vip) = Balancer::dnat(VIP, Proto::Tcp, &[backend]);
+        let set = |limit: Option<u32>| {
+            let mut run = lb.maps.running().unwrap();
+            lb.maps.set_max_new_flows(&mut run, &vip, limit).unwrap()
+        };
+        assert!(set(Some(5)));
+        assert!(!set(Some(5)), "the same limit again changes nothing");
+        let found = lb.maps.find_vip(&vip).unwrap().unwrap();
+        assert_eq!(found.max_new_flows, Some(5));
+        // Start just after the data path's clock turns a second, so that
+        // all of the flows below fall in one second.
+        let now = lbctl::datapath::limits::monotonic_now();
+        std::thread::sleep(
+            std::time::Duration::from_millis(1_010)
+                - std::time::Duration::from_nanos(u64::from(now.subsec_nanos())),
+        );
+        let client = |port: u16| format!("198.18.0.2:{port}");
+        for port in 40000..40005 {
+            let (action, out) = lb.run(&Packet::tcp(&client(port), VIP, SYN).build());
+            assert_eq!(
+                action, XDP_REDIRECT,
+                "new flow from port {port}, within the limit"
+            );
+            assert_eq!(parse(&out).dst, backend);
+        }
+        let limited = lb.reason(lb_reason::LB_DROP_RATE_LIMITED);
+        let (action, _) = lb.run(&Packet::tcp(&client(40005), VIP, SYN).build());
+        assert_eq!(action, XDP_DROP, "the sixth new flow of the second");
+        assert_eq!(lb.reason(lb_reason::LB_DROP_RATE_LIMITED), limited + 1);
+        assert_eq!(lb.maps.limited(found.index).unwrap(), 1);
+        assert_eq!(entries_from(&client(40005)), 0, "no entry made");
+        // A flow begun within the limit goes on.
+        let (action, out) = lb.run(&Packet::tcp(&client(40000), VIP, ACK).payload(b"x").build());
+        assert_eq!(action, XDP_REDIRECT, "a live flow is not limited");
+        assert_eq!(parse(&out).dst, backend);
+        let rate = lb
+            .maps
+            .new_flow_rate(found.index, lbctl::datapath::limits::monotonic_now())
+            .unwrap();
+        assert!(rate >= Some(5), "lbctl's reading of the count: {rate:?}");
+        // No limit: new flows begin again.
+        assert!(set(None));
+        assert_eq!(lb.maps.find_vip(&vip).unwrap().unwrap().max_new_flows, None);
+        let (action, _) = lb.run(&Packet::tcp(&client(40006), VIP, SYN).build());
+        assert_eq!(action, XDP_REDIRECT, "no limit");
+    });
+}
+
 /// Conntrack entries from `client` (ADDR:PORT) in this namespace.
 fn entries_from(client: &str) -> usize {
     let client = addr(client);

@@ -79,6 +79,7 @@ pub enum CheckName {
     Vip,
     Prefilter,
     Allowed,
+    Limit,
     Backend,
     Ingress,
     Forwarding,
@@ -93,6 +94,7 @@ crate::model::names!(CheckName {
     Vip => "vip",
     Prefilter => "prefilter",
     Allowed => "allowed",
+    Limit => "limit",
     Backend => "backend",
     Ingress => "ingress",
     Forwarding => "forwarding",
@@ -262,6 +264,27 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
             },
         );
         if !allowed {
+            return Ok(());
+        }
+    }
+    if let Some(limit) = p.vip.max_new_flows {
+        let now = b
+            .maps
+            .new_flow_rate(p.vip.index, crate::datapath::limits::monotonic_now())?
+            .unwrap_or(0);
+        let within = checks.add(
+            CheckName::Limit,
+            now < u64::from(limit),
+            if now < u64::from(limit) {
+                format!("the VIP admits {limit} new flows a second; about {now} in the last second")
+            } else {
+                format!(
+                    "the VIP admits {limit} new flows a second and has admitted about {now} in the last second: new flows are dropped now ({})",
+                    reason_name(lb_reason::LB_DROP_RATE_LIMITED)
+                )
+            },
+        );
+        if !within {
             return Ok(());
         }
     }

@@ -83,6 +83,11 @@ struct VipJson {
     denied: Option<u64>,
     /// keep, reassign or reset: what becomes of a gone backend's flows.
     on_backend_gone: &'static str,
+    /// At most this many new flows a second; null: no limit.
+    max_new_flows: Option<u32>,
+    /// New flows the limit turned away (--stats).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limited: Option<u64>,
     stats: StatsJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate: Option<Rate>,
@@ -219,6 +224,8 @@ fn list_json(
             allow: r.vip.allow.iter().map(|p| p.to_string()).collect(),
             on_backend_gone: r.vip.on_backend_gone.name(),
             denied: stats.then_some(r.denied),
+            max_new_flows: r.vip.max_new_flows,
+            limited: stats.then_some(r.limited),
             table_size: r.vip.table_size,
             route: published.routes.contains(&r.vip.service.addr.ip()),
             stats: stats_json(&r.stats, None),
@@ -310,6 +317,12 @@ fn render_table(snap: &Snapshot, stats: bool, rates: Option<&Rates>, now: u64) -
             snat += &format!(" (allow {})", prefix::describe(&r.vip.allow));
             if stats {
                 snat += &format!(" (denied {})", r.denied);
+            }
+        }
+        if let Some(n) = r.vip.max_new_flows {
+            snat += &format!(" (max {n} new flows/s)");
+            if stats {
+                snat += &format!(" (limited {})", r.limited);
             }
         }
         let rate = rates.and_then(|x| x.vips.get(&r.vip.index).copied());

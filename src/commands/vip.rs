@@ -46,6 +46,7 @@ pub fn set(
     affinity: Option<Affinity>,
     allow: Option<&[Prefix]>,
     gone: Option<OnBackendGone>,
+    limit: Option<Option<u32>>,
 ) -> Result<()> {
     let s = open_for_change()?;
     let b = s.running()?;
@@ -63,9 +64,22 @@ pub fn set(
             Some(p) => Some((p, b.maps.set_on_backend_gone(&mut run, svc, p)?)),
             None => None,
         };
-        Ok((affinity, allow, gone))
+        let limit = match limit {
+            Some(n) => Some((n, b.maps.set_max_new_flows(&mut run, svc, n)?)),
+            None => None,
+        };
+        Ok((affinity, allow, gone, limit))
     })?;
-    let (affinity, allow, gone) = changed;
+    let (affinity, allow, gone, limit) = changed;
+    if let Some((n, changed)) = limit {
+        let already = if changed { "" } else { " already" };
+        match n {
+            Some(n) => println!(
+                "VIP {svc}: at most {n} new flows a second{already} (live flows never limited)"
+            ),
+            None => println!("VIP {svc}: no limit on new flows{already}"),
+        }
+    }
     if let Some((p, changed)) = gone {
         let already = if changed { "" } else { " already" };
         println!("VIP {svc}: on-backend-gone {p}{already}");

@@ -173,6 +173,7 @@ address = "198.18.1.11:53"
         http.vips[0].spec.affinity = Affinity::Client { prefix6: 56 };
         http.vips[1].spec.affinity = Affinity::Client { prefix6: 128 };
         http.vips[1].spec.on_backend_gone = crate::model::OnBackendGone::Reassign;
+        http.vips[1].spec.max_new_flows = Some(2500);
         http.vips[0].spec.allow = vec![
             "198.18.0.0/24".parse().unwrap(),
             "198.18.7.9/32".parse().unwrap(),
@@ -282,6 +283,8 @@ rise = 3
             (format!("{vip}allow = [\"2001:db8::/48\"]\n"), 3, "so its clients are IPv4 too"),
             (format!("{vip}allow = \"198.18.0.0/24\"\n"), 3, "invalid type"),
             (format!("{vip}on_backend_gone = \"drop\"\n"), 3, "on_backend_gone \"drop\": use keep, reassign or reset"),
+            (format!("{vip}max_new_flows = -1\n"), 3, "max_new_flows -1: want 0 or more"),
+            (format!("{vip}max_new_flows = 100000001\n"), 3, "max_new_flows 100000001: at most 100000000 a second"),
             (format!("{vip}[vip.health]\nkind = \"http\"\nsni = \"a.example\"\n"), 5, "sni only applies to kind = \"https\""),
             (format!("{vip}[vip.health]\nkind = \"https\"\nca = \"/x.pem\"\n"), 5, "ca applies with verify = true"),
             (format!("{vip}[vip.health]\nkind = \"http\"\nexpect = [\"300-200\"]\n"), 5, "not an HTTP status or range"),

@@ -14,10 +14,11 @@ use toml::Spanned;
 
 use super::defaults;
 use crate::model::{
-    check_backend_port, check_same_family, check_snat_applies, parse_duration, parse_endpoint,
-    parse_ip, parse_status_range, Affinity, CheckKind, Desired, DesiredVip, HealthCheck, HttpCheck,
-    NatMode, OnBackendGone, Proto, Service, SpecError, StartHealth, Timeout, TlsCheck, VipSpec,
-    XdpMode, AFFINITY_PREFIX6, FLOW_CACHE_SIZES, PORTS, RISE_FALL, WEIGHTS,
+    check_backend_port, check_same_family, check_snat_applies, max_new_flows, parse_duration,
+    parse_endpoint, parse_ip, parse_status_range, Affinity, CheckKind, Desired, DesiredVip,
+    HealthCheck, HttpCheck, NatMode, OnBackendGone, Proto, Service, SpecError, StartHealth,
+    Timeout, TlsCheck, VipSpec, XdpMode, AFFINITY_PREFIX6, FLOW_CACHE_SIZES, PORTS, RISE_FALL,
+    WEIGHTS,
 };
 use crate::prefix::{allowlist, Prefix};
 
@@ -75,6 +76,7 @@ struct RawVip {
     affinity_prefix6: Option<Spanned<i64>>,
     allow: Option<Spanned<Vec<Spanned<String>>>>,
     on_backend_gone: Option<Spanned<String>>,
+    max_new_flows: Option<Spanned<i64>>,
     health: Option<RawHealth>,
     #[serde(default)]
     backend: Vec<RawBackend>,
@@ -404,6 +406,16 @@ fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> 
         ),
         None => Some(OnBackendGone::Keep),
     };
+    let max_new_flows = match &v.max_new_flows {
+        Some(n) => p.keep(
+            u64::try_from(*n.get_ref())
+                .map_err(|_| format!("max_new_flows {}: want 0 or more", n.get_ref()))
+                .and_then(max_new_flows)
+                .map_err(|e| e.replace("max-new-flows", "max_new_flows"))
+                .or_else(|e| lines.err(n.span(), e)),
+        ),
+        None => Some(None),
+    };
     let spec = mode.and_then(|mode| {
         p.keep(VipSpec::new(service, mode, snat, table_size).or_else(|e| {
             let span = match (&e, &v.table_size) {
@@ -441,6 +453,7 @@ fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> 
         spec: VipSpec {
             allow: allow?,
             on_backend_gone: on_backend_gone?,
+            max_new_flows: max_new_flows?,
             ..spec?.with_affinity(affinity?)
         },
         health,

@@ -58,6 +58,9 @@ pub fn render(d: &Desired) -> String {
                 quote(spec.on_backend_gone.name())
             );
         }
+        if let Some(n) = spec.max_new_flows {
+            let _ = writeln!(s, "max_new_flows = {n}");
+        }
         if !spec.allow.is_empty() {
             let list: Vec<String> = spec.allow.iter().map(|p| quote(&p.to_string())).collect();
             let _ = writeln!(s, "allow = [{}]", list.join(", "));

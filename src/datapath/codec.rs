@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use super::abi::{
     LB_AF_INET, LB_AF_INET6, LB_BACKEND_CHECKED, LB_BACKEND_DOWN, LB_BACKEND_IN_USE,
     LB_BACKEND_LEAVING, LB_VIP_AFFINITY, LB_VIP_ALLOWLIST, LB_VIP_DSR, LB_VIP_FIXED_SIZE,
-    LB_VIP_FULLNAT, LB_VIP_GONE_REASSIGN, LB_VIP_GONE_RESET, LB_VIP_TUNNEL,
+    LB_VIP_FULLNAT, LB_VIP_GONE_REASSIGN, LB_VIP_GONE_RESET, LB_VIP_RATE_LIMIT, LB_VIP_TUNNEL,
 };
 use super::types::{lb_backend, lb_endpoint, lb_vip};
 use crate::model::{Affinity, Health, NatMode, OnBackendGone, Proto, Service, VipSpec};
@@ -30,6 +30,11 @@ pub struct VipEntry {
     pub has_allowlist: bool,
     /// The allowlist (`allowlists.rs` reads it); empty: everyone.
     pub allow: Vec<Prefix>,
+    /// Its row says it has a limit on new flows (`LB_VIP_RATE_LIMIT`).
+    pub has_limit: bool,
+    /// Its limit on new flows a second (read from `vip_rates` where the
+    /// row has the flag).
+    pub max_new_flows: Option<u32>,
     /// What becomes of the flows of a backend removed or marked down.
     pub on_backend_gone: OnBackendGone,
     /// Share of table slots the last change moved to another backend.
@@ -171,6 +176,9 @@ pub fn vip_row(spec: &VipSpec, index: u32, table_size: u32) -> lb_vip {
         row.flags |= LB_VIP_ALLOWLIST;
     }
     set_on_backend_gone(&mut row, spec.on_backend_gone);
+    if spec.max_new_flows.is_some() {
+        row.flags |= LB_VIP_RATE_LIMIT;
+    }
     row
 }
 
@@ -224,6 +232,8 @@ pub fn vip_entry(ep: &lb_endpoint, v: &lb_vip) -> Result<VipEntry> {
         },
         has_allowlist: v.flags & LB_VIP_ALLOWLIST != 0,
         allow: Vec::new(),
+        has_limit: v.flags & LB_VIP_RATE_LIMIT != 0,
+        max_new_flows: None,
         on_backend_gone: if v.flags & LB_VIP_GONE_RESET != 0 {
             OnBackendGone::Reset
         } else if v.flags & LB_VIP_GONE_REASSIGN != 0 {

@@ -222,6 +222,12 @@ fn load_opts<'obj>(
     if let Some(maps) = reuse {
         for mut map in open.open_object_mut().maps_mut() {
             if let Some(running) = maps.to_reuse(map.name()) {
+                // The running program's verdict counters, from before
+                // `reasons` had room for verdicts to come: the new program
+                // counts in its own (they start again at zero).
+                if running.name() == "reasons" && running.max_entries() != map.max_entries() {
+                    continue;
+                }
                 map.reuse_fd(running.handle().as_fd()).with_context(|| {
                     format!("reusing the running balancer's map {}", running.name())
                 })?;

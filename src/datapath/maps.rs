@@ -286,6 +286,12 @@ balancer_maps! {
         /// Per-CPU count per VIP index of new flows its allowlist turned
         /// away; None as above.
         vip_denied,
+        /// VIP index → `lb_vip_rate`, its limit on new flows and their
+        /// count (`limit.h`); None for a running program from before limits.
+        vip_rates,
+        /// Per-CPU count per VIP index of new flows its limit turned away;
+        /// None as above.
+        vip_limited,
     ],
 }
 

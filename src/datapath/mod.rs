@@ -54,6 +54,7 @@ pub mod balancer;
 pub mod codec;
 pub mod config;
 pub mod counters;
+pub mod limits;
 pub mod load;
 pub mod maps;
 pub mod memory;

@@ -161,6 +161,8 @@ mod tests {
             has_allowlist: false,
             allow: Vec::new(),
             on_backend_gone: crate::model::OnBackendGone::Keep,
+            has_limit: false,
+            max_new_flows: None,
             moved: 0.0,
             table_digest: 0,
         }

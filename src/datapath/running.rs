@@ -24,6 +24,7 @@ impl Maps {
         }
         out.sort_by_key(|v| v.index);
         self.read_allowlists(&mut out)?;
+        self.read_limits(&mut out)?;
         Ok(out)
     }
 
@@ -42,6 +43,7 @@ impl Maps {
         };
         let mut one = [vip_entry(&ep, &v)?];
         self.read_allowlists(&mut one)?;
+        self.read_limits(&mut one)?;
         let [vip] = one;
         Ok(Some(vip))
     }

@@ -124,6 +124,8 @@ impl Maps {
             // Its prefixes before the row that turns the check on.
             self.put_allowlist(*index, &spec.allow)?;
             self.reset_denied(*index)?;
+            self.put_limit(*index, spec.max_new_flows)?;
+            self.reset_limited(*index)?;
             self.prefilter_mark(Set::Vips, spec.service.addr.ip())?;
             self.vips.put(
                 bytes_of(&ep),
@@ -133,6 +135,7 @@ impl Maps {
             )?;
             let mut entry = vip_entry(&ep, &vip)?;
             entry.allow = spec.allow.clone();
+            entry.max_new_flows = spec.max_new_flows;
             run.vips.push(entry);
         }
         self.bump_generation()?;

@@ -47,6 +47,8 @@ pub struct Applied {
     pub allow_changed: usize,
     /// VIPs whose on-backend-gone policy changed.
     pub on_backend_gone_changed: usize,
+    /// VIPs whose limit on new flows changed.
+    pub limits_changed: usize,
     pub tables_rebuilt: usize,
     /// Notes for the operator (neighbours that could not be kept resolved).
     pub notes: Vec<String>,
@@ -81,6 +83,7 @@ impl fmt::Display for Applied {
                 self.on_backend_gone_changed,
                 "on-backend-gone policies changed",
             ),
+            (self.limits_changed, "limits changed"),
             (self.tables_rebuilt, "tables rebuilt"),
         ] {
             if n > 0 {
@@ -371,6 +374,9 @@ pub fn plan(maps: &Maps, attached: &[String], desired: &Desired) -> Result<(Vec<
         } + &match v.spec.allow.is_empty() {
             true => String::new(),
             false => format!(", allow {}", prefix::describe(&v.spec.allow)),
+        } + &match v.spec.max_new_flows {
+            None => String::new(),
+            Some(n) => format!(", max-new-flows {n}"),
         };
         lines.push(format!(
             "+ vip {service} {}{affinity}{allow}",
@@ -408,6 +414,14 @@ pub fn plan(maps: &Maps, attached: &[String], desired: &Desired) -> Result<(Vec<
                 vip.on_backend_gone, v.spec.on_backend_gone
             ));
             sum.on_backend_gone_changed += 1;
+        }
+        if vip.max_new_flows != v.spec.max_new_flows {
+            lines.push(format!(
+                "~ vip {service} max-new-flows {} -> {}",
+                limit_name(vip.max_new_flows),
+                limit_name(v.spec.max_new_flows)
+            ));
+            sum.limits_changed += 1;
         }
         let changes = BackendChanges::between(&members, &v.backends);
         for &addr in &changes.added {
@@ -449,6 +463,11 @@ pub fn plan(maps: &Maps, attached: &[String], desired: &Desired) -> Result<(Vec<
     Ok((lines, sum))
 }
 
+/// A limit on new flows as the dry run shows it.
+fn limit_name(n: Option<u32>) -> String {
+    n.map_or_else(|| "none".into(), |n| n.to_string())
+}
+
 fn apply_vip(
     maps: &Maps,
     run: &mut Running,
@@ -467,6 +486,9 @@ fn apply_vip(
     }
     if maps.set_on_backend_gone(run, &service, v.spec.on_backend_gone)? {
         done.on_backend_gone_changed += 1;
+    }
+    if maps.set_max_new_flows(run, &service, v.spec.max_new_flows)? {
+        done.limits_changed += 1;
     }
     let changes = maps.set_backends(run, &service, &v.backends, start_down)?;
     done.backends_added += changes.added.len();

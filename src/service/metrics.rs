@@ -12,6 +12,8 @@
 //! Names: `lbctl_vip_{packets,bytes,new_flows}_total{vip,proto}`,
 //! `lbctl_backend_{packets,bytes,new_flows}_total{vip,backend,proto}`,
 //! `lbctl_vip_denied_flows_total{vip,proto}` (its source allowlist),
+//! `lbctl_vip_limited_flows_total{vip,proto}` and `lbctl_vip_max_new_flows`
+//! (its limit on new flows a second; only VIPs with one),
 //! `lbctl_backend_weight`, `lbctl_backend_up` (1 up, 0 down; only for
 //! checked backends), `lbctl_backend_active_flows`,
 //! `lbctl_health_check_duration_seconds` (histogram),
@@ -625,6 +627,34 @@ impl Collector for SnapshotCollector {
             c,
             denied,
         )?;
+        let limited = s
+            .vips
+            .iter()
+            .filter(|v| v.vip.max_new_flows.is_some())
+            .map(|v| (vip_labels(&v.vip.service), ConstCounter::new(v.limited)))
+            .collect();
+        family(
+            &mut enc,
+            "lbctl_vip_limited_flows",
+            "New flows beyond the VIP's limit a second, dropped before any entry",
+            c,
+            limited,
+        )?;
+        let limits = s
+            .vips
+            .iter()
+            .filter_map(|v| {
+                let n = v.vip.max_new_flows?;
+                Some((vip_labels(&v.vip.service), ConstGauge::new(i64::from(n))))
+            })
+            .collect();
+        family(
+            &mut enc,
+            "lbctl_vip_max_new_flows",
+            "The VIP's limit on new flows a second (--max-new-flows)",
+            MetricType::Gauge,
+            limits,
+        )?;
         type Gauge = fn(&BackendView) -> Option<i64>;
         let gauges: [(&str, &str, Gauge); 3] = [
             (
@@ -781,11 +811,14 @@ mod tests {
                     has_allowlist: false,
                     allow: Vec::new(),
                     on_backend_gone: crate::model::OnBackendGone::Keep,
+                    has_limit: true,
+                    max_new_flows: Some(1000),
                     moved: 0.0,
                     table_digest: 0,
                 },
                 stats: counters(90),
                 denied: 5,
+                limited: 3,
                 backends: vec![
                     backend(1, Health::Up, 1, Some(3)),
                     backend(2, Health::Down, 2, Some(0)),
