@@ -53,6 +53,13 @@ fn prefix_of(key: &lb_allow_key, family: u8) -> Option<Prefix> {
     Prefix::new(addr, len)
 }
 
+/// The trie's keys by VIP index, read once for a change of many VIPs (the
+/// trie has no batch lookup: reading it is one call per key, so reading it
+/// once per VIP would cost VIPs x prefixes calls). The change removes each
+/// index's keys as it clears them.
+#[derive(Default)]
+pub(super) struct AllowKeys(Option<BTreeMap<u32, Vec<lb_allow_key>>>);
+
 impl Maps {
     fn allowlists_map(&self) -> Result<&Map> {
         self.allowlists.as_ref().context(
@@ -97,8 +104,13 @@ impl Maps {
     /// Writes `allow` as the list of the VIP at `index`, whose row is not
     /// yet written (a VIP being added): stale keys of that index (left by
     /// an lbctl killed while deleting a VIP there) go first.
-    pub(super) fn put_allowlist(&self, index: u32, allow: &[Prefix]) -> Result<()> {
-        self.clear_allowlist(index)?;
+    pub(super) fn put_allowlist(
+        &self,
+        index: u32,
+        allow: &[Prefix],
+        keys: &mut AllowKeys,
+    ) -> Result<()> {
+        self.clear_allowlist(index, keys)?;
         if allow.is_empty() {
             return Ok(());
         }
@@ -116,11 +128,15 @@ impl Maps {
 
     /// Removes every prefix of VIP index `index` (a VIP deleted, or one
     /// about to be written there).
-    pub(super) fn clear_allowlist(&self, index: u32) -> Result<()> {
+    pub(super) fn clear_allowlist(&self, index: u32, keys: &mut AllowKeys) -> Result<()> {
         let Some(map) = self.allowlists.as_ref() else {
             return Ok(());
         };
-        for key in self.allow_keys()?.remove(&index).unwrap_or_default() {
+        if keys.0.is_none() {
+            keys.0 = Some(self.allow_keys()?);
+        }
+        let of_index = keys.0.as_mut().and_then(|k| k.remove(&index));
+        for key in of_index.unwrap_or_default() {
             map.remove(
                 bytes_of(&key),
                 &format_args!("a prefix of VIP index {index}"),

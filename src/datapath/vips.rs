@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapFlags, MapHandle};
 
 use super::abi::LB_MAX_VIPS;
+use super::allowlists::AllowKeys;
 use super::codec::{
     bytes_of, service_endpoint, set_affinity, set_on_backend_gone, vip_entry, vip_row,
     BackendEntry, VipEntry,
@@ -67,6 +68,7 @@ impl Maps {
             placed.push((spec, index, backends, size));
         }
         let total: usize = new.iter().map(|(_, b)| b.len()).sum();
+        let mut allow_keys = AllowKeys::default();
         let mut ids = self.allocate_backend_ids(run, total)?.into_iter();
         // Rows first: until its VIP entry is written, a killed apply leaves
         // rows of no VIP, which the repair clears.
@@ -122,7 +124,7 @@ impl Maps {
             vip.moved_ppm = if backends.is_empty() { 0 } else { 1_000_000 };
             let ep = service_endpoint(&spec.service);
             // Its prefixes before the row that turns the check on.
-            self.put_allowlist(*index, &spec.allow)?;
+            self.put_allowlist(*index, &spec.allow, &mut allow_keys)?;
             self.reset_denied(*index)?;
             self.put_limit(*index, spec.max_new_flows)?;
             self.reset_limited(*index)?;
@@ -200,6 +202,7 @@ impl Maps {
     /// returns the rows removed.
     pub fn del_vips(&self, run: &mut Running, services: &[Service]) -> Result<Vec<BackendEntry>> {
         let mut gone = Vec::new();
+        let mut allow_keys = AllowKeys::default();
         for service in services {
             let vip = run
                 .vip(service)
@@ -216,7 +219,7 @@ impl Maps {
                 &vip.index.to_ne_bytes(),
                 &format_args!("the table of VIP {service}"),
             )?;
-            self.clear_allowlist(vip.index)?;
+            self.clear_allowlist(vip.index, &mut allow_keys)?;
             let rows = run.rows_of(&vip);
             for b in &rows {
                 self.clear_backend_row(b.id)?;
