@@ -139,13 +139,20 @@ pub fn active_flows_by_backend() -> Result<HashMap<(Service, SocketAddr), u64>> 
     Ok(counts)
 }
 
-/// Removes lbctl's entries of VIP `service` on `backend` (its flows' next
-/// packets then begin anew: `--on-backend-gone`); how many it removed. An
-/// entry gone meanwhile (expired, closed) is not an error.
-pub fn expire_flows(service: Service, backend: SocketAddr) -> Result<usize> {
+/// Removes lbctl's entries of each VIP on its backend in `gone` (their
+/// flows' next packets then begin anew: `--on-backend-gone`), from one
+/// dump of the table; how many it removed. An entry gone meanwhile
+/// (expired, closed) is not an error.
+pub fn expire_flows(gone: &[(Service, SocketAddr)]) -> Result<usize> {
     let mut removed = 0;
+    if gone.is_empty() {
+        return Ok(0);
+    }
     for f in lbctl_flows()? {
-        if f.proto != service.proto || f.vip != service.addr || f.backend != backend {
+        let listed = gone.iter().any(|(service, backend)| {
+            f.proto == service.proto && f.vip == service.addr && f.backend == *backend
+        });
+        if !listed {
             continue;
         }
         let attrs = vec![ConntrackAttribute::CtaTupleOrig(tuple_attrs(

@@ -834,3 +834,90 @@ fn first_attach_and_last_detach_killed_before_each_write() {
         }
     }
 }
+
+/// `--on-backend-gone reset`: a `backend del` killed after its last map
+/// write, before it removed the flows' entries, leaves a record; the next
+/// command's repair removes them (and the record), so the promise holds
+/// whenever lbctl dies.
+#[test]
+fn entries_a_killed_backend_del_was_to_remove_go_with_the_next_command() {
+    let (c, _) = base();
+    let a = c.vip(1);
+    let b2 = c.be(2);
+    let b2_ip = b2.trim_end_matches(":8080").to_string();
+    c.ok(&["vip", "set", &a, "--on-backend-gone", "reset"]);
+    // Entries on both backends: closed connections keep theirs for the
+    // FIN timeout.
+    let on_b2 = || {
+        let out = run_in(c.ns(), &["conntrack", "-L", "-p", "tcp"]);
+        text(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("src={b2_ip} ")))
+            .count()
+    };
+    for _ in 0..40 {
+        let _ = c.hello(&a);
+        if on_b2() > 0 {
+            break;
+        }
+    }
+    assert!(on_b2() > 0, "no entry on {b2} to remove");
+    let args = ["backend", "del", &a, &b2];
+    let dry = bpf_commands(&strace_dry_run(c.ns(), "bpf", LBCTL, &args));
+    c.ok(&["backend", "add", &a, &b2]);
+    for _ in 0..40 {
+        let _ = c.hello(&a);
+        if on_b2() > 0 {
+            break;
+        }
+    }
+    assert!(on_b2() > 0, "no entry on {b2} to remove after the dry run");
+    let last_write = dry
+        .iter()
+        .rposition(|cmd| cmd.contains("UPDATE") || cmd.contains("DELETE"))
+        .expect("backend del writes the maps");
+    assert!(
+        last_write + 1 < dry.len(),
+        "no bpf() call after the last write: {dry:?}"
+    );
+    // Killed before the first call after its last write: the change is
+    // made, the entries are not yet removed.
+    killed_before_bpf_call(c.ns(), LBCTL, &args, last_write + 2);
+    assert!(!c.ok(&["list"]).contains(&b2), "the backend is gone");
+    assert!(
+        on_b2() > 0,
+        "the killed lbctl removed the entries after all"
+    );
+    let id = balancer_id(&c);
+    let records = || -> Vec<String> {
+        std::fs::read_dir("/run/lbctl")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("expiring-") && n.ends_with(&format!("-{id}")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        !records().is_empty(),
+        "no expiring record left by the killed lbctl"
+    );
+    c.ok(&["timeouts"]);
+    assert_eq!(on_b2(), 0, "the next command's repair left entries on {b2}");
+    assert!(records().is_empty(), "the record stayed: {:?}", records());
+    c.ok(&["backend", "add", &a, &b2]);
+}
+
+/// The balancer's id, as its records name it.
+fn balancer_id(c: &Crash) -> u32 {
+    netns::in_ns(c.ns(), || {
+        Balancer::find()
+            .unwrap()
+            .expect("a balancer")
+            .maps
+            .balancer_id()
+            .unwrap()
+    })
+    .unwrap()
+}

@@ -27,13 +27,16 @@ use crate::host::iface::{self, Attachment};
 use crate::host::lock::{lock_netns, NetnsLock};
 use crate::host::routes::Reconciled;
 use crate::host::{drain, neighbour, record, state};
-use crate::model::{AttachOptions, Desired, Service};
+use crate::model::{AttachOptions, Desired, Health, Service};
 use plan::{Kind, Opening, Step};
 
 /// A change in progress: the namespace's lock, and the balancer as found.
 pub struct Session {
     _lock: NetnsLock,
     balancer: Option<Balancer>,
+    /// Its id (`Maps::balancer_id`), read once: the Expiring record is
+    /// written with no bpf() call between the change's last write and it.
+    balancer_id: Option<u32>,
     /// The routes reconciled when the change began.
     pub opened: Reconciled,
 }
@@ -64,9 +67,14 @@ pub struct Followed {
 pub fn begin(o: Opening) -> Result<Session> {
     let lock = lock_netns()?;
     let balancer = Balancer::find()?;
+    let balancer_id = match &balancer {
+        Some(b) => Some(b.maps.balancer_id()?),
+        None => None,
+    };
     let mut s = Session {
         _lock: lock,
         balancer,
+        balancer_id,
         opened: Reconciled::default(),
     };
     // The rows as the repair left them, for the routes after it.
@@ -76,13 +84,18 @@ pub fn begin(o: Opening) -> Result<Session> {
             Step::Find => {}
             Step::RequireCurrentTables => s.running()?.maps.require_current_tables()?,
             Step::Repair => {
+                let known = s.balancer_id;
                 let b = s.running()?;
-                let id = b.maps.balancer_id()?;
+                let id = match known {
+                    Some(id) => id,
+                    None => b.maps.balancer_id()?,
+                };
                 let interrupted = state::exists(state::Kind::Changing, id)?;
                 repaired = Some(b.repair(interrupted)?.1);
                 if interrupted {
                     state::forget(state::Kind::Changing, id)?;
                 }
+                finish_expiring(b, id)?;
             }
             Step::PublishRoutes => {
                 s.opened = routes::publish(&s.running()?.maps, repaired.as_ref())
@@ -93,6 +106,51 @@ pub fn begin(o: Opening) -> Result<Session> {
         }
     }
     Ok(s)
+}
+
+/// Removes the entries a killed change was to remove (its
+/// `state::Kind::Expiring` record), of backends still gone: one added back
+/// or up again since keeps its flows.
+fn finish_expiring(b: &Balancer, id: u32) -> Result<()> {
+    let Some((text, _)) = state::read(state::Kind::Expiring, id)? else {
+        return Ok(());
+    };
+    let run = b.maps.running()?;
+    let still_gone: Vec<(Service, SocketAddr)> = parse_expiring(&text)
+        .into_iter()
+        .filter(|(service, backend)| {
+            run.vip(service).is_some_and(|v| {
+                v.on_backend_gone.expires()
+                    && !run
+                        .members(v)
+                        .iter()
+                        .any(|m| m.addr == *backend && m.health != Health::Down)
+            })
+        })
+        .collect();
+    conntrack::expire_flows(&still_gone)?;
+    state::forget(state::Kind::Expiring, id)
+}
+
+/// An Expiring record: a line per backend, `PROTO VIP BACKEND`.
+fn expiring_text(gone: &[(Service, SocketAddr)]) -> String {
+    gone.iter()
+        .map(|(s, b)| format!("{} {} {b}\n", s.proto.name(), s.addr))
+        .collect()
+}
+
+/// The lines of an Expiring record (a line that does not parse is left
+/// out: the record is lbctl's own).
+fn parse_expiring(text: &str) -> Vec<(Service, SocketAddr)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let proto = words.next()?.parse().ok()?;
+            let addr = words.next()?.parse().ok()?;
+            let backend = words.next()?.parse().ok()?;
+            Some((Service { addr, proto }, backend))
+        })
+        .collect()
 }
 
 /// Begins a change to the running balancer (an error if none runs).
@@ -157,7 +215,19 @@ impl Session {
                 continue;
             }
             match step {
-                Step::Change => out = f.take().map(|f| self.recorded(k, || f(&mut fx))),
+                Step::Change => {
+                    out = f.take().map(|f| {
+                        self.recorded(k, || {
+                            let t = f(&mut fx)?;
+                            // Before the change's own record goes, and with
+                            // no system call but its own since the change's
+                            // last write: a kill from here on leaves the
+                            // entries to remove to the next repair.
+                            self.note_expiring(&fx.gone)?;
+                            Ok(t)
+                        })
+                    })
+                }
                 Step::PublishRoutes => {
                     followed.routes = routes::publish(&self.running()?.maps, None)
                 }
@@ -174,12 +244,10 @@ impl Session {
                 Step::ExpireGoneFlows => {
                     // After the table no longer names the backend: the
                     // flows' next packets pick another.
-                    let maps = &self.running()?.maps;
-                    for (service, backend) in &fx.gone {
-                        let policy = maps.find_vip(service)?.map(|v| v.on_backend_gone);
-                        if policy.is_some_and(|p| p.expires()) {
-                            followed.expired += conntrack::expire_flows(*service, *backend)?;
-                        }
+                    let expiring = self.expiring(&fx.gone)?;
+                    followed.expired += conntrack::expire_flows(&expiring)?;
+                    if let (false, Some(id)) = (fx.gone.is_empty(), self.balancer_id) {
+                        state::forget(state::Kind::Expiring, id)?;
                     }
                 }
                 Step::ClearDrain => {
@@ -198,6 +266,33 @@ impl Session {
         }
         let out = out.unwrap_or_else(|| Err(anyhow::anyhow!("internal: {k:?} made no change")));
         Ok((out, followed))
+    }
+
+    /// Of the backends a change removed or marked down, those whose VIP
+    /// says their flows' entries go (`--on-backend-gone`).
+    fn expiring(&self, gone: &[(Service, SocketAddr)]) -> Result<Vec<(Service, SocketAddr)>> {
+        let mut out = Vec::new();
+        let Some(b) = &self.balancer else {
+            return Ok(out);
+        };
+        for &(service, backend) in gone {
+            let policy = b.maps.find_vip(&service)?.map(|v| v.on_backend_gone);
+            if policy.is_some_and(|p| p.expires()) {
+                out.push((service, backend));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records the backends the change removed or marked down
+    /// (`state::Kind::Expiring`; whose VIP says their flows' entries go is
+    /// decided after, from the maps), for the next repair should this
+    /// lbctl die before their entries are removed.
+    fn note_expiring(&self, gone: &[(Service, SocketAddr)]) -> Result<()> {
+        if let (false, Some(id)) = (gone.is_empty(), self.balancer_id) {
+            state::write(state::Kind::Expiring, id, &expiring_text(gone))?;
+        }
+        Ok(())
     }
 
     /// Runs a change to VIPs or backends with a record that it is under way
@@ -288,4 +383,31 @@ fn forwarding_notes(iface: &str, has_ipv6_vips: bool) -> Vec<String> {
         notes.push(iface::ipv6_forwarding_off(&[iface]));
     }
     notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expiring_record_round_trips() {
+        let gone: Vec<(Service, SocketAddr)> = vec![
+            (
+                Service {
+                    addr: "198.18.100.1:80".parse().unwrap(),
+                    proto: crate::model::Proto::Udp,
+                },
+                "198.18.1.11:8080".parse().unwrap(),
+            ),
+            (
+                Service {
+                    addr: "[2001:db8::1]:443".parse().unwrap(),
+                    proto: crate::model::Proto::Tcp,
+                },
+                "[2001:db8:1::11]:8443".parse().unwrap(),
+            ),
+        ];
+        assert_eq!(parse_expiring(&expiring_text(&gone)), gone);
+        assert!(parse_expiring("udp nonsense\n").is_empty());
+    }
 }

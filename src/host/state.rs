@@ -35,6 +35,11 @@ pub enum Kind {
     /// (`change::Session::run`): present after one was killed, until the
     /// next repair has finished it.
     Changing,
+    /// Backends whose flows' entries a change is to remove
+    /// (`--on-backend-gone`): written before the change's own record goes,
+    /// removed once the entries are; the next repair removes what a killed
+    /// lbctl left.
+    Expiring,
 }
 
 impl Kind {
@@ -43,12 +48,13 @@ impl Kind {
             Kind::Drained => "drained",
             Kind::Health => "health",
             Kind::Changing => "changing",
+            Kind::Expiring => "expiring",
         }
     }
 
     fn suffix(self) -> &'static str {
         match self {
-            Kind::Drained | Kind::Changing => "",
+            Kind::Drained | Kind::Changing | Kind::Expiring => "",
             Kind::Health => ".toml",
         }
     }
@@ -210,7 +216,7 @@ enum Key {
 /// `KIND-netns-<inode>...` is the old naming; anything else is not a
 /// record lbctl knows.
 fn balancer_of(name: &str) -> Option<Key> {
-    let rest = [Kind::Drained, Kind::Health, Kind::Changing]
+    let rest = [Kind::Drained, Kind::Health, Kind::Changing, Kind::Expiring]
         .iter()
         .find_map(|k| name.strip_prefix(k.prefix())?.strip_prefix('-'))?;
     if rest.starts_with("netns-") {
