@@ -160,11 +160,12 @@ impl Crash {
         let (points, dry_run) = kill_points(self.ns(), s.args);
         self.back(s);
         // A run that ends before the call it was to be killed at made
-        // fewer calls than the dry run: that point goes untried this time
-        // (the run finished: list must show `after`, as for a kill past the
-        // last write). CI met it once (`backend set`, call 91) and no run
-        // here has since; the first call that differs is printed to find
-        // out why. More than one such point is a failure.
+        // fewer calls than the dry run: the command's calls are not the
+        // same run to run, and the kill points no longer mean what they
+        // say. A failure, with the first call that differs. (CI met one at
+        // ee98fca: every lock swept all namespaces' state files on the
+        // change's thread, a bpf() call or two per file of other tests;
+        // the sweep has its own thread since.)
         let mut unreached = Vec::new();
         for &n in &points {
             self.kills += 1;
@@ -225,7 +226,7 @@ impl Crash {
             self.back(s);
         }
         assert!(
-            unreached.len() <= 1 && unreached.len() < points.len(),
+            unreached.is_empty(),
             "lbctl {:?}: kill points {unreached:?} of {points:?} never reached",
             s.args
         );
@@ -906,6 +907,12 @@ fn entries_a_killed_backend_del_was_to_remove_go_with_the_next_command() {
     c.ok(&["timeouts"]);
     assert_eq!(on_b2(), 0, "the next command's repair left entries on {b2}");
     assert!(records().is_empty(), "the record stayed: {:?}", records());
+    let doc: serde_json::Value =
+        serde_json::from_str(&c.ok(&["list", "--json", "--stats"])).unwrap();
+    assert!(
+        doc["vips"][0]["expired"].as_u64() >= Some(1),
+        "the repair's removal is not counted: {doc}"
+    );
     c.ok(&["backend", "add", &a, &b2]);
 }
 
