@@ -141,12 +141,12 @@ pub fn active_flows_by_backend() -> Result<HashMap<(Service, SocketAddr), u64>> 
 
 /// Removes lbctl's entries of each VIP on its backend in `gone` (their
 /// flows' next packets then begin anew: `--on-backend-gone`), from one
-/// dump of the table; how many it removed. An entry gone meanwhile
-/// (expired, closed) is not an error.
-pub fn expire_flows(gone: &[(Service, SocketAddr)]) -> Result<usize> {
-    let mut removed = 0;
+/// dump of the table; how many it removed, per VIP. An entry gone
+/// meanwhile (expired, closed) is not an error.
+pub fn expire_flows(gone: &[(Service, SocketAddr)]) -> Result<Vec<(Service, usize)>> {
+    let mut removed: Vec<(Service, usize)> = Vec::new();
     if gone.is_empty() {
-        return Ok(0);
+        return Ok(removed);
     }
     for f in lbctl_flows()? {
         let listed = gone.iter().any(|(service, backend)| {
@@ -163,7 +163,16 @@ pub fn expire_flows(gone: &[(Service, SocketAddr)]) -> Result<usize> {
             ConntrackMessage::Delete(attrs),
             NLM_F_ACK,
         ) {
-            Ok(_) => removed += 1,
+            Ok(_) => {
+                let service = Service {
+                    addr: f.vip,
+                    proto: f.proto,
+                };
+                match removed.iter_mut().find(|(s, _)| *s == service) {
+                    Some((_, n)) => *n += 1,
+                    None => removed.push((service, 1)),
+                }
+            }
             Err(e) if is_not_found(&e) => {}
             Err(e) => {
                 return Err(e).with_context(|| {

@@ -32,6 +32,9 @@ pub struct VipView {
     pub denied: u64,
     /// New flows its limit on new flows turned away.
     pub limited: u64,
+    /// Entries of its gone backends' flows lbctl removed
+    /// (`--on-backend-gone`; `host::expired`).
+    pub expired: u64,
     /// Sorted by address.
     pub backends: Vec<BackendView>,
 }
@@ -83,6 +86,7 @@ impl Snapshot {
         } else {
             None
         };
+        let expired = crate::host::expired::read(maps.balancer_id()?)?;
         let mut vips = Vec::new();
         for vip in run.vips.iter() {
             let mut backends = Vec::new();
@@ -100,6 +104,7 @@ impl Snapshot {
                 stats: maps.vip_counters(vip.index)?,
                 denied: maps.denied(vip.index)?,
                 limited: maps.limited(vip.index)?,
+                expired: crate::host::expired::of(&expired, &vip.service),
                 vip: vip.clone(),
                 backends,
             });

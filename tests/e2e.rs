@@ -954,8 +954,17 @@ fn a_udp_flow_moves_off_a_removed_backend_only_when_told() {
             &["backend", "add", &v, &addr_of(&first), "--proto", "udp"],
         );
     }
-    let json = lbctl(&lab, &["list", "--json"]);
+    let json = lbctl(&lab, &["list", "--json", "--stats"]);
     assert!(json.contains(r#""on_backend_gone":"reassign""#), "{json}");
+    // The removal is counted for the VIP (one flow's entry, at least).
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let udp = doc["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["proto"] == "udp")
+        .unwrap_or_else(|| panic!("no UDP VIP in {json}"));
+    assert!(udp["expired"].as_u64() >= Some(1), "{udp}");
 }
 
 /// `--max-new-flows` with real UDP clients and servers: 20 flows begun

@@ -26,7 +26,7 @@ use crate::datapath::balancer::{self, Balancer};
 use crate::host::iface::{self, Attachment};
 use crate::host::lock::{lock_netns, NetnsLock};
 use crate::host::routes::Reconciled;
-use crate::host::{drain, neighbour, record, state};
+use crate::host::{drain, expired, neighbour, record, state};
 use crate::model::{AttachOptions, Desired, Health, Service};
 use plan::{Kind, Opening, Step};
 
@@ -128,7 +128,7 @@ fn finish_expiring(b: &Balancer, id: u32) -> Result<()> {
             })
         })
         .collect();
-    conntrack::expire_flows(&still_gone)?;
+    expired::add(id, &conntrack::expire_flows(&still_gone)?)?;
     state::forget(state::Kind::Expiring, id)
 }
 
@@ -245,8 +245,10 @@ impl Session {
                     // After the table no longer names the backend: the
                     // flows' next packets pick another.
                     let expiring = self.expiring(&fx.gone)?;
-                    followed.expired += conntrack::expire_flows(&expiring)?;
+                    let removed = conntrack::expire_flows(&expiring)?;
+                    followed.expired += removed.iter().map(|(_, n)| n).sum::<usize>();
                     if let (false, Some(id)) = (fx.gone.is_empty(), self.balancer_id) {
+                        expired::add(id, &removed)?;
                         state::forget(state::Kind::Expiring, id)?;
                     }
                 }

@@ -88,6 +88,9 @@ struct VipJson {
     /// New flows the limit turned away (--stats).
     #[serde(skip_serializing_if = "Option::is_none")]
     limited: Option<u64>,
+    /// Entries of gone backends' flows lbctl removed (--stats).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expired: Option<u64>,
     stats: StatsJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate: Option<Rate>,
@@ -226,6 +229,7 @@ fn list_json(
             denied: stats.then_some(r.denied),
             max_new_flows: r.vip.max_new_flows,
             limited: stats.then_some(r.limited),
+            expired: stats.then_some(r.expired),
             table_size: r.vip.table_size,
             route: published.routes.contains(&r.vip.service.addr.ip()),
             stats: stats_json(&r.stats, None),
@@ -312,6 +316,9 @@ fn render_table(snap: &Snapshot, stats: bool, rates: Option<&Rates>, now: u64) -
         }
         if r.vip.on_backend_gone.expires() {
             snat += &format!(" (on backend gone: {})", r.vip.on_backend_gone);
+            if stats {
+                snat += &format!(" (expired {})", r.expired);
+            }
         }
         if !r.vip.allow.is_empty() {
             snat += &format!(" (allow {})", prefix::describe(&r.vip.allow));

@@ -12,9 +12,11 @@
 //! | `state.rs` | state files under /run/lbctl, one per balancer, swept when it goes |
 //! | `drain.rs` | the node-drain record (a state file) |
 //! | `record.rs` | the health checks last applied (a state file) |
+//! | `expired.rs` | the entries `--on-backend-gone` removed, per VIP (a state file) |
 
 pub mod conntrackd;
 pub mod drain;
+pub mod expired;
 pub mod iface;
 pub mod lock;
 pub mod neighbour;

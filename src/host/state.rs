@@ -40,6 +40,8 @@ pub enum Kind {
     /// removed once the entries are; the next repair removes what a killed
     /// lbctl left.
     Expiring,
+    /// How many entries `--on-backend-gone` removed, per VIP (`expired.rs`).
+    Expired,
 }
 
 impl Kind {
@@ -49,12 +51,13 @@ impl Kind {
             Kind::Health => "health",
             Kind::Changing => "changing",
             Kind::Expiring => "expiring",
+            Kind::Expired => "expired",
         }
     }
 
     fn suffix(self) -> &'static str {
         match self {
-            Kind::Drained | Kind::Changing | Kind::Expiring => "",
+            Kind::Drained | Kind::Changing | Kind::Expiring | Kind::Expired => "",
             Kind::Health => ".toml",
         }
     }
@@ -216,9 +219,15 @@ enum Key {
 /// `KIND-netns-<inode>...` is the old naming; anything else is not a
 /// record lbctl knows.
 fn balancer_of(name: &str) -> Option<Key> {
-    let rest = [Kind::Drained, Kind::Health, Kind::Changing, Kind::Expiring]
-        .iter()
-        .find_map(|k| name.strip_prefix(k.prefix())?.strip_prefix('-'))?;
+    let rest = [
+        Kind::Drained,
+        Kind::Health,
+        Kind::Changing,
+        Kind::Expiring,
+        Kind::Expired,
+    ]
+    .iter()
+    .find_map(|k| name.strip_prefix(k.prefix())?.strip_prefix('-'))?;
     if rest.starts_with("netns-") {
         return Some(Key::Legacy);
     }

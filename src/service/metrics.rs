@@ -14,6 +14,8 @@
 //! `lbctl_vip_denied_flows_total{vip,proto}` (its source allowlist),
 //! `lbctl_vip_limited_flows_total{vip,proto}` and `lbctl_vip_max_new_flows`
 //! (its limit on new flows a second; only VIPs with one),
+//! `lbctl_vip_expired_flows_total{vip,proto}` (entries `--on-backend-gone`
+//! removed; only VIPs whose policy removes them),
 //! `lbctl_backend_weight`, `lbctl_backend_up` (1 up, 0 down; only for
 //! checked backends), `lbctl_backend_active_flows`,
 //! `lbctl_health_check_duration_seconds` (histogram),
@@ -640,6 +642,19 @@ impl Collector for SnapshotCollector {
             c,
             limited,
         )?;
+        let expired = s
+            .vips
+            .iter()
+            .filter(|v| v.vip.on_backend_gone.expires())
+            .map(|v| (vip_labels(&v.vip.service), ConstCounter::new(v.expired)))
+            .collect();
+        family(
+            &mut enc,
+            "lbctl_vip_expired_flows",
+            "Conntrack entries of flows of the VIP's removed or down backends that lbctl removed (--on-backend-gone)",
+            c,
+            expired,
+        )?;
         let limits = s
             .vips
             .iter()
@@ -810,7 +825,7 @@ mod tests {
                     affinity: crate::model::Affinity::None,
                     has_allowlist: false,
                     allow: Vec::new(),
-                    on_backend_gone: crate::model::OnBackendGone::Keep,
+                    on_backend_gone: crate::model::OnBackendGone::Reassign,
                     has_limit: true,
                     max_new_flows: Some(1000),
                     moved: 0.0,
@@ -819,6 +834,7 @@ mod tests {
                 stats: counters(90),
                 denied: 5,
                 limited: 3,
+                expired: 4,
                 backends: vec![
                     backend(1, Health::Up, 1, Some(3)),
                     backend(2, Health::Down, 2, Some(0)),
