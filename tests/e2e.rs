@@ -25,6 +25,13 @@ fn lbctl(lab: &Lab, args: &[&str]) -> String {
     balanced::lbctl(lab, LBCTL, args)
 }
 
+/// `lbctl vip set VIP --proto udp ARGS...` in the lab.
+fn udp_vip_set(lab: &Lab, vip: &str, args: &[&str]) -> String {
+    let mut all = vec!["vip", "set", vip, "--proto", "udp"];
+    all.extend_from_slice(args);
+    lbctl(lab, &all)
+}
+
 /// A lab with lbctl attached to every balancer interface, one VIP on port
 /// 80 (TCP and UDP) of `family` and every backend's echo server behind it
 /// (`balanced::balanced_lab`).
@@ -856,18 +863,7 @@ fn the_allowlist_admits_its_clients_only_and_breaks_no_live_flow() {
         refused.is_err(),
         "a new connection from outside the list got through: {refused:?}"
     );
-    lbctl(
-        &lab,
-        &[
-            "vip",
-            "set",
-            &v,
-            "--proto",
-            "udp",
-            "--allow",
-            &format!("{inside}/32"),
-        ],
-    );
+    udp_vip_set(&lab, &v, &["--allow", &format!("{inside}/32")]);
     let ask = |from: Ipv4Addr| {
         lab.in_client(|| {
             clients::udp_ask_bound(SocketAddr::new(from.into(), 0), vip, 80, b"hi", timeout())
@@ -924,18 +920,7 @@ fn a_udp_flow_moves_off_a_removed_backend_only_when_told() {
     };
     for policy in ["keep", "reassign"] {
         let flow = open();
-        lbctl(
-            &lab,
-            &[
-                "vip",
-                "set",
-                &v,
-                "--proto",
-                "udp",
-                "--on-backend-gone",
-                policy,
-            ],
-        );
+        udp_vip_set(&lab, &v, &["--on-backend-gone", policy]);
         let first = ask(&flow);
         assert_eq!(ask(&flow), first, "one flow, one backend");
         let removed = lbctl(
@@ -992,18 +977,7 @@ fn a_limit_holds_new_flows_and_never_a_live_one() {
             .unwrap_or_else(|e| panic!("a live flow before the limit: {e}\n{}", diagnose(&lab)));
     }
     let limit = LIMIT.to_string();
-    let set = lbctl(
-        &lab,
-        &[
-            "vip",
-            "set",
-            &v,
-            "--proto",
-            "udp",
-            "--max-new-flows",
-            &limit,
-        ],
-    );
+    let set = udp_vip_set(&lab, &v, &["--max-new-flows", &limit]);
     assert!(set.contains("at most 20 new flows a second"), "{set}");
 
     let done = AtomicBool::new(false);

@@ -134,23 +134,11 @@ fn finish_expiring(b: &Balancer, id: u32) -> Result<()> {
 
 /// An Expiring record: a line per backend, `PROTO VIP BACKEND`.
 fn expiring_text(gone: &[(Service, SocketAddr)]) -> String {
-    gone.iter()
-        .map(|(s, b)| format!("{} {} {b}\n", s.proto.name(), s.addr))
-        .collect()
+    expired::lines(gone)
 }
 
-/// The lines of an Expiring record (a line that does not parse is left
-/// out: the record is lbctl's own).
 fn parse_expiring(text: &str) -> Vec<(Service, SocketAddr)> {
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            let proto = words.next()?.parse().ok()?;
-            let addr = words.next()?.parse().ok()?;
-            let backend = words.next()?.parse().ok()?;
-            Some((Service { addr, proto }, backend))
-        })
-        .collect()
+    expired::parse_lines(text)
 }
 
 /// Begins a change to the running balancer (an error if none runs).

@@ -13,7 +13,7 @@ use libbpf_rs::MapFlags;
 
 use super::abi::{LB_AF_INET, LB_VIP_ALLOWLIST};
 use super::codec::{bytes_of, read, service_endpoint};
-use super::maps::{Map, Maps};
+use super::maps::{counted, uncount, Map, Maps};
 use super::running::Running;
 use super::types::{lb_allow_key, lb_vip};
 use crate::model::Service;
@@ -195,27 +195,14 @@ impl Maps {
     /// New flows VIP index `index`'s allowlist turned away (0 where the
     /// program has no such counter).
     pub fn denied(&self, index: u32) -> Result<u64> {
-        let Some(map) = self.vip_denied.as_ref() else {
-            return Ok(0);
-        };
-        Ok(map
-            .per_cpu::<u64>(
-                index,
-                &format_args!("the denied count of VIP index {index}"),
-            )?
-            .iter()
-            .sum())
+        let what = format_args!("the denied count of VIP index {index}");
+        counted(self.vip_denied.as_ref(), index, &what)
     }
 
     /// Zeroes VIP index `index`'s denied count (a VIP added there).
     pub(super) fn reset_denied(&self, index: u32) -> Result<()> {
-        match self.vip_denied.as_ref() {
-            Some(map) => map.reset_per_cpu(
-                index,
-                &format_args!("the denied count of VIP index {index}"),
-            ),
-            None => Ok(()),
-        }
+        let what = format_args!("the denied count of VIP index {index}");
+        uncount(self.vip_denied.as_ref(), index, &what)
     }
 }
 

@@ -11,7 +11,7 @@ use libbpf_rs::MapFlags;
 
 use super::abi::LB_VIP_RATE_LIMIT;
 use super::codec::{bytes_of, service_endpoint, VipEntry};
-use super::maps::{Map, Maps};
+use super::maps::{counted, uncount, Map, Maps};
 use super::running::Running;
 use super::types::{lb_vip, lb_vip_rate};
 use crate::model::Service;
@@ -112,27 +112,14 @@ impl Maps {
     /// New flows VIP index `index`'s limit turned away (0 where the program
     /// has no such counter).
     pub fn limited(&self, index: u32) -> Result<u64> {
-        let Some(map) = self.vip_limited.as_ref() else {
-            return Ok(0);
-        };
-        Ok(map
-            .per_cpu::<u64>(
-                index,
-                &format_args!("the limited count of VIP index {index}"),
-            )?
-            .iter()
-            .sum())
+        let what = format_args!("the limited count of VIP index {index}");
+        counted(self.vip_limited.as_ref(), index, &what)
     }
 
     /// Zeroes VIP index `index`'s limited count (a VIP added there).
     pub(super) fn reset_limited(&self, index: u32) -> Result<()> {
-        match self.vip_limited.as_ref() {
-            Some(map) => map.reset_per_cpu(
-                index,
-                &format_args!("the limited count of VIP index {index}"),
-            ),
-            None => Ok(()),
-        }
+        let what = format_args!("the limited count of VIP index {index}");
+        uncount(self.vip_limited.as_ref(), index, &what)
     }
 
     /// The data path's estimate of VIP index `index`'s new flows over the

@@ -113,6 +113,11 @@ impl Map {
             .collect()
     }
 
+    /// A per-CPU u64 counter row summed over the CPUs.
+    pub fn sum_per_cpu(&self, index: u32, what: &dyn Display) -> Result<u64> {
+        Ok(self.per_cpu::<u64>(index, what)?.iter().sum())
+    }
+
     /// Zeroes a per-CPU array row on every CPU.
     pub fn reset_per_cpu(&self, index: u32, what: &dyn Display) -> Result<()> {
         let cpus = libbpf_rs::num_possible_cpus().context("counting CPUs")?;
@@ -390,3 +395,14 @@ pub fn u32_of(bytes: &[u8], what: &dyn Display) -> Result<u32> {
 
 /// A row 0 key of a one-row array, as maps take it.
 pub const ROW0: [u8; 4] = 0u32.to_ne_bytes();
+
+/// Row `index` of an optional per-CPU counter map, summed (0 where the
+/// running program has no such map).
+pub fn counted(map: Option<&Map>, index: u32, what: &dyn Display) -> Result<u64> {
+    map.map_or(Ok(0), |m| m.sum_per_cpu(index, what))
+}
+
+/// Zeroes row `index` of an optional per-CPU counter map (a VIP added there).
+pub fn uncount(map: Option<&Map>, index: u32, what: &dyn Display) -> Result<()> {
+    map.map_or(Ok(()), |m| m.reset_per_cpu(index, what))
+}

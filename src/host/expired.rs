@@ -41,20 +41,32 @@ pub fn of(counts: &[(Service, u64)], service: &Service) -> u64 {
 }
 
 fn text(counts: &[(Service, u64)]) -> String {
-    counts
-        .iter()
-        .map(|(s, n)| format!("{} {} {n}\n", s.proto.name(), s.addr))
-        .collect()
+    lines(counts)
 }
 
 fn parse(text: &str) -> Vec<(Service, u64)> {
+    parse_lines(text)
+}
+
+/// Lines `PROTO VIP VALUE`, one per VIP: the records of `--on-backend-gone`
+/// (this one, and the change's list of backends whose entries go).
+pub fn lines<V: std::fmt::Display>(per_vip: &[(Service, V)]) -> String {
+    per_vip
+        .iter()
+        .map(|(s, v)| format!("{} {} {v}\n", s.proto.name(), s.addr))
+        .collect()
+}
+
+/// The lines of [`lines`] (one that does not parse is left out: the
+/// records are lbctl's own).
+pub fn parse_lines<V: std::str::FromStr>(text: &str) -> Vec<(Service, V)> {
     text.lines()
         .filter_map(|line| {
             let mut words = line.split_whitespace();
             let proto = words.next()?.parse().ok()?;
             let addr = words.next()?.parse().ok()?;
-            let n = words.next()?.parse().ok()?;
-            Some((Service { addr, proto }, n))
+            let value = words.next()?.parse().ok()?;
+            Some((Service { addr, proto }, value))
         })
         .collect()
 }

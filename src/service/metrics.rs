@@ -60,7 +60,7 @@ use crate::datapath::maps::Maps;
 use crate::host::drain;
 use crate::host::routes as host_routes;
 use crate::model::{Health, Service};
-use crate::snapshot::{BackendView, Snapshot};
+use crate::snapshot::{BackendView, Snapshot, VipView};
 
 use super::replication::{Replication, Watch};
 
@@ -617,44 +617,35 @@ impl Collector for SnapshotCollector {
                 Some(ConstCounter::new(get(&b.stats)))
             })?;
         }
-        let denied = s
-            .vips
-            .iter()
-            .map(|v| (vip_labels(&v.vip.service), ConstCounter::new(v.denied)))
-            .collect();
-        family(
-            &mut enc,
-            "lbctl_vip_denied_flows",
-            "New flows from clients outside the VIP's source allowlist, dropped before any entry",
-            c,
-            denied,
-        )?;
-        let limited = s
-            .vips
-            .iter()
-            .filter(|v| v.vip.max_new_flows.is_some())
-            .map(|v| (vip_labels(&v.vip.service), ConstCounter::new(v.limited)))
-            .collect();
-        family(
-            &mut enc,
-            "lbctl_vip_limited_flows",
-            "New flows beyond the VIP's limit a second, dropped before any entry",
-            c,
-            limited,
-        )?;
-        let expired = s
-            .vips
-            .iter()
-            .filter(|v| v.vip.on_backend_gone.expires())
-            .map(|v| (vip_labels(&v.vip.service), ConstCounter::new(v.expired)))
-            .collect();
-        family(
-            &mut enc,
-            "lbctl_vip_expired_flows",
-            "Conntrack entries of flows of the VIP's removed or down backends that lbctl removed (--on-backend-gone)",
-            c,
-            expired,
-        )?;
+        // New flows a VIP's controls turned away, and entries removed for
+        // it: each only for VIPs that have the control (denied: every VIP,
+        // as before).
+        type VipCount = fn(&VipView) -> Option<u64>;
+        let per_vip: [(&str, &str, VipCount); 3] = [
+            (
+                "lbctl_vip_denied_flows",
+                "New flows from clients outside the VIP's source allowlist, dropped before any entry",
+                |v| Some(v.denied),
+            ),
+            (
+                "lbctl_vip_limited_flows",
+                "New flows beyond the VIP's limit a second, dropped before any entry",
+                |v| v.vip.max_new_flows.map(|_| v.limited),
+            ),
+            (
+                "lbctl_vip_expired_flows",
+                "Conntrack entries of flows of the VIP's removed or down backends that lbctl removed (--on-backend-gone)",
+                |v| v.vip.on_backend_gone.expires().then_some(v.expired),
+            ),
+        ];
+        for (name, help, count) in per_vip {
+            let items = s
+                .vips
+                .iter()
+                .filter_map(|v| Some((vip_labels(&v.vip.service), ConstCounter::new(count(v)?))))
+                .collect();
+            family(&mut enc, name, help, c, items)?;
+        }
         let limits = s
             .vips
             .iter()
