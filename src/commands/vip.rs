@@ -52,22 +52,19 @@ pub fn set(
     let b = s.running()?;
     let (changed, _) = s.run(Kind::Configure, |_| {
         let mut run = b.maps.running()?;
-        let affinity = match affinity {
-            Some(a) => Some((a, b.maps.set_affinity(&mut run, svc, a)?)),
-            None => None,
-        };
-        let allow = match allow {
-            Some(list) => Some((list, b.maps.set_allowlist(&mut run, svc, list)?)),
-            None => None,
-        };
-        let gone = match gone {
-            Some(p) => Some((p, b.maps.set_on_backend_gone(&mut run, svc, p)?)),
-            None => None,
-        };
-        let limit = match limit {
-            Some(n) => Some((n, b.maps.set_max_new_flows(&mut run, svc, n)?)),
-            None => None,
-        };
+        // Each setting given: its value and whether it changed.
+        let affinity = affinity
+            .map(|a| anyhow::Ok((a, b.maps.set_affinity(&mut run, svc, a)?)))
+            .transpose()?;
+        let allow = allow
+            .map(|list| anyhow::Ok((list, b.maps.set_allowlist(&mut run, svc, list)?)))
+            .transpose()?;
+        let gone = gone
+            .map(|p| anyhow::Ok((p, b.maps.set_on_backend_gone(&mut run, svc, p)?)))
+            .transpose()?;
+        let limit = limit
+            .map(|n| anyhow::Ok((n, b.maps.set_max_new_flows(&mut run, svc, n)?)))
+            .transpose()?;
         Ok((affinity, allow, gone, limit))
     })?;
     let (affinity, allow, gone, limit) = changed;

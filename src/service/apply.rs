@@ -393,36 +393,30 @@ pub fn plan(maps: &Maps, attached: &[String], desired: &Desired) -> Result<(Vec<
         let service = v.spec.service;
         let vip = run.require_vip(&service)?;
         let members = run.members(&vip);
-        if vip.affinity != v.spec.affinity {
-            lines.push(format!(
-                "~ vip {service} affinity {} -> {}",
-                vip.affinity, v.spec.affinity
-            ));
-            sum.affinity_changed += 1;
-        }
-        if vip.allow != v.spec.allow {
-            lines.push(format!(
-                "~ vip {service} allow {} -> {}",
-                prefix::describe(&vip.allow),
-                prefix::describe(&v.spec.allow)
-            ));
-            sum.allow_changed += 1;
-        }
-        if vip.on_backend_gone != v.spec.on_backend_gone {
-            lines.push(format!(
-                "~ vip {service} on-backend-gone {} -> {}",
-                vip.on_backend_gone, v.spec.on_backend_gone
-            ));
-            sum.on_backend_gone_changed += 1;
-        }
-        if vip.max_new_flows != v.spec.max_new_flows {
-            lines.push(format!(
-                "~ vip {service} max-new-flows {} -> {}",
-                limit_name(vip.max_new_flows),
-                limit_name(v.spec.max_new_flows)
-            ));
-            sum.limits_changed += 1;
-        }
+        // A setting changed in place: one line, one count.
+        let mut setting = |what: &str, differ: bool, old: String, new: String, n: &mut usize| {
+            if differ {
+                lines.push(format!("~ vip {service} {what} {old} -> {new}"));
+                *n += 1;
+            }
+        };
+        let (a, b) = (vip.affinity, v.spec.affinity);
+        setting(
+            "affinity",
+            a != b,
+            a.to_string(),
+            b.to_string(),
+            &mut sum.affinity_changed,
+        );
+        let (a, b) = (&vip.allow, &v.spec.allow);
+        let (old, new) = (prefix::describe(a), prefix::describe(b));
+        setting("allow", a != b, old, new, &mut sum.allow_changed);
+        let (a, b) = (vip.on_backend_gone, v.spec.on_backend_gone);
+        let n = &mut sum.on_backend_gone_changed;
+        setting("on-backend-gone", a != b, a.to_string(), b.to_string(), n);
+        let (a, b) = (vip.max_new_flows, v.spec.max_new_flows);
+        let (old, new) = (limit_name(a), limit_name(b));
+        setting("max-new-flows", a != b, old, new, &mut sum.limits_changed);
         let changes = BackendChanges::between(&members, &v.backends);
         for &addr in &changes.added {
             let weight = weight_in(&v.backends, addr);
