@@ -359,6 +359,16 @@ mod lab {
     fn diagnose(lab: &Lab) -> String {
         let mut out = lbctl(lab, &["status"]);
         out += &lbctl(lab, &["list", "--stats"]);
+        for argv in [
+            &["ip", "-6", "neigh"][..],
+            &["conntrack", "-L"],
+            &["conntrack", "-L", "-f", "ipv6"],
+        ] {
+            out += &format!("\n$ {}\n", argv.join(" "));
+            out += &lab
+                .exec(lab.balancer_ns(), argv)
+                .unwrap_or_else(|e| e.to_string());
+        }
         out
     }
 
@@ -402,8 +412,26 @@ mod lab {
         pause();
         balanced::replace_program(&lab, LBCTL);
         pause();
-        let after = short_tcp(&lab, vip, 40);
-        balanced::assert_drained(&lab, &after, 1, "a drained backend got new connections");
+        let t = clients::scaled(Duration::from_secs(3));
+        let answers = lab
+            .in_client(|| clients::short_tcp_answers(vip, ECHO_PORT, 40, t))
+            .unwrap_or_else(|e| panic!("short TCP connections: {e}\n{}", diagnose(&lab)));
+        let mut after = BTreeMap::new();
+        for (_, backend) in &answers {
+            *after.entry(backend.clone()).or_insert(0) += 1;
+        }
+        balanced::assert_drained(
+            &lab,
+            &after,
+            1,
+            "a drained backend got new connections",
+            || {
+                format!(
+                    "(client port, backend) in order: {answers:?}\n{}",
+                    diagnose(&lab)
+                )
+            },
+        );
         let reports = clients::finish_all(conns);
         if let Some(broken) = clients::broken_summary(&reports) {
             panic!("long connections broke:\n{broken}\n{}", diagnose(&lab));

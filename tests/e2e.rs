@@ -374,7 +374,13 @@ fn long_lived_connections_survive_every_change(topology: Topology, family: Famil
     }
     pause();
     let after_drain = short_tcp(&lab, vip, 100);
-    balanced::assert_drained(&lab, &after_drain, 1, "a drained backend got new flows");
+    balanced::assert_drained(
+        &lab,
+        &after_drain,
+        1,
+        "a drained backend got new flows",
+        || diagnose(&lab),
+    );
     assert!(
         !started.contains(&lab.backend_name(4)),
         "b4 joined after the long connections started"
@@ -404,7 +410,13 @@ fn long_lived_connections_survive_every_change(topology: Topology, family: Famil
     balanced::replace_program(&lab, LBCTL);
     pause();
     let after_replace = short_tcp(&lab, vip, 20);
-    balanced::assert_drained(&lab, &after_replace, 1, "still drained after the upgrade");
+    balanced::assert_drained(
+        &lab,
+        &after_replace,
+        1,
+        "still drained after the upgrade",
+        || diagnose(&lab),
+    );
 
     // Listed twice while every long connection is still open.
     let dumps = tcp_listings(&lab, family, 2, Duration::ZERO, |_| false);

@@ -78,12 +78,17 @@ pub fn replace_program(lab: &Lab, bin: &str) {
     lbctl(lab, bin, &["attach", lab.lb_ifaces()[0], "--replace"]);
 }
 
-/// Panics with `what` unless backend `i` is missing from `spread` (the
-/// backends' names and their counts of new flows): a drained backend gets
-/// no new flow.
-pub fn assert_drained(lab: &Lab, spread: &BTreeMap<String, usize>, i: usize, what: &str) {
-    assert!(
-        !spread.contains_key(&lab.backend_name(i)),
-        "{what}: {spread:?}"
-    );
+/// Panics with `what` and `context()` (a lab diagnosis) unless backend `i`
+/// is missing from `spread` (the backends' names and their counts of new
+/// flows): a drained backend gets no new flow.
+pub fn assert_drained(
+    lab: &Lab,
+    spread: &BTreeMap<String, usize>,
+    i: usize,
+    what: &str,
+    context: impl FnOnce() -> String,
+) {
+    if spread.contains_key(&lab.backend_name(i)) {
+        panic!("{what}: {spread:?}\n{}", context());
+    }
 }

@@ -33,10 +33,36 @@ pub fn short_tcp_spread(
     n: usize,
     timeout: Duration,
 ) -> Result<BTreeMap<String, usize>, ClientError> {
-    answers_per_backend(n, |k| {
-        tcp_echo(addr, port, format!("req {k}").as_bytes(), timeout)
-            .map_err(|e| ClientError::Protocol(format!("connection {k} of {n}: {e}")))
-    })
+    let answers = short_tcp_answers(addr, port, n, timeout)?;
+    answers_per_backend(n, |k| Ok(answers[k].1.clone()))
+}
+
+/// The same connections one by one: each one's source port and the backend
+/// that answered it, in order (for a diagnosis: which flows went where).
+pub fn short_tcp_answers(
+    addr: IpAddr,
+    port: u16,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<(u16, String)>, ClientError> {
+    (0..n)
+        .map(|k| {
+            let payload = format!("req {k}");
+            let mut stream = connect(addr, port, timeout)
+                .map_err(|e| ClientError::Protocol(format!("connection {k} of {n}: {e}")))?;
+            let sport = stream.local_addr()?.port();
+            let backend = read_hello(&mut stream)
+                .and_then(|b| {
+                    stream.write_all(payload.as_bytes())?;
+                    expect_echo(&mut stream, payload.as_bytes(), Instant::now() + timeout)?;
+                    Ok(b)
+                })
+                .map_err(|e| {
+                    ClientError::Protocol(format!("connection {k} of {n} (port {sport}): {e}"))
+                })?;
+            Ok((sport, backend))
+        })
+        .collect()
 }
 
 /// Longest backend name line we accept.
