@@ -15,6 +15,7 @@
 #include "allow.h"
 #include "limit.h"
 #include "tcp_seq.h"
+#include "flow_cache.h"
 
 /* ct_rebuild_from_reply: forwarded without an entry, f filled in. */
 #define LB_STATELESS (-2)
@@ -258,7 +259,7 @@ static __always_inline void ct_refresh(struct nf_conn *ct, __u8 dir,
 			mark = tcp_seq_close(pkt, mark); /* not a blind one */
 		else if ((pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
 			 dir == IP_CT_DIR_ORIGINAL)
-			mark &= ~LB_MARK_CLOSING; /* the client reuses the tuple */
+			mark &= ~LB_MARK_CLOSING; /* a reused tuple whose old entry stayed (conntrack()) */
 	}
 	/* ct->mark, not f->mark: mark_of_this_balancer may have changed both. */
 	if (mark != ct->mark) {
@@ -567,6 +568,18 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 	return LB_STATELESS;
 }
 
+/* A client's SYN on the tuple of a TCP flow that ended (its entry saw a FIN
+ * or RST): a new connection from a reused port. It is balanced anew, as
+ * IPVS does by default (conn_reuse_mode 1): kept on the old flow's backend
+ * it would reach one drained, removed or down since, and skip the VIP's
+ * allowlist and limit. */
+static __always_inline bool ct_tuple_reused(const struct packet *pkt, const struct nf_conn *ct,
+					    __u8 dir)
+{
+	return dir == IP_CT_DIR_ORIGINAL && pkt->proto == IPPROTO_TCP &&
+	       (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && (ct->mark & LB_MARK_CLOSING);
+}
+
 /* Find or create the packet's entry and fill in where the packet goes.
  * Returns LB_CONTINUE or the reason to stop. */
 static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pkt,
@@ -588,6 +601,15 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 	tuple_sz = ct_tuple(&tuple, pkt->family, pkt->saddr, pkt->daddr, pkt->ports[0],
 			    pkt->ports[1]);
 	ct = ct_lookup(ctx, &tuple, tuple_sz, pkt->proto, &dir);
+	if (ct && vip && ct_tuple_reused(pkt, ct, dir)) {
+		/* Expired now, the entry goes with the next lookup of its
+		 * tuple (the kernel removes an expired entry it meets), and
+		 * the SYN begins a new flow below, like any other. */
+		bpf_ct_change_timeout(ct, 0);
+		bpf_ct_release(ct);
+		flow_cache_forget(pkt);
+		ct = ct_lookup(ctx, &tuple, tuple_sz, pkt->proto, &dir);
+	}
 	if (!ct && !vip) {
 		int reason;
 

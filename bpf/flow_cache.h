@@ -60,6 +60,29 @@ static __always_inline void flow_cache_count(bool hit)
 		c->misses += 1;
 }
 
+/* The packet's direction of its flow, as the cache keys it. */
+static __always_inline void flow_cache_key(struct lb_flow_cache_key *key, const struct packet *pkt)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	key->saddr = addr_fold(pkt->saddr, pkt->family);
+	key->daddr = addr_fold(pkt->daddr, pkt->family);
+	key->sport = pkt->ports[0];
+	key->dport = pkt->ports[1];
+	key->proto = pkt->proto;
+	key->family = pkt->family;
+}
+
+/* A new flow on the tuple of one that ended (conntrack.h, ct_tuple_reused):
+ * what the cache remembers of the old one (its backend, the sequence its
+ * sender was at) must not serve the new one. */
+static __always_inline void flow_cache_forget(const struct packet *pkt)
+{
+	struct lb_flow_cache_key key;
+
+	flow_cache_key(&key, pkt);
+	bpf_map_delete_elem(&flow_cache, &key);
+}
+
 /* What flow_cache_find leaves for flow_cache_store on a miss: the key (the
  * packet's addresses as they arrived, for IPv6, wait in the per-CPU scratch:
  * the key holds them folded, and the packet is rewritten before the store;
@@ -78,14 +101,7 @@ static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct pac
 	struct lb_flow_cache_key *key = &probe->key;
 	struct lb_flow_cache_entry *e;
 
-	__builtin_memset(key, 0, sizeof(*key));
-	key->saddr = addr_fold(pkt->saddr, pkt->family);
-	key->daddr = addr_fold(pkt->daddr, pkt->family);
-	key->sport = pkt->ports[0];
-	key->dport = pkt->ports[1];
-	key->proto = pkt->proto;
-	key->family = pkt->family;
-
+	flow_cache_key(key, pkt);
 	e = bpf_map_lookup_elem(&flow_cache, key);
 	if (pkt->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST))
 		goto miss; /* conntrack must see them */

@@ -4,7 +4,7 @@
 //! a frame each, the action, the reason counted, and the frame that leaves
 //! (rows of `lbctl_lab::fixtures::cases`).
 
-use lbctl::abi::{LB_MARK_BACKEND_MASK, LB_MARK_VIP_SHIFT};
+use lbctl::abi::{LB_MARK_BACKEND_MASK, LB_MARK_CLOSING, LB_MARK_VIP_SHIFT};
 use lbctl::datapath::types::lb_reason;
 use lbctl::model::{NatMode, Proto};
 use lbctl_lab::fixtures::packet::*;
@@ -58,6 +58,69 @@ fn later_packets_keep_their_backend_whatever_the_table_says() {
                 "new flow from port {port}"
             );
         }
+    });
+}
+
+/// A client's SYN on the tuple of a flow that ended (its FIN seen) is a new
+/// connection from a reused port: balanced anew with a fresh entry (counted
+/// as a new flow), never sent to the backend drained since under the old
+/// flow's entry.
+#[test]
+fn a_syn_on_a_closed_flows_tuple_is_balanced_anew() {
+    in_fresh_netns(|| {
+        let backends = ["198.18.1.11:8080", "198.18.1.12:8080"];
+        let (lb, vip) = Balancer::dnat(VIP, Proto::Tcp, &backends);
+        let (_, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
+        let first = parse(&out).dst;
+        let other = backends.into_iter().find(|b| *b != first).unwrap();
+        // A retransmitted SYN of the live flow keeps its backend.
+        lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
+        lb.maps.set_weight(&vip, addr(&first), 0).unwrap();
+        let (_, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
+        assert_eq!(
+            parse(&out).dst,
+            first,
+            "the live flow's SYN, drained or not"
+        );
+        lb.run(&Packet::tcp(CLIENT, VIP, ACK).build());
+        lb.run(&Packet::tcp(CLIENT, VIP, FIN | ACK).build());
+        let entries = || -> Vec<String> {
+            sh("conntrack -L 2>/dev/null")
+                .lines()
+                .filter(|l| l.contains("sport=40000 "))
+                .map(str::to_string)
+                .collect()
+        };
+        let mark = |e: &str| -> u32 {
+            e.split("mark=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let old = entries();
+        assert_eq!(old.len(), 1, "{old:?}");
+        assert_ne!(mark(&old[0]) & LB_MARK_CLOSING, 0, "closed: {old:?}");
+        let new_flows = lb.maps.vip_counters(0).unwrap().new_flows;
+
+        let (action, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(parse(&out).dst, other, "a new connection, balanced anew");
+        let now = entries();
+        assert_eq!(now.len(), 1, "one entry for the tuple: {now:?}");
+        let (ip, port) = other.rsplit_once(':').unwrap();
+        assert!(
+            now[0].contains(&format!("src={ip} ")) && now[0].contains(&format!("sport={port} ")),
+            "the new entry's backend: {now:?}"
+        );
+        assert_eq!(mark(&now[0]) & LB_MARK_CLOSING, 0, "open: {now:?}");
+        assert_eq!(lb.maps.vip_counters(0).unwrap().new_flows, new_flows + 1);
+        // Its next packets follow the new entry.
+        let (_, out) = lb.run(&Packet::tcp(CLIENT, VIP, ACK).build());
+        assert_eq!(parse(&out).dst, other);
     });
 }
 

@@ -189,6 +189,21 @@ fn explain_says_a_live_flow_keeps_its_backend_after_a_drain() {
     );
     let report = conn.finish();
     assert!(report.is_ok(), "{report}");
+    // Closed: the entry no longer holds a new connection from that port.
+    let deadline = Instant::now() + clients::scaled(Duration::from_secs(3));
+    loop {
+        let e = lbctl_json(&lab, &["explain", &client, &format!("{vip}:80"), "--json"]);
+        let summary = e["summary"].as_str().unwrap().to_string();
+        if e["conntrack"]["state"] == "closing" {
+            assert!(
+                summary.contains("ended (FIN or RST seen)") && summary.contains("balanced anew"),
+                "{summary}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never closing: {e}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The checks `explain` says failed for a new flow from the client.

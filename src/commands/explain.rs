@@ -429,6 +429,19 @@ fn summary(held: Option<&Held>, new: Option<&NewFlow>, checks: &[Check]) -> Stri
             "conntrack holds an entry lbctl did not make (mark {:#x}): lbctl passes this flow untouched ({pass_foreign_ct})",
             h.mark
         ),
+        Some(h) if h.state == "closing" => {
+            let mut s = format!(
+                "this flow ended (FIN or RST seen): its last packets go to {}; a SYN on its tuple begins a new flow, balanced anew",
+                h.backend
+            );
+            match new_backend {
+                Some(n) => {
+                    let _ = write!(s, " (to {n} now)");
+                }
+                None => s.push_str(" (no backend would take it now)"),
+            }
+            s
+        }
         Some(h) => {
             let mut s = format!("this flow is held by conntrack and goes to {}", h.backend);
             match new_backend {
