@@ -3,16 +3,15 @@
 //! counters and open flows, the verdict counters and the flow cache's. One
 //! collection, several renderings, so they cannot disagree.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use crate::conntrack;
 use crate::datapath::codec::{BackendEntry, VipEntry};
 use crate::datapath::counters::Counters;
 use crate::datapath::maps::Maps;
-use crate::model::Service;
+use crate::host::census::Census;
 
 /// One backend and what the maps and conntrack say of it.
 #[derive(Clone, Debug)]
@@ -63,6 +62,40 @@ pub struct DatapathStats {
     pub unverified_closes: u64,
 }
 
+/// Where a snapshot's open flows per backend come from.
+#[derive(Clone, Debug)]
+pub enum ActiveFlows {
+    /// Not asked for.
+    Skip,
+    /// Counted now: a dump of the whole table (seconds for a million
+    /// entries).
+    CountNow,
+    /// A census `lbctl run` took (`host::census`).
+    From(Arc<Census>),
+}
+
+impl ActiveFlows {
+    /// For `list --stats` of balancer `id`: `lbctl run`'s census while it
+    /// is fresh, else a count now.
+    pub fn for_listing(id: u32) -> Result<ActiveFlows> {
+        Ok(match Census::load(id)? {
+            Some(c) if c.fresh() => ActiveFlows::From(Arc::new(c)),
+            _ => ActiveFlows::CountNow,
+        })
+    }
+}
+
+/// When the open flows of a snapshot were counted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FlowsCounted {
+    /// When the count began.
+    pub at: SystemTime,
+    /// How long it took.
+    pub took: Duration,
+    /// Whether it is `lbctl run`'s census (else counted for this snapshot).
+    pub by_census: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     /// By VIP index.
@@ -71,21 +104,29 @@ pub struct Snapshot {
     pub verdicts: Vec<(&'static str, u64)>,
     pub flow_cache: Option<FlowCacheStats>,
     pub datapath: Option<DatapathStats>,
+    /// None when open flows were not asked for.
+    pub flows_counted: Option<FlowsCounted>,
 }
 
 impl Snapshot {
-    /// Reads the maps (and, with `active_flows`, the calling thread's
-    /// conntrack table).
-    pub fn read(maps: &Maps, active_flows: bool) -> Result<Snapshot> {
+    /// Reads the maps, and the open flows per backend from `active_flows`.
+    pub fn read(maps: &Maps, active_flows: &ActiveFlows) -> Result<Snapshot> {
         let run = maps.running()?;
-        let flows: Option<HashMap<(Service, SocketAddr), u64>> = if active_flows {
-            Some(
-                conntrack::active_flows_by_backend()
-                    .context("reading conntrack entries (ctnetlink)")?,
-            )
-        } else {
-            None
+        let counted_now;
+        let census = match active_flows {
+            ActiveFlows::Skip => None,
+            ActiveFlows::CountNow => {
+                counted_now = Census::take()?;
+                Some((&counted_now, false))
+            }
+            ActiveFlows::From(c) => Some((c.as_ref(), true)),
         };
+        let flows_counted = census.map(|(c, by_census)| FlowsCounted {
+            at: c.taken,
+            took: c.took,
+            by_census,
+        });
+        let flows = census.map(|(c, _)| &c.flows);
         let expired = crate::host::expired::read(maps.balancer_id()?)?;
         let mut vips = Vec::new();
         for vip in run.vips.iter() {
@@ -125,6 +166,7 @@ impl Snapshot {
             verdicts: maps.reason_counts()?,
             flow_cache,
             datapath,
+            flows_counted,
         })
     }
 }

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::PathBuf;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lbctl_lab::clients::{self, ClientError, EchoConfig, LongConn};
 use lbctl_lab::lbctl_run::LbctlRun;
@@ -369,6 +369,27 @@ fn scrape(lab: &Lab) -> BTreeMap<String, f64> {
     lbctl_lab::metrics::scrape(lab.balancer_ns(), METRICS_PORT)
 }
 
+/// Scrapes until lbctl run's census of open flows began after `t` (it
+/// counts every 5 s on a small table); the scrape.
+fn wait_for_census_after(lab: &Lab, t: SystemTime) -> BTreeMap<String, f64> {
+    let t = t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    let deadline = Instant::now() + clients::scaled(Duration::from_secs(20));
+    loop {
+        let m = scrape(lab);
+        let at = m
+            .get("lbctl_active_flows_counted_timestamp_seconds")
+            .copied();
+        if at.is_some_and(|at| at > t) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no census of open flows after {t}: the last began at {at:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn json_num(json: &str, key: &str) -> u64 {
     let at = json
         .find(&format!("\"{key}\":"))
@@ -414,6 +435,42 @@ fn reload_restart_and_metrics_keep_every_connection() {
     svc.wait_for_log("SIGHUP: reloading", Duration::from_secs(5));
     assert!(lbctl(&lab, &["list"]).contains(&lab.backend_addr(3).to_string()));
     file.write(&config(&lab, TCP_CHECK, &[(1, 3), (2, 1), (3, 1)]));
+
+    // Open flows come from lbctl run's census of the table: one begun
+    // after the short connections above ended counts what `lbctl conns`
+    // lists, backend by backend (the 30 long connections; the short ones
+    // are closing, counted by neither).
+    let census = wait_for_census_after(&lab, SystemTime::now());
+    let flows: serde_json::Value =
+        serde_json::from_str(&lbctl(&lab, &["conns", "--json"])).unwrap();
+    let mut listed: BTreeMap<String, u64> = BTreeMap::new();
+    for f in flows["flows"].as_array().unwrap() {
+        if f["state"] != "closing" {
+            *listed
+                .entry(f["backend"].as_str().unwrap().into())
+                .or_default() += 1;
+        }
+    }
+    let counted: BTreeMap<String, u64> = census
+        .iter()
+        .filter(|(k, v)| k.starts_with("lbctl_backend_active_flows{") && **v > 0.0)
+        .map(|(k, v)| {
+            let b = k
+                .split("backend=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            (b.to_string(), *v as u64)
+        })
+        .collect();
+    assert_eq!(
+        counted, listed,
+        "open flows per backend: census (left), lbctl conns (right)"
+    );
+    let list = lbctl(&lab, &["list", "--stats"]);
+    assert!(list.contains("as lbctl run counted them"), "{list}");
 
     // Metrics against list --stats --json while 30 connections talk.
     let active = compare_metrics(&lab, false);

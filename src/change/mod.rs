@@ -245,6 +245,7 @@ impl Session {
                 }
                 Step::ClearRecords => {
                     let _ = record::clear();
+                    let _ = state::clear(state::Kind::Census);
                 }
                 Step::WriteRecord => {
                     if let Some(d) = &fx.record {

@@ -27,7 +27,7 @@ pub enum Step {
     ExpireGoneFlows,
     /// Forget the node drain (the balancer it was about is gone).
     ClearDrain,
-    /// Forget the service's health records (same).
+    /// Forget the service's health records and census (same).
     ClearRecords,
     /// Record the file's health checks for `save`.
     WriteRecord,

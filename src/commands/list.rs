@@ -14,10 +14,13 @@ use serde::Serialize;
 use super::open_for_reading;
 use crate::datapath::counters::Counters;
 use crate::datapath::repair;
+use crate::host::census;
 use crate::host::{drain, routes};
 use crate::model::{Affinity, Health, ListOptions, NatMode, Proto};
 use crate::prefix;
-use crate::snapshot::{BackendView, DatapathStats, FlowCacheStats, Snapshot};
+use crate::snapshot::{
+    ActiveFlows, BackendView, DatapathStats, FlowCacheStats, FlowsCounted, Snapshot,
+};
 
 /// Packets, bytes and new flows per second over an interval.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -114,6 +117,30 @@ struct ListJson {
     /// Seconds the rates were measured over (--rate).
     #[serde(skip_serializing_if = "Option::is_none")]
     interval_s: Option<f64>,
+    /// When the backends' `active_flows` were counted (--stats).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    active_flows_counted: Option<CountedJson>,
+}
+
+#[derive(Serialize)]
+struct CountedJson {
+    /// Unix time the count began.
+    at: f64,
+    /// Seconds since.
+    age_s: f64,
+    /// Seconds the count took.
+    took_s: f64,
+    /// `lbctl run`'s census, or this listing's own count.
+    by: &'static str,
+}
+
+fn counted_json(c: &FlowsCounted) -> CountedJson {
+    CountedJson {
+        at: census::unix_seconds(c.at),
+        age_s: c.at.elapsed().unwrap_or_default().as_secs_f64(),
+        took_s: c.took.as_secs_f64(),
+        by: if c.by_census { "lbctl run" } else { "listing" },
+    }
 }
 
 /// Rates per VIP index and per backend id.
@@ -126,13 +153,18 @@ struct Rates {
 
 pub fn run(opts: &ListOptions) -> Result<()> {
     let b = open_for_reading()?;
+    let flows = if opts.stats {
+        ActiveFlows::for_listing(b.maps.balancer_id()?)?
+    } else {
+        ActiveFlows::Skip
+    };
     let (snap, rates) = match opts.rate {
-        None => (Snapshot::read(&b.maps, opts.stats)?, None),
+        None => (Snapshot::read(&b.maps, &flows)?, None),
         Some(interval) => {
-            let before = Snapshot::read(&b.maps, false)?;
+            let before = Snapshot::read(&b.maps, &ActiveFlows::Skip)?;
             let started = Instant::now();
             std::thread::sleep(interval);
-            let after = Snapshot::read(&b.maps, opts.stats)?;
+            let after = Snapshot::read(&b.maps, &flows)?;
             let secs = started.elapsed().as_secs_f64();
             let rates = rates(&before, &after, secs);
             (after, Some(rates))
@@ -255,6 +287,7 @@ fn list_json(
         flow_cache: if stats { snap.flow_cache } else { None },
         datapath: if stats { snap.datapath } else { None },
         interval_s: rates.map(|r| r.interval_s),
+        active_flows_counted: snap.flows_counted.as_ref().map(counted_json),
     }
 }
 
@@ -358,6 +391,14 @@ fn render_table(snap: &Snapshot, stats: bool, rates: Option<&Rates>, now: u64) -
                 health_text(be, now)
             );
         }
+    }
+    if let Some(c) = snap.flows_counted.filter(|c| stats && c.by_census) {
+        let age = c.at.elapsed().unwrap_or_default().as_secs();
+        let _ = writeln!(
+            s,
+            "Active: open flows as lbctl run counted them {age}s ago (a count of the table every {}s)",
+            census::period(c.took).as_secs()
+        );
     }
     s
 }

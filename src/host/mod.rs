@@ -3,6 +3,7 @@
 //!
 //! | file | owns |
 //! |---|---|
+//! | `census.rs` | open flows per backend as `lbctl run` last counted them (a state file) |
 //! | `conntrackd.rs` | conntrackd's sync statistics, from its control socket |
 //! | `iface.rs` | interfaces, forwarding sysctls, XDP attachment (netlink) |
 //! | `neighbour.rs` | managed neighbour entries for backends' next hops |
@@ -14,6 +15,7 @@
 //! | `record.rs` | the health checks last applied (a state file) |
 //! | `expired.rs` | the entries `--on-backend-gone` removed, per VIP (a state file) |
 
+pub mod census;
 pub mod conntrackd;
 pub mod drain;
 pub mod expired;

@@ -1,6 +1,7 @@
 //! State files under /run/lbctl: what lbctl keeps about a balancer outside
 //! its maps (the drain record, `drain.rs`; the health checks last applied,
-//! `record.rs`; a change under way, `change::Session::run`). One file per kind and balancer, named
+//! `record.rs`; a change under way, `change::Session::run`; the open flows
+//! `lbctl run` last counted, `census.rs`). One file per kind and balancer, named
 //! `KIND-<netns cookie>-<balancer id>`:
 //!
 //! - the balancer id (`Maps::balancer_id`, its settings map's id) is what
@@ -42,6 +43,8 @@ pub enum Kind {
     Expiring,
     /// How many entries `--on-backend-gone` removed, per VIP (`expired.rs`).
     Expired,
+    /// Open flows per backend as `lbctl run` last counted them (`census.rs`).
+    Census,
 }
 
 impl Kind {
@@ -52,12 +55,13 @@ impl Kind {
             Kind::Changing => "changing",
             Kind::Expiring => "expiring",
             Kind::Expired => "expired",
+            Kind::Census => "census",
         }
     }
 
     fn suffix(self) -> &'static str {
         match self {
-            Kind::Drained | Kind::Changing | Kind::Expiring | Kind::Expired => "",
+            Kind::Drained | Kind::Changing | Kind::Expiring | Kind::Expired | Kind::Census => "",
             Kind::Health => ".toml",
         }
     }
@@ -225,6 +229,7 @@ fn balancer_of(name: &str) -> Option<Key> {
         Kind::Changing,
         Kind::Expiring,
         Kind::Expired,
+        Kind::Census,
     ]
     .iter()
     .find_map(|k| name.strip_prefix(k.prefix())?.strip_prefix('-'))?;

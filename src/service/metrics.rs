@@ -2,6 +2,7 @@
 //! prometheus-client crate). Every value but the health-check latency is
 //! read from the balancer at the moment of the scrape, through the same
 //! `Snapshot` that `lbctl list --stats --json` prints, so the two agree.
+//! The open flows are the exception: counted in the background (below).
 //! The responder is minimal HTTP/1.1 on a std TcpListener: GET /metrics
 //! only, one request per connection, read-only, a thread per connection (at
 //! most 256 at once) so idle and slow clients delay no scrape; a request
@@ -17,7 +18,10 @@
 //! `lbctl_vip_expired_flows_total{vip,proto}` (entries `--on-backend-gone`
 //! removed; only VIPs whose policy removes them),
 //! `lbctl_backend_weight`, `lbctl_backend_up` (1 up, 0 down; only for
-//! checked backends), `lbctl_backend_active_flows`,
+//! checked backends), `lbctl_backend_active_flows` (from `lbctl run`'s
+//! census of the conntrack table, `host::census`: a scrape costs the same
+//! at any table size) with `lbctl_active_flows_counted_timestamp_seconds`
+//! and `lbctl_active_flows_count_duration_seconds`,
 //! `lbctl_health_check_duration_seconds` (histogram),
 //! `lbctl_verdicts_total{reason}` (reason: the C enum name without `LB_`,
 //! lower case), `lbctl_flow_cache_{hits,misses,stores}_total`,
@@ -57,10 +61,13 @@ use prometheus_client::registry::Registry;
 use crate::datapath::balancer::Balancer;
 use crate::datapath::counters::Counters;
 use crate::datapath::maps::Maps;
+use crate::host::census;
 use crate::host::drain;
 use crate::host::routes as host_routes;
 use crate::model::{Health, Service};
-use crate::snapshot::{BackendView, Snapshot, VipView};
+use crate::snapshot::{ActiveFlows, BackendView, Snapshot, VipView};
+
+use super::census::Latest;
 
 use super::replication::{Replication, Watch};
 
@@ -75,6 +82,9 @@ pub struct Metrics {
     last_reload: Family<Labels, Gauge<f64, AtomicU64>>,
     /// conntrackd's sync, where `lbctl run` watches it.
     replication: Option<Watch>,
+    /// The open flows per backend as `lbctl run` last counted them
+    /// (`census::Census`); until the first count, a scrape counts itself.
+    census: Option<Latest>,
 }
 
 /// A reload's outcome, the `outcome` label.
@@ -90,6 +100,7 @@ impl Default for Metrics {
             reloads: Family::default(),
             last_reload: Family::default(),
             replication: None,
+            census: None,
         };
         // Both outcomes from the start, so `increase()` sees the first one.
         for outcome in OUTCOMES {
@@ -141,10 +152,20 @@ impl Metrics {
         self
     }
 
+    /// Shows the open flows per backend from `latest`'s census.
+    pub fn with_census(mut self, latest: Latest) -> Metrics {
+        self.census = Some(latest);
+        self
+    }
+
     /// The exposition text for this moment.
     pub fn render(&self) -> Result<String> {
         let b = Balancer::require()?;
-        let snap = Snapshot::read(&b.maps, true)?;
+        let flows = match self.census.as_ref().and_then(Latest::get) {
+            Some(c) => ActiveFlows::From(c),
+            None => ActiveFlows::CountNow,
+        };
+        let snap = Snapshot::read(&b.maps, &flows)?;
         let mut registry = Registry::default();
         registry.register(
             "lbctl_health_check_duration_seconds",
@@ -678,7 +699,7 @@ impl Collector for SnapshotCollector {
             ),
             (
                 "lbctl_backend_active_flows",
-                "lbctl's conntrack entries to the backend with no FIN or RST seen",
+                "lbctl's conntrack entries to the backend with no FIN or RST seen, when last counted (lbctl_active_flows_counted_timestamp_seconds)",
                 |b| Some(b.active_flows.unwrap_or(0) as i64),
             ),
         ];
@@ -686,6 +707,22 @@ impl Collector for SnapshotCollector {
             per_backend(&mut enc, s, (name, help, g), |b| {
                 get(b).map(ConstGauge::new)
             })?;
+        }
+        if let Some(counted) = s.flows_counted {
+            for (name, help, v) in [
+                (
+                    "lbctl_active_flows_counted_timestamp_seconds",
+                    "Unix time the open flows (lbctl_backend_active_flows) were counted: lbctl run counts the conntrack table in the background",
+                    census::unix_seconds(counted.at),
+                ),
+                (
+                    "lbctl_active_flows_count_duration_seconds",
+                    "How long that count of the conntrack table took",
+                    counted.took.as_secs_f64(),
+                ),
+            ] {
+                family(&mut enc, name, help, g, vec![(Labels::new(), ConstGauge::new(v))])?;
+            }
         }
         // One sample per state, 1 for the backend's: alerts match
         // {state="down"} == 1, and unchecked backends are there too.
@@ -770,7 +807,10 @@ mod tests {
     use crate::datapath::codec::{BackendEntry, VipEntry};
     use crate::datapath::counters::Counters;
     use crate::model::{Health, NatMode, Proto, Service};
-    use crate::snapshot::{BackendView, DatapathStats, FlowCacheStats, Snapshot, VipView};
+    use crate::snapshot::{
+        BackendView, DatapathStats, FlowCacheStats, FlowsCounted, Snapshot, VipView,
+    };
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn counters(n: u64) -> Counters {
         Counters {
@@ -843,6 +883,11 @@ mod tests {
                 ct_full: 22,
                 stateless: 23,
                 unverified_closes: 24,
+            }),
+            flows_counted: Some(FlowsCounted {
+                at: UNIX_EPOCH + Duration::from_millis(1_733_450_000_250),
+                took: Duration::from_millis(402),
+                by_census: true,
             }),
         };
         let mut registry = Registry::default();

@@ -9,12 +9,14 @@
 //! | `running.rs` | the maps → a `Desired` (`lbctl save`) |
 //! | `run.rs` | `lbctl run`: the loop, reloads, exit |
 //! | `health/` | health checks: probes, rise/fall, the schedule |
+//! | `census.rs` | counting open flows per backend in the background |
 //! | `replication.rs` | watching conntrackd's sync for `/metrics` |
 //! | `metrics.rs` | `GET /metrics`: Prometheus text from a `Snapshot` |
 //! | `signals.rs` | SIGHUP, SIGTERM, SIGINT as messages |
 //! | `notify.rs` | systemd's readiness protocol (NOTIFY_SOCKET) |
 
 pub mod apply;
+pub mod census;
 pub mod health;
 pub mod metrics;
 pub mod notify;

@@ -11,7 +11,9 @@
 //!    configuration (a new `lbctl run` picks it up with no connection
 //!    reset), or with `--detach-on-exit` detach from the file's
 //!    interfaces, and with `--withdraw-on-exit` withdraw every VIP route;
-//! 5. VIP routes (`routes.rs`): reconciled after every change it makes
+//! 5. open flows per backend counted in the background (`census.rs`), for
+//!    `/metrics` and `list --stats`;
+//! 6. VIP routes (`routes.rs`): reconciled after every change it makes
 //!    (apply, reload, health change) and once a second, which puts right
 //!    what a killed lbctl or someone else's `ip route` left, and honours a
 //!    node drain (`lbctl drain`).
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use super::census::Latest;
 use super::health::schedule::{CheckResult, Checker};
 use super::health::tracker::Tracker;
 use super::health::Target;
@@ -89,10 +92,13 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         attached,
         opts.file.display()
     ));
+    // Open flows are counted in the background, for /metrics and `list
+    // --stats` alike.
+    let metrics = Metrics::default().with_census(Latest::spawn());
     let metrics = match listener {
         // Watched only where it is shown.
-        Some(_) => Metrics::default().with_replication(Watch::spawn(opts.conntrackd.clone())),
-        None => Metrics::default(),
+        Some(_) => metrics.with_replication(Watch::spawn(opts.conntrackd.clone())),
+        None => metrics,
     };
     if let Some(l) = listener {
         let at = l.local_addr()?;

@@ -35,6 +35,8 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, ValueEnum};
 use lbctl::datapath::load;
 use lbctl::datapath::maps::Maps;
+use lbctl::host::census::Census;
+use lbctl::snapshot::{ActiveFlows, Snapshot};
 
 use lbctl_bench::frames::{self, Flow, ACK, SYN};
 use lbctl_bench::harness::{
@@ -235,6 +237,11 @@ enum Msg {
         /// lbctl's flows among them, and how long reading them took.
         flows: usize,
         conns_ms: f64,
+        /// What a scrape or `list --stats` reads: a snapshot of the maps,
+        /// its open flows from a census (as `lbctl run` serves them) and
+        /// counted from the table (as before the census).
+        census_snapshot_ms: f64,
+        counting_snapshot_ms: f64,
         realtime: bool,
     },
     Round(Vec<(Class, Sample)>),
@@ -355,6 +362,8 @@ fn run(args: &Args) -> Result<()> {
             entries,
             flows,
             conns_ms,
+            census_snapshot_ms,
+            counting_snapshot_ms,
             realtime: rt,
         }) = ready
         else {
@@ -363,7 +372,9 @@ fn run(args: &Args) -> Result<()> {
         };
         println!(
             "{}: configured in {setup_s:.1} s, {entries} conntrack entries; \
-             reading them as `lbctl conns` does took {conns_ms:.0} ms ({flows} lbctl flows)",
+             reading them as `lbctl conns` does took {conns_ms:.0} ms ({flows} lbctl flows); \
+             a snapshot for a scrape or `list --stats` took {census_snapshot_ms:.1} ms \
+             with open flows from a census, {counting_snapshot_ms:.0} ms counting them",
             cfg.name
         );
         setups.push(setup_s);
@@ -426,6 +437,22 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Milliseconds a snapshot of the maps took (each the best of 5), its open
+/// flows from a census and counted from the table.
+fn snapshot_times(maps: &Maps) -> Result<(f64, f64)> {
+    let census = ActiveFlows::From(std::sync::Arc::new(Census::take()?));
+    let best = |flows: &ActiveFlows| -> Result<f64> {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let started = Instant::now();
+            Snapshot::read(maps, flows)?;
+            best = best.min(started.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(best)
+    };
+    Ok((best(&census)?, best(&ActiveFlows::CountNow)?))
+}
+
 fn join_error(handle: std::thread::JoinHandle<Result<()>>, name: &str) -> anyhow::Error {
     match handle.join() {
         Ok(Err(e)) => e.context(format!("configuration {name:?}")),
@@ -471,6 +498,7 @@ fn worker(
     let started = Instant::now();
     let flows = lbctl::conntrack::lbctl_flows()?.len();
     let conns_ms = started.elapsed().as_secs_f64() * 1e3;
+    let (census_snapshot_ms, counting_snapshot_ms) = snapshot_times(&bench.maps)?;
     // Where real-time scheduling is not allowed (a container without RT
     // bandwidth), measure at normal priority and say so.
     let realtime = bench.opts.realtime
@@ -482,6 +510,8 @@ fn worker(
         entries,
         flows,
         conns_ms,
+        census_snapshot_ms,
+        counting_snapshot_ms,
         realtime,
     };
     if out.send(ready).is_err() {
