@@ -121,6 +121,16 @@ fn a_syn_on_a_closed_flows_tuple_is_balanced_anew() {
         // Its next packets follow the new entry.
         let (_, out) = lb.run(&Packet::tcp(CLIENT, VIP, ACK).build());
         assert_eq!(parse(&out).dst, other);
+        // Closed again, the tuple reused again: the same backend this
+        // time (the table still picks it), the entry made anew.
+        lb.run(&Packet::tcp(CLIENT, VIP, FIN | ACK).build());
+        let (action, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
+        assert_eq!(action, XDP_REDIRECT, "{:?}", lb.maps.reason_counts());
+        assert_eq!(parse(&out).dst, other);
+        let now = entries();
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert_eq!(mark(&now[0]) & LB_MARK_CLOSING, 0, "open: {now:?}");
+        assert_eq!(lb.maps.vip_counters(0).unwrap().new_flows, new_flows + 2);
     });
 }
 
