@@ -47,20 +47,8 @@ pub fn short_tcp_answers(
 ) -> Result<Vec<(u16, String)>, ClientError> {
     (0..n)
         .map(|k| {
-            let payload = format!("req {k}");
-            let mut stream = connect(addr, port, timeout)
-                .map_err(|e| ClientError::Protocol(format!("connection {k} of {n}: {e}")))?;
-            let sport = stream.local_addr()?.port();
-            let backend = read_hello(&mut stream)
-                .and_then(|b| {
-                    stream.write_all(payload.as_bytes())?;
-                    expect_echo(&mut stream, payload.as_bytes(), Instant::now() + timeout)?;
-                    Ok(b)
-                })
-                .map_err(|e| {
-                    ClientError::Protocol(format!("connection {k} of {n} (port {sport}): {e}"))
-                })?;
-            Ok((sport, backend))
+            tcp_echo_from(addr, port, format!("req {k}").as_bytes(), timeout)
+                .map_err(|e| ClientError::Protocol(format!("connection {k} of {n}: {e}")))
         })
         .collect()
 }
@@ -203,11 +191,22 @@ pub fn tcp_echo(
     payload: &[u8],
     timeout: Duration,
 ) -> Result<String, ClientError> {
+    tcp_echo_from(addr, port, payload, timeout).map(|(_, backend)| backend)
+}
+
+/// `tcp_echo`, also saying the client port it used.
+pub fn tcp_echo_from(
+    addr: impl Into<IpAddr>,
+    port: u16,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<(u16, String), ClientError> {
     let mut stream = connect(addr, port, timeout)?;
+    let sport = stream.local_addr()?.port();
     let backend = read_hello(&mut stream)?;
     stream.write_all(payload)?;
     expect_echo(&mut stream, payload, Instant::now() + timeout)?;
-    Ok(backend)
+    Ok((sport, backend))
 }
 
 /// Reads `expected.len()` bytes by `deadline` and compares them with `expected`.
