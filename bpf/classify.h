@@ -44,30 +44,66 @@ static __always_inline bool maybe_ours(const struct packet *pkt)
 }
 
 /* The element of map (vips or reply_sources) keyed by an endpoint of the
- * packet, or NULL. The hash lookup only if the prefilter (set) says the
- * address may be there. addr and port point into the packet: the port is
- * read only for an address the prefilter lets through. */
+ * packet, or NULL; where none has the packet's port, the port-less one
+ * (port 0: an all-port or port-range VIP, a backend of one). The hash
+ * lookups only if the prefilter (set) says the address may be there. addr
+ * and port point into the packet: the port is read only for an address the
+ * prefilter lets through. *port_less: which of the two was found. */
 static __always_inline void *lookup_endpoint(void *map, __u32 set, const __be32 *addr,
-					     const __be16 *port, const struct packet *pkt)
+					     const __be16 *port, __u8 proto, __u8 family,
+					     bool *port_less)
 {
 	struct lb_endpoint key;
+	void *found;
 
-	if (!maybe_listed(set, addr, pkt->family))
+	*port_less = false;
+	if (!maybe_listed(set, addr, family))
 		return NULL;
-	endpoint_of(&key, addr, *port, pkt->proto, pkt->family);
+	endpoint_of(&key, addr, *port, proto, family);
+	found = bpf_map_lookup_elem(map, &key);
+	if (found || !key.port)
+		return found;
+	key.port = 0;
+	*port_less = true;
 	return bpf_map_lookup_elem(map, &key);
+}
+
+/* Is port (network order) one of the port-less VIP's? */
+static __always_inline bool vip_takes_port(const struct lb_vip *vip, __be16 port)
+{
+	const struct lb_vip_ports *ports = bpf_map_lookup_elem(&vip_ports, &vip->index);
+	__u16 p = bpf_ntohs(port);
+
+	return ports && p >= ports->first && p <= ports->last;
+}
+
+/* The VIP at addr:port (network order), or NULL: the VIP of that port, or
+ * else the port-less VIP of that address whose ports include it. */
+static __always_inline struct lb_vip *vip_at(const __be32 *addr, const __be16 *port,
+					     __u8 proto, __u8 family)
+{
+	struct lb_vip *vip;
+	bool port_less;
+
+	vip = lookup_endpoint(&vips, LB_PREFILTER_DST, addr, port, proto, family, &port_less);
+	if (vip && port_less && !vip_takes_port(vip, *port))
+		return NULL;
+	return vip;
 }
 
 /* The VIP the packet is addressed to, or NULL. */
 static __always_inline struct lb_vip *find_vip(const struct packet *pkt)
 {
-	return lookup_endpoint(&vips, LB_PREFILTER_DST, pkt->daddr, &pkt->ports[1], pkt);
+	return vip_at(pkt->daddr, &pkt->ports[1], pkt->proto, pkt->family);
 }
 
 /* The backend the packet comes from (so it may be a reply), or NULL. */
 static __always_inline struct lb_reply_source *from_backend(const struct packet *pkt)
 {
-	return lookup_endpoint(&reply_sources, LB_PREFILTER_SRC, pkt->saddr, &pkt->ports[0], pkt);
+	bool port_less;
+
+	return lookup_endpoint(&reply_sources, LB_PREFILTER_SRC, pkt->saddr, &pkt->ports[0],
+			       pkt->proto, pkt->family, &port_less);
 }
 
 #endif /* LB_CLASSIFY_H */

@@ -136,6 +136,14 @@ pick_backend(const struct packet *pkt, const struct lb_vip *vip, __u32 seed,
 	return bpf_map_lookup_elem(&backends, &id);
 }
 
+/* The port a flow to port dport (network order) of a VIP reaches its
+ * backend on: the backend's own, or, for a backend of a port-less VIP, the
+ * VIP's port the client chose. */
+static __always_inline __be16 backend_port(const struct lb_backend *be, __be16 dport)
+{
+	return be->ep.port ? be->ep.port : dport;
+}
+
 /* Create the entry with its NAT and insert it. Returns the inserted entry,
  * or the one another CPU inserted first for the same tuple; else NULL and in
  * *why: LB_DROP_CT_FAILED when the kernel could not allocate one (the table
@@ -144,7 +152,7 @@ pick_backend(const struct packet *pkt, const struct lb_vip *vip, __u32 seed,
  * that share a backend): the table has room, so no flood mode. */
 static __always_inline struct nf_conn *
 ct_create(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u32 tuple_sz, __u8 proto,
-	  const struct lb_vip *vip, const struct lb_backend *be, __u32 mark,
+	  __be16 dport, const struct lb_vip *vip, const struct lb_backend *be, __u32 mark,
 	  __u32 timeout_s, __u8 *dir, int *why)
 {
 	struct bpf_ct_opts___local opts = { .netns_id = -1, .l4proto = proto };
@@ -160,7 +168,10 @@ ct_create(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u32 tuple_sz, __u8 pro
 	/* 16 bytes for either family: the maps hold IPv4 in the first 4 and
 	 * zeros after, as union nf_inet_addr does. */
 	__builtin_memcpy(&addr, be->ep.addr, sizeof(addr));
-	err = bpf_ct_set_nat_info(init, &addr, bpf_ntohs(be->ep.port), NF_NAT_MANIP_DST);
+	/* The port always given: left out, the kernel could move a clashing
+	 * flow to another port of a port-less backend. */
+	err = bpf_ct_set_nat_info(init, &addr, bpf_ntohs(backend_port(be, dport)),
+				  NF_NAT_MANIP_DST);
 	if (!err && (vip->flags & LB_VIP_FULLNAT)) {
 		__builtin_memcpy(&addr, vip->snat_addr, sizeof(addr));
 		/* port -1: keep the client's port if free, else the kernel picks one */
@@ -329,14 +340,15 @@ static __always_inline void stateless_flow(const struct packet *pkt, const struc
 
 	if (reply) {
 		__builtin_memcpy(f->saddr, be->vip.addr, sizeof(f->saddr));
-		f->sport = be->vip.port;
+		/* A port-less VIP's backend answers from the client's VIP port. */
+		f->sport = be->vip.port ? be->vip.port : pkt->ports[0];
 		addr_load(f->daddr, pkt->daddr, pkt->family);
 		f->dport = pkt->ports[1];
 	} else {
 		addr_load(f->saddr, pkt->saddr, pkt->family);
 		f->sport = pkt->ports[0];
 		__builtin_memcpy(f->daddr, be->ep.addr, sizeof(f->daddr));
-		f->dport = be->ep.port;
+		f->dport = backend_port(be, pkt->ports[1]);
 	}
 	f->mark = mark;
 	f->keep_dst = false;
@@ -347,11 +359,14 @@ static __always_inline void stateless_flow(const struct packet *pkt, const struc
 		c->stateless += 1;
 }
 
-static __always_inline bool endpoint_equal(const struct lb_endpoint *a,
-					   const struct lb_endpoint *b)
+/* Is ep where backend `be` is (any port, for a backend of a port-less
+ * VIP)? */
+static __always_inline bool backend_at(const struct lb_endpoint *be,
+				       const struct lb_endpoint *ep)
 {
-	return addr6_equal((const __be32 *)a->addr, (const __be32 *)b->addr) &&
-	       a->port == b->port && a->proto == b->proto && a->family == b->family;
+	return addr6_equal((const __be32 *)be->addr, (const __be32 *)ep->addr) &&
+	       (!be->port || be->port == ep->port) && be->proto == ep->proto &&
+	       be->family == ep->family;
 }
 
 /* An entry replicated from a peer balancer (conntrackd: README, "Stateful
@@ -387,10 +402,14 @@ __noinline __u32 mark_of_this_balancer(const struct flow *f, const struct lb_vip
 	ep.family = how & 0xff;
 	id = (mark & LB_MARK_BACKEND_MASK) - 1;
 	be = bpf_map_lookup_elem(&backends, &id);
-	if (be && be->vip_index == vip_index && endpoint_equal(&be->ep, &ep))
+	if (be && be->vip_index == vip_index && backend_at(&be->ep, &ep))
 		return mark;
 	mark &= ~(LB_MARK_BACKEND_MASK | (LB_MARK_VIP_MASK << LB_MARK_VIP_SHIFT));
 	src = bpf_map_lookup_elem(&reply_sources, &ep);
+	if (!src) { /* a backend of a port-less VIP */
+		ep.port = 0;
+		src = bpf_map_lookup_elem(&reply_sources, &ep);
+	}
 	if (src && src->backend_id != LB_NO_BACKEND) {
 		id = src->backend_id;
 		be = bpf_map_lookup_elem(&backends, &id);
@@ -422,6 +441,8 @@ static __always_inline void flood_reply_remember(const struct packet *pkt,
 		return;
 	endpoint_of(&s->flood_key.client, pkt->saddr, pkt->ports[0], pkt->proto, pkt->family);
 	s->flood_key.backend = be->ep;
+	/* As the replies name it: a port-less backend's port is the client's. */
+	s->flood_key.backend.port = backend_port(be, pkt->ports[1]);
 	had = bpf_map_lookup_elem(&flood_replies, &s->flood_key);
 	if (!had || had->backend_id != want.backend_id || had->vip_index != want.vip_index)
 		bpf_map_update_elem(&flood_replies, &s->flood_key, &want, BPF_ANY);
@@ -447,7 +468,7 @@ static __always_inline __u32 flood_reply_recall(const struct packet *pkt, __u32 
 	be = bpf_map_lookup_elem(&backends, &r->backend_id);
 	/* Removed, or the row reused, since the flow was sent. */
 	if (!be || !(be->flags & LB_BACKEND_IN_USE) || be->vip_index != r->vip_index ||
-	    !endpoint_equal(&be->ep, &s->flood_key.backend))
+	    !backend_at(&be->ep, &s->flood_key.backend))
 		return otherwise;
 	return r->backend_id;
 }
@@ -541,6 +562,12 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 	vip = bpf_map_lookup_elem(&vips, &be->vip);
 	if (!vip)
 		return LB_PASS_REPLY_UNTRACKED;
+	/* A backend of a port-less VIP opens connections of its own from
+	 * ports the VIP takes: its packets are not taken for replies, but for
+	 * flood mode's SYN-ACK (its SYN went there without an entry). */
+	if (!be->ep.port && !(in_flood() && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) ==
+						(TCP_SYN | TCP_ACK)))
+		return LB_PASS_REPLY_UNTRACKED;
 	if (vip->flags & LB_VIP_FULLNAT)
 		return LB_DROP_REPLY_UNTRACKED;
 	if (martian(pkt->daddr, pkt->family))
@@ -552,7 +579,7 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 		 * destination) to the VIP the backend serves. */
 		tuple_sz = ct_tuple(&orig, pkt->family, pkt->daddr, (const __be32 *)be->vip.addr,
 				    pkt->ports[1], be->vip.port);
-		*ct = ct_create(ctx, &orig, tuple_sz, pkt->proto, vip, be,
+		*ct = ct_create(ctx, &orig, tuple_sz, pkt->proto, be->vip.port, vip, be,
 				flow_mark(vip->index, backend_id) | LB_MARK_UNPROVEN,
 				flow_timeout_s(cfg, pkt->proto, LB_MARK_UNPROVEN), dir, &why);
 		if (*ct) {
@@ -645,7 +672,7 @@ static __always_inline int conntrack(struct xdp_md *ctx, const struct packet *pk
 			f->created = true; /* a new flow (a SYN: no flow cache entry) */
 			return LB_CONTINUE;
 		}
-		ct = ct_create(ctx, &tuple, tuple_sz, pkt->proto, vip, be, f->mark,
+		ct = ct_create(ctx, &tuple, tuple_sz, pkt->proto, pkt->ports[1], vip, be, f->mark,
 			       flow_timeout_s(cfg, pkt->proto, f->mark), &dir, &why);
 		if (!ct) {
 			/* Sent on anyway, it would reach the backend on the

@@ -188,10 +188,7 @@ static __always_inline void icmp_rewrite(struct packet *pkt, struct quote *q,
  * as for dnat, it would quote an address the backend never sent from. */
 static __always_inline struct lb_vip *quoted_vip(const struct quote *q, __u8 family)
 {
-	struct lb_endpoint key;
-
-	endpoint_of(&key, q->saddr, q->ports[0], q->proto, family);
-	return bpf_map_lookup_elem(&vips, &key);
+	return vip_at(q->saddr, &q->ports[0], q->proto, family);
 }
 
 /* Called for what parse passed as neither TCP nor UDP. An ICMP or ICMPv6

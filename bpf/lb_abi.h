@@ -58,12 +58,24 @@ enum lb_family {
 	LB_AF_INET6 = 6,
 };
 
-/* An address:port/protocol: a VIP, a backend, or where replies come from. */
+/* An address:port/protocol: a VIP, a backend, or where replies come from.
+ * Port 0 is a port-less VIP (every port of its protocol, or a range of
+ * them: `vip_ports`) or one of its backends, which receive the client's
+ * destination port unchanged. */
 struct lb_endpoint {
 	__u8  addr[16];   /* network order; IPv4 in the first 4 bytes, rest 0 */
-	__u16 port;       /* network order */
+	__u16 port;       /* network order; 0: port-less */
 	__u8  proto;      /* IPPROTO_TCP or IPPROTO_UDP */
 	__u8  family;     /* enum lb_family */
+};
+
+/* Row of `vip_ports`, by VIP index: the destination ports a VIP takes. The
+ * data path reads it only for a port-less VIP (keyed with port 0), found
+ * when no VIP has the packet's own port: a VIP of one port is more specific
+ * and wins. Every port: 0-65535. lbctl writes it before the VIP's row. */
+struct lb_vip_ports {
+	__u16 first;      /* host order */
+	__u16 last;       /* host order, inclusive */
 };
 
 #define LB_VIP_FULLNAT (1u << 0)  /* also rewrite the source to snat_addr */

@@ -39,6 +39,9 @@
 /* VIP address:port/proto -> how to balance it. */
 LB_HASH(struct lb_endpoint, struct lb_vip, LB_MAX_VIPS) vips SEC(".maps");
 
+/* VIP index -> the ports a port-less VIP takes (lb_abi.h). */
+LB_ARRAY(struct lb_vip_ports, LB_MAX_VIPS) vip_ports SEC(".maps");
+
 /* Backend id -> where it is. */
 LB_ARRAY(struct lb_backend, LB_MAX_BACKENDS) backends SEC(".maps");
 

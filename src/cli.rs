@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::model::{
-    parse_endpoint, parse_ip, parse_listen, parse_weight, NatMode, OnBackendGone, Proto, Service,
-    XdpMode, FLOW_CACHE_SIZES,
+    parse_backend, parse_endpoint, parse_ip, parse_listen, parse_vip, parse_weight, NatMode,
+    OnBackendGone, Proto, Service, VipAddr, XdpMode, FLOW_CACHE_SIZES,
 };
 use crate::prefix::Prefix;
 
@@ -208,9 +208,10 @@ pub struct RunArgs {
 
 #[derive(Args, Debug)]
 pub struct ServiceArg {
-    /// VIP address and port, e.g. 198.18.100.1:80 or [2001:db8::1]:80.
-    #[arg(value_parser = parse_endpoint)]
-    pub vip: SocketAddr,
+    /// VIP address and port, e.g. 198.18.100.1:80 or [2001:db8::1]:80; port 0 for every
+    /// port (198.18.100.1:0) or a range (198.18.100.1:8000-8099).
+    #[arg(value_parser = parse_vip)]
+    pub vip: VipAddr,
     /// Protocol.
     #[arg(long, default_value = "tcp", value_parser = clap::value_parser!(Proto))]
     pub proto: Proto,
@@ -219,7 +220,7 @@ pub struct ServiceArg {
 impl ServiceArg {
     pub fn service(&self) -> Service {
         Service {
-            addr: self.vip,
+            addr: self.vip.addr,
             proto: self.proto,
         }
     }
@@ -323,8 +324,9 @@ pub struct AffinityArg {
 pub struct BackendArg {
     #[command(flatten)]
     pub service: ServiceArg,
-    /// Backend address and port, e.g. 198.18.1.11:8080.
-    #[arg(value_parser = parse_endpoint)]
+    /// Backend address and port, e.g. 198.18.1.11:8080; the address alone for a VIP of
+    /// every port or a range (its backends get the client's port).
+    #[arg(value_parser = parse_backend)]
     pub backend: SocketAddr,
 }
 

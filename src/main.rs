@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Error, Result};
 use clap::Parser;
 use lbctl::cli::{
-    AffinityArg, AttachArgs, BackendCommand, Cli, Command, RunArgs, Shell, VipCommand,
+    AffinityArg, AttachArgs, BackendCommand, Cli, Command, RunArgs, ServiceArg, Shell, VipCommand,
 };
 use lbctl::model::{
-    check_same_family, Affinity, AttachOptions, Desired, FlowFilter, FlowQuery, ListOptions,
-    OnBackendGone, Service, Timeouts, VipSpec,
+    check_same_family, vip_name, Affinity, AttachOptions, Desired, FlowFilter, FlowQuery,
+    ListOptions, OnBackendGone, Ports, Service, Timeouts, VipSpec,
 };
 use lbctl::prefix::Prefix;
 use lbctl::service::run::RunOptions;
@@ -108,6 +108,7 @@ fn request(command: Command) -> Result<Request> {
             max_new_flows,
         }) => Request::VipAdd(
             VipSpec::new(service.service(), mode, snat, table_size)?
+                .with_ports(service.vip.ports)
                 .with_affinity(affinity_of(&affinity)?)
                 .with_on_backend_gone(on_backend_gone.unwrap_or_default())
                 .with_max_new_flows(limit_of(max_new_flows)?.flatten())
@@ -122,7 +123,7 @@ fn request(command: Command) -> Result<Request> {
             on_backend_gone,
             max_new_flows,
         }) => {
-            let service = service.service();
+            let service = named(&service)?;
             let affinity = (affinity.affinity.is_some() || affinity.affinity_prefix6.is_some())
                 .then(|| affinity_of(&affinity))
                 .transpose()?;
@@ -149,13 +150,13 @@ fn request(command: Command) -> Result<Request> {
                 limit_of(max_new_flows)?,
             )
         }
-        Command::Vip(VipCommand::Del { service }) => Request::VipDel(service.service()),
-        Command::Vip(VipCommand::Show { service }) => Request::VipShow(service.service()),
+        Command::Vip(VipCommand::Del { service }) => Request::VipDel(named(&service)?),
+        Command::Vip(VipCommand::Show { service }) => Request::VipShow(named(&service)?),
         Command::Backend(cmd) => {
             let (BackendCommand::Add { target, .. }
             | BackendCommand::Set { target, .. }
             | BackendCommand::Del { target }) = &cmd;
-            let service = target.service.service();
+            let service = named(&target.service)?;
             let backend = target.backend;
             check_same_family(service.addr, backend).map_err(Error::msg)?;
             match cmd {
@@ -214,6 +215,29 @@ fn request(command: Command) -> Result<Request> {
                 .map_err(Error::msg)?,
         ),
     })
+}
+
+/// The VIP a command names. A port-less VIP is keyed by its address and
+/// port 0, whatever its ports: named by a range, it must be the VIP's own.
+fn named(arg: &ServiceArg) -> Result<Service> {
+    let service = arg.service();
+    let ports = arg.vip.ports;
+    if service.addr.port() != 0 || ports == Ports::ALL {
+        return Ok(service);
+    }
+    let b = commands::open_for_reading()?;
+    if let Some(vip) = b.maps.running()?.vip(&service) {
+        if vip.ports != ports {
+            bail!(
+                "no VIP {}: {}'s port-less VIP for {} is {}",
+                vip_name(&service, ports),
+                service.addr.ip(),
+                service.proto,
+                vip_name(&service, vip.ports)
+            );
+        }
+    }
+    Ok(service)
 }
 
 /// Runs the command module that serves a checked request.

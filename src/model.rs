@@ -185,6 +185,134 @@ impl fmt::Display for Service {
     }
 }
 
+/// The destination ports a VIP takes. A VIP of one port is keyed by its
+/// address and that port. A port-less VIP, written with port 0 (every
+/// port) or a range (`198.18.100.1:8000-8099`), is keyed by its address and
+/// port 0: at most one per address and protocol, and a VIP of one port on
+/// the same address wins over it. Its backends have no port: they receive
+/// the client's destination port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ports {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl Ports {
+    /// Every port (`ADDR:0`).
+    pub const ALL: Ports = Ports {
+        first: 0,
+        last: u16::MAX,
+    };
+
+    pub fn one(port: u16) -> Ports {
+        Ports {
+            first: port,
+            last: port,
+        }
+    }
+
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    /// The ports of a VIP keyed by `addr`: its own port, or (port 0) these.
+    pub fn of(addr: SocketAddr, port_less: Ports) -> Ports {
+        match addr.port() {
+            0 => port_less,
+            p => Ports::one(p),
+        }
+    }
+}
+
+/// A VIP as the operator writes it: its key (address and port, 0 for a
+/// port-less VIP) and the ports it takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipAddr {
+    pub addr: SocketAddr,
+    pub ports: Ports,
+}
+
+impl fmt::Display for VipAddr {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let p = self.ports;
+        if self.addr.port() != 0 || p == Ports::ALL {
+            return write!(f, "{}", self.addr);
+        }
+        match self.addr.ip() {
+            IpAddr::V4(ip) => write!(f, "{ip}:{}-{}", p.first, p.last),
+            IpAddr::V6(ip) => write!(f, "[{ip}]:{}-{}", p.first, p.last),
+        }
+    }
+}
+
+/// A VIP with its protocol, as lists and messages write it:
+/// `198.18.100.1:8000-8099/tcp`.
+pub fn vip_name(service: &Service, ports: Ports) -> String {
+    let addr = VipAddr {
+        addr: service.addr,
+        ports,
+    };
+    format!("{addr}/{}", service.proto)
+}
+
+/// A VIP: `198.18.100.1:80`, `198.18.100.1:0` (every port),
+/// `198.18.100.1:8000-8099` (a range), `[2001:db8::1]:80`.
+pub fn parse_vip(s: &str) -> Result<VipAddr, String> {
+    if let Some((host, range)) = s.rsplit_once(':') {
+        if let Some((a, b)) = range.split_once('-') {
+            let ip: IpAddr = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                Some(v6) => v6
+                    .parse()
+                    .map_err(|_| format!("{s}: {v6:?} is not an IPv6 address"))?,
+                None => host
+                    .parse::<std::net::Ipv4Addr>()
+                    .map(IpAddr::V4)
+                    .map_err(|_| {
+                        format!("{s}: {host:?} is not an IPv4 address (IPv6 in brackets)")
+                    })?,
+            };
+            let port = |p: &str| {
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| format!("{s}: bad port {p:?} in the range (use 1-65535)"))
+            };
+            let (first, last) = (port(a)?, port(b)?);
+            if first >= last {
+                return Err(format!(
+                    "{s}: a range goes from a lower port to a higher one, e.g. {host}:8000-8099"
+                ));
+            }
+            return Ok(VipAddr {
+                addr: SocketAddr::new(ip, 0),
+                ports: Ports { first, last },
+            });
+        }
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(VipAddr {
+            addr,
+            ports: Ports::of(addr, Ports::ALL),
+        });
+    }
+    parse_endpoint(s).map(|addr| VipAddr {
+        addr,
+        ports: Ports::one(addr.port()),
+    })
+}
+
+/// A backend: `198.18.1.11:8080`; for a port-less VIP without a port
+/// (`198.18.1.11`, or `198.18.1.11:0`; IPv6 bare or `[2001:db8::11]:0`).
+pub fn parse_backend(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 0));
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    parse_endpoint(s)
+}
+
 /// `198.18.0.1:80` or `[2001:db8::1]:80`.
 pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
@@ -243,12 +371,32 @@ pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
         .map_err(|_| format!("{s:?} is not an IP address"))
 }
 
-/// dsr does not rewrite ports: a backend must listen on the VIP's.
+/// dsr does not rewrite ports: a backend must listen on the VIP's. A
+/// port-less VIP's backends have no port (they get the client's), and a
+/// VIP of one port needs one.
 pub fn check_backend_port(
     mode: NatMode,
     vip: SocketAddr,
     backend: SocketAddr,
 ) -> Result<(), String> {
+    match (vip.port(), backend.port()) {
+        (0, 0) => return Ok(()),
+        (0, _) => {
+            return Err(format!(
+                "backend {backend}: VIP {} takes many ports and passes the client's on, so its backends have none (write {})",
+                vip.ip(),
+                backend.ip()
+            ))
+        }
+        (_, 0) => {
+            return Err(format!(
+                "backend {}: a port is needed for VIP {vip}, e.g. {backend_with_port}",
+                backend.ip(),
+                backend_with_port = SocketAddr::new(backend.ip(), vip.port())
+            ))
+        }
+        _ => {}
+    }
     if mode.keeps_destination() && vip.port() != backend.port() {
         return Err(format!(
             "backend {backend}: VIP {vip} is {}, which keeps the packet's port, so a backend's port must be {}",
@@ -293,6 +441,9 @@ pub struct VipSpec {
     /// At most this many new flows a second (`bpf/limit.h`); None: no
     /// limit.
     pub max_new_flows: Option<u32>,
+    /// The ports it takes: `service.addr`'s, or for a port-less VIP (port
+    /// 0) every port or a range.
+    pub ports: Ports,
 }
 
 /// What becomes of the live flows of a backend that is removed or marked
@@ -461,7 +612,21 @@ impl VipSpec {
             allow: Vec::new(),
             on_backend_gone: OnBackendGone::Keep,
             max_new_flows: None,
+            ports: Ports::of(service.addr, Ports::ALL),
         })
+    }
+
+    /// This VIP taking `ports` (a port-less VIP's range).
+    pub fn with_ports(self, ports: Ports) -> VipSpec {
+        VipSpec {
+            ports: Ports::of(self.service.addr, ports),
+            ..self
+        }
+    }
+
+    /// `198.18.100.1:8000-8099/tcp`.
+    pub fn name(&self) -> String {
+        vip_name(&self.service, self.ports)
     }
 
     /// This VIP with `affinity`.

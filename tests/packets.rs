@@ -1418,3 +1418,109 @@ fn entries_from(client: &str) -> usize {
         })
         .count()
 }
+
+/// A port-less VIP (`198.18.100.1:0`, `198.18.100.2:8000-8099`): the
+/// client's destination port goes on to the backend, which has none of its
+/// own, and back; a VIP of one port on the same address wins; a port
+/// outside the range is none of lbctl's business.
+#[test]
+fn a_vip_of_every_port_or_a_range_passes_the_clients_port_on() {
+    in_fresh_netns(|| {
+        let lb = Balancer::load().with_routes();
+        lb.serve(
+            "198.18.100.1:0",
+            Proto::Tcp,
+            NatMode::Dnat,
+            None,
+            &["198.18.1.11:0", "198.18.1.12:0"],
+        );
+        lb.serve(VIP, Proto::Tcp, NatMode::Dnat, None, &["198.18.1.13:8080"]);
+        let range = lbctl::model::VipSpec::new(
+            svc("198.18.100.2:0", Proto::Tcp),
+            NatMode::Dnat,
+            None,
+            Some(65537),
+        )
+        .unwrap()
+        .with_ports(lbctl::model::Ports {
+            first: 8000,
+            last: 8099,
+        });
+        lb.maps.add_vip(&range).unwrap();
+        lb.backend(&range.service, "198.18.1.13:0", 1);
+
+        // Every port: the backend gets the client's, the table spreads
+        // the ports over both backends.
+        let mut seen = std::collections::BTreeSet::new();
+        for port in 8000..8020 {
+            let to = format!("198.18.100.1:{port}");
+            let (action, out) = lb.run(&Packet::tcp(CLIENT, &to, SYN).build());
+            assert_eq!(action, XDP_REDIRECT, "{to}: {:?}", lb.maps.reason_counts());
+            let dst = parse(&out).dst;
+            let (ip, p) = dst.rsplit_once(':').unwrap();
+            assert_eq!(p, port.to_string(), "{to} went to {dst}");
+            seen.insert(ip.to_string());
+        }
+        assert_eq!(seen.len(), 2, "20 ports, both backends: {seen:?}");
+        // The reply comes back from the VIP's port the client chose.
+        let (_, out) = lb.run(&Packet::tcp(CLIENT, "198.18.100.1:8007", SYN).build());
+        let backend = parse(&out).dst;
+        let (action, out) = lb.run(&Packet::tcp(&backend, CLIENT, SYN | ACK).build());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(parse(&out).src, "198.18.100.1:8007");
+        assert!(
+            sh("conntrack -L -p tcp 2>/dev/null").contains("dport=8007 src=198.18.1.1"),
+            "the entry's NAT keeps the port"
+        );
+        // Port 80 has a VIP of its own, which wins.
+        let (_, out) = lb.run(&Packet::tcp(CLIENT, VIP, SYN).build());
+        assert_eq!(parse(&out).dst, "198.18.1.13:8080");
+        // The range: in it, balanced; outside it, passed untouched.
+        let (action, out) = lb.run(&Packet::tcp(CLIENT, "198.18.100.2:8099", SYN).build());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(parse(&out).dst, "198.18.1.13:8099");
+        for outside in ["198.18.100.2:7999", "198.18.100.2:8100"] {
+            let frame = Packet::tcp(CLIENT, outside, SYN).build();
+            let (action, out) = lb.run(&frame);
+            assert_eq!(
+                (action, &out[..frame.len()]),
+                (XDP_PASS, &frame[..]),
+                "{outside}"
+            );
+        }
+        // A backend's own connection, from a port the VIP takes, is not
+        // taken for a reply: no entry, passed to the stack as it is.
+        let own = Packet::tcp("198.18.1.11:8050", "198.18.0.3:443", SYN).build();
+        let (action, _) = lb.run_on(&own, "v0");
+        assert_eq!(action, XDP_PASS);
+        assert!(!sh("conntrack -L 2>/dev/null").contains("sport=443 "));
+        // 20 ports' flows (8007's SYN again was its flow's).
+        assert_eq!(lb.maps.vip_counters(0).unwrap().new_flows, 20);
+    });
+}
+
+/// UDP and IPv6 take the same path: a datagram to any port of
+/// `[2001:db8::100]:0/udp` reaches its backend on that port.
+#[test]
+fn a_udp_ipv6_vip_of_every_port_passes_the_port_on() {
+    in_fresh_netns(|| {
+        let lb = Balancer::load().with_routes();
+        lb.serve(
+            "[2001:db8::100]:0",
+            Proto::Udp,
+            NatMode::Dnat,
+            None,
+            &["[2001:db8:0:1::11]:0"],
+        );
+        for port in [53, 5353, 65535] {
+            let to = format!("[2001:db8::100]:{port}");
+            let (action, out) = lb.run(&Packet::udp("[2001:db8::2]:40000", &to, b"q").build());
+            assert_eq!(action, XDP_REDIRECT, "{to}");
+            assert_eq!(parse(&out).dst, format!("[2001:db8:0:1::11]:{port}"));
+            let back = Packet::udp(&parse(&out).dst, "[2001:db8::2]:40000", b"a").build();
+            let (action, out) = lb.run(&back);
+            assert_eq!(action, XDP_REDIRECT);
+            assert_eq!(parse(&out).src, to);
+        }
+    });
+}

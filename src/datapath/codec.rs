@@ -11,7 +11,9 @@ use super::abi::{
     LB_VIP_FULLNAT, LB_VIP_GONE_REASSIGN, LB_VIP_GONE_RESET, LB_VIP_RATE_LIMIT, LB_VIP_TUNNEL,
 };
 use super::types::{lb_backend, lb_endpoint, lb_vip};
-use crate::model::{Affinity, Health, NatMode, OnBackendGone, Proto, Service, VipSpec};
+use crate::model::{
+    vip_name, Affinity, Health, NatMode, OnBackendGone, Ports, Proto, Service, VipSpec,
+};
 use crate::prefix::Prefix;
 
 /// A VIP as configured.
@@ -41,6 +43,15 @@ pub struct VipEntry {
     pub moved: f64,
     /// Digest of the members the current table was built from.
     pub table_digest: u32,
+    /// The ports it takes (a port-less VIP's are read from `vip_ports`).
+    pub ports: Ports,
+}
+
+impl VipEntry {
+    /// `198.18.100.1:8000-8099/tcp`.
+    pub fn name(&self) -> String {
+        vip_name(&self.service, self.ports)
+    }
 }
 
 /// A backend row.
@@ -243,6 +254,7 @@ pub fn vip_entry(ep: &lb_endpoint, v: &lb_vip) -> Result<VipEntry> {
         },
         moved: v.moved_ppm as f64 / 1e6,
         table_digest: v.table_digest,
+        ports: Ports::of(addr, Ports::ALL),
     })
 }
 

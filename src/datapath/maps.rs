@@ -297,6 +297,9 @@ balancer_maps! {
         /// Per-CPU count per VIP index of new flows its limit turned away;
         /// None as above.
         vip_limited,
+        /// VIP index → `lb_vip_ports`, the ports a port-less VIP takes;
+        /// None for a running program from before port-less VIPs.
+        vip_ports,
     ],
 }
 

@@ -12,6 +12,7 @@
 //! | `running.rs` | reading the VIPs and backend rows (`Running`: all of them, once) |
 //! | `vips.rs` | adding (one path, with or without backends) and deleting VIPs |
 //! | `allowlists.rs` | VIPs' source allowlists (the `allowlists` LPM trie) |
+//! | `ports.rs` | the ports of port-less VIPs (all ports or a range: `vip_ports`) |
 //! | `backends.rs` | a VIP's backend rows: add, weight, remove, health |
 //! | `rebuild.rs` | a VIP's table built from its rows and recorded in the VIP |
 //! | `reply.rs` | reply sources: derived from the backend rows |
@@ -58,6 +59,7 @@ pub mod limits;
 pub mod load;
 pub mod maps;
 pub mod memory;
+pub mod ports;
 pub mod predict;
 pub mod prefilter;
 pub mod rebuild;

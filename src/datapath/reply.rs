@@ -165,6 +165,7 @@ mod tests {
             max_new_flows: None,
             moved: 0.0,
             table_digest: 0,
+            ports: crate::model::Ports::one(80),
         }
     }
 

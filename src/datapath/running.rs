@@ -25,6 +25,7 @@ impl Maps {
         out.sort_by_key(|v| v.index);
         self.read_allowlists(&mut out)?;
         self.read_limits(&mut out)?;
+        self.read_ports(&mut out)?;
         Ok(out)
     }
 
@@ -44,6 +45,7 @@ impl Maps {
         let mut one = [vip_entry(&ep, &v)?];
         self.read_allowlists(&mut one)?;
         self.read_limits(&mut one)?;
+        self.read_ports(&mut one)?;
         let [vip] = one;
         Ok(Some(vip))
     }

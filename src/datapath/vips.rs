@@ -51,6 +51,16 @@ impl Maps {
         let mut free = (0..LB_MAX_VIPS).filter(|i| !run.vips.iter().any(|v| v.index == *i));
         let mut placed = Vec::new();
         for (spec, backends) in new {
+            if let Some(had) = run.vip(&spec.service) {
+                if spec.service.addr.port() == 0 {
+                    bail!(
+                        "{} already has a VIP of many ports for {}: {} (one per address and protocol; lbctl vip del it first)",
+                        spec.service.addr.ip(),
+                        spec.service.proto,
+                        had.name()
+                    );
+                }
+            }
             if run.vip(&spec.service).is_some()
                 || placed
                     .iter()
@@ -58,7 +68,7 @@ impl Maps {
             {
                 bail!(
                     "VIP {} already exists (lbctl vip del first to change its mode)",
-                    spec.service
+                    spec.name()
                 );
             }
             let index = free
@@ -105,10 +115,12 @@ impl Maps {
         // `run` yet, so their rows are counted from what is being placed.
         let mut future = run.clone();
         for (spec, index, _, size) in &placed {
-            future.vips.push(vip_entry(
+            let mut entry = vip_entry(
                 &service_endpoint(&spec.service),
                 &vip_row(spec, *index, *size),
-            )?);
+            )?;
+            entry.ports = spec.ports;
+            future.vips.push(entry);
         }
         self.sync_reply_sources(&future, Some(&keys))?;
         let installed: Vec<(u32, &MapHandle)> = placed
@@ -128,6 +140,7 @@ impl Maps {
             self.reset_denied(*index)?;
             self.put_limit(*index, spec.max_new_flows)?;
             self.reset_limited(*index)?;
+            self.put_ports(*index, spec.service.addr.port(), spec.ports)?;
             self.prefilter_mark(Set::Vips, spec.service.addr.ip())?;
             self.vips.put(
                 bytes_of(&ep),
@@ -138,6 +151,7 @@ impl Maps {
             let mut entry = vip_entry(&ep, &vip)?;
             entry.allow = spec.allow.clone();
             entry.max_new_flows = spec.max_new_flows;
+            entry.ports = spec.ports;
             run.vips.push(entry);
         }
         self.bump_generation()?;

@@ -861,6 +861,7 @@ mod tests {
                     max_new_flows: Some(1000),
                     moved: 0.0,
                     table_digest: 0,
+                    ports: crate::model::Ports::of(vip.addr, crate::model::Ports::ALL),
                 },
                 stats: counters(90),
                 denied: 5,

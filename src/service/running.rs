@@ -34,6 +34,7 @@ pub fn running(b: &Balancer) -> Result<Desired> {
                     allow: v.allow.clone(),
                     on_backend_gone: v.on_backend_gone,
                     max_new_flows: v.max_new_flows,
+                    ports: v.ports,
                 },
                 table_in_use: (!v.fixed_size).then_some(v.table_size),
                 health: recorded.and_then(|r| r.health.clone()),
