@@ -92,11 +92,11 @@ pub enum Command {
     },
     /// lbctl's live flows from the kernel's conntrack table (like ipvsadm -L -c -n).
     Conns {
-        /// Only flows to this VIP (ADDR:PORT).
-        #[arg(long, value_parser = parse_endpoint)]
-        vip: Option<SocketAddr>,
-        /// Only flows to this backend (ADDR:PORT).
-        #[arg(long, value_parser = parse_endpoint)]
+        /// Only flows to this VIP (ADDR:PORT; ADDR:0 any port, ADDR:FIRST-LAST a range).
+        #[arg(long, value_parser = parse_vip)]
+        vip: Option<VipAddr>,
+        /// Only flows to this backend (ADDR:PORT; the address alone: any port).
+        #[arg(long, value_parser = parse_backend)]
         backend: Option<SocketAddr>,
         /// Only flows of this protocol.
         #[arg(long, value_parser = clap::value_parser!(Proto))]

@@ -31,7 +31,7 @@ use netlink_packet_netfilter::{
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use crate::abi::{LB_MARK_BACKEND_MASK, LB_MARK_CLOSING, LB_MARK_VIP_MASK, LB_MARK_VIP_SHIFT};
-use crate::model::{Proto, Service};
+use crate::model::{Ports, Proto, Service};
 use crate::netlink::{self, Family};
 
 /// CTA_TIMESTAMP and its CTA_TIMESTAMP_START: when the entry was made, if
@@ -127,32 +127,58 @@ pub fn lbctl_flows() -> Result<Vec<Flow>> {
 /// the backend id in its mark: an entry replicated from a peer balancer
 /// (conntrackd) carries the peer's ids, which name other backends here when
 /// the two balancers' histories differ.
-pub fn active_flows_by_backend() -> Result<HashMap<(Service, SocketAddr), u64>> {
+/// `vips`: every VIP with its ports (`as_configured`).
+pub fn active_flows_by_backend(
+    vips: &[(Service, Ports)],
+) -> Result<HashMap<(Service, SocketAddr), u64>> {
     let mut counts = HashMap::new();
     for f in lbctl_flows()?.iter().filter(|f| !f.closing) {
-        let vip = Service {
-            addr: f.vip,
-            proto: f.proto,
-        };
-        *counts.entry((vip, f.backend)).or_insert(0) += 1;
+        *counts.entry(as_configured(f, vips)).or_insert(0) += 1;
     }
     Ok(counts)
+}
+
+/// The VIP a flow is of and its backend, as configured (`vips`: every VIP
+/// with its ports). An entry names the ports the packets carry: a flow to
+/// port 8042 of a port-less VIP (198.18.100.1:0) is that VIP's, on its
+/// backend without a port (198.18.1.11:0), unless a VIP of port 8042
+/// exists, which the data path would have chosen.
+pub fn as_configured(f: &Flow, vips: &[(Service, Ports)]) -> (Service, SocketAddr) {
+    let exact = Service {
+        addr: f.vip,
+        proto: f.proto,
+    };
+    if vips.iter().any(|(s, _)| *s == exact) {
+        return (exact, f.backend);
+    }
+    let port_less = vips.iter().find(|(s, ports)| {
+        s.proto == f.proto
+            && s.addr.port() == 0
+            && s.addr.ip() == f.vip.ip()
+            && ports.contains(f.vip.port())
+    });
+    match port_less {
+        Some((s, _)) => (*s, SocketAddr::new(f.backend.ip(), 0)),
+        None => (exact, f.backend),
+    }
 }
 
 /// Removes lbctl's entries of each VIP on its backend in `gone` (their
 /// flows' next packets then begin anew: `--on-backend-gone`), from one
 /// dump of the table; how many it removed, per VIP. An entry gone
 /// meanwhile (expired, closed) is not an error.
-pub fn expire_flows(gone: &[(Service, SocketAddr)]) -> Result<Vec<(Service, usize)>> {
+/// `vips`: every VIP with its ports (`as_configured`).
+pub fn expire_flows(
+    gone: &[(Service, SocketAddr)],
+    vips: &[(Service, Ports)],
+) -> Result<Vec<(Service, usize)>> {
     let mut removed: Vec<(Service, usize)> = Vec::new();
     if gone.is_empty() {
         return Ok(removed);
     }
     for f in lbctl_flows()? {
-        let listed = gone.iter().any(|(service, backend)| {
-            f.proto == service.proto && f.vip == service.addr && f.backend == *backend
-        });
-        if !listed {
+        let of = as_configured(&f, vips);
+        if !gone.contains(&of) {
             continue;
         }
         let attrs = vec![ConntrackAttribute::CtaTupleOrig(tuple_attrs(
@@ -164,10 +190,7 @@ pub fn expire_flows(gone: &[(Service, SocketAddr)]) -> Result<Vec<(Service, usiz
             NLM_F_ACK,
         ) {
             Ok(_) => {
-                let service = Service {
-                    addr: f.vip,
-                    proto: f.proto,
-                };
+                let service = of.0;
                 match removed.iter_mut().find(|(s, _)| *s == service) {
                     Some((_, n)) => *n += 1,
                     None => removed.push((service, 1)),

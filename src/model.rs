@@ -841,7 +841,9 @@ impl ListOptions {
 /// Which flows `lbctl conns` shows; None: any.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowFilter {
-    pub vip: Option<SocketAddr>,
+    /// Flows to this address and one of these ports.
+    pub vip: Option<VipAddr>,
+    /// Flows to this backend; port 0: any of its ports.
     pub backend: Option<SocketAddr>,
     pub proto: Option<Proto>,
 }
@@ -849,8 +851,12 @@ pub struct FlowFilter {
 impl FlowFilter {
     pub fn matches(&self, proto: Proto, vip: SocketAddr, backend: SocketAddr) -> bool {
         self.proto.is_none_or(|p| p == proto)
-            && self.vip.is_none_or(|v| v == vip)
-            && self.backend.is_none_or(|b| b == backend)
+            && self
+                .vip
+                .is_none_or(|v| v.addr.ip() == vip.ip() && v.ports.contains(vip.port()))
+            && self.backend.is_none_or(|b| {
+                b.ip() == backend.ip() && (b.port() == 0 || b.port() == backend.port())
+            })
     }
 }
 

@@ -116,7 +116,7 @@ impl Snapshot {
         let census = match active_flows {
             ActiveFlows::Skip => None,
             ActiveFlows::CountNow => {
-                counted_now = Census::take()?;
+                counted_now = Census::take(&run.vip_ports())?;
                 Some((&counted_now, false))
             }
             ActiveFlows::From(c) => Some((c.as_ref(), true)),

@@ -128,7 +128,7 @@ fn finish_expiring(b: &Balancer, id: u32) -> Result<()> {
             })
         })
         .collect();
-    expired::add(id, &conntrack::expire_flows(&still_gone)?)?;
+    expired::add(id, &conntrack::expire_flows(&still_gone, &run.vip_ports())?)?;
     state::forget(state::Kind::Expiring, id)
 }
 
@@ -233,7 +233,13 @@ impl Session {
                     // After the table no longer names the backend: the
                     // flows' next packets pick another.
                     let expiring = self.expiring(&fx.gone)?;
-                    let removed = conntrack::expire_flows(&expiring)?;
+                    let removed = match expiring.is_empty() {
+                        true => Vec::new(),
+                        false => {
+                            let vips = self.running()?.maps.running()?.vip_ports();
+                            conntrack::expire_flows(&expiring, &vips)?
+                        }
+                    };
                     followed.expired += removed.iter().map(|(_, n)| n).sum::<usize>();
                     if let (false, Some(id)) = (fx.gone.is_empty(), self.balancer_id) {
                         expired::add(id, &removed)?;

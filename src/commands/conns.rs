@@ -10,6 +10,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::conntrack::{self, Flow};
+use crate::datapath::balancer::Balancer;
 use crate::datapath::load;
 use crate::model::{FlowFilter, Proto};
 
@@ -53,9 +54,16 @@ pub fn run(filter: &FlowFilter, json: bool) -> Result<()> {
         .filter(|f| filter.matches(f.proto, f.vip, f.backend))
         .collect();
     flows.sort_by_key(|f| (f.vip, f.backend, f.client));
+    // Counted per backend as configured: a port-less backend's flows
+    // (one port each) as one.
+    let vips = match Balancer::find()? {
+        Some(b) => b.maps.running()?.vip_ports(),
+        None => Vec::new(),
+    };
     let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();
     for f in &flows {
-        *per_backend.entry(f.backend.to_string()).or_default() += 1;
+        let (_, backend) = conntrack::as_configured(f, &vips);
+        *per_backend.entry(backend.to_string()).or_default() += 1;
     }
     let out = if json {
         let doc = ConnsJson {

@@ -184,7 +184,11 @@ fn explain(q: &FlowQuery) -> Result<Explanation> {
         );
     }
     let new_flow = pick.as_ref().map(|p| NewFlow {
-        backend: p.backend.as_ref().map(|b| b.addr),
+        // A port-less VIP's backend gets the client's port.
+        backend: p.backend.as_ref().map(|b| match b.addr.port() {
+            0 => SocketAddr::new(b.addr.ip(), svc.addr.port()),
+            _ => b.addr,
+        }),
         backend_id: p.backend.as_ref().map(|b| b.id),
         affinity: p.vip.affinity.name(),
         slot: p.slot,
@@ -236,7 +240,7 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
     checks.add(
         CheckName::Vip,
         true,
-        format!("VIP {svc} ({})", p.vip.mode.name()),
+        format!("VIP {} ({})", p.vip.name(), p.vip.mode.name()),
     );
     let bit = b.maps.prefilter_has(Set::Vips, svc.addr.ip())?;
     checks.either(
@@ -311,7 +315,7 @@ fn path_checks(checks: &mut Checks, b: &Balancer, q: &FlowQuery, p: &Pick) -> Re
             checks.add(
                 CheckName::Backend,
                 false,
-                format!("VIP {svc} has no backend of weight > 0: new flows are dropped ({drop_no_backend})"),
+                format!("VIP {} has no backend of weight > 0: new flows are dropped ({drop_no_backend})", p.vip.name()),
             );
             return Ok(());
         }

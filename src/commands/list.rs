@@ -16,7 +16,7 @@ use crate::datapath::counters::Counters;
 use crate::datapath::repair;
 use crate::host::census;
 use crate::host::{drain, routes};
-use crate::model::{Affinity, Health, ListOptions, NatMode, Proto};
+use crate::model::{Affinity, Health, ListOptions, NatMode, Proto, VipAddr};
 use crate::prefix;
 use crate::snapshot::{
     ActiveFlows, BackendView, DatapathStats, FlowCacheStats, FlowsCounted, Snapshot,
@@ -69,6 +69,9 @@ struct BackendJson {
 #[derive(Serialize)]
 struct VipJson {
     vip: SocketAddr,
+    /// The ports it takes, first and last: `vip`'s own, or (port 0) every
+    /// port or a range.
+    ports: [u16; 2],
     proto: Proto,
     mode: NatMode,
     snat: Option<IpAddr>,
@@ -251,6 +254,7 @@ fn list_json(
         .iter()
         .map(|r| VipJson {
             vip: r.vip.service.addr,
+            ports: [r.vip.ports.first, r.vip.ports.last],
             proto: r.vip.service.proto,
             mode: r.vip.mode,
             snat: r.vip.snat,
@@ -370,7 +374,11 @@ fn render_table(snap: &Snapshot, stats: bool, rates: Option<&Rates>, now: u64) -
             s,
             "{:<4} {:<24} {:<8} {:>6}{}{snat}",
             r.vip.service.proto.name().to_uppercase(),
-            r.vip.service.addr.to_string(),
+            VipAddr {
+                addr: r.vip.service.addr,
+                ports: r.vip.ports,
+            }
+            .to_string(),
             r.vip.mode.name(),
             "",
             columns(&r.stats, None, rate)

@@ -22,8 +22,12 @@ pub fn add(spec: &VipSpec) -> Result<()> {
     let (vip, _) = s.run(Kind::Configure, |_| b.maps.add_vip(&spec))?;
     let svc = &spec.service;
     match vip.snat {
-        Some(s) => println!("added VIP {svc} ({}, source {s})", spec.mode.name()),
-        None => println!("added VIP {svc} ({})", spec.mode.name()),
+        Some(s) => println!(
+            "added VIP {} ({}, source {s})",
+            spec.name(),
+            spec.mode.name()
+        ),
+        None => println!("added VIP {} ({})", spec.name(), spec.mode.name()),
     }
     if svc.addr.is_ipv6() {
         let off: Vec<&str> = b

@@ -15,10 +15,9 @@ use toml::Spanned;
 use super::defaults;
 use crate::model::{
     check_backend_port, check_same_family, check_snat_applies, max_new_flows, parse_duration,
-    parse_endpoint, parse_ip, parse_status_range, Affinity, CheckKind, Desired, DesiredVip,
-    HealthCheck, HttpCheck, NatMode, OnBackendGone, Proto, Service, SpecError, StartHealth,
-    Timeout, TlsCheck, VipSpec, XdpMode, AFFINITY_PREFIX6, FLOW_CACHE_SIZES, PORTS, RISE_FALL,
-    WEIGHTS,
+    parse_ip, parse_status_range, Affinity, CheckKind, Desired, DesiredVip, HealthCheck, HttpCheck,
+    NatMode, OnBackendGone, Proto, Service, SpecError, StartHealth, Timeout, TlsCheck, VipSpec,
+    XdpMode, AFFINITY_PREFIX6, FLOW_CACHE_SIZES, PORTS, RISE_FALL, WEIGHTS,
 };
 use crate::prefix::{allowlist, Prefix};
 
@@ -326,7 +325,7 @@ fn service_of(v: &RawVip) -> Option<Service> {
         None => Proto::Tcp,
     };
     Some(Service {
-        addr: parse_endpoint(v.address.get_ref()).ok()?,
+        addr: crate::model::parse_vip(v.address.get_ref()).ok()?.addr,
         proto,
     })
 }
@@ -335,8 +334,10 @@ fn service_of(v: &RawVip) -> Option<Service> {
 /// be told apart: a VIP whose address is unreadable is not read further;
 /// otherwise its settings, health table and each backend are checked).
 fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> {
-    let addr =
-        p.keep(parse_endpoint(v.address.get_ref()).or_else(|e| lines.err(v.address.span(), e)))?;
+    let vip_addr = p.keep(
+        crate::model::parse_vip(v.address.get_ref()).or_else(|e| lines.err(v.address.span(), e)),
+    )?;
+    let addr = vip_addr.addr;
     let before = p.0.len();
     let proto = match &v.proto {
         Some(pr) => p
@@ -430,6 +431,23 @@ fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> 
         .as_ref()
         .and_then(|h| p.keep(parse_health(lines, h, v.address.span())))
         .flatten();
+    // A port-less VIP's backends have no port of their own to be checked on.
+    let port_for_checks = |check: &Option<HealthCheck>, span| -> Result<(), FileError> {
+        match check {
+            Some(c) if addr.port() == 0 && c.port.is_none() => lines.err(
+                span,
+                format!(
+                    "VIP {} takes many ports and its backends have none: its health checks need a port (port = N)",
+                    vip_addr
+                ),
+            ),
+            _ => Ok(()),
+        }
+    };
+    if let Some(h) = &v.health {
+        let span = h.kind.as_ref().map_or(v.address.span(), |k| k.span());
+        p.keep(port_for_checks(&health, span));
+    }
     let mut backends: Vec<(SocketAddr, u32)> = Vec::new();
     let mut backend_health = Vec::new();
     for b in &v.backend {
@@ -438,6 +456,7 @@ fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> 
             if let Some(own) = &b.health {
                 let merged = own.over(v.health.as_ref());
                 if let Some(check) = p.keep(parse_health(lines, &merged, b.address.span())) {
+                    p.keep(port_for_checks(&check, b.address.span()));
                     if check != health {
                         backend_health.push((backend.0, check));
                     }
@@ -454,7 +473,7 @@ fn parse_vip(lines: &Lines, v: &RawVip, p: &mut Problems) -> Option<DesiredVip> 
             allow: allow?,
             on_backend_gone: on_backend_gone?,
             max_new_flows: max_new_flows?,
-            ..spec?.with_affinity(affinity?)
+            ..spec?.with_affinity(affinity?).with_ports(vip_addr.ports)
         },
         health,
         backends,
@@ -476,7 +495,7 @@ fn parse_backend(
         line: lines.at(b.address.span()),
         message: e,
     };
-    let addr = p.keep(parse_endpoint(b.address.get_ref()).map_err(at))?;
+    let addr = p.keep(crate::model::parse_backend(b.address.get_ref()).map_err(at))?;
     p.keep(check_same_family(service.addr, addr).map_err(at))?;
     if let Some(mode) = mode {
         p.keep(check_backend_port(mode, service.addr, addr).map_err(at))?;

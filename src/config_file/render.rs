@@ -39,7 +39,11 @@ pub fn render(d: &Desired) -> String {
     for v in &d.vips {
         let spec = &v.spec;
         let _ = writeln!(s, "\n[[vip]]");
-        let _ = writeln!(s, "address = {}", quote(&spec.service.addr.to_string()));
+        let addr = crate::model::VipAddr {
+            addr: spec.service.addr,
+            ports: spec.ports,
+        };
+        let _ = writeln!(s, "address = {}", quote(&addr.to_string()));
         let _ = writeln!(s, "proto = {}", quote(spec.service.proto.name()));
         let _ = writeln!(s, "mode = {}", quote(spec.mode.name()));
         if let (true, Some(snat)) = (spec.mode.has_source(), spec.snat) {

@@ -65,11 +65,21 @@ fn keep_prefix(addr: &mut [u8; 16], bits: u8) {
 }
 
 impl Maps {
-    /// The pick for a new flow from `client` to `service`; None if the VIP
-    /// does not exist.
+    /// The pick for a new flow from `client` to `service` (an address and
+    /// the port the client chose): the VIP of that port, else the port-less
+    /// VIP of the address that takes it, as the data path finds them; None
+    /// if there is none.
     pub fn predict(&self, service: &Service, client: SocketAddr) -> Result<Option<Pick>> {
-        let Some(vip) = self.find_vip(service)? else {
-            return Ok(None);
+        let port_less = Service {
+            addr: SocketAddr::new(service.addr.ip(), 0),
+            proto: service.proto,
+        };
+        let vip = match self.find_vip(service)? {
+            Some(vip) => vip,
+            None => match self.find_vip(&port_less)? {
+                Some(vip) if vip.ports.contains(service.addr.port()) => vip,
+                _ => return Ok(None),
+            },
         };
         let seed = self.settings()?.hash_seed;
         let table = self.table(vip.index)?;

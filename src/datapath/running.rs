@@ -11,7 +11,7 @@ use super::codec::{
 };
 use super::maps::{u32_of, Maps};
 use super::types::{lb_backend, lb_endpoint, lb_vip};
-use crate::model::Service;
+use crate::model::{Ports, Service};
 
 impl Maps {
     /// Every VIP, by index.
@@ -98,6 +98,11 @@ pub struct Running {
 impl Running {
     pub fn vip(&self, service: &Service) -> Option<&VipEntry> {
         self.vips.iter().find(|v| v.service == *service)
+    }
+
+    /// Every VIP with the ports it takes (`conntrack::as_configured`).
+    pub fn vip_ports(&self) -> Vec<(Service, Ports)> {
+        self.vips.iter().map(|v| (v.service, v.ports)).collect()
     }
 
     pub fn require_vip(&self, service: &Service) -> Result<VipEntry> {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 
 use super::state::{self, Kind};
-use crate::model::Service;
+use crate::model::{Ports, Service};
 
 /// Open flows per (VIP, backend) at one moment.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,11 +49,12 @@ pub fn period(took: Duration) -> Duration {
 }
 
 impl Census {
-    /// Counts the calling thread's namespace's conntrack table now.
-    pub fn take() -> Result<Census> {
+    /// Counts the calling thread's namespace's conntrack table now, each
+    /// flow for its VIP among `vips` (`conntrack::as_configured`).
+    pub fn take(vips: &[(Service, Ports)]) -> Result<Census> {
         let taken = SystemTime::now();
         let started = Instant::now();
-        let flows = crate::conntrack::active_flows_by_backend()
+        let flows = crate::conntrack::active_flows_by_backend(vips)
             .context("reading conntrack entries (ctnetlink)")?;
         Ok(Census {
             taken,

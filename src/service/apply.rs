@@ -143,6 +143,15 @@ pub fn resolve(
                     describe(v.spec.mode, v.spec.snat, v.spec.table_size)
                 );
             }
+            if r.ports != v.spec.ports {
+                bail!(
+                    "VIP {} takes ports {}-{} in the balancer but the file says {}: apply does not change a VIP's ports in place; remove the VIP from the file, apply, then add it back",
+                    r.name(),
+                    r.ports.first,
+                    r.ports.last,
+                    v.spec.name()
+                );
+            }
         }
     }
     if let Some((_, problem)) = offline_problems(&d).into_iter().next() {

@@ -63,8 +63,9 @@ impl Latest {
 /// One census, recorded for the balancer that runs now (its id may change
 /// with a detach and attach while the service runs).
 fn count() -> anyhow::Result<Census> {
-    let id = Balancer::require()?.maps.balancer_id()?;
-    let c = Census::take()?;
+    let b = Balancer::require()?;
+    let id = b.maps.balancer_id()?;
+    let c = Census::take(&b.maps.running()?.vip_ports())?;
     c.save(id)?;
     Ok(c)
 }

@@ -443,7 +443,7 @@ fn run(args: &Args) -> Result<()> {
 /// counted from the table.
 fn snapshot_times(maps: &Maps) -> Result<(f64, f64)> {
     let id = maps.balancer_id()?;
-    Census::take()?.save(id)?;
+    Census::take(&maps.running()?.vip_ports())?.save(id)?;
     let best = |flows: &dyn Fn() -> Result<ActiveFlows>| -> Result<f64> {
         let mut best = f64::MAX;
         for _ in 0..5 {
