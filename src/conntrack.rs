@@ -437,6 +437,47 @@ mod tests {
     }
 
     #[test]
+    fn a_port_less_vips_flow_is_counted_for_it_unless_its_port_has_a_vip() {
+        let svc = |a: &str| Service {
+            addr: a.parse().unwrap(),
+            proto: Proto::Tcp,
+        };
+        let flow = |dst: &str, backend: &str| {
+            let mut e = entry(1, "198.18.0.2:40000");
+            e.orig_dst = dst.parse().unwrap();
+            e.reply_src = backend.parse().unwrap();
+            e.flow().unwrap()
+        };
+        let range = Ports {
+            first: 8000,
+            last: 8099,
+        };
+        let vips = [
+            (svc("198.18.100.1:0"), range),
+            (svc("198.18.100.1:8080"), Ports::one(8080)),
+        ];
+        let of = |dst, backend| {
+            let (s, b) = as_configured(&flow(dst, backend), &vips);
+            (s.addr.to_string(), b.to_string())
+        };
+        let want = |s: &str, b: &str| (s.to_string(), b.to_string());
+        assert_eq!(
+            of("198.18.100.1:8042", "198.18.1.11:8042"),
+            want("198.18.100.1:0", "198.18.1.11:0")
+        );
+        assert_eq!(
+            of("198.18.100.1:8080", "198.18.1.12:80"),
+            want("198.18.100.1:8080", "198.18.1.12:80"),
+            "a VIP of the port wins"
+        );
+        assert_eq!(
+            of("198.18.100.1:9000", "198.18.1.11:9000"),
+            want("198.18.100.1:9000", "198.18.1.11:9000"),
+            "outside the range: as the entry says"
+        );
+    }
+
+    #[test]
     fn flows_by_mark() {
         assert_eq!(
             entry(0, "198.18.0.2:40000").flow(),

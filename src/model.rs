@@ -1272,6 +1272,59 @@ mod tests {
     }
 
     #[test]
+    fn vips_of_one_port_every_port_or_a_range() {
+        let text = |s: &str| parse_vip(s).unwrap().to_string();
+        for s in [
+            "198.18.100.1:80",
+            "198.18.100.1:0",
+            "198.18.100.1:8000-8099",
+            "[2001:db8::1]:443",
+            "[2001:db8::1]:0",
+            "[2001:db8::1]:1-1024",
+        ] {
+            assert_eq!(text(s), s, "round trip");
+        }
+        let r = parse_vip("198.18.100.1:8000-8099").unwrap();
+        assert_eq!(r.addr.port(), 0, "keyed by port 0");
+        assert!(r.ports.contains(8000) && r.ports.contains(8099));
+        assert!(!r.ports.contains(7999) && !r.ports.contains(8100));
+        assert_eq!(parse_vip("198.18.100.1:0").unwrap().ports, Ports::ALL);
+        assert_eq!(parse_vip("198.18.100.1:80").unwrap().ports, Ports::one(80));
+        for (bad, says) in [
+            (
+                "198.18.100.1:8099-8000",
+                "from a lower port to a higher one",
+            ),
+            ("198.18.100.1:80-80", "from a lower port to a higher one"),
+            ("198.18.100.1:0-80", "bad port \"0\""),
+            ("198.18.100.1:80-", "bad port \"\""),
+            ("198.18.100.1:80-65536", "bad port \"65536\""),
+            (
+                "2001:db8::1:80-90",
+                "not an IPv4 address (IPv6 in brackets)",
+            ),
+            ("[2001:db8::zz]:80-90", "is not an IPv6 address"),
+            ("198.18.100.1", "a port is needed"),
+        ] {
+            let e = parse_vip(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let b = |s: &str| parse_backend(s).unwrap().to_string();
+        assert_eq!(b("198.18.1.11"), "198.18.1.11:0");
+        assert_eq!(b("198.18.1.11:0"), "198.18.1.11:0");
+        assert_eq!(b("2001:db8::11"), "[2001:db8::11]:0");
+        assert_eq!(b("198.18.1.11:8080"), "198.18.1.11:8080");
+        let all: SocketAddr = "198.18.100.1:0".parse().unwrap();
+        let one: SocketAddr = "198.18.100.1:80".parse().unwrap();
+        let bare: SocketAddr = "198.18.1.11:0".parse().unwrap();
+        let port: SocketAddr = "198.18.1.11:80".parse().unwrap();
+        assert!(check_backend_port(NatMode::Dnat, all, bare).is_ok());
+        assert!(check_backend_port(NatMode::Dsr, all, bare).is_ok());
+        assert!(check_backend_port(NatMode::Dnat, all, port).is_err());
+        assert!(check_backend_port(NatMode::Dnat, one, bare).is_err());
+    }
+
+    #[test]
     fn protocols() {
         assert_eq!("TCP".parse::<Proto>(), Ok(Proto::Tcp));
         assert_eq!("udp".parse::<Proto>(), Ok(Proto::Udp));

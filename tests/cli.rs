@@ -893,3 +893,114 @@ fn limits_on_new_flows_are_set_shown_and_changed() {
     assert!(ns.ok(&["list"]).contains("(max 300 new flows/s)"));
     ns.ok(&["detach", "e0"]);
 }
+
+#[test]
+fn vips_of_every_port_or_a_range_are_added_named_shown_and_saved() {
+    let ns = Ns::attached(&["e0"]);
+    let range = "198.18.100.1:8000-8099";
+    assert!(ns
+        .ok(&["vip", "add", range])
+        .contains("added VIP 198.18.100.1:8000-8099/tcp"));
+    ns.ok(&["vip", "add", "198.18.100.1:80"]);
+    ns.ok(&["vip", "add", "[2001:db8::100]:0", "--proto", "udp"]);
+    // Named by its range or by port 0; its backends without a port.
+    ns.ok(&["backend", "add", range, "198.18.1.11"]);
+    ns.ok(&[
+        "backend",
+        "add",
+        "198.18.100.1:0",
+        "198.18.1.12:0",
+        "--weight",
+        "2",
+    ]);
+    ns.ok(&[
+        "backend",
+        "add",
+        "[2001:db8::100]:0",
+        "2001:db8:0:1::11",
+        "--proto",
+        "udp",
+    ]);
+    let list = ns.ok(&["list"]);
+    assert!(list.contains("TCP  198.18.100.1:8000-8099"), "{list}");
+    assert!(list.contains("-> 198.18.1.12:0"), "{list}");
+    assert!(list.contains("UDP  [2001:db8::100]:0"), "{list}");
+    let json = ns.ok(&["list", "--json"]);
+    assert!(
+        json.contains(r#""vip":"198.18.100.1:0","ports":[8000,8099]"#),
+        "{json}"
+    );
+    assert!(json.contains(r#""vip":"198.18.100.1:80","ports":[80,80]"#));
+    assert!(json.contains(r#""vip":"[2001:db8::100]:0","ports":[0,65535]"#));
+    let saved = ns.ok(&["save"]);
+    assert!(
+        saved.contains("address = \"198.18.100.1:8000-8099\""),
+        "{saved}"
+    );
+    assert!(saved.contains("address = \"198.18.1.11:0\""), "{saved}");
+    // explain finds the VIP that takes the port, and the backend on it.
+    let why = ns.ok(&["explain", "198.18.0.2:40000", "198.18.100.1:8042"]);
+    assert!(
+        why.contains("VIP 198.18.100.1:8000-8099/tcp (dnat)"),
+        "{why}"
+    );
+    assert!(why.contains(":8042 (id"), "{why}");
+    let why = ns.ok(&["explain", "198.18.0.2:40000", "198.18.100.1:8100"]);
+    assert!(why.contains("no VIP 198.18.100.1:8100/tcp"), "{why}");
+    for (args, says) in [
+        (
+            vec!["vip", "add", "198.18.100.1:0"],
+            "198.18.100.1 already has a VIP of many ports for tcp: 198.18.100.1:8000-8099/tcp",
+        ),
+        (
+            vec!["vip", "add", "198.18.100.2:8080-8080"],
+            "a range goes from a lower port to a higher one",
+        ),
+        (
+            vec!["vip", "add", "198.18.100.2:8000-70000"],
+            "bad port \"70000\" in the range",
+        ),
+        (
+            vec!["backend", "add", "198.18.100.1:9000-9099", "198.18.1.13"],
+            "no VIP 198.18.100.1:9000-9099/tcp: 198.18.100.1's port-less VIP for tcp is 198.18.100.1:8000-8099/tcp",
+        ),
+        (
+            vec!["backend", "add", range, "198.18.1.13:8080"],
+            "passes the client's on, so its backends have none (write 198.18.1.13)",
+        ),
+        (
+            vec!["backend", "add", "198.18.100.1:80", "198.18.1.13"],
+            "a port is needed for VIP 198.18.100.1:80, e.g. 198.18.1.13:80",
+        ),
+    ] {
+        ns.fails(&args, says);
+    }
+    // A file: the same VIPs round trip; checks need a port.
+    let dir = std::env::temp_dir();
+    let file = dir.join(format!("lbt-{}-ports.toml", std::process::id()));
+    std::fs::write(&file, &saved).unwrap();
+    let f = file.to_str().unwrap();
+    let again = ns.ok(&["apply", "-f", f]);
+    assert!(again.contains("no changes"), "{again}");
+    assert_eq!(ns.ok(&["save"]), saved, "save -> apply -> save");
+    let moved = saved.replace("198.18.100.1:8000-8099", "198.18.100.1:8000-8199");
+    std::fs::write(&file, moved).unwrap();
+    ns.fails(
+        &["apply", "-f", f],
+        "apply does not change a VIP's ports in place",
+    );
+    let checked = "[[vip]]\naddress = \"198.18.100.3:0\"\n[vip.health]\nkind = \"tcp\"\n\
+                   [[vip.backend]]\naddress = \"198.18.1.11\"\n";
+    std::fs::write(&file, checked).unwrap();
+    let out = ns.lbctl(&["check", "-f", f]);
+    let _ = std::fs::remove_file(&file);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("its health checks need a port (port = N)"),
+        "{text}"
+    );
+    ns.ok(&["vip", "del", range]);
+    assert!(!ns.ok(&["list"]).contains("8000-8099"));
+    ns.ok(&["detach", "e0"]);
+}

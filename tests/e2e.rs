@@ -77,8 +77,7 @@ fn diagnose(lab: &Lab) -> String {
 
 /// Spread of `n` short TCP connections (each: connect, hello, echo, close).
 fn short_tcp(lab: &Lab, vip: IpAddr, n: usize) -> BTreeMap<String, usize> {
-    lab.in_client(|| clients::short_tcp_spread(vip, 80, n, timeout()))
-        .unwrap_or_else(|e| panic!("short TCP connections: {e}\n{}", diagnose(lab)))
+    short_tcp_on(lab, vip, 80, n)
 }
 
 fn short_udp(lab: &Lab, vip: IpAddr, n: usize) -> BTreeMap<String, usize> {
@@ -1119,4 +1118,80 @@ fn offer_new_udp_flows(
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok((offered, answered, took))
+}
+
+/// A VIP of every port (`VIP:0`) with backends written without a port, of
+/// weights 1, 2 and 3: 10 connections to each of 20 ports are each
+/// answered by a backend's server on that very port (its greeting says
+/// which), and spread by weight; a VIP of one port on the same address
+/// (`VIP:8080`, backend 1 alone) takes that port's connections.
+#[test]
+fn a_vip_of_every_port_passes_each_port_to_its_backends() {
+    let mut lab = Lab::two_arm(3).expect("building the lab");
+    lab.start_servers().expect("starting servers");
+    let ports: Vec<u16> = (9000..9020).collect();
+    let _servers: Vec<_> = lab
+        .backend_ids()
+        .map(|i| {
+            lbctl_lab::servers::BackendServers::start_echo_on(
+                lab.backend_ns(i),
+                &lab.backend_name(i),
+                &ports,
+            )
+            .expect("servers on 20 ports")
+        })
+        .collect();
+    for iface in lab.lb_ifaces() {
+        lbctl(&lab, &["attach", iface]);
+    }
+    let vip = lab.vip_ip(1, Family::V4);
+    let all = SocketAddr::new(vip, 0).to_string();
+    lbctl(&lab, &["vip", "add", &all]);
+    let weights = [1, 2, 3];
+    for i in lab.backend_ids() {
+        let b = lab.backend_ip(i, Family::V4).to_string();
+        let w = weights[i - 1].to_string();
+        lbctl(&lab, &["backend", "add", &all, &b, "--weight", &w]);
+    }
+    let one = SocketAddr::new(vip, 8080).to_string();
+    lbctl(&lab, &["vip", "add", &one]);
+    let b1 = SocketAddr::new(lab.backend_ip(1, Family::V4), 8080).to_string();
+    lbctl(&lab, &["backend", "add", &one, &b1]);
+
+    let mut spread = BTreeMap::new();
+    for &port in &ports {
+        let answers = lab
+            .in_client(|| clients::short_tcp_answers(vip, port, 10, timeout()))
+            .unwrap_or_else(|e| panic!("port {port}: {e}\n{}", diagnose(&lab)));
+        for (sport, said) in answers {
+            let (backend, reached) = said.split_once('@').unwrap_or((&said, "?"));
+            assert_eq!(
+                reached,
+                port.to_string(),
+                "client port {sport} to {vip}:{port} reached {said}"
+            );
+            *spread.entry(backend.to_string()).or_insert(0) += 1;
+        }
+    }
+    assert_spread(&spread, &lab, &weights, "200 connections over 20 ports");
+    let spread = short_tcp_on(&lab, vip, 8080, 20);
+    assert_eq!(
+        spread,
+        BTreeMap::from([(lab.backend_name(1), 20)]),
+        "the VIP of port 8080 wins"
+    );
+    // lbctl conns counts a port-less backend's flows (one port each) as
+    // the backend's.
+    let conns = lbctl(&lab, &["conns", "--vip", &all]);
+    for i in lab.backend_ids() {
+        let row = format!("{}:0 ", lab.backend_ip(i, Family::V4));
+        assert!(conns.contains(&row), "{row} in {conns}");
+    }
+    lab.teardown().expect("teardown");
+}
+
+/// Spread of `n` short TCP connections to `vip:port`.
+fn short_tcp_on(lab: &Lab, vip: IpAddr, port: u16, n: usize) -> BTreeMap<String, usize> {
+    lab.in_client(|| clients::short_tcp_spread(vip, port, n, timeout()))
+        .unwrap_or_else(|e| panic!("short TCP connections: {e}\n{}", diagnose(lab)))
 }

@@ -70,6 +70,35 @@ impl BackendServers {
         Ok(servers)
     }
 
+    /// TCP echo servers of one backend on each of `ports`, for a VIP that
+    /// passes the client's port on: each says `<name>@<port>` on accept
+    /// (so a client sees which port it reached), then echoes.
+    pub fn start_echo_on(ns: &str, name: &str, ports: &[u16]) -> io::Result<BackendServers> {
+        let listeners = netns::in_ns(ns, || -> io::Result<Vec<(u16, TcpListener)>> {
+            ports
+                .iter()
+                .map(|&port| {
+                    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+                    listener.set_nonblocking(true)?;
+                    Ok((port, listener))
+                })
+                .collect()
+        })??;
+        let mut servers = BackendServers {
+            name: name.to_string(),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        };
+        for (port, listener) in listeners {
+            let (said, stop) = (format!("{name}@{port}"), servers.stop.clone());
+            let handle = thread::Builder::new()
+                .name(format!("{name}-{port}"))
+                .spawn(move || accept_loop(listener, &said, &stop, echo_session))?;
+            servers.threads.push(handle);
+        }
+        Ok(servers)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
