@@ -299,3 +299,42 @@ fn icmp_about_dsr_and_tunnel_flows_reaches_the_backend_as_the_clients_packets_do
         });
     }
 }
+
+/// A dsr VIP of every port: the client's packets keep the VIP and their
+/// port, only the MAC changes; an ICMP error about the backend's answer
+/// finds the VIP through its port-less row and goes the same way.
+#[test]
+fn a_dsr_vip_of_every_port_sends_each_port_and_its_errors_to_the_backend() {
+    let (vip, client, router) = ("198.18.100.1:8080", CLIENT4, "198.18.0.3");
+    let answer = Packet::tcp(vip, client, SYN | ACK).payload(&[0; 1000]);
+    let error = Packet::icmp_error(router, "198.18.100.1", IcmpError::FragNeeded(1280), &answer);
+    let rows = [
+        Case {
+            row: "dsr, every port",
+            example: "the client's SYN to port 8080",
+            frame: Packet::tcp(client, vip, SYN).build(),
+            action: XDP_REDIRECT,
+            reason: lb_reason::LB_XDP_REDIRECT,
+            out: forwarded(Packet::tcp(client, vip, SYN), 11),
+        },
+        Case {
+            row: "dsr, every port",
+            example: "fragmentation needed about the backend's answer",
+            frame: error.build(),
+            action: XDP_REDIRECT,
+            reason: lb_reason::LB_ICMP_XDP_REDIRECT,
+            out: forwarded(error, 11),
+        },
+    ];
+    in_fresh_netns(move || {
+        let lb = Balancer::load().with_routes();
+        lb.serve(
+            "198.18.100.1:0",
+            Proto::Tcp,
+            NatMode::Dsr,
+            None,
+            &["198.18.1.11:0"],
+        );
+        run_table(&lb, &rows);
+    });
+}
