@@ -124,6 +124,7 @@ static __always_inline bool flow_cache_find(struct xdp_md *ctx, const struct pac
 	f->csum_l4 = e->csum_l4;
 	f->mark = e->mark;
 	f->created = false;
+	f->to_client = e->to_client;
 	f->keep_dst = e->keep_dst;
 	hop->ifindex = e->egress_ifindex;
 	__builtin_memcpy(hop->smac, e->smac, ETH_ALEN);
@@ -159,7 +160,7 @@ miss:
 static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct packet *pkt,
 					     const struct flow_cache_probe *probe,
 					     const struct flow *f, const struct next_hop *hop,
-					     __u32 generation, bool serve)
+					     __u32 generation, bool serve, bool to_client)
 {
 	struct lb_flow_cache_counters *c;
 	struct lb_flow_cache_entry *e;
@@ -179,6 +180,7 @@ static __always_inline void flow_cache_store(struct xdp_md *ctx, const struct pa
 	e->validated = bpf_jiffies64();
 	e->generation = generation;
 	e->mark = f->mark;
+	e->to_client = to_client;
 	__builtin_memcpy(e->saddr, f->saddr, sizeof(e->saddr));
 	__builtin_memcpy(e->daddr, f->daddr, sizeof(e->daddr));
 	e->sport = f->sport;

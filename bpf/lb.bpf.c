@@ -68,7 +68,7 @@ static __noinline int balance(struct xdp_md *ctx, int walk)
 	    flow_cache_find(ctx, &pkt, generation, &probe, &flow, &hop)) {
 		partial_csum_find(ctx, &pkt);
 		rewrite_packet(&pkt, &flow);
-		count_flow(&flow, pkt.len);
+		count_flow(&flow, pkt.len, flow.to_client);
 		reason = transmit(ctx, &pkt, &hop);
 		partial_csum_finish(&pkt, &flow, reason);
 		return reason;
@@ -90,14 +90,17 @@ static __noinline int balance(struct xdp_md *ctx, int walk)
 		return TOO_BIG_WITH_MTU(hop.mtu);
 	partial_csum_find(ctx, &pkt);
 	rewrite_packet(&pkt, &flow);
-	count_flow(&flow, pkt.len);
+	/* Not for a VIP: from a backend, a reply. Decided from vip where it
+	 * is used, not kept in flow: a value kept for the rest of the way
+	 * would split the verifier's states (6.1's budget). */
+	count_flow(&flow, pkt.len, !vip);
 	if (reason != LB_CONTINUE) {
 		partial_csum_finish(&pkt, &flow, reason);
 		return reason;
 	}
 	if (flow.encap && vip) { /* tunnel: not cached, every packet is encapsulated here */
 		/* An entry for the sender's sequence only (tcp_seq.h). */
-		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation, false);
+		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation, false, false);
 		/* Completed before the frame moves: XDP sends it on. */
 		partial_csum_finish(&pkt, &flow, LB_XDP_TX);
 		reason = encapsulate(ctx, &pkt, &flow, vip);
@@ -107,7 +110,7 @@ static __noinline int balance(struct xdp_md *ctx, int walk)
 	}
 	reason = transmit(ctx, &pkt, &hop);
 	if (reason != LB_PASS_FIB)
-		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation, true);
+		flow_cache_store(ctx, &pkt, &probe, &flow, &hop, generation, true, !vip);
 	partial_csum_finish(&pkt, &flow, reason);
 	return reason;
 }

@@ -232,11 +232,21 @@ struct lb_handshake {
 	__u32 udp_unreplied_s;
 };
 
-/* Per-CPU counters of a VIP or a backend. */
+/* Per-CPU counters of a VIP or a backend, both directions. */
 struct lb_counters {
 	__u64 packets;
 	__u64 bytes;
 	__u64 new_flows;
+};
+
+/* Per-CPU counters of a VIP's or a backend's packets to clients (replies
+ * through the balancer: dnat, fullnat); those to backends are the rest of
+ * lb_counters'. Maps of their own (`vip_to_clients`, `backend_to_clients`):
+ * an upgrade in place shares the running program's lb_counters maps,
+ * whose value size is fixed. */
+struct lb_traffic {
+	__u64 packets;
+	__u64 bytes;
 };
 
 /* The input of the flow hash (bpf/hash.h, src/hash.rs): 10 words. */
@@ -296,7 +306,8 @@ struct lb_flow_cache_entry {
 	__u16  csum_l4;          /* and the L4 checksum (folded sums, bpf/rewrite.h) */
 	__u32  seq_next;         /* TCP: the sender's next sequence number as lbctl saw it (host order) */
 	__u8   seq_state;        /* enum lb_seq_state */
-	__u8   reserved[3];      /* zero */
+	__u8   to_client;        /* the direction goes to the client (a reply): counted as such */
+	__u8   reserved[2];      /* zero */
 };
 
 /* What a flow cache entry knows of its sender's sequence (bpf/tcp_seq.h). */

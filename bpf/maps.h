@@ -96,6 +96,9 @@ LB_ARRAY(struct lb_handshake, 1) handshake SEC(".maps");
 
 LB_PERCPU_ARRAY(struct lb_counters, LB_MAX_VIPS) vip_stats SEC(".maps");
 LB_PERCPU_ARRAY(struct lb_counters, LB_MAX_BACKENDS) backend_stats SEC(".maps");
+/* Of those, what went to clients (lb_abi.h). */
+LB_PERCPU_ARRAY(struct lb_traffic, LB_MAX_VIPS) vip_to_clients SEC(".maps");
+LB_PERCPU_ARRAY(struct lb_traffic, LB_MAX_BACKENDS) backend_to_clients SEC(".maps");
 
 /* Indexed by enum lb_reason; room for verdicts to come, so that an upgrade
  * in place (which shares this map with the new program) finds it the same

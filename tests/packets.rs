@@ -911,13 +911,31 @@ fn counters_count_packets_bytes_and_new_flows() {
         let (lb, vip) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
         let syn = Packet::tcp(CLIENT, VIP, SYN).build();
         let ack = Packet::tcp(CLIENT, VIP, ACK).payload(&[7; 100]).build();
+        let reply = Packet::tcp("198.18.1.11:8080", CLIENT, ACK)
+            .payload(&[9; 40])
+            .build();
         lb.run(&syn);
         lb.run(&ack);
-        lb.run(&Packet::tcp("198.18.1.11:8080", CLIENT, ACK).build());
+        // Replies and client packets past the slow path too: the flow
+        // cache keeps each direction's.
+        for _ in 0..3 {
+            lb.run(&reply);
+        }
+        lb.run(&ack);
         let c = lb.vip_counters(&vip);
-        assert_eq!((c.packets, c.new_flows), (3, 1));
-        assert_eq!(c.bytes, (syn.len() * 2 + ack.len()) as u64);
+        assert_eq!((c.packets, c.new_flows), (6, 1));
+        assert_eq!(
+            c.bytes,
+            (syn.len() + ack.len() * 2 + reply.len() * 3) as u64
+        );
+        assert_eq!(
+            (c.packets_to_clients, c.bytes_to_clients),
+            (3, reply.len() as u64 * 3),
+            "to clients: the replies"
+        );
+        assert_eq!(c.to_backends(), (3, (syn.len() + ack.len() * 2) as u64));
         assert_eq!(lb.backend_counters("198.18.1.11:8080"), c);
+        assert!(lb.maps.flow_cache_counters().unwrap().unwrap().hits >= 2);
     });
 }
 

@@ -651,14 +651,23 @@ fn compare_metrics(lab: &Lab, quiet: bool) -> u64 {
         let b = format!("{}:{PORT}", lab.backend_addr(i));
         let labels = format!("{{vip=\"{vip}\",backend=\"{b}\",proto=\"tcp\"}}");
         let num = |json: &str, field: &str| backend_field(json, &b, field).parse::<u64>().unwrap();
+        // Packets and bytes by direction: the two together are the
+        // listing's.
         for (metric, field) in [
             ("lbctl_backend_packets_total", "packets"),
             ("lbctl_backend_bytes_total", "bytes"),
-            ("lbctl_backend_new_flows_total", "new_flows"),
         ] {
-            let key = format!("{metric}{labels}");
-            between(&key, m[&key], &|json| num(json, field));
+            let key = |d: &str| {
+                format!(
+                    "{metric}{}",
+                    labels.replace('}', &format!(",direction=\"{d}\"}}"))
+                )
+            };
+            let got = m[&key("to_backends")] + m[&key("to_clients")];
+            between(&key("*"), got, &|json| num(json, field));
         }
+        let key = format!("lbctl_backend_new_flows_total{labels}");
+        between(&key, m[&key], &|json| num(json, "new_flows"));
         // Open flows go up and down while clients connect and close (in
         // the 6.1 guest a scrape saw 5 between listings of 4 and 3): only
         // without traffic must the scrape and both listings agree; with
@@ -690,7 +699,14 @@ fn compare_metrics(lab: &Lab, quiet: bool) -> u64 {
         )));
     }
     for field in ["packets", "bytes", "new_flows"] {
-        let got = m[&format!("lbctl_vip_{field}_total{{vip=\"{vip}\",proto=\"tcp\"}}")];
+        let vip_key =
+            |d: &str| format!("lbctl_vip_{field}_total{{vip=\"{vip}\",proto=\"tcp\"{d}}}");
+        let got = match field {
+            "new_flows" => m[&vip_key("")],
+            _ => {
+                m[&vip_key(",direction=\"to_backends\"")] + m[&vip_key(",direction=\"to_clients\"")]
+            }
+        };
         // The first VIP's counters come first in the JSON.
         between(&format!("VIP {field}"), got, &|json| json_num(json, field));
     }

@@ -49,9 +49,18 @@ struct StatsJson {
     packets: u64,
     bytes: u64,
     new_flows: u64,
+    /// Of `packets` and `bytes`, those to backends and those to clients.
+    to_backends: TrafficJson,
+    to_clients: TrafficJson,
     /// lbctl's conntrack entries for the backend without FIN or RST (--stats).
     #[serde(skip_serializing_if = "Option::is_none")]
     active_flows: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct TrafficJson {
+    packets: u64,
+    bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -228,10 +237,16 @@ fn unix_now() -> u64 {
 }
 
 fn stats_json(c: &Counters, active_flows: Option<u64>) -> StatsJson {
+    let (packets, bytes) = c.to_backends();
     StatsJson {
         packets: c.packets,
         bytes: c.bytes,
         new_flows: c.new_flows,
+        to_backends: TrafficJson { packets, bytes },
+        to_clients: TrafficJson {
+            packets: c.packets_to_clients,
+            bytes: c.bytes_to_clients,
+        },
         active_flows,
     }
 }

@@ -8,14 +8,35 @@ use anyhow::Result;
 
 use super::abi::{reason_name, LB_REASON_MAX};
 use super::maps::{Map, Maps};
-use super::types::{lb_counters, lb_datapath_counters, lb_flow_cache_counters, lb_reason};
+use super::types::{
+    lb_counters, lb_datapath_counters, lb_flow_cache_counters, lb_reason, lb_traffic,
+};
 
-/// Summed per-CPU counters of a VIP or a backend.
+// SAFETY: plain old data: #[repr(C)], integer fields only.
+unsafe impl plain::Plain for lb_traffic {}
+
+const _: () = assert!(std::mem::size_of::<lb_traffic>() == 16);
+
+/// Summed per-CPU counters of a VIP or a backend: packets and bytes of
+/// both directions, and of those the ones to clients (replies through the
+/// balancer; zero for a running program from before they were counted).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    pub packets_to_clients: u64,
+    pub bytes_to_clients: u64,
+}
+
+impl Counters {
+    /// Packets and bytes to backends: the rest.
+    pub fn to_backends(&self) -> (u64, u64) {
+        (
+            self.packets.saturating_sub(self.packets_to_clients),
+            self.bytes.saturating_sub(self.bytes_to_clients),
+        )
+    }
 }
 
 /// Row `index` of a per-CPU map, every CPU's copy `add`ed into one sum.
@@ -50,15 +71,33 @@ fn sum_row0<T: plain::Plain + Default, S: Default>(
     map.map(|map| sum_per_cpu(map, 0, what, add)).transpose()
 }
 
-fn sum_counters(map: &Map, index: u32, what: &dyn Display) -> Result<Counters> {
+/// Row `index` of a counters map, with its row of the matching
+/// to-clients map where the program has one.
+fn sum_counters(
+    map: &Map,
+    to_clients: Option<&Map>,
+    index: u32,
+    what: &dyn Display,
+) -> Result<Counters> {
     let add = |sum: &mut Counters, c: &lb_counters| add_fields!(sum, c: packets, bytes, new_flows);
-    sum_per_cpu(map, index, what, add)
+    let mut sum = sum_per_cpu(map, index, what, add)?;
+    if let Some(map) = to_clients {
+        let add = |sum: &mut Counters, t: &lb_traffic| {
+            sum.packets_to_clients += t.packets;
+            sum.bytes_to_clients += t.bytes;
+        };
+        let replies: Counters = sum_per_cpu(map, index, what, add)?;
+        sum.packets_to_clients = replies.packets_to_clients;
+        sum.bytes_to_clients = replies.bytes_to_clients;
+    }
+    Ok(sum)
 }
 
 impl Maps {
     pub fn vip_counters(&self, index: u32) -> Result<Counters> {
         sum_counters(
             &self.vip_stats,
+            self.vip_to_clients.as_ref(),
             index,
             &format_args!("counters of VIP index {index}"),
         )
@@ -67,6 +106,7 @@ impl Maps {
     pub fn backend_counters(&self, id: u32) -> Result<Counters> {
         sum_counters(
             &self.backend_stats,
+            self.backend_to_clients.as_ref(),
             id,
             &format_args!("counters of backend id {id}"),
         )
@@ -74,13 +114,21 @@ impl Maps {
 
     /// Counters start from zero for a new VIP or backend in a reused row.
     pub(super) fn reset_vip_counters(&self, index: u32) -> Result<()> {
-        self.vip_stats
-            .reset_per_cpu(index, &format_args!("counters of VIP index {index}"))
+        let what = format_args!("counters of VIP index {index}");
+        self.vip_stats.reset_per_cpu(index, &what)?;
+        match &self.vip_to_clients {
+            Some(map) => map.reset_per_cpu(index, &what),
+            None => Ok(()),
+        }
     }
 
     pub(super) fn reset_backend_counters(&self, id: u32) -> Result<()> {
-        self.backend_stats
-            .reset_per_cpu(id, &format_args!("counters of backend id {id}"))
+        let what = format_args!("counters of backend id {id}");
+        self.backend_stats.reset_per_cpu(id, &what)?;
+        match &self.backend_to_clients {
+            Some(map) => map.reset_per_cpu(id, &what),
+            None => Ok(()),
+        }
     }
 
     /// How often the data path gave one verdict reason.

@@ -300,6 +300,11 @@ balancer_maps! {
         /// VIP index → `lb_vip_ports`, the ports a port-less VIP takes;
         /// None for a running program from before port-less VIPs.
         vip_ports,
+        /// Per-CPU packets and bytes to clients per VIP index and per
+        /// backend id (`lb_traffic`); None for a running program from
+        /// before they were counted by direction.
+        vip_to_clients,
+        backend_to_clients,
     ],
 }
 

@@ -10,8 +10,10 @@
 //! HTTP 400. (A server crate would bring an async runtime or a thread pool
 //! of its own for one read-only path; this is the part of one lbctl needs.)
 //!
-//! Names: `lbctl_vip_{packets,bytes,new_flows}_total{vip,proto}`,
-//! `lbctl_backend_{packets,bytes,new_flows}_total{vip,backend,proto}`,
+//! Names: `lbctl_vip_{packets,bytes}_total{vip,proto,direction}` (direction:
+//! `to_backends`, `to_clients`), `lbctl_vip_new_flows_total{vip,proto}`,
+//! `lbctl_backend_{packets,bytes}_total{vip,backend,proto,direction}`,
+//! `lbctl_backend_new_flows_total{vip,backend,proto}`,
 //! `lbctl_vip_denied_flows_total{vip,proto}` (its source allowlist),
 //! `lbctl_vip_limited_flows_total{vip,proto}` and `lbctl_vip_max_new_flows`
 //! (its limit on new flows a second; only VIPs with one),
@@ -603,29 +605,60 @@ impl Collector for SnapshotCollector {
         let s = &self.0;
         let c = MetricType::Counter;
         let g = MetricType::Gauge;
-        type Field = fn(&Counters) -> u64;
-        // Packets and bytes count both directions (the counters are per
-        // flow's backend row, not per direction).
-        let fields: [(&str, &str, &str, Field); 3] = [
+        // Packets and bytes by direction: to backends (the clients'
+        // packets) and to clients (replies through the balancer; none in
+        // dsr and tunnel, whose backends answer clients directly). Summed
+        // over `direction`: every packet of the flows.
+        type Split = fn(&Counters) -> (u64, u64);
+        let split: [(&str, &str, &str, Split); 2] = [
             (
                 "packets",
-                "Packets of the VIP's flows, both directions",
-                "Packets of the backend's flows, both directions",
-                |c| c.packets,
+                "Packets of the VIP's flows, by direction (to_backends, to_clients)",
+                "Packets of the backend's flows, by direction (to_backends, to_clients)",
+                |c| (c.to_backends().0, c.packets_to_clients),
             ),
             (
                 "bytes",
-                "Bytes of the VIP's flows, both directions",
-                "Bytes of the backend's flows, both directions",
-                |c| c.bytes,
-            ),
-            (
-                "new_flows",
-                "New flows to the VIP",
-                "New flows balanced to the backend",
-                |c| c.new_flows,
+                "Bytes of the VIP's flows, by direction (to_backends, to_clients)",
+                "Bytes of the backend's flows, by direction (to_backends, to_clients)",
+                |c| (c.to_backends().1, c.bytes_to_clients),
             ),
         ];
+        let directed = |labels: Labels, (to_backends, to_clients): (u64, u64)| {
+            [("to_backends", to_backends), ("to_clients", to_clients)].map(|(d, n)| {
+                let mut l = labels.clone();
+                l.push(("direction", d.to_string()));
+                (l, ConstCounter::new(n))
+            })
+        };
+        for (name, help, backend_help, get) in split {
+            let items = s
+                .vips
+                .iter()
+                .flat_map(|v| directed(vip_labels(&v.vip.service), get(&v.stats)))
+                .collect();
+            family(&mut enc, &format!("lbctl_vip_{name}"), help, c, items)?;
+            let items = s
+                .vips
+                .iter()
+                .flat_map(|v| v.backends.iter().map(move |b| (&v.vip.service, b)))
+                .flat_map(|(svc, b)| directed(backend_labels(svc, b.entry.addr), get(&b.stats)))
+                .collect();
+            family(
+                &mut enc,
+                &format!("lbctl_backend_{name}"),
+                backend_help,
+                c,
+                items,
+            )?;
+        }
+        type Field = fn(&Counters) -> u64;
+        let fields: [(&str, &str, &str, Field); 1] = [(
+            "new_flows",
+            "New flows to the VIP",
+            "New flows balanced to the backend",
+            |c| c.new_flows,
+        )];
         for (name, help, backend_help, get) in fields {
             let items = s
                 .vips
@@ -817,6 +850,8 @@ mod tests {
             packets: n,
             bytes: n * 100,
             new_flows: n / 10,
+            packets_to_clients: n / 2,
+            bytes_to_clients: n * 40,
         }
     }
 
