@@ -530,6 +530,54 @@ static __always_inline bool arrived_by_its_route(struct xdp_md *ctx, const struc
 	       fib->ifindex == ctx->ingress_ifindex;
 }
 
+/* Is the packet for a socket of this host: a connection the host opened
+ * itself to a backend's service port (an operator's curl, a monitoring
+ * agent, a health check)? Its packets are the host's, not a lost reply. */
+static __always_inline bool to_local_socket(struct xdp_md *ctx, const struct packet *pkt)
+{
+	struct bpf_sock_tuple t;
+	struct bpf_sock *sk;
+	__u32 sz;
+
+	sz = ct_tuple(&t, pkt->family, pkt->saddr, pkt->daddr, pkt->ports[0], pkt->ports[1]);
+	if (pkt->proto == IPPROTO_TCP) /* request and TIME_WAIT sockets too */
+		sk = bpf_skc_lookup_tcp(ctx, &t, sz, BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_sk_lookup_udp(ctx, &t, sz, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return false;
+	bpf_sk_release(sk);
+	return true;
+}
+
+/* Is the packet addressed to this host (a local route)? No client of a
+ * dnat flow is: such a packet is a late one of a connection of the host's
+ * whose socket is gone (a health check that ended with a reset). */
+static __always_inline bool to_this_host(struct xdp_md *ctx, const struct packet *pkt)
+{
+	struct bpf_fib_lookup *fib;
+	struct lb_scratch *s;
+
+	s = get_scratch();
+	if (!s)
+		return false;
+	fib = &s->fib;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->ifindex = ctx->ingress_ifindex;
+	fib->l4_protocol = pkt->proto;
+	if (pkt->family == LB_AF_INET6) {
+		fib->family = AF_INET6;
+		addr_store(fib->ipv6_src, pkt->saddr, LB_AF_INET6);
+		addr_store(fib->ipv6_dst, pkt->daddr, LB_AF_INET6);
+	} else {
+		fib->family = AF_INET;
+		fib->ipv4_src = pkt->saddr[0];
+		fib->ipv4_dst = pkt->daddr[0];
+	}
+	/* A local (or broadcast) route is "not forwarded". */
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0) == BPF_FIB_LKUP_RET_NOT_FWDED;
+}
+
 /* A reply from a backend whose entry is gone (conntrack was flushed, the
  * balancer restarted, or ECMP moved the flow here). In dnat the reply names
  * both ends, so the entry is rebuilt for the backend that answered and the
@@ -551,6 +599,8 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 	__u32 backend_id = src->backend_id, tuple_sz;
 	int why;
 
+	if (to_local_socket(ctx, pkt))
+		return LB_PASS_REPLY_UNTRACKED;
 	if (src->users > 1) {
 		backend_id = flood_reply_recall(pkt, backend_id);
 		if (backend_id == LB_NO_BACKEND)
@@ -574,6 +624,8 @@ static __always_inline int ct_rebuild_from_reply(struct xdp_md *ctx, const struc
 		return LB_DROP_MARTIAN;
 	if (!arrived_by_its_route(ctx, pkt))
 		return LB_DROP_REPLY_WRONG_IFACE;
+	if (to_this_host(ctx, pkt))
+		return LB_PASS_REPLY_UNTRACKED;
 	if (!(handshake_opening(pkt) && in_flood())) {
 		/* The original direction: from the client (the reply's
 		 * destination) to the VIP the backend serves. */

@@ -377,7 +377,7 @@ enum lb_reason {
 	LB_PASS_FRAGMENT,        /* later fragment: no ports, cannot be classified */
 	LB_DROP_NO_BACKEND,      /* new flow for a VIP with no backend of weight > 0 */
 	LB_DROP_CT_FAILED,       /* conntrack entry could not be created */
-	LB_PASS_REPLY_UNTRACKED, /* from a backend endpoint, no entry, no VIP to rebuild it for */
+	LB_PASS_REPLY_UNTRACKED, /* from a backend endpoint, no entry, nothing to rebuild it for: no VIP, or addressed to this host (its own connection) */
 	LB_XDP_TX,               /* forwarded out of the interface it came in on */
 	LB_XDP_REDIRECT,         /* forwarded out of another attached interface */
 	LB_PASS_NO_NEIGH,        /* rewritten; the stack resolves the neighbour */

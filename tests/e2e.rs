@@ -1195,3 +1195,35 @@ fn short_tcp_on(lab: &Lab, vip: IpAddr, port: u16, n: usize) -> BTreeMap<String,
     lab.in_client(|| clients::short_tcp_spread(vip, port, n, timeout()))
         .unwrap_or_else(|e| panic!("short TCP connections: {e}\n{}", diagnose(lab)))
 }
+
+/// A connection the balancer host opens itself to a backend's service port
+/// (an operator's curl, a monitoring agent) is not a client's flow: the
+/// backend's answers reach it as they are, not rewritten to come from the
+/// VIP, and no entry is made for them.
+#[test]
+fn the_balancers_own_connection_to_a_backend_is_left_alone() {
+    let (lab, _) = balanced_lab(Topology::TwoArm, Family::V4, 1, &[]);
+    let backend = lab.backend_addr(1);
+    for k in 0..5 {
+        let hello = lab
+            .exec(
+                lab.balancer_ns(),
+                &[
+                    "timeout",
+                    "5",
+                    "bash",
+                    "-c",
+                    &format!("exec 3<>/dev/tcp/{backend}/8080 && head -n 1 <&3"),
+                ],
+            )
+            .unwrap_or_else(|e| {
+                panic!("connection {k} from the balancer: {e}\n{}", diagnose(&lab))
+            });
+        assert!(hello.contains(&lab.backend_name(1)), "{hello}");
+    }
+    let entries = conntrack_list(&lab, Family::V4, "tcp");
+    assert!(
+        !entries.contains("mark=") || entries.lines().all(|l| l.contains("mark=0")),
+        "no lbctl entry for the balancer's own connections: {entries}"
+    );
+}

@@ -1542,3 +1542,30 @@ fn a_udp_ipv6_vip_of_every_port_passes_the_port_on() {
         }
     });
 }
+
+/// A backend's packet to this host's own address without an entry is a
+/// late one of the host's own connection (a health check that ended with a
+/// reset), not a lost reply: passed as it is, no entry made for it.
+#[test]
+fn a_backends_packet_to_this_host_is_not_rebuilt_as_a_reply() {
+    in_fresh_netns(|| {
+        let (lb, _) = Balancer::dnat(VIP, Proto::Tcp, &["198.18.1.11:8080"]);
+        let late = Packet::tcp("198.18.1.11:8080", "198.18.1.1:40000", ACK)
+            .payload(b"backend-1\n")
+            .build();
+        let (action, out) = lb.run_on(&late, "v0");
+        assert_eq!((action, &out[..late.len()]), (XDP_PASS, &late[..]));
+        assert_eq!(
+            lb.maps
+                .reason_count(lb_reason::LB_PASS_REPLY_UNTRACKED)
+                .unwrap(),
+            1
+        );
+        assert!(!sh("conntrack -L 2>/dev/null").contains("dport=40000"));
+        // A client's lost reply is still rebuilt.
+        let reply = Packet::tcp("198.18.1.11:8080", CLIENT, ACK).build();
+        let (action, out) = lb.run_on(&reply, "v0");
+        assert_eq!(action, XDP_TX, "back out of v0, where the client is");
+        assert_eq!(parse(&out).src, VIP);
+    });
+}
