@@ -326,7 +326,7 @@ fn configuration_round_trips_through_separate_invocations() {
         assert!(list.contains(want), "{want:?} missing in:\n{list}");
     }
     let json = ns.ok(&["list", "--json"]);
-    assert!(json.contains("\"vip\":\"198.18.100.1:53\",\"proto\":\"udp\",\"mode\":\"dnat\",\"snat\":null,\"table_size\":16381"), "{json}");
+    assert!(json.contains("\"vip\":\"198.18.100.1:53\",\"ports\":[53,53],\"proto\":\"udp\",\"mode\":\"dnat\",\"snat\":null,\"table_size\":16381"), "{json}");
     let show = ns.ok(&["vip", "show", "198.18.100.1:80"]);
     assert!(
         show.contains("198.18.1.12:8080") && show.contains("100.00%"),
