@@ -400,7 +400,10 @@ fn lbctl_run_publishes_by_health_and_withdraws_on_exit() {
     eprintln!("withdrawn {took:?} after the last server stopped");
     // The service logs the change after making it: the route may be gone
     // a moment before its line is written.
-    svc.wait_for_log(&format!("routes: withdrew VIP {s4}"), Duration::from_secs(5));
+    svc.wait_for_log(
+        &format!("routes: withdrew VIP {s4}"),
+        Duration::from_secs(5),
+    );
     lab.start_server(2).unwrap();
     let took = wait_routes(&lb, &[&s4, &s6], "a backend back up", &svc);
     eprintln!("announced {took:?} after a server started");
