@@ -497,6 +497,36 @@ static __always_inline bool handshake_opening(const struct packet *pkt)
 	       !(pkt->tcp_flags & (TCP_RST | TCP_FIN));
 }
 
+/* The FIB's answer for a packet from src to dst (the packet's family)
+ * arriving on the packet's interface: the question and the answer in the
+ * scratch's fib (*fib), or -1 without scratch. */
+static __always_inline int fib_route(struct xdp_md *ctx, const struct packet *pkt,
+				     const __be32 *src, const __be32 *dst,
+				     struct bpf_fib_lookup **fib)
+{
+	struct lb_scratch *s;
+	struct bpf_fib_lookup *f;
+
+	s = get_scratch();
+	if (!s)
+		return -1;
+	f = &s->fib;
+	__builtin_memset(f, 0, sizeof(*f));
+	f->ifindex = ctx->ingress_ifindex;
+	f->l4_protocol = pkt->proto;
+	if (pkt->family == LB_AF_INET6) {
+		f->family = AF_INET6;
+		addr_store(f->ipv6_src, src, LB_AF_INET6);
+		addr_store(f->ipv6_dst, dst, LB_AF_INET6);
+	} else {
+		f->family = AF_INET;
+		f->ipv4_src = src[0];
+		f->ipv4_dst = dst[0];
+	}
+	*fib = f;
+	return bpf_fib_lookup(ctx, f, sizeof(*f), 0);
+}
+
 /* Would the kernel send a packet to this source out of the interface it
  * arrived on? A backend's packets arrive where the route to it leads (its
  * reverse path); one claiming a backend's address from elsewhere (the
@@ -504,29 +534,12 @@ static __always_inline bool handshake_opening(const struct packet *pkt)
  * fill the table and reflect packets off the balancer. */
 static __always_inline bool arrived_by_its_route(struct xdp_md *ctx, const struct packet *pkt)
 {
-	struct bpf_fib_lookup *fib;
-	struct lb_scratch *s;
+	struct bpf_fib_lookup *fib = NULL;
 	int rc;
 
-	s = get_scratch();
-	if (!s)
-		return false;
-	fib = &s->fib;
-	__builtin_memset(fib, 0, sizeof(*fib));
-	fib->ifindex = ctx->ingress_ifindex;
-	fib->l4_protocol = pkt->proto;
-	if (pkt->family == LB_AF_INET6) {
-		fib->family = AF_INET6;
-		addr_store(fib->ipv6_src, pkt->daddr, LB_AF_INET6);
-		addr_store(fib->ipv6_dst, pkt->saddr, LB_AF_INET6);
-	} else {
-		fib->family = AF_INET;
-		fib->ipv4_src = pkt->daddr[0];
-		fib->ipv4_dst = pkt->saddr[0];
-	}
-	rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	rc = fib_route(ctx, pkt, pkt->daddr, pkt->saddr, &fib);
 	/* NO_NEIGH has found the route (and its interface) too. */
-	return (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) &&
+	return (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) && fib &&
 	       fib->ifindex == ctx->ingress_ifindex;
 }
 
@@ -556,26 +569,9 @@ static __always_inline bool to_local_socket(struct xdp_md *ctx, const struct pac
 static __always_inline bool to_this_host(struct xdp_md *ctx, const struct packet *pkt)
 {
 	struct bpf_fib_lookup *fib;
-	struct lb_scratch *s;
 
-	s = get_scratch();
-	if (!s)
-		return false;
-	fib = &s->fib;
-	__builtin_memset(fib, 0, sizeof(*fib));
-	fib->ifindex = ctx->ingress_ifindex;
-	fib->l4_protocol = pkt->proto;
-	if (pkt->family == LB_AF_INET6) {
-		fib->family = AF_INET6;
-		addr_store(fib->ipv6_src, pkt->saddr, LB_AF_INET6);
-		addr_store(fib->ipv6_dst, pkt->daddr, LB_AF_INET6);
-	} else {
-		fib->family = AF_INET;
-		fib->ipv4_src = pkt->saddr[0];
-		fib->ipv4_dst = pkt->daddr[0];
-	}
 	/* A local (or broadcast) route is "not forwarded". */
-	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0) == BPF_FIB_LKUP_RET_NOT_FWDED;
+	return fib_route(ctx, pkt, pkt->saddr, pkt->daddr, &fib) == BPF_FIB_LKUP_RET_NOT_FWDED;
 }
 
 /* A reply from a backend whose entry is gone (conntrack was flushed, the

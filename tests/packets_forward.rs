@@ -160,19 +160,30 @@ fn ipv6_too_big_never_advertises_less_than_1280() {
 #[test]
 fn icmp_about_dsr_and_tunnel_flows_reaches_the_backend_as_the_clients_packets_do() {
     // dsr: the error as it came, one hop less, to the backend's MAC, as
-    // the client's SYN that made the flow.
-    for (vip, client, backend, router) in [
+    // the client's SYN that made the flow. The VIP as configured (a VIP of
+    // every port, `:0`, found through its port-less row), its backend, and
+    // where the packets go.
+    for (configured, backend, vip, client, router) in [
         (
             "198.18.100.1:8080",
-            CLIENT4,
             "198.18.1.11:8080",
+            "198.18.100.1:8080",
+            CLIENT4,
             "198.18.0.3",
         ),
         (
             "[2001:db8:0:100::1]:8080",
-            CLIENT6,
             "[2001:db8:0:1::11]:8080",
+            "[2001:db8:0:100::1]:8080",
+            CLIENT6,
             "2001:db8::3",
+        ),
+        (
+            "198.18.100.1:0",
+            "198.18.1.11:0",
+            "198.18.100.1:8080",
+            CLIENT4,
+            "198.18.0.3",
         ),
     ] {
         // The backend's answer as it left (from the VIP), quoted by a
@@ -204,7 +215,7 @@ fn icmp_about_dsr_and_tunnel_flows_reaches_the_backend_as_the_clients_packets_do
         ];
         in_fresh_netns(move || {
             let lb = Balancer::load().with_routes();
-            lb.serve(vip, Proto::Tcp, NatMode::Dsr, None, &[backend]);
+            lb.serve(configured, Proto::Tcp, NatMode::Dsr, None, &[backend]);
             run_table(&lb, &rows);
         });
     }
@@ -298,43 +309,4 @@ fn icmp_about_dsr_and_tunnel_flows_reaches_the_backend_as_the_clients_packets_do
             }
         });
     }
-}
-
-/// A dsr VIP of every port: the client's packets keep the VIP and their
-/// port, only the MAC changes; an ICMP error about the backend's answer
-/// finds the VIP through its port-less row and goes the same way.
-#[test]
-fn a_dsr_vip_of_every_port_sends_each_port_and_its_errors_to_the_backend() {
-    let (vip, client, router) = ("198.18.100.1:8080", CLIENT4, "198.18.0.3");
-    let answer = Packet::tcp(vip, client, SYN | ACK).payload(&[0; 1000]);
-    let error = Packet::icmp_error(router, "198.18.100.1", IcmpError::FragNeeded(1280), &answer);
-    let rows = [
-        Case {
-            row: "dsr, every port",
-            example: "the client's SYN to port 8080",
-            frame: Packet::tcp(client, vip, SYN).build(),
-            action: XDP_REDIRECT,
-            reason: lb_reason::LB_XDP_REDIRECT,
-            out: forwarded(Packet::tcp(client, vip, SYN), 11),
-        },
-        Case {
-            row: "dsr, every port",
-            example: "fragmentation needed about the backend's answer",
-            frame: error.build(),
-            action: XDP_REDIRECT,
-            reason: lb_reason::LB_ICMP_XDP_REDIRECT,
-            out: forwarded(error, 11),
-        },
-    ];
-    in_fresh_netns(move || {
-        let lb = Balancer::load().with_routes();
-        lb.serve(
-            "198.18.100.1:0",
-            Proto::Tcp,
-            NatMode::Dsr,
-            None,
-            &["198.18.1.11:0"],
-        );
-        run_table(&lb, &rows);
-    });
 }
