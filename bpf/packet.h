@@ -117,7 +117,7 @@ struct flow {
 	bool keep_dst;  /* dsr, tunnel: daddr is the backend, for the FIB only */
 	bool dsr;       /* daddr is a backend that must be on a link */
 	__u8 encap;     /* tunnel: bytes of outer header to add, else 0 */
-	bool to_client; /* a reply: counted as traffic to clients */
+	bool to_client; /* fast path only: the flow cache entry's direction (a reply) */
 };
 
 /* Where a packet leaves and with which MACs: from the FIB, or from the flow
