@@ -10,6 +10,7 @@
 //! | `abi` | the constants of `bpf/lb_abi.h` (generated) |
 //! | `maglev`, `hash`, `table_size` | Maglev tables, the flow hash, table sizes (pure) |
 //! | `config_file` | the configuration file: TOML ⇄ `model::Desired` (pure) |
+//! | `wire` | IP, TCP and UDP packets built and read in user space (pure) |
 //! | `netlink` | one netlink request and its answer, any family |
 //! | `host` | the host around the balancer: interfaces, neighbours, VIP routes, lock, records under /run |
 //! | `conntrack` | the kernel's conntrack table, read through ctnetlink |
@@ -21,7 +22,7 @@
 //!
 //! Layers, each importing only those below it (`grep -rn "use crate::"`):
 //!
-//! 1. `abi`, `hash`, `maglev`, `prefix`; then `table_size`, `model`, `config_file`;
+//! 1. `abi`, `hash`, `maglev`, `prefix`, `wire`; then `table_size`, `model`, `config_file`;
 //! 2. `netlink`; then `host` and `conntrack` (plain values in and out:
 //!    never `datapath`);
 //! 3. `datapath` (uses `host::iface` for the interfaces its program is on);
@@ -46,3 +47,4 @@ pub mod service;
 mod skeleton;
 pub mod snapshot;
 pub mod table_size;
+pub mod wire;

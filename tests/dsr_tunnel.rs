@@ -297,7 +297,7 @@ mod lab {
     use std::net::{IpAddr, SocketAddr};
     use std::time::Duration;
 
-    use lbctl_lab::lab::{Family, Lab, Topology, HOST_IFACE};
+    use lbctl_lab::lab::{Family, Lab, Topology};
     use lbctl_lab::servers::ECHO_PORT;
     use lbctl_lab::{balanced, clients};
 
@@ -315,34 +315,8 @@ mod lab {
         let mut lab = Lab::dual_stack(Topology::OneArm, 3).expect("building the lab");
         lab.start_servers().expect("starting servers");
         let vip = lab.vip_ip(1, family);
-        let host_prefix = if vip.is_ipv4() { 32 } else { 128 };
         for i in lab.backend_ids() {
-            let ns = lab.backend_ns(i).to_string();
-            for argv in [
-                vec![
-                    "ip".to_string(),
-                    "addr".into(),
-                    "add".into(),
-                    format!("{vip}/{host_prefix}"),
-                    "dev".into(),
-                    "lo".into(),
-                ],
-                vec![
-                    "sysctl".into(),
-                    "-qw".into(),
-                    "net.ipv4.conf.all.arp_ignore=1".into(),
-                ],
-                vec![
-                    "sysctl".into(),
-                    "-qw".into(),
-                    "net.ipv4.conf.all.arp_announce=2".into(),
-                ],
-            ] {
-                lab.exec(&ns, &argv).unwrap();
-            }
-            if mode == "tunnel" {
-                lbctl_lab::decap::attach(&ns, HOST_IFACE).unwrap();
-            }
+            lbctl_lab::direct::take_vip(&lab, i, vip, mode == "tunnel").unwrap();
         }
         for iface in lab.lb_ifaces() {
             lbctl(&lab, &["attach", iface]);

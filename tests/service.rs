@@ -7,14 +7,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lbctl_lab::clients::{self, ClientError, EchoConfig, LongConn};
+use lbctl_lab::lab::{Family, Topology};
 use lbctl_lab::lbctl_run::LbctlRun;
-use lbctl_lab::{netns, Lab};
+use lbctl_lab::servers::{BackendServers, ECHO_PORT};
+use lbctl_lab::{direct, netns, Lab};
 
 const PORT: u16 = 8080;
 const METRICS_PORT: u16 = 9112;
@@ -80,6 +82,8 @@ fn config(lab: &Lab, health: &str, backends: &[(usize, u32)]) -> String {
 
 const TCP_CHECK: &str =
     "\n[vip.health]\nkind = \"tcp\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n";
+/// The same as a UDP exchange: the lab's UDP echo answers `<name>:ping`.
+const UDP_CHECK: &str = "\n[vip.health]\nkind = \"udp\"\nsend = \"ping\"\nexpect = \":ping\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n";
 const INTERVAL: Duration = Duration::from_millis(300);
 
 /// `"address":"A",...` objects of `list --json`: (address, field) → text.
@@ -117,12 +121,18 @@ fn new_flows_of(lab: &Lab, i: usize) -> u64 {
 /// deadline: `clients::scaled`) until backend i's health is `want`; the
 /// time it took.
 fn wait_health(lab: &Lab, i: usize, want: &str, limit: Duration) -> Duration {
+    let addr = format!("{}:{PORT}", lab.backend_addr(i));
+    wait_health_of(lab, &addr, want, limit)
+}
+
+/// `wait_health` for the backend at `addr` (as `list --json` names it).
+fn wait_health_of(lab: &Lab, addr: &str, want: &str, limit: Duration) -> Duration {
     let limit = clients::scaled(limit);
     let started = Instant::now();
-    while health_of(lab, i) != want {
+    while backend_field(&lbctl(lab, &["list", "--json"]), addr, "health") != want {
         assert!(
             started.elapsed() < limit,
-            "b{i} not {want} after {limit:?}:\n{}",
+            "{addr} not {want} after {limit:?}:\n{}",
             lbctl(lab, &["list"])
         );
         thread::sleep(Duration::from_millis(25));
@@ -732,7 +742,6 @@ fn compare_metrics(lab: &Lab, quiet: bool) -> u64 {
 /// when its server stops, up again when it is back.
 #[test]
 fn ipv6_backends_are_checked_too() {
-    use lbctl_lab::lab::{Family, Topology};
     let mut lab = Lab::dual_stack(Topology::TwoArm, 2).expect("lab");
     lab.start_servers().unwrap();
     let addrs: Vec<String> = (1..=2)
@@ -748,26 +757,14 @@ fn ipv6_backends_are_checked_too() {
     }
     let file = ConfigFile::new(&lab, &text);
     let svc = start_service(&lab, &file, &[]);
-    let health = |lab: &Lab, i: usize| {
-        backend_field(&lbctl(lab, &["list", "--json"]), &addrs[i - 1], "health")
-    };
     let wait = |lab: &Lab, i: usize, want: &str| {
-        let started = Instant::now();
-        while health(lab, i) != want {
-            assert!(
-                started.elapsed() < clients::scaled(Duration::from_secs(5)),
-                "{} not {want}:\n{}",
-                addrs[i - 1],
-                lbctl(lab, &["list"])
-            );
-            thread::sleep(Duration::from_millis(25));
-        }
+        wait_health_of(lab, &addrs[i - 1], want, Duration::from_secs(5));
     };
     wait(&lab, 1, "up");
     wait(&lab, 2, "up");
     lab.stop_server(2);
     wait(&lab, 2, "down");
-    assert_eq!(health(&lab, 1), "up");
+    wait(&lab, 1, "up");
     lab.start_server(2).unwrap();
     wait(&lab, 2, "up");
     let (ok, log) = svc.stop(STOP);
@@ -789,7 +786,7 @@ fn a_udp_flow_leaves_a_backend_marked_down() {
         lab.lb_ifaces(),
         lab.vip(1)
     );
-    text += "[vip.health]\nkind = \"udp\"\nsend = \"ping\"\nexpect = \":ping\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n";
+    text += UDP_CHECK;
     for i in 1..=3 {
         text += &format!(
             "\n[[vip.backend]]\naddress = \"{}:{PORT}\"\n",
@@ -841,4 +838,117 @@ fn a_udp_flow_leaves_a_backend_marked_down() {
         "{}",
         log.join("\n")
     );
+}
+
+/// dsr and tunnel backends are checked through the VIP, as clients reach
+/// them (README, "Health checks"): a backend that loses the VIP from its
+/// loopback (dsr) or its tunnel (tunnel) while its own address still
+/// answers is marked down within fall × interval and takes no new flow;
+/// mended, it comes back and takes them again. TCP checks (a SYN through
+/// the VIP), or UDP ones (the check's datagram through the VIP, to a
+/// server bound to the VIP on each backend).
+fn checked_through_the_vip(family: Family, mode: &str, udp: bool) {
+    let mut lab = Lab::dual_stack(Topology::OneArm, 3).expect("lab");
+    lab.start_servers().unwrap();
+    let vip = lab.vip_ip(1, family);
+    let tunnel = mode == "tunnel";
+    for i in lab.backend_ids() {
+        direct::take_vip(&lab, i, vip, tunnel).unwrap();
+    }
+    let port = if udp { UDP_VIP_PORT } else { ECHO_PORT };
+    let _udp_servers: Vec<BackendServers> = lab
+        .backend_ids()
+        .filter(|_| udp)
+        .map(|i| {
+            let (ns, name) = (lab.backend_ns(i), lab.backend_name(i));
+            BackendServers::start_udp_on(ns, &name, SocketAddr::new(vip, port)).unwrap()
+        })
+        .collect();
+    let addr = |i: usize| SocketAddr::new(lab.backend_ip(i, family), port);
+    let (proto, check) = if udp {
+        ("udp", UDP_CHECK)
+    } else {
+        ("tcp", TCP_CHECK)
+    };
+    let mut text = format!(
+        "interfaces = {:?}\n\n[[vip]]\naddress = \"{}\"\nproto = \"{proto}\"\nmode = \"{mode}\"\n{check}",
+        lab.lb_ifaces(),
+        SocketAddr::new(vip, port)
+    );
+    for i in lab.backend_ids() {
+        text += &format!("\n[[vip.backend]]\naddress = \"{}\"\n", addr(i));
+    }
+    let file = ConfigFile::new(&lab, &text);
+    let svc = start_service(&lab, &file, &[]);
+    let b2 = addr(2).to_string();
+    for i in lab.backend_ids() {
+        wait_health_of(&lab, &addr(i).to_string(), "up", Duration::from_secs(3));
+    }
+    // 60 new flows (UDP: from ports of this batch's own, never reused).
+    let spread = |lab: &Lab, batch: u16| {
+        let t = clients::scaled(Duration::from_secs(3));
+        lab.in_client(|| {
+            if udp {
+                clients::answers_per_backend(60, |k| {
+                    clients::udp_ask_from(20000 + batch * 100 + k as u16, vip, port, b"ping", t)
+                })
+            } else {
+                clients::short_tcp_spread(vip, port, 60, t)
+            }
+        })
+        .expect("new flows through the VIP")
+    };
+    assert!(spread(&lab, 0).contains_key("b2"), "b2 takes new flows");
+
+    if tunnel {
+        direct::lose_tunnel(&lab, 2).unwrap();
+    } else {
+        direct::lose_vip(&lab, 2, vip).unwrap();
+    }
+    let took = wait_health_of(&lab, &b2, "down", Duration::from_secs(5));
+    let limit = clients::scaled(INTERVAL * 2 + Duration::from_secs(1));
+    assert!(took <= limit, "b2 down after {took:?}, more than {limit:?}");
+    // Its own address still answers: a check there would keep it up.
+    let own = SocketAddr::new(lab.backend_ip(2, family), ECHO_PORT);
+    let own = netns::in_ns(lab.balancer_ns(), move || {
+        TcpStream::connect_timeout(&own, Duration::from_secs(2)).map(drop)
+    })
+    .unwrap();
+    assert!(own.is_ok(), "b2's own address answers: {own:?}");
+    let after = spread(&lab, 1);
+    assert!(
+        !after.contains_key("b2"),
+        "a backend down got new flows: {after:?}"
+    );
+
+    if tunnel {
+        lbctl_lab::decap::attach(lab.backend_ns(2), lbctl_lab::lab::HOST_IFACE).unwrap();
+    } else {
+        direct::take_vip(&lab, 2, vip, false).unwrap();
+    }
+    wait_health_of(&lab, &b2, "up", INTERVAL * 2 + Duration::from_secs(1));
+    assert!(
+        spread(&lab, 2).contains_key("b2"),
+        "b2 takes new flows again"
+    );
+    let (ok, log) = svc.stop(STOP);
+    assert!(ok, "lbctl run exits 0 on SIGTERM:\n{}", log.join("\n"));
+    let down = log
+        .iter()
+        .find(|l| l.contains(&format!("backend {b2} ")) && l.contains("is down"))
+        .unwrap_or_else(|| panic!("b2's down line:\n{}", log.join("\n")));
+    assert!(down.contains("no answer through the VIP"), "{down}");
+}
+
+/// The UDP VIP of `checked_through_the_vip` (a port the lab's own UDP echo,
+/// bound to every address, does not hold).
+const UDP_VIP_PORT: u16 = 5300;
+
+lbctl_lab::test_rows! {
+    dsr_ipv4_is_checked_through_the_vip => checked_through_the_vip(Family::V4, "dsr", false);
+    dsr_ipv6_is_checked_through_the_vip => checked_through_the_vip(Family::V6, "dsr", false);
+    tunnel_ipv4_is_checked_through_the_vip => checked_through_the_vip(Family::V4, "tunnel", false);
+    tunnel_ipv6_is_checked_through_the_vip => checked_through_the_vip(Family::V6, "tunnel", false);
+    dsr_udp_ipv4_is_checked_through_the_vip => checked_through_the_vip(Family::V4, "dsr", true);
+    tunnel_udp_ipv6_is_checked_through_the_vip => checked_through_the_vip(Family::V6, "tunnel", true);
 }

@@ -51,8 +51,8 @@ struct Entry {
     protocol: Option<u8>,
     /// The NUD state word (REACHABLE, STALE, INCOMPLETE, ...), if shown.
     state: Option<String>,
-    /// A link-layer address is known.
-    lladdr: bool,
+    /// The link-layer address, if known.
+    lladdr: Option<Vec<u8>>,
 }
 
 impl Entry {
@@ -104,11 +104,14 @@ pub struct Reach {
     /// The next hop (the address itself, or a gateway) and its interface.
     pub hop: IpAddr,
     pub dev: String,
+    pub ifindex: u32,
     /// The neighbour's state word, or "none" without an entry.
     pub state: String,
     /// The neighbour has a MAC in a state the FIB lookup accepts
     /// (NUD_VALID): the first packet can leave from XDP.
     pub resolved: bool,
+    /// The neighbour's link-layer address (MAC), when resolved.
+    pub lladdr: Option<Vec<u8>>,
 }
 
 /// The next hop toward `addr` and whether it is resolved; None without a
@@ -122,13 +125,17 @@ pub fn reach(addr: IpAddr) -> Option<Reach> {
         .as_ref()
         .and_then(|e| e.state.clone())
         .unwrap_or_else(|| "none".into());
-    let resolved = entry.is_some_and(|e| e.lladdr || e.state.as_deref() == Some("NOARP"))
+    let resolved = entry
+        .as_ref()
+        .is_some_and(|e| e.lladdr.is_some() || e.state.as_deref() == Some("NOARP"))
         && VALID.contains(&state.as_str());
     Some(Reach {
         hop: hop.addr,
         dev: hop.dev,
+        ifindex: hop.ifindex,
         state,
         resolved,
+        lladdr: entry.and_then(|e| e.lladdr).filter(|_| resolved),
     })
 }
 
@@ -273,13 +280,13 @@ fn entry_of(n: &NeighbourMessage) -> Entry {
         managed: false,
         protocol: None,
         state: state_word(n.header.state).map(str::to_string),
-        lladdr: false,
+        lladdr: None,
     };
     for a in &n.attributes {
         match a {
             NeighbourAttribute::ExtFlags(f) => e.managed = f.contains(NeighbourExtFlags::Managed),
             NeighbourAttribute::Protocol(p) => e.protocol = Some(u8::from(*p)),
-            NeighbourAttribute::LinkLayerAddress(_) => e.lladdr = true,
+            NeighbourAttribute::LinkLayerAddress(a) => e.lladdr = Some(a.clone()),
             _ => {}
         }
     }
@@ -330,7 +337,7 @@ mod tests {
         );
         assert!(ours.is_lbctls());
         assert_eq!(ours.state.as_deref(), Some("INCOMPLETE"));
-        assert!(!ours.lladdr);
+        assert_eq!(ours.lladdr, None);
         let made_static = with(
             NeighbourState::Permanent,
             vec![
@@ -339,7 +346,7 @@ mod tests {
             ],
         );
         assert!(!made_static.is_lbctls());
-        assert!(made_static.lladdr);
+        assert_eq!(made_static.lladdr, Some(vec![2, 0, 0, 0, 0, 9]));
         assert!(!with(NeighbourState::Reachable, vec![managed, proto(4)]).is_lbctls());
         assert!(!with(NeighbourState::Stale, vec![]).is_lbctls());
     }

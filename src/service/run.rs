@@ -23,7 +23,7 @@
 //! `change` as the commands' do (lock, repair, what follows).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -32,6 +32,7 @@ use anyhow::Result;
 
 use super::census::Latest;
 use super::health::schedule::{CheckResult, Checker};
+use super::health::through_vip::Path;
 use super::health::tracker::Tracker;
 use super::health::Target;
 use super::metrics::{self, Metrics};
@@ -47,7 +48,7 @@ use crate::datapath::load;
 use crate::host::drain;
 use crate::host::iface;
 use crate::host::routes::Reconciled;
-use crate::model::{AttachOptions, Desired, Health, Service, XdpMode};
+use crate::model::{AttachOptions, Desired, Health, NatMode, Service, XdpMode};
 
 /// How often the routes are reconciled without a change of lbctl's.
 const ROUTE_RESYNC: Duration = Duration::from_secs(1);
@@ -240,44 +241,58 @@ struct Runner {
     events: Sender<Event>,
 }
 
+/// How a VIP's checks reach its backends: through the VIP for dsr and
+/// tunnel (from the tunnel's source, `source()`), else at their address.
+fn check_path(mode: NatMode, source: impl FnOnce() -> Option<IpAddr>) -> Option<Path> {
+    match mode {
+        NatMode::Dsr => Some(Path::Dsr),
+        NatMode::Tunnel => source().map(|source| Path::Tunnel { source }),
+        NatMode::Dnat | NatMode::Fullnat => None,
+    }
+}
+
 impl Runner {
     /// (Re)starts the probes for the current file, keeping each backend's
     /// rise/fall count if it is still checked; a backend new to checks
     /// starts from the health the maps record.
     fn start_checks(&mut self) {
         self.checker = None;
+        let running = Balancer::require().and_then(|b| b.maps.running());
+        if let Err(e) = &running {
+            log(format_args!("health: reading the running VIPs: {e:#}"));
+        }
+        let running = running.ok();
         self.targets = self
             .desired
             .vips
             .iter()
             .flat_map(|v| {
-                v.backends.iter().filter_map(|(addr, _)| {
+                let path = check_path(v.spec.mode, || {
+                    let vip = running.as_ref()?.vip(&v.spec.service);
+                    v.spec.snat.or(vip?.snat)
+                });
+                v.backends.iter().filter_map(move |(addr, _)| {
                     Some(Target {
                         service: v.spec.service,
                         backend: *addr,
                         check: v.check_of(*addr)?.clone(),
+                        path,
                     })
                 })
             })
             .collect();
         // A reload reads the checks' CA files again.
         super::health::tls::forget();
-        let recorded: HashMap<(Service, SocketAddr), Health> =
-            match Balancer::require().and_then(|b| b.maps.running()) {
-                Ok(run) => run
-                    .vips
-                    .iter()
-                    .flat_map(|v| {
-                        run.members(v)
-                            .into_iter()
-                            .map(move |m| ((v.service, m.addr), m.health))
-                    })
-                    .collect(),
-                Err(e) => {
-                    log(format_args!("health: reading the recorded health: {e:#}"));
-                    HashMap::new()
-                }
-            };
+        let recorded: HashMap<(Service, SocketAddr), Health> = running
+            .iter()
+            .flat_map(|run| {
+                run.vips.iter().flat_map(move |v| {
+                    run.members(v)
+                        .into_iter()
+                        .map(move |m| ((v.service, m.addr), m.health))
+                })
+            })
+            .collect();
         let keep: Vec<(Service, SocketAddr)> = self
             .targets
             .iter()

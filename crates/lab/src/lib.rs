@@ -19,6 +19,7 @@ pub mod clients;
 pub mod configs;
 pub mod conntrackd;
 pub mod decap;
+pub mod direct;
 pub mod ecmp;
 pub mod fixtures;
 pub mod keepalived;

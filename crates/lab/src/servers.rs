@@ -9,7 +9,9 @@
 //! - HTTP 80: `HTTP/1.0 200 OK` with body `<name>\n`, then closes.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, TcpListener, TcpStream, UdpSocket};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
+};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -96,6 +98,25 @@ impl BackendServers {
                 .spawn(move || accept_loop(listener, &said, &stop, echo_session))?;
             servers.threads.push(handle);
         }
+        Ok(servers)
+    }
+
+    /// A UDP echo of one backend bound to `addr` (a VIP it holds), so it
+    /// answers from that address, as a dsr or tunnel backend's UDP service
+    /// must (the lab's other UDP echo answers from whatever address routing
+    /// picks).
+    pub fn start_udp_on(ns: &str, name: &str, addr: SocketAddr) -> io::Result<BackendServers> {
+        let socket = netns::in_ns(ns, || -> io::Result<UdpSocket> {
+            let socket = UdpSocket::bind(addr)?;
+            socket.set_read_timeout(Some(TICK))?;
+            Ok(socket)
+        })??;
+        let mut servers = BackendServers {
+            name: name.to_string(),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        };
+        servers.spawn_udp(socket)?;
         Ok(servers)
     }
 

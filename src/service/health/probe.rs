@@ -85,7 +85,7 @@ fn any_of(dst: SocketAddr) -> IpAddr {
 }
 
 /// The address this namespace would send from to reach `dst`.
-fn source_for(dst: SocketAddr) -> Result<IpAddr, Failure> {
+pub(super) fn source_for(dst: SocketAddr) -> Result<IpAddr, Failure> {
     let s = UdpSocket::bind((any_of(dst), 0)).map_err(io_failure)?;
     s.connect(dst).map_err(|e| format!("no route: {e}"))?;
     Ok(s.local_addr().map_err(io_failure)?.ip())
@@ -140,23 +140,21 @@ fn os_err<T>() -> Result<T, Failure> {
     Err(io_failure(std::io::Error::last_os_error()))
 }
 
-/// A TCP connection to `dst` from a port bound first, so the hold for
-/// its 5-tuple is in place before the SYN leaves.
-fn connect(dst: SocketAddr, deadline: Instant, hold_s: u32) -> Result<(TcpStream, Hold), Failure> {
-    let src_ip = source_for(dst)?;
-    let domain = if dst.is_ipv4() {
+/// A non-blocking TCP (`tcp`) or UDP socket bound to a port of `src_ip`
+/// the kernel picks, and that port.
+pub(super) fn bound_socket(src_ip: IpAddr, tcp: bool) -> Result<(OwnedFd, u16), Failure> {
+    let domain = if src_ip.is_ipv4() {
         libc::AF_INET
     } else {
         libc::AF_INET6
     };
-    // SAFETY: socket(2); the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
+    let kind = if tcp {
+        libc::SOCK_STREAM
+    } else {
+        libc::SOCK_DGRAM
     };
+    // SAFETY: socket(2); the fd is owned at once.
+    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
     if fd < 0 {
         return os_err();
     }
@@ -183,7 +181,15 @@ fn connect(dst: SocketAddr, deadline: Instant, hold_s: u32) -> Result<(TcpStream
             return os_err();
         }
     }
-    let src = SocketAddr::new(src_ip, port_of(&local));
+    Ok((fd, port_of(&local)))
+}
+
+/// A TCP connection to `dst` from a port bound first, so the hold for
+/// its 5-tuple is in place before the SYN leaves.
+fn connect(dst: SocketAddr, deadline: Instant, hold_s: u32) -> Result<(TcpStream, Hold), Failure> {
+    let src_ip = source_for(dst)?;
+    let (fd, port) = bound_socket(src_ip, true)?;
+    let src = SocketAddr::new(src_ip, port);
     let hold = Hold::new(Proto::Tcp, src, dst, hold_s)
         .map_err(|e| format!("conntrack hold for {src} -> {dst}: {e}"))?;
     let (remote, len) = sockaddr(dst);

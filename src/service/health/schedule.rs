@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::probe::{probe, Failure};
+use super::probe::Failure;
 use super::Target;
 use crate::model::Service;
 
@@ -143,7 +143,7 @@ fn worker<E>(
         };
         let t = &targets[i];
         let started = Instant::now();
-        let result = probe(&t.check.kind, t.probe_addr(), t.check.timeout);
+        let result = t.run();
         let r = CheckResult {
             generation,
             target: i,
@@ -183,12 +183,14 @@ mod tests {
                 service: svc(80),
                 backend: SocketAddr::from(([198, 18, 1, 10 + i], 8080)),
                 check: check(800),
+                path: None,
             });
         }
         targets.push(Target {
             service: svc(81),
             backend: SocketAddr::from(([198, 18, 1, 10], 8080)),
             check: check(1000),
+            path: None,
         });
         let t0 = Instant::now();
         let offsets: Vec<u128> = first_due(&targets, t0)
