@@ -241,16 +241,36 @@ fn reset(stream: &TcpStream) {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: a valid linger struct of the size given.
-    unsafe {
+    let _ = set_option(
+        stream.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        &linger,
+    );
+}
+
+/// setsockopt(2) with `value` as the option's struct.
+pub(super) fn set_option<T>(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: `value` is a valid T of the size given.
+    let r = unsafe {
         libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const _ as *const libc::c_void,
-            size_of::<libc::linger>() as libc::socklen_t,
+            fd,
+            level,
+            name,
+            value as *const T as *const libc::c_void,
+            size_of::<T>() as libc::socklen_t,
         )
     };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn set_timeouts(stream: &TcpStream, d: Duration) -> std::io::Result<()> {
@@ -275,7 +295,12 @@ fn udp(
     s.set_read_timeout(Some(left(deadline)?))
         .map_err(io_failure)?;
     let n = s.recv(&mut buf).map_err(io_failure)?;
-    let reply = String::from_utf8_lossy(&buf[..n]);
+    expect_in(&buf[..n], expect)
+}
+
+/// A UDP check's verdict on the answer `reply`: it must contain `expect`.
+pub(super) fn expect_in(reply: &[u8], expect: &str) -> Result<(), Failure> {
+    let reply = String::from_utf8_lossy(reply);
     if reply.contains(expect) {
         Ok(())
     } else {

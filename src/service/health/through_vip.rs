@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
-use super::probe::{bound_socket, left, source_for, Failure};
+use super::probe::{bound_socket, expect_in, left, set_option, source_for, Failure};
 use crate::host::neighbour;
 use crate::wire;
 
@@ -101,15 +101,7 @@ pub fn check(
         Exchange::Udp { send, expect } => {
             probe.send(&wire::udp(src, vip, send.as_bytes()))?;
             let answer = probe.receive(deadline)?;
-            let reply = String::from_utf8_lossy(&answer.payload);
-            if reply.contains(expect) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "answer through the VIP {:?} lacks {expect:?}",
-                    reply.chars().take(40).collect::<String>()
-                ))
-            }
+            expect_in(&answer.payload, expect).map_err(|e| format!("through the VIP: {e}"))
         }
     }
 }
@@ -190,7 +182,8 @@ impl Probe {
     /// The first answer from the VIP to the probe's address and port, by
     /// `deadline`.
     fn receive(&self, deadline: Instant) -> Result<Answer, Failure> {
-        let mut buf = [0u8; 2048];
+        // As large as any packet handed up (GRO can merge a UDP answer).
+        let mut buf = vec![0u8; 65536];
         loop {
             let wait = left(deadline).map_err(|_| "no answer through the VIP".to_string())?;
             let mut pfd = libc::pollfd {
@@ -256,20 +249,14 @@ impl PacketSocket {
             len: filter.len() as u16,
             filter: filter.as_ptr() as *mut libc::sock_filter,
         };
-        // SAFETY: a valid sock_fprog over `filter`, which outlives the call
-        // (the kernel copies it).
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                &prog as *const _ as *const libc::c_void,
-                size_of::<libc::sock_fprog>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(os("packet filter"));
-        }
+        // The kernel copies the program; `filter` outlives the call.
+        set_option(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &prog,
+        )
+        .map_err(|e| format!("packet filter: {e}"))?;
         // Every interface: the answer comes back by the backend's route to
         // this host, which need not be the link the probe left by.
         let ethertype = if src.is_ipv6() { ETH_P_IPV6 } else { ETH_P_IP };
