@@ -912,8 +912,9 @@ names!(Health {
     Down => "down",
 });
 
-/// What a health check does, per backend, from the balancer's namespace
-/// straight to the backend's address.
+/// What a health check does, per backend, from the balancer's namespace:
+/// to the backend's address, or for dsr and tunnel VIPs through the VIP
+/// (`service::health::through_vip`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CheckKind {
     /// A TCP connection is accepted.

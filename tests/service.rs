@@ -844,7 +844,8 @@ fn a_udp_flow_leaves_a_backend_marked_down() {
 /// them (README, "Health checks"): a backend that loses the VIP from its
 /// loopback (dsr) or its tunnel (tunnel) while its own address still
 /// answers is marked down within fall × interval and takes no new flow;
-/// mended, it comes back and takes them again. TCP checks (a SYN through
+/// mended, it comes back and takes them again; its neighbour entry
+/// removed, the checks have it made again. TCP checks (a SYN through
 /// the VIP), or UDP ones (the check's datagram through the VIP, to a
 /// server bound to the VIP on each backend).
 fn checked_through_the_vip(family: Family, mode: &str, udp: bool) {
@@ -931,6 +932,26 @@ fn checked_through_the_vip(family: Family, mode: &str, udp: bool) {
         spread(&lab, 2).contains_key("b2"),
         "b2 takes new flows again"
     );
+
+    // A neighbour entry gone (as a link flap flushes them): the check,
+    // which needs the MAC as the XDP program does, asks for it again.
+    let b2_ip = lab.backend_ip(2, family).to_string();
+    let dev = lab.lb_backend_iface();
+    let neigh = |op: &str| {
+        let argv = ["ip", "neigh", op, &b2_ip, "dev", dev];
+        lab.exec(lab.balancer_ns(), &argv).unwrap()
+    };
+    neigh("del");
+    let limit = clients::scaled(INTERVAL * 4 + Duration::from_secs(1));
+    let flushed = Instant::now();
+    while !neigh("show").contains("lladdr") {
+        assert!(
+            flushed.elapsed() < limit,
+            "b2's neighbour entry not back after {limit:?}"
+        );
+        thread::sleep(Duration::from_millis(25));
+    }
+    wait_health_of(&lab, &b2, "up", INTERVAL * 4 + Duration::from_secs(1));
     let (ok, log) = svc.stop(STOP);
     assert!(ok, "lbctl run exits 0 on SIGTERM:\n{}", log.join("\n"));
     let down = log
@@ -951,4 +972,57 @@ lbctl_lab::test_rows! {
     tunnel_ipv6_is_checked_through_the_vip => checked_through_the_vip(Family::V6, "tunnel", false);
     dsr_udp_ipv4_is_checked_through_the_vip => checked_through_the_vip(Family::V4, "dsr", true);
     tunnel_udp_ipv6_is_checked_through_the_vip => checked_through_the_vip(Family::V6, "tunnel", true);
+}
+
+/// A link that goes down takes the kernel's neighbour entries with it,
+/// lbctl's managed ones too; `lbctl run` asks for its backends' next hops
+/// again by itself (every few seconds, for entries gone), so the first
+/// packet of a flow finds a MAC from XDP again without a reload.
+#[test]
+fn lbctl_run_asks_again_for_the_neighbours_a_link_flap_took() {
+    let mut lab = Lab::two_arm(3).expect("lab");
+    lab.start_servers().unwrap();
+    let file = ConfigFile::new(&lab, &config(&lab, "", &[(1, 1), (2, 1), (3, 1)]));
+    let svc = start_service(&lab, &file, &[]);
+    let dev = lab.lb_backend_iface();
+    let resolved = |lab: &Lab| -> usize {
+        let shown = lab
+            .exec(lab.balancer_ns(), &["ip", "neigh", "show", "dev", dev])
+            .unwrap();
+        (1..=3)
+            .filter(|&i| {
+                let addr = format!("{} ", lab.backend_addr(i));
+                shown
+                    .lines()
+                    .any(|l| l.starts_with(&addr) && l.contains("lladdr"))
+            })
+            .count()
+    };
+    let wait_all = |lab: &Lab, limit: Duration| {
+        let limit = clients::scaled(limit);
+        let started = Instant::now();
+        while resolved(lab) < 3 {
+            assert!(started.elapsed() < limit, "entries not back in {limit:?}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_all(&lab, Duration::from_secs(3));
+    let link = |state: &str| {
+        lab.exec(lab.balancer_ns(), &["ip", "link", "set", "dev", dev, state])
+            .unwrap();
+    };
+    link("down");
+    assert_eq!(resolved(&lab), 0, "the link going down took the entries");
+    link("up");
+    // The service asks every 5 s.
+    wait_all(&lab, Duration::from_secs(8));
+    let spread = short_tcp(&lab, lab.vip(1), 30);
+    assert_eq!(spread.values().sum::<usize>(), 30, "{spread:?}");
+    let (ok, log) = svc.stop(STOP);
+    assert!(ok, "lbctl run exits 0 on SIGTERM:\n{}", log.join("\n"));
+    assert!(
+        log.iter().any(|l| l.contains("neighbours: asked again")),
+        "{}",
+        log.join("\n")
+    );
 }

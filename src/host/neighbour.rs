@@ -97,6 +97,24 @@ pub fn keep_resolved(addr: IpAddr) -> Option<String> {
     }
 }
 
+/// Asks again for the next hop of each of `addrs` whose entry is gone (a
+/// link that went down took it, or someone flushed it), as
+/// `keep_resolved` made it; entries there, of any kind, are left alone.
+/// Returns a line for each hop asked for again (or that could not be).
+pub fn restore_missing(addrs: impl IntoIterator<Item = IpAddr>) -> Vec<String> {
+    let hops: BTreeSet<Hop> = addrs.into_iter().filter_map(next_hop).collect();
+    hops.into_iter()
+        .filter(|hop| matches!(entry(hop), Ok(None)))
+        .map(|hop| match keep_resolved(hop.addr) {
+            None => format!(
+                "asked again for next hop {} on {} (its entry was gone)",
+                hop.addr, hop.dev
+            ),
+            Some(note) => note,
+        })
+        .collect()
+}
+
 /// How this namespace would reach an address now, as the XDP program's
 /// FIB lookup sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -47,11 +47,16 @@ use crate::datapath::balancer::Balancer;
 use crate::datapath::load;
 use crate::host::drain;
 use crate::host::iface;
+use crate::host::neighbour;
 use crate::host::routes::Reconciled;
 use crate::model::{AttachOptions, Desired, Health, NatMode, Service, XdpMode};
 
 /// How often the routes are reconciled without a change of lbctl's.
 const ROUTE_RESYNC: Duration = Duration::from_secs(1);
+/// How often backends' neighbour entries gone since (a link flap takes
+/// them) are asked for again: each costs a route and a neighbour lookup
+/// per distinct backend address.
+const NEIGHBOUR_RESYNC: Duration = Duration::from_secs(5);
 
 /// What `lbctl run` is asked to do.
 #[derive(Clone, Debug)]
@@ -122,8 +127,11 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     // Health results arrive more often than once a second: the resync
     // keeps its own clock.
     let mut resync_at = Instant::now() + ROUTE_RESYNC;
+    let mut neighbours_at = Instant::now() + NEIGHBOUR_RESYNC;
     let stopped_by = loop {
-        let wait = resync_at.saturating_duration_since(Instant::now());
+        let wait = resync_at
+            .min(neighbours_at)
+            .saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Ok(Event::Signal(Signal::Hangup)) => svc.reload(),
             Ok(Event::Signal(Signal::Terminate(name))) => break name,
@@ -134,6 +142,10 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         if Instant::now() >= resync_at {
             resync_routes();
             resync_at = Instant::now() + ROUTE_RESYNC;
+        }
+        if Instant::now() >= neighbours_at {
+            svc.restore_neighbours();
+            neighbours_at = Instant::now() + NEIGHBOUR_RESYNC;
         }
     };
     notify::notify("STOPPING=1");
@@ -312,6 +324,20 @@ impl Runner {
                 self.events.clone(),
                 Event::Check,
             ));
+        }
+    }
+
+    /// Backends' next hops whose entries are gone, asked for again (what
+    /// a reload's apply does for all of them), so a link that went down
+    /// and came back needs no reload (README, "Known limits").
+    fn restore_neighbours(&self) {
+        let addrs = self
+            .desired
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|(a, _)| a.ip()));
+        for line in neighbour::restore_missing(addrs) {
+            log(format_args!("neighbours: {line}"));
         }
     }
 

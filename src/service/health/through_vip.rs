@@ -55,14 +55,25 @@ pub fn check(
     deadline: Instant,
 ) -> Result<(), Failure> {
     let reach = neighbour::reach(backend).ok_or("no route to the backend")?;
-    let mac = reach.lladdr.clone().ok_or_else(|| {
-        format!(
-            "next hop {} on {} has no MAC ({})",
+    let Some(mac) = reach.lladdr.clone() else {
+        // The XDP program cannot forward to it either. An entry gone (a
+        // link flap flushes them) is asked for again, as lbctl keeps one
+        // for every backend; the next check finds it resolved.
+        let asked = if reach.state == "none" {
+            match neighbour::keep_resolved(backend) {
+                None => ": asked the kernel to resolve it",
+                Some(_) => "",
+            }
+        } else {
+            ""
+        };
+        return Err(format!(
+            "next hop {} on {} has no MAC ({}){asked}",
             reach.hop,
             reach.dev,
             reach.state.to_lowercase()
-        )
-    })?;
+        ));
+    };
     let src_ip = source_for(SocketAddr::new(backend, vip.port()))?;
     let tcp = matches!(exchange, Exchange::Tcp);
     let proto = if tcp {
