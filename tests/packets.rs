@@ -1305,8 +1305,13 @@ fn the_allowlist_turns_away_new_flows_from_outside_only() {
                 lb.maps.set_allowlist(&mut run, &vip, &list).unwrap()
             };
             let client = |host: &str, port: u16| format!("{host}:{port}");
+            // Every step is one TCP segment from a client to the VIP.
+            let send = |host: &str, port: u16, flags, data: &[u8]| {
+                let segment = Packet::tcp(&client(host, port), vip_addr, flags).payload(data);
+                lb.run(&segment.build())
+            };
             // Before any list: the client outside starts a flow.
-            let (action, _) = lb.run(&Packet::tcp(&client(outside, 40000), vip_addr, SYN).build());
+            let (action, _) = send(outside, 40000, SYN, b"");
             assert_eq!(action, XDP_REDIRECT, "{vip_addr}: no list, everyone");
 
             assert!(set(&[prefix]));
@@ -1317,7 +1322,7 @@ fn the_allowlist_turns_away_new_flows_from_outside_only() {
                 [prefix]
             );
             let denied = lb.reason(lb_reason::LB_DROP_NOT_ALLOWED);
-            let (action, _) = lb.run(&Packet::tcp(&client(outside, 40001), vip_addr, SYN).build());
+            let (action, _) = send(outside, 40001, SYN, b"");
             assert_eq!(action, XDP_DROP, "{vip_addr}: a new flow from {outside}");
             assert_eq!(lb.reason(lb_reason::LB_DROP_NOT_ALLOWED), denied + 1);
             let index = lb.maps.find_vip(&vip).unwrap().unwrap().index;
@@ -1325,18 +1330,14 @@ fn the_allowlist_turns_away_new_flows_from_outside_only() {
             assert_eq!(entries_from(&client(outside, 40001)), 0, "no entry made");
 
             // The outside client's first flow, begun before the list, goes on.
-            let (action, out) = lb.run(
-                &Packet::tcp(&client(outside, 40000), vip_addr, ACK)
-                    .payload(b"x")
-                    .build(),
-            );
+            let (action, out) = send(outside, 40000, ACK, b"x");
             assert_eq!(
                 action, XDP_REDIRECT,
                 "{vip_addr}: a live flow is not checked"
             );
             assert_eq!(parse(&out).dst, backend);
             // A client inside begins flows.
-            let (action, out) = lb.run(&Packet::tcp(&client(inside, 40002), vip_addr, SYN).build());
+            let (action, out) = send(inside, 40002, SYN, b"");
             assert_eq!(action, XDP_REDIRECT, "{vip_addr}: a new flow from {inside}");
             assert_eq!(parse(&out).dst, backend);
 
@@ -1348,22 +1349,18 @@ fn the_allowlist_turns_away_new_flows_from_outside_only() {
                 "198.18.7.0/24"
             };
             assert!(set(&[other]));
-            let (action, _) = lb.run(
-                &Packet::tcp(&client(inside, 40002), vip_addr, ACK)
-                    .payload(b"y")
-                    .build(),
-            );
+            let (action, _) = send(inside, 40002, ACK, b"y");
             assert_eq!(
                 action, XDP_REDIRECT,
                 "{vip_addr}: live flow after the change"
             );
-            let (action, _) = lb.run(&Packet::tcp(&client(inside, 40003), vip_addr, SYN).build());
+            let (action, _) = send(inside, 40003, SYN, b"");
             assert_eq!(action, XDP_DROP, "{vip_addr}: new flow after the change");
 
             // No list: everyone again.
             assert!(set(&[]));
             assert!(lb.maps.find_vip(&vip).unwrap().unwrap().allow.is_empty());
-            let (action, _) = lb.run(&Packet::tcp(&client(outside, 40004), vip_addr, SYN).build());
+            let (action, _) = send(outside, 40004, SYN, b"");
             assert_eq!(action, XDP_REDIRECT, "{vip_addr}: list removed");
         });
     }
