@@ -12,10 +12,10 @@ use anyhow::{Context, Result};
 use libbpf_rs::MapFlags;
 
 use super::abi::{LB_AF_INET, LB_VIP_ALLOWLIST};
-use super::codec::{bytes_of, read, service_endpoint};
+use super::codec::{bytes_of, read, service_endpoint, switch_flag};
 use super::maps::{counted, uncount, Map, Maps};
 use super::running::Running;
-use super::types::{lb_allow_key, lb_vip};
+use super::types::lb_allow_key;
 use crate::model::Service;
 use crate::prefix::Prefix;
 
@@ -167,25 +167,16 @@ impl Maps {
                 &format_args!("allowed prefix {p} of VIP {service}"),
             )?;
         }
-        let ep = service_endpoint(service);
-        let what = format_args!("VIP {service}");
-        let mut row: lb_vip = self.vips.require(bytes_of(&ep), &what)?;
-        let flags = if allow.is_empty() {
-            row.flags & !LB_VIP_ALLOWLIST
-        } else {
-            row.flags | LB_VIP_ALLOWLIST
-        };
-        if flags != row.flags {
-            row.flags = flags;
-            self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
-        }
+        self.edit_vip_row(service, |row| {
+            Ok(switch_flag(row, LB_VIP_ALLOWLIST, !allow.is_empty()))
+        })?;
         for p in vip.allow.iter().filter(|p| !allow.contains(p)) {
             map.remove(
                 bytes_of(&key_of(vip.index, p)),
                 &format_args!("prefix {p} of VIP {service}"),
             )?;
         }
-        if let Some(v) = run.vips.iter_mut().find(|v| v.service == *service) {
+        if let Some(v) = run.vip_mut(service) {
             v.allow = allow.to_vec();
             v.has_allowlist = !allow.is_empty();
         }

@@ -10,10 +10,10 @@ use anyhow::{Context, Result};
 use libbpf_rs::MapFlags;
 
 use super::abi::LB_VIP_RATE_LIMIT;
-use super::codec::{bytes_of, service_endpoint, VipEntry};
+use super::codec::{bytes_of, switch_flag, VipEntry};
 use super::maps::{counted, uncount, Map, Maps};
 use super::running::Running;
-use super::types::{lb_vip, lb_vip_rate};
+use super::types::lb_vip_rate;
 use crate::model::Service;
 
 // SAFETY: plain old data: #[repr(C)], integer fields and arrays only.
@@ -83,26 +83,16 @@ impl Maps {
         if vip.max_new_flows == limit {
             return Ok(false);
         }
-        let ep = service_endpoint(service);
-        let what = format_args!("VIP {service}");
-        let mut row: lb_vip = self.vips.require(bytes_of(&ep), &what)?;
-        match limit {
-            Some(_) => {
+        self.edit_vip_row(service, |row| {
+            if limit.is_some() {
                 self.put_limit(vip.index, limit)?;
-                if row.flags & LB_VIP_RATE_LIMIT == 0 {
-                    row.flags |= LB_VIP_RATE_LIMIT;
-                    self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
-                }
             }
-            None => {
-                if row.flags & LB_VIP_RATE_LIMIT != 0 {
-                    row.flags &= !LB_VIP_RATE_LIMIT;
-                    self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
-                }
-                self.put_limit(vip.index, None)?;
-            }
+            Ok(switch_flag(row, LB_VIP_RATE_LIMIT, limit.is_some()))
+        })?;
+        if limit.is_none() {
+            self.put_limit(vip.index, None)?;
         }
-        if let Some(v) = run.vips.iter_mut().find(|v| v.service == *service) {
+        if let Some(v) = run.vip_mut(service) {
             v.max_new_flows = limit;
             v.has_limit = limit.is_some();
         }

@@ -100,6 +100,12 @@ impl Running {
         self.vips.iter().find(|v| v.service == *service)
     }
 
+    /// The entry to bring up to date after a write of the VIP's row (the
+    /// last step of each `set_*`); None if the VIP is not listed.
+    pub fn vip_mut(&mut self, service: &Service) -> Option<&mut VipEntry> {
+        self.vips.iter_mut().find(|v| v.service == *service)
+    }
+
     /// Every VIP with the ports it takes (`conntrack::as_configured`).
     pub fn vip_ports(&self) -> Vec<(Service, Ports)> {
         self.vips.iter().map(|v| (v.service, v.ports)).collect()

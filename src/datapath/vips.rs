@@ -171,13 +171,12 @@ impl Maps {
         if vip.affinity == affinity {
             return Ok(false);
         }
-        let ep = service_endpoint(service);
-        let what = format_args!("VIP {service}");
-        let mut row: lb_vip = self.vips.require(bytes_of(&ep), &what)?;
-        set_affinity(&mut row, affinity);
-        self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
+        self.edit_vip_row(service, |row| {
+            set_affinity(row, affinity);
+            Ok(true)
+        })?;
         self.bump_generation()?;
-        if let Some(v) = run.vips.iter_mut().find(|v| v.service == *service) {
+        if let Some(v) = run.vip_mut(service) {
             v.affinity = affinity;
         }
         Ok(true)
@@ -196,15 +195,31 @@ impl Maps {
         if vip.on_backend_gone == policy {
             return Ok(false);
         }
-        let ep = service_endpoint(service);
-        let what = format_args!("VIP {service}");
-        let mut row: lb_vip = self.vips.require(bytes_of(&ep), &what)?;
-        set_on_backend_gone(&mut row, policy);
-        self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
-        if let Some(v) = run.vips.iter_mut().find(|v| v.service == *service) {
+        self.edit_vip_row(service, |row| {
+            set_on_backend_gone(row, policy);
+            Ok(true)
+        })?;
+        if let Some(v) = run.vip_mut(service) {
             v.on_backend_gone = policy;
         }
         Ok(true)
+    }
+
+    /// Reads VIP `service`'s row, lets `edit` change it, and writes it
+    /// back where `edit` says it changed: the read-modify-write of the row
+    /// that every `set_*` of one VIP setting does.
+    pub(super) fn edit_vip_row(
+        &self,
+        service: &Service,
+        edit: impl FnOnce(&mut lb_vip) -> Result<bool>,
+    ) -> Result<()> {
+        let ep = service_endpoint(service);
+        let what = format_args!("VIP {service}");
+        let mut row: lb_vip = self.vips.require(bytes_of(&ep), &what)?;
+        if edit(&mut row)? {
+            self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
+        }
+        Ok(())
     }
 
     /// Deletes a VIP and its backend rows; returns the rows it removed.
