@@ -38,12 +38,18 @@ pub struct Channel {
     /// (its connection to the peer), e.g. "connected", "disconnected".
     pub server: Option<String>,
     pub client: Option<String>,
-    pub bytes_sent: Option<u64>,
-    pub bytes_received: Option<u64>,
-    pub messages_sent: Option<u64>,
-    pub messages_received: Option<u64>,
-    pub send_errors: Option<u64>,
-    pub receive_errors: Option<u64>,
+    pub sent: Traffic,
+    pub received: Traffic,
+}
+
+/// One direction of a channel, as conntrackd counts it: the same three
+/// counts each way ("Bytes", "Pckts", "Error").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub bytes: Option<u64>,
+    pub messages: Option<u64>,
+    /// Failed sends, or failed receives.
+    pub errors: Option<u64>,
 }
 
 impl Channel {
@@ -57,6 +63,10 @@ impl Channel {
     }
 }
 
+/// The operations of `SyncStats::written`, in its order, as conntrackd
+/// names them ("connections created:").
+pub const WRITE_OPS: [&str; 3] = ["created", "updated", "destroyed"];
+
 /// What conntrackd's statistics say about the sync.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncStats {
@@ -64,11 +74,9 @@ pub struct SyncStats {
     /// (`cache internal`, `current active connections`).
     pub entries: Option<u64>,
     /// Entries the peer sent, written into this host's table
-    /// (`external inject`): created, updated, destroyed, and how many of
-    /// those writes failed.
-    pub written_created: Option<u64>,
-    pub written_updated: Option<u64>,
-    pub written_destroyed: Option<u64>,
+    /// (`external inject`): created, updated and destroyed (by
+    /// `WRITE_OPS`), and how many of those writes failed.
+    pub written: [Option<u64>; 3],
     pub written_failed: Option<u64>,
     /// Messages lost on the way in (sequence tracking).
     pub lost_messages: Option<u64>,
@@ -142,13 +150,10 @@ pub fn parse(text: &str) -> SyncStats {
                     .copied();
             }
             "external inject:" => {
-                for (label, field) in [
-                    ("connections created:", &mut st.written_created),
-                    ("connections updated:", &mut st.written_updated),
-                    ("connections destroyed:", &mut st.written_destroyed),
-                ] {
-                    if l.starts_with(label) {
-                        let n = numbers_after(l, label);
+                for (op, field) in WRITE_OPS.iter().zip(&mut st.written) {
+                    let label = format!("connections {op}:");
+                    if l.starts_with(&label) {
+                        let n = numbers_after(l, &label);
                         *field = n.first().copied();
                         if let Some(failed) = n.get(1) {
                             *st.written_failed.get_or_insert(0) += failed;
@@ -205,12 +210,12 @@ fn counter_line(ch: &mut Channel, line: &str) {
             continue;
         };
         let field = match (w[1], w[2]) {
-            ("Bytes", "sent") => &mut ch.bytes_sent,
-            ("Bytes", "recv") => &mut ch.bytes_received,
-            ("Pckts", "sent") => &mut ch.messages_sent,
-            ("Pckts", "recv") => &mut ch.messages_received,
-            ("Error", "send") => &mut ch.send_errors,
-            ("Error", "recv") => &mut ch.receive_errors,
+            ("Bytes", "sent") => &mut ch.sent.bytes,
+            ("Bytes", "recv") => &mut ch.received.bytes,
+            ("Pckts", "sent") => &mut ch.sent.messages,
+            ("Pckts", "recv") => &mut ch.received.messages,
+            ("Error", "send") => &mut ch.sent.errors,
+            ("Error", "recv") => &mut ch.received.errors,
             _ => continue,
         };
         *field = Some(n);
@@ -233,9 +238,7 @@ mod tests {
     fn a_connected_tcp_channel() {
         let st = parse(TCP);
         assert_eq!(st.entries, Some(7));
-        assert_eq!(st.written_created, Some(7));
-        assert_eq!(st.written_updated, Some(7));
-        assert_eq!(st.written_destroyed, Some(0));
+        assert_eq!(st.written, [Some(7), Some(7), Some(0)]);
         assert_eq!(st.written_failed, Some(0));
         assert_eq!(st.lost_messages, Some(0));
         assert_eq!(
@@ -245,12 +248,16 @@ mod tests {
                 device: "lb0".into(),
                 server: Some("connected".into()),
                 client: Some("connected".into()),
-                bytes_sent: Some(1788),
-                bytes_received: Some(1208),
-                messages_sent: Some(6),
-                messages_received: Some(5),
-                send_errors: Some(1),
-                receive_errors: Some(0),
+                sent: Traffic {
+                    bytes: Some(1788),
+                    messages: Some(6),
+                    errors: Some(1),
+                },
+                received: Traffic {
+                    bytes: Some(1208),
+                    messages: Some(5),
+                    errors: Some(0),
+                },
             })
         );
         assert_eq!(st.channel().unwrap().connected(), Some(true));
@@ -270,7 +277,7 @@ mod tests {
         let ch = st.channel().unwrap();
         assert_eq!((ch.kind.as_str(), ch.device.as_str()), ("UDP", "lb0"));
         assert_eq!(ch.connected(), None);
-        assert_eq!(ch.messages_received, Some(3));
+        assert_eq!(ch.received.messages, Some(3));
     }
 
     #[test]
