@@ -5,6 +5,7 @@
 //! (rows of `lbctl_lab::fixtures::cases`).
 
 use lbctl::abi::{LB_MARK_BACKEND_MASK, LB_MARK_CLOSING, LB_MARK_VIP_SHIFT};
+use lbctl::datapath::maps::TurnedAway;
 use lbctl::datapath::types::lb_reason;
 use lbctl::model::{NatMode, Proto};
 use lbctl_lab::fixtures::packet::*;
@@ -1326,7 +1327,7 @@ fn the_allowlist_turns_away_new_flows_from_outside_only() {
             assert_eq!(action, XDP_DROP, "{vip_addr}: a new flow from {outside}");
             assert_eq!(lb.reason(lb_reason::LB_DROP_NOT_ALLOWED), denied + 1);
             let index = lb.maps.find_vip(&vip).unwrap().unwrap().index;
-            assert_eq!(lb.maps.denied(index).unwrap(), 1);
+            assert_eq!(lb.maps.turned_away(TurnedAway::Denied, index).unwrap(), 1);
             assert_eq!(entries_from(&client(outside, 40001)), 0, "no entry made");
 
             // The outside client's first flow, begun before the list, goes on.
@@ -1403,7 +1404,12 @@ fn the_limit_turns_away_new_flows_beyond_it_and_no_live_flow() {
         let (action, _) = lb.run(&Packet::tcp(&client(40005), VIP, SYN).build());
         assert_eq!(action, XDP_DROP, "the sixth new flow of the second");
         assert_eq!(lb.reason(lb_reason::LB_DROP_RATE_LIMITED), limited + 1);
-        assert_eq!(lb.maps.limited(found.index).unwrap(), 1);
+        assert_eq!(
+            lb.maps
+                .turned_away(TurnedAway::Limited, found.index)
+                .unwrap(),
+            1
+        );
         assert_eq!(entries_from(&client(40005)), 0, "no entry made");
         // A flow begun within the limit goes on.
         let (action, out) = lb.run(&Packet::tcp(&client(40000), VIP, ACK).payload(b"x").build());

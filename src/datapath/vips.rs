@@ -12,7 +12,7 @@ use super::codec::{
     bytes_of, service_endpoint, set_affinity, set_on_backend_gone, vip_entry, vip_row,
     BackendEntry, VipEntry,
 };
-use super::maps::Maps;
+use super::maps::{Maps, TurnedAway};
 use super::prefilter::Set;
 use super::rebuild::build_tables;
 use super::reply::{key_of, Key};
@@ -137,9 +137,9 @@ impl Maps {
             let ep = service_endpoint(&spec.service);
             // Its prefixes before the row that turns the check on.
             self.put_allowlist(*index, &spec.allow, &mut allow_keys)?;
-            self.reset_denied(*index)?;
+            self.reset_turned_away(TurnedAway::Denied, *index)?;
             self.put_limit(*index, spec.max_new_flows)?;
-            self.reset_limited(*index)?;
+            self.reset_turned_away(TurnedAway::Limited, *index)?;
             self.put_ports(*index, spec.service.addr.port(), spec.ports)?;
             self.prefilter_mark(Set::Vips, spec.service.addr.ip())?;
             self.vips.put(
@@ -167,19 +167,18 @@ impl Maps {
         service: &Service,
         affinity: Affinity,
     ) -> Result<bool> {
-        let vip = run.require_vip(service)?;
-        if vip.affinity == affinity {
-            return Ok(false);
-        }
-        self.edit_vip_row(service, |row| {
-            set_affinity(row, affinity);
-            Ok(true)
-        })?;
-        self.bump_generation()?;
-        if let Some(v) = run.vip_mut(service) {
-            v.affinity = affinity;
-        }
-        Ok(true)
+        run.change_vip(
+            service,
+            |vip| vip.affinity == affinity,
+            |_| {
+                self.edit_vip_row(service, |row| {
+                    set_affinity(row, affinity);
+                    Ok(true)
+                })?;
+                self.bump_generation()
+            },
+            |v| v.affinity = affinity,
+        )
     }
 
     /// Changes what becomes of the flows of a VIP's backends that go (one
@@ -191,18 +190,17 @@ impl Maps {
         service: &Service,
         policy: OnBackendGone,
     ) -> Result<bool> {
-        let vip = run.require_vip(service)?;
-        if vip.on_backend_gone == policy {
-            return Ok(false);
-        }
-        self.edit_vip_row(service, |row| {
-            set_on_backend_gone(row, policy);
-            Ok(true)
-        })?;
-        if let Some(v) = run.vip_mut(service) {
-            v.on_backend_gone = policy;
-        }
-        Ok(true)
+        run.change_vip(
+            service,
+            |vip| vip.on_backend_gone == policy,
+            |_| {
+                self.edit_vip_row(service, |row| {
+                    set_on_backend_gone(row, policy);
+                    Ok(true)
+                })
+            },
+            |v| v.on_backend_gone = policy,
+        )
     }
 
     /// Reads VIP `service`'s row, lets `edit` change it, and writes it
