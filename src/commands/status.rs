@@ -203,8 +203,8 @@ fn replication(socket: &Path) {
         n(*updated),
         n(*destroyed),
         n(*written_failed),
-        n(ch.and_then(|c| c.sent.messages)),
-        n(ch.and_then(|c| c.received.messages)),
+        n(ch.and_then(|c| c.messages_sent)),
+        n(ch.and_then(|c| c.messages_received)),
         n(*lost_messages)
     );
 }

@@ -38,18 +38,12 @@ pub struct Channel {
     /// (its connection to the peer), e.g. "connected", "disconnected".
     pub server: Option<String>,
     pub client: Option<String>,
-    pub sent: Traffic,
-    pub received: Traffic,
-}
-
-/// One direction of a channel, as conntrackd counts it: the same three
-/// counts each way ("Bytes", "Pckts", "Error").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Traffic {
-    pub bytes: Option<u64>,
-    pub messages: Option<u64>,
-    /// Failed sends, or failed receives.
-    pub errors: Option<u64>,
+    pub bytes_sent: Option<u64>,
+    pub bytes_received: Option<u64>,
+    pub messages_sent: Option<u64>,
+    pub messages_received: Option<u64>,
+    pub send_errors: Option<u64>,
+    pub receive_errors: Option<u64>,
 }
 
 impl Channel {
@@ -210,12 +204,12 @@ fn counter_line(ch: &mut Channel, line: &str) {
             continue;
         };
         let field = match (w[1], w[2]) {
-            ("Bytes", "sent") => &mut ch.sent.bytes,
-            ("Bytes", "recv") => &mut ch.received.bytes,
-            ("Pckts", "sent") => &mut ch.sent.messages,
-            ("Pckts", "recv") => &mut ch.received.messages,
-            ("Error", "send") => &mut ch.sent.errors,
-            ("Error", "recv") => &mut ch.received.errors,
+            ("Bytes", "sent") => &mut ch.bytes_sent,
+            ("Bytes", "recv") => &mut ch.bytes_received,
+            ("Pckts", "sent") => &mut ch.messages_sent,
+            ("Pckts", "recv") => &mut ch.messages_received,
+            ("Error", "send") => &mut ch.send_errors,
+            ("Error", "recv") => &mut ch.receive_errors,
             _ => continue,
         };
         *field = Some(n);
@@ -248,16 +242,12 @@ mod tests {
                 device: "lb0".into(),
                 server: Some("connected".into()),
                 client: Some("connected".into()),
-                sent: Traffic {
-                    bytes: Some(1788),
-                    messages: Some(6),
-                    errors: Some(1),
-                },
-                received: Traffic {
-                    bytes: Some(1208),
-                    messages: Some(5),
-                    errors: Some(0),
-                },
+                bytes_sent: Some(1788),
+                bytes_received: Some(1208),
+                messages_sent: Some(6),
+                messages_received: Some(5),
+                send_errors: Some(1),
+                receive_errors: Some(0),
             })
         );
         assert_eq!(st.channel().unwrap().connected(), Some(true));
@@ -277,7 +267,7 @@ mod tests {
         let ch = st.channel().unwrap();
         assert_eq!((ch.kind.as_str(), ch.device.as_str()), ("UDP", "lb0"));
         assert_eq!(ch.connected(), None);
-        assert_eq!(ch.received.messages, Some(3));
+        assert_eq!(ch.messages_received, Some(3));
     }
 
     #[test]

@@ -516,10 +516,17 @@ impl Collector for ReplicationCollector {
         )?;
         // The channel's traffic, each count both ways:
         // lbctl_replication_{sent,received}_{bytes,messages}.
-        let (sent, received) = ch.map(|c| (c.sent, c.received)).unwrap_or_default();
         let counts = [
-            ("Bytes", sent.bytes, received.bytes),
-            ("Messages", sent.messages, received.messages),
+            (
+                "Bytes",
+                ch.and_then(|c| c.bytes_sent),
+                ch.and_then(|c| c.bytes_received),
+            ),
+            (
+                "Messages",
+                ch.and_then(|c| c.messages_sent),
+                ch.and_then(|c| c.messages_received),
+            ),
         ];
         for (what, out, back) in counts {
             for (way, v) in [("sent", out), ("received", back)] {
@@ -531,7 +538,7 @@ impl Collector for ReplicationCollector {
         counter(
             "lbctl_replication_send_errors",
             "Failed sends on conntrackd's channel",
-            sent.errors,
+            ch.and_then(|c| c.send_errors),
         )?;
         let unix = |t: SystemTime| {
             t.duration_since(UNIX_EPOCH)

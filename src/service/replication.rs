@@ -40,10 +40,10 @@ impl Replication {
             let count = after.and_then(f);
             count.unwrap_or(0) > 0 && count != before.and_then(f)
         };
-        if grew(|c| c.sent.messages) {
+        if grew(|c| c.messages_sent) {
             self.last_sent = Some(now);
         }
-        if grew(|c| c.received.messages) {
+        if grew(|c| c.messages_received) {
             self.last_received = Some(now);
         }
         self.stats = Some(new);
@@ -91,19 +91,12 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::conntrackd::Traffic;
 
     fn sample(sent: u64, received: u64) -> Option<SyncStats> {
         Some(SyncStats {
             channels: vec![Channel {
-                sent: Traffic {
-                    messages: Some(sent),
-                    ..Default::default()
-                },
-                received: Traffic {
-                    messages: Some(received),
-                    ..Default::default()
-                },
+                messages_sent: Some(sent),
+                messages_received: Some(received),
                 ..Default::default()
             }],
             ..Default::default()
