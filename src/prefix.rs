@@ -49,24 +49,20 @@ impl Prefix {
 
 fn mask(ip: IpAddr, len: u8) -> IpAddr {
     match ip {
-        IpAddr::V4(a) => {
-            let bits = u32::from(a);
-            let keep = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - len.min(32))
-            };
-            IpAddr::V4(Ipv4Addr::from(bits & keep))
-        }
-        IpAddr::V6(a) => {
-            let bits = u128::from(a);
-            let keep = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - len.min(128))
-            };
-            IpAddr::V6(Ipv6Addr::from(bits & keep))
-        }
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
+            (u128::from(u32::from(a)) & top_bits(len, 32)) as u32,
+        )),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & top_bits(len, 128))),
+    }
+}
+
+/// A netmask for an address of `width` bits (32 or 128) widened to u128:
+/// ANDed with it, keeps its top `len` bits (`len` capped at `width`). One
+/// computation for both families.
+fn top_bits(len: u8, width: u8) -> u128 {
+    match len.min(width) {
+        0 => 0,
+        len => u128::MAX << (width - len),
     }
 }
 

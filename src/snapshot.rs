@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use crate::datapath::codec::{BackendEntry, VipEntry};
 use crate::datapath::counters::Counters;
-use crate::datapath::maps::Maps;
+use crate::datapath::maps::{Maps, TurnedAway};
 use crate::host::census::Census;
 
 /// One backend and what the maps and conntrack say of it.
@@ -143,8 +143,8 @@ impl Snapshot {
             backends.sort_by_key(|b| b.entry.addr);
             vips.push(VipView {
                 stats: maps.vip_counters(vip.index)?,
-                denied: maps.denied(vip.index)?,
-                limited: maps.limited(vip.index)?,
+                denied: maps.turned_away(TurnedAway::Denied, vip.index)?,
+                limited: maps.turned_away(TurnedAway::Limited, vip.index)?,
                 expired: crate::host::expired::of(&expired, &vip.service),
                 vip: vip.clone(),
                 backends,

@@ -42,6 +42,31 @@ impl Ns {
     fn fails(&self, args: &[&str], want: &str) {
         fails_with(self.lbctl(args), args, want);
     }
+
+    /// Runs a command that must succeed with `want` in its stdout.
+    fn says(&self, args: &[&str], want: &str) {
+        let out = self.ok(args);
+        assert!(out.contains(want), "lbctl {args:?}: no {want:?} in {out}");
+    }
+
+    /// A `vip set` that says `said`, then the same again, which says it
+    /// was already so: how each of its options is first checked.
+    fn set_then_already(&self, args: &[&str], said: &str) {
+        self.says(args, said);
+        self.says(args, "already");
+    }
+
+    /// One setting of the VIP at `vip` (on `e0`) changed in place by a
+    /// file of `setting` lines: the dry run plans `planned`, apply counts
+    /// `applied`, and `list` then shows `listed`.
+    fn apply_in_place(&self, vip: &str, setting: &str, [planned, applied, listed]: [&str; 3]) {
+        let text = format!("interfaces = [\"e0\"]\n[[vip]]\naddress = \"{vip}\"\n{setting}\n");
+        let file = self.file("in-place.toml", &text);
+        self.says(&["apply", "-f", &file, "--dry-run"], planned);
+        self.says(&["apply", "-f", &file], applied);
+        self.remove_files();
+        self.says(&["list"], listed);
+    }
 }
 
 fn fails_with(out: Output, args: &[&str], want: &str) {
@@ -427,11 +452,20 @@ fn completions_and_man_pages_come_from_the_binary() {
 impl Ns {
     /// A file for `lbctl apply -f`, in a directory of this namespace's own.
     fn file(&self, name: &str, text: &str) -> String {
-        let dir = std::env::temp_dir().join(format!("{}-files", self.name));
+        let dir = self.files_dir();
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_string()
+    }
+
+    fn files_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}-files", self.name))
+    }
+
+    /// Removes the files `file` wrote, and their directory.
+    fn remove_files(&self) {
+        let _ = std::fs::remove_dir_all(self.files_dir());
     }
 }
 
@@ -520,7 +554,7 @@ fn save_apply_save_is_a_fixed_point_and_bad_files_change_nothing() {
         !list.contains(":53") && list.contains("198.18.1.12:8080"),
         "{list}"
     );
-    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-files", ns.name)));
+    ns.remove_files();
     ns.ok(&["detach", "e1"]);
     ns.ok(&["detach", "e0"]);
 }
@@ -661,14 +695,10 @@ fn client_affinity_is_set_shown_and_changed() {
         saved.contains("affinity = \"client\"\naffinity_prefix6 = 64\n"),
         "{saved}"
     );
-    let set = ns.ok(&["vip", "set", v4, "--affinity", "none"]);
-    assert!(
-        set.contains("affinity none (new flows; live flows keep their backend)"),
-        "{set}"
+    ns.set_then_already(
+        &["vip", "set", v4, "--affinity", "none"],
+        "affinity none (new flows; live flows keep their backend)",
     );
-    assert!(ns
-        .ok(&["vip", "set", v4, "--affinity", "none"])
-        .contains("already"));
     let json = ns.ok(&["list", "--json"]);
     let v4_json = json
         .split(r#"{"vip":"#)
@@ -698,20 +728,15 @@ fn client_affinity_is_set_shown_and_changed() {
         "does not exist",
     );
     // A file changes it in place, as apply does a weight.
-    let file = std::env::temp_dir().join(format!("lbt-{}-affinity.toml", std::process::id()));
-    let text =
-        format!("interfaces = [\"e0\"]\n[[vip]]\naddress = \"{v4}\"\naffinity = \"client\"\n");
-    std::fs::write(&file, text).unwrap();
-    let f = file.to_str().unwrap();
-    let plan = ns.ok(&["apply", "-f", f, "--dry-run"]);
-    assert!(
-        plan.contains("~ vip 198.18.100.1:80/tcp affinity none -> client"),
-        "{plan}"
+    ns.apply_in_place(
+        v4,
+        "affinity = \"client\"",
+        [
+            "~ vip 198.18.100.1:80/tcp affinity none -> client",
+            "1 affinities changed",
+            "(affinity client)",
+        ],
     );
-    let applied = ns.ok(&["apply", "-f", f]);
-    let _ = std::fs::remove_file(&file);
-    assert!(applied.contains("1 affinities changed"), "{applied}");
-    assert!(ns.ok(&["list"]).contains("(affinity client)"));
     ns.ok(&["detach", "e0"]);
 }
 
@@ -750,14 +775,10 @@ fn source_allowlists_are_set_shown_and_changed() {
         saved.contains("allow = [\"198.18.0.0/24\", \"198.18.7.9/32\"]\n"),
         "{saved}"
     );
-    let set = ns.ok(&["vip", "set", v4, "--allow", "198.18.1.0/24"]);
-    assert!(
-        set.contains("new flows from 198.18.1.0/24 (live flows go on)"),
-        "{set}"
+    ns.set_then_already(
+        &["vip", "set", v4, "--allow", "198.18.1.0/24"],
+        "new flows from 198.18.1.0/24 (live flows go on)",
     );
-    assert!(ns
-        .ok(&["vip", "set", v4, "--allow", "198.18.1.0/24"])
-        .contains("already"));
     // vip set changes only what it is given: the affinity stays.
     ns.ok(&["vip", "set", v6, "--affinity", "client"]);
     ns.ok(&["vip", "set", v6, "--allow-all"]);
@@ -792,21 +813,15 @@ fn source_allowlists_are_set_shown_and_changed() {
         "a refused vip add left nothing"
     );
     // A file changes it in place.
-    let file = std::env::temp_dir().join(format!("lbt-{}-allow.toml", std::process::id()));
-    let text = format!(
-        "interfaces = [\"e0\"]\n[[vip]]\naddress = \"{v4}\"\nallow = [\"198.18.2.0/24\"]\n"
+    ns.apply_in_place(
+        v4,
+        "allow = [\"198.18.2.0/24\"]",
+        [
+            "~ vip 198.18.100.1:80/tcp allow 198.18.1.0/24 -> 198.18.2.0/24",
+            "1 allowlists changed",
+            "(allow 198.18.2.0/24)",
+        ],
     );
-    std::fs::write(&file, text).unwrap();
-    let f = file.to_str().unwrap();
-    let plan = ns.ok(&["apply", "-f", f, "--dry-run"]);
-    assert!(
-        plan.contains("~ vip 198.18.100.1:80/tcp allow 198.18.1.0/24 -> 198.18.2.0/24"),
-        "{plan}"
-    );
-    let applied = ns.ok(&["apply", "-f", f]);
-    let _ = std::fs::remove_file(&file);
-    assert!(applied.contains("1 allowlists changed"), "{applied}");
-    assert!(ns.ok(&["list"]).contains("(allow 198.18.2.0/24)"));
     // --on-backend-gone: set, shown, saved, refused when unknown.
     let set = ns.ok(&["vip", "set", v4, "--on-backend-gone", "reset"]);
     assert!(set.contains("on-backend-gone reset"), "{set}");
@@ -838,14 +853,10 @@ fn limits_on_new_flows_are_set_shown_and_changed() {
         "{json}"
     );
     assert!(ns.ok(&["save"]).contains("max_new_flows = 1000\n"));
-    let set = ns.ok(&["vip", "set", v, "--max-new-flows", "50"]);
-    assert!(
-        set.contains("at most 50 new flows a second (live flows never limited)"),
-        "{set}"
+    ns.set_then_already(
+        &["vip", "set", v, "--max-new-flows", "50"],
+        "at most 50 new flows a second (live flows never limited)",
     );
-    assert!(ns
-        .ok(&["vip", "set", v, "--max-new-flows", "50"])
-        .contains("already"));
     let off = ns.ok(&["vip", "set", v, "--max-new-flows", "0"]);
     assert!(off.contains("no limit on new flows"), "{off}");
     let json = ns.ok(&["list", "--json"]);
@@ -878,19 +889,15 @@ fn limits_on_new_flows_are_set_shown_and_changed() {
         "a refused vip add left nothing"
     );
     // A file changes it in place.
-    let file = std::env::temp_dir().join(format!("lbt-{}-limit.toml", std::process::id()));
-    let text = format!("interfaces = [\"e0\"]\n[[vip]]\naddress = \"{v}\"\nmax_new_flows = 300\n");
-    std::fs::write(&file, text).unwrap();
-    let f = file.to_str().unwrap();
-    let plan = ns.ok(&["apply", "-f", f, "--dry-run"]);
-    assert!(
-        plan.contains("~ vip 198.18.100.1:80/tcp max-new-flows none -> 300"),
-        "{plan}"
+    ns.apply_in_place(
+        v,
+        "max_new_flows = 300",
+        [
+            "~ vip 198.18.100.1:80/tcp max-new-flows none -> 300",
+            "1 limits changed",
+            "(max 300 new flows/s)",
+        ],
     );
-    let applied = ns.ok(&["apply", "-f", f]);
-    let _ = std::fs::remove_file(&file);
-    assert!(applied.contains("1 limits changed"), "{applied}");
-    assert!(ns.ok(&["list"]).contains("(max 300 new flows/s)"));
     ns.ok(&["detach", "e0"]);
 }
 

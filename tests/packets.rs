@@ -5,6 +5,7 @@
 //! (rows of `lbctl_lab::fixtures::cases`).
 
 use lbctl::abi::{LB_MARK_BACKEND_MASK, LB_MARK_CLOSING, LB_MARK_VIP_SHIFT};
+use lbctl::datapath::maps::TurnedAway;
 use lbctl::datapath::types::lb_reason;
 use lbctl::model::{NatMode, Proto};
 use lbctl_lab::fixtures::packet::*;
@@ -1305,8 +1306,13 @@ fn the_allowlist_turns_away_new_flows_from_outside_only() {
                 lb.maps.set_allowlist(&mut run, &vip, &list).unwrap()
             };
             let client = |host: &str, port: u16| format!("{host}:{port}");
+            // Every step is one TCP segment from a client to the VIP.
+            let send = |host: &str, port: u16, flags, data: &[u8]| {
+                let segment = Packet::tcp(&client(host, port), vip_addr, flags).payload(data);
+                lb.run(&segment.build())
+            };
             // Before any list: the client outside starts a flow.
-            let (action, _) = lb.run(&Packet::tcp(&client(outside, 40000), vip_addr, SYN).build());
+            let (action, _) = send(outside, 40000, SYN, b"");
             assert_eq!(action, XDP_REDIRECT, "{vip_addr}: no list, everyone");
 
             assert!(set(&[prefix]));
@@ -1317,26 +1323,22 @@ fn the_allowlist_turns_away_new_flows_from_outside_only() {
                 [prefix]
             );
             let denied = lb.reason(lb_reason::LB_DROP_NOT_ALLOWED);
-            let (action, _) = lb.run(&Packet::tcp(&client(outside, 40001), vip_addr, SYN).build());
+            let (action, _) = send(outside, 40001, SYN, b"");
             assert_eq!(action, XDP_DROP, "{vip_addr}: a new flow from {outside}");
             assert_eq!(lb.reason(lb_reason::LB_DROP_NOT_ALLOWED), denied + 1);
             let index = lb.maps.find_vip(&vip).unwrap().unwrap().index;
-            assert_eq!(lb.maps.denied(index).unwrap(), 1);
+            assert_eq!(lb.maps.turned_away(TurnedAway::Denied, index).unwrap(), 1);
             assert_eq!(entries_from(&client(outside, 40001)), 0, "no entry made");
 
             // The outside client's first flow, begun before the list, goes on.
-            let (action, out) = lb.run(
-                &Packet::tcp(&client(outside, 40000), vip_addr, ACK)
-                    .payload(b"x")
-                    .build(),
-            );
+            let (action, out) = send(outside, 40000, ACK, b"x");
             assert_eq!(
                 action, XDP_REDIRECT,
                 "{vip_addr}: a live flow is not checked"
             );
             assert_eq!(parse(&out).dst, backend);
             // A client inside begins flows.
-            let (action, out) = lb.run(&Packet::tcp(&client(inside, 40002), vip_addr, SYN).build());
+            let (action, out) = send(inside, 40002, SYN, b"");
             assert_eq!(action, XDP_REDIRECT, "{vip_addr}: a new flow from {inside}");
             assert_eq!(parse(&out).dst, backend);
 
@@ -1348,22 +1350,18 @@ fn the_allowlist_turns_away_new_flows_from_outside_only() {
                 "198.18.7.0/24"
             };
             assert!(set(&[other]));
-            let (action, _) = lb.run(
-                &Packet::tcp(&client(inside, 40002), vip_addr, ACK)
-                    .payload(b"y")
-                    .build(),
-            );
+            let (action, _) = send(inside, 40002, ACK, b"y");
             assert_eq!(
                 action, XDP_REDIRECT,
                 "{vip_addr}: live flow after the change"
             );
-            let (action, _) = lb.run(&Packet::tcp(&client(inside, 40003), vip_addr, SYN).build());
+            let (action, _) = send(inside, 40003, SYN, b"");
             assert_eq!(action, XDP_DROP, "{vip_addr}: new flow after the change");
 
             // No list: everyone again.
             assert!(set(&[]));
             assert!(lb.maps.find_vip(&vip).unwrap().unwrap().allow.is_empty());
-            let (action, _) = lb.run(&Packet::tcp(&client(outside, 40004), vip_addr, SYN).build());
+            let (action, _) = send(outside, 40004, SYN, b"");
             assert_eq!(action, XDP_REDIRECT, "{vip_addr}: list removed");
         });
     }
@@ -1406,7 +1404,12 @@ fn the_limit_turns_away_new_flows_beyond_it_and_no_live_flow() {
         let (action, _) = lb.run(&Packet::tcp(&client(40005), VIP, SYN).build());
         assert_eq!(action, XDP_DROP, "the sixth new flow of the second");
         assert_eq!(lb.reason(lb_reason::LB_DROP_RATE_LIMITED), limited + 1);
-        assert_eq!(lb.maps.limited(found.index).unwrap(), 1);
+        assert_eq!(
+            lb.maps
+                .turned_away(TurnedAway::Limited, found.index)
+                .unwrap(),
+            1
+        );
         assert_eq!(entries_from(&client(40005)), 0, "no entry made");
         // A flow begun within the limit goes on.
         let (action, out) = lb.run(&Packet::tcp(&client(40000), VIP, ACK).payload(b"x").build());

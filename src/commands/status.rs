@@ -190,9 +190,7 @@ fn replication(socket: &Path) {
     );
     let SyncStats {
         entries,
-        written_created,
-        written_updated,
-        written_destroyed,
+        written: [created, updated, destroyed],
         written_failed,
         lost_messages,
         ..
@@ -201,9 +199,9 @@ fn replication(socket: &Path) {
     println!(
         "              {} entries pass its filter (each poll sends them); from the peer: {} created, {} updated, {} destroyed, {} failed; messages: {} sent, {} received, {} lost",
         n(*entries),
-        n(*written_created),
-        n(*written_updated),
-        n(*written_destroyed),
+        n(*created),
+        n(*updated),
+        n(*destroyed),
         n(*written_failed),
         n(ch.and_then(|c| c.messages_sent)),
         n(ch.and_then(|c| c.messages_received)),

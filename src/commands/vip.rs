@@ -57,18 +57,10 @@ pub fn set(
     let (changed, _) = s.run(Kind::Configure, |_| {
         let mut run = b.maps.running()?;
         // Each setting given: its value and whether it changed.
-        let affinity = affinity
-            .map(|a| anyhow::Ok((a, b.maps.set_affinity(&mut run, svc, a)?)))
-            .transpose()?;
-        let allow = allow
-            .map(|list| anyhow::Ok((list, b.maps.set_allowlist(&mut run, svc, list)?)))
-            .transpose()?;
-        let gone = gone
-            .map(|p| anyhow::Ok((p, b.maps.set_on_backend_gone(&mut run, svc, p)?)))
-            .transpose()?;
-        let limit = limit
-            .map(|n| anyhow::Ok((n, b.maps.set_max_new_flows(&mut run, svc, n)?)))
-            .transpose()?;
+        let affinity = set_given(affinity, |a| b.maps.set_affinity(&mut run, svc, a))?;
+        let allow = set_given(allow, |list| b.maps.set_allowlist(&mut run, svc, list))?;
+        let gone = set_given(gone, |p| b.maps.set_on_backend_gone(&mut run, svc, p))?;
+        let limit = set_given(limit, |n| b.maps.set_max_new_flows(&mut run, svc, n))?;
         Ok((affinity, allow, gone, limit))
     })?;
     let (affinity, allow, gone, limit) = changed;
@@ -99,6 +91,15 @@ pub fn set(
         }
     }
     Ok(())
+}
+
+/// A setting `vip set` was given (Some) applied by `set`: its value and
+/// whether it changed, the same for each of its options.
+fn set_given<T: Copy>(
+    given: Option<T>,
+    set: impl FnOnce(T) -> Result<bool>,
+) -> Result<Option<(T, bool)>> {
+    given.map(|v| Ok((v, set(v)?))).transpose()
 }
 
 pub fn del(svc: &Service) -> Result<()> {

@@ -12,10 +12,10 @@ use anyhow::{Context, Result};
 use libbpf_rs::MapFlags;
 
 use super::abi::{LB_AF_INET, LB_VIP_ALLOWLIST};
-use super::codec::{bytes_of, read, service_endpoint};
-use super::maps::{counted, uncount, Map, Maps};
+use super::codec::{bytes_of, read, service_endpoint, switch_flag, VipEntry};
+use super::maps::{Map, Maps};
 use super::running::Running;
-use super::types::{lb_allow_key, lb_vip};
+use super::types::lb_allow_key;
 use crate::model::Service;
 use crate::prefix::Prefix;
 
@@ -154,55 +154,36 @@ impl Maps {
         service: &Service,
         allow: &[Prefix],
     ) -> Result<bool> {
-        let vip = run.require_vip(service)?.clone();
-        if vip.allow == allow {
-            return Ok(false);
-        }
-        let map = self.allowlists_map()?;
-        for p in allow.iter().filter(|p| !vip.allow.contains(p)) {
-            map.put(
-                bytes_of(&key_of(vip.index, p)),
-                &1u8,
-                MapFlags::ANY,
-                &format_args!("allowed prefix {p} of VIP {service}"),
-            )?;
-        }
-        let ep = service_endpoint(service);
-        let what = format_args!("VIP {service}");
-        let mut row: lb_vip = self.vips.require(bytes_of(&ep), &what)?;
-        let flags = if allow.is_empty() {
-            row.flags & !LB_VIP_ALLOWLIST
-        } else {
-            row.flags | LB_VIP_ALLOWLIST
+        let write = |vip: &VipEntry| {
+            let map = self.allowlists_map()?;
+            for p in allow.iter().filter(|p| !vip.allow.contains(p)) {
+                map.put(
+                    bytes_of(&key_of(vip.index, p)),
+                    &1u8,
+                    MapFlags::ANY,
+                    &format_args!("allowed prefix {p} of VIP {service}"),
+                )?;
+            }
+            self.edit_vip_row(service, |row| {
+                Ok(switch_flag(row, LB_VIP_ALLOWLIST, !allow.is_empty()))
+            })?;
+            for p in vip.allow.iter().filter(|p| !allow.contains(p)) {
+                map.remove(
+                    bytes_of(&key_of(vip.index, p)),
+                    &format_args!("prefix {p} of VIP {service}"),
+                )?;
+            }
+            Ok(())
         };
-        if flags != row.flags {
-            row.flags = flags;
-            self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
-        }
-        for p in vip.allow.iter().filter(|p| !allow.contains(p)) {
-            map.remove(
-                bytes_of(&key_of(vip.index, p)),
-                &format_args!("prefix {p} of VIP {service}"),
-            )?;
-        }
-        if let Some(v) = run.vips.iter_mut().find(|v| v.service == *service) {
-            v.allow = allow.to_vec();
-            v.has_allowlist = !allow.is_empty();
-        }
-        Ok(true)
-    }
-
-    /// New flows VIP index `index`'s allowlist turned away (0 where the
-    /// program has no such counter).
-    pub fn denied(&self, index: u32) -> Result<u64> {
-        let what = format_args!("the denied count of VIP index {index}");
-        counted(self.vip_denied.as_ref(), index, &what)
-    }
-
-    /// Zeroes VIP index `index`'s denied count (a VIP added there).
-    pub(super) fn reset_denied(&self, index: u32) -> Result<()> {
-        let what = format_args!("the denied count of VIP index {index}");
-        uncount(self.vip_denied.as_ref(), index, &what)
+        run.change_vip(
+            service,
+            |vip| vip.allow == allow,
+            write,
+            |v| {
+                v.allow = allow.to_vec();
+                v.has_allowlist = !allow.is_empty();
+            },
+        )
     }
 }
 

@@ -193,6 +193,17 @@ pub fn vip_row(spec: &VipSpec, index: u32, table_size: u32) -> lb_vip {
     row
 }
 
+/// Sets `flag` in a VIP row when `on`, else clears it; whether that changed
+/// the row (a flag switched on or off in place need not be written again).
+pub fn switch_flag(row: &mut lb_vip, flag: u32, on: bool) -> bool {
+    let flags = if on {
+        row.flags | flag
+    } else {
+        row.flags & !flag
+    };
+    std::mem::replace(&mut row.flags, flags) != flags
+}
+
 /// Writes the on-backend-gone policy into a VIP row (lbctl-only flags).
 pub fn set_on_backend_gone(row: &mut lb_vip, policy: OnBackendGone) {
     row.flags &= !(LB_VIP_GONE_REASSIGN | LB_VIP_GONE_RESET);

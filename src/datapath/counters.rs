@@ -7,7 +7,7 @@ use std::fmt::Display;
 use anyhow::Result;
 
 use super::abi::{reason_name, LB_REASON_MAX};
-use super::maps::{Map, Maps};
+use super::maps::{uncount, Map, Maps};
 use super::types::{
     lb_counters, lb_datapath_counters, lb_flow_cache_counters, lb_reason, lb_traffic,
 };
@@ -93,6 +93,18 @@ fn sum_counters(
     Ok(sum)
 }
 
+/// Zeroes row `index` of a counters map and of its to-clients map where
+/// the program has one: the rows `sum_counters` reads, for both kinds.
+fn reset_counters(
+    map: &Map,
+    to_clients: Option<&Map>,
+    index: u32,
+    what: &dyn Display,
+) -> Result<()> {
+    map.reset_per_cpu(index, what)?;
+    uncount(to_clients, index, what)
+}
+
 impl Maps {
     pub fn vip_counters(&self, index: u32) -> Result<Counters> {
         sum_counters(
@@ -115,20 +127,17 @@ impl Maps {
     /// Counters start from zero for a new VIP or backend in a reused row.
     pub(super) fn reset_vip_counters(&self, index: u32) -> Result<()> {
         let what = format_args!("counters of VIP index {index}");
-        self.vip_stats.reset_per_cpu(index, &what)?;
-        match &self.vip_to_clients {
-            Some(map) => map.reset_per_cpu(index, &what),
-            None => Ok(()),
-        }
+        reset_counters(&self.vip_stats, self.vip_to_clients.as_ref(), index, &what)
     }
 
     pub(super) fn reset_backend_counters(&self, id: u32) -> Result<()> {
         let what = format_args!("counters of backend id {id}");
-        self.backend_stats.reset_per_cpu(id, &what)?;
-        match &self.backend_to_clients {
-            Some(map) => map.reset_per_cpu(id, &what),
-            None => Ok(()),
-        }
+        reset_counters(
+            &self.backend_stats,
+            self.backend_to_clients.as_ref(),
+            id,
+            &what,
+        )
     }
 
     /// How often the data path gave one verdict reason.

@@ -10,10 +10,10 @@ use anyhow::{Context, Result};
 use libbpf_rs::MapFlags;
 
 use super::abi::LB_VIP_RATE_LIMIT;
-use super::codec::{bytes_of, service_endpoint, VipEntry};
-use super::maps::{counted, uncount, Map, Maps};
+use super::codec::{bytes_of, switch_flag, VipEntry};
+use super::maps::{Map, Maps};
 use super::running::Running;
-use super::types::{lb_vip, lb_vip_rate};
+use super::types::lb_vip_rate;
 use crate::model::Service;
 
 // SAFETY: plain old data: #[repr(C)], integer fields and arrays only.
@@ -79,47 +79,28 @@ impl Maps {
         service: &Service,
         limit: Option<u32>,
     ) -> Result<bool> {
-        let vip = run.require_vip(service)?.clone();
-        if vip.max_new_flows == limit {
-            return Ok(false);
-        }
-        let ep = service_endpoint(service);
-        let what = format_args!("VIP {service}");
-        let mut row: lb_vip = self.vips.require(bytes_of(&ep), &what)?;
-        match limit {
-            Some(_) => {
-                self.put_limit(vip.index, limit)?;
-                if row.flags & LB_VIP_RATE_LIMIT == 0 {
-                    row.flags |= LB_VIP_RATE_LIMIT;
-                    self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
+        // The limit before the flag goes on; the flag off before the limit.
+        let write = |vip: &VipEntry| {
+            self.edit_vip_row(service, |row| {
+                if limit.is_some() {
+                    self.put_limit(vip.index, limit)?;
                 }
+                Ok(switch_flag(row, LB_VIP_RATE_LIMIT, limit.is_some()))
+            })?;
+            match limit {
+                Some(_) => Ok(()),
+                None => self.put_limit(vip.index, None),
             }
-            None => {
-                if row.flags & LB_VIP_RATE_LIMIT != 0 {
-                    row.flags &= !LB_VIP_RATE_LIMIT;
-                    self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
-                }
-                self.put_limit(vip.index, None)?;
-            }
-        }
-        if let Some(v) = run.vips.iter_mut().find(|v| v.service == *service) {
-            v.max_new_flows = limit;
-            v.has_limit = limit.is_some();
-        }
-        Ok(true)
-    }
-
-    /// New flows VIP index `index`'s limit turned away (0 where the program
-    /// has no such counter).
-    pub fn limited(&self, index: u32) -> Result<u64> {
-        let what = format_args!("the limited count of VIP index {index}");
-        counted(self.vip_limited.as_ref(), index, &what)
-    }
-
-    /// Zeroes VIP index `index`'s limited count (a VIP added there).
-    pub(super) fn reset_limited(&self, index: u32) -> Result<()> {
-        let what = format_args!("the limited count of VIP index {index}");
-        uncount(self.vip_limited.as_ref(), index, &what)
+        };
+        run.change_vip(
+            service,
+            |vip| vip.max_new_flows == limit,
+            write,
+            |v| {
+                v.max_new_flows = limit;
+                v.has_limit = limit.is_some();
+            },
+        )
     }
 
     /// The data path's estimate of VIP index `index`'s new flows over the

@@ -404,6 +404,46 @@ pub fn u32_of(bytes: &[u8], what: &dyn Display) -> Result<u32> {
 /// A row 0 key of a one-row array, as maps take it.
 pub const ROW0: [u8; 4] = 0u32.to_ne_bytes();
 
+/// Why the data path turned a VIP's new flow away: each reason has a
+/// per-CPU count per VIP index, read and zeroed the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TurnedAway {
+    /// Its source allowlist (`vip_denied`).
+    Denied,
+    /// Its limit on new flows a second (`vip_limited`).
+    Limited,
+}
+
+impl Maps {
+    /// New flows VIP index `index`'s allowlist or limit turned away (0
+    /// where the program has no such counter).
+    pub fn turned_away(&self, why: TurnedAway, index: u32) -> Result<u64> {
+        let (map, name) = self.turned_away_map(why);
+        counted(
+            map,
+            index,
+            &format_args!("the {name} count of VIP index {index}"),
+        )
+    }
+
+    /// Zeroes VIP index `index`'s count of `why` (a VIP added there).
+    pub(super) fn reset_turned_away(&self, why: TurnedAway, index: u32) -> Result<()> {
+        let (map, name) = self.turned_away_map(why);
+        uncount(
+            map,
+            index,
+            &format_args!("the {name} count of VIP index {index}"),
+        )
+    }
+
+    fn turned_away_map(&self, why: TurnedAway) -> (Option<&Map>, &'static str) {
+        match why {
+            TurnedAway::Denied => (self.vip_denied.as_ref(), "denied"),
+            TurnedAway::Limited => (self.vip_limited.as_ref(), "limited"),
+        }
+    }
+}
+
 /// Row `index` of an optional per-CPU counter map, summed (0 where the
 /// running program has no such map).
 pub fn counted(map: Option<&Map>, index: u32, what: &dyn Display) -> Result<u64> {

@@ -100,6 +100,28 @@ impl Running {
         self.vips.iter().find(|v| v.service == *service)
     }
 
+    /// One setting of VIP `service` changed, the frame of each `set_*`:
+    /// Ok(false) where `unchanged` says it already is so; else `write`
+    /// puts it in the maps, `keep` records it in the VIP's entry here, and
+    /// Ok(true).
+    pub fn change_vip(
+        &mut self,
+        service: &Service,
+        unchanged: impl FnOnce(&VipEntry) -> bool,
+        write: impl FnOnce(&VipEntry) -> Result<()>,
+        keep: impl FnOnce(&mut VipEntry),
+    ) -> Result<bool> {
+        let vip = self.require_vip(service)?;
+        if unchanged(&vip) {
+            return Ok(false);
+        }
+        write(&vip)?;
+        if let Some(v) = self.vips.iter_mut().find(|v| v.service == *service) {
+            keep(v);
+        }
+        Ok(true)
+    }
+
     /// Every VIP with the ports it takes (`conntrack::as_configured`).
     pub fn vip_ports(&self) -> Vec<(Service, Ports)> {
         self.vips.iter().map(|v| (v.service, v.ports)).collect()

@@ -12,7 +12,7 @@ use super::codec::{
     bytes_of, service_endpoint, set_affinity, set_on_backend_gone, vip_entry, vip_row,
     BackendEntry, VipEntry,
 };
-use super::maps::Maps;
+use super::maps::{Maps, TurnedAway};
 use super::prefilter::Set;
 use super::rebuild::build_tables;
 use super::reply::{key_of, Key};
@@ -137,9 +137,9 @@ impl Maps {
             let ep = service_endpoint(&spec.service);
             // Its prefixes before the row that turns the check on.
             self.put_allowlist(*index, &spec.allow, &mut allow_keys)?;
-            self.reset_denied(*index)?;
+            self.reset_turned_away(TurnedAway::Denied, *index)?;
             self.put_limit(*index, spec.max_new_flows)?;
-            self.reset_limited(*index)?;
+            self.reset_turned_away(TurnedAway::Limited, *index)?;
             self.put_ports(*index, spec.service.addr.port(), spec.ports)?;
             self.prefilter_mark(Set::Vips, spec.service.addr.ip())?;
             self.vips.put(
@@ -167,20 +167,18 @@ impl Maps {
         service: &Service,
         affinity: Affinity,
     ) -> Result<bool> {
-        let vip = run.require_vip(service)?;
-        if vip.affinity == affinity {
-            return Ok(false);
-        }
-        let ep = service_endpoint(service);
-        let what = format_args!("VIP {service}");
-        let mut row: lb_vip = self.vips.require(bytes_of(&ep), &what)?;
-        set_affinity(&mut row, affinity);
-        self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
-        self.bump_generation()?;
-        if let Some(v) = run.vips.iter_mut().find(|v| v.service == *service) {
-            v.affinity = affinity;
-        }
-        Ok(true)
+        run.change_vip(
+            service,
+            |vip| vip.affinity == affinity,
+            |_| {
+                self.edit_vip_row(service, |row| {
+                    set_affinity(row, affinity);
+                    Ok(true)
+                })?;
+                self.bump_generation()
+            },
+            |v| v.affinity = affinity,
+        )
     }
 
     /// Changes what becomes of the flows of a VIP's backends that go (one
@@ -192,19 +190,34 @@ impl Maps {
         service: &Service,
         policy: OnBackendGone,
     ) -> Result<bool> {
-        let vip = run.require_vip(service)?;
-        if vip.on_backend_gone == policy {
-            return Ok(false);
-        }
+        run.change_vip(
+            service,
+            |vip| vip.on_backend_gone == policy,
+            |_| {
+                self.edit_vip_row(service, |row| {
+                    set_on_backend_gone(row, policy);
+                    Ok(true)
+                })
+            },
+            |v| v.on_backend_gone = policy,
+        )
+    }
+
+    /// Reads VIP `service`'s row, lets `edit` change it, and writes it
+    /// back where `edit` says it changed: the read-modify-write of the row
+    /// that every `set_*` of one VIP setting does.
+    pub(super) fn edit_vip_row(
+        &self,
+        service: &Service,
+        edit: impl FnOnce(&mut lb_vip) -> Result<bool>,
+    ) -> Result<()> {
         let ep = service_endpoint(service);
         let what = format_args!("VIP {service}");
         let mut row: lb_vip = self.vips.require(bytes_of(&ep), &what)?;
-        set_on_backend_gone(&mut row, policy);
-        self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
-        if let Some(v) = run.vips.iter_mut().find(|v| v.service == *service) {
-            v.on_backend_gone = policy;
+        if edit(&mut row)? {
+            self.vips.put(bytes_of(&ep), &row, MapFlags::EXIST, &what)?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Deletes a VIP and its backend rows; returns the rows it removed.

@@ -57,6 +57,10 @@ impl Channel {
     }
 }
 
+/// The operations of `SyncStats::written`, in its order, as conntrackd
+/// names them ("connections created:").
+pub const WRITE_OPS: [&str; 3] = ["created", "updated", "destroyed"];
+
 /// What conntrackd's statistics say about the sync.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncStats {
@@ -64,11 +68,9 @@ pub struct SyncStats {
     /// (`cache internal`, `current active connections`).
     pub entries: Option<u64>,
     /// Entries the peer sent, written into this host's table
-    /// (`external inject`): created, updated, destroyed, and how many of
-    /// those writes failed.
-    pub written_created: Option<u64>,
-    pub written_updated: Option<u64>,
-    pub written_destroyed: Option<u64>,
+    /// (`external inject`): created, updated and destroyed (by
+    /// `WRITE_OPS`), and how many of those writes failed.
+    pub written: [Option<u64>; 3],
     pub written_failed: Option<u64>,
     /// Messages lost on the way in (sequence tracking).
     pub lost_messages: Option<u64>,
@@ -142,13 +144,10 @@ pub fn parse(text: &str) -> SyncStats {
                     .copied();
             }
             "external inject:" => {
-                for (label, field) in [
-                    ("connections created:", &mut st.written_created),
-                    ("connections updated:", &mut st.written_updated),
-                    ("connections destroyed:", &mut st.written_destroyed),
-                ] {
-                    if l.starts_with(label) {
-                        let n = numbers_after(l, label);
+                for (op, field) in WRITE_OPS.iter().zip(&mut st.written) {
+                    let label = format!("connections {op}:");
+                    if l.starts_with(&label) {
+                        let n = numbers_after(l, &label);
                         *field = n.first().copied();
                         if let Some(failed) = n.get(1) {
                             *st.written_failed.get_or_insert(0) += failed;
@@ -233,9 +232,7 @@ mod tests {
     fn a_connected_tcp_channel() {
         let st = parse(TCP);
         assert_eq!(st.entries, Some(7));
-        assert_eq!(st.written_created, Some(7));
-        assert_eq!(st.written_updated, Some(7));
-        assert_eq!(st.written_destroyed, Some(0));
+        assert_eq!(st.written, [Some(7), Some(7), Some(0)]);
         assert_eq!(st.written_failed, Some(0));
         assert_eq!(st.lost_messages, Some(0));
         assert_eq!(

@@ -330,14 +330,10 @@ fn state_word(state: NeighbourState) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
     #[test]
     fn only_managed_entries_with_lbctls_protocol_are_lbctls() {
         let hop = Hop {
-            addr: ip("198.18.5.9"),
+            addr: "198.18.5.9".parse().unwrap(),
             ifindex: 2,
             dev: "e0".into(),
         };

@@ -64,6 +64,7 @@ use crate::datapath::balancer::Balancer;
 use crate::datapath::counters::Counters;
 use crate::datapath::maps::Maps;
 use crate::host::census;
+use crate::host::conntrackd::WRITE_OPS;
 use crate::host::drain;
 use crate::host::routes as host_routes;
 use crate::model::{Health, Service};
@@ -486,14 +487,11 @@ impl Collector for ReplicationCollector {
                 gauge(n as i64),
             )?;
         }
-        let written: Vec<(Labels, ConstCounter<u64>)> = [
-            ("created", st.written_created),
-            ("updated", st.written_updated),
-            ("destroyed", st.written_destroyed),
-        ]
-        .into_iter()
-        .filter_map(|(op, n)| Some((vec![("op", op.to_string())], ConstCounter::new(n?))))
-        .collect();
+        let written: Vec<(Labels, ConstCounter<u64>)> = WRITE_OPS
+            .iter()
+            .zip(st.written)
+            .filter_map(|(op, n)| Some((vec![("op", op.to_string())], ConstCounter::new(n?))))
+            .collect();
         family(
             &mut enc,
             "lbctl_replication_peer_writes",
@@ -501,48 +499,47 @@ impl Collector for ReplicationCollector {
             MetricType::Counter,
             written,
         )?;
-        let counters = [
+        // A counter conntrackd's text gave (it may leave any out).
+        let mut counter = |name: &str, help: &str, v: Option<u64>| match v {
+            Some(v) => one_counter(&mut enc, name, help, v),
+            None => Ok(()),
+        };
+        counter(
+            "lbctl_replication_peer_write_failures",
+            "Writes of the peer's entries into this host's table that failed",
+            st.written_failed,
+        )?;
+        counter(
+            "lbctl_replication_lost_messages",
+            "Sync messages lost on the way in (sequence tracking)",
+            st.lost_messages,
+        )?;
+        // The channel's traffic, each count both ways:
+        // lbctl_replication_{sent,received}_{bytes,messages}.
+        let counts = [
             (
-                "lbctl_replication_peer_write_failures",
-                "Writes of the peer's entries into this host's table that failed",
-                st.written_failed,
-            ),
-            (
-                "lbctl_replication_lost_messages",
-                "Sync messages lost on the way in (sequence tracking)",
-                st.lost_messages,
-            ),
-            (
-                "lbctl_replication_sent_bytes",
-                "Bytes conntrackd sent on its channel",
+                "Bytes",
                 ch.and_then(|c| c.bytes_sent),
-            ),
-            (
-                "lbctl_replication_received_bytes",
-                "Bytes conntrackd received on its channel",
                 ch.and_then(|c| c.bytes_received),
             ),
             (
-                "lbctl_replication_sent_messages",
-                "Messages conntrackd sent on its channel",
+                "Messages",
                 ch.and_then(|c| c.messages_sent),
-            ),
-            (
-                "lbctl_replication_received_messages",
-                "Messages conntrackd received on its channel",
                 ch.and_then(|c| c.messages_received),
             ),
-            (
-                "lbctl_replication_send_errors",
-                "Failed sends on conntrackd's channel",
-                ch.and_then(|c| c.send_errors),
-            ),
         ];
-        for (name, help, v) in counters {
-            if let Some(v) = v {
-                one_counter(&mut enc, name, help, v)?;
+        for (what, out, back) in counts {
+            for (way, v) in [("sent", out), ("received", back)] {
+                let name = format!("lbctl_replication_{way}_{}", what.to_lowercase());
+                let help = format!("{what} conntrackd {way} on its channel");
+                counter(&name, &help, v)?;
             }
         }
+        counter(
+            "lbctl_replication_send_errors",
+            "Failed sends on conntrackd's channel",
+            ch.and_then(|c| c.send_errors),
+        )?;
         let unix = |t: SystemTime| {
             t.duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64())

@@ -119,23 +119,20 @@ pub fn run_ok(args: &[&str]) -> String {
 /// (strace's `trace=` list), as the dry run the crash tests count their
 /// kill points from; panics unless it succeeds. The trace, a call a line.
 pub fn strace_dry_run(ns: &str, calls: &str, bin: &str, args: &[&str]) -> String {
-    let trace = std::env::temp_dir().join(format!(
-        "lbctl-dry-run-{}-{:?}.trace",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let trace = trace.to_str().unwrap();
     let filter = format!("trace={calls}");
-    let strace = ["-o", trace, "-e", &filter, "-e", "abbrev=none"];
-    let out = under_strace(ns, &strace, bin, args);
+    let (out, lines) = under_strace(
+        ns,
+        "dry-run",
+        &["-e", &filter, "-e", "abbrev=none"],
+        bin,
+        args,
+    );
     assert!(
         out.status.success(),
         "dry run of {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines = std::fs::read_to_string(trace).unwrap();
-    let _ = std::fs::remove_file(trace);
-    lines
+    lines.unwrap()
 }
 
 /// Runs `bin args...` in namespace `ns` under strace, killed (SIGKILL)
@@ -160,17 +157,9 @@ pub fn try_killed_before_bpf_call(
     args: &[&str],
     n: usize,
 ) -> Result<(), Vec<String>> {
-    let trace = std::env::temp_dir().join(format!(
-        "lbctl-kill-{}-{:?}.trace",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let trace = trace.to_str().unwrap();
     let when = format!("inject=bpf:signal=SIGKILL:when={n}");
-    let strace = ["-o", trace, "-e", "trace=bpf", "-e", &when];
-    let out = under_strace(ns, &strace, bin, args);
-    let lines = std::fs::read_to_string(trace).unwrap_or_default();
-    let _ = std::fs::remove_file(trace);
+    let (out, lines) = under_strace(ns, "kill", &["-e", "trace=bpf", "-e", &when], bin, args);
+    let lines = lines.unwrap_or_default();
     let signalled = out.status.signal() == Some(9) || out.status.code() == Some(128 + 9);
     if signalled {
         return Ok(());
@@ -194,15 +183,32 @@ pub fn bpf_commands(trace: &str) -> Vec<String> {
         .collect()
 }
 
-/// `strace <strace> bin args...` in namespace `ns`, stdin closed.
-fn under_strace(ns: &str, strace: &[&str], bin: &str, args: &[&str]) -> Output {
-    let mut argv = vec!["strace"];
+/// `strace -o <trace> <strace> bin args...` in namespace `ns`, stdin
+/// closed: its output and the trace it wrote (to a file of this thread's,
+/// named by `tag`, removed after reading), for each way the tests trace.
+fn under_strace(
+    ns: &str,
+    tag: &str,
+    strace: &[&str],
+    bin: &str,
+    args: &[&str],
+) -> (Output, std::io::Result<String>) {
+    let trace = std::env::temp_dir().join(format!(
+        "lbctl-{tag}-{}-{:?}.trace",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let trace = trace.to_str().unwrap();
+    let mut argv = vec!["strace", "-o", trace];
     argv.extend_from_slice(strace);
     argv.push(bin);
     argv.extend_from_slice(args);
-    crate::netns::command(ns, &argv)
+    let out = crate::netns::command(ns, &argv)
         .expect("entering the namespace")
         .stdin(std::process::Stdio::null())
         .output()
-        .expect("spawning strace")
+        .expect("spawning strace");
+    let lines = std::fs::read_to_string(trace);
+    let _ = std::fs::remove_file(trace);
+    (out, lines)
 }

@@ -231,20 +231,41 @@ pub struct Sample {
 
 /// What a configuration's thread sends back.
 enum Msg {
-    Ready {
-        setup_s: f64,
-        entries: u64,
-        /// lbctl's flows among them, and how long reading them took.
-        flows: usize,
-        conns_ms: f64,
-        /// What a scrape or `list --stats` reads: a snapshot of the maps,
-        /// its open flows from a census (as `lbctl run` serves them) and
-        /// counted from the table (as before the census).
-        census_snapshot_ms: f64,
-        counting_snapshot_ms: f64,
-        realtime: bool,
-    },
+    Ready(Ready),
     Round(Vec<(Class, Sample)>),
+}
+
+/// A configuration set up, with what its setup measured.
+struct Ready {
+    setup_s: f64,
+    entries: u64,
+    /// lbctl's flows among them, and how long reading them took.
+    flows: usize,
+    conns_ms: f64,
+    /// What a scrape or `list --stats` reads: a snapshot of the maps,
+    /// its open flows from a census (as `lbctl run` serves them) and
+    /// counted from the table (as before the census).
+    census_snapshot_ms: f64,
+    counting_snapshot_ms: f64,
+    realtime: bool,
+}
+
+impl Ready {
+    /// The line said for configuration `name` once it is set up.
+    fn summary(&self, name: &str) -> String {
+        format!(
+            "{name}: configured in {:.1} s, {} conntrack entries; \
+             reading them as `lbctl conns` does took {:.0} ms ({} lbctl flows); \
+             a snapshot for `list --stats` took {:.1} ms \
+             with open flows from lbctl run's census file, {:.0} ms counting them",
+            self.setup_s,
+            self.entries,
+            self.conns_ms,
+            self.flows,
+            self.census_snapshot_ms,
+            self.counting_snapshot_ms
+        )
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -357,28 +378,13 @@ fn run(args: &Args) -> Result<()> {
         let (c, o) = (cfg.clone(), opts.clone());
         let handle = lab::in_fresh_netns(cpu, move || worker(c, o, cmd_rx, msg_tx));
         let ready = msg_rx.recv();
-        let Ok(Msg::Ready {
-            setup_s,
-            entries,
-            flows,
-            conns_ms,
-            census_snapshot_ms,
-            counting_snapshot_ms,
-            realtime: rt,
-        }) = ready
-        else {
+        let Ok(Msg::Ready(ready)) = ready else {
             drop(cmd_tx);
             return Err(join_error(handle, &cfg.name));
         };
-        println!(
-            "{}: configured in {setup_s:.1} s, {entries} conntrack entries; \
-             reading them as `lbctl conns` does took {conns_ms:.0} ms ({flows} lbctl flows); \
-             a snapshot for `list --stats` took {census_snapshot_ms:.1} ms \
-             with open flows from lbctl run's census file, {counting_snapshot_ms:.0} ms counting them",
-            cfg.name
-        );
-        setups.push(setup_s);
-        realtime &= rt;
+        println!("{}", ready.summary(&cfg.name));
+        setups.push(ready.setup_s);
+        realtime &= ready.realtime;
         workers.push((cmd_tx, msg_rx, handle));
     }
     let load_before = lbctl_bench::loadavg();
@@ -517,7 +523,7 @@ fn worker(
         && lab::realtime()
             .map_err(|e| eprintln!("lbctl-bench: measuring at normal priority: {e:#}"))
             .is_ok();
-    let ready = Msg::Ready {
+    let ready = Msg::Ready(Ready {
         setup_s,
         entries,
         flows,
@@ -525,7 +531,7 @@ fn worker(
         census_snapshot_ms,
         counting_snapshot_ms,
         realtime,
-    };
+    });
     if out.send(ready).is_err() {
         return Ok(());
     }
