@@ -194,8 +194,13 @@ pub fn parse(p: &[u8]) -> Option<Segment<'_>> {
 mod tests {
     use super::*;
 
-    fn sa(s: &str) -> SocketAddr {
-        s.parse().unwrap()
+    /// A client and a VIP of each family.
+    fn ends() -> [(SocketAddr, SocketAddr); 2] {
+        [
+            ("198.18.0.1:40000", "198.18.100.1:80"),
+            ("[2001:db8::1]:40000", "[2001:db8:100::1]:80"),
+        ]
+        .map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap()))
     }
 
     #[test]
@@ -218,10 +223,7 @@ mod tests {
 
     #[test]
     fn a_built_segment_reads_back_with_a_checksum_that_holds() {
-        for (src, dst) in [
-            (sa("198.18.0.1:40000"), sa("198.18.100.1:80")),
-            (sa("[2001:db8::1]:40000"), sa("[2001:db8:100::1]:80")),
-        ] {
+        for (src, dst) in ends() {
             let syn = tcp(src, dst, 1000, 0, TCP_SYN);
             assert_eq!(l4_checksum(src.ip(), dst.ip(), IPPROTO_TCP, &syn), 0);
             let packet = ip(src.ip(), dst.ip(), IPPROTO_TCP, 9, &syn);
@@ -240,7 +242,7 @@ mod tests {
 
     #[test]
     fn fragments_short_packets_and_other_protocols_are_not_read() {
-        let (src, dst) = (sa("198.18.0.1:40000"), sa("198.18.100.1:80"));
+        let [(src, dst), _] = ends();
         let syn = tcp(src, dst, 1, 0, TCP_SYN);
         let mut packet = ip(src.ip(), dst.ip(), IPPROTO_TCP, 1, &syn);
         assert!(parse(&packet[..30]).is_none(), "cut short");

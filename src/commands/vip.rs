@@ -57,9 +57,9 @@ pub fn set(
     let (changed, _) = s.run(Kind::Configure, |_| {
         let mut run = b.maps.running()?;
         // Each setting given: its value and whether it changed.
-        let affinity = set_given(affinity, |a| b.maps.set_affinity(&mut run, svc, a))?;
+        let affinity = set_given(affinity, |a| b.maps.set_flag(&mut run, svc, a))?;
         let allow = set_given(allow, |list| b.maps.set_allowlist(&mut run, svc, list))?;
-        let gone = set_given(gone, |p| b.maps.set_on_backend_gone(&mut run, svc, p))?;
+        let gone = set_given(gone, |p| b.maps.set_flag(&mut run, svc, p))?;
         let limit = set_given(limit, |n| b.maps.set_max_new_flows(&mut run, svc, n))?;
         Ok((affinity, allow, gone, limit))
     })?;

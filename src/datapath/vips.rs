@@ -158,48 +158,30 @@ impl Maps {
         Ok(placed.len())
     }
 
-    /// Changes how a VIP's new flows pick their backend (one write of its
-    /// row, then the generation: cached decisions are of live flows, which
-    /// keep their backend). Returns whether anything changed.
-    pub fn set_affinity(
+    /// Changes a VIP setting held in its row's flags (`RowFlag`: affinity,
+    /// on-backend-gone): one write of the row, then the generation where
+    /// the data path caches decisions made by it. Returns whether anything
+    /// changed.
+    pub fn set_flag<T: RowFlag>(
         &self,
         run: &mut Running,
         service: &Service,
-        affinity: Affinity,
+        value: T,
     ) -> Result<bool> {
         run.change_vip(
             service,
-            |vip| vip.affinity == affinity,
+            |vip| *(T::OF)(&mut vip.clone()) == value,
             |_| {
                 self.edit_vip_row(service, |row| {
-                    set_affinity(row, affinity);
+                    (T::ENCODE)(row, value);
                     Ok(true)
                 })?;
-                self.bump_generation()
+                if T::CACHED {
+                    self.bump_generation()?;
+                }
+                Ok(())
             },
-            |v| v.affinity = affinity,
-        )
-    }
-
-    /// Changes what becomes of the flows of a VIP's backends that go (one
-    /// write of its row; the data path does not read it). Returns whether
-    /// anything changed.
-    pub fn set_on_backend_gone(
-        &self,
-        run: &mut Running,
-        service: &Service,
-        policy: OnBackendGone,
-    ) -> Result<bool> {
-        run.change_vip(
-            service,
-            |vip| vip.on_backend_gone == policy,
-            |_| {
-                self.edit_vip_row(service, |row| {
-                    set_on_backend_gone(row, policy);
-                    Ok(true)
-                })
-            },
-            |v| v.on_backend_gone = policy,
+            |v| *(T::OF)(v) = value,
         )
     }
 
@@ -271,4 +253,31 @@ fn sizing_of(spec: &VipSpec) -> Sizing {
         Some(size) => Sizing::Fixed(size),
         None => Sizing::Auto,
     }
+}
+
+/// A VIP setting kept in its row's flags, set by `Maps::set_flag`.
+pub trait RowFlag: Copy + PartialEq + 'static {
+    /// Whether the flow cache's decisions depend on it (a change then
+    /// bumps the generation; cached decisions are of live flows, which
+    /// keep their backend).
+    const CACHED: bool;
+    /// The running VIP's value.
+    const OF: fn(&mut VipEntry) -> &mut Self;
+    /// Writes it into the row.
+    const ENCODE: fn(&mut lb_vip, Self);
+}
+
+/// How new flows pick their backend.
+impl RowFlag for Affinity {
+    const CACHED: bool = true;
+    const OF: fn(&mut VipEntry) -> &mut Self = |v| &mut v.affinity;
+    const ENCODE: fn(&mut lb_vip, Self) = set_affinity;
+}
+
+/// What becomes of the flows of backends that go (not read by the data
+/// path).
+impl RowFlag for OnBackendGone {
+    const CACHED: bool = false;
+    const OF: fn(&mut VipEntry) -> &mut Self = |v| &mut v.on_backend_gone;
+    const ENCODE: fn(&mut lb_vip, Self) = set_on_backend_gone;
 }

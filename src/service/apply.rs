@@ -481,13 +481,13 @@ fn apply_vip(
     gone: &mut Vec<(Service, SocketAddr)>,
 ) -> Result<()> {
     let service = v.spec.service;
-    if maps.set_affinity(run, &service, v.spec.affinity)? {
+    if maps.set_flag(run, &service, v.spec.affinity)? {
         done.affinity_changed += 1;
     }
     if maps.set_allowlist(run, &service, &v.spec.allow)? {
         done.allow_changed += 1;
     }
-    if maps.set_on_backend_gone(run, &service, v.spec.on_backend_gone)? {
+    if maps.set_flag(run, &service, v.spec.on_backend_gone)? {
         done.on_backend_gone_changed += 1;
     }
     if maps.set_max_new_flows(run, &service, v.spec.max_new_flows)? {
