@@ -909,6 +909,7 @@ fn checked_through_the_vip(family: Family, mode: &str, udp: bool) {
     let took = wait_health_of(&lab, &b2, "down", Duration::from_secs(5));
     let limit = clients::scaled(INTERVAL * 2 + Duration::from_secs(1));
     assert!(took <= limit, "b2 down after {took:?}, more than {limit:?}");
+    eprintln!("{mode} {family:?} {proto}: b2 down {took:?} after it lost its path");
     // Its own address still answers: a check there would keep it up.
     let own = SocketAddr::new(lab.backend_ip(2, family), ECHO_PORT);
     let own = netns::in_ns(lab.balancer_ns(), move || {
