@@ -57,21 +57,15 @@ pub fn check(
     let reach = neighbour::reach(backend).ok_or("no route to the backend")?;
     let Some(mac) = reach.lladdr.clone() else {
         // The XDP program cannot forward to it either. An entry gone (a
-        // link flap flushes them) is asked for again, as lbctl keeps one
-        // for every backend; the next check finds it resolved.
-        let asked = if reach.state == "none" {
-            match neighbour::keep_resolved(backend) {
-                None => ": asked the kernel to resolve it",
-                Some(_) => "",
-            }
-        } else {
-            ""
-        };
+        // link flap flushes them) is asked for now, by the mechanism the
+        // service's resync uses, so the next check finds it.
+        let asked = neighbour::restore_missing([backend]);
         return Err(format!(
-            "next hop {} on {} has no MAC ({}){asked}",
+            "next hop {} on {} has no MAC ({}){}",
             reach.hop,
             reach.dev,
-            reach.state.to_lowercase()
+            reach.state.to_lowercase(),
+            asked.iter().map(|a| format!(": {a}")).collect::<String>()
         ));
     };
     let src_ip = source_for(SocketAddr::new(backend, vip.port()))?;
